@@ -1,0 +1,425 @@
+//! The campaign as it arrives from Kafka: parsing, validation and the active-window rule.
+//!
+//! Pure logic with no I/O, so every rule about what the service accepts is tested here. The
+//! input is untrusted: nothing in this module panics on any byte sequence.
+
+use serde::Deserialize;
+
+/// Latest timestamp accepted: 9999-12-31T23:59:59Z. Anything larger is a unit mistake
+/// (milliseconds instead of seconds) or garbage.
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+
+/// A validated campaign: every field present, typed, non-empty, and `start <= end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    pub restaurant_id: String,
+    pub adv_campaign_id: String,
+    pub adv_campaign_content: String,
+    pub adv_campaign_owner: String,
+    pub adv_campaign_owner_contact: String,
+    pub adv_campaign_datetime_start: i64,
+    pub adv_campaign_datetime_end: i64,
+    pub datetime_created: i64,
+}
+
+/// Why a message was not used. The label is a bounded metric label; the detail goes to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    TooLarge { bytes: usize, limit: usize },
+    NotUtf8,
+    NotJson(String),
+    MissingField(&'static str),
+    WrongType { field: &'static str, detail: String },
+    EmptyField(&'static str),
+    InvalidChar(&'static str),
+    OutOfRange { field: &'static str, value: i64 },
+    StartAfterEnd { start: i64, end: i64 },
+}
+
+impl Rejection {
+    /// The metric label: a short fixed code, never the message text.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::NotUtf8 => "not_utf8",
+            Rejection::NotJson(_) => "not_json",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::WrongType { .. } => "wrong_type",
+            Rejection::EmptyField(_) => "empty_field",
+            Rejection::InvalidChar(_) => "invalid_char",
+            Rejection::OutOfRange { .. } => "out_of_range",
+            Rejection::StartAfterEnd { .. } => "start_after_end",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::TooLarge { bytes, limit } => {
+                write!(f, "message is {bytes} bytes, more than the {limit} allowed")
+            }
+            Rejection::NotUtf8 => write!(f, "message is not valid UTF-8"),
+            Rejection::NotJson(e) => write!(f, "message is not a JSON object: {e}"),
+            Rejection::MissingField(field) => write!(f, "field {field} is missing"),
+            Rejection::WrongType { field, detail } => {
+                write!(f, "field {field} has the wrong type: {detail}")
+            }
+            Rejection::EmptyField(field) => write!(f, "field {field} is empty"),
+            Rejection::InvalidChar(field) => {
+                write!(f, "field {field} contains a NUL character")
+            }
+            Rejection::OutOfRange { field, value } => write!(
+                f,
+                "field {field} = {value} is not a unix time in seconds between 0 and {MAX_TIMESTAMP}"
+            ),
+            Rejection::StartAfterEnd { start, end } => write!(
+                f,
+                "adv_campaign_datetime_start {start} is after adv_campaign_datetime_end {end}"
+            ),
+        }
+    }
+}
+
+/// Where `now` falls relative to the campaign's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    NotStarted,
+    Active,
+    Ended,
+}
+
+impl Campaign {
+    /// The campaign is active when `start <= now <= end`, all in unix seconds: both ends are
+    /// inclusive, so a campaign whose start and end are the same second is active for that second.
+    pub fn activity(&self, now: i64) -> Activity {
+        if now < self.adv_campaign_datetime_start {
+            Activity::NotStarted
+        } else if now > self.adv_campaign_datetime_end {
+            Activity::Ended
+        } else {
+            Activity::Active
+        }
+    }
+}
+
+/// Splits the `key:json` form the brief uses for its sample (what `kcat -K:` would have sent as
+/// one value). A value that already starts with `{` is returned whole.
+pub fn split_inline_key(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    let start = value
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(value.len());
+    if value.get(start) == Some(&b'{') {
+        return (None, value);
+    }
+    match value.iter().position(|&b| b == b':') {
+        Some(colon) => (Some(&value[..colon]), &value[colon + 1..]),
+        None => (None, value),
+    }
+}
+
+// Every field is read as a raw JSON value first, so that a missing field and a mistyped one give
+// different, precise reasons instead of serde's single generic error.
+#[derive(Deserialize)]
+struct RawCampaign<'a> {
+    #[serde(borrow, default)]
+    restaurant_id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_content: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_owner: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_owner_contact: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_datetime_start: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    adv_campaign_datetime_end: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    datetime_created: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Parses and validates one message value (the JSON, after any inline key was split off).
+pub fn parse_campaign(json: &[u8], max_bytes: usize) -> Result<Campaign, Rejection> {
+    if json.len() > max_bytes {
+        return Err(Rejection::TooLarge {
+            bytes: json.len(),
+            limit: max_bytes,
+        });
+    }
+    let text = std::str::from_utf8(json).map_err(|_| Rejection::NotUtf8)?;
+    let raw: RawCampaign<'_> =
+        serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let campaign = Campaign {
+        restaurant_id: text_field("restaurant_id", raw.restaurant_id)?,
+        adv_campaign_id: text_field("adv_campaign_id", raw.adv_campaign_id)?,
+        adv_campaign_content: text_field("adv_campaign_content", raw.adv_campaign_content)?,
+        adv_campaign_owner: text_field("adv_campaign_owner", raw.adv_campaign_owner)?,
+        adv_campaign_owner_contact: text_field(
+            "adv_campaign_owner_contact",
+            raw.adv_campaign_owner_contact,
+        )?,
+        adv_campaign_datetime_start: time_field(
+            "adv_campaign_datetime_start",
+            raw.adv_campaign_datetime_start,
+        )?,
+        adv_campaign_datetime_end: time_field(
+            "adv_campaign_datetime_end",
+            raw.adv_campaign_datetime_end,
+        )?,
+        datetime_created: time_field("datetime_created", raw.datetime_created)?,
+    };
+    if campaign.adv_campaign_datetime_start > campaign.adv_campaign_datetime_end {
+        return Err(Rejection::StartAfterEnd {
+            start: campaign.adv_campaign_datetime_start,
+            end: campaign.adv_campaign_datetime_end,
+        });
+    }
+    Ok(campaign)
+}
+
+fn present<'a>(
+    field: &'static str,
+    raw: Option<&'a serde_json::value::RawValue>,
+) -> Result<&'a str, Rejection> {
+    match raw {
+        Some(v) if v.get() != "null" => Ok(v.get()),
+        _ => Err(Rejection::MissingField(field)),
+    }
+}
+
+fn text_field(
+    field: &'static str,
+    raw: Option<&serde_json::value::RawValue>,
+) -> Result<String, Rejection> {
+    let json = present(field, raw)?;
+    let value: String = serde_json::from_str(json).map_err(|_| Rejection::WrongType {
+        field,
+        detail: format!("expected a string, got {}", json_kind(json)),
+    })?;
+    if value.trim().is_empty() {
+        return Err(Rejection::EmptyField(field));
+    }
+    // Postgres text cannot hold NUL; letting one through would make the row fail forever.
+    if value.contains('\0') {
+        return Err(Rejection::InvalidChar(field));
+    }
+    Ok(value)
+}
+
+fn time_field(
+    field: &'static str,
+    raw: Option<&serde_json::value::RawValue>,
+) -> Result<i64, Rejection> {
+    let json = present(field, raw)?;
+    let wrong_type = || Rejection::WrongType {
+        field,
+        detail: format!(
+            "expected an integer of unix seconds, got {}",
+            json_kind(json)
+        ),
+    };
+    if !json.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return Err(wrong_type());
+    }
+    let value: i64 = match json.parse::<i64>() {
+        Ok(v) => v,
+        // All digits but not an i64: an integer too large for any timestamp.
+        Err(_) => {
+            return Err(Rejection::OutOfRange {
+                field,
+                value: if json.starts_with('-') {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                },
+            })
+        }
+    };
+    if !(0..=MAX_TIMESTAMP).contains(&value) {
+        return Err(Rejection::OutOfRange { field, value });
+    }
+    Ok(value)
+}
+
+fn json_kind(json: &str) -> &'static str {
+    match json.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "something else",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+
+    fn sample_json() -> &'static [u8] {
+        split_inline_key(SAMPLE.as_bytes()).1
+    }
+
+    fn with(field: &str, value: &str) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(sample_json()).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(value).unwrap();
+        v[field] = parsed;
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn without(field: &str) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(sample_json()).unwrap();
+        v.as_object_mut().unwrap().remove(field);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn brief_sample_parses_with_its_inline_key() {
+        let (key, json) = split_inline_key(SAMPLE.as_bytes());
+        assert_eq!(key, Some(&b"first_message"[..]));
+        let c = parse_campaign(json, 65536).unwrap();
+        assert_eq!(c.restaurant_id, "123e4567-e89b-12d3-a456-426614174000");
+        assert_eq!(c.adv_campaign_id, "123e4567-e89b-12d3-a456-426614174003");
+        assert_eq!(c.adv_campaign_content, "first campaign");
+        assert_eq!(c.adv_campaign_owner, "Ivanov Ivan Ivanovich");
+        assert_eq!(c.adv_campaign_owner_contact, "iiivanov@restaurant.ru");
+        assert_eq!(c.adv_campaign_datetime_start, 1659203516);
+        assert_eq!(c.adv_campaign_datetime_end, 2659207116);
+        assert_eq!(c.datetime_created, 1659131516);
+    }
+
+    #[test]
+    fn plain_json_value_has_no_inline_key() {
+        let (key, json) = split_inline_key(b"  {\"a\":1}");
+        assert_eq!(key, None);
+        assert_eq!(json, b"  {\"a\":1}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let c = parse_campaign(&with("extra", "[1,2]"), 65536).unwrap();
+        assert_eq!(c.adv_campaign_content, "first campaign");
+    }
+
+    #[test]
+    fn each_missing_field_is_named() {
+        for field in [
+            "restaurant_id",
+            "adv_campaign_id",
+            "adv_campaign_content",
+            "adv_campaign_owner",
+            "adv_campaign_owner_contact",
+            "adv_campaign_datetime_start",
+            "adv_campaign_datetime_end",
+            "datetime_created",
+        ] {
+            assert_eq!(
+                parse_campaign(&without(field), 65536),
+                Err(Rejection::MissingField(field))
+            );
+            assert_eq!(
+                parse_campaign(&with(field, "null"), 65536),
+                Err(Rejection::MissingField(field))
+            );
+        }
+    }
+
+    #[test]
+    fn mistyped_fields_are_rejected() {
+        let cases = [
+            ("restaurant_id", "123"),
+            ("adv_campaign_content", "{\"a\":1}"),
+            ("adv_campaign_datetime_start", "\"1659203516\""),
+            ("adv_campaign_datetime_end", "2659207116.5"),
+            ("datetime_created", "1e9"),
+            ("datetime_created", "true"),
+        ];
+        for (field, value) in cases {
+            let err = parse_campaign(&with(field, value), 65536).unwrap_err();
+            assert_eq!(err.code(), "wrong_type", "{field}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_and_nul_strings_are_rejected() {
+        assert_eq!(
+            parse_campaign(&with("restaurant_id", "\"  \""), 65536),
+            Err(Rejection::EmptyField("restaurant_id"))
+        );
+        assert_eq!(
+            parse_campaign(&with("adv_campaign_content", "\"a\\u0000b\""), 65536),
+            Err(Rejection::InvalidChar("adv_campaign_content"))
+        );
+    }
+
+    #[test]
+    fn timestamps_out_of_range_are_rejected() {
+        for value in [
+            "-1",
+            "253402300800",
+            "99999999999999999999999",
+            "-99999999999999999999",
+        ] {
+            // Spliced as text: a JSON library would turn the huge ones into floats.
+            let json = String::from_utf8(sample_json().to_vec())
+                .unwrap()
+                .replace("2659207116", value);
+            let err = parse_campaign(json.as_bytes(), 65536).unwrap_err();
+            assert_eq!(err.code(), "out_of_range", "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn start_after_end_is_rejected() {
+        let json = with("adv_campaign_datetime_start", "2659207117");
+        assert_eq!(
+            parse_campaign(&json, 65536),
+            Err(Rejection::StartAfterEnd {
+                start: 2659207117,
+                end: 2659207116
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panicking() {
+        let inputs: [&[u8]; 7] = [
+            b"",
+            b"not json",
+            b"[1,2,3]",
+            b"{\"restaurant_id\":",
+            b"\xff\xfe\xfd",
+            b"null",
+            b"{}",
+        ];
+        for input in inputs {
+            assert!(parse_campaign(input, 65536).is_err());
+        }
+        let deep = "[".repeat(100_000);
+        assert_eq!(
+            parse_campaign(deep.as_bytes(), 1 << 20).unwrap_err().code(),
+            "not_json"
+        );
+    }
+
+    #[test]
+    fn oversized_message_is_rejected_before_parsing() {
+        let big = vec![b'{'; 70_000];
+        assert_eq!(parse_campaign(&big, 65536).unwrap_err().code(), "too_large");
+    }
+
+    #[test]
+    fn active_window_is_inclusive_at_both_ends() {
+        let c = parse_campaign(sample_json(), 65536).unwrap();
+        let (start, end) = (c.adv_campaign_datetime_start, c.adv_campaign_datetime_end);
+        assert_eq!(c.activity(start - 1), Activity::NotStarted);
+        assert_eq!(c.activity(start), Activity::Active);
+        assert_eq!(c.activity(end), Activity::Active);
+        assert_eq!(c.activity(end + 1), Activity::Ended);
+    }
+}

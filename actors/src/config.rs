@@ -1,0 +1,536 @@
+//! Typed configuration: what `config.toml` may say, the defaults for what it does not, the
+//! environment overrides, and the cross-field checks made before anything starts.
+//!
+//! Every section rejects unknown keys, so a typo is an error at start-up instead of a silently
+//! ignored setting. Errors name the key (`kafka.brokers: missing field`), because the operator
+//! reading them has the file open, not this code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override config keys:
+/// `CAMPAIGN_NOTIFIER__KAFKA__BROKERS` sets `[kafka] brokers`.
+pub const ENV_PREFIX: &str = "CAMPAIGN_NOTIFIER__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("environment variable {var} does not name a config key: {reason}")]
+    Env { var: String, reason: String },
+    #[error("config key {key}: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub enricher: EnricherConfig,
+    #[serde(default)]
+    pub writers: WritersConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub group_id: String,
+    /// Campaigns read but not yet confirmed by both sinks. When reached, the reader stops pulling
+    /// until one completes: this bounds memory while a sink is slow or down.
+    #[serde(default = "default_max_in_flight_campaigns")]
+    pub max_in_flight_campaigns: usize,
+    /// Where a new consumer group starts: `earliest` or `latest`.
+    #[serde(default = "default_auto_offset_reset")]
+    pub auto_offset_reset: String,
+    /// Extra librdkafka properties for the consumer, applied last.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer, applied last.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; key=value form is accepted too.
+    pub url: String,
+    /// Create the two tables and the index when they are missing.
+    #[serde(default = "default_true")]
+    pub create_schema: bool,
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How often the subscriber snapshot is reloaded from `subscribers_restaurants`.
+    #[serde(default = "default_refresh_interval_secs")]
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            refresh_interval_secs: default_refresh_interval_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnricherConfig {
+    /// A campaign message larger than this is rejected: its text is copied into every
+    /// subscriber's notification, so a huge one multiplies into gigabytes downstream.
+    #[serde(default = "default_max_campaign_bytes")]
+    pub max_campaign_bytes: usize,
+}
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        EnricherConfig {
+            max_campaign_bytes: default_max_campaign_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritersConfig {
+    /// A writer flushes once this many notifications are waiting...
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// ...or once the oldest has waited this long.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Delay before the first reconnect after a failure; doubled on each further failure.
+    #[serde(default = "default_restart_backoff_initial_ms")]
+    pub restart_backoff_initial_ms: u64,
+    /// Upper bound of the reconnect delay.
+    #[serde(default = "default_restart_backoff_max_ms")]
+    pub restart_backoff_max_ms: u64,
+    /// How long librdkafka keeps retrying one notification before the Kafka writer restarts.
+    #[serde(default = "default_kafka_message_timeout_ms")]
+    pub kafka_message_timeout_ms: u64,
+}
+
+impl Default for WritersConfig {
+    fn default() -> Self {
+        WritersConfig {
+            batch_max_rows: default_batch_max_rows(),
+            linger_ms: default_linger_ms(),
+            restart_backoff_initial_ms: default_restart_backoff_initial_ms(),
+            restart_backoff_max_ms: default_restart_backoff_max_ms(),
+            kafka_message_timeout_ms: default_kafka_message_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free port.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG`, when set, wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long a stop waits for in-flight campaigns to reach both sinks.
+    #[serde(default = "default_grace_period_secs")]
+    pub grace_period_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period_secs: default_grace_period_secs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_in_flight_campaigns() -> usize {
+    256
+}
+fn default_auto_offset_reset() -> String {
+    "earliest".into()
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_refresh_interval_secs() -> u64 {
+    60
+}
+fn default_max_campaign_bytes() -> usize {
+    64 * 1024
+}
+fn default_batch_max_rows() -> usize {
+    5_000
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_restart_backoff_initial_ms() -> u64 {
+    100
+}
+fn default_restart_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_kafka_message_timeout_ms() -> u64 {
+    30_000
+}
+fn default_http_listen() -> String {
+    "0.0.0.0:9898".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_grace_period_secs() -> u64 {
+    30
+}
+
+impl Config {
+    /// Reads `path`, applies the `CAMPAIGN_NOTIFIER__*` variables from the process environment,
+    /// and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// The same as [`Config::load`] on text already read, with the environment given explicitly
+    /// so that tests do not depend on the process environment.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_string(),
+                    message: e.message().to_string(),
+                })?;
+        for (var, value) in env {
+            if let Some(path) = var.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &var, path, &value)?;
+            }
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Key {
+                    key,
+                    message: e.into_inner().message().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field and range checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let non_empty = [
+            ("kafka.brokers", &self.kafka.brokers),
+            ("kafka.input_topic", &self.kafka.input_topic),
+            ("kafka.output_topic", &self.kafka.output_topic),
+            ("kafka.group_id", &self.kafka.group_id),
+            ("postgres.url", &self.postgres.url),
+        ];
+        for (key, value) in non_empty {
+            if value.trim().is_empty() {
+                return Err(ConfigError::key(key, "must not be empty"));
+            }
+        }
+        if self.kafka.input_topic == self.kafka.output_topic {
+            return Err(ConfigError::key(
+                "kafka.output_topic",
+                "must differ from kafka.input_topic, or every notification would be read back as a campaign",
+            ));
+        }
+        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(ConfigError::key(
+                "kafka.auto_offset_reset",
+                "must be \"earliest\" or \"latest\"",
+            ));
+        }
+        if self.kafka.max_in_flight_campaigns == 0 {
+            return Err(ConfigError::key(
+                "kafka.max_in_flight_campaigns",
+                "must be at least 1",
+            ));
+        }
+        if self.postgres.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError::key(
+                "postgres.url",
+                "is not a valid Postgres connection string",
+            ));
+        }
+        if self.cache.refresh_interval_secs == 0 {
+            return Err(ConfigError::key(
+                "cache.refresh_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.enricher.max_campaign_bytes < 256 {
+            return Err(ConfigError::key(
+                "enricher.max_campaign_bytes",
+                "must be at least 256",
+            ));
+        }
+        if self.writers.batch_max_rows == 0 {
+            return Err(ConfigError::key(
+                "writers.batch_max_rows",
+                "must be at least 1",
+            ));
+        }
+        if self.writers.restart_backoff_initial_ms == 0
+            || self.writers.restart_backoff_initial_ms > self.writers.restart_backoff_max_ms
+        {
+            return Err(ConfigError::key(
+                "writers.restart_backoff_initial_ms",
+                "must be at least 1 and not above writers.restart_backoff_max_ms",
+            ));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::key(
+                "http.listen",
+                "must be an address such as 0.0.0.0:9898",
+            ));
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace" | "off"
+        ) {
+            return Err(ConfigError::key(
+                "log.level",
+                "must be one of error, warn, info, debug, trace, off",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.cache.refresh_interval_secs)
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.shutdown.grace_period_secs)
+    }
+}
+
+/// Sets `a.b.c` from `CAMPAIGN_NOTIFIER__A__B__C`. The value is read as a TOML value when it is
+/// one (`30`, `true`) and as a string otherwise, so `...__KAFKA__BROKERS=host:9092` needs no
+/// quoting.
+fn apply_override(
+    table: &mut toml::Table,
+    var: &str,
+    path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            reason: "empty key segment".into(),
+        });
+    }
+    let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::Env {
+        var: var.to_string(),
+        reason: "no key after the prefix".into(),
+    })?;
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.to_string(),
+            reason: format!("{key} is a value, not a section"),
+        })?;
+    }
+    current.insert(last.clone(), parse_env_value(value));
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let doc = format!("v = {value}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            ) => v,
+            _ => toml::Value::String(value.to_string()),
+        },
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+        input_topic = "in"
+        output_topic = "out"
+        group_id = "g"
+        [postgres]
+        url = "postgres://postgres@127.0.0.1:5432/postgres"
+    "#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.cache.refresh_interval_secs, 60);
+        assert_eq!(c.http.listen, "0.0.0.0:9898");
+        assert_eq!(c.kafka.max_in_flight_campaigns, 256);
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let text = MINIMAL.replace("group_id = \"g\"", "");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("kafka") && err.contains("group_id"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_place() {
+        let text = format!("{MINIMAL}\n[cache]\nrefresh_interval = 5\n");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("cache") && err.contains("refresh_interval"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mistyped_value_is_named() {
+        let text = format!("{MINIMAL}\n[cache]\nrefresh_interval_secs = \"soon\"\n");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("cache.refresh_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_strings_numbers_and_new_sections() {
+        let c = load(
+            MINIMAL,
+            &[
+                (
+                    "CAMPAIGN_NOTIFIER__KAFKA__BROKERS",
+                    "kafka-1:9092,kafka-2:9092",
+                ),
+                ("CAMPAIGN_NOTIFIER__CACHE__REFRESH_INTERVAL_SECS", "5"),
+                (
+                    "CAMPAIGN_NOTIFIER__POSTGRES__URL",
+                    "postgres://app:s3cret@db:5432/app",
+                ),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "kafka-1:9092,kafka-2:9092");
+        assert_eq!(c.cache.refresh_interval_secs, 5);
+        assert_eq!(c.postgres.url, "postgres://app:s3cret@db:5432/app");
+    }
+
+    #[test]
+    fn env_override_of_unknown_key_is_an_error() {
+        let err = load(MINIMAL, &[("CAMPAIGN_NOTIFIER__KAFKA__BROKER", "x:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.broker"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let same = MINIMAL.replace("output_topic = \"out\"", "output_topic = \"in\"");
+        assert!(load(&same, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("kafka.output_topic"));
+        let bad_listen = format!("{MINIMAL}\n[http]\nlisten = \"nowhere\"\n");
+        assert!(load(&bad_listen, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("http.listen"));
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid() {
+        let text = include_str!("../../config.toml");
+        load(text, &[]).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! `/metrics`, `/healthz` and `/readyz`, served by actix-web inside the same actor system.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use tokio::sync::watch;
+
+use crate::kafka_writer::KafkaWriter;
+use crate::messages::IsConnected;
+use crate::metrics::Metrics;
+use crate::pg_writer::PgWriter;
+use crate::subscriber_cache::SnapshotInfo;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Metrics,
+    pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
+    pub kafka_writer: Addr<KafkaWriter>,
+    pub pg_writer: Addr<PgWriter>,
+}
+
+async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+}
+
+/// Why the service is not ready, or `None` when it is.
+pub async fn not_ready_reason(state: &HttpState) -> Option<&'static str> {
+    if state.snapshot.borrow().is_none() {
+        return Some("subscriber snapshot not loaded yet");
+    }
+    // A writer that is reconnecting processes no messages, so no answer in time means not
+    // connected.
+    let ask = |ok: Option<Result<bool, actix::MailboxError>>| matches!(ok, Some(Ok(true)));
+    let timeout = Duration::from_secs(1);
+    let kafka = tokio::time::timeout(timeout, state.kafka_writer.send(IsConnected))
+        .await
+        .ok();
+    if !ask(kafka) {
+        return Some("kafka sink not connected");
+    }
+    let postgres = tokio::time::timeout(timeout, state.pg_writer.send(IsConnected))
+        .await
+        .ok();
+    if !ask(postgres) {
+        return Some("postgres sink not connected");
+    }
+    None
+}
+
+async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    match not_ready_reason(&state).await {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not ready", "reason": reason})),
+    }
+}
+
+/// Binds `listen` and starts serving; returns the bound address and a handle to stop it.
+pub fn start(
+    listen: &str,
+    state: HttpState,
+) -> std::io::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .workers(1)
+    // Signals belong to the service, which drains before it stops the server.
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no address bound"))?;
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok((addr, handle))
+}

@@ -1,0 +1,185 @@
+//! `KafkaWriter`: produces each notification to the output topic, keyed by `client_id`.
+//!
+//! Every notification of a group is handed to librdkafka at once and the delivery reports are
+//! awaited together, so thousands of sends are in flight and none is awaited alone. librdkafka
+//! batches, retries and reconnects by itself; the writer restarts (new producer) only when a
+//! delivery fails after `message.timeout.ms`, and then sends the whole group again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::notification::NotificationBatch;
+use crate::writer::{LocalFuture, Sink, SinkError, Writer};
+
+pub type KafkaWriter = Writer<KafkaSink>;
+
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub message_timeout_ms: u64,
+    /// librdkafka properties applied after the service's own, so an operator can tune anything.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl KafkaSinkConfig {
+    pub fn from_config(c: &crate::config::Config) -> KafkaSinkConfig {
+        KafkaSinkConfig {
+            brokers: c.kafka.brokers.clone(),
+            topic: c.kafka.output_topic.clone(),
+            message_timeout_ms: c.writers.kafka_message_timeout_ms,
+            overrides: c
+                .kafka
+                .producer
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            // Idempotence: librdkafka's own retries never duplicate or reorder a notification.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+        for (k, v) in &self.overrides {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: Arc<str>,
+}
+
+/// Whether resending can help. Errors about the message itself cannot be cured by a retry.
+fn classify(e: &KafkaError) -> SinkError {
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    );
+    if permanent {
+        SinkError::Permanent(e.to_string())
+    } else {
+        SinkError::Retriable(e.to_string())
+    }
+}
+
+impl Sink for KafkaSink {
+    const NAME: &'static str = "kafka";
+    const MAX_CONCURRENT_WRITES: usize = 8;
+    type Config = KafkaSinkConfig;
+
+    fn connect(config: KafkaSinkConfig) -> LocalFuture<Result<KafkaSink, SinkError>> {
+        Box::pin(async move {
+            let producer: FutureProducer = config
+                .client_config()
+                .create()
+                .map_err(|e| SinkError::Permanent(format!("invalid producer config: {e}")))?;
+            // Creating a producer does not connect; asking for the topic's metadata does, and
+            // tells an operator at once when the output topic is missing.
+            let probe = producer.clone();
+            let topic = config.topic.clone();
+            let metadata = tokio::task::spawn_blocking(move || {
+                probe
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| SinkError::Retriable(format!("metadata task failed: {e}")))?
+            .map_err(|e| SinkError::Retriable(format!("cannot reach the brokers: {e}")))?;
+            let exists = metadata.topics().iter().any(|t| {
+                t.name() == config.topic && t.error().is_none() && !t.partitions().is_empty()
+            });
+            if !exists {
+                return Err(SinkError::Retriable(format!(
+                    "output topic {} does not exist",
+                    config.topic
+                )));
+            }
+            Ok(KafkaSink {
+                producer,
+                topic: config.topic.into(),
+            })
+        })
+    }
+
+    fn write(&self, batches: Vec<Arc<NotificationBatch>>) -> LocalFuture<Result<(), SinkError>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        Box::pin(async move {
+            let total: usize = batches.iter().map(|b| b.len()).sum();
+            let mut deliveries = Vec::with_capacity(total);
+            let mut payload = Vec::with_capacity(512);
+            let mut key = Vec::with_capacity(64);
+            for batch in &batches {
+                for i in 0..batch.len() {
+                    payload.clear();
+                    batch.write_json(i, &mut payload);
+                    key.clear();
+                    batch.client_id(i).write_to(&mut key);
+                    // librdkafka copies key and payload, so the buffers are reused.
+                    let mut record = FutureRecord::to(&topic).payload(&payload).key(&key);
+                    loop {
+                        match producer.send_result(record) {
+                            Ok(delivery) => {
+                                deliveries.push(delivery);
+                                break;
+                            }
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                r,
+                            )) => {
+                                record = r;
+                                actix_rt::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            Err((e, _)) => return Err(classify(&e)),
+                        }
+                    }
+                }
+            }
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(classify(&e)),
+                    Err(_) => return Err(SinkError::Retriable("producer was dropped".into())),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> LocalFuture<()> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            // flush blocks; it must not hold up the arbiter's other work.
+            let result =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("kafka writer: flush at close failed: {e}"),
+                Err(e) => log::warn!("kafka writer: flush task failed: {e}"),
+            }
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}

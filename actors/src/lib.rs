@@ -1,0 +1,49 @@
+//! The actors of `campaign-notifier` and everything they exchange.
+//!
+//! ```text
+//!                      SnapshotLoaded
+//!  Postgres ──COPY──> SubscriberCache ─────────────┐
+//!  subscribers_restaurants  (every refresh_interval) v
+//!  Kafka ──> KafkaReader ──ProcessCampaign──> Enricher ──WriteBatch──> KafkaWriter ──> Kafka output
+//!  input        ^   stores offsets                 │                 (same Arc'd batch)
+//!               └──── CampaignOutcome ◀────────────┴─────WriteBatch──> PgWriter ──> subscribers_feedback
+//! ```
+//!
+//! A campaign's offset is stored for commit only after both writers confirmed all of its
+//! notifications, so a stop at any moment loses nothing. The cache and both writers run under
+//! actix `Supervisor`; a writer that fails keeps the batches it held across the restart.
+//!
+//! - [`config`]: typed configuration, defaults, environment overrides, validation.
+//! - [`campaign`]: parsing and validating a campaign message; the active-window rule.
+//! - [`snapshot`]: the compact in-memory restaurant -> subscribers mapping.
+//! - [`notification`]: the join result shared by both writers, and the output JSON.
+//! - [`messages`]: every message that crosses an actor boundary.
+//! - [`kafka_reader`]: consumer, in-flight limit, offset tracking.
+//! - [`subscriber_cache`]: loads and refreshes the snapshot.
+//! - [`enricher`]: validate, check activity, join, fan out to both writers.
+//! - [`writer`]: the supervised batching writer both sinks share.
+//! - [`kafka_writer`], [`pg_writer`]: the two sinks.
+//! - [`schema`]: Postgres connections and the create-if-missing schema step.
+//! - [`metrics`]: every Prometheus metric.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`pipeline`]: start and stop order.
+
+pub mod campaign;
+pub mod config;
+pub mod enricher;
+pub mod http;
+pub mod kafka_reader;
+pub mod kafka_writer;
+pub mod messages;
+pub mod metrics;
+pub mod notification;
+pub mod pg_writer;
+pub mod pipeline;
+pub mod schema;
+pub mod snapshot;
+pub mod subscriber_cache;
+pub mod writer;
+
+pub use config::Config;
+pub use metrics::Metrics;
+pub use pipeline::Pipeline;

@@ -1,0 +1,106 @@
+//! Every message that crosses an actor boundary.
+//!
+//! Commands are imperative (`ProcessCampaign`, `WriteBatch`), events past tense
+//! (`SnapshotLoaded`). The data path uses `send()` and awaits it, so a full mailbox slows the
+//! sender down; only control messages use `do_send`.
+
+use std::sync::Arc;
+
+use actix::Message;
+
+use crate::campaign::Rejection;
+use crate::notification::{NotificationBatch, SourceRef};
+use crate::snapshot::Snapshot;
+
+/// One message from the input topic, owned, as the reader hands it to the enricher.
+#[derive(Debug)]
+pub struct CampaignRecord {
+    pub source: SourceRef,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Validate, join and write one campaign. Answered once both sinks confirmed every notification,
+/// or as soon as it is clear there is nothing to write.
+#[derive(Message)]
+#[rtype(result = "CampaignOutcome")]
+pub struct ProcessCampaign(pub CampaignRecord);
+
+/// What became of a campaign. Every outcome but `Unconfirmed` lets the reader store the
+/// campaign's offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CampaignOutcome {
+    /// Both sinks confirmed this many notifications.
+    Delivered {
+        notifications: usize,
+    },
+    Rejected(Rejection),
+    NotStarted,
+    Ended,
+    NoSubscribers,
+    /// A sink refused the batch for good (the data itself was refused, not the connection).
+    SinkFailed {
+        sink: &'static str,
+        reason: String,
+    },
+    /// A writer went away without confirming (the service is stopping): the offset must not be
+    /// stored, so that the campaign is read again.
+    Unconfirmed {
+        sink: &'static str,
+        reason: String,
+    },
+}
+
+impl CampaignOutcome {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CampaignOutcome::Delivered { .. } => "delivered",
+            CampaignOutcome::Rejected(_) => "rejected",
+            CampaignOutcome::NotStarted => "not_started",
+            CampaignOutcome::Ended => "ended",
+            CampaignOutcome::NoSubscribers => "no_subscribers",
+            CampaignOutcome::SinkFailed { .. } => "sink_failed",
+            CampaignOutcome::Unconfirmed { .. } => "unconfirmed",
+        }
+    }
+}
+
+/// A new subscriber snapshot is ready; the enricher uses it for every campaign from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotLoaded(pub Arc<Snapshot>);
+
+/// Write every notification of a batch. Answered once the sink confirmed all of them.
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::writer::SinkError>")]
+pub struct WriteBatch(pub Arc<NotificationBatch>);
+
+/// Stop pulling campaigns, wait for those in flight (up to the grace period), commit offsets.
+#[derive(Message)]
+#[rtype(result = "DrainReport")]
+pub struct Drain {
+    pub grace: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Campaigns still unfinished when the grace period ran out; they are redelivered next start.
+    pub abandoned: usize,
+    pub committed: bool,
+}
+
+/// Flush and close the writer's connection; answered when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+/// Whether the writer has a working connection, for readiness.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsConnected;
+
+/// Reload the subscriber snapshot now instead of at the next tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshCache;

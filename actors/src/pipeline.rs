@@ -1,0 +1,185 @@
+//! Starts the five actors in the right order and stops them in the right order.
+//!
+//! Start: schema -> writers -> enricher -> cache (first snapshot) -> reader, so that the reader
+//! pulls nothing before there is somewhere to put it. Stop: the reader drains and commits, then
+//! the writers flush and close. Shared by `run`, `demo` and the tests.
+
+use std::net::SocketAddr;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::enricher::Enricher;
+use crate::kafka_reader::{KafkaReader, ReaderConfig};
+use crate::kafka_writer::{KafkaSink, KafkaSinkConfig, KafkaWriter};
+use crate::messages::{Close, Drain, DrainReport, RefreshCache};
+use crate::metrics::Metrics;
+use crate::pg_writer::{PgSinkConfig, PgWriter};
+use crate::subscriber_cache::{SnapshotInfo, SubscriberCache};
+use crate::writer::{Writer, WriterSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare the Postgres schema: {0}")]
+    Schema(String),
+    #[error("cannot serve HTTP on {listen}: {source}")]
+    Http {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("the subscriber cache stopped before its first load")]
+    CacheGone,
+}
+
+pub struct Pipeline {
+    pub metrics: Metrics,
+    pub http_addr: SocketAddr,
+    pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
+    reader: Addr<KafkaReader>,
+    cache: Addr<SubscriberCache>,
+    kafka_writer: Addr<KafkaWriter>,
+    pg_writer: Addr<PgWriter>,
+    http: actix_web::dev::ServerHandle,
+    arbiters: Vec<Arbiter>,
+    config: Config,
+    fatal: watch::Receiver<Option<String>>,
+}
+
+impl Pipeline {
+    /// Starts everything and returns once the first subscriber snapshot is loaded and the reader
+    /// is consuming. Must run inside an actix `System`.
+    pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
+        if config.postgres.create_schema {
+            let mut client = crate::schema::connect(&config.postgres.url, "schema")
+                .await
+                .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
+            crate::schema::ensure_schema(&mut client)
+                .await
+                .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
+        }
+
+        let settings = WriterSettings::from_config(&config.writers);
+        let kafka_arbiter = Arbiter::new();
+        let pg_arbiter = Arbiter::new();
+        let cache_arbiter = Arbiter::new();
+
+        let kafka_config = KafkaSinkConfig::from_config(&config);
+        let (s, m) = (settings.clone(), metrics.clone());
+        let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
+            Writer::<KafkaSink>::new(kafka_config, s, m)
+        });
+        let pg_config = PgSinkConfig {
+            url: config.postgres.url.clone(),
+        };
+        let (s, m) = (settings, metrics.clone());
+        let pg_writer = Supervisor::start_in_arbiter(&pg_arbiter.handle(), move |_| {
+            PgWriter::new(pg_config, s, m)
+        });
+
+        let enricher = Enricher::new(
+            kafka_writer.clone().recipient(),
+            pg_writer.clone().recipient(),
+            config.enricher.max_campaign_bytes,
+            metrics.clone(),
+        )
+        .start();
+
+        let (published, mut snapshot) = watch::channel(None);
+        let (url, interval, m) = (
+            config.postgres.url.clone(),
+            config.refresh_interval(),
+            metrics.clone(),
+        );
+        let subscribers = vec![enricher.clone().recipient()];
+        let cache = Supervisor::start_in_arbiter(&cache_arbiter.handle(), move |_| {
+            SubscriberCache::new(url, interval, subscribers, m, published)
+        });
+
+        let (http_addr, http) = crate::http::start(
+            &config.http.listen,
+            crate::http::HttpState {
+                metrics: metrics.clone(),
+                snapshot: snapshot.clone(),
+                kafka_writer: kafka_writer.clone(),
+                pg_writer: pg_writer.clone(),
+            },
+        )
+        .map_err(|source| StartError::Http {
+            listen: config.http.listen.clone(),
+            source,
+        })?;
+        log::info!("serving /metrics, /healthz and /readyz on http://{http_addr}");
+
+        snapshot
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StartError::CacheGone)?;
+
+        let (fatal_tx, fatal) = watch::channel(None);
+        let reader = KafkaReader::new(
+            ReaderConfig::from_config(&config),
+            enricher.clone(),
+            metrics.clone(),
+            fatal_tx,
+        )
+        .start();
+
+        Ok(Pipeline {
+            metrics,
+            http_addr,
+            snapshot,
+            reader,
+            cache,
+            kafka_writer,
+            pg_writer,
+            http,
+            arbiters: vec![kafka_arbiter, pg_arbiter, cache_arbiter],
+            config,
+            fatal,
+        })
+    }
+
+    /// Resolves with the reason when a part of the pipeline failed in a way no restart cures;
+    /// the caller should shut down and exit non-zero.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        let reason = match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // Never happens while the reader exists; wait forever rather than report a failure.
+            Err(_) => std::future::pending().await,
+        };
+        reason
+    }
+
+    /// Asks the cache to reload now.
+    pub fn refresh_cache(&self) {
+        self.cache.do_send(RefreshCache);
+    }
+
+    /// Stops reading, waits for campaigns in flight (up to the configured grace period), commits
+    /// offsets, flushes and closes both writers.
+    pub async fn shutdown(self) -> DrainReport {
+        let grace = self.config.grace_period();
+        let report = self.reader.send(Drain { grace }).await.unwrap_or_default();
+        let close =
+            futures::future::join(self.kafka_writer.send(Close), self.pg_writer.send(Close));
+        if tokio::time::timeout(grace, close).await.is_err() {
+            log::warn!("writers did not close within {grace:?}");
+        }
+        self.http.stop(true).await;
+        // Joining drops the writers' producers and connections before this returns, so nothing
+        // of the pipeline outlives it.
+        let arbiters = self.arbiters;
+        let joined = tokio::task::spawn_blocking(move || {
+            for arbiter in arbiters {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+        });
+        if tokio::time::timeout(grace, joined).await.is_err() {
+            log::warn!("actor threads did not stop within {grace:?}");
+        }
+        report
+    }
+}

@@ -1,0 +1,75 @@
+//! Postgres connections and the schema step run at start-up.
+//!
+//! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never drops, alters or
+//! rewrites a table the app owns. It holds an advisory lock so that several instances starting at
+//! once do not race each other's `CREATE TABLE`.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e; // "campaign"
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
+    id serial4 NOT NULL,
+    client_id varchar NOT NULL,
+    restaurant_id varchar NOT NULL,
+    CONSTRAINT pk_id PRIMARY KEY (id)
+);
+CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
+    id serial4 NOT NULL,
+    restaurant_id text NOT NULL,
+    adv_campaign_id text NOT NULL,
+    adv_campaign_content text NOT NULL,
+    adv_campaign_owner text NOT NULL,
+    adv_campaign_owner_contact text NOT NULL,
+    adv_campaign_datetime_start int8 NOT NULL,
+    adv_campaign_datetime_end int8 NOT NULL,
+    datetime_created int8 NOT NULL,
+    client_id text NOT NULL,
+    trigger_datetime_created int4 NOT NULL,
+    feedback varchar NULL,
+    CONSTRAINT id_pk PRIMARY KEY (id)
+);
+CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
+    ON public.subscribers_restaurants (restaurant_id);
+";
+
+/// Connects and drives the connection on the current arbiter. `who` names the connection in
+/// the log line written if it breaks.
+pub async fn connect(url: &str, who: &'static str) -> Result<Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("campaign-notifier");
+    let (client, connection) = config.connect(NoTls).await?;
+    actix_rt::spawn(async move {
+        if let Err(e) = connection.await {
+            log::warn!("{who}: postgres connection closed: {}", describe(&e));
+        }
+    });
+    Ok(client)
+}
+
+/// An error's message with its cause, which tokio-postgres keeps apart (`db error` alone says
+/// nothing to an operator). Never contains the connection string.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// Creates the two tables and the index if they are missing.
+pub async fn ensure_schema(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
+        .await?;
+    tx.batch_execute(DDL).await?;
+    tx.commit().await
+}

@@ -1,0 +1,271 @@
+//! The in-memory restaurant -> subscribers mapping: an immutable, compact snapshot of
+//! `subscribers_restaurants`.
+//!
+//! A snapshot is built once and never changed; a refresh builds a new one and the old one is freed
+//! when the last batch that borrowed clients from it is written. Client ids that are canonical
+//! lowercase UUIDs (the usual case) are kept as 16-byte integers in one flat array, grouped by
+//! restaurant, so a pair costs 16 bytes plus a small share of its restaurant's entry. Any other id
+//! is kept as text in a second array, so no id is ever altered.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+/// Where one restaurant's clients are in the two flat arrays.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Entry {
+    uuid_start: u32,
+    uuid_len: u32,
+    text_start: u32,
+    text_len: u32,
+}
+
+impl Entry {
+    pub fn len(&self) -> usize {
+        (self.uuid_len + self.text_len) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One client id, borrowed from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientId<'a> {
+    Uuid(u128),
+    Text(&'a str),
+}
+
+impl ClientId<'_> {
+    /// Appends the id's text, exactly as it is in the table.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            ClientId::Uuid(v) => {
+                let mut buf = [0u8; 36];
+                out.extend_from_slice(
+                    Uuid::from_u128(*v)
+                        .hyphenated()
+                        .encode_lower(&mut buf)
+                        .as_bytes(),
+                );
+            }
+            ClientId::Text(s) => out.extend_from_slice(s.as_bytes()),
+        }
+    }
+
+    /// The id as JSON string, quotes included.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            // A hyphenated hex UUID needs no escaping.
+            ClientId::Uuid(_) => {
+                out.push(b'"');
+                self.write_to(out);
+                out.push(b'"');
+            }
+            ClientId::Text(s) => {
+                // Writing a str into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ClientId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientId::Uuid(v) => write!(f, "{}", Uuid::from_u128(*v).hyphenated()),
+            ClientId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Parses `s` as a UUID only when formatting it back gives `s` again byte for byte.
+fn canonical_uuid(s: &str) -> Option<u128> {
+    if s.len() != 36 {
+        return None;
+    }
+    let uuid = Uuid::try_parse(s).ok()?;
+    let mut buf = [0u8; 36];
+    (uuid.hyphenated().encode_lower(&mut buf) == s).then(|| uuid.as_u128())
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    index: HashMap<Box<str>, Entry>,
+    uuids: Vec<u128>,
+    texts: Vec<Box<str>>,
+    pairs: usize,
+}
+
+impl Snapshot {
+    pub fn lookup(&self, restaurant_id: &str) -> Option<Entry> {
+        self.index.get(restaurant_id).copied()
+    }
+
+    /// The `i`-th client of `entry`; `i < entry.len()`.
+    pub fn client(&self, entry: &Entry, i: usize) -> ClientId<'_> {
+        let uuids = entry.uuid_len as usize;
+        if i < uuids {
+            ClientId::Uuid(self.uuids[entry.uuid_start as usize + i])
+        } else {
+            ClientId::Text(&self.texts[entry.text_start as usize + i - uuids])
+        }
+    }
+
+    /// Distinct (restaurant, client) pairs.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    pub fn restaurants(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// Builds a [`Snapshot`] from rows in any order, dropping duplicate pairs.
+///
+/// Rows are first appended to flat columns (restaurant number, client), then placed by a counting
+/// sort: no per-restaurant vectors, so the peak memory during a load stays a small multiple of
+/// the final size.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    restaurants: HashMap<Box<str>, u32>,
+    uuid_rows: Vec<(u32, u128)>,
+    text_rows: Vec<(u32, Box<str>)>,
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> SnapshotBuilder {
+        SnapshotBuilder::default()
+    }
+
+    pub fn push(&mut self, restaurant_id: &str, client_id: &str) {
+        let next = self.restaurants.len() as u32;
+        let r = match self.restaurants.get(restaurant_id) {
+            Some(&r) => r,
+            None => {
+                self.restaurants.insert(restaurant_id.into(), next);
+                next
+            }
+        };
+        match canonical_uuid(client_id) {
+            Some(v) => self.uuid_rows.push((r, v)),
+            None => self.text_rows.push((r, client_id.into())),
+        }
+    }
+
+    pub fn build(self) -> Snapshot {
+        let n = self.restaurants.len();
+        let (uuids, uuid_ranges) = group_sorted(n, self.uuid_rows);
+        let (texts, text_ranges) = group_sorted(n, self.text_rows);
+        let pairs = uuids.len() + texts.len();
+        let mut index = HashMap::with_capacity(n);
+        for (name, r) in self.restaurants {
+            let (us, ul) = uuid_ranges[r as usize];
+            let (ts, tl) = text_ranges[r as usize];
+            if ul + tl > 0 {
+                index.insert(
+                    name,
+                    Entry {
+                        uuid_start: us,
+                        uuid_len: ul,
+                        text_start: ts,
+                        text_len: tl,
+                    },
+                );
+            }
+        }
+        Snapshot {
+            index,
+            uuids,
+            texts,
+            pairs,
+        }
+    }
+}
+
+/// Groups `rows` by restaurant number into one flat array of sorted, distinct values, and returns
+/// each restaurant's (start, len) in it.
+fn group_sorted<T: Ord>(restaurants: usize, mut rows: Vec<(u32, T)>) -> (Vec<T>, Vec<(u32, u32)>) {
+    // Sorting the pairs gives the grouping, the order within a group and the duplicates side by
+    // side in one pass; unstable sort works in place.
+    rows.sort_unstable();
+    rows.dedup();
+    let mut ranges = vec![(0u32, 0u32); restaurants];
+    let mut values = Vec::with_capacity(rows.len());
+    for (i, (r, v)) in rows.into_iter().enumerate() {
+        let range = &mut ranges[r as usize];
+        if range.1 == 0 {
+            range.0 = i as u32;
+        }
+        range.1 += 1;
+        values.push(v);
+    }
+    (values, ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(s: &Snapshot, restaurant: &str) -> Vec<String> {
+        let Some(e) = s.lookup(restaurant) else {
+            return vec![];
+        };
+        (0..e.len()).map(|i| s.client(&e, i).to_string()).collect()
+    }
+
+    #[test]
+    fn groups_by_restaurant_and_drops_duplicate_pairs() {
+        let mut b = SnapshotBuilder::new();
+        b.push("r1", "023e4567-e89b-12d3-a456-426614174000");
+        b.push("r2", "client-x");
+        b.push("r1", "client-y");
+        b.push("r1", "023e4567-e89b-12d3-a456-426614174000");
+        b.push("r1", "013e4567-e89b-12d3-a456-426614174000");
+        let s = b.build();
+        assert_eq!(s.pairs(), 4);
+        assert_eq!(s.restaurants(), 2);
+        assert_eq!(
+            clients(&s, "r1"),
+            vec![
+                "013e4567-e89b-12d3-a456-426614174000",
+                "023e4567-e89b-12d3-a456-426614174000",
+                "client-y"
+            ]
+        );
+        assert_eq!(clients(&s, "r2"), vec!["client-x"]);
+        assert!(s.lookup("r3").is_none());
+    }
+
+    #[test]
+    fn non_canonical_uuids_are_kept_verbatim() {
+        let odd = [
+            "023E4567-E89B-12D3-A456-426614174000",
+            "{023e4567-e89b-12d3-a456-426614174000}",
+            "023e4567e89b12d3a456426614174000",
+            "  023e4567-e89b-12d3-a456-426614174000",
+        ];
+        let mut b = SnapshotBuilder::new();
+        for id in odd {
+            b.push("r", id);
+        }
+        let s = b.build();
+        let mut got = clients(&s, "r");
+        got.sort();
+        let mut want: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn json_of_text_ids_is_escaped() {
+        let mut out = Vec::new();
+        ClientId::Text("a\"b\\c").write_json(&mut out);
+        assert_eq!(out, br#""a\"b\\c""#);
+        out.clear();
+        ClientId::Uuid(1).write_json(&mut out);
+        assert_eq!(out, br#""00000000-0000-0000-0000-000000000001""#);
+    }
+}

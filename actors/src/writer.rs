@@ -1,0 +1,436 @@
+//! The supervised writer both sinks share: batching, retries, restarts with backoff.
+//!
+//! [`Writer`] owns the jobs; a [`Sink`] only knows how to connect and how to write a group of
+//! batches. Jobs stay in the actor's state until the sink confirmed them, and a restart keeps the
+//! actor value (actix's `Supervisor` calls `restarting` on the same value), so a connection lost
+//! mid-write never loses a batch: the write future is dropped with the old context, and its jobs
+//! go back to the front of the queue and are written again after the reconnect.
+//!
+//! While the writer is connecting it processes no messages (`ctx.wait`), its mailbox fills, and
+//! the enricher's `send` waits: that is how backpressure reaches the reader.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::channel::oneshot;
+
+use crate::messages::{Close, IsConnected, WriteBatch};
+use crate::metrics::Metrics;
+use crate::notification::NotificationBatch;
+
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// How a sink error is handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The connection or the server failed: reconnect and write the same batches again.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// The data itself was refused: writing it again would fail again.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The writer went away before answering (only during shutdown).
+    #[error("writer stopped before confirming")]
+    Canceled,
+}
+
+impl SinkError {
+    fn class(&self) -> &'static str {
+        match self {
+            SinkError::Retriable(_) | SinkError::Canceled => "retriable",
+            SinkError::Permanent(_) => "permanent",
+        }
+    }
+}
+
+/// One destination of notifications.
+pub trait Sink: Sized + 'static {
+    /// Label in metrics and logs.
+    const NAME: &'static str;
+    /// Writes that may be under way at once.
+    const MAX_CONCURRENT_WRITES: usize;
+    type Config: Clone + Send + Unpin + 'static;
+
+    fn connect(config: Self::Config) -> LocalFuture<Result<Self, SinkError>>;
+    /// Writes every notification of every batch, or fails as a whole.
+    fn write(&self, batches: Vec<Arc<NotificationBatch>>) -> LocalFuture<Result<(), SinkError>>;
+    /// Waits for anything buffered to be written; called once, at shutdown.
+    fn close(&self) -> LocalFuture<()>;
+    fn is_connected(&self) -> bool;
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub batch_max_rows: usize,
+    pub linger: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl WriterSettings {
+    pub fn from_config(c: &crate::config::WritersConfig) -> WriterSettings {
+        WriterSettings {
+            batch_max_rows: c.batch_max_rows,
+            linger: Duration::from_millis(c.linger_ms),
+            backoff_initial: Duration::from_millis(c.restart_backoff_initial_ms),
+            backoff_max: Duration::from_millis(c.restart_backoff_max_ms),
+        }
+    }
+
+    /// Delay before reconnect attempt number `failures` (1-based): doubling, capped.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32
+            .checked_shl(failures.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX);
+        self.backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+struct Job {
+    batch: Arc<NotificationBatch>,
+    done: oneshot::Sender<Result<(), SinkError>>,
+    /// Written alone: it was part of a group the sink refused, and is being isolated.
+    alone: bool,
+}
+
+pub struct Writer<S: Sink> {
+    config: S::Config,
+    settings: WriterSettings,
+    metrics: Metrics,
+    sink: Option<Rc<S>>,
+    pending: VecDeque<Job>,
+    pending_rows: usize,
+    in_flight: BTreeMap<u64, Vec<Job>>,
+    next_write: u64,
+    linger_armed: bool,
+    /// Failures since the last successful write or connect; drives the backoff.
+    failures: u32,
+    closing: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl<S: Sink> Writer<S> {
+    pub fn new(config: S::Config, settings: WriterSettings, metrics: Metrics) -> Writer<S> {
+        Writer {
+            config,
+            settings,
+            metrics,
+            sink: None,
+            pending: VecDeque::new(),
+            pending_rows: 0,
+            in_flight: BTreeMap::new(),
+            next_write: 0,
+            linger_armed: false,
+            failures: 0,
+            closing: None,
+        }
+    }
+
+    fn update_gauges(&self) {
+        let in_flight: usize = self
+            .in_flight
+            .values()
+            .flatten()
+            .map(|j| j.batch.len())
+            .sum();
+        self.metrics
+            .sink_pending_rows
+            .with_label_values(&[S::NAME])
+            .set((self.pending_rows + in_flight) as i64);
+    }
+
+    /// Starts writes while there is room and something worth writing: a full batch, or anything
+    /// once the linger time has passed.
+    fn flush(&mut self, ctx: &mut Context<Self>, linger_expired: bool) {
+        if linger_expired {
+            self.linger_armed = false;
+        }
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        while self.in_flight.len() < S::MAX_CONCURRENT_WRITES && !self.pending.is_empty() {
+            let full = self.pending_rows >= self.settings.batch_max_rows;
+            if !(full || linger_expired || self.pending.front().is_some_and(|j| j.alone)) {
+                break;
+            }
+            let jobs = self.take_group();
+            self.start_write(ctx, &sink, jobs);
+        }
+        if !self.pending.is_empty() && !self.linger_armed {
+            self.linger_armed = true;
+            ctx.run_later(self.settings.linger, |act, ctx| act.flush(ctx, true));
+        }
+        self.update_gauges();
+    }
+
+    fn take_group(&mut self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let mut rows = 0;
+        while let Some(job) = self.pending.front() {
+            let alone = job.alone;
+            if !jobs.is_empty() && (alone || rows + job.batch.len() > self.settings.batch_max_rows)
+            {
+                break;
+            }
+            let job = self.pending.pop_front().expect("front exists");
+            rows += job.batch.len();
+            jobs.push(job);
+            if alone {
+                break;
+            }
+        }
+        self.pending_rows -= rows;
+        jobs
+    }
+
+    fn start_write(&mut self, ctx: &mut Context<Self>, sink: &Rc<S>, jobs: Vec<Job>) {
+        let id = self.next_write;
+        self.next_write += 1;
+        let batches: Vec<_> = jobs.iter().map(|j| j.batch.clone()).collect();
+        let rows: usize = batches.iter().map(|b| b.len()).sum();
+        self.in_flight.insert(id, jobs);
+        let started = Instant::now();
+        let write = sink.write(batches);
+        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+            let jobs = act.in_flight.remove(&id).unwrap_or_default();
+            act.written(ctx, jobs, rows, started, result);
+        }));
+    }
+
+    fn written(
+        &mut self,
+        ctx: &mut Context<Self>,
+        jobs: Vec<Job>,
+        rows: usize,
+        started: Instant,
+        result: Result<(), SinkError>,
+    ) {
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.metrics
+                    .sink_write_duration
+                    .with_label_values(&[S::NAME])
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .sink_batch_rows
+                    .with_label_values(&[S::NAME])
+                    .observe(rows as f64);
+                self.metrics
+                    .notifications_written
+                    .with_label_values(&[S::NAME])
+                    .inc_by(rows as u64);
+                for job in jobs {
+                    let _ = job.done.send(Ok(()));
+                }
+                self.flush(ctx, false);
+                self.finish_close_if_idle(ctx);
+            }
+            Err(e @ SinkError::Permanent(_)) => {
+                self.metrics
+                    .sink_write_errors
+                    .with_label_values(&[S::NAME, e.class()])
+                    .inc();
+                if jobs.len() == 1 {
+                    let job = jobs.into_iter().next().expect("one job");
+                    log::error!(
+                        "{} writer: dropping campaign {} ({}, {} notifications): {e}",
+                        S::NAME,
+                        job.batch.campaign.adv_campaign_id,
+                        job.batch.source,
+                        job.batch.len()
+                    );
+                    let _ = job.done.send(Err(e));
+                } else {
+                    // One of the group is bad; write each alone to find it and keep the others.
+                    log::warn!(
+                        "{} writer: a group of {} campaigns was refused ({e}); writing them one by one",
+                        S::NAME,
+                        jobs.len()
+                    );
+                    self.requeue_front(jobs.into_iter().map(|mut j| {
+                        j.alone = true;
+                        j
+                    }));
+                }
+                self.flush(ctx, false);
+                self.finish_close_if_idle(ctx);
+            }
+            Err(e) => {
+                self.metrics
+                    .sink_write_errors
+                    .with_label_values(&[S::NAME, e.class()])
+                    .inc();
+                self.failures += 1;
+                log::warn!(
+                    "{} writer: write of {rows} notifications failed, restarting: {e}",
+                    S::NAME
+                );
+                self.requeue_front(jobs.into_iter());
+                ctx.stop();
+            }
+        }
+    }
+
+    fn requeue_front(&mut self, jobs: impl DoubleEndedIterator<Item = Job>) {
+        for job in jobs.rev() {
+            self.pending_rows += job.batch.len();
+            self.pending.push_front(job);
+        }
+    }
+
+    fn finish_close_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.pending.is_empty() && self.in_flight.is_empty() {
+            if let Some(waiters) = self.closing.take() {
+                let close = match &self.sink {
+                    Some(sink) => sink.close(),
+                    None => Box::pin(async {}),
+                };
+                ctx.spawn(close.into_actor(self).map(move |(), _, _| {
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                }));
+            }
+        }
+    }
+}
+
+impl<S: Sink> Actor for Writer<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The data path awaits `send()`, so this is the backpressure window of each writer.
+        ctx.set_mailbox_capacity(64);
+        let delay = self.settings.backoff(self.failures);
+        if !delay.is_zero() {
+            log::info!("{} writer: reconnecting in {delay:?}", S::NAME);
+        }
+        let config = self.config.clone();
+        ctx.wait(
+            async move {
+                actix_rt::time::sleep(delay).await;
+                S::connect(config).await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(sink) => {
+                    if act.failures > 0 {
+                        log::info!("{} writer: connected again", S::NAME);
+                    } else {
+                        log::info!("{} writer: connected", S::NAME);
+                    }
+                    act.metrics
+                        .sink_connected
+                        .with_label_values(&[S::NAME])
+                        .set(1);
+                    act.sink = Some(Rc::new(sink));
+                    act.flush(ctx, true);
+                    act.finish_close_if_idle(ctx);
+                }
+                Err(e) => {
+                    act.failures += 1;
+                    log::warn!("{} writer: cannot connect: {e}", S::NAME);
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics
+            .sink_connected
+            .with_label_values(&[S::NAME])
+            .set(0);
+    }
+}
+
+impl<S: Sink> Supervised for Writer<S> {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics
+            .actor_restarts
+            .with_label_values(&[&format!("{}_writer", S::NAME)])
+            .inc();
+        self.sink = None;
+        self.linger_armed = false;
+        // The writes under way were dropped with the old context: their jobs go first.
+        let in_flight = std::mem::take(&mut self.in_flight);
+        for jobs in in_flight.into_values().rev() {
+            self.requeue_front(jobs.into_iter());
+        }
+    }
+}
+
+impl<S: Sink> Handler<WriteBatch> for Writer<S> {
+    type Result = ResponseFuture<Result<(), SinkError>>;
+
+    fn handle(&mut self, msg: WriteBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, rx) = oneshot::channel();
+        if msg.0.is_empty() {
+            let _ = done.send(Ok(()));
+        } else {
+            self.pending_rows += msg.0.len();
+            self.pending.push_back(Job {
+                batch: msg.0,
+                done,
+                alone: false,
+            });
+            self.flush(ctx, false);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) })
+    }
+}
+
+impl<S: Sink> Handler<Close> for Writer<S> {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.closing.get_or_insert_with(Vec::new).push(tx);
+        if self.sink.is_some() {
+            self.flush(ctx, true);
+            self.finish_close_if_idle(ctx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl<S: Sink> Handler<IsConnected> for Writer<S> {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsConnected, _: &mut Context<Self>) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.is_connected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = WriterSettings {
+            batch_max_rows: 10,
+            linger: Duration::from_millis(1),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        };
+        assert_eq!(s.backoff(0), Duration::ZERO);
+        assert_eq!(s.backoff(1), Duration::from_millis(100));
+        assert_eq!(s.backoff(2), Duration::from_millis(200));
+        assert_eq!(s.backoff(4), Duration::from_millis(800));
+        assert_eq!(s.backoff(10), Duration::from_secs(5));
+        assert_eq!(s.backoff(u32::MAX), Duration::from_secs(5));
+    }
+}

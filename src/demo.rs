@@ -1,0 +1,307 @@
+//! `campaign-notifier demo`: the real supervised pipeline on embedded defaults.
+//!
+//! It needs nothing but a Postgres server: the Kafka side is librdkafka's in-process mock cluster,
+//! and the Postgres side is a database created for this run and dropped at its end, so no real
+//! table is touched.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use campaign_actors::{Config, Metrics, Pipeline};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const SAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+const OTHER_RESTAURANT: &str = "223e4567-e89b-12d3-a456-426614174000";
+const LONELY_RESTAURANT: &str = "323e4567-e89b-12d3-a456-426614174000";
+
+/// The brief's sample, in the brief's own `key:json` form.
+const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+
+pub fn run(postgres_url: String) -> ExitCode {
+    let system = actix_rt::System::new();
+    match system.block_on(demo(postgres_url)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn campaign(restaurant: &str, id: u32, content: &str, start: i64, end: i64) -> String {
+    serde_json::json!({
+        "restaurant_id": restaurant,
+        "adv_campaign_id": format!("00000000-0000-4000-8000-{id:012}"),
+        "adv_campaign_content": content,
+        "adv_campaign_owner": "Petrova Anna",
+        "adv_campaign_owner_contact": "apetrova@restaurant.ru",
+        "adv_campaign_datetime_start": start,
+        "adv_campaign_datetime_end": end,
+        "datetime_created": start - 60,
+    })
+    .to_string()
+}
+
+/// `url` with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let (before_query, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (rest, String::new()),
+        };
+        let authority = before_query.split('/').next().unwrap_or(before_query);
+        format!("postgres://{authority}/{database}{query}")
+    } else {
+        format!("{url} dbname={database}")
+    }
+}
+
+async fn demo(postgres_url: String) -> anyhow::Result<()> {
+    let now = campaign_actors::enricher::unix_now();
+    let database = format!("campaign_notifier_demo_{}", std::process::id());
+    let admin = campaign_actors::schema::connect(&postgres_url, "demo")
+        .await
+        .with_context(|| "cannot connect to Postgres (set --postgres-url or DEMO_POSTGRES_URL)")?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .context("cannot create the demo database")?;
+    println!("== created database {database} for this run");
+    let result = demo_in(&postgres_url, &database, now).await;
+    // The database is the demo's own: dropped whatever happened.
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await
+    {
+        eprintln!("could not drop {database}: {e}");
+    } else {
+        println!("== dropped database {database}");
+    }
+    result
+}
+
+async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result<()> {
+    let db_url = with_database(postgres_url, database);
+    let db = campaign_actors::schema::connect(&db_url, "demo").await?;
+    let mut setup = campaign_actors::schema::connect(&db_url, "demo").await?;
+    campaign_actors::schema::ensure_schema(&mut setup).await?;
+    let subscribers = [
+        (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174000"),
+        (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174001"),
+        (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174002"),
+        (OTHER_RESTAURANT, "023e4567-e89b-12d3-a456-426614174001"),
+        (OTHER_RESTAURANT, "023e4567-e89b-12d3-a456-426614174009"),
+    ];
+    for (restaurant, client) in subscribers {
+        db.execute(
+            "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, $2)",
+            &[&restaurant, &client],
+        )
+        .await?;
+    }
+    println!("== seeded {} subscriptions", subscribers.len());
+
+    let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
+    let brokers = cluster.bootstrap_servers();
+    for topic in ["campaigns", "notifications"] {
+        cluster
+            .create_topic(topic, 1, 1)
+            .with_context(|| format!("cannot create topic {topic}"))?;
+    }
+    println!("== embedded Kafka-protocol broker at {brokers}");
+
+    let config_text = format!(
+        r#"
+        [kafka]
+        brokers = "{brokers}"
+        input_topic = "campaigns"
+        output_topic = "notifications"
+        group_id = "campaign-notifier-demo"
+        [postgres]
+        url = "{db_url}"
+        [http]
+        listen = "127.0.0.1:0"
+        [shutdown]
+        grace_period_secs = 10
+        "#
+    );
+    let config = Config::from_toml_with_env(&config_text, "demo", std::iter::empty())?;
+    let pipeline = Pipeline::start(config, Metrics::new()).await?;
+    println!(
+        "== pipeline started; metrics on http://{}/metrics",
+        pipeline.http_addr
+    );
+
+    let hour = 3600;
+    let inputs: Vec<(&str, String)> = vec![
+        (
+            "brief sample, active until 2054, 3 subscribers",
+            SAMPLE.to_string(),
+        ),
+        (
+            "active, 2 subscribers",
+            campaign(
+                OTHER_RESTAURANT,
+                2,
+                "Новое блюдо: скидка 70% до 14:00!",
+                now - hour,
+                now + hour,
+            ),
+        ),
+        (
+            "expired an hour ago",
+            campaign(
+                OTHER_RESTAURANT,
+                3,
+                "yesterday's lunch",
+                now - 3 * hour,
+                now - hour,
+            ),
+        ),
+        (
+            "starts tomorrow",
+            campaign(
+                OTHER_RESTAURANT,
+                4,
+                "tomorrow's lunch",
+                now + 24 * hour,
+                now + 25 * hour,
+            ),
+        ),
+        (
+            "restaurant with no subscribers",
+            campaign(
+                LONELY_RESTAURANT,
+                5,
+                "nobody is listening",
+                now - hour,
+                now + hour,
+            ),
+        ),
+        ("malformed", r#"{"restaurant_id": 42, "oops""#.to_string()),
+    ];
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()?;
+    for (i, (what, value)) in inputs.iter().enumerate() {
+        let key = format!("{}", i + 1);
+        producer
+            .send(
+                FutureRecord::to("campaigns").key(&key).payload(value),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        println!("   published campaign {}: {what}", i + 1);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = pipeline.metrics.render();
+        let done: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("campaign_notifier_campaigns_processed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if done >= inputs.len() as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {done} of {} campaigns were processed in 30s",
+                inputs.len()
+            );
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcome_lines: Vec<String> = pipeline
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("campaign_notifier_campaigns_processed_total{"))
+        .map(str::to_string)
+        .collect();
+    let report = pipeline.shutdown().await;
+    println!(
+        "== pipeline drained (unfinished: {}, offsets committed: {})",
+        report.abandoned, report.committed
+    );
+    println!("== outcomes");
+    for line in outcome_lines {
+        println!("   {line}");
+    }
+
+    drop(producer);
+    let output = read_topic(&brokers, "notifications", 5)?;
+    println!("== {} notifications in the output topic", output.len());
+    for (key, value) in &output {
+        println!("   key={key} {value}");
+    }
+    let rows = db
+        .query(
+            "SELECT id, restaurant_id, adv_campaign_id, client_id, trigger_datetime_created, feedback \
+             FROM subscribers_feedback ORDER BY id",
+            &[],
+        )
+        .await?;
+    println!("== {} rows in subscribers_feedback", rows.len());
+    for r in &rows {
+        let feedback: Option<String> = r.get(5);
+        println!(
+            "   id={} restaurant_id={} adv_campaign_id={} client_id={} trigger_datetime_created={} feedback={}",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3),
+            r.get::<_, i32>(4),
+            feedback.as_deref().unwrap_or("NULL"),
+        );
+    }
+    if output.len() != 5 || rows.len() != 5 {
+        bail!(
+            "expected 5 notifications in each sink, got {} in Kafka and {} in Postgres",
+            output.len(),
+            rows.len()
+        );
+    }
+    println!("== ok: 5 notifications (3 for the brief's sample, 2 for the other active campaign) in both sinks; the expired, not-yet-started, subscriber-less and malformed campaigns gave none");
+    drop(cluster);
+    Ok(())
+}
+
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "campaign-notifier-demo-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.push((key, value));
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None if out.len() >= expected => break,
+            None => {}
+        }
+    }
+    Ok(out)
+}

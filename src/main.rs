@@ -1,0 +1,190 @@
+//! `campaign-notifier`: wiring only. CLI -> config -> logging -> metrics -> actor system ->
+//! signals. Everything the service does lives in the `campaign-actors` crate.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use campaign_actors::{Config, Metrics, Pipeline};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Turns restaurant promo campaigns from Kafka into per-subscriber \
+notification drafts in Kafka and Postgres"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service until SIGINT or SIGTERM, then drain, commit and exit 0.
+    Run {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file (with environment overrides) and print the effective settings.
+    CheckConfig {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// The whole pipeline on an embedded Kafka-protocol broker and a throwaway Postgres database:
+    /// seeds subscribers, publishes sample campaigns, prints what both sinks received.
+    Demo {
+        /// Postgres server to create the throwaway database on.
+        #[arg(
+            long,
+            env = "DEMO_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
+    },
+}
+
+/// Exit codes an operator's supervisor can tell apart.
+const EXIT_CONFIG: u8 = 1;
+const EXIT_START: u8 = 2;
+const EXIT_FATAL: u8 = 3;
+
+fn init_logging(level: &str) {
+    let env = env_logger::Env::default().default_filter_or(level);
+    // A second call (tests) is harmless.
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{} is valid", config.display());
+                println!(
+                    "kafka: brokers={} input_topic={} output_topic={} group_id={}",
+                    c.kafka.brokers, c.kafka.input_topic, c.kafka.output_topic, c.kafka.group_id
+                );
+                println!(
+                    "cache: refresh_interval_secs={}",
+                    c.cache.refresh_interval_secs
+                );
+                println!("http: listen={}", c.http.listen);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Demo { postgres_url } => {
+            init_logging("warn");
+            demo::run(postgres_url)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config.log.level);
+    log::info!(
+        "campaign-notifier {} starting: {} -> {} (group {})",
+        env!("CARGO_PKG_VERSION"),
+        config.kafka.input_topic,
+        config.kafka.output_topic,
+        config.kafka.group_id
+    );
+    let system = actix_rt::System::new();
+    system.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    let pipeline = tokio::select! {
+        started = Pipeline::start(config, Metrics::new()) => match started {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("{e}");
+                actix_rt::System::current().stop();
+                return ExitCode::from(EXIT_START);
+            }
+        },
+        name = signals.next() => {
+            log::info!("{name} before start-up finished; exiting");
+            actix_rt::System::current().stop();
+            return ExitCode::SUCCESS;
+        }
+    };
+    log::info!("ready");
+    let mut exit = ExitCode::SUCCESS;
+    tokio::select! {
+        name = signals.next() => {
+            log::info!("{name} received: draining (a second signal exits at once)");
+        }
+        reason = pipeline.failed() => {
+            log::error!("fatal: {reason}; stopping");
+            exit = ExitCode::from(EXIT_FATAL);
+        }
+    }
+    let drained = tokio::select! {
+        report = pipeline.shutdown() => Some(report),
+        name = signals.next() => {
+            log::warn!("second {name}: exiting without draining");
+            None
+        }
+    };
+    actix_rt::System::current().stop();
+    match drained {
+        Some(report) if report.abandoned == 0 && report.committed => {
+            log::info!("stopped cleanly");
+            exit
+        }
+        Some(report) => {
+            log::warn!(
+                "stopped with {} campaigns unfinished (committed: {}); they will be read again",
+                report.abandoned,
+                report.committed
+            );
+            exit
+        }
+        None => ExitCode::from(130),
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
