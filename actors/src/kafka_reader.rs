@@ -399,7 +399,13 @@ fn complete(
         _ => {}
     }
     if let Some(next) = tracker.finished(source.partition, source.offset) {
-        match consumer.store_offset(topic, source.partition, next) {
+        // `store_offset` (librdkafka's legacy rd_kafka_offset_store) would store `next + 1`;
+        // `store_offsets` stores exactly the next offset to read.
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        let stored = tpl
+            .add_partition_offset(topic, source.partition, Offset::Offset(next))
+            .and_then(|()| consumer.store_offsets(&tpl));
+        match stored {
             Ok(()) => metrics.offsets_stored.inc(),
             // The partition was revoked meanwhile; its new owner reads from the last commit.
             Err(e) => log::debug!("kafka reader: cannot store offset {next} of {source}: {e}"),
@@ -413,7 +419,14 @@ fn complete(
 /// written) and closes the consumer, both off the arbiter since they block.
 async fn commit_final(consumer: Arc<ReaderConsumer>, topic: &str, tracker: &OffsetTracker) -> bool {
     let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in tracker.stored() {
+    let mut stored: Vec<(i32, i64)> = tracker.stored().collect();
+    stored.sort_unstable();
+    let summary = stored
+        .iter()
+        .map(|(p, o)| format!("{topic}/{p}={o}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (partition, offset) in stored {
         if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
             log::warn!("kafka reader: cannot prepare the commit of {topic}/{partition}: {e}");
         }
@@ -431,7 +444,7 @@ async fn commit_final(consumer: Arc<ReaderConsumer>, topic: &str, tracker: &Offs
     .await;
     match result {
         Ok(Ok(())) => {
-            log::info!("kafka reader: offsets committed");
+            log::info!("kafka reader: offsets committed: {summary}");
             true
         }
         Ok(Err(e)) => {

@@ -1,0 +1,445 @@
+//! What the end-to-end tests share: the broker and Postgres of this test run (started by
+//! `scripts/test.sh`), a fixture per test with its own database and topics, and the service
+//! binary started as an operator would start it.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_postgres::Client;
+
+pub const SAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+
+/// The brief's sample input, in the brief's `key:json` form.
+pub const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+
+/// The contract's output example; `client_id` and `trigger_datetime_created` vary.
+pub const CONTRACT_OUTPUT: &str = r#"{"restaurant_id":"123e4567-e89b-12d3-a456-426614174000","adv_campaign_id":"123e4567-e89b-12d3-a456-426614174003","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1659203516,"adv_campaign_datetime_end":2659207116,"client_id":"023e4567-e89b-12d3-a456-426614174000","datetime_created":1659131516,"trigger_datetime_created":1659304828}"#;
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with ./scripts/test.sh, which starts the broker")
+    })
+}
+
+/// A campaign JSON with the given window.
+pub fn campaign(restaurant: &str, campaign_id: &str, start: i64, end: i64) -> String {
+    serde_json::json!({
+        "restaurant_id": restaurant,
+        "adv_campaign_id": campaign_id,
+        "adv_campaign_content": format!("campaign {campaign_id}"),
+        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
+        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
+        "adv_campaign_datetime_start": start,
+        "adv_campaign_datetime_end": end,
+        "datetime_created": start,
+    })
+    .to_string()
+}
+
+pub fn active_campaign(restaurant: &str, campaign_id: &str) -> String {
+    let now = unix_now();
+    campaign(restaurant, campaign_id, now - 3600, now + 3600)
+}
+
+/// One test's own database and topics.
+pub struct Fixture {
+    pub name: String,
+    pub brokers: String,
+    pub admin_url: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub group_id: String,
+    pub db: Client,
+    pub dir: PathBuf,
+    producer: FutureProducer,
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Postgres: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+impl Fixture {
+    pub async fn new(tag: &str, partitions: i32) -> Fixture {
+        let run = env("CN_TEST_RUN_ID");
+        let brokers = env("CN_TEST_BROKERS");
+        let admin_url = env("CN_TEST_POSTGRES_URL");
+        let name = format!("{run}_{tag}");
+        let db_name = format!("cn_test_{name}");
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create test database");
+        let db_url = format!(
+            "{}/{db_name}",
+            admin_url.rsplit_once('/').expect("URL with a database").0
+        );
+        let db = connect(&db_url).await;
+        // The tables exist before the service starts, as the app owns them in production.
+        let mut setup = connect(&db_url).await;
+        campaign_actors::schema::ensure_schema(&mut setup)
+            .await
+            .expect("schema");
+        let input_topic = format!("cn-{name}-in");
+        let output_topic = format!("cn-{name}-out");
+        let admin_client: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("admin client");
+        let topics = [
+            NewTopic::new(&input_topic, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&output_topic, partitions, TopicReplication::Fixed(1)),
+        ];
+        for result in admin_client
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
+            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .create()
+            .expect("producer");
+        let dir = std::env::temp_dir().join(format!("cn-test-{name}"));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Fixture {
+            group_id: format!("cn-{name}-group"),
+            name,
+            brokers,
+            admin_url,
+            db_name,
+            db_url,
+            input_topic,
+            output_topic,
+            db,
+            dir,
+            producer,
+        }
+    }
+
+    pub async fn subscribe(&self, restaurant: &str, clients: &[&str]) {
+        for client in clients {
+            self.db
+                .execute(
+                    "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, $2)",
+                    &[&restaurant, client],
+                )
+                .await
+                .expect("insert subscriber");
+        }
+    }
+
+    pub async fn produce(&self, key: &str, value: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.input_topic).key(key).payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce campaign");
+    }
+
+    /// Messages in the output topic right now, by the partitions' watermarks: exact, no waiting.
+    pub fn output_count(&self) -> i64 {
+        let consumer = self.consumer();
+        let metadata = consumer
+            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
+            .expect("metadata");
+        let topic = &metadata.topics()[0];
+        topic
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&self.output_topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks");
+                high - low
+            })
+            .sum()
+    }
+
+    fn consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{}-verify", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer")
+    }
+
+    /// Every message of the output topic, as (key, JSON value).
+    pub fn read_output(&self) -> Vec<(String, serde_json::Value)> {
+        let expected = self.output_count() as usize;
+        let consumer = self.consumer();
+        let metadata = consumer
+            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition_offset(&self.output_topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < expected {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {expected} output messages in 30s",
+                out.len()
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.expect("consume output");
+                let key =
+                    String::from_utf8(m.key().unwrap_or_default().to_vec()).expect("utf8 key");
+                let value = serde_json::from_slice(m.payload().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("output is not JSON: {e}"));
+                out.push((key, value));
+            }
+        }
+        out
+    }
+
+    pub async fn feedback_rows(&self) -> Vec<tokio_postgres::Row> {
+        self.db
+            .query("SELECT * FROM subscribers_feedback ORDER BY id", &[])
+            .await
+            .expect("query feedback")
+    }
+
+    pub fn config(&self, http_port: u16, extra: &str) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+input_topic = "{input}"
+output_topic = "{output}"
+group_id = "{group}"
+[kafka.consumer]
+"fetch.wait.max.ms" = "10"
+[postgres]
+url = "{db_url}"
+[http]
+listen = "127.0.0.1:{http_port}"
+[log]
+level = "info"
+{extra}
+"#,
+            brokers = self.brokers,
+            input = self.input_topic,
+            output = self.output_topic,
+            group = self.group_id,
+            db_url = self.db_url,
+        )
+    }
+
+    pub async fn cleanup(self) {
+        drop(self.db);
+        let admin = connect(&self.admin_url).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over plain HTTP/1.0; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The service binary, started with a config file as an operator would.
+pub struct Service {
+    child: Child,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn start(fixture: &Fixture, extra_config: &str) -> Service {
+        Service::start_numbered(fixture, extra_config, 0)
+    }
+
+    pub fn start_numbered(fixture: &Fixture, extra_config: &str, n: usize) -> Service {
+        let http_port = free_port();
+        let config = fixture.dir.join(format!("config-{n}.toml"));
+        std::fs::write(&config, fixture.config(http_port, extra_config)).expect("write config");
+        let log = fixture.dir.join(format!("service-{n}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the service");
+        let mut service = Service {
+            child,
+            http_port,
+            log,
+        };
+        service.wait_ready();
+        service
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "service exited with {status} before ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get(self.http_port, "/readyz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service not ready in 60s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http_port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// Sum of every series of a metric (all label values).
+    pub fn metric(&self, name: &str) -> f64 {
+        sum_metric(&self.metrics(), name)
+    }
+
+    pub fn metric_with(&self, name: &str, labels: &str) -> f64 {
+        let series = format!("{name}{{{labels}}}");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `campaigns_processed_total` reaches `n` (every outcome counts).
+    pub fn wait_processed(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.metric("campaign_notifier_campaigns_processed_total") as u64;
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{done} of {n} campaigns processed in {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit status (waits up to 60 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service did not stop within 60s of SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

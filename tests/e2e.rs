@@ -1,0 +1,322 @@
+//! End-to-end: the service binary against the run's Tansu broker and the local Postgres.
+//! Run with `./scripts/test.sh`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+
+const CLIENTS: [&str; 3] = [
+    "023e4567-e89b-12d3-a456-426614174000",
+    "023e4567-e89b-12d3-a456-426614174001",
+    "023e4567-e89b-12d3-a456-426614174002",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn brief_sample_gives_the_contract_output_in_both_sinks() {
+    let f = Fixture::new("sample", 1).await;
+    f.subscribe(SAMPLE_RESTAURANT, &CLIENTS).await;
+    let mut service = Service::start(&f, "");
+
+    let before = unix_now();
+    // Sent exactly as the brief writes it: `key:json` in the value.
+    f.produce("1", SAMPLE.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+    let after = unix_now();
+
+    let output = f.read_output();
+    assert_eq!(output.len(), 3, "one message per subscriber");
+    let template: serde_json::Value = serde_json::from_str(CONTRACT_OUTPUT).unwrap();
+    let mut seen = BTreeSet::new();
+    for (key, value) in &output {
+        let object = value.as_object().expect("a JSON object");
+        assert_eq!(
+            object.keys().collect::<BTreeSet<_>>(),
+            template
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<BTreeSet<_>>(),
+            "exactly the contract's fields"
+        );
+        let client = value["client_id"].as_str().expect("client_id string");
+        assert_eq!(key, client, "keyed by client_id");
+        let trigger = value["trigger_datetime_created"]
+            .as_i64()
+            .expect("trigger_datetime_created integer");
+        assert!(
+            (before..=after).contains(&trigger),
+            "{trigger} outside {before}..={after}"
+        );
+        let mut expected = template.clone();
+        expected["client_id"] = client.into();
+        expected["trigger_datetime_created"] = trigger.into();
+        assert_eq!(
+            value, &expected,
+            "same names, values and JSON types as the contract"
+        );
+        seen.insert(client.to_string());
+    }
+    assert_eq!(seen, CLIENTS.iter().map(|c| c.to_string()).collect());
+
+    let rows = f.feedback_rows().await;
+    assert_eq!(rows.len(), 3);
+    let mut row_clients = BTreeSet::new();
+    for row in &rows {
+        assert_eq!(row.get::<_, String>("restaurant_id"), SAMPLE_RESTAURANT);
+        assert_eq!(
+            row.get::<_, String>("adv_campaign_id"),
+            "123e4567-e89b-12d3-a456-426614174003"
+        );
+        assert_eq!(
+            row.get::<_, String>("adv_campaign_content"),
+            "first campaign"
+        );
+        assert_eq!(
+            row.get::<_, String>("adv_campaign_owner"),
+            "Ivanov Ivan Ivanovich"
+        );
+        assert_eq!(
+            row.get::<_, String>("adv_campaign_owner_contact"),
+            "iiivanov@restaurant.ru"
+        );
+        assert_eq!(row.get::<_, i64>("adv_campaign_datetime_start"), 1659203516);
+        assert_eq!(row.get::<_, i64>("adv_campaign_datetime_end"), 2659207116);
+        assert_eq!(row.get::<_, i64>("datetime_created"), 1659131516);
+        let trigger = i64::from(row.get::<_, i32>("trigger_datetime_created"));
+        assert!((before..=after).contains(&trigger));
+        assert_eq!(row.get::<_, Option<String>>("feedback"), None);
+        row_clients.insert(row.get::<_, String>("client_id"));
+    }
+    assert_eq!(row_clients, seen);
+
+    assert!(service.terminate().success(), "{}", service.log_text());
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inactive_campaigns_and_restaurants_without_subscribers_give_nothing() {
+    let f = Fixture::new("inactive", 1).await;
+    let restaurant = "aaaaaaaa-0000-0000-0000-000000000001";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    f.produce(
+        "expired",
+        campaign(restaurant, "c-expired", now - 7200, now - 3600).as_bytes(),
+    )
+    .await;
+    f.produce(
+        "future",
+        campaign(restaurant, "c-future", now + 3600, now + 7200).as_bytes(),
+    )
+    .await;
+    f.produce(
+        "lonely",
+        active_campaign("bbbbbbbb-0000-0000-0000-000000000002", "c-lonely").as_bytes(),
+    )
+    .await;
+    service.wait_processed(3, Duration::from_secs(30));
+
+    assert_eq!(f.output_count(), 0);
+    assert_eq!(f.feedback_rows().await.len(), 0);
+    let outcome = |o: &str| {
+        service.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            &format!("outcome=\"{o}\""),
+        )
+    };
+    assert_eq!(outcome("ended"), 1.0);
+    assert_eq!(outcome("not_started"), 1.0);
+    assert_eq!(outcome("no_subscribers"), 1.0);
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
+    let f = Fixture::new("malformed", 1).await;
+    let restaurant = "cccccccc-0000-0000-0000-000000000003";
+    f.subscribe(restaurant, &CLIENTS[..2]).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    let bad: Vec<Vec<u8>> = vec![
+        b"not json at all".to_vec(),
+        b"\xff\xfe broken utf-8".to_vec(),
+        br#"{"restaurant_id": 7}"#.to_vec(),
+        campaign(restaurant, "c-bad-window", now + 10, now - 10).into_bytes(),
+        campaign(restaurant, "", now - 10, now + 10).into_bytes(),
+        campaign(restaurant, "c-huge-ts", now, 99_999_999_999_999).into_bytes(),
+        format!("{}1", "[".repeat(10_000)).into_bytes(),
+        vec![],
+    ];
+    let mut good = Vec::new();
+    for (i, b) in bad.iter().enumerate() {
+        let id = format!("c-good-{i}");
+        f.produce(
+            &format!("good-{i}"),
+            active_campaign(restaurant, &id).as_bytes(),
+        )
+        .await;
+        good.push(id);
+        f.produce(&format!("bad-{i}"), b).await;
+    }
+    let last = "c-good-last".to_string();
+    f.produce("good-last", active_campaign(restaurant, &last).as_bytes())
+        .await;
+    good.push(last);
+    service.wait_processed((bad.len() + good.len()) as u64, Duration::from_secs(30));
+
+    let output = f.read_output();
+    let mut per_campaign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, v) in &output {
+        per_campaign
+            .entry(v["adv_campaign_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(v["client_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        output.len(),
+        good.len() * 2,
+        "two subscribers per good campaign"
+    );
+    assert_eq!(
+        per_campaign.keys().cloned().collect::<BTreeSet<_>>(),
+        good.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(f.feedback_rows().await.len(), good.len() * 2);
+    assert_eq!(
+        service.metric("campaign_notifier_campaigns_rejected_total"),
+        bad.len() as f64
+    );
+    assert_eq!(
+        service.metric("campaign_notifier_actor_restarts_total"),
+        0.0
+    );
+    let log = service.log_text();
+    assert!(
+        log.contains(&format!("{}/0@1", f.input_topic)),
+        "the warning names topic, partition and offset:\n{log}"
+    );
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriber_added_to_the_table_is_notified_after_a_refresh() {
+    let f = Fixture::new("refresh", 1).await;
+    let restaurant = "dddddddd-0000-0000-0000-000000000004";
+    f.subscribe(restaurant, &CLIENTS[..1]).await;
+    let service = Service::start(&f, "[cache]\nrefresh_interval_secs = 1\n");
+    f.produce("1", active_campaign(restaurant, "c-before").as_bytes())
+        .await;
+    service.wait_processed(1, Duration::from_secs(30));
+    assert_eq!(f.output_count(), 1);
+
+    f.subscribe(restaurant, &CLIENTS[1..2]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while service.metric("campaign_notifier_cache_pairs") < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache never saw the new subscriber"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.produce("2", active_campaign(restaurant, "c-after").as_bytes())
+        .await;
+    service.wait_processed(2, Duration::from_secs(30));
+
+    let output = f.read_output();
+    let after: BTreeSet<_> = output
+        .iter()
+        .filter(|(_, v)| v["adv_campaign_id"] == "c-after")
+        .map(|(_, v)| v["client_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(after, CLIENTS[..2].iter().map(|c| c.to_string()).collect());
+    assert_eq!(output.len(), 3);
+    assert_eq!(f.feedback_rows().await.len(), 3);
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_after_sigterm_continues_from_committed_offsets() {
+    let f = Fixture::new("restart", 2).await;
+    let restaurants: Vec<String> = (0..10)
+        .map(|i| format!("eeeeeeee-0000-0000-0000-{i:012}"))
+        .collect();
+    for r in &restaurants {
+        f.subscribe(r, &CLIENTS).await;
+    }
+    let total = 300;
+    let campaign_of = |i: usize| format!("c-restart-{i:04}");
+    let mut service = Service::start_numbered(&f, "", 1);
+    for i in 0..total / 2 {
+        f.produce(
+            &i.to_string(),
+            active_campaign(&restaurants[i % restaurants.len()], &campaign_of(i)).as_bytes(),
+        )
+        .await;
+    }
+    // Stop while the first half is still being worked through.
+    service.wait_processed(10, Duration::from_secs(60));
+    let status = service.terminate();
+    assert!(status.success(), "exit {status}:\n{}", service.log_text());
+    let done_before = service.log_text();
+    assert!(done_before.contains("offsets committed"), "{done_before}");
+
+    // The second half arrives while the service is down.
+    for i in total / 2..total {
+        f.produce(
+            &i.to_string(),
+            active_campaign(&restaurants[i % restaurants.len()], &campaign_of(i)).as_bytes(),
+        )
+        .await;
+    }
+    let mut service = Service::start_numbered(&f, "", 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while (f.feedback_rows().await.len()) < total * CLIENTS.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} rows after restart:\n{}",
+            f.feedback_rows().await.len(),
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(service.terminate().success());
+
+    let rows = f.feedback_rows().await;
+    let mut row_pairs = BTreeMap::new();
+    for row in &rows {
+        *row_pairs
+            .entry((
+                row.get::<_, String>("adv_campaign_id"),
+                row.get::<_, String>("client_id"),
+            ))
+            .or_insert(0) += 1;
+    }
+    let output = f.read_output();
+    let mut out_pairs = BTreeMap::new();
+    for (_, v) in &output {
+        *out_pairs
+            .entry((
+                v["adv_campaign_id"].as_str().unwrap().to_string(),
+                v["client_id"].as_str().unwrap().to_string(),
+            ))
+            .or_insert(0) += 1;
+    }
+    let expected: BTreeMap<(String, String), i32> = (0..total)
+        .flat_map(|i| {
+            CLIENTS
+                .iter()
+                .map(move |c| ((campaign_of(i), c.to_string()), 1))
+        })
+        .collect();
+    assert_eq!(row_pairs.len(), expected.len(), "every pair in Postgres");
+    assert_eq!(row_pairs, expected, "each pair exactly once in Postgres");
+    assert_eq!(out_pairs, expected, "each pair exactly once in Kafka");
+    f.cleanup().await;
+}
