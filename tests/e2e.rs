@@ -320,3 +320,79 @@ async fn restart_after_sigterm_continues_from_committed_offsets() {
     assert_eq!(out_pairs, expected, "each pair exactly once in Kafka");
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
+    let f = Fixture::new("pgdrop", 1).await;
+    let restaurant = "ffffffff-0000-0000-0000-000000000006";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let service = Service::start(
+        &f,
+        "[writers]\nrestart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 500\n",
+    );
+    let total = 200;
+    let campaign_of = |i: usize| format!("c-pgdrop-{i:04}");
+    let kill_backends = || async {
+        f.db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'campaign-notifier'",
+            &[],
+        )
+        .await
+        .expect("terminate backends")
+        .len()
+    };
+    for i in 0..total {
+        f.produce(
+            &i.to_string(),
+            active_campaign(restaurant, &campaign_of(i)).as_bytes(),
+        )
+        .await;
+        if i == total / 2 {
+            assert!(
+                kill_backends().await >= 1,
+                "the service had no connection to cut"
+            );
+        }
+    }
+    service.wait_processed(total as u64, Duration::from_secs(60));
+
+    let expected: BTreeSet<(String, String)> = (0..total)
+        .flat_map(|i| CLIENTS.iter().map(move |c| (campaign_of(i), c.to_string())))
+        .collect();
+    let rows: BTreeSet<(String, String)> = f
+        .feedback_rows()
+        .await
+        .iter()
+        .map(|r| (r.get("adv_campaign_id"), r.get("client_id")))
+        .collect();
+    let output: BTreeSet<(String, String)> = f
+        .read_output()
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["adv_campaign_id"].as_str().unwrap().to_string(),
+                v["client_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, expected, "every notification reached Postgres");
+    assert_eq!(output, expected, "every notification reached Kafka");
+    assert!(
+        service.metric_with(
+            "campaign_notifier_actor_restarts_total",
+            "actor=\"postgres_writer\""
+        ) >= 1.0,
+        "the postgres writer restarted:\n{}",
+        service.log_text()
+    );
+    assert_eq!(
+        service.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            "outcome=\"delivered\""
+        ),
+        total as f64
+    );
+    drop(service);
+    f.cleanup().await;
+}
