@@ -281,11 +281,20 @@ impl Config {
         }
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError::Key {
-                    key,
-                    message: e.into_inner().message().to_string(),
+                let mut key = e.path().to_string();
+                let message = e.into_inner().message().to_string();
+                // serde names a missing field in the message, not the path: put it in the key.
+                if let Some(field) = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.strip_suffix('`'))
+                {
+                    key = if key == "." {
+                        field.to_string()
+                    } else {
+                        format!("{key}.{field}")
+                    };
                 }
+                ConfigError::Key { key, message }
             })?;
         config.validate()?;
         Ok(config)
@@ -463,7 +472,11 @@ mod tests {
     fn missing_key_is_named() {
         let text = MINIMAL.replace("group_id = \"g\"", "");
         let err = load(&text, &[]).unwrap_err().to_string();
-        assert!(err.contains("kafka") && err.contains("group_id"), "{err}");
+        assert!(err.starts_with("config key kafka.group_id:"), "{err}");
+        let err = load("[kafka]\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("config key kafka.brokers:"), "{err}");
+        let err = load("", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("config key kafka:"), "{err}");
     }
 
     #[test]

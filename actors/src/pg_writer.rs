@@ -20,6 +20,8 @@ const INSERT: &str = "INSERT INTO public.subscribers_feedback \
      datetime_created, client_id, trigger_datetime_created) \
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c";
 
+const ROWS_PER_STATEMENT: usize = 10_000;
+
 #[derive(Clone)]
 pub struct PgSinkConfig {
     pub url: String,
@@ -97,10 +99,6 @@ async fn insert_all(
     insert: &Statement,
     batches: &[Arc<NotificationBatch>],
 ) -> Result<(), SinkError> {
-    let clients: Vec<Vec<String>> = batches
-        .iter()
-        .map(|b| (0..b.len()).map(|i| b.client_id(i).to_string()).collect())
-        .collect();
     let triggers: Vec<i32> = batches
         .iter()
         .map(|b| i32::try_from(b.trigger_datetime_created))
@@ -108,12 +106,24 @@ async fn insert_all(
         .map_err(|_| {
             SinkError::Permanent("trigger_datetime_created does not fit the int4 column".into())
         })?;
-    let params: Vec<[&(dyn ToSql + Sync); 10]> = batches
+    // A restaurant with a million subscribers still gives statements of bounded size.
+    let chunks: Vec<(usize, Vec<String>)> = batches
         .iter()
-        .zip(&clients)
-        .zip(&triggers)
-        .map(|((b, ids), trigger)| {
-            let c = &b.campaign;
+        .enumerate()
+        .flat_map(|(n, b)| {
+            (0..b.len()).step_by(ROWS_PER_STATEMENT).map(move |start| {
+                let end = (start + ROWS_PER_STATEMENT).min(b.len());
+                (
+                    n,
+                    (start..end).map(|i| b.client_id(i).to_string()).collect(),
+                )
+            })
+        })
+        .collect();
+    let params: Vec<[&(dyn ToSql + Sync); 10]> = chunks
+        .iter()
+        .map(|(n, ids)| {
+            let c = &batches[*n].campaign;
             [
                 &c.restaurant_id as &(dyn ToSql + Sync),
                 &c.adv_campaign_id,
@@ -123,7 +133,7 @@ async fn insert_all(
                 &c.adv_campaign_datetime_start,
                 &c.adv_campaign_datetime_end,
                 &c.datetime_created,
-                trigger,
+                &triggers[*n],
                 ids,
             ]
         })
