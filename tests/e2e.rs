@@ -396,3 +396,49 @@ async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
     drop(service);
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn popular_restaurant_reaches_every_one_of_its_subscribers() {
+    let f = Fixture::new("fanout", 1).await;
+    let restaurant = "99999999-0000-0000-0000-000000000009";
+    let subscribers = 25_000i64;
+    // Client ids of both kinds the cache stores: UUIDs and free text.
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) \
+         SELECT $1, CASE WHEN i % 2 = 0 \
+             THEN '00000000-0000-4000-8000-' || lpad(i::text, 12, '0') \
+             ELSE 'client-' || i END \
+         FROM generate_series(1, $2::int8) AS i",
+        &[&restaurant, &subscribers],
+    )
+    .await
+    .expect("seed subscribers");
+    let service = Service::start(&f, "");
+    f.produce("1", active_campaign(restaurant, "c-fanout").as_bytes())
+        .await;
+    service.wait_processed(1, Duration::from_secs(120));
+
+    assert_eq!(f.output_count(), subscribers);
+    let distinct: i64 = f
+        .db
+        .query_one(
+            "SELECT count(DISTINCT client_id) FROM subscribers_feedback WHERE adv_campaign_id = 'c-fanout'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, subscribers);
+    assert_eq!(f.feedback_rows().await.len() as i64, subscribers);
+    let output = f.read_output();
+    let clients: BTreeSet<&str> = output
+        .iter()
+        .map(|(_, v)| v["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients.len() as i64, subscribers);
+    assert!(
+        clients.contains("client-1") && clients.contains("00000000-0000-4000-8000-000000025000")
+    );
+    drop(service);
+    f.cleanup().await;
+}

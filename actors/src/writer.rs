@@ -25,6 +25,8 @@ use crate::notification::NotificationBatch;
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How a sink error is handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
@@ -336,6 +338,15 @@ impl<S: Sink> Actor for Writer<S> {
                     act.sink = Some(Rc::new(sink));
                     act.flush(ctx, true);
                     act.finish_close_if_idle(ctx);
+                    // A connection can die while idle; notice it without waiting for the next
+                    // write to fail, so readiness tells the truth and the reconnect starts early.
+                    ctx.run_interval(CONNECTION_CHECK_INTERVAL, |act, ctx| {
+                        if act.sink.as_ref().is_some_and(|s| !s.is_connected()) {
+                            act.failures += 1;
+                            log::warn!("{} writer: connection lost, restarting", S::NAME);
+                            ctx.stop();
+                        }
+                    });
                 }
                 Err(e) => {
                     act.failures += 1;
