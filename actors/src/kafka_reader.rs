@@ -27,10 +27,28 @@ use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, Proce
 use crate::metrics::Metrics;
 use crate::notification::SourceRef;
 
-/// Logs the group's decisions: the lines an operator looks for when partitions move.
-pub struct ReaderContext;
+/// Logs the group's decisions (the lines an operator looks for when partitions move) and turns
+/// librdkafka's statistics into the lag gauge.
+pub struct ReaderContext {
+    metrics: Metrics,
+}
 
-impl ClientContext for ReaderContext {}
+impl ClientContext for ReaderContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = &self.metrics.consumer_lag;
+        // Partitions revoked since the last report must not linger as stale series.
+        lag.reset();
+        for topic in statistics.topics.values() {
+            for p in topic.partitions.values() {
+                // -1 is librdkafka's internal partition; a negative lag means "not known yet".
+                if p.partition >= 0 && p.desired && p.consumer_lag_stored >= 0 {
+                    lag.with_label_values(&[&p.partition.to_string()])
+                        .set(p.consumer_lag_stored);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ReaderContext {
     fn post_rebalance(
@@ -94,7 +112,7 @@ impl ReaderConfig {
         }
     }
 
-    pub fn create_consumer(&self) -> KafkaResult<ReaderConsumer> {
+    pub fn create_consumer(&self, metrics: Metrics) -> KafkaResult<ReaderConsumer> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
@@ -102,11 +120,12 @@ impl ReaderConfig {
             // Offsets are stored by hand once both sinks confirmed, never on read.
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.auto_offset_reset)
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.overrides {
             cc.set(k, v);
         }
-        cc.create_with_context(ReaderContext)
+        cc.create_with_context(ReaderContext { metrics })
     }
 }
 
@@ -206,7 +225,7 @@ impl Actor for KafkaReader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let consumer = match self.config.create_consumer() {
+        let consumer = match self.config.create_consumer(self.metrics.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.fatal

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub cache_refresh_failures: IntCounter,
     /// Consumer offsets stored for commit.
     pub offsets_stored: IntCounter,
+    /// Per input partition: messages behind the last offset stored for commit (confirmed by
+    /// both sinks), from librdkafka's statistics.
+    pub consumer_lag: IntGaugeVec,
+    /// Seconds since the subscriber snapshot in use was loaded; updated at each scrape.
+    pub cache_snapshot_age: IntGauge,
     /// Build information, value always 1.
     pub build_info: IntGaugeVec,
 }
@@ -210,6 +215,15 @@ impl Metrics {
                 "offsets_stored_total",
                 "Input offsets stored for commit after both sinks confirmed",
             ),
+            consumer_lag: gauge_vec(
+                "consumer_lag_messages",
+                "Messages in the input partition after the last offset confirmed by both sinks",
+                &["partition"],
+            ),
+            cache_snapshot_age: gauge(
+                "cache_snapshot_age_seconds",
+                "Seconds since the subscriber snapshot in use was loaded",
+            ),
             build_info: gauge_vec(
                 "build_info",
                 "Build information; the value is always 1",
@@ -226,6 +240,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let loaded = self.cache_loaded_timestamp.get();
+        if loaded > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(loaded);
+            self.cache_snapshot_age.set((now - loaded).max(0));
+        }
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
