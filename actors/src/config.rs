@@ -145,6 +145,12 @@ pub struct WritersConfig {
     /// How long librdkafka keeps retrying one notification before the Kafka writer restarts.
     #[serde(default = "default_kafka_message_timeout_ms")]
     pub kafka_message_timeout_ms: u64,
+    /// A writer restarting more often than this within `restart_window_secs` stops the service
+    /// with exit code 3: a supervisor above (systemd, Kubernetes) can do more than a retry loop.
+    #[serde(default = "default_restart_limit")]
+    pub restart_limit: u32,
+    #[serde(default = "default_restart_window_secs")]
+    pub restart_window_secs: u64,
 }
 
 impl Default for WritersConfig {
@@ -155,6 +161,8 @@ impl Default for WritersConfig {
             restart_backoff_initial_ms: default_restart_backoff_initial_ms(),
             restart_backoff_max_ms: default_restart_backoff_max_ms(),
             kafka_message_timeout_ms: default_kafka_message_timeout_ms(),
+            restart_limit: default_restart_limit(),
+            restart_window_secs: default_restart_window_secs(),
         }
     }
 }
@@ -239,6 +247,12 @@ fn default_restart_backoff_max_ms() -> u64 {
 }
 fn default_kafka_message_timeout_ms() -> u64 {
     30_000
+}
+fn default_restart_limit() -> u32 {
+    30
+}
+fn default_restart_window_secs() -> u64 {
+    300
 }
 fn default_http_listen() -> String {
     "0.0.0.0:9898".into()
@@ -362,6 +376,12 @@ impl Config {
             return Err(ConfigError::key(
                 "writers.restart_backoff_initial_ms",
                 "must be at least 1 and not above writers.restart_backoff_max_ms",
+            ));
+        }
+        if self.writers.restart_limit == 0 || self.writers.restart_window_secs == 0 {
+            return Err(ConfigError::key(
+                "writers.restart_limit",
+                "writers.restart_limit and writers.restart_window_secs must be at least 1",
             ));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {

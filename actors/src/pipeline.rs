@@ -59,22 +59,23 @@ impl Pipeline {
                 .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
         }
 
+        let (fatal_tx, fatal) = watch::channel(None);
         let settings = WriterSettings::from_config(&config.writers);
         let kafka_arbiter = Arbiter::new();
         let pg_arbiter = Arbiter::new();
         let cache_arbiter = Arbiter::new();
 
         let kafka_config = KafkaSinkConfig::from_config(&config);
-        let (s, m) = (settings.clone(), metrics.clone());
+        let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
         let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
-            Writer::<KafkaSink>::new(kafka_config, s, m)
+            Writer::<KafkaSink>::new(kafka_config, s, m, f)
         });
         let pg_config = PgSinkConfig {
             url: config.postgres.url.clone(),
         };
-        let (s, m) = (settings, metrics.clone());
+        let (s, m, f) = (settings, metrics.clone(), fatal_tx.clone());
         let pg_writer = Supervisor::start_in_arbiter(&pg_arbiter.handle(), move |_| {
-            PgWriter::new(pg_config, s, m)
+            PgWriter::new(pg_config, s, m, f)
         });
 
         let enricher = Enricher::new(
@@ -116,7 +117,6 @@ impl Pipeline {
             .await
             .map_err(|_| StartError::CacheGone)?;
 
-        let (fatal_tx, fatal) = watch::channel(None);
         let reader = KafkaReader::new(
             ReaderConfig::from_config(&config),
             enricher.clone(),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::channel::oneshot;
+use tokio::sync::watch;
 
 use crate::messages::{Close, IsConnected, WriteBatch};
 use crate::metrics::Metrics;
@@ -72,6 +73,8 @@ pub struct WriterSettings {
     pub linger: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub restart_limit: u32,
+    pub restart_window: Duration,
 }
 
 impl WriterSettings {
@@ -81,6 +84,8 @@ impl WriterSettings {
             linger: Duration::from_millis(c.linger_ms),
             backoff_initial: Duration::from_millis(c.restart_backoff_initial_ms),
             backoff_max: Duration::from_millis(c.restart_backoff_max_ms),
+            restart_limit: c.restart_limit,
+            restart_window: Duration::from_secs(c.restart_window_secs),
         }
     }
 
@@ -118,13 +123,51 @@ pub struct Writer<S: Sink> {
     /// Failures since the last successful write or connect; drives the backoff.
     failures: u32,
     closing: Option<Vec<oneshot::Sender<()>>>,
+    restarts: RestartWindow,
+    fatal: watch::Sender<Option<String>>,
+}
+
+/// Restarts within the last `window`; more than `limit` of them is fatal.
+#[derive(Debug)]
+pub struct RestartWindow {
+    limit: u32,
+    window: Duration,
+    at: VecDeque<Instant>,
+}
+
+impl RestartWindow {
+    pub fn new(limit: u32, window: Duration) -> RestartWindow {
+        RestartWindow {
+            limit,
+            window,
+            at: VecDeque::new(),
+        }
+    }
+
+    /// Records a restart at `now`; false when that makes more than `limit` in the window.
+    pub fn record(&mut self, now: Instant) -> bool {
+        while self
+            .at
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > self.window)
+        {
+            self.at.pop_front();
+        }
+        self.at.push_back(now);
+        self.at.len() <= self.limit as usize
+    }
 }
 
 impl<S: Sink> Writer<S> {
-    pub fn new(config: S::Config, settings: WriterSettings, metrics: Metrics) -> Writer<S> {
+    /// `fatal` is set, with the reason, when the writer restarted more than the limit allows.
+    pub fn new(
+        config: S::Config,
+        settings: WriterSettings,
+        metrics: Metrics,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Writer<S> {
         Writer {
             config,
-            settings,
             metrics,
             sink: None,
             pending: VecDeque::new(),
@@ -134,6 +177,9 @@ impl<S: Sink> Writer<S> {
             linger_armed: false,
             failures: 0,
             closing: None,
+            restarts: RestartWindow::new(settings.restart_limit, settings.restart_window),
+            fatal,
+            settings,
         }
     }
 
@@ -371,6 +417,17 @@ impl<S: Sink> Supervised for Writer<S> {
             .actor_restarts
             .with_label_values(&[&format!("{}_writer", S::NAME)])
             .inc();
+        if !self.restarts.record(Instant::now()) {
+            let reason = format!(
+                "the {} writer restarted more than {} times in {:?}; giving up",
+                S::NAME,
+                self.settings.restart_limit,
+                self.settings.restart_window
+            );
+            log::error!("{reason}");
+            // The writer keeps trying (with its longest backoff) while the service stops.
+            self.fatal.send_replace(Some(reason));
+        }
         self.sink = None;
         self.linger_armed = false;
         // The writes under way were dropped with the old context: their jobs go first.
@@ -430,12 +487,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn restarts_beyond_the_limit_in_the_window_are_fatal() {
+        let mut w = RestartWindow::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(w.record(t0));
+        assert!(w.record(t0 + Duration::from_secs(1)));
+        assert!(w.record(t0 + Duration::from_secs(2)));
+        assert!(!w.record(t0 + Duration::from_secs(3)), "4th in 10s");
+        // Old restarts leave the window.
+        let mut w = RestartWindow::new(3, Duration::from_secs(10));
+        for i in 0..10 {
+            assert!(
+                w.record(t0 + Duration::from_secs(6 * i)),
+                "one every 6s is fine"
+            );
+        }
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let s = WriterSettings {
             batch_max_rows: 10,
             linger: Duration::from_millis(1),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            restart_limit: 3,
+            restart_window: Duration::from_secs(60),
         };
         assert_eq!(s.backoff(0), Duration::ZERO);
         assert_eq!(s.backoff(1), Duration::from_millis(100));
