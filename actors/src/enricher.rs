@@ -2,8 +2,11 @@
 //! both writers.
 //!
 //! It validates the message, applies the active-window rule at processing time, and joins with
-//! the newest subscriber snapshot it was sent. It does no I/O itself; its reply to the reader
-//! resolves once both writers confirmed, which is what lets the reader commit the offset.
+//! the newest subscriber snapshot it was sent. It does no I/O itself. The batch goes to the
+//! Postgres writer first, which inserts the rows that are new (a client already notified of this
+//! campaign gets nothing) and marks them in the ledger; then exactly those go to the Kafka writer;
+//! then the marks are cleared. Its reply to the reader resolves once both writers confirmed,
+//! which is what lets the reader commit the offset.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,16 +14,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use crate::campaign::{parse_campaign, split_inline_key, Activity, Rejection};
-use crate::messages::{CampaignOutcome, ProcessCampaign, SnapshotLoaded, WriteBatch};
+use crate::kafka_writer::{KafkaJob, KafkaSink};
+use crate::ledger::Tokens;
+use crate::messages::{CampaignOutcome, ClearOutbox, ProcessCampaign, SnapshotLoaded};
 use crate::metrics::Metrics;
 use crate::notification::NotificationBatch;
+use crate::pg_writer::{PgJob, PgSink};
 use crate::snapshot::Snapshot;
-use crate::writer::SinkError;
+use crate::writer::{SinkError, Write};
 
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
-    kafka: Recipient<WriteBatch>,
-    postgres: Recipient<WriteBatch>,
+    kafka: Recipient<Write<KafkaSink>>,
+    postgres: Recipient<Write<PgSink>>,
+    ledger: Recipient<ClearOutbox>,
+    tokens: Tokens,
     max_campaign_bytes: usize,
     metrics: Metrics,
     /// The clock, replaceable in tests.
@@ -36,8 +44,10 @@ pub fn unix_now() -> i64 {
 
 impl Enricher {
     pub fn new(
-        kafka: Recipient<WriteBatch>,
-        postgres: Recipient<WriteBatch>,
+        kafka: Recipient<Write<KafkaSink>>,
+        postgres: Recipient<Write<PgSink>>,
+        ledger: Recipient<ClearOutbox>,
+        owner: i32,
         max_campaign_bytes: usize,
         metrics: Metrics,
     ) -> Enricher {
@@ -45,6 +55,8 @@ impl Enricher {
             snapshot: None,
             kafka,
             postgres,
+            ledger,
+            tokens: Tokens::new(owner),
             max_campaign_bytes,
             metrics,
             now: unix_now,
@@ -115,36 +127,61 @@ impl Handler<ProcessCampaign> for Enricher {
             Ok(batch) => Arc::new(batch),
             Err(outcome) => return Box::pin(async move { outcome }),
         };
-        let notifications = batch.len();
-        self.metrics
-            .notifications_built
-            .inc_by(notifications as u64);
-        let to_kafka = self.kafka.send(WriteBatch(batch.clone()));
-        let to_postgres = self.postgres.send(WriteBatch(batch));
+        self.metrics.notifications_built.inc_by(batch.len() as u64);
+        let job = PgJob {
+            first_token: self
+                .tokens
+                .take(batch.len().div_ceil(crate::pg_writer::ROWS_PER_STATEMENT)),
+            batch: batch.clone(),
+        };
+        let to_postgres = self.postgres.send(Write(Arc::new(job)));
+        let (kafka, ledger) = (self.kafka.clone(), self.ledger.clone());
         Box::pin(async move {
-            let (kafka, postgres) = futures::join!(to_kafka, to_postgres);
-            for (sink, result) in [("kafka", kafka), ("postgres", postgres)] {
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(SinkError::Permanent(reason))) => {
-                        return CampaignOutcome::SinkFailed { sink, reason }
-                    }
-                    // Not written and not refused: the campaign must be read again.
-                    Ok(Err(e)) => {
-                        return CampaignOutcome::Unconfirmed {
-                            sink,
-                            reason: e.to_string(),
-                        }
-                    }
-                    Err(e) => {
-                        return CampaignOutcome::Unconfirmed {
-                            sink,
-                            reason: format!("writer unavailable: {e}"),
-                        }
-                    }
-                }
+            let inserted = match confirmed("postgres", to_postgres.await) {
+                Ok(inserted) => inserted,
+                Err(outcome) => return outcome,
+            };
+            if inserted.rows.is_empty() {
+                return CampaignOutcome::AlreadyNotified;
             }
+            let notifications = inserted.rows.len();
+            let job = KafkaJob {
+                batch,
+                rows: inserted.rows,
+                created_ms: unix_now_ms(),
+            };
+            if let Err(outcome) = confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
+                return outcome;
+            }
+            ledger.do_send(ClearOutbox(inserted.outbox_ids));
             CampaignOutcome::Delivered { notifications }
         })
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A writer's answer, or the outcome that reports why there is none.
+fn confirmed<T>(
+    sink: &'static str,
+    answer: Result<Result<T, SinkError>, MailboxError>,
+) -> Result<T, CampaignOutcome> {
+    match answer {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(SinkError::Permanent(reason))) => Err(CampaignOutcome::SinkFailed { sink, reason }),
+        // Not written and not refused: the campaign must be read again.
+        Ok(Err(e)) => Err(CampaignOutcome::Unconfirmed {
+            sink,
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(CampaignOutcome::Unconfirmed {
+            sink,
+            reason: format!("writer unavailable: {e}"),
+        }),
     }
 }

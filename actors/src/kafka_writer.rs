@@ -1,9 +1,12 @@
 //! `KafkaWriter`: produces each notification to the output topic, keyed by `client_id`.
 //!
+//! It sends exactly the rows the Postgres writer has just inserted and marked in the ledger.
 //! Every notification of a group is handed to librdkafka at once and the delivery reports are
 //! awaited together, so thousands of sends are in flight and none is awaited alone. librdkafka
-//! batches, retries and reconnects by itself; the writer restarts (new producer) only when a
-//! delivery fails after `message.timeout.ms`, and then sends the whole group again.
+//! batches, retries and reconnects by itself (idempotent producer); the writer restarts (new
+//! producer) only when a delivery fails after `message.timeout.ms`, and then first reads back the
+//! output topic for the notifications of the jobs it held (a notification is identified by its
+//! restaurant, campaign and client, as in the Postgres key), so what did land is not sent twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,24 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::notification::NotificationBatch;
-use crate::writer::{LocalFuture, Sink, SinkError, Writer};
+use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+
+/// The notifications of one campaign that Kafka still needs.
+#[derive(Debug)]
+pub struct KafkaJob {
+    pub batch: Arc<NotificationBatch>,
+    /// `(subscribers_feedback.id, client_id)`.
+    pub rows: Vec<(i32, String)>,
+    /// When the job was made (ms since the epoch): no copy of it can be in the topic from
+    /// before.
+    pub created_ms: i64,
+}
+
+impl Rows for KafkaJob {
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+}
 
 pub type KafkaWriter = Writer<KafkaSink>;
 
@@ -61,6 +81,7 @@ impl KafkaSinkConfig {
 pub struct KafkaSink {
     producer: FutureProducer,
     topic: Arc<str>,
+    config: KafkaSinkConfig,
 }
 
 /// Whether resending can help. Errors about the message itself cannot be cured by a retry.
@@ -85,6 +106,8 @@ impl Sink for KafkaSink {
     const NAME: &'static str = "kafka";
     const MAX_CONCURRENT_WRITES: usize = 8;
     type Config = KafkaSinkConfig;
+    type Item = KafkaJob;
+    type Output = ();
 
     fn connect(config: KafkaSinkConfig) -> LocalFuture<Result<KafkaSink, SinkError>> {
         Box::pin(async move {
@@ -115,27 +138,27 @@ impl Sink for KafkaSink {
             }
             Ok(KafkaSink {
                 producer,
-                topic: config.topic.into(),
+                topic: config.topic.clone().into(),
+                config,
             })
         })
     }
 
-    fn write(&self, batches: Vec<Arc<NotificationBatch>>) -> LocalFuture<Result<(), SinkError>> {
+    fn write(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<()>, SinkError>> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         Box::pin(async move {
-            let total: usize = batches.iter().map(|b| b.len()).sum();
+            let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
             let mut deliveries = Vec::with_capacity(total);
             let mut payload = Vec::with_capacity(512);
-            let mut key = Vec::with_capacity(64);
-            for batch in &batches {
-                for i in 0..batch.len() {
+            for job in &jobs {
+                for (_, client) in &job.rows {
                     payload.clear();
-                    batch.write_json(i, &mut payload);
-                    key.clear();
-                    batch.client_id(i).write_to(&mut key);
-                    // librdkafka copies key and payload, so the buffers are reused.
-                    let mut record = FutureRecord::to(&topic).payload(&payload).key(&key);
+                    job.batch.write_json_for(client, &mut payload);
+                    // librdkafka copies key and payload, so the buffer is reused.
+                    let mut record = FutureRecord::to(&topic)
+                        .payload(&payload)
+                        .key(client.as_bytes());
                     loop {
                         match producer.send_result(record) {
                             Ok(delivery) => {
@@ -161,7 +184,59 @@ impl Sink for KafkaSink {
                     Err(_) => return Err(SinkError::Retriable("producer was dropped".into())),
                 }
             }
-            Ok(())
+            Ok(vec![(); jobs.len()])
+        })
+    }
+
+    fn reconcile(
+        &self,
+        jobs: Vec<Arc<KafkaJob>>,
+    ) -> LocalFuture<Result<Vec<Arc<KafkaJob>>, SinkError>> {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let since_ms = jobs.iter().map(|j| j.created_ms).min().unwrap_or_default();
+            let wanted: crate::ledger::Wanted = jobs
+                .iter()
+                .flat_map(|j| {
+                    j.rows
+                        .iter()
+                        .map(|(_, client)| crate::ledger::NotificationKey::of(&j.batch, client))
+                })
+                .collect();
+            let found = tokio::task::spawn_blocking(move || {
+                crate::ledger::find_sent(&config, since_ms, &wanted)
+            })
+            .await
+            .map_err(|e| SinkError::Retriable(format!("scan task failed: {e}")))?
+            .map_err(SinkError::Retriable)?;
+            if !found.is_empty() {
+                log::info!(
+                    "kafka writer: {} notifications of the retried jobs were already in the topic; not sending them again",
+                    found.len()
+                );
+            }
+            let sent = |j: &KafkaJob, client: &str| {
+                found.contains(&crate::ledger::NotificationKey::of(&j.batch, client))
+            };
+            Ok(jobs
+                .into_iter()
+                .map(|j| {
+                    if j.rows.iter().any(|(_, c)| sent(&j, c)) {
+                        Arc::new(KafkaJob {
+                            batch: j.batch.clone(),
+                            rows: j
+                                .rows
+                                .iter()
+                                .filter(|(_, c)| !sent(&j, c))
+                                .cloned()
+                                .collect(),
+                            created_ms: j.created_ms,
+                        })
+                    } else {
+                        j
+                    }
+                })
+                .collect())
         })
     }
 

@@ -23,6 +23,8 @@
 //! - [`enricher`]: validate, check activity, join, fan out to both writers.
 //! - [`writer`]: the supervised batching writer both sinks share.
 //! - [`kafka_writer`], [`pg_writer`]: the two sinks.
+//! - [`ledger`]: which notifications may still be missing from Kafka, and the recovery that
+//!   sends them after a crash.
 //! - [`schema`]: Postgres connections and the create-if-missing schema step.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -34,6 +36,7 @@ pub mod enricher;
 pub mod http;
 pub mod kafka_reader;
 pub mod kafka_writer;
+pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod notification;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::Message;
 
 use crate::campaign::Rejection;
-use crate::notification::{NotificationBatch, SourceRef};
+use crate::notification::SourceRef;
 use crate::snapshot::Snapshot;
 
 /// One message from the input topic, owned, as the reader hands it to the enricher.
@@ -34,6 +34,8 @@ pub enum CampaignOutcome {
     Delivered {
         notifications: usize,
     },
+    /// Every subscriber already had this campaign (the message was delivered again).
+    AlreadyNotified,
     Rejected(Rejection),
     NotStarted,
     Ended,
@@ -56,6 +58,7 @@ impl CampaignOutcome {
     pub fn label(&self) -> &'static str {
         match self {
             CampaignOutcome::Delivered { .. } => "delivered",
+            CampaignOutcome::AlreadyNotified => "already_notified",
             CampaignOutcome::Rejected(_) => "rejected",
             CampaignOutcome::NotStarted => "not_started",
             CampaignOutcome::Ended => "ended",
@@ -71,10 +74,10 @@ impl CampaignOutcome {
 #[rtype(result = "()")]
 pub struct SnapshotLoaded(pub Arc<Snapshot>);
 
-/// Write every notification of a batch. Answered once the sink confirmed all of them.
+/// Clear these outbox marks: Kafka acknowledged every notification they list.
 #[derive(Message)]
-#[rtype(result = "Result<(), crate::writer::SinkError>")]
-pub struct WriteBatch(pub Arc<NotificationBatch>);
+#[rtype(result = "()")]
+pub struct ClearOutbox(pub Vec<i64>);
 
 /// Stop pulling campaigns, wait for those in flight (up to the grace period), commit offsets.
 #[derive(Message)]

@@ -77,6 +77,13 @@ impl NotificationBatch {
         self.client_id(i).write_json(out);
         out.extend_from_slice(&self.json_tail);
     }
+
+    /// The same for a client id given as text (as the Postgres writer returns it).
+    pub fn write_json_for(&self, client_id: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.json_head);
+        crate::snapshot::ClientId::Text(client_id).write_json(out);
+        out.extend_from_slice(&self.json_tail);
+    }
 }
 
 /// The JSON before and after the client id, fields in the contract's order.

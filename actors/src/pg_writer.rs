@@ -1,8 +1,15 @@
-//! `PgWriter`: inserts one `subscribers_feedback` row per notification, `feedback` NULL.
+//! `PgWriter`: inserts one `subscribers_feedback` row per notification, `feedback` NULL, and
+//! records in the same transaction which of them still have to reach Kafka (the ledger).
 //!
-//! A group of batches is written in one transaction, one `INSERT ... SELECT FROM unnest($10)` per
-//! campaign (the campaign's fields are sent once, the client ids as one array), all statements
-//! pipelined on the connection: one round trip per group, never one per row.
+//! A group of batches is written in one transaction: per campaign (in chunks of at most
+//! 10 000 clients) one statement that inserts the rows with `ON CONFLICT DO NOTHING` on the
+//! notification key, marks the new ones in `campaign_notifier_outbox`, and returns them. A
+//! client who already has a row for this restaurant and campaign gets nothing new: a campaign
+//! delivered twice notifies nobody twice.
+//!
+//! Every chunk carries a token that is stable across retries. When a connection breaks after
+//! `COMMIT` was sent, the retry finds its token in the outbox and returns the rows that attempt
+//! inserted instead of inserting nothing, so no notification is dropped on the way to Kafka.
 
 use std::sync::Arc;
 
@@ -10,21 +17,67 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::notification::NotificationBatch;
-use crate::writer::{LocalFuture, Sink, SinkError, Writer};
+use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 pub type PgWriter = Writer<PgSink>;
 
-const INSERT: &str = "INSERT INTO public.subscribers_feedback \
-    (restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
-     adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end, \
-     datetime_created, client_id, trigger_datetime_created) \
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c";
+pub const ROWS_PER_STATEMENT: usize = 10_000;
 
-const ROWS_PER_STATEMENT: usize = 10_000;
+const INSERT: &str = "
+WITH prior AS (
+    SELECT id, feedback_ids FROM public.campaign_notifier_outbox WHERE token = $11
+), ins AS (
+    INSERT INTO public.subscribers_feedback
+        (restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
+         adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
+         datetime_created, client_id, trigger_datetime_created)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM prior)
+    ON CONFLICT (restaurant_id, adv_campaign_id, client_id) DO NOTHING
+    RETURNING id, client_id
+), mark AS (
+    INSERT INTO public.campaign_notifier_outbox (token, owner, feedback_ids)
+    SELECT $11, $12, array_agg(id) FROM ins HAVING count(*) > 0
+    RETURNING id
+)
+SELECT ins.id, ins.client_id, (SELECT id FROM mark) FROM ins
+UNION ALL
+SELECT f.id, f.client_id, p.id
+FROM prior p JOIN public.subscribers_feedback f ON f.id = ANY (p.feedback_ids)";
+
+/// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
+/// tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
+#[derive(Debug)]
+pub struct PgJob {
+    pub batch: Arc<NotificationBatch>,
+    pub first_token: i64,
+}
+
+impl PgJob {
+    pub fn chunks(&self) -> usize {
+        self.batch.len().div_ceil(ROWS_PER_STATEMENT)
+    }
+}
+
+impl Rows for PgJob {
+    fn rows(&self) -> usize {
+        self.batch.len()
+    }
+}
+
+/// The rows a campaign added: `(subscribers_feedback.id, client_id)` of every client notified
+/// for the first time, and the outbox marks to clear once Kafka has them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Inserted {
+    pub rows: Vec<(i32, String)>,
+    pub outbox_ids: Vec<i64>,
+}
 
 #[derive(Clone)]
 pub struct PgSinkConfig {
     pub url: String,
+    /// This process's ledger owner id.
+    pub owner: i32,
 }
 
 impl std::fmt::Debug for PgSinkConfig {
@@ -37,6 +90,7 @@ impl std::fmt::Debug for PgSinkConfig {
 pub struct PgSink {
     client: Arc<Client>,
     insert: Statement,
+    owner: i32,
 }
 
 /// Data errors (class 22) and constraint violations (class 23) are the rows' fault; anything else
@@ -45,7 +99,7 @@ pub fn classify(e: &tokio_postgres::Error) -> SinkError {
     if let Some(code) = e.code() {
         let class = &code.code()[..2];
         if class == "22" || class == "23" {
-            return SinkError::Permanent(e.to_string());
+            return SinkError::Permanent(crate::schema::describe(e));
         }
     }
     SinkError::Retriable(crate::schema::describe(e))
@@ -56,6 +110,8 @@ impl Sink for PgSink {
     // One connection runs one transaction at a time.
     const MAX_CONCURRENT_WRITES: usize = 1;
     type Config = PgSinkConfig;
+    type Item = PgJob;
+    type Output = Inserted;
 
     fn connect(config: PgSinkConfig) -> LocalFuture<Result<PgSink, SinkError>> {
         Box::pin(async move {
@@ -66,22 +122,27 @@ impl Sink for PgSink {
             Ok(PgSink {
                 client: Arc::new(client),
                 insert,
+                owner: config.owner,
             })
         })
     }
 
-    fn write(&self, batches: Vec<Arc<NotificationBatch>>) -> LocalFuture<Result<(), SinkError>> {
+    fn write(&self, jobs: Vec<Arc<PgJob>>) -> LocalFuture<Result<Vec<Inserted>, SinkError>> {
         let client = self.client.clone();
         let insert = self.insert.clone();
+        let owner = self.owner;
         Box::pin(async move {
             client
                 .batch_execute("BEGIN")
                 .await
                 .map_err(|e| classify(&e))?;
-            let result = insert_all(&client, &insert, &batches).await;
+            let result = insert_all(&client, &insert, owner, &jobs).await;
             let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
             let ended = client.batch_execute(end).await.map_err(|e| classify(&e));
-            result.and(ended)
+            match (result, ended) {
+                (Ok(inserted), Ok(())) => Ok(inserted),
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            }
         })
     }
 
@@ -97,33 +158,37 @@ impl Sink for PgSink {
 async fn insert_all(
     client: &Client,
     insert: &Statement,
-    batches: &[Arc<NotificationBatch>],
-) -> Result<(), SinkError> {
-    let triggers: Vec<i32> = batches
+    owner: i32,
+    jobs: &[Arc<PgJob>],
+) -> Result<Vec<Inserted>, SinkError> {
+    let triggers: Vec<i32> = jobs
         .iter()
-        .map(|b| i32::try_from(b.trigger_datetime_created))
+        .map(|j| i32::try_from(j.batch.trigger_datetime_created))
         .collect::<Result<_, _>>()
         .map_err(|_| {
             SinkError::Permanent("trigger_datetime_created does not fit the int4 column".into())
         })?;
-    // A restaurant with a million subscribers still gives statements of bounded size.
-    let chunks: Vec<(usize, Vec<String>)> = batches
+    // (job, token, client ids): a restaurant with a million subscribers still gives statements
+    // of bounded size.
+    let chunks: Vec<(usize, i64, Vec<String>)> = jobs
         .iter()
         .enumerate()
-        .flat_map(|(n, b)| {
-            (0..b.len()).step_by(ROWS_PER_STATEMENT).map(move |start| {
-                let end = (start + ROWS_PER_STATEMENT).min(b.len());
-                (
-                    n,
-                    (start..end).map(|i| b.client_id(i).to_string()).collect(),
-                )
-            })
+        .flat_map(|(n, job)| {
+            let b = &job.batch;
+            (0..b.len())
+                .step_by(ROWS_PER_STATEMENT)
+                .enumerate()
+                .map(move |(k, start)| {
+                    let end = (start + ROWS_PER_STATEMENT).min(b.len());
+                    let ids = (start..end).map(|i| b.client_id(i).to_string()).collect();
+                    (n, job.first_token + k as i64, ids)
+                })
         })
         .collect();
-    let params: Vec<[&(dyn ToSql + Sync); 10]> = chunks
+    let params: Vec<[&(dyn ToSql + Sync); 12]> = chunks
         .iter()
-        .map(|(n, ids)| {
-            let c = &batches[*n].campaign;
+        .map(|(n, token, ids)| {
+            let c = &jobs[*n].batch.campaign;
             [
                 &c.restaurant_id as &(dyn ToSql + Sync),
                 &c.adv_campaign_id,
@@ -135,13 +200,31 @@ async fn insert_all(
                 &c.datetime_created,
                 &triggers[*n],
                 ids,
+                token,
+                &owner,
             ]
         })
         .collect();
     // Issued together, the statements are pipelined on the one connection.
-    let statements = params.iter().map(|p| client.execute(insert, p));
-    futures::future::try_join_all(statements)
+    let statements = params.iter().map(|p| client.query(insert, p));
+    let results = futures::future::try_join_all(statements)
         .await
         .map_err(|e| classify(&e))?;
-    Ok(())
+    let mut inserted: Vec<Inserted> = vec![Inserted::default(); jobs.len()];
+    for ((n, _, _), rows) in chunks.iter().zip(results) {
+        let out = &mut inserted[*n];
+        for row in rows {
+            let outbox_id: Option<i64> = row.try_get(2).map_err(|e| classify(&e))?;
+            if let Some(id) = outbox_id {
+                if out.outbox_ids.last() != Some(&id) {
+                    out.outbox_ids.push(id);
+                }
+            }
+            out.rows.push((
+                row.try_get(0).map_err(|e| classify(&e))?,
+                row.try_get(1).map_err(|e| classify(&e))?,
+            ));
+        }
+    }
+    Ok(inserted)
 }

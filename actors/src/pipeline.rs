@@ -30,6 +30,8 @@ pub enum StartError {
     },
     #[error("the subscriber cache stopped before its first load")]
     CacheGone,
+    #[error("cannot recover notifications left unsent by a stopped instance: {0}")]
+    Recovery(String),
 }
 
 pub struct Pipeline {
@@ -56,7 +58,26 @@ impl Pipeline {
                 .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
             crate::schema::ensure_schema(&mut client)
                 .await
-                .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
+                .map_err(|e| StartError::Schema(e.to_string()))?;
+        }
+
+        // Finish what crashed processes left half-sent before reading anything new.
+        let owner = crate::ledger::new_owner();
+        let kafka_config = KafkaSinkConfig::from_config(&config);
+        let ledger_client = crate::schema::connect(&config.postgres.url, "ledger")
+            .await
+            .map_err(|e| StartError::Recovery(crate::schema::describe(&e)))?;
+        let report = crate::ledger::recover(&ledger_client, &kafka_config, owner, 0.0)
+            .await
+            .map_err(StartError::Recovery)?;
+        drop(ledger_client);
+        if report.owners > 0 {
+            log::info!(
+                "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
+                report.owners,
+                report.resent,
+                report.already_sent
+            );
         }
 
         let (fatal_tx, fatal) = watch::channel(None);
@@ -65,13 +86,22 @@ impl Pipeline {
         let pg_arbiter = Arbiter::new();
         let cache_arbiter = Arbiter::new();
 
-        let kafka_config = KafkaSinkConfig::from_config(&config);
+        let ledger_arbiter = Arbiter::new();
+        let (url, k, m) = (
+            config.postgres.url.clone(),
+            kafka_config.clone(),
+            metrics.clone(),
+        );
+        let ledger = Supervisor::start_in_arbiter(&ledger_arbiter.handle(), move |_| {
+            crate::ledger::Ledger::new(url, owner, k, m)
+        });
         let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
         let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
             Writer::<KafkaSink>::new(kafka_config, s, m, f)
         });
         let pg_config = PgSinkConfig {
             url: config.postgres.url.clone(),
+            owner,
         };
         let (s, m, f) = (settings, metrics.clone(), fatal_tx.clone());
         let pg_writer = Supervisor::start_in_arbiter(&pg_arbiter.handle(), move |_| {
@@ -81,6 +111,8 @@ impl Pipeline {
         let enricher = Enricher::new(
             kafka_writer.clone().recipient(),
             pg_writer.clone().recipient(),
+            ledger.clone().recipient(),
+            owner,
             config.enricher.max_campaign_bytes,
             metrics.clone(),
         )
@@ -134,7 +166,7 @@ impl Pipeline {
             kafka_writer,
             pg_writer,
             http,
-            arbiters: vec![kafka_arbiter, pg_arbiter, cache_arbiter],
+            arbiters: vec![kafka_arbiter, pg_arbiter, cache_arbiter, ledger_arbiter],
             config,
             fatal,
         })

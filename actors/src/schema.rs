@@ -34,7 +34,33 @@ CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
 );
 CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
     ON public.subscribers_restaurants (restaurant_id);
+CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
+    id bigserial PRIMARY KEY,
+    token int8 NOT NULL UNIQUE,
+    owner int4 NOT NULL,
+    feedback_ids int4[] NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
 ";
+
+/// One notification per (restaurant, campaign, client), ever. Created apart from the DDL above
+/// so that existing duplicates give their own clear error.
+const UNIQUE_KEY: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_notification_key
+    ON public.subscribers_feedback (restaurant_id, adv_campaign_id, client_id)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(
+        "public.subscribers_feedback already holds more than one row for the same (restaurant_id, \
+         adv_campaign_id, client_id), so the key that keeps notifications unique cannot be created. \
+         Nothing was changed. Find them with: SELECT restaurant_id, adv_campaign_id, client_id, \
+         count(*) FROM public.subscribers_feedback GROUP BY 1, 2, 3 HAVING count(*) > 1"
+    )]
+    DuplicateNotifications,
+}
 
 /// Connects and drives the connection on the current arbiter. `who` names the connection in
 /// the log line written if it breaks.
@@ -65,11 +91,18 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Creates the two tables and the index if they are missing.
-pub async fn ensure_schema(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+/// Creates the two tables, the index, the notification key and the outbox if they are missing.
+pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
         .await?;
     tx.batch_execute(DDL).await?;
-    tx.commit().await
+    if let Err(e) = tx.batch_execute(UNIQUE_KEY).await {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return Err(SchemaError::DuplicateNotifications);
+        }
+        return Err(e.into());
+    }
+    tx.commit().await?;
+    Ok(())
 }

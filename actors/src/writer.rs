@@ -20,7 +20,7 @@ use actix::prelude::*;
 use futures::channel::oneshot;
 use tokio::sync::watch;
 
-use crate::messages::{Close, IsConnected, WriteBatch};
+use crate::messages::{Close, IsConnected};
 use crate::metrics::Metrics;
 use crate::notification::NotificationBatch;
 
@@ -51,6 +51,17 @@ impl SinkError {
     }
 }
 
+/// What a writer job carries: it knows how many rows (notifications) it holds.
+pub trait Rows {
+    fn rows(&self) -> usize;
+}
+
+impl Rows for NotificationBatch {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+}
+
 /// One destination of notifications.
 pub trait Sink: Sized + 'static {
     /// Label in metrics and logs.
@@ -58,13 +69,36 @@ pub trait Sink: Sized + 'static {
     /// Writes that may be under way at once.
     const MAX_CONCURRENT_WRITES: usize;
     type Config: Clone + Send + Unpin + 'static;
+    /// One job, as the enricher sends it.
+    type Item: Rows + Send + Sync + 'static;
+    /// What the writer answers for one job once it is written.
+    type Output: Send + 'static;
 
     fn connect(config: Self::Config) -> LocalFuture<Result<Self, SinkError>>;
-    /// Writes every notification of every batch, or fails as a whole.
-    fn write(&self, batches: Vec<Arc<NotificationBatch>>) -> LocalFuture<Result<(), SinkError>>;
+    /// Writes every job, or fails as a whole; on success one output per job, in order.
+    fn write(
+        &self,
+        items: Vec<Arc<Self::Item>>,
+    ) -> LocalFuture<Result<Vec<Self::Output>, SinkError>>;
+    /// Called after a reconnect with the jobs whose earlier write may or may not have reached
+    /// the sink; returns them with what is already there taken out. The default keeps them whole
+    /// (right for a sink whose writes are idempotent).
+    fn reconcile(
+        &self,
+        items: Vec<Arc<Self::Item>>,
+    ) -> LocalFuture<Result<Vec<Arc<Self::Item>>, SinkError>> {
+        Box::pin(async move { Ok(items) })
+    }
     /// Waits for anything buffered to be written; called once, at shutdown.
     fn close(&self) -> LocalFuture<()>;
     fn is_connected(&self) -> bool;
+}
+
+/// Write one job; answered once the sink confirmed it.
+pub struct Write<S: Sink>(pub Arc<S::Item>);
+
+impl<S: Sink> Message for Write<S> {
+    type Result = Result<S::Output, SinkError>;
 }
 
 #[derive(Debug, Clone)]
@@ -103,11 +137,13 @@ impl WriterSettings {
     }
 }
 
-struct Job {
-    batch: Arc<NotificationBatch>,
-    done: oneshot::Sender<Result<(), SinkError>>,
+struct Job<S: Sink> {
+    item: Arc<S::Item>,
+    done: oneshot::Sender<Result<S::Output, SinkError>>,
     /// Written alone: it was part of a group the sink refused, and is being isolated.
     alone: bool,
+    /// A write of it was started: after a failure its fate is unknown until reconciled.
+    attempted: bool,
 }
 
 pub struct Writer<S: Sink> {
@@ -115,9 +151,9 @@ pub struct Writer<S: Sink> {
     settings: WriterSettings,
     metrics: Metrics,
     sink: Option<Rc<S>>,
-    pending: VecDeque<Job>,
+    pending: VecDeque<Job<S>>,
     pending_rows: usize,
-    in_flight: BTreeMap<u64, Vec<Job>>,
+    in_flight: BTreeMap<u64, Vec<Job<S>>>,
     next_write: u64,
     linger_armed: bool,
     /// Failures since the last successful write or connect; drives the backoff.
@@ -188,7 +224,7 @@ impl<S: Sink> Writer<S> {
             .in_flight
             .values()
             .flatten()
-            .map(|j| j.batch.len())
+            .map(|j| j.item.rows())
             .sum();
         self.metrics
             .sink_pending_rows
@@ -220,17 +256,18 @@ impl<S: Sink> Writer<S> {
         self.update_gauges();
     }
 
-    fn take_group(&mut self) -> Vec<Job> {
+    fn take_group(&mut self) -> Vec<Job<S>> {
         let mut jobs = Vec::new();
         let mut rows = 0;
         while let Some(job) = self.pending.front() {
             let alone = job.alone;
-            if !jobs.is_empty() && (alone || rows + job.batch.len() > self.settings.batch_max_rows)
+            if !jobs.is_empty() && (alone || rows + job.item.rows() > self.settings.batch_max_rows)
             {
                 break;
             }
-            let job = self.pending.pop_front().expect("front exists");
-            rows += job.batch.len();
+            let mut job = self.pending.pop_front().expect("front exists");
+            job.attempted = true;
+            rows += job.item.rows();
             jobs.push(job);
             if alone {
                 break;
@@ -240,14 +277,14 @@ impl<S: Sink> Writer<S> {
         jobs
     }
 
-    fn start_write(&mut self, ctx: &mut Context<Self>, sink: &Rc<S>, jobs: Vec<Job>) {
+    fn start_write(&mut self, ctx: &mut Context<Self>, sink: &Rc<S>, jobs: Vec<Job<S>>) {
         let id = self.next_write;
         self.next_write += 1;
-        let batches: Vec<_> = jobs.iter().map(|j| j.batch.clone()).collect();
-        let rows: usize = batches.iter().map(|b| b.len()).sum();
+        let items: Vec<_> = jobs.iter().map(|j| j.item.clone()).collect();
+        let rows: usize = items.iter().map(|b| b.rows()).sum();
         self.in_flight.insert(id, jobs);
         let started = Instant::now();
-        let write = sink.write(batches);
+        let write = sink.write(items);
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             let jobs = act.in_flight.remove(&id).unwrap_or_default();
             act.written(ctx, jobs, rows, started, result);
@@ -257,13 +294,13 @@ impl<S: Sink> Writer<S> {
     fn written(
         &mut self,
         ctx: &mut Context<Self>,
-        jobs: Vec<Job>,
+        jobs: Vec<Job<S>>,
         rows: usize,
         started: Instant,
-        result: Result<(), SinkError>,
+        result: Result<Vec<S::Output>, SinkError>,
     ) {
         match result {
-            Ok(()) => {
+            Ok(outputs) => {
                 self.failures = 0;
                 self.metrics
                     .sink_write_duration
@@ -277,8 +314,8 @@ impl<S: Sink> Writer<S> {
                     .notifications_written
                     .with_label_values(&[S::NAME])
                     .inc_by(rows as u64);
-                for job in jobs {
-                    let _ = job.done.send(Ok(()));
+                for (job, output) in jobs.into_iter().zip(outputs) {
+                    let _ = job.done.send(Ok(output));
                 }
                 self.flush(ctx, false);
                 self.finish_close_if_idle(ctx);
@@ -291,11 +328,9 @@ impl<S: Sink> Writer<S> {
                 if jobs.len() == 1 {
                     let job = jobs.into_iter().next().expect("one job");
                     log::error!(
-                        "{} writer: dropping campaign {} ({}, {} notifications): {e}",
+                        "{} writer: refused a job of {} notifications: {e}",
                         S::NAME,
-                        job.batch.campaign.adv_campaign_id,
-                        job.batch.source,
-                        job.batch.len()
+                        job.item.rows()
                     );
                     let _ = job.done.send(Err(e));
                 } else {
@@ -329,11 +364,49 @@ impl<S: Sink> Writer<S> {
         }
     }
 
-    fn requeue_front(&mut self, jobs: impl DoubleEndedIterator<Item = Job>) {
+    fn requeue_front(&mut self, jobs: impl DoubleEndedIterator<Item = Job<S>>) {
         for job in jobs.rev() {
-            self.pending_rows += job.batch.len();
+            self.pending_rows += job.item.rows();
             self.pending.push_front(job);
         }
+    }
+
+    /// After a reconnect: jobs whose earlier write may have landed are checked against the sink
+    /// before anything is written again, so a retry never writes a notification twice.
+    fn reconcile_then_flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        if !self.pending.iter().any(|j| j.attempted) {
+            self.flush(ctx, true);
+            self.finish_close_if_idle(ctx);
+            return;
+        }
+        let items: Vec<_> = self.pending.iter().map(|j| j.item.clone()).collect();
+        ctx.wait(
+            sink.reconcile(items)
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(items) => {
+                        act.pending_rows = 0;
+                        for (job, item) in act.pending.iter_mut().zip(items) {
+                            job.item = item;
+                            job.attempted = false;
+                            act.pending_rows += job.item.rows();
+                        }
+                        act.flush(ctx, true);
+                        act.finish_close_if_idle(ctx);
+                    }
+                    Err(e) => {
+                        act.failures += 1;
+                        log::warn!(
+                            "{} writer: cannot check what was written before: {e}",
+                            S::NAME
+                        );
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn finish_close_if_idle(&mut self, ctx: &mut Context<Self>) {
@@ -382,8 +455,7 @@ impl<S: Sink> Actor for Writer<S> {
                         .with_label_values(&[S::NAME])
                         .set(1);
                     act.sink = Some(Rc::new(sink));
-                    act.flush(ctx, true);
-                    act.finish_close_if_idle(ctx);
+                    act.reconcile_then_flush(ctx);
                     // A connection can die while idle; notice it without waiting for the next
                     // write to fail, so readiness tells the truth and the reconnect starts early.
                     ctx.run_interval(CONNECTION_CHECK_INTERVAL, |act, ctx| {
@@ -438,22 +510,19 @@ impl<S: Sink> Supervised for Writer<S> {
     }
 }
 
-impl<S: Sink> Handler<WriteBatch> for Writer<S> {
-    type Result = ResponseFuture<Result<(), SinkError>>;
+impl<S: Sink> Handler<Write<S>> for Writer<S> {
+    type Result = ResponseFuture<Result<S::Output, SinkError>>;
 
-    fn handle(&mut self, msg: WriteBatch, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Write<S>, ctx: &mut Context<Self>) -> Self::Result {
         let (done, rx) = oneshot::channel();
-        if msg.0.is_empty() {
-            let _ = done.send(Ok(()));
-        } else {
-            self.pending_rows += msg.0.len();
-            self.pending.push_back(Job {
-                batch: msg.0,
-                done,
-                alone: false,
-            });
-            self.flush(ctx, false);
-        }
+        self.pending_rows += msg.0.rows();
+        self.pending.push_back(Job {
+            item: msg.0,
+            done,
+            alone: false,
+            attempted: false,
+        });
+        self.flush(ctx, false);
         Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) })
     }
 }
