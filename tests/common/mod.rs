@@ -247,6 +247,10 @@ output_topic = "{output}"
 group_id = "{group}"
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
+# A member killed with SIGKILL is noticed after this long, so a restarted one is not kept
+# waiting for the default 45 s.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
 [postgres]
 url = "{db_url}"
 [http]
@@ -316,6 +320,24 @@ impl Service {
     }
 
     pub fn start_numbered(fixture: &Fixture, extra_config: &str, n: usize) -> Service {
+        let mut service = Service::spawn(fixture, extra_config, n);
+        service.wait_ready();
+        service
+    }
+
+    /// Starts the service without waiting for it to be ready.
+    pub fn spawn(fixture: &Fixture, extra_config: &str, n: usize) -> Service {
+        Service::spawn_with_env(fixture, extra_config, n, &[])
+    }
+
+    /// The same, with `CAMPAIGN_NOTIFIER__*` overrides (for keys of sections the fixture's
+    /// config already has).
+    pub fn spawn_with_env(
+        fixture: &Fixture,
+        extra_config: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> Service {
         let http_port = free_port();
         let config = fixture.dir.join(format!("config-{n}.toml"));
         std::fs::write(&config, fixture.config(http_port, extra_config)).expect("write config");
@@ -324,24 +346,44 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
             .args(["run", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start the service");
-        let mut service = Service {
+        Service {
             child,
             http_port,
             log,
-        };
-        service.wait_ready();
-        service
+        }
+    }
+
+    /// Starts the service and waits for it to exit by itself (for start-up failures).
+    pub fn run_to_exit(fixture: &Fixture, extra_config: &str) -> (ExitStatus, String) {
+        let config = fixture.dir.join("config-exit.toml");
+        std::fs::write(&config, fixture.config(free_port(), extra_config)).expect("write config");
+        let out = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run the service");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGKILL: no drain, no commit, nothing flushed.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -432,6 +474,48 @@ impl Drop for Service {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A number in `0..n` that differs from call to call (no seed to manage; tests print what they
+/// drew).
+pub fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() % n.max(1)
+}
+
+/// Counts per (adv_campaign_id, client_id) in `subscribers_feedback`.
+pub async fn row_pairs(f: &Fixture) -> std::collections::BTreeMap<(String, String), u32> {
+    let mut pairs = std::collections::BTreeMap::new();
+    for row in f.feedback_rows().await {
+        *pairs
+            .entry((row.get("adv_campaign_id"), row.get("client_id")))
+            .or_insert(0) += 1;
+    }
+    pairs
+}
+
+/// Counts per (adv_campaign_id, client_id) in the output topic.
+pub fn output_pairs(f: &Fixture) -> std::collections::BTreeMap<(String, String), u32> {
+    let mut pairs = std::collections::BTreeMap::new();
+    for (_, v) in f.read_output() {
+        *pairs
+            .entry((
+                v["adv_campaign_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                v["client_id"].as_str().unwrap_or_default().to_string(),
+            ))
+            .or_insert(0) += 1;
+    }
+    pairs
 }
 
 pub fn sum_metric(text: &str, name: &str) -> f64 {

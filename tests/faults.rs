@@ -1,0 +1,168 @@
+//! Nothing lost, nothing twice: the service broken on purpose, against the run's Tansu broker and
+//! the local Postgres. Every test ends by counting each (campaign, client) pair in both sinks.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn clients(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("0c000000-0000-4000-8000-{i:012}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn campaign_delivered_twice_notifies_each_client_once() {
+    let f = Fixture::new("twice", 1).await;
+    let restaurant = "71000000-0000-0000-0000-000000000001";
+    let subscribers = clients(3);
+    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
+    f.subscribe(restaurant, &refs).await;
+    let service = Service::start(&f, "");
+    let campaign = active_campaign(restaurant, "c-twice");
+    f.produce("1", campaign.as_bytes()).await;
+    f.produce("1-again", campaign.as_bytes()).await;
+    f.produce("2", active_campaign(restaurant, "c-other").as_bytes())
+        .await;
+    service.wait_processed(3, Duration::from_secs(30));
+
+    let expected: BTreeMap<(String, String), u32> = ["c-twice", "c-other"]
+        .iter()
+        .flat_map(|c| {
+            subscribers
+                .iter()
+                .map(move |s| ((c.to_string(), s.clone()), 1))
+        })
+        .collect();
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    assert_eq!(
+        service.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            "outcome=\"already_notified\""
+        ),
+        1.0
+    );
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn existing_duplicate_rows_stop_start_up_with_a_clear_message() {
+    let f = Fixture::new("dupes", 1).await;
+    // A table from before the key existed, with a notification stored twice.
+    f.db.batch_execute(
+        "DROP INDEX public.subscribers_feedback_notification_key;
+         INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
+         SELECT 'r', 'c', 'x', 'o', 'e', 1, 2, 0, 'client', 3 FROM generate_series(1, 2);",
+    )
+    .await
+    .unwrap();
+    let (status, log) = Service::run_to_exit(&f, "");
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("subscribers_feedback"), "{log}");
+    assert!(
+        log.contains("HAVING count(*) > 1"),
+        "names how to find them:\n{log}"
+    );
+    let rows = f.feedback_rows().await.len();
+    assert_eq!(rows, 2, "nothing was deleted");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
+    let f = Fixture::new("kill9", 2).await;
+    let restaurants = 50;
+    let per_restaurant = 40;
+    let campaigns = 300;
+    let subscribers = clients(per_restaurant);
+    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
+    let restaurant = |r: usize| format!("72000000-0000-0000-0000-{r:012}");
+    for r in 0..restaurants {
+        f.subscribe(&restaurant(r), &refs).await;
+    }
+    let campaign_of = |i: usize| format!("c-kill-{i:04}");
+    let total = campaigns * per_restaurant;
+    assert!(total >= 10_000);
+
+    // Each round adds a fifth of the campaigns, starts the service, lets it get going and kills
+    // it at a random moment while it works through them.
+    let config = "[writers]\nbatch_max_rows = 500\n";
+    let slow = [("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "8")];
+    let mut kills = Vec::new();
+    let per_round = campaigns / 5;
+    for round in 0..5 {
+        for i in round * per_round..(round + 1) * per_round {
+            f.produce(
+                &i.to_string(),
+                active_campaign(&restaurant(i % restaurants), &campaign_of(i)).as_bytes(),
+            )
+            .await;
+        }
+        let mut service = Service::spawn_with_env(&f, config, round, &slow);
+        service.wait_ready();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while service.metric("campaign_notifier_campaigns_processed_total") < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round} processed nothing:\n{}",
+                service.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let wait_ms = random_below(400);
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let processed = service.metric("campaign_notifier_campaigns_processed_total");
+        service.kill_hard();
+        kills.push((wait_ms, processed, f.feedback_rows().await.len()));
+        for line in service
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("ledger: recovered owner"))
+        {
+            eprintln!("round {round}: {line}");
+        }
+    }
+    eprintln!("killed after (ms, campaigns processed in the round, rows so far): {kills:?}");
+
+    let mut service = Service::start_numbered(&f, config, 99);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while f.output_count() < total as i64 || f.feedback_rows().await.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows and {} messages of {total}:\n{}",
+            f.feedback_rows().await.len(),
+            f.output_count(),
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(service.terminate().success(), "{}", service.log_text());
+
+    let expected: BTreeMap<(String, String), u32> = (0..campaigns)
+        .flat_map(|i| {
+            subscribers
+                .iter()
+                .map(move |s| ((campaign_of(i), s.clone()), 1))
+        })
+        .collect();
+    let rows = row_pairs(&f).await;
+    let output = output_pairs(&f);
+    assert_eq!(rows.len(), total, "every pair in Postgres");
+    assert_eq!(rows, expected, "each pair exactly once in Postgres");
+    assert_eq!(output.len(), total, "every pair in Kafka");
+    assert_eq!(output, expected, "each pair exactly once in Kafka");
+    let marks: i64 =
+        f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(marks, 0, "every outbox mark cleared");
+    f.cleanup().await;
+}
