@@ -51,6 +51,7 @@ free_port() {
 
 ensure_tansu
 ensure_postgres
+"$root/scripts/ensure-test-tools.sh"
 
 run_id="$(date +%s)_$$"
 run_dir="$root/.test-run/$run_id"

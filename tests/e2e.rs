@@ -142,18 +142,27 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
     f.subscribe(restaurant, &CLIENTS[..2]).await;
     let service = Service::start(&f, "");
     let now = unix_now();
-    let bad: Vec<Vec<u8>> = vec![
-        b"not json at all".to_vec(),
-        b"\xff\xfe broken utf-8".to_vec(),
-        br#"{"restaurant_id": 7}"#.to_vec(),
-        campaign(restaurant, "c-bad-window", now + 10, now - 10).into_bytes(),
-        campaign(restaurant, "", now - 10, now + 10).into_bytes(),
-        campaign(restaurant, "c-huge-ts", now, 99_999_999_999_999).into_bytes(),
-        format!("{}1", "[".repeat(10_000)).into_bytes(),
-        vec![],
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json at all".to_vec(), "not_json"),
+        (b"\xff\xfe broken utf-8".to_vec(), "not_utf8"),
+        (br#"{"restaurant_id": 7}"#.to_vec(), "wrong_type"),
+        (
+            campaign(restaurant, "c-bad-window", now + 10, now - 10).into_bytes(),
+            "start_after_end",
+        ),
+        (
+            campaign(restaurant, "", now - 10, now + 10).into_bytes(),
+            "empty_field",
+        ),
+        (
+            campaign(restaurant, "c-huge-ts", now, 99_999_999_999_999).into_bytes(),
+            "out_of_range",
+        ),
+        (format!("{}1", "[".repeat(10_000)).into_bytes(), "not_json"),
+        (vec![], "not_json"),
     ];
     let mut good = Vec::new();
-    for (i, b) in bad.iter().enumerate() {
+    for (i, (b, _)) in bad.iter().enumerate() {
         let id = format!("c-good-{i}");
         f.produce(
             &format!("good-{i}"),
@@ -200,6 +209,22 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
         log.contains(&format!("{}/0@1", f.input_topic)),
         "the warning names topic, partition and offset:\n{log}"
     );
+    // Every bad message is in the dead-letter topic, untouched, with why and where from.
+    let letters = f.read_topic(&f.dead_letter_topic);
+    assert_eq!(letters.len(), bad.len());
+    for (i, (letter, (bytes, code))) in letters.iter().zip(&bad).enumerate() {
+        assert_eq!(letter.key.as_deref(), Some(format!("bad-{i}").as_bytes()));
+        assert_eq!(
+            letter.payload.clone().unwrap_or_default(),
+            *bytes,
+            "bytes untouched"
+        );
+        assert_eq!(letter.headers["dlq.reason.code"], *code);
+        assert!(!letter.headers["dlq.reason"].is_empty());
+        assert_eq!(letter.headers["dlq.source.topic"], f.input_topic);
+        assert_eq!(letter.headers["dlq.source.partition"], "0");
+        assert_eq!(letter.headers["dlq.source.offset"], (2 * i + 1).to_string());
+    }
     drop(service);
     f.cleanup().await;
 }

@@ -166,3 +166,105 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
     assert_eq!(marks, 0, "every outbox mark cleared");
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() {
+    let f = Fixture::new("hostile", 1).await;
+    let restaurant = "73000000-0000-0000-0000-000000000001";
+    let subscribers = clients(2);
+    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
+    f.subscribe(restaurant, &refs).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    let sql = "'; DROP TABLE subscribers_feedback; --";
+    let hostile: Vec<(Vec<u8>, &str)> = vec![
+        (b"\xc3\x28\xa0\xa1 not utf-8".to_vec(), "not_utf8"),
+        (
+            format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000)).into_bytes(),
+            "too_large",
+        ),
+        (format!("{}{}", "[".repeat(5_000), "]".repeat(5_000)).into_bytes(), "not_json"),
+        (
+            campaign(restaurant, &"x".repeat(1 << 20), now - 10, now + 10).into_bytes(),
+            "too_large",
+        ),
+        (campaign(restaurant, "c-neg", -5, now + 10).into_bytes(), "out_of_range"),
+        (
+            campaign(restaurant, "c-huge", now, 9_223_372_036_854_775_807).into_bytes(),
+            "out_of_range",
+        ),
+        (campaign(restaurant, "c-over", now - 7200, now - 3600).into_bytes(), "ended"),
+        (campaign(restaurant, "c-later", now + 3600, now + 7200).into_bytes(), "not_started"),
+        (
+            br#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"a\u0000b","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":1,"adv_campaign_datetime_end":2,"datetime_created":1}"#.to_vec(),
+            "invalid_char",
+        ),
+    ];
+    let mut good = Vec::new();
+    for (i, (bytes, _)) in hostile.iter().enumerate() {
+        f.produce(&format!("bad-{i}"), bytes).await;
+        // A valid campaign whose text looks like SQL is just text.
+        let id = format!("c-good-{i}");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&active_campaign(restaurant, &id)).unwrap();
+        v["adv_campaign_content"] = sql.into();
+        f.produce(&format!("good-{i}"), v.to_string().as_bytes())
+            .await;
+        good.push(id);
+    }
+    service.wait_processed((hostile.len() + good.len()) as u64, Duration::from_secs(60));
+
+    let expected: BTreeMap<(String, String), u32> = good
+        .iter()
+        .flat_map(|c| subscribers.iter().map(move |s| ((c.clone(), s.clone()), 1)))
+        .collect();
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    let contents: Vec<String> =
+        f.db.query(
+            "SELECT DISTINCT adv_campaign_content FROM subscribers_feedback",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(contents, vec![sql.to_string()], "stored as text, verbatim");
+
+    let letters = f.read_topic(&f.dead_letter_topic);
+    assert_eq!(letters.len(), hostile.len());
+    for (i, (letter, (bytes, code))) in letters.iter().zip(&hostile).enumerate() {
+        assert_eq!(letter.headers["dlq.reason.code"], *code, "message {i}");
+        let omitted = letter.headers.get("dlq.payload.omitted").is_some();
+        if !omitted {
+            assert_eq!(
+                &letter.payload.clone().unwrap_or_default(),
+                bytes,
+                "message {i}"
+            );
+        }
+        assert_eq!(letter.headers["dlq.source.offset"], (2 * i).to_string());
+    }
+    for code in [
+        "not_utf8",
+        "too_large",
+        "out_of_range",
+        "ended",
+        "not_started",
+    ] {
+        assert!(
+            service.metric_with(
+                "campaign_notifier_dead_letters_total",
+                &format!("reason=\"{code}\"")
+            ) >= 1.0,
+            "{code} counted"
+        );
+    }
+    assert_eq!(
+        service.metric("campaign_notifier_actor_restarts_total"),
+        0.0
+    );
+    drop(service);
+    f.cleanup().await;
+}

@@ -37,6 +37,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every code [`Rejection::code`] returns.
+    pub const CODES: [&'static str; 9] = [
+        "too_large",
+        "not_utf8",
+        "not_json",
+        "missing_field",
+        "wrong_type",
+        "empty_field",
+        "invalid_char",
+        "out_of_range",
+        "start_after_end",
+    ];
+
     /// The metric label: a short fixed code, never the message text.
     pub fn code(&self) -> &'static str {
         match self {
@@ -150,6 +163,10 @@ pub fn parse_campaign(json: &[u8], max_bytes: usize) -> Result<Campaign, Rejecti
         });
     }
     let text = std::str::from_utf8(json).map_err(|_| Rejection::NotUtf8)?;
+    // serde would read a struct from an array too; a campaign is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(Rejection::NotJson("expected a JSON object".into()));
+    }
     let raw: RawCampaign<'_> =
         serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
     let campaign = Campaign {

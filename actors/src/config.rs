@@ -67,6 +67,10 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub output_topic: String,
     pub group_id: String,
+    /// Messages the service cannot use (broken, invalid, already over or not yet started) are
+    /// written here with the reason in headers. Empty: they are only logged and counted.
+    #[serde(default)]
+    pub dead_letter_topic: String,
     /// Campaigns read but not yet confirmed by both sinks. When reached, the reader stops pulling
     /// until one completes: this bounds memory while a sink is slow or down.
     #[serde(default = "default_max_in_flight_campaigns")]

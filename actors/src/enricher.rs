@@ -14,9 +14,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use crate::campaign::{parse_campaign, split_inline_key, Activity, Rejection};
+use crate::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::kafka_writer::{KafkaJob, KafkaSink};
 use crate::ledger::Tokens;
-use crate::messages::{CampaignOutcome, ClearOutbox, ProcessCampaign, SnapshotLoaded};
+use crate::messages::{
+    CampaignOutcome, CampaignRecord, ClearOutbox, ProcessCampaign, SnapshotLoaded,
+};
 use crate::metrics::Metrics;
 use crate::notification::NotificationBatch;
 use crate::pg_writer::{PgJob, PgSink};
@@ -28,6 +31,8 @@ pub struct Enricher {
     kafka: Recipient<Write<KafkaSink>>,
     postgres: Recipient<Write<PgSink>>,
     ledger: Recipient<ClearOutbox>,
+    /// Where unusable messages go; `None` when no dead-letter topic is configured.
+    dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
     tokens: Tokens,
     max_campaign_bytes: usize,
     metrics: Metrics,
@@ -47,6 +52,7 @@ impl Enricher {
         kafka: Recipient<Write<KafkaSink>>,
         postgres: Recipient<Write<PgSink>>,
         ledger: Recipient<ClearOutbox>,
+        dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
         owner: i32,
         max_campaign_bytes: usize,
         metrics: Metrics,
@@ -56,6 +62,7 @@ impl Enricher {
             kafka,
             postgres,
             ledger,
+            dead_letters,
             tokens: Tokens::new(owner),
             max_campaign_bytes,
             metrics,
@@ -63,28 +70,65 @@ impl Enricher {
         }
     }
 
-    /// Everything up to the join: what to write, or why there is nothing to write.
-    fn prepare(&self, msg: ProcessCampaign) -> Result<NotificationBatch, CampaignOutcome> {
+    /// Everything up to the join: what to write, or why there is nothing to write (and, for a
+    /// message the service cannot use, the dead letter that keeps it).
+    fn prepare(
+        &self,
+        msg: ProcessCampaign,
+    ) -> Result<NotificationBatch, (CampaignOutcome, Option<DeadLetter>)> {
         let record = msg.0;
         let payload = record.payload.as_deref().unwrap_or_default();
         let (_inline_key, json) = split_inline_key(payload);
-        let campaign = parse_campaign(json, self.max_campaign_bytes).map_err(|reason| {
-            self.reject(&record.source, &reason);
-            CampaignOutcome::Rejected(reason)
-        })?;
+        let letter = |code: &'static str, reason: String| {
+            let CampaignRecord {
+                source,
+                key,
+                payload,
+            } = &record;
+            DeadLetter {
+                source: source.clone(),
+                key: key.clone(),
+                payload: payload.clone(),
+                code,
+                reason,
+            }
+        };
+        let campaign = match parse_campaign(json, self.max_campaign_bytes) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.reject(&record.source, &reason);
+                let dead = letter(reason.code(), reason.to_string());
+                return Err((CampaignOutcome::Rejected(reason), Some(dead)));
+            }
+        };
         let now = (self.now)();
         match campaign.activity(now) {
             Activity::Active => {}
-            Activity::NotStarted => return Err(CampaignOutcome::NotStarted),
-            Activity::Ended => return Err(CampaignOutcome::Ended),
+            Activity::NotStarted => {
+                let reason = format!(
+                    "campaign starts at {} but arrived at {now}; it is not scheduled for later",
+                    campaign.adv_campaign_datetime_start
+                );
+                return Err((
+                    CampaignOutcome::NotStarted,
+                    Some(letter("not_started", reason)),
+                ));
+            }
+            Activity::Ended => {
+                let reason = format!(
+                    "campaign ended at {} but arrived at {now}",
+                    campaign.adv_campaign_datetime_end
+                );
+                return Err((CampaignOutcome::Ended, Some(letter("ended", reason))));
+            }
         }
-        let snapshot = self
+        let entry = self
             .snapshot
             .as_ref()
-            .ok_or(CampaignOutcome::NoSubscribers)?;
-        let entry = snapshot
-            .lookup(&campaign.restaurant_id)
-            .ok_or(CampaignOutcome::NoSubscribers)?;
+            .and_then(|s| s.lookup(&campaign.restaurant_id).map(|e| (s, e)));
+        let Some((snapshot, entry)) = entry else {
+            return Err((CampaignOutcome::NoSubscribers, None));
+        };
         Ok(NotificationBatch::new(
             campaign,
             now,
@@ -125,7 +169,26 @@ impl Handler<ProcessCampaign> for Enricher {
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
         let batch = match self.prepare(msg) {
             Ok(batch) => Arc::new(batch),
-            Err(outcome) => return Box::pin(async move { outcome }),
+            Err((outcome, None)) => return Box::pin(async move { outcome }),
+            Err((outcome, Some(letter))) => {
+                let Some(dead_letters) = self.dead_letters.clone() else {
+                    return Box::pin(async move { outcome });
+                };
+                let metrics = self.metrics.clone();
+                let code = letter.code;
+                return Box::pin(async move {
+                    match confirmed(
+                        "dead_letter",
+                        dead_letters.send(Write(Arc::new(letter))).await,
+                    ) {
+                        Ok(()) => {
+                            metrics.dead_letters.with_label_values(&[code]).inc();
+                            outcome
+                        }
+                        Err(failed) => failed,
+                    }
+                });
+            }
         };
         self.metrics.notifications_built.inc_by(batch.len() as u64);
         let job = PgJob {

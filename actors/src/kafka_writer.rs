@@ -102,6 +102,32 @@ fn classify(e: &KafkaError) -> SinkError {
     }
 }
 
+/// Creating a producer does not connect; asking for the topic's metadata does, and tells an
+/// operator at once when the topic is missing.
+pub async fn check_topic(producer: &FutureProducer, topic: &str) -> Result<(), SinkError> {
+    let probe = producer.clone();
+    let name = topic.to_string();
+    let metadata = tokio::task::spawn_blocking(move || {
+        probe
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| SinkError::Retriable(format!("metadata task failed: {e}")))?
+    .map_err(|e| SinkError::Retriable(format!("cannot reach the brokers: {e}")))?;
+    let exists = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        Ok(())
+    } else {
+        Err(SinkError::Retriable(format!(
+            "topic {topic} does not exist"
+        )))
+    }
+}
+
 impl Sink for KafkaSink {
     const NAME: &'static str = "kafka";
     const MAX_CONCURRENT_WRITES: usize = 8;
@@ -115,27 +141,7 @@ impl Sink for KafkaSink {
                 .client_config()
                 .create()
                 .map_err(|e| SinkError::Permanent(format!("invalid producer config: {e}")))?;
-            // Creating a producer does not connect; asking for the topic's metadata does, and
-            // tells an operator at once when the output topic is missing.
-            let probe = producer.clone();
-            let topic = config.topic.clone();
-            let metadata = tokio::task::spawn_blocking(move || {
-                probe
-                    .client()
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            })
-            .await
-            .map_err(|e| SinkError::Retriable(format!("metadata task failed: {e}")))?
-            .map_err(|e| SinkError::Retriable(format!("cannot reach the brokers: {e}")))?;
-            let exists = metadata.topics().iter().any(|t| {
-                t.name() == config.topic && t.error().is_none() && !t.partitions().is_empty()
-            });
-            if !exists {
-                return Err(SinkError::Retriable(format!(
-                    "output topic {} does not exist",
-                    config.topic
-                )));
-            }
+            check_topic(&producer, &config.topic).await?;
             Ok(KafkaSink {
                 producer,
                 topic: config.topic.clone().into(),

@@ -23,6 +23,7 @@
 //! - [`enricher`]: validate, check activity, join, fan out to both writers.
 //! - [`writer`]: the supervised batching writer both sinks share.
 //! - [`kafka_writer`], [`pg_writer`]: the two sinks.
+//! - [`dead_letter_writer`]: unusable messages, untouched, with the reason in headers.
 //! - [`ledger`]: which notifications may still be missing from Kafka, and the recovery that
 //!   sends them after a crash.
 //! - [`schema`]: Postgres connections and the create-if-missing schema step.
@@ -32,6 +33,7 @@
 
 pub mod campaign;
 pub mod config;
+pub mod dead_letter_writer;
 pub mod enricher;
 pub mod http;
 pub mod kafka_reader;

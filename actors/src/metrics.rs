@@ -11,6 +11,26 @@ use prometheus::{
 
 const NAMESPACE: &str = "campaign_notifier";
 
+/// Label values known in advance (see `CampaignOutcome::label`, the writers' `Sink::NAME`).
+const OUTCOMES: [&str; 8] = [
+    "delivered",
+    "already_notified",
+    "rejected",
+    "not_started",
+    "ended",
+    "no_subscribers",
+    "sink_failed",
+    "unconfirmed",
+];
+const SINKS: [&str; 3] = ["kafka", "postgres", "dead_letter"];
+const ACTORS: [&str; 5] = [
+    "kafka_writer",
+    "postgres_writer",
+    "dead_letter_writer",
+    "subscriber_cache",
+    "ledger",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -21,6 +41,8 @@ pub struct Metrics {
     pub campaigns_processed: IntCounterVec,
     /// Rejected campaign messages by reason code.
     pub campaigns_rejected: IntCounterVec,
+    /// Messages written to the dead-letter topic, by reason code.
+    pub dead_letters: IntCounterVec,
     /// Notifications built by the enricher (one per campaign and subscriber).
     pub notifications_built: IntCounter,
     /// Notifications confirmed written, per sink.
@@ -120,6 +142,11 @@ impl Metrics {
             campaigns_rejected: counter_vec(
                 "campaigns_rejected_total",
                 "Campaign messages rejected as unusable, by reason",
+                &["reason"],
+            ),
+            dead_letters: counter_vec(
+                "dead_letters_total",
+                "Messages written to the dead-letter topic, by reason",
                 &["reason"],
             ),
             notifications_built: counter(
@@ -235,6 +262,29 @@ impl Metrics {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Every known label value starts at 0, so the first event is a step that rate() and
+        // alerts see, and panels show 0 instead of "No data".
+        for outcome in OUTCOMES {
+            metrics.campaigns_processed.with_label_values(&[outcome]);
+        }
+        for reason in crate::campaign::Rejection::CODES {
+            metrics.campaigns_rejected.with_label_values(&[reason]);
+            metrics.dead_letters.with_label_values(&[reason]);
+        }
+        for reason in ["ended", "not_started"] {
+            metrics.dead_letters.with_label_values(&[reason]);
+        }
+        for sink in SINKS {
+            if sink != "dead_letter" {
+                metrics.notifications_written.with_label_values(&[sink]);
+            }
+            for class in ["retriable", "permanent"] {
+                metrics.sink_write_errors.with_label_values(&[sink, class]);
+            }
+        }
+        for actor in ACTORS {
+            metrics.actor_restarts.with_label_values(&[actor]);
+        }
         metrics
     }
 

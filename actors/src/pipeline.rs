@@ -10,6 +10,7 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::dead_letter_writer::DeadLetterWriter;
 use crate::enricher::Enricher;
 use crate::kafka_reader::{KafkaReader, ReaderConfig};
 use crate::kafka_writer::{KafkaSink, KafkaSinkConfig, KafkaWriter};
@@ -42,6 +43,7 @@ pub struct Pipeline {
     cache: Addr<SubscriberCache>,
     kafka_writer: Addr<KafkaWriter>,
     pg_writer: Addr<PgWriter>,
+    dead_letters: Option<Addr<DeadLetterWriter>>,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
     config: Config,
@@ -96,8 +98,9 @@ impl Pipeline {
             crate::ledger::Ledger::new(url, owner, k, m)
         });
         let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
+        let k = kafka_config.clone();
         let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
-            Writer::<KafkaSink>::new(kafka_config, s, m, f)
+            Writer::<KafkaSink>::new(k, s, m, f)
         });
         let pg_config = PgSinkConfig {
             url: config.postgres.url.clone(),
@@ -108,10 +111,26 @@ impl Pipeline {
             PgWriter::new(pg_config, s, m, f)
         });
 
+        let dead_letters = if config.kafka.dead_letter_topic.is_empty() {
+            None
+        } else {
+            let mut dlq_config = kafka_config.clone();
+            dlq_config.topic = config.kafka.dead_letter_topic.clone();
+            let (s, m, f) = (
+                WriterSettings::from_config(&config.writers),
+                metrics.clone(),
+                fatal_tx.clone(),
+            );
+            Some(Supervisor::start_in_arbiter(
+                &kafka_arbiter.handle(),
+                move |_| DeadLetterWriter::new(dlq_config, s, m, f),
+            ))
+        };
         let enricher = Enricher::new(
             kafka_writer.clone().recipient(),
             pg_writer.clone().recipient(),
             ledger.clone().recipient(),
+            dead_letters.clone().map(Addr::recipient),
             owner,
             config.enricher.max_campaign_bytes,
             metrics.clone(),
@@ -165,6 +184,7 @@ impl Pipeline {
             cache,
             kafka_writer,
             pg_writer,
+            dead_letters,
             http,
             arbiters: vec![kafka_arbiter, pg_arbiter, cache_arbiter, ledger_arbiter],
             config,
@@ -194,8 +214,16 @@ impl Pipeline {
     pub async fn shutdown(self) -> DrainReport {
         let grace = self.config.grace_period();
         let report = self.reader.send(Drain { grace }).await.unwrap_or_default();
-        let close =
-            futures::future::join(self.kafka_writer.send(Close), self.pg_writer.send(Close));
+        let dead_letters = self.dead_letters.clone();
+        let close = futures::future::join3(
+            self.kafka_writer.send(Close),
+            self.pg_writer.send(Close),
+            async move {
+                if let Some(d) = dead_letters {
+                    let _ = d.send(Close).await;
+                }
+            },
+        );
         if tokio::time::timeout(grace, close).await.is_err() {
             log::warn!("writers did not close within {grace:?}");
         }

@@ -68,6 +68,8 @@ pub trait Sink: Sized + 'static {
     const NAME: &'static str;
     /// Writes that may be under way at once.
     const MAX_CONCURRENT_WRITES: usize;
+    /// Whether its rows count in `notifications_written_total` (the dead-letter sink's do not).
+    const WRITES_NOTIFICATIONS: bool = true;
     type Config: Clone + Send + Unpin + 'static;
     /// One job, as the enricher sends it.
     type Item: Rows + Send + Sync + 'static;
@@ -310,10 +312,12 @@ impl<S: Sink> Writer<S> {
                     .sink_batch_rows
                     .with_label_values(&[S::NAME])
                     .observe(rows as f64);
-                self.metrics
-                    .notifications_written
-                    .with_label_values(&[S::NAME])
-                    .inc_by(rows as u64);
+                if S::WRITES_NOTIFICATIONS {
+                    self.metrics
+                        .notifications_written
+                        .with_label_values(&[S::NAME])
+                        .inc_by(rows as u64);
+                }
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     let _ = job.done.send(Ok(output));
                 }

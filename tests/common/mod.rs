@@ -58,6 +58,14 @@ pub fn active_campaign(restaurant: &str, campaign_id: &str) -> String {
     campaign(restaurant, campaign_id, now - 3600, now + 3600)
 }
 
+/// A message as read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
 /// One test's own database and topics.
 pub struct Fixture {
     pub name: String,
@@ -67,6 +75,7 @@ pub struct Fixture {
     pub db_url: String,
     pub input_topic: String,
     pub output_topic: String,
+    pub dead_letter_topic: String,
     pub group_id: String,
     pub db: Client,
     pub dir: PathBuf,
@@ -107,6 +116,7 @@ impl Fixture {
             .expect("schema");
         let input_topic = format!("cn-{name}-in");
         let output_topic = format!("cn-{name}-out");
+        let dead_letter_topic = format!("cn-{name}-dlq");
         let admin_client: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .create()
@@ -114,6 +124,7 @@ impl Fixture {
         let topics = [
             NewTopic::new(&input_topic, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&output_topic, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&dead_letter_topic, 1, TopicReplication::Fixed(1)),
         ];
         for result in admin_client
             .create_topics(&topics, &AdminOptions::new())
@@ -126,6 +137,8 @@ impl Fixture {
             .set("bootstrap.servers", &brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
+            // Room for the oversized messages the hostile-input test sends.
+            .set("message.max.bytes", "4000000")
             .create()
             .expect("producer");
         let dir = std::env::temp_dir().join(format!("cn-test-{name}"));
@@ -139,6 +152,7 @@ impl Fixture {
             db_url,
             input_topic,
             output_topic,
+            dead_letter_topic,
             db,
             dir,
             producer,
@@ -170,17 +184,20 @@ impl Fixture {
 
     /// Messages in the output topic right now, by the partitions' watermarks: exact, no waiting.
     pub fn output_count(&self) -> i64 {
+        self.count(&self.output_topic)
+    }
+
+    pub fn count(&self, topic: &str) -> i64 {
         let consumer = self.consumer();
         let metadata = consumer
-            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
-        let topic = &metadata.topics()[0];
-        topic
+        metadata.topics()[0]
             .partitions()
             .iter()
             .map(|p| {
                 let (low, high) = consumer
-                    .fetch_watermarks(&self.output_topic, p.id(), Duration::from_secs(10))
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
                     .expect("watermarks");
                 high - low
             })
@@ -199,32 +216,60 @@ impl Fixture {
 
     /// Every message of the output topic, as (key, JSON value).
     pub fn read_output(&self) -> Vec<(String, serde_json::Value)> {
-        let expected = self.output_count() as usize;
+        self.read_topic(&self.output_topic)
+            .into_iter()
+            .map(|m| {
+                let key = String::from_utf8(m.key.unwrap_or_default()).expect("utf8 key");
+                let value = serde_json::from_slice(&m.payload.unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("output is not JSON: {e}"));
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Every message of `topic`, in partition and offset order.
+    pub fn read_topic(&self, topic: &str) -> Vec<Received> {
+        use rdkafka::message::Headers;
+        let expected = self.count(topic) as usize;
         let consumer = self.consumer();
         let metadata = consumer
-            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
         let mut tpl = TopicPartitionList::new();
         for p in metadata.topics()[0].partitions() {
-            tpl.add_partition_offset(&self.output_topic, p.id(), Offset::Beginning)
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .unwrap();
         }
         consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30 + expected as u64 / 1000);
         while out.len() < expected {
             assert!(
                 Instant::now() < deadline,
-                "read {} of {expected} output messages in 30s",
+                "read {} of {expected} messages of {topic} in time",
                 out.len()
             );
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.expect("consume output");
-                let key =
-                    String::from_utf8(m.key().unwrap_or_default().to_vec()).expect("utf8 key");
-                let value = serde_json::from_slice(m.payload().unwrap_or_default())
-                    .unwrap_or_else(|e| panic!("output is not JSON: {e}"));
-                out.push((key, value));
+                let m = m.expect("consume");
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Received {
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
             }
         }
         out
@@ -244,6 +289,7 @@ impl Fixture {
 brokers = "{brokers}"
 input_topic = "{input}"
 output_topic = "{output}"
+dead_letter_topic = "{dlq}"
 group_id = "{group}"
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
@@ -262,6 +308,7 @@ level = "info"
             brokers = self.brokers,
             input = self.input_topic,
             output = self.output_topic,
+            dlq = self.dead_letter_topic,
             group = self.group_id,
             db_url = self.db_url,
         )

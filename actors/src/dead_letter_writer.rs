@@ -1,0 +1,167 @@
+//! `DeadLetterWriter`: every campaign message the service cannot use goes to the dead-letter
+//! topic, key and bytes untouched, with headers saying why and where it came from.
+//!
+//! The reader stores the offset of a rejected message only after this writer confirmed it, so a
+//! rejected message is never just dropped. It is the same supervised batching writer as the two
+//! sinks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::kafka_writer::KafkaSinkConfig;
+use crate::notification::SourceRef;
+use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+
+pub type DeadLetterWriter = Writer<DeadLetterSink>;
+
+/// The headers, as constants so that consumers of the topic can rely on them.
+pub const HEADER_REASON_CODE: &str = "dlq.reason.code";
+pub const HEADER_REASON: &str = "dlq.reason";
+pub const HEADER_SOURCE_TOPIC: &str = "dlq.source.topic";
+pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
+pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
+/// Present (value `true`) when the payload was too large even for the dead-letter topic and was
+/// left out; the source coordinates still find it.
+pub const HEADER_PAYLOAD_OMITTED: &str = "dlq.payload.omitted";
+
+/// Largest message the dead-letter producer accepts: room for oversized input.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub source: SourceRef,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Bounded code: the metric label and the `dlq.reason.code` header.
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl Rows for DeadLetter {
+    fn rows(&self) -> usize {
+        1
+    }
+}
+
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: Arc<str>,
+}
+
+fn headers(letter: &DeadLetter, omitted: bool) -> OwnedHeaders {
+    let partition = letter.source.partition.to_string();
+    let offset = letter.source.offset.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: HEADER_REASON_CODE,
+            value: Some(letter.code),
+        })
+        .insert(Header {
+            key: HEADER_REASON,
+            value: Some(&letter.reason),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_TOPIC,
+            value: Some(&*letter.source.topic),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_PARTITION,
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_OFFSET,
+            value: Some(&offset),
+        });
+    if omitted {
+        h = h.insert(Header {
+            key: HEADER_PAYLOAD_OMITTED,
+            value: Some("true"),
+        });
+    }
+    h
+}
+
+impl Sink for DeadLetterSink {
+    const NAME: &'static str = "dead_letter";
+    const MAX_CONCURRENT_WRITES: usize = 4;
+    const WRITES_NOTIFICATIONS: bool = false;
+    type Config = KafkaSinkConfig;
+    type Item = DeadLetter;
+    type Output = ();
+
+    fn connect(config: KafkaSinkConfig) -> LocalFuture<Result<Self, SinkError>> {
+        Box::pin(async move {
+            let mut cc = config.client_config();
+            cc.set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+            let producer: FutureProducer = cc
+                .create()
+                .map_err(|e| SinkError::Permanent(format!("invalid producer config: {e}")))?;
+            crate::kafka_writer::check_topic(&producer, &config.topic).await?;
+            Ok(DeadLetterSink {
+                producer,
+                topic: config.topic.into(),
+            })
+        })
+    }
+
+    fn write(&self, letters: Vec<Arc<DeadLetter>>) -> LocalFuture<Result<Vec<()>, SinkError>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        Box::pin(async move {
+            let mut deliveries = Vec::with_capacity(letters.len());
+            for letter in &letters {
+                let mut omitted = false;
+                loop {
+                    let mut record =
+                        FutureRecord::<[u8], [u8]>::to(&topic).headers(headers(letter, omitted));
+                    if let Some(key) = &letter.key {
+                        record = record.key(key.as_slice());
+                    }
+                    if let (Some(payload), false) = (&letter.payload, omitted) {
+                        record = record.payload(payload.as_slice());
+                    }
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            deliveries.push(delivery);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            actix_rt::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err((
+                            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                            _,
+                        )) if !omitted => {
+                            omitted = true;
+                        }
+                        Err((e, _)) => return Err(SinkError::Retriable(e.to_string())),
+                    }
+                }
+            }
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(SinkError::Retriable(e.to_string())),
+                    Err(_) => return Err(SinkError::Retriable("producer was dropped".into())),
+                }
+            }
+            Ok(vec![(); letters.len()])
+        })
+    }
+
+    fn close(&self) -> LocalFuture<()> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
