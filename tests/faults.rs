@@ -236,7 +236,7 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
     assert_eq!(letters.len(), hostile.len());
     for (i, (letter, (bytes, code))) in letters.iter().zip(&hostile).enumerate() {
         assert_eq!(letter.headers["dlq.reason.code"], *code, "message {i}");
-        let omitted = letter.headers.get("dlq.payload.omitted").is_some();
+        let omitted = letter.headers.contains_key("dlq.payload.omitted");
         if !omitted {
             assert_eq!(
                 &letter.payload.clone().unwrap_or_default(),

@@ -75,7 +75,7 @@ impl Enricher {
     fn prepare(
         &self,
         msg: ProcessCampaign,
-    ) -> Result<NotificationBatch, (CampaignOutcome, Option<DeadLetter>)> {
+    ) -> Result<NotificationBatch, (CampaignOutcome, Option<Box<DeadLetter>>)> {
         let record = msg.0;
         let payload = record.payload.as_deref().unwrap_or_default();
         let (_inline_key, json) = split_inline_key(payload);
@@ -85,13 +85,13 @@ impl Enricher {
                 key,
                 payload,
             } = &record;
-            DeadLetter {
+            Box::new(DeadLetter {
                 source: source.clone(),
                 key: key.clone(),
                 payload: payload.clone(),
                 code,
                 reason,
-            }
+            })
         };
         let campaign = match parse_campaign(json, self.max_campaign_bytes) {
             Ok(c) => c,
@@ -179,7 +179,7 @@ impl Handler<ProcessCampaign> for Enricher {
                 return Box::pin(async move {
                     match confirmed(
                         "dead_letter",
-                        dead_letters.send(Write(Arc::new(letter))).await,
+                        dead_letters.send(Write(Arc::new(*letter))).await,
                     ) {
                         Ok(()) => {
                             metrics.dead_letters.with_label_values(&[code]).inc();
