@@ -268,3 +268,217 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
     drop(service);
     f.cleanup().await;
 }
+
+/// Waits until both sinks hold `total` notifications and no outbox mark is left.
+async fn wait_complete(f: &Fixture, total: usize, timeout: Duration, logs: &dyn Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = f.feedback_rows().await.len();
+        let messages = f.output_count() as usize;
+        let marks: i64 =
+            f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+                .await
+                .unwrap()
+                .get(0);
+        if rows >= total && messages >= total && marks == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows, {messages} messages of {total}, {marks} marks left:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Produces `campaigns` campaigns over `restaurants` restaurants of `per_restaurant` subscribers;
+/// returns the expected (campaign, client) pairs.
+async fn seed(
+    f: &Fixture,
+    tag: &str,
+    restaurants: usize,
+    per_restaurant: usize,
+    campaigns: usize,
+) -> BTreeMap<(String, String), u32> {
+    let subscribers = clients(per_restaurant);
+    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
+    let restaurant = |r: usize| format!("74000000-0000-0000-0000-{r:012}");
+    for r in 0..restaurants {
+        f.subscribe(&restaurant(r), &refs).await;
+    }
+    let mut expected = BTreeMap::new();
+    for i in 0..campaigns {
+        let id = format!("c-{tag}-{i:04}");
+        f.produce(
+            &i.to_string(),
+            active_campaign(&restaurant(i % restaurants), &id).as_bytes(),
+        )
+        .await;
+        for s in &subscribers {
+            expected.insert((id.clone(), s.clone()), 1);
+        }
+    }
+    expected
+}
+
+const SLOW: [(&str, &str); 1] = [("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "4")];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_unreachable_for_seconds_mid_run() {
+    let f = Fixture::new("pgdown", 2).await;
+    let expected = seed(&f, "pgdown", 20, 40, 200).await;
+    let config = "[writers]\nrestart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 1000\n";
+    let mut service = Service::spawn_with_env(&f, config, 0, &SLOW);
+    service.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.metric("campaign_notifier_campaigns_processed_total") < 10.0 {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Postgres goes away for this service: no new connections, and the open ones cut.
+    let admin = connect(&f.admin_url).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
+            db = f.db_name
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = service.metric("campaign_notifier_campaigns_processed_total");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            f.db_name
+        ))
+        .await
+        .unwrap();
+    // The fixture's own connection was cut too.
+    let mut f = f;
+    f.db = connect(&f.db_url).await;
+    wait_complete(&f, expected.len(), Duration::from_secs(120), &|| {
+        service.log_text()
+    })
+    .await;
+    assert!(service.terminate().success(), "{}", service.log_text());
+    eprintln!("campaigns processed when Postgres came back: {during}");
+    assert_eq!(
+        row_pairs(&f).await,
+        expected,
+        "each pair exactly once in Postgres"
+    );
+    assert_eq!(
+        output_pairs(&f),
+        expected,
+        "each pair exactly once in Kafka"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_stopped_and_started_mid_run() {
+    let dir = std::env::temp_dir().join(format!(
+        "cn-test-own-broker-{}",
+        std::env::var("CN_TEST_RUN_ID").unwrap_or_default()
+    ));
+    let mut broker = OwnBroker::start(dir.clone());
+    let f = Fixture::new_on("brokerdown", 2, &broker.address()).await;
+    let expected = seed(&f, "brokerdown", 20, 40, 200).await;
+    let mut service = Service::spawn_with_env(&f, "", 0, &SLOW);
+    service.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.metric("campaign_notifier_campaigns_processed_total") < 10.0 {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    broker.resume();
+    wait_complete(&f, expected.len(), Duration::from_secs(180), &|| {
+        service.log_text()
+    })
+    .await;
+    assert!(service.terminate().success(), "{}", service.log_text());
+    assert_eq!(
+        row_pairs(&f).await,
+        expected,
+        "each pair exactly once in Postgres"
+    );
+    assert_eq!(
+        output_pairs(&f),
+        expected,
+        "each pair exactly once in Kafka"
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_one_killed_the_survivor_finishes_its_half_sent_work() {
+    let f = Fixture::new("twoinst", 4).await;
+    let expected = seed(&f, "twoinst", 20, 40, 200).await;
+    let config = "[ledger]\ntakeover_after_secs = 8\n[writers]\nkafka_message_timeout_ms = 5000\n";
+    let mut a = Service::spawn_with_env(&f, config, 1, &SLOW);
+    let mut b = Service::spawn_with_env(&f, config, 2, &SLOW);
+    a.wait_ready();
+    b.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Both must have partitions and work before one dies.
+    while a.metric("campaign_notifier_campaigns_processed_total") < 5.0
+        || b.metric("campaign_notifier_campaigns_processed_total") < 5.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "both instances should be working:\n{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.kill_hard();
+    // What the dead instance had written to Postgres but not confirmed in Kafka is finished by
+    // the survivor's ledger once it is older than takeover_after_secs: no mark is left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let marks: i64 =
+            f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+                .await
+                .unwrap()
+                .get(0);
+        if marks == 0 && b.log_text().contains("ledger: recovered owner") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{marks} marks left:\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Tansu 0.6.0 gives a dead member's partitions to no one until a member joins (the survivor
+    // rejoins with its own partitions only), so the killed instance is restarted, as its
+    // supervisor would, and the group finishes the stream.
+    let mut a = Service::spawn_with_env(&f, config, 3, &SLOW);
+    a.wait_ready();
+    wait_complete(&f, expected.len(), Duration::from_secs(180), &|| {
+        format!("{}\n{}", a.log_text(), b.log_text())
+    })
+    .await;
+    assert!(a.terminate().success(), "{}", a.log_text());
+    assert!(b.terminate().success(), "{}", b.log_text());
+    assert_eq!(
+        row_pairs(&f).await,
+        expected,
+        "each pair exactly once in Postgres"
+    );
+    assert_eq!(
+        output_pairs(&f),
+        expected,
+        "each pair exactly once in Kafka"
+    );
+    f.cleanup().await;
+}

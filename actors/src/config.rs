@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(default)]
     pub writers: WritersConfig,
     #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -173,6 +175,24 @@ impl Default for WritersConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Notifications left unsent by an instance that died (its Postgres lock is gone) are sent by
+    /// a live instance once they are this old. Must exceed the longest time a live instance
+    /// needs to get a notification acknowledged by Kafka.
+    #[serde(default = "default_takeover_after_secs")]
+    pub takeover_after_secs: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            takeover_after_secs: default_takeover_after_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free port.
     #[serde(default = "default_http_listen")]
@@ -257,6 +277,9 @@ fn default_restart_limit() -> u32 {
 }
 fn default_restart_window_secs() -> u64 {
     300
+}
+fn default_takeover_after_secs() -> u64 {
+    120
 }
 fn default_http_listen() -> String {
     "0.0.0.0:9898".into()
@@ -386,6 +409,13 @@ impl Config {
             return Err(ConfigError::key(
                 "writers.restart_limit",
                 "writers.restart_limit and writers.restart_window_secs must be at least 1",
+            ));
+        }
+        if self.ledger.takeover_after_secs * 1000 <= self.writers.kafka_message_timeout_ms {
+            return Err(ConfigError::key(
+                "ledger.takeover_after_secs",
+                "must be longer than writers.kafka_message_timeout_ms, or a live instance's \
+                 notifications could be taken over while it still sends them",
             ));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {

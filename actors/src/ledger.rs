@@ -11,9 +11,10 @@
 //!
 //! Each process is an *owner* (a random id) and holds a Postgres advisory lock on it for as long
 //! as it lives. Recovery takes over only owners whose lock is free: a crashed process, never a
-//! live one. At start-up it runs before the reader; while running, every
-//! `SWEEP_INTERVAL` it looks for owners that died (a peer in the same consumer group), leaving
-//! them `SWEEP_MIN_AGE` to finish their own work first.
+//! live one. At start-up it runs before the reader; while running, every `SWEEP_INTERVAL` it
+//! looks for owners that died (a peer in the same consumer group), taking over only marks older
+//! than `[ledger] takeover_after_secs`: a peer whose connection to Postgres dropped for a moment
+//! loses its lock but is still sending, and must be given time to finish.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -31,8 +32,7 @@ use crate::messages::ClearOutbox;
 
 /// First key of every advisory lock the service takes ("cn").
 const LOCK_CLASS: i32 = 0x636e;
-const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-const SWEEP_MIN_AGE_SECS: f64 = 60.0;
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Broker timestamps are the producer's clock; allow for a little skew between hosts.
 const SCAN_MARGIN_MS: i64 = 5_000;
 const SCAN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -400,6 +400,7 @@ pub struct Ledger {
     to_clear: Vec<i64>,
     clearing: bool,
     sweeping: bool,
+    takeover_after: Duration,
     metrics: crate::metrics::Metrics,
 }
 
@@ -408,6 +409,7 @@ impl Ledger {
         url: String,
         owner: i32,
         kafka: KafkaSinkConfig,
+        takeover_after: Duration,
         metrics: crate::metrics::Metrics,
     ) -> Ledger {
         Ledger {
@@ -418,6 +420,7 @@ impl Ledger {
             to_clear: Vec::new(),
             clearing: false,
             sweeping: false,
+            takeover_after,
             metrics,
         }
     }
@@ -464,7 +467,8 @@ impl Ledger {
         }
         self.sweeping = true;
         let (kafka, owner) = (self.kafka.clone(), self.owner);
-        let fut = async move { recover(&client, &kafka, owner, SWEEP_MIN_AGE_SECS).await };
+        let min_age = self.takeover_after.as_secs_f64();
+        let fut = async move { recover(&client, &kafka, owner, min_age).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, _| {
             act.sweeping = false;
             if let Err(e) = result {

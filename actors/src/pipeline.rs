@@ -94,8 +94,9 @@ impl Pipeline {
             kafka_config.clone(),
             metrics.clone(),
         );
+        let takeover = std::time::Duration::from_secs(config.ledger.takeover_after_secs);
         let ledger = Supervisor::start_in_arbiter(&ledger_arbiter.handle(), move |_| {
-            crate::ledger::Ledger::new(url, owner, k, m)
+            crate::ledger::Ledger::new(url, owner, k, takeover, m)
         });
         let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
         let k = kafka_config.clone();

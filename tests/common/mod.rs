@@ -79,7 +79,7 @@ pub struct Fixture {
     pub group_id: String,
     pub db: Client,
     pub dir: PathBuf,
-    producer: FutureProducer,
+    pub producer: FutureProducer,
 }
 
 pub async fn connect(url: &str) -> Client {
@@ -93,9 +93,15 @@ pub async fn connect(url: &str) -> Client {
 }
 
 impl Fixture {
+    /// A fixture on the test run's shared broker.
     pub async fn new(tag: &str, partitions: i32) -> Fixture {
+        Fixture::new_on(tag, partitions, &env("CN_TEST_BROKERS")).await
+    }
+
+    /// A fixture on the given broker (a test that stops its broker brings its own).
+    pub async fn new_on(tag: &str, partitions: i32, brokers: &str) -> Fixture {
         let run = env("CN_TEST_RUN_ID");
-        let brokers = env("CN_TEST_BROKERS");
+        let brokers = brokers.to_string();
         let admin_url = env("CN_TEST_POSTGRES_URL");
         let name = format!("{run}_{tag}");
         let db_name = format!("cn_test_{name}");
@@ -520,6 +526,74 @@ impl Drop for Service {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A Tansu broker of the test's own, on a free port, with sqlite storage in `dir`: it can be
+/// stopped and started again with its data.
+pub struct OwnBroker {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl OwnBroker {
+    pub fn start(dir: PathBuf) -> OwnBroker {
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let mut broker = OwnBroker {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        broker.resume();
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and storage.
+    pub fn resume(&mut self) {
+        let url = format!("tcp://{}", self.address());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("broker log");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://broker.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen in 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
