@@ -482,3 +482,44 @@ async fn two_instances_one_killed_the_survivor_finishes_its_half_sent_work() {
     );
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_signal_exits_at_once_and_a_restart_finishes_exactly_once() {
+    let f = Fixture::new("twosig", 2).await;
+    let expected = seed(&f, "twosig", 20, 40, 150).await;
+    let mut service = Service::spawn_with_env(&f, "", 0, &SLOW);
+    service.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.metric("campaign_notifier_campaigns_processed_total") < 5.0 {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.signal("TERM");
+    std::thread::sleep(Duration::from_millis(5));
+    let status = service.terminate();
+    assert_eq!(status.code(), Some(130), "{}", service.log_text());
+    assert!(
+        service.log_text().contains("second SIGTERM"),
+        "{}",
+        service.log_text()
+    );
+
+    let mut service = Service::spawn_with_env(&f, "", 1, &[]);
+    service.wait_ready();
+    wait_complete(&f, expected.len(), Duration::from_secs(120), &|| {
+        service.log_text()
+    })
+    .await;
+    assert!(service.terminate().success(), "{}", service.log_text());
+    assert_eq!(
+        row_pairs(&f).await,
+        expected,
+        "each pair exactly once in Postgres"
+    );
+    assert_eq!(
+        output_pairs(&f),
+        expected,
+        "each pair exactly once in Kafka"
+    );
+    f.cleanup().await;
+}
