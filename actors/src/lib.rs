@@ -2,16 +2,21 @@
 //!
 //! ```text
 //!                      SnapshotLoaded
-//!  Postgres ──COPY──> SubscriberCache ─────────────┐
-//!  subscribers_restaurants  (every refresh_interval) v
-//!  Kafka ──> KafkaReader ──ProcessCampaign──> Enricher ──WriteBatch──> KafkaWriter ──> Kafka output
-//!  input        ^   stores offsets                 │                 (same Arc'd batch)
-//!               └──── CampaignOutcome ◀────────────┴─────WriteBatch──> PgWriter ──> subscribers_feedback
+//!  Postgres ──COPY──> SubscriberCache ───────────┐
+//!                                                v
+//!  Kafka ──> KafkaReader ──ProcessCampaign──> Enricher ──Write(PgJob)──> PgWriter ──> feedback rows
+//!  input        ^   stores offsets              │  │                    + outbox mark
+//!               │                               │  └─Write(KafkaJob)──> KafkaWriter ──> output topic
+//!               └──── CampaignOutcome ◀─────────┤     (only the rows Postgres inserted)
+//!                                               ├─ClearOutbox──> Ledger
+//!                                               └─Write(DeadLetter)──> DeadLetterWriter ──> DLQ
 //! ```
 //!
 //! A campaign's offset is stored for commit only after both writers confirmed all of its
-//! notifications, so a stop at any moment loses nothing. The cache and both writers run under
-//! actix `Supervisor`; a writer that fails keeps the batches it held across the restart.
+//! notifications, so a stop at any moment loses nothing; Postgres is the ledger that keeps a
+//! redelivery or a crash from notifying anyone twice (see [`ledger`]). The cache, the writers and
+//! the ledger run under actix `Supervisor`; a writer that fails keeps the jobs it held across the
+//! restart.
 //!
 //! - [`config`]: typed configuration, defaults, environment overrides, validation.
 //! - [`campaign`]: parsing and validating a campaign message; the active-window rule.
