@@ -107,5 +107,6 @@ export CN_TEST_RUN_ID="$run_id"
 export CN_TEST_TANSU_DIR="$run_dir/tansu"
 export CN_TEST_TANSU_PID="$tansu_pid"
 
-log "cargo test --workspace $*"
-cargo test --workspace "$@"
+# --no-fail-fast: one red test binary must not hide the results of the others.
+log "cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@"

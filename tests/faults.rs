@@ -449,7 +449,11 @@ async fn two_instances_one_killed_the_survivor_finishes_its_half_sent_work() {
                 .await
                 .unwrap()
                 .get(0);
-        if marks == 0 && b.log_text().contains("ledger: recovered owner") {
+        // Marks of the dead instance can only be cleared by the survivor's takeover (or there
+        // were none at the moment of the kill).
+        if marks == 0 {
+            let took_over = b.log_text().contains("ledger: recovered owner");
+            eprintln!("no marks left; the survivor took over the dead one's: {took_over}");
             break;
         }
         assert!(
@@ -521,5 +525,48 @@ async fn second_signal_exits_at_once_and_a_restart_finishes_exactly_once() {
         expected,
         "each pair exactly once in Kafka"
     );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writer_restarting_beyond_its_limit_stops_the_service_with_exit_code_3() {
+    let f = Fixture::new("restartlimit", 1).await;
+    let config = "[writers]\nrestart_limit = 3\nrestart_window_secs = 60\n\
+                  restart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 200\n";
+    let mut service = Service::spawn(&f, config, 0);
+    service.wait_ready();
+    // Postgres stays unreachable for this service: its writer can only keep restarting.
+    let admin = connect(&f.admin_url).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
+            db = f.db_name
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = service.try_exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            f.db_name
+        ))
+        .await
+        .unwrap();
+    let log = service.log_text();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("restarted more than 3 times"), "{log}");
     f.cleanup().await;
 }

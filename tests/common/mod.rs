@@ -426,6 +426,11 @@ impl Service {
         )
     }
 
+    /// The exit status, if the service has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL: no drain, no commit, nothing flushed.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
