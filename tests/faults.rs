@@ -292,8 +292,8 @@ async fn wait_complete(f: &Fixture, total: usize, timeout: Duration, logs: &dyn 
     }
 }
 
-/// Produces `campaigns` campaigns over `restaurants` restaurants of `per_restaurant` subscribers;
-/// returns the expected (campaign, client) pairs.
+/// Subscribes `per_restaurant` clients to each of `restaurants` restaurants, then produces
+/// `campaigns` campaigns over them; returns the expected (campaign, client) pairs.
 async fn seed(
     f: &Fixture,
     tag: &str,
@@ -303,16 +303,31 @@ async fn seed(
 ) -> BTreeMap<(String, String), u32> {
     let subscribers = clients(per_restaurant);
     let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    let restaurant = |r: usize| format!("74000000-0000-0000-0000-{r:012}");
     for r in 0..restaurants {
-        f.subscribe(&restaurant(r), &refs).await;
+        f.subscribe(&seeded_restaurant(r), &refs).await;
     }
+    produce_campaigns(f, tag, restaurants, per_restaurant, campaigns).await
+}
+
+fn seeded_restaurant(r: usize) -> String {
+    format!("74000000-0000-0000-0000-{r:012}")
+}
+
+/// The campaigns of [`seed`], alone (for a test that subscribes first and produces later).
+async fn produce_campaigns(
+    f: &Fixture,
+    tag: &str,
+    restaurants: usize,
+    per_restaurant: usize,
+    campaigns: usize,
+) -> BTreeMap<(String, String), u32> {
+    let subscribers = clients(per_restaurant);
     let mut expected = BTreeMap::new();
     for i in 0..campaigns {
         let id = format!("c-{tag}-{i:04}");
         f.produce(
             &i.to_string(),
-            active_campaign(&restaurant(i % restaurants), &id).as_bytes(),
+            active_campaign(&seeded_restaurant(i % restaurants), &id).as_bytes(),
         )
         .await;
         for s in &subscribers {
@@ -331,34 +346,11 @@ async fn postgres_unreachable_for_seconds_mid_run() {
     let config = "[writers]\nrestart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 1000\n";
     let mut service = Service::spawn_with_env(&f, config, 0, &SLOW);
     service.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while service.metric("campaign_notifier_campaigns_processed_total") < 10.0 {
-        assert!(Instant::now() < deadline, "{}", service.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Postgres goes away for this service: no new connections, and the open ones cut.
-    let admin = connect(&f.admin_url).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
-            db = f.db_name
-        ))
-        .await
-        .unwrap();
+    service.wait_processed(10, Duration::from_secs(60));
+    f.set_postgres_reachable(false).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = service.metric("campaign_notifier_campaigns_processed_total");
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            f.db_name
-        ))
-        .await
-        .unwrap();
-    // The fixture's own connection was cut too.
-    let mut f = f;
-    f.db = connect(&f.db_url).await;
+    f.set_postgres_reachable(true).await;
     wait_complete(&f, expected.len(), Duration::from_secs(120), &|| {
         service.log_text()
     })
@@ -389,11 +381,7 @@ async fn broker_stopped_and_started_mid_run() {
     let expected = seed(&f, "brokerdown", 20, 40, 200).await;
     let mut service = Service::spawn_with_env(&f, "", 0, &SLOW);
     service.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while service.metric("campaign_notifier_campaigns_processed_total") < 10.0 {
-        assert!(Instant::now() < deadline, "{}", service.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    service.wait_processed(10, Duration::from_secs(60));
     broker.stop();
     std::thread::sleep(Duration::from_secs(5));
     broker.resume();
@@ -420,14 +408,32 @@ async fn broker_stopped_and_started_mid_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_one_killed_the_survivor_finishes_its_half_sent_work() {
     let f = Fixture::new("twoinst", 4).await;
-    let expected = seed(&f, "twoinst", 20, 40, 200).await;
+    seed(&f, "twoinst", 20, 40, 0).await;
     let config = "[ledger]\ntakeover_after_secs = 8\n[writers]\nkafka_message_timeout_ms = 5000\n";
     let mut a = Service::spawn_with_env(&f, config, 1, &SLOW);
     let mut b = Service::spawn_with_env(&f, config, 2, &SLOW);
     a.wait_ready();
     b.wait_ready();
+    // Campaigns only once the group has settled with partitions on both, so both get work.
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Both must have partitions and work before one dies.
+    let settled = |s: &Service| {
+        s.log_text()
+            .lines()
+            .rev()
+            .find(|l| l.contains("kafka reader: assigned"))
+            .is_some_and(|l| l.matches(", ").count() == 1)
+    };
+    while !(settled(&a) && settled(&b)) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle with two partitions each:\n{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let expected = produce_campaigns(&f, "twoinst", 20, 40, 300).await;
+    // Both must have work before one dies.
     while a.metric("campaign_notifier_campaigns_processed_total") < 5.0
         || b.metric("campaign_notifier_campaigns_processed_total") < 5.0
     {
@@ -493,11 +499,7 @@ async fn second_signal_exits_at_once_and_a_restart_finishes_exactly_once() {
     let expected = seed(&f, "twosig", 20, 40, 150).await;
     let mut service = Service::spawn_with_env(&f, "", 0, &SLOW);
     service.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while service.metric("campaign_notifier_campaigns_processed_total") < 5.0 {
-        assert!(Instant::now() < deadline, "{}", service.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    service.wait_processed(5, Duration::from_secs(60));
     service.signal("TERM");
     std::thread::sleep(Duration::from_millis(5));
     let status = service.terminate();
@@ -536,16 +538,7 @@ async fn writer_restarting_beyond_its_limit_stops_the_service_with_exit_code_3()
     let mut service = Service::spawn(&f, config, 0);
     service.wait_ready();
     // Postgres stays unreachable for this service: its writer can only keep restarting.
-    let admin = connect(&f.admin_url).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
-            db = f.db_name
-        ))
-        .await
-        .unwrap();
+    f.set_postgres_reachable(false).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = service.try_exit() {
@@ -558,13 +551,7 @@ async fn writer_restarting_beyond_its_limit_stops_the_service_with_exit_code_3()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            f.db_name
-        ))
-        .await
-        .unwrap();
+    f.set_postgres_reachable(true).await;
     let log = service.log_text();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("restarted more than 3 times"), "{log}");

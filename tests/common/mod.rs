@@ -281,6 +281,26 @@ impl Fixture {
         out
     }
 
+    /// Makes this test's database unreachable for the service (no new connections, the service's
+    /// open ones cut) or reachable again, without touching the shared server.
+    pub async fn set_postgres_reachable(&self, reachable: bool) {
+        let admin = connect(&self.admin_url).await;
+        let sql = if reachable {
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.db_name)
+        } else {
+            format!(
+                "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
+                db = self.db_name
+            )
+        };
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("change reachability");
+    }
+
     pub async fn feedback_rows(&self) -> Vec<tokio_postgres::Row> {
         self.db
             .query("SELECT * FROM subscribers_feedback ORDER BY id", &[])
