@@ -77,6 +77,11 @@ pub struct KafkaConfig {
     /// until one completes: this bounds memory while a sink is slow or down.
     #[serde(default = "default_max_in_flight_campaigns")]
     pub max_in_flight_campaigns: usize,
+    /// An input partition that is not this instance's, has messages waiting and whose committed
+    /// offset has not moved for this many seconds makes the instance rejoin the group, so the
+    /// coordinator assigns it again (a dead member's partitions left to nobody). 0: off.
+    #[serde(default = "default_orphaned_partition_secs")]
+    pub orphaned_partition_secs: u64,
     /// Where a new consumer group starts: `earliest` or `latest`.
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
@@ -244,6 +249,9 @@ fn default_true() -> bool {
 }
 fn default_max_in_flight_campaigns() -> usize {
     256
+}
+fn default_orphaned_partition_secs() -> u64 {
+    60
 }
 fn default_auto_offset_reset() -> String {
     "earliest".into()

@@ -92,6 +92,8 @@ pub struct ReaderConfig {
     pub group_id: String,
     pub auto_offset_reset: String,
     pub max_in_flight: usize,
+    /// See [`crate::orphan_watch`]; `None` turns the watch off.
+    pub orphan_stall: Option<Duration>,
     pub overrides: Vec<(String, String)>,
 }
 
@@ -103,6 +105,8 @@ impl ReaderConfig {
             group_id: c.kafka.group_id.clone(),
             auto_offset_reset: c.kafka.auto_offset_reset.clone(),
             max_in_flight: c.kafka.max_in_flight_campaigns,
+            orphan_stall: (c.kafka.orphaned_partition_secs > 0)
+                .then(|| Duration::from_secs(c.kafka.orphaned_partition_secs)),
             overrides: c
                 .kafka
                 .consumer
@@ -247,6 +251,14 @@ impl Actor for KafkaReader {
             self.config.topic,
             self.config.group_id
         );
+        if let Some(stall) = self.config.orphan_stall {
+            actix_rt::spawn(crate::orphan_watch::run(
+                consumer.clone(),
+                self.config.topic.clone(),
+                stall,
+                self.stop.subscribe(),
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         self.report = Some(rx);
         let run = read_loop(

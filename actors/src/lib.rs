@@ -24,6 +24,7 @@
 //! - [`notification`]: the join result shared by both writers, and the output JSON.
 //! - [`messages`]: every message that crosses an actor boundary.
 //! - [`kafka_reader`]: consumer, in-flight limit, offset tracking.
+//! - [`orphan_watch`]: rejoins the group when partitions are left to nobody.
 //! - [`subscriber_cache`]: loads and refreshes the snapshot.
 //! - [`enricher`]: validate, check activity, join, fan out to both writers.
 //! - [`writer`]: the supervised batching writer both sinks share.
@@ -47,6 +48,7 @@ pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod notification;
+pub mod orphan_watch;
 pub mod pg_writer;
 pub mod pipeline;
 pub mod schema;

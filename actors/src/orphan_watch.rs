@@ -1,0 +1,179 @@
+//! Notices input partitions that no member of the group is consuming, and rejoins the group so
+//! the coordinator hands them out again.
+//!
+//! A broker is supposed to give a dead member's partitions to the survivors once its session
+//! times out. Some Kafka-protocol brokers do not (Tansu 0.6.0 lets the survivor rejoin with its
+//! own partitions only, until a new member joins), and then those partitions wait forever. This
+//! watch sees it from the outside: a partition that is not ours, has messages after its committed
+//! offset, and whose committed offset has not moved for `stall` is orphaned (or its owner is stuck;
+//! either way a rebalance is the cure). Leaving and joining again makes this instance a new
+//! member, which makes the coordinator assign every partition afresh. On Apache Kafka the watch
+//! never fires unless an owner is stuck.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::kafka_reader::ReaderConsumer;
+
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the watch remembers per partition not assigned to this instance.
+#[derive(Debug, Default)]
+pub struct StallTracker {
+    seen: HashMap<i32, (i64, Instant)>,
+}
+
+impl StallTracker {
+    /// Records the committed offset and lag of a partition that is not ours; true once it has had
+    /// messages waiting and the same committed offset for at least `stall`.
+    pub fn observe(
+        &mut self,
+        partition: i32,
+        committed: i64,
+        lag: i64,
+        now: Instant,
+        stall: Duration,
+    ) -> bool {
+        let entry = self.seen.entry(partition).or_insert((committed, now));
+        if entry.0 != committed || lag <= 0 {
+            *entry = (committed, now);
+            return false;
+        }
+        now.duration_since(entry.1) >= stall
+    }
+
+    pub fn forget(&mut self, partition: i32) {
+        self.seen.remove(&partition);
+    }
+
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+}
+
+/// Runs until `stop` is set.
+pub async fn run(
+    consumer: Arc<ReaderConsumer>,
+    topic: String,
+    stall: Duration,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let mut tracker = StallTracker::default();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = actix_rt::time::sleep(CHECK_INTERVAL) => {}
+        }
+        let (c, t) = (consumer.clone(), topic.clone());
+        let checked = tokio::task::spawn_blocking(move || orphaned(&c, &t)).await;
+        let partitions = match checked {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                log::debug!("orphan watch: check failed: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        let mut stalled = BTreeSet::new();
+        for (partition, state) in partitions {
+            match state {
+                Some((committed, lag)) => {
+                    if tracker.observe(partition, committed, lag, now, stall) {
+                        stalled.insert(partition);
+                    }
+                }
+                None => tracker.forget(partition),
+            }
+        }
+        if stalled.is_empty() {
+            continue;
+        }
+        log::warn!(
+            "kafka reader: partitions {stalled:?} of {topic} have waiting messages and no progress for {stall:?} and are not ours; rejoining the group so they are assigned again"
+        );
+        let (c, t) = (consumer.clone(), topic.clone());
+        let rejoined = tokio::task::spawn_blocking(move || {
+            c.unsubscribe();
+            c.subscribe(&[&t])
+        })
+        .await;
+        match rejoined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("kafka reader: cannot rejoin the group: {e}"),
+            Err(e) => log::error!("kafka reader: rejoin task failed: {e}"),
+        }
+        tracker.clear();
+    }
+}
+
+/// Per partition: `None` when it is ours, otherwise its committed offset and the messages after it.
+type PartitionStates = Vec<(i32, Option<(i64, i64)>)>;
+
+/// The state of every partition of `topic`. Blocking.
+fn orphaned(consumer: &ReaderConsumer, topic: &str) -> Result<PartitionStates, String> {
+    let assignment = consumer.assignment().map_err(|e| e.to_string())?;
+    if assignment.count() == 0 {
+        // Not a member right now (joining, rebalancing): nothing to judge.
+        return Ok(Vec::new());
+    }
+    let ours: BTreeSet<i32> = assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let all: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in all.iter().filter(|p| !ours.contains(p)) {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let mut out: PartitionStates = ours.iter().map(|&p| (p, None)).collect();
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, e.partition(), TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let committed = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        out.push((e.partition(), Some((committed, high - committed))));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_stalled_only_with_waiting_messages_and_no_progress() {
+        let stall = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut t = StallTracker::default();
+        assert!(!t.observe(0, 5, 3, t0, stall));
+        assert!(!t.observe(0, 5, 3, t0 + Duration::from_secs(9), stall));
+        assert!(t.observe(0, 5, 3, t0 + Duration::from_secs(10), stall));
+        // Progress resets the clock.
+        assert!(!t.observe(0, 6, 2, t0 + Duration::from_secs(11), stall));
+        assert!(!t.observe(0, 6, 2, t0 + Duration::from_secs(20), stall));
+        // Nothing waiting is never stalled.
+        assert!(!t.observe(1, 9, 0, t0, stall));
+        assert!(!t.observe(1, 9, 0, t0 + Duration::from_secs(60), stall));
+    }
+}
