@@ -375,6 +375,28 @@ impl Config {
                 "must be \"earliest\" or \"latest\"",
             ));
         }
+        // These carry the delivery guarantee; an override would silently break it.
+        for key in [
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+            "group.id",
+            "bootstrap.servers",
+        ] {
+            if self.kafka.consumer.contains_key(key) {
+                return Err(ConfigError::key(
+                    &format!("kafka.consumer.\"{key}\""),
+                    "is set by the service (use the kafka section's own keys) and cannot be overridden",
+                ));
+            }
+        }
+        for key in ["enable.idempotence", "acks", "bootstrap.servers"] {
+            if self.kafka.producer.contains_key(key) {
+                return Err(ConfigError::key(
+                    &format!("kafka.producer.\"{key}\""),
+                    "is set by the service and cannot be overridden",
+                ));
+            }
+        }
         if self.kafka.max_in_flight_campaigns == 0 {
             return Err(ConfigError::key(
                 "kafka.max_in_flight_campaigns",
@@ -601,6 +623,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("http.listen"));
+    }
+
+    #[test]
+    fn overrides_that_would_break_the_guarantees_are_refused() {
+        let text =
+            format!("{MINIMAL}\n[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n");
+        let text = text.replace("[postgres]", "[kafka.producer]\n[postgres]");
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("enable.auto.offset.store"), "{err}");
+        let ok = format!("{MINIMAL}\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"10\"\n");
+        load(&ok, &[]).unwrap();
     }
 
     #[test]

@@ -213,8 +213,15 @@ impl Handler<ProcessCampaign> for Enricher {
                 rows: inserted.rows,
                 created_ms: unix_now_ms(),
             };
-            if let Err(outcome) = confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
-                return outcome;
+            match confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
+                Ok(()) => {}
+                // Refused for good: keeping the marks would only make every later recovery
+                // try, and fail, again. The error is logged by the writer and the reader.
+                Err(outcome @ CampaignOutcome::SinkFailed { .. }) => {
+                    ledger.do_send(ClearOutbox(inserted.outbox_ids));
+                    return outcome;
+                }
+                Err(outcome) => return outcome,
             }
             ledger.do_send(ClearOutbox(inserted.outbox_ids));
             CampaignOutcome::Delivered { notifications }

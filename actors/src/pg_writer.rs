@@ -146,6 +146,11 @@ impl Sink for PgSink {
         })
     }
 
+    /// Only the rows inserted: a client who already had the campaign is not written again.
+    fn rows_written(_job: &PgJob, inserted: &Inserted) -> usize {
+        inserted.rows.len()
+    }
+
     fn close(&self) -> LocalFuture<()> {
         Box::pin(async {})
     }

@@ -91,6 +91,10 @@ pub trait Sink: Sized + 'static {
     ) -> LocalFuture<Result<Vec<Arc<Self::Item>>, SinkError>> {
         Box::pin(async move { Ok(items) })
     }
+    /// How many rows a confirmed job really added (for `notifications_written_total`).
+    fn rows_written(item: &Self::Item, _output: &Self::Output) -> usize {
+        item.rows()
+    }
     /// Waits for anything buffered to be written; called once, at shutdown.
     fn close(&self) -> LocalFuture<()>;
     fn is_connected(&self) -> bool;
@@ -312,14 +316,16 @@ impl<S: Sink> Writer<S> {
                     .sink_batch_rows
                     .with_label_values(&[S::NAME])
                     .observe(rows as f64);
+                let mut written = 0;
+                for (job, output) in jobs.into_iter().zip(outputs) {
+                    written += S::rows_written(&job.item, &output);
+                    let _ = job.done.send(Ok(output));
+                }
                 if S::WRITES_NOTIFICATIONS {
                     self.metrics
                         .notifications_written
                         .with_label_values(&[S::NAME])
-                        .inc_by(rows as u64);
-                }
-                for (job, output) in jobs.into_iter().zip(outputs) {
-                    let _ = job.done.send(Ok(output));
+                        .inc_by(written as u64);
                 }
                 self.flush(ctx, false);
                 self.finish_close_if_idle(ctx);
