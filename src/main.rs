@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service until SIGINT or SIGTERM, then drain, commit and exit 0.
+    /// Run the service until SIGINT or SIGTERM, then drain, commit and exit 0. SIGHUP reloads the
+    /// subscriber snapshot at once.
     Run {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
@@ -133,13 +134,28 @@ async fn serve(config: Config) -> ExitCode {
     };
     log::info!("ready");
     let mut exit = ExitCode::SUCCESS;
-    tokio::select! {
-        name = signals.next() => {
-            log::info!("{name} received: draining (a second signal exits at once)");
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install the SIGHUP handler: {e}");
+            return ExitCode::from(EXIT_START);
         }
-        reason = pipeline.failed() => {
-            log::error!("fatal: {reason}; stopping");
-            exit = ExitCode::from(EXIT_FATAL);
+    };
+    loop {
+        tokio::select! {
+            name = signals.next() => {
+                log::info!("{name} received: draining (a second signal exits at once)");
+                break;
+            }
+            _ = hangup.recv() => {
+                log::info!("SIGHUP received: reloading the subscriber snapshot now");
+                pipeline.refresh_cache();
+            }
+            reason = pipeline.failed() => {
+                log::error!("fatal: {reason}; stopping");
+                exit = ExitCode::from(EXIT_FATAL);
+                break;
+            }
         }
     }
     let drained = tokio::select! {

@@ -467,3 +467,30 @@ async fn popular_restaurant_reaches_every_one_of_its_subscribers() {
     drop(service);
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_subscribers_at_once() {
+    let f = Fixture::new("sighup", 1).await;
+    let restaurant = "dddddddd-0000-0000-0000-000000000005";
+    f.subscribe(restaurant, &CLIENTS[..1]).await;
+    let service = Service::start(&f, "[cache]\nrefresh_interval_secs = 3600\n");
+    assert_eq!(service.metric("campaign_notifier_cache_pairs"), 1.0);
+    f.subscribe(restaurant, &CLIENTS[1..3]).await;
+    service.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while service.metric("campaign_notifier_cache_pairs") < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.produce("1", active_campaign(restaurant, "c-hup").as_bytes())
+        .await;
+    service.wait_processed(1, Duration::from_secs(30));
+    assert_eq!(f.output_count(), 3);
+    assert_eq!(f.feedback_rows().await.len(), 3);
+    drop(service);
+    f.cleanup().await;
+}
