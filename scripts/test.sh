@@ -14,40 +14,11 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-export PATH="$HOME/.cargo/bin:$PATH"
-
-TANSU_VERSION=0.6.0
+# shellcheck source=scripts/services.sh
+. "$root/scripts/services.sh"
 pg_url=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 log() { printf '== %s\n' "$*" >&2; }
-
-ensure_tansu() {
-  if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    return
-  fi
-  log "installing tansu $TANSU_VERSION (once; takes about 10 minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql,postgres
-}
-
-ensure_postgres() {
-  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-    return
-  fi
-  log "starting the local Postgres"
-  if command -v pg_ctlcluster >/dev/null 2>&1; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-  fi
-  for _ in $(seq 1 60); do
-    pg_isready -q -h 127.0.0.1 -p 5432 && return
-    sleep 0.5
-  done
-  echo "Postgres is not reachable on 127.0.0.1:5432" >&2
-  exit 1
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 ensure_tansu
 ensure_postgres
@@ -55,17 +26,10 @@ ensure_postgres
 
 run_id="$(date +%s)_$$"
 run_dir="$root/.test-run/$run_id"
-mkdir -p "$run_dir/tansu"
-port=$(free_port)
-broker="127.0.0.1:$port"
 
-tansu_pid=""
 cleanup() {
   local status=$?
-  if [ -n "$tansu_pid" ] && kill -0 "$tansu_pid" 2>/dev/null; then
-    kill "$tansu_pid" 2>/dev/null || true
-    wait "$tansu_pid" 2>/dev/null || true
-  fi
+  stop_tansu
   # Databases of this run that a failed test left behind: dropped after a green run, kept for
   # a look after a red one.
   leftovers=$(psql "$pg_url" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'cn_test_${run_id}_%'" 2>/dev/null || true)
@@ -75,37 +39,27 @@ cleanup() {
     done
     rm -rf "$run_dir"
   else
-    log "kept $run_dir (broker log: $run_dir/tansu.log)"
+    log "kept $run_dir (broker log: $run_dir/tansu/tansu.log)"
     for db in $leftovers; do log "kept database $db"; done
   fi
   exit "$status"
 }
 trap cleanup EXIT
 
-log "starting tansu on $broker"
-(
-  cd "$run_dir/tansu"
-  exec tansu broker \
-    --listener-url "tcp://$broker" \
-    --advertised-listener-url "tcp://$broker" \
-    --storage-engine "sqlite://broker.db"
-) >"$run_dir/tansu.log" 2>&1 &
-tansu_pid=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  if ! kill -0 "$tansu_pid" 2>/dev/null; then
-    echo "tansu exited at start:" >&2
-    cat "$run_dir/tansu.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+start_tansu "$run_dir/tansu"
+log "tansu on $broker"
 
 export CN_TEST_BROKERS="$broker"
 export CN_TEST_POSTGRES_URL="$pg_url"
 export CN_TEST_RUN_ID="$run_id"
 export CN_TEST_TANSU_DIR="$run_dir/tansu"
 export CN_TEST_TANSU_PID="$tansu_pid"
+
+# The benchmark once, small, as a smoke test: figures printed, nothing asserted on time. Before
+# the tests, so that the test runner's summary stays the last thing printed.
+log "benchmark smoke run"
+cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
+  --restaurants 100 --pairs 5000 --campaigns 100
 
 # --no-fail-fast: one red test binary must not hide the results of the others.
 log "cargo test --workspace --no-fail-fast $*"

@@ -123,7 +123,8 @@ impl SubscriberCache {
     }
 }
 
-async fn load(url: String) -> Result<Snapshot, String> {
+/// One full load of `subscribers_restaurants`, as the actor does it (also used by the benchmark).
+pub async fn load(url: String) -> Result<Snapshot, String> {
     let client = crate::schema::connect(&url, "subscriber cache")
         .await
         .map_err(|e| crate::schema::describe(&e))?;
