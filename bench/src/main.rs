@@ -59,6 +59,16 @@ struct Args {
     /// Input partitions for the pipeline phase.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Extra librdkafka producer property KEY=VALUE, for the ceilings and the pipeline alike
+    /// (repeatable).
+    #[arg(long = "producer-property", value_parser = parse_property)]
+    producer_properties: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
 }
 
 fn main() -> ExitCode {
@@ -424,7 +434,7 @@ async fn run_in(
         brokers: brokers.clone(),
         topic: String::new(),
         message_timeout_ms: 60_000,
-        overrides: Vec::new(),
+        overrides: args.producer_properties.clone(),
     };
     for t in ["bench_copy", "bench_dual"] {
         db.batch_execute(&format!(
@@ -457,6 +467,8 @@ dead_letter_topic = "{dlq}"
 group_id = "cn-bench-{run_id}"
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
+[kafka.producer]
+{producer_properties}
 [postgres]
 url = "{db_url}"
 [cache]
@@ -469,6 +481,11 @@ level = "warn"
         input = topic("in"),
         output = topic("out"),
         dlq = topic("dlq"),
+        producer_properties = args
+            .producer_properties
+            .iter()
+            .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+            .collect::<String>(),
     );
     let config = Config::from_toml_with_env(&config_text, "bench", std::iter::empty())
         .map_err(err("config"))?;
