@@ -269,6 +269,20 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
     f.cleanup().await;
 }
 
+/// Every expected (campaign, client) pair exactly once in Postgres and once in the output topic.
+async fn assert_exactly_once(f: &Fixture, expected: &BTreeMap<(String, String), u32>) {
+    assert_eq!(
+        &row_pairs(f).await,
+        expected,
+        "each pair exactly once in Postgres"
+    );
+    assert_eq!(
+        &output_pairs(f),
+        expected,
+        "each pair exactly once in Kafka"
+    );
+}
+
 /// Waits until both sinks hold `total` notifications and no outbox mark is left.
 async fn wait_complete(f: &Fixture, total: usize, timeout: Duration, logs: &dyn Fn() -> String) {
     let deadline = Instant::now() + timeout;
@@ -357,16 +371,7 @@ async fn postgres_unreachable_for_seconds_mid_run() {
     .await;
     assert!(service.terminate().success(), "{}", service.log_text());
     eprintln!("campaigns processed when Postgres came back: {during}");
-    assert_eq!(
-        row_pairs(&f).await,
-        expected,
-        "each pair exactly once in Postgres"
-    );
-    assert_eq!(
-        output_pairs(&f),
-        expected,
-        "each pair exactly once in Kafka"
-    );
+    assert_exactly_once(&f, &expected).await;
     f.cleanup().await;
 }
 
@@ -390,16 +395,7 @@ async fn broker_stopped_and_started_mid_run() {
     })
     .await;
     assert!(service.terminate().success(), "{}", service.log_text());
-    assert_eq!(
-        row_pairs(&f).await,
-        expected,
-        "each pair exactly once in Postgres"
-    );
-    assert_eq!(
-        output_pairs(&f),
-        expected,
-        "each pair exactly once in Kafka"
-    );
+    assert_exactly_once(&f, &expected).await;
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
     f.cleanup().await;
@@ -498,16 +494,7 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
         "the survivor holds all four partitions: {last_assignment}"
     );
     assert!(b.terminate().success(), "{log}");
-    assert_eq!(
-        row_pairs(&f).await,
-        expected,
-        "each pair exactly once in Postgres"
-    );
-    assert_eq!(
-        output_pairs(&f),
-        expected,
-        "each pair exactly once in Kafka"
-    );
+    assert_exactly_once(&f, &expected).await;
     f.cleanup().await;
 }
 
@@ -535,16 +522,7 @@ async fn second_signal_exits_at_once_and_a_restart_finishes_exactly_once() {
     })
     .await;
     assert!(service.terminate().success(), "{}", service.log_text());
-    assert_eq!(
-        row_pairs(&f).await,
-        expected,
-        "each pair exactly once in Postgres"
-    );
-    assert_eq!(
-        output_pairs(&f),
-        expected,
-        "each pair exactly once in Kafka"
-    );
+    assert_exactly_once(&f, &expected).await;
     f.cleanup().await;
 }
 
