@@ -59,6 +59,14 @@ struct Args {
     /// Input partitions for the pipeline phase.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Latency phase: campaigns per second, each to a restaurant with `latency_fanout`
+    /// subscribers, for `latency_secs` seconds.
+    #[arg(long, default_value_t = 100)]
+    latency_rate: u32,
+    #[arg(long, default_value_t = 100)]
+    latency_fanout: usize,
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u32,
     /// Extra librdkafka producer property KEY=VALUE, for the ceilings and the pipeline alike
     /// (repeatable).
     #[arg(long = "producer-property", value_parser = parse_property)]
@@ -104,6 +112,8 @@ fn popularity(restaurants: usize, pairs: usize, skew: f64) -> Vec<usize> {
         .map(|w| ((pairs as f64) * w / total).round().max(1.0) as usize)
         .collect()
 }
+
+const LATENCY_RESTAURANT: &str = "1aaaaaaa-0000-4000-8000-000000000000";
 
 fn restaurant_id(r: usize) -> String {
     format!("10000000-0000-4000-8000-{r:012}")
@@ -337,6 +347,74 @@ async fn raw_copy(client: &Client, table: &str, w: &Workload) -> BenchResult<f64
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Campaigns completed so far, read from the counters directly: rendering the whole exposition
+/// this often would show up in the CPU figure.
+fn processed(metrics: &Metrics) -> u64 {
+    metrics
+        .campaigns_processed
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// (upper bound, cumulative count) of the end-to-end latency histogram; +Inf last.
+fn latency_buckets(metrics: &Metrics) -> Vec<(f64, u64)> {
+    let h = metrics.end_to_end_latency.collect();
+    let Some(m) = h.first().and_then(|f| f.get_metric().first()) else {
+        return Vec::new();
+    };
+    let hist = m.get_histogram();
+    let mut out: Vec<(f64, u64)> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    out.push((f64::INFINITY, hist.get_sample_count()));
+    out
+}
+
+/// The q-quantile of a cumulative histogram, interpolated linearly within its bucket as
+/// Prometheus' histogram_quantile does.
+fn quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map(|b| b.1).unwrap_or(0);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                return lower.0;
+            }
+            let in_bucket = (count - lower.1) as f64;
+            let into = if in_bucket > 0.0 {
+                (rank - lower.1 as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return lower.0 + (bound - lower.0) * into;
+        }
+        lower = (bound, count);
+    }
+    lower.0
+}
+
+/// Upper bound of the highest bucket that holds an observation.
+fn max_bound(buckets: &[(f64, u64)]) -> f64 {
+    let mut previous = 0;
+    let mut highest = 0.0;
+    for &(bound, count) in buckets {
+        if count > previous {
+            highest = bound;
+        }
+        previous = count;
+    }
+    highest
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(series))
@@ -401,6 +479,16 @@ async fn run_in(
                     .await
                     .map_err(err("copy subscriber"))?;
             }
+        }
+        // The latency phase's restaurant, with exactly the fan-out asked for.
+        for _ in 0..args.latency_fanout {
+            let client = client_id(n);
+            n += 1;
+            writer
+                .as_mut()
+                .write(&[&LATENCY_RESTAURANT, &client])
+                .await
+                .map_err(err("copy subscriber"))?;
         }
         writer
             .finish()
@@ -515,16 +603,7 @@ level = "warn"
     }
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        // Read the counters directly: rendering the whole exposition this often would show up
-        // in the CPU figure.
-        let processed: u64 = pipeline
-            .metrics
-            .campaigns_processed
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum();
+        let processed = processed(&pipeline.metrics);
         if processed >= w.campaigns.len() as u64 {
             break;
         }
@@ -546,6 +625,46 @@ level = "warn"
         &text,
         "campaign_notifier_notifications_written_total{sink=\"postgres\"}",
     );
+
+    // Latency at a steady rate well below saturation, from the service's own histogram of the
+    // time between a campaign's Kafka timestamp and both sinks confirmed (only this phase's
+    // observations: the counts before it are subtracted).
+    let before = latency_buckets(&pipeline.metrics);
+    let rate = args.latency_rate.max(1);
+    let total_latency = (rate * args.latency_secs) as usize;
+    let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut next = Instant::now();
+    let mut sends = Vec::with_capacity(total_latency);
+    for i in 0..total_latency {
+        let c = campaign(args.campaigns + i, LATENCY_RESTAURANT, now);
+        let json = campaign_json(&c);
+        let key = format!("latency-{i}");
+        sends.push(
+            producer
+                .send_result(FutureRecord::to(&input).payload(&json).key(&key))
+                .map_err(|(e, _)| format!("produce campaign: {e}"))?,
+        );
+        next += tick;
+        actix_rt::time::sleep_until(next.into()).await;
+    }
+    for s in futures::future::join_all(sends).await {
+        s.map_err(err("produce campaign"))?
+            .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+    }
+    let want = (w.campaigns.len() + total_latency) as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while processed(&pipeline.metrics) < want {
+        if Instant::now() > deadline {
+            return Err("latency phase did not finish in 10 minutes".into());
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = latency_buckets(&pipeline.metrics);
+    let phase: Vec<(f64, u64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((bound, a), (_, b))| (*bound, a - b))
+        .collect();
     pipeline.shutdown().await;
     if written_kafka as usize != w.notifications || written_pg as usize != w.notifications {
         return Err(format!(
@@ -570,6 +689,12 @@ level = "warn"
         "d_over_c": ((c / d) * 1000.0).round() / 1000.0,
         "d_seconds": (d * 1000.0).round() / 1000.0,
         "service_cpu_seconds_per_million": ((cpu / n * 1e6) * 100.0).round() / 100.0,
+        "latency_campaigns": total_latency,
+        "latency_fanout": args.latency_fanout,
+        "latency_rate_per_s": rate,
+        "latency_p50_seconds": (quantile(&phase, 0.5) * 10000.0).round() / 10000.0,
+        "latency_p99_seconds": (quantile(&phase, 0.99) * 10000.0).round() / 10000.0,
+        "latency_max_bucket_le_seconds": max_bound(&phase),
         "cache_pairs": snapshot.pairs(),
         "cache_load_seconds": (load_secs * 1000.0).round() / 1000.0,
         "cache_resident_bytes_per_pair": cache_bytes_per_pair.round(),
