@@ -204,13 +204,13 @@ impl Handler<ProcessCampaign> for Enricher {
                 Ok(inserted) => inserted,
                 Err(outcome) => return outcome,
             };
-            if inserted.rows.is_empty() {
+            if inserted.clients.is_empty() {
                 return CampaignOutcome::AlreadyNotified;
             }
-            let notifications = inserted.rows.len();
+            let notifications = inserted.clients.len();
             let job = KafkaJob {
                 batch,
-                rows: inserted.rows,
+                clients: inserted.clients,
                 created_ms: unix_now_ms(),
             };
             match confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {

@@ -22,8 +22,8 @@ use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 #[derive(Debug)]
 pub struct KafkaJob {
     pub batch: Arc<NotificationBatch>,
-    /// `(subscribers_feedback.id, client_id)`.
-    pub rows: Vec<(i32, String)>,
+    /// The clients the Postgres writer has just inserted rows for.
+    pub clients: Vec<String>,
     /// When the job was made (ms since the epoch): no copy of it can be in the topic from
     /// before.
     pub created_ms: i64,
@@ -31,7 +31,7 @@ pub struct KafkaJob {
 
 impl Rows for KafkaJob {
     fn rows(&self) -> usize {
-        self.rows.len()
+        self.clients.len()
     }
 }
 
@@ -154,11 +154,11 @@ impl Sink for KafkaSink {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         Box::pin(async move {
-            let total: usize = jobs.iter().map(|j| j.rows.len()).sum();
+            let total: usize = jobs.iter().map(|j| j.clients.len()).sum();
             let mut deliveries = Vec::with_capacity(total);
             let mut payload = Vec::with_capacity(512);
             for job in &jobs {
-                for (_, client) in &job.rows {
+                for client in &job.clients {
                     payload.clear();
                     job.batch.write_json_for(client, &mut payload);
                     // librdkafka copies key and payload, so the buffer is reused.
@@ -204,9 +204,9 @@ impl Sink for KafkaSink {
             let wanted: crate::ledger::Wanted = jobs
                 .iter()
                 .flat_map(|j| {
-                    j.rows
+                    j.clients
                         .iter()
-                        .map(|(_, client)| crate::ledger::NotificationKey::of(&j.batch, client))
+                        .map(|client| crate::ledger::NotificationKey::of(&j.batch, client))
                 })
                 .collect();
             let found = tokio::task::spawn_blocking(move || {
@@ -227,15 +227,10 @@ impl Sink for KafkaSink {
             Ok(jobs
                 .into_iter()
                 .map(|j| {
-                    if j.rows.iter().any(|(_, c)| sent(&j, c)) {
+                    if j.clients.iter().any(|c| sent(&j, c)) {
                         Arc::new(KafkaJob {
                             batch: j.batch.clone(),
-                            rows: j
-                                .rows
-                                .iter()
-                                .filter(|(_, c)| !sent(&j, c))
-                                .cloned()
-                                .collect(),
+                            clients: j.clients.iter().filter(|c| !sent(&j, c)).cloned().collect(),
                             created_ms: j.created_ms,
                         })
                     } else {

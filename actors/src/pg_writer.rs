@@ -40,9 +40,9 @@ WITH prior AS (
     SELECT $11, $12, array_agg(id) FROM ins HAVING count(*) > 0
     RETURNING id
 )
-SELECT ins.id, ins.client_id, (SELECT id FROM mark) FROM ins
+SELECT ins.client_id, (SELECT id FROM mark) FROM ins
 UNION ALL
-SELECT f.id, f.client_id, p.id
+SELECT f.client_id, p.id
 FROM prior p JOIN public.subscribers_feedback f ON f.id = ANY (p.feedback_ids)";
 
 /// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
@@ -65,11 +65,11 @@ impl Rows for PgJob {
     }
 }
 
-/// The rows a campaign added: `(subscribers_feedback.id, client_id)` of every client notified
-/// for the first time, and the outbox marks to clear once Kafka has them.
+/// What a campaign added: the clients notified for the first time, and the outbox marks to
+/// clear once Kafka has them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Inserted {
-    pub rows: Vec<(i32, String)>,
+    pub clients: Vec<String>,
     pub outbox_ids: Vec<i64>,
 }
 
@@ -148,7 +148,7 @@ impl Sink for PgSink {
 
     /// Only the rows inserted: a client who already had the campaign is not written again.
     fn rows_written(_job: &PgJob, inserted: &Inserted) -> usize {
-        inserted.rows.len()
+        inserted.clients.len()
     }
 
     fn close(&self) -> LocalFuture<()> {
@@ -219,16 +219,13 @@ async fn insert_all(
     for ((n, _, _), rows) in chunks.iter().zip(results) {
         let out = &mut inserted[*n];
         for row in rows {
-            let outbox_id: Option<i64> = row.try_get(2).map_err(|e| classify(&e))?;
+            let outbox_id: Option<i64> = row.try_get(1).map_err(|e| classify(&e))?;
             if let Some(id) = outbox_id {
                 if out.outbox_ids.last() != Some(&id) {
                     out.outbox_ids.push(id);
                 }
             }
-            out.rows.push((
-                row.try_get(0).map_err(|e| classify(&e))?,
-                row.try_get(1).map_err(|e| classify(&e))?,
-            ));
+            out.clients.push(row.try_get(0).map_err(|e| classify(&e))?);
         }
     }
     Ok(inserted)
