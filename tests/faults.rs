@@ -14,13 +14,19 @@ fn clients(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Subscribes `n` clients to `restaurant`; returns their ids.
+async fn subscribe_clients(f: &Fixture, restaurant: &str, n: usize) -> Vec<String> {
+    let subscribers = clients(n);
+    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
+    f.subscribe(restaurant, &refs).await;
+    subscribers
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn campaign_delivered_twice_notifies_each_client_once() {
     let f = Fixture::new("twice", 1).await;
     let restaurant = "71000000-0000-0000-0000-000000000001";
-    let subscribers = clients(3);
-    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    f.subscribe(restaurant, &refs).await;
+    let subscribers = subscribe_clients(&f, restaurant, 3).await;
     let service = Service::start(&f, "");
     let campaign = active_campaign(restaurant, "c-twice");
     f.produce("1", campaign.as_bytes()).await;
@@ -171,9 +177,7 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
 async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() {
     let f = Fixture::new("hostile", 1).await;
     let restaurant = "73000000-0000-0000-0000-000000000001";
-    let subscribers = clients(2);
-    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    f.subscribe(restaurant, &refs).await;
+    let subscribers = subscribe_clients(&f, restaurant, 2).await;
     let service = Service::start(&f, "");
     let now = unix_now();
     let sql = "'; DROP TABLE subscribers_feedback; --";
@@ -358,7 +362,14 @@ async fn postgres_unreachable_for_seconds_mid_run() {
     let f = Fixture::new("pgdown", 2).await;
     let expected = seed(&f, "pgdown", 20, 40, 200).await;
     let config = "[writers]\nrestart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 1000\n";
-    let mut service = Service::spawn_with_env(&f, config, 0, &SLOW);
+    // A password in the URL (trust auth ignores it) that must never reach the log, even while
+    // every connection fails.
+    let url = f
+        .db_url
+        .replacen("postgres@", "postgres:pw-never-logged@", 1);
+    assert_ne!(url, f.db_url);
+    let env = [SLOW[0], ("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str())];
+    let mut service = Service::spawn_with_env(&f, config, 0, &env);
     service.wait_ready();
     service.wait_processed(10, Duration::from_secs(60));
     f.set_postgres_reachable(false).await;
@@ -371,6 +382,15 @@ async fn postgres_unreachable_for_seconds_mid_run() {
     .await;
     assert!(service.terminate().success(), "{}", service.log_text());
     eprintln!("campaigns processed when Postgres came back: {during}");
+    let log = service.log_text();
+    assert!(
+        log.contains("postgres writer: cannot connect"),
+        "the failed reconnects were logged:\n{log}"
+    );
+    assert!(
+        !log.contains("pw-never-logged"),
+        "the password was logged:\n{log}"
+    );
     assert_exactly_once(&f, &expected).await;
     f.cleanup().await;
 }
