@@ -315,6 +315,7 @@ async fn read_loop(
                     fatal = true;
                     break;
                 }
+                metrics.campaigns_in_flight.set(in_flight.len() as i64);
             }
             message = consumer.recv(), if in_flight.len() < max_in_flight => {
                 let message = match message {
@@ -339,7 +340,6 @@ async fn read_loop(
                 drop(message);
                 metrics.campaigns_received.inc();
                 tracker.started(source.partition, source.offset);
-                metrics.campaigns_in_flight.set(tracker.in_flight() as i64);
                 let request = enricher.send(ProcessCampaign(record));
                 in_flight.push(Box::pin(async move {
                     let outcome = request.await.unwrap_or_else(|e| CampaignOutcome::Unconfirmed {
@@ -348,6 +348,7 @@ async fn read_loop(
                     });
                     (source, outcome)
                 }));
+                metrics.campaigns_in_flight.set(in_flight.len() as i64);
             }
         }
     }
@@ -372,6 +373,7 @@ async fn read_loop(
         }
     }
     let abandoned = in_flight.len();
+    metrics.campaigns_in_flight.set(abandoned as i64);
     if abandoned > 0 {
         log::warn!(
             "kafka reader: {abandoned} campaigns were not finished; they will be read again at the next start"
@@ -442,7 +444,6 @@ fn complete(
             Err(e) => log::debug!("kafka reader: cannot store offset {next} of {source}: {e}"),
         }
     }
-    metrics.campaigns_in_flight.set(tracker.in_flight() as i64);
     true
 }
 
