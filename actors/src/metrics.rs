@@ -318,6 +318,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn known_label_values_are_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"campaign_notifier_campaigns_processed_total{outcome="delivered"} 0"#,
+            r#"campaign_notifier_campaigns_rejected_total{reason="not_json"} 0"#,
+            r#"campaign_notifier_dead_letters_total{reason="ended"} 0"#,
+            r#"campaign_notifier_sink_write_errors_total{class="permanent",sink="postgres"} 0"#,
+            r#"campaign_notifier_actor_restarts_total{actor="ledger"} 0"#,
+            r#"campaign_notifier_notifications_written_total{sink="kafka"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+        assert!(!text.contains(r#"notifications_written_total{sink="dead_letter"}"#));
+    }
+
+    #[test]
     fn every_metric_is_exported_with_the_namespace() {
         let m = Metrics::new();
         m.campaigns_rejected.with_label_values(&["not_json"]).inc();
