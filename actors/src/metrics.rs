@@ -126,6 +126,11 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0,
         ];
+        // Finer where the latency target is (tens of milliseconds).
+        let latency_secs = vec![
+            0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
+            0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
         let rows = vec![
             1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0, 100000.0,
         ];
@@ -210,7 +215,7 @@ impl Metrics {
                         name("end_to_end_latency_seconds"),
                         "From the campaign's Kafka timestamp until both sinks confirmed it",
                     )
-                    .buckets(secs.clone()),
+                    .buckets(latency_secs),
                 )
                 .expect("valid metric"),
             ),

@@ -238,8 +238,9 @@ impl<S: Sink> Writer<S> {
             .set((self.pending_rows + in_flight) as i64);
     }
 
-    /// Starts writes while there is room and something worth writing: a full batch, or anything
-    /// once the linger time has passed.
+    /// Starts writes while there is room and something worth writing: anything when no write is
+    /// in flight (an idle sink adds no delay), else a full batch, or anything once the linger time
+    /// has passed. Under load the batches grow while earlier writes are out, as in a group commit.
     fn flush(&mut self, ctx: &mut Context<Self>, linger_expired: bool) {
         if linger_expired {
             self.linger_armed = false;
@@ -249,7 +250,8 @@ impl<S: Sink> Writer<S> {
         };
         while self.in_flight.len() < S::MAX_CONCURRENT_WRITES && !self.pending.is_empty() {
             let full = self.pending_rows >= self.settings.batch_max_rows;
-            if !(full || linger_expired || self.pending.front().is_some_and(|j| j.alone)) {
+            let idle = self.in_flight.is_empty();
+            if !(full || idle || linger_expired || self.pending.front().is_some_and(|j| j.alone)) {
                 break;
             }
             let jobs = self.take_group();
