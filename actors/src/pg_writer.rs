@@ -23,6 +23,9 @@ pub type PgWriter = Writer<PgSink>;
 
 pub const ROWS_PER_STATEMENT: usize = 10_000;
 
+/// One row: the outbox mark (NULL when nothing was new) and the clients inserted, NULL when that
+/// is every client sent (the common case, which spares sending them back). A retried chunk whose
+/// token is already in the outbox gets its first attempt's mark and clients instead.
 const INSERT: &str = "
 WITH prior AS (
     SELECT id, feedback_ids FROM public.campaign_notifier_outbox WHERE token = $11
@@ -40,10 +43,14 @@ WITH prior AS (
     SELECT $11, $12, array_agg(id) FROM ins HAVING count(*) > 0
     RETURNING id
 )
-SELECT ins.client_id, (SELECT id FROM mark) FROM ins
+SELECT (SELECT id FROM mark),
+       CASE WHEN (SELECT count(*) FROM ins) = cardinality($10::text[]) THEN NULL
+            ELSE ARRAY(SELECT client_id FROM ins) END
+WHERE NOT EXISTS (SELECT 1 FROM prior)
 UNION ALL
-SELECT f.client_id, p.id
-FROM prior p JOIN public.subscribers_feedback f ON f.id = ANY (p.feedback_ids)";
+SELECT p.id,
+       ARRAY(SELECT f.client_id FROM public.subscribers_feedback f WHERE f.id = ANY (p.feedback_ids))
+FROM prior p";
 
 /// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
 /// tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
@@ -215,17 +222,27 @@ async fn insert_all(
     let results = futures::future::try_join_all(statements)
         .await
         .map_err(|e| classify(&e))?;
+    drop(params);
     let mut inserted: Vec<Inserted> = vec![Inserted::default(); jobs.len()];
-    for ((n, _, _), rows) in chunks.iter().zip(results) {
-        let out = &mut inserted[*n];
-        for row in rows {
-            let outbox_id: Option<i64> = row.try_get(1).map_err(|e| classify(&e))?;
-            if let Some(id) = outbox_id {
-                if out.outbox_ids.last() != Some(&id) {
-                    out.outbox_ids.push(id);
-                }
+    for ((n, _, ids), rows) in chunks.into_iter().zip(results) {
+        let out = &mut inserted[n];
+        let [row] = rows.as_slice() else {
+            return Err(SinkError::Retriable(format!(
+                "the insert statement returned {} rows instead of one",
+                rows.len()
+            )));
+        };
+        let outbox_id: Option<i64> = row.try_get(0).map_err(|e| classify(&e))?;
+        if let Some(id) = outbox_id {
+            if out.outbox_ids.last() != Some(&id) {
+                out.outbox_ids.push(id);
             }
-            out.clients.push(row.try_get(0).map_err(|e| classify(&e))?);
+        }
+        let clients: Option<Vec<String>> = row.try_get(1).map_err(|e| classify(&e))?;
+        match clients {
+            // Every client sent was new.
+            None => out.clients.extend(ids),
+            Some(clients) => out.clients.extend(clients),
         }
     }
     Ok(inserted)

@@ -1,0 +1,112 @@
+//! The two sinks on their own, against the local Postgres and the run's broker.
+//! Run with `./scripts/test.sh`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use campaign_actors::campaign::Campaign;
+use campaign_actors::notification::{NotificationBatch, SourceRef};
+use campaign_actors::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
+use campaign_actors::snapshot::SnapshotBuilder;
+use campaign_actors::writer::Sink;
+use common::*;
+
+const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+const CLIENTS: [&str; 3] = [
+    "023e4567-e89b-12d3-a456-426614174000",
+    "023e4567-e89b-12d3-a456-426614174001",
+    "client-with-a-text-id",
+];
+
+fn job(first_token: i64) -> Arc<PgJob> {
+    let mut builder = SnapshotBuilder::new();
+    for client in CLIENTS {
+        builder.push(RESTAURANT, client);
+    }
+    let snapshot = Arc::new(builder.build());
+    let entry = snapshot.lookup(RESTAURANT).expect("restaurant in snapshot");
+    let now = unix_now();
+    let campaign = Campaign {
+        restaurant_id: RESTAURANT.into(),
+        adv_campaign_id: "campaign-1".into(),
+        adv_campaign_content: "first dish free".into(),
+        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
+        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
+        adv_campaign_datetime_start: now - 60,
+        adv_campaign_datetime_end: now + 60,
+        datetime_created: now - 120,
+    };
+    let source = SourceRef {
+        topic: "in".into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+    };
+    Arc::new(PgJob {
+        batch: Arc::new(NotificationBatch::new(
+            campaign, now, source, snapshot, entry,
+        )),
+        first_token,
+    })
+}
+
+fn clients(inserted: &Inserted) -> BTreeSet<String> {
+    inserted.clients.iter().cloned().collect()
+}
+
+#[actix_rt::test]
+async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk() {
+    let f = Fixture::new("pgsink", 1).await;
+    let sink = PgSink::connect(PgSinkConfig {
+        url: f.db_url.clone(),
+        owner: 7,
+    })
+    .await
+    .expect("connect");
+    let all: BTreeSet<String> = CLIENTS.iter().map(|c| c.to_string()).collect();
+
+    // Every client is new: all of them, and one outbox mark.
+    let first = sink.write(vec![job(1_000)]).await.expect("first write");
+    assert_eq!(clients(&first[0]), all);
+    assert_eq!(first[0].outbox_ids.len(), 1);
+    assert_eq!(f.feedback_rows().await.len(), 3);
+
+    // The same chunk again (its commit was not confirmed): what the first attempt inserted, with
+    // its mark, and no new rows.
+    let retried = sink.write(vec![job(1_000)]).await.expect("retried write");
+    assert_eq!(clients(&retried[0]), all);
+    assert_eq!(retried[0].outbox_ids, first[0].outbox_ids);
+    assert_eq!(f.feedback_rows().await.len(), 3);
+
+    // The campaign delivered again while one client's row is gone: only that client.
+    f.db.execute(
+        "DELETE FROM subscribers_feedback WHERE client_id = $1",
+        &[&CLIENTS[2]],
+    )
+    .await
+    .expect("delete a row");
+    let partly = sink.write(vec![job(2_000)]).await.expect("partial write");
+    assert_eq!(
+        clients(&partly[0]),
+        BTreeSet::from([CLIENTS[2].to_string()])
+    );
+    assert_eq!(partly[0].outbox_ids.len(), 1);
+    assert_ne!(partly[0].outbox_ids, first[0].outbox_ids);
+
+    // And once more: nobody, and no mark.
+    let none = sink
+        .write(vec![job(3_000)])
+        .await
+        .expect("write of nothing new");
+    assert_eq!(none[0], Inserted::default());
+    assert_eq!(f.feedback_rows().await.len(), 3);
+    let marks: i64 =
+        f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+            .await
+            .expect("count marks")
+            .get(0);
+    assert_eq!(marks, 2);
+    f.cleanup().await;
+}
