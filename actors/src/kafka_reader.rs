@@ -125,6 +125,10 @@ impl ReaderConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.auto_offset_reset)
             .set("enable.partition.eof", "false")
+            // A campaign is worth hundreds of notifications: a hundred waiting per partition keep
+            // the pipeline busy, and librdkafka stops fetching while it holds them instead of
+            // asking the broker for more all through a backlog (librdkafka's default is 100 000).
+            .set("queued.min.messages", "100")
             .set("statistics.interval.ms", "5000");
         for (k, v) in &self.overrides {
             cc.set(k, v);
