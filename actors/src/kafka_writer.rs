@@ -52,7 +52,7 @@ pub type KafkaWriter = Writer<KafkaSink>;
 /// bytes, so that it fits one produce request (librdkafka's `batch.num.messages` is 10 000 here and
 /// `batch.size` and `message.max.bytes` default to 1 000 000).
 pub const CHUNK_MESSAGES: usize = 5_000;
-pub const CHUNK_BYTES: usize = 512 * 1024;
+pub const CHUNK_BYTES: usize = 900_000;
 
 /// librdkafka's default partitioner (`consistent_random`) for a non-empty key: CRC-32 of the key
 /// modulo the partition count.
@@ -213,7 +213,7 @@ pub async fn check_topic(producer: &FutureProducer, topic: &str) -> Result<i32, 
 
 impl Sink for KafkaSink {
     const NAME: &'static str = "kafka";
-    const MAX_CONCURRENT_WRITES: usize = 8;
+    const MAX_CONCURRENT_WRITES: usize = 2;
     type Config = KafkaSinkConfig;
     type Item = KafkaJob;
     type Output = ();
