@@ -59,7 +59,8 @@ export CN_TEST_TANSU_PID="$tansu_pid"
 # the tests, so that the test runner's summary stays the last thing printed.
 log "benchmark smoke run"
 cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
-  --restaurants 100 --pairs 5000 --campaigns 100 --latency-secs 2 --latency-fanout 10
+  --restaurants 100 --pairs 5000 --campaigns 100 --latency-secs 2 --latency-fanout 10 \
+  --backlog-campaigns 20 --cache-pairs 20000
 
 # --no-fail-fast: one red test binary must not hide the results of the others.
 log "cargo test --workspace --no-fail-fast $*"

@@ -1,29 +1,41 @@
 //! `campaign-bench`: the service's throughput next to the ceilings of its two sinks, measured in
-//! one run on the same machine, plus its CPU cost and the subscriber cache's memory.
+//! one run on the same machine, plus its CPU cost, its latency, its memory under backlog and the
+//! subscriber cache's size, load time and effect on the pipeline.
 //!
 //! Phases, each on fresh topics and tables:
-//! - (a) a raw producer sends the same notification bytes, with the service's producer settings;
+//! - (a) the service's Kafka sink alone sends every notification (same bytes, same producer
+//!   settings, same chunking per partition);
 //! - (b) a raw binary `COPY` writes the same rows into a table shaped like `subscribers_feedback`
 //!   (its indexes included, so the unique key costs the same);
 //! - (c) (a) and (b) at once: the dual-sink ceiling;
+//! - the latency floor: for each campaign of the latency phase, its rows inserted and then its
+//!   messages sent, with no pipeline in between;
 //! - (d) the real pipeline, delivery guarantees on: campaigns produced to the input topic, timed
-//!   until every notification is confirmed in both sinks; the process's CPU seconds during it;
-//! - the subscriber cache: a full load's time and resident memory per pair.
+//!   until every notification is confirmed in both sinks; CPU seconds of this process, the broker
+//!   and Postgres during it;
+//! - latency: campaigns at a steady rate, from the service's end-to-end histogram;
+//! - backlog: a backlog of campaigns and one ten times larger, resident memory sampled meanwhile;
+//! - (e) the workload of (d) again while the subscriber cache reloads back to back;
+//! - the subscriber cache: a full load's time and resident memory per pair, at the size given by
+//!   `--pairs` plus `--cache-pairs`.
 //!
-//! Prints one JSON line with every figure. Run it with `scripts/bench.sh`, which starts a broker.
+//! Prints one JSON line with every figure, progress on stderr. Run it with `scripts/bench.sh`,
+//! which starts a broker.
 
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use campaign_actors::campaign::Campaign;
-use campaign_actors::kafka_writer::KafkaSinkConfig;
+use campaign_actors::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkConfig};
 use campaign_actors::notification::{NotificationBatch, SourceRef};
 use campaign_actors::snapshot::Snapshot;
+use campaign_actors::writer::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
 use clap::Parser;
-use futures::pin_mut;
+use futures::{pin_mut, StreamExt, TryStreamExt};
 use prometheus::core::Collector;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -46,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     restaurants: usize,
     /// (restaurant, client) pairs in total.
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pairs: usize,
     /// Campaigns, one per restaurant in turn: with campaigns = restaurants every pair gets one
     /// notification.
@@ -56,7 +68,7 @@ struct Args {
     /// 1 / (r + 1)^skew.
     #[arg(long, default_value_t = 1.0)]
     skew: f64,
-    /// Input partitions for the pipeline phase.
+    /// Partitions of every topic the benchmark creates.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
     /// Latency phase: campaigns per second, each to a restaurant with `latency_fanout`
@@ -67,6 +79,14 @@ struct Args {
     latency_fanout: usize,
     #[arg(long, default_value_t = 10)]
     latency_secs: u32,
+    /// Backlog phase: campaigns (fan-out `latency_fanout`) produced at once, then ten times as
+    /// many; resident memory is sampled while each drains.
+    #[arg(long, default_value_t = 500)]
+    backlog_campaigns: usize,
+    /// Extra (restaurant, client) pairs of restaurants without campaigns, so that the cache is
+    /// measured at this size and the refresh phase reloads a cache this large.
+    #[arg(long, default_value_t = 10_000_000)]
+    cache_pairs: usize,
     /// Extra librdkafka producer property KEY=VALUE, for the ceilings and the pipeline alike
     /// (repeatable).
     #[arg(long = "producer-property", value_parser = parse_property)]
@@ -167,6 +187,39 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// User + system CPU seconds so far of every process named `tansu` (the broker) and `postgres`
+/// (the server and its backends), read from /proc: where the machine's CPU goes besides the
+/// service. Backends that exited in between are missed, so these are lower bounds.
+fn others_cpu_seconds() -> (f64, f64) {
+    let (mut broker, mut postgres) = (0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0.0, 0.0);
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(") ")) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let secs = (ticks(11) + ticks(12)) / 100.0;
+        match name {
+            "tansu" => broker += secs,
+            "postgres" => postgres += secs,
+            _ => {}
+        }
+    }
+    (broker, postgres)
+}
+
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -213,6 +266,8 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult<()>
 struct Workload {
     campaigns: Vec<Campaign>,
     batches: Vec<Arc<NotificationBatch>>,
+    /// The same notifications as the Kafka writer receives them.
+    kafka_jobs: Vec<Arc<KafkaJob>>,
     notifications: usize,
 }
 
@@ -239,50 +294,56 @@ fn workload(snapshot: Arc<Snapshot>, args: &Args, now: i64) -> Workload {
         campaigns.push(c);
     }
     let notifications = batches.iter().map(|b| b.len()).sum();
+    let kafka_jobs = batches
+        .iter()
+        .map(|b| {
+            Arc::new(KafkaJob {
+                batch: b.clone(),
+                clients: (0..b.len()).map(|i| b.client_id(i).to_string()).collect(),
+                created_ms: now * 1000,
+            })
+        })
+        .collect();
     Workload {
         campaigns,
         batches,
+        kafka_jobs,
         notifications,
     }
 }
 
-/// (a): every notification to `topic` with the service's producer settings; returns seconds.
-async fn raw_produce(kafka: &KafkaSinkConfig, topic: &str, w: &Workload) -> BenchResult<f64> {
-    let producer: FutureProducer = kafka.client_config().create().map_err(err("producer"))?;
+/// (a): every notification through the service's Kafka sink alone (its producer settings, its
+/// chunking per partition), in groups as the Kafka writer forms them; returns seconds.
+async fn raw_produce(kafka: &KafkaSinkConfig, w: &Workload) -> BenchResult<f64> {
+    let sink = KafkaSink::connect(kafka.clone())
+        .await
+        .map_err(err("producer"))?;
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(100_000);
-    let mut payload = Vec::with_capacity(512);
-    for batch in &w.batches {
-        for i in 0..batch.len() {
-            payload.clear();
-            batch.write_json(i, &mut payload);
-            let key = batch.client_id(i).to_string();
-            let mut record = FutureRecord::to(topic).payload(&payload).key(&key);
-            loop {
-                match producer.send_result(record) {
-                    Ok(d) => break deliveries.push(d),
-                    Err((_, r)) => {
-                        record = r;
-                        actix_rt::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
-            if deliveries.len() == deliveries.capacity() {
-                for d in deliveries.drain(..) {
-                    d.await
-                        .map_err(err("delivery"))?
-                        .map_err(|(e, _)| format!("delivery: {e}"))?;
-                }
-            }
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    let mut rows = 0;
+    for job in &w.kafka_jobs {
+        group.push(job.clone());
+        rows += job.clients.len();
+        if rows >= GROUP_ROWS {
+            groups.push(std::mem::take(&mut group));
+            rows = 0;
         }
     }
-    for d in deliveries {
-        d.await
-            .map_err(err("delivery"))?
-            .map_err(|(e, _)| format!("delivery: {e}"))?;
+    if !group.is_empty() {
+        groups.push(group);
     }
+    futures::stream::iter(groups.into_iter().map(|g| sink.write(g)))
+        .buffer_unordered(KafkaSink::MAX_CONCURRENT_WRITES)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(err("produce"))?;
+    sink.close().await;
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// Rows per write, as the writers' default `batch_max_rows`.
+const GROUP_ROWS: usize = 5_000;
 
 async fn produce_on_thread(kafka: KafkaSinkConfig, w: Arc<Workload>) -> BenchResult<f64> {
     let (tx, rx) = futures::channel::oneshot::channel();
@@ -291,7 +352,7 @@ async fn produce_on_thread(kafka: KafkaSinkConfig, w: Arc<Workload>) -> BenchRes
             .enable_all()
             .build()
             .map_err(err("runtime"))
-            .and_then(|rt| rt.block_on(raw_produce(&kafka, &kafka.topic, &w)));
+            .and_then(|rt| rt.block_on(raw_produce(&kafka, &w)));
         let _ = tx.send(result);
     });
     rx.await.map_err(err("producer thread"))?
@@ -496,6 +557,26 @@ async fn run_in(
             .map_err(err("copy subscribers finish"))?;
     }
 
+    // Pairs of restaurants that get no campaign, generated by the server, so that the cache is
+    // measured (and reloaded in phase (e)) at the size asked for.
+    if args.cache_pairs > 0 {
+        progress(&format!("{} more pairs for the cache", args.cache_pairs));
+        db.execute(
+            "INSERT INTO subscribers_restaurants (restaurant_id, client_id) \
+             SELECT '40000000-0000-4000-8000-' || lpad((g / 50)::text, 12, '0'), \
+                    '50000000-0000-4000-8000-' || lpad(g::text, 12, '0') \
+             FROM generate_series(0::int8, $1::int8 - 1) AS g",
+            &[&(args.cache_pairs as i64)],
+        )
+        .await
+        .map_err(err("cache pairs"))?;
+    }
+    // Now rather than by autovacuum in the middle of a measurement.
+    db.batch_execute("VACUUM ANALYZE subscribers_restaurants")
+        .await
+        .map_err(err("vacuum"))?;
+    let pairs = pairs + args.cache_pairs;
+
     // The cache: a full load as the service does it, and what it costs in memory.
     let rss_before = resident_bytes();
     let load_started = Instant::now();
@@ -510,8 +591,9 @@ async fn run_in(
     create_topics(
         brokers,
         &[
-            (&topic("raw"), 1),
-            (&topic("dual"), 1),
+            (&topic("raw"), args.partitions),
+            (&topic("dual"), args.partitions),
+            (&topic("floor"), args.partitions),
             (&topic("in"), args.partitions),
             (&topic("out"), args.partitions),
             (&topic("dlq"), 1),
@@ -534,17 +616,36 @@ async fn run_in(
 
     // (a), (b), (c). The producer runs on a thread of its own, as the service's Kafka writer
     // does, so that in (c) neither sink waits for the other's CPU work.
+    progress("(a) raw producer");
     kafka.topic = topic("raw");
+    let cpu_before = cpu_seconds();
     let a = produce_on_thread(kafka.clone(), w.clone()).await?;
+    let a_cpu = cpu_seconds() - cpu_before;
+    progress("(b) raw binary COPY");
     let b = raw_copy(&db, "bench_copy", &w).await?;
+    settle(&db, "bench_copy").await;
+    progress("(c) both at once");
     kafka.topic = topic("dual");
+    let others_before = others_cpu_seconds();
+    let cpu_before = cpu_seconds();
     let (ca, cb) = futures::join!(
         produce_on_thread(kafka.clone(), w.clone()),
         raw_copy(&db, "bench_dual", &w)
     );
     let c = ca?.max(cb?);
+    let c_cpu = cpu_seconds() - cpu_before;
+    let c_others = others_cpu_seconds();
+    let c_others = (c_others.0 - others_before.0, c_others.1 - others_before.1);
+    settle(&db, "bench_dual").await;
+
+    // The sinks' own latency for one campaign of the latency phase, written one after the other
+    // as the pipeline does (Postgres, then Kafka), at the latency phase's rate.
+    progress("latency floor of the two sinks");
+    kafka.topic = topic("floor");
+    let floor = latency_floor(db_url, &kafka, &snapshot, args, now).await?;
 
     // (d): the pipeline, guarantees on.
+    progress("(d) pipeline");
     let config_text = format!(
         r#"
 [kafka]
@@ -580,68 +681,46 @@ level = "warn"
     let pipeline = Pipeline::start(config, Metrics::new())
         .await
         .map_err(err("pipeline"))?;
+    let metrics = pipeline.metrics.clone();
+    // The upstream producer of campaigns sends each at once: its own batching delay is not the
+    // service's latency.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
         .create()
         .map_err(err("campaign producer"))?;
+    let input = topic("in");
+    let mut want = w.campaigns.len() as u64;
+    let others_before = others_cpu_seconds();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let input = topic("in");
-    let mut sends = Vec::new();
-    for (i, c) in w.campaigns.iter().enumerate() {
-        let json = campaign_json(c);
-        let key = i.to_string();
-        let send = producer
-            .send_result(FutureRecord::to(&input).payload(&json).key(&key))
-            .map_err(|(e, _)| format!("produce campaign: {e}"))?;
-        sends.push(send);
-    }
-    for s in futures::future::join_all(sends).await {
-        s.map_err(err("produce campaign"))?
-            .map_err(|(e, _)| format!("produce campaign: {e}"))?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let processed = processed(&pipeline.metrics);
-        if processed >= w.campaigns.len() as u64 {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "pipeline processed {processed} campaigns in 30 minutes"
-            ));
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    produce_campaigns(&producer, &input, &w.campaigns).await?;
+    wait_processed(&metrics, want, "(d)", || {}).await?;
     let d = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
-    let text = pipeline.metrics.render();
-    let written_kafka = metric(
-        &text,
-        "campaign_notifier_notifications_written_total{sink=\"kafka\"}",
-    );
-    let written_pg = metric(
-        &text,
-        "campaign_notifier_notifications_written_total{sink=\"postgres\"}",
-    );
+    let d_others = others_cpu_seconds();
+    let d_others = (d_others.0 - others_before.0, d_others.1 - others_before.1);
 
     // Latency at a steady rate well below saturation, from the service's own histogram of the
     // time between a campaign's Kafka timestamp and both sinks confirmed (only this phase's
     // observations: the counts before it are subtracted).
-    let before = latency_buckets(&pipeline.metrics);
+    progress("latency");
+    let before = latency_buckets(&metrics);
     let rate = args.latency_rate.max(1);
     let total_latency = (rate * args.latency_secs) as usize;
     let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut next = Instant::now();
     let mut sends = Vec::with_capacity(total_latency);
     for i in 0..total_latency {
-        let c = campaign(args.campaigns + i, LATENCY_RESTAURANT, now);
+        let c = campaign(3_000_000 + i, LATENCY_RESTAURANT, now);
         let json = campaign_json(&c);
-        let key = format!("latency-{i}");
         sends.push(
             producer
-                .send_result(FutureRecord::to(&input).payload(&json).key(&key))
+                .send_result(
+                    FutureRecord::to(&input)
+                        .payload(&json)
+                        .key(&c.adv_campaign_id),
+                )
                 .map_err(|(e, _)| format!("produce campaign: {e}"))?,
         );
         next += tick;
@@ -651,30 +730,81 @@ level = "warn"
         s.map_err(err("produce campaign"))?
             .map_err(|(e, _)| format!("produce campaign: {e}"))?;
     }
-    let want = (w.campaigns.len() + total_latency) as u64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while processed(&pipeline.metrics) < want {
-        if Instant::now() > deadline {
-            return Err("latency phase did not finish in 10 minutes".into());
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    let after = latency_buckets(&pipeline.metrics);
+    want += total_latency as u64;
+    wait_processed(&metrics, want, "latency", || {}).await?;
+    let after = latency_buckets(&metrics);
     let phase: Vec<(f64, u64)> = after
         .iter()
         .zip(&before)
         .map(|((bound, a), (_, b))| (*bound, a - b))
         .collect();
+
+    // Memory under backlog: a backlog produced at once, then one ten times larger; resident
+    // memory sampled while each drains.
+    let mut backlog_peaks = Vec::new();
+    let mut first_id = 4_000_000;
+    for n in [args.backlog_campaigns, args.backlog_campaigns * 10] {
+        progress(&format!("backlog of {n} campaigns"));
+        let campaigns: Vec<Campaign> = (0..n)
+            .map(|i| campaign(first_id + i, LATENCY_RESTAURANT, now))
+            .collect();
+        first_id += n;
+        want += n as u64;
+        let start_rss = resident_bytes();
+        let mut peak = start_rss;
+        produce_campaigns(&producer, &input, &campaigns).await?;
+        wait_processed(&metrics, want, "backlog", || {
+            peak = peak.max(resident_bytes());
+        })
+        .await?;
+        backlog_peaks.push((start_rss, peak));
+    }
+
+    // (e): the same workload as (d) again (new campaign ids) while the cache reloads back to
+    // back.
+    progress("(e) pipeline while the cache reloads");
+    let again: Vec<Campaign> = (0..args.campaigns)
+        .map(|i| campaign(1_000_000 + i, &restaurant_id(i % args.restaurants), now))
+        .collect();
+    want += again.len() as u64;
+    let reloads_before = metrics.cache_refresh_duration.get_sample_count();
+    let reload_secs_before = metrics.cache_refresh_duration.get_sample_sum();
+    let started = Instant::now();
+    produce_campaigns(&producer, &input, &again).await?;
+    // A request while a load runs is ignored, so asking on every tick reloads back to back.
+    wait_processed(&metrics, want, "(e)", || pipeline.refresh_cache()).await?;
+    let e = started.elapsed().as_secs_f64();
+    let reloads = metrics.cache_refresh_duration.get_sample_count() - reloads_before;
+    let reload_secs = metrics.cache_refresh_duration.get_sample_sum() - reload_secs_before;
+
+    let text = metrics.render();
+    let written_kafka = metric(
+        &text,
+        "campaign_notifier_notifications_written_total{sink=\"kafka\"}",
+    );
+    let written_pg = metric(
+        &text,
+        "campaign_notifier_notifications_written_total{sink=\"postgres\"}",
+    );
     pipeline.shutdown().await;
-    if written_kafka as usize != w.notifications || written_pg as usize != w.notifications {
+    let expected =
+        2 * w.notifications + (total_latency + args.backlog_campaigns * 11) * args.latency_fanout;
+    if written_kafka as usize != expected || written_pg as usize != expected {
         return Err(format!(
-            "pipeline wrote {written_kafka} to Kafka and {written_pg} to Postgres, expected {}",
-            w.notifications
+            "pipeline wrote {written_kafka} to Kafka and {written_pg} to Postgres, expected {expected}"
         ));
     }
 
     let n = w.notifications as f64;
     let per_s = |secs: f64| (n / secs).round();
+    let round = |x: f64, places: i32| {
+        let f = 10f64.powi(places);
+        (x * f).round() / f
+    };
+    let per_million = |secs: f64| round(secs / n * 1e6, 2);
+    let mib = |bytes: u64| round(bytes as f64 / 1048576.0, 1);
+    let (rss_1x_start, rss_1x_peak) = backlog_peaks[0];
+    let (rss_10x_start, rss_10x_peak) = backlog_peaks[1];
     Ok(serde_json::json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "restaurants": args.restaurants,
@@ -683,20 +813,211 @@ level = "warn"
         "campaigns": w.campaigns.len(),
         "notifications": w.notifications,
         "a_raw_kafka_per_s": per_s(a),
+        "a_raw_kafka_cpu_seconds_per_million": per_million(a_cpu),
         "b_raw_copy_per_s": per_s(b),
         "c_dual_ceiling_per_s": per_s(c),
+        "c_cpu_seconds_per_million": {
+            "bench": per_million(c_cpu),
+            "broker": per_million(c_others.0),
+            "postgres": per_million(c_others.1),
+        },
         "d_pipeline_per_s": per_s(d),
-        "d_over_c": ((c / d) * 1000.0).round() / 1000.0,
-        "d_seconds": (d * 1000.0).round() / 1000.0,
-        "service_cpu_seconds_per_million": ((cpu / n * 1e6) * 100.0).round() / 100.0,
+        "d_over_c": round(c / d, 3),
+        "d_seconds": round(d, 3),
+        "d_cpu_seconds_per_million": {
+            "service": per_million(cpu),
+            "broker": per_million(d_others.0),
+            "postgres": per_million(d_others.1),
+        },
+        "service_cpu_seconds_per_million": per_million(cpu),
         "latency_campaigns": total_latency,
         "latency_fanout": args.latency_fanout,
         "latency_rate_per_s": rate,
-        "latency_p50_seconds": (quantile(&phase, 0.5) * 10000.0).round() / 10000.0,
-        "latency_p99_seconds": (quantile(&phase, 0.99) * 10000.0).round() / 10000.0,
+        "latency_p50_seconds": round(quantile(&phase, 0.5), 4),
+        "latency_p99_seconds": round(quantile(&phase, 0.99), 4),
         "latency_max_bucket_le_seconds": max_bound(&phase),
+        "sinks_latency_floor_p50_seconds": round(exact_quantile(&floor, 0.5), 4),
+        "sinks_latency_floor_p99_seconds": round(exact_quantile(&floor, 0.99), 4),
+        "sinks_latency_floor_max_seconds": round(exact_quantile(&floor, 1.0), 4),
+        "backlog_campaigns": [args.backlog_campaigns, args.backlog_campaigns * 10],
+        "backlog_rss_start_mib": [mib(rss_1x_start), mib(rss_10x_start)],
+        "backlog_rss_peak_mib": [mib(rss_1x_peak), mib(rss_10x_peak)],
+        "e_pipeline_while_cache_reloads_per_s": per_s(e),
+        "e_over_d": round(d / e, 3),
+        "e_cache_reloads": reloads,
+        "e_cache_reload_seconds_mean": round(reload_secs / reloads.max(1) as f64, 3),
         "cache_pairs": snapshot.pairs(),
-        "cache_load_seconds": (load_secs * 1000.0).round() / 1000.0,
+        "cache_load_seconds": round(load_secs, 3),
         "cache_resident_bytes_per_pair": cache_bytes_per_pair.round(),
     }))
+}
+
+fn progress(what: &str) {
+    eprintln!("campaign-bench: {what}");
+}
+
+/// Vacuums a table just written, so autovacuum does not start on it during a later phase.
+async fn settle(db: &Client, table: &str) {
+    if let Err(e) = db.batch_execute(&format!("VACUUM ANALYZE {table}")).await {
+        log::warn!("vacuum of {table} failed: {e}");
+    }
+}
+
+async fn produce_campaigns(
+    producer: &FutureProducer,
+    topic: &str,
+    campaigns: &[Campaign],
+) -> BenchResult<()> {
+    let mut sends = Vec::with_capacity(campaigns.len());
+    for c in campaigns {
+        let json = campaign_json(c);
+        let send = producer
+            .send_result(
+                FutureRecord::to(topic)
+                    .payload(&json)
+                    .key(&c.adv_campaign_id),
+            )
+            .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+        sends.push(send);
+    }
+    for s in futures::future::join_all(sends).await {
+        s.map_err(err("produce campaign"))?
+            .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Waits until `want` campaigns are processed in all, calling `tick` every 20 ms meanwhile.
+async fn wait_processed(
+    metrics: &Metrics,
+    want: u64,
+    phase: &str,
+    mut tick: impl FnMut(),
+) -> BenchResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let done = processed(metrics);
+        if done >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{phase}: {done} of {want} campaigns processed after 30 minutes"
+            ));
+        }
+        tick();
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const FLOOR_INSERT: &str = "
+INSERT INTO bench_floor
+    (restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
+     adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
+     datetime_created, client_id, trigger_datetime_created)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c";
+
+/// Seconds from the moment each campaign is due until its rows are in Postgres and then its
+/// messages acknowledged by the broker through the service's Kafka sink, with no pipeline in
+/// between; campaigns overlap as they would in the pipeline.
+async fn latency_floor(
+    db_url: &str,
+    kafka: &KafkaSinkConfig,
+    snapshot: &Arc<Snapshot>,
+    args: &Args,
+    now: i64,
+) -> BenchResult<Vec<f64>> {
+    let db = Arc::new(connect(db_url).await?);
+    db.batch_execute("CREATE TABLE bench_floor (LIKE subscribers_feedback INCLUDING ALL)")
+        .await
+        .map_err(err("floor table"))?;
+    let insert = db.prepare(FLOOR_INSERT).await.map_err(err("prepare"))?;
+    let sink = Rc::new(
+        KafkaSink::connect(kafka.clone())
+            .await
+            .map_err(err("producer"))?,
+    );
+    let entry = snapshot
+        .lookup(LATENCY_RESTAURANT)
+        .ok_or("the latency restaurant is not in the cache")?;
+    let rate = args.latency_rate.max(1);
+    let total = (rate * args.latency_secs) as usize;
+    let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut tasks = Vec::with_capacity(total);
+    let mut next = Instant::now();
+    for i in 0..total {
+        let c = campaign(2_000_000 + i, LATENCY_RESTAURANT, now);
+        let source = SourceRef {
+            topic: "bench".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+        };
+        let batch = NotificationBatch::new(c, now, source, snapshot.clone(), entry);
+        tasks.push(actix_rt::spawn(floor_one(
+            db.clone(),
+            insert.clone(),
+            sink.clone(),
+            batch,
+            now,
+            Instant::now(),
+        )));
+        next += tick;
+        actix_rt::time::sleep_until(next.into()).await;
+    }
+    let mut secs = Vec::with_capacity(total);
+    for t in tasks {
+        secs.push(t.await.map_err(err("floor task"))??);
+    }
+    Ok(secs)
+}
+
+async fn floor_one(
+    db: Arc<Client>,
+    insert: tokio_postgres::Statement,
+    sink: Rc<KafkaSink>,
+    batch: NotificationBatch,
+    now: i64,
+    started: Instant,
+) -> BenchResult<f64> {
+    let clients: Vec<String> = (0..batch.len())
+        .map(|i| batch.client_id(i).to_string())
+        .collect();
+    let c = &batch.campaign;
+    let trigger = batch.trigger_datetime_created as i32;
+    db.execute(
+        &insert,
+        &[
+            &c.restaurant_id,
+            &c.adv_campaign_id,
+            &c.adv_campaign_content,
+            &c.adv_campaign_owner,
+            &c.adv_campaign_owner_contact,
+            &c.adv_campaign_datetime_start,
+            &c.adv_campaign_datetime_end,
+            &c.datetime_created,
+            &trigger,
+            &clients,
+        ],
+    )
+    .await
+    .map_err(err("floor insert"))?;
+    let job = Arc::new(KafkaJob {
+        batch: Arc::new(batch),
+        clients,
+        created_ms: now * 1000,
+    });
+    sink.write(vec![job]).await.map_err(err("floor produce"))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The q-quantile of exact observations (nearest rank); q = 1 is the maximum.
+fn exact_quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
