@@ -129,6 +129,9 @@ impl ReaderConfig {
             // the pipeline busy, and librdkafka stops fetching while it holds them instead of
             // asking the broker for more all through a backlog (librdkafka's default is 100 000).
             .set("queued.min.messages", "100")
+            // ...and looks again 10 ms later, not after librdkafka's default second, which a
+            // hundred small campaigns take less than to process.
+            .set("fetch.queue.backoff.ms", "10")
             .set("statistics.interval.ms", "5000");
         for (k, v) in &self.overrides {
             cc.set(k, v);
