@@ -752,12 +752,14 @@ level = "warn"
         want += n as u64;
         let start_rss = resident_bytes();
         let mut peak = start_rss;
+        let started = Instant::now();
         produce_campaigns(&producer, &input, &campaigns).await?;
         wait_processed(&metrics, want, "backlog", || {
             peak = peak.max(resident_bytes());
         })
         .await?;
-        backlog_peaks.push((start_rss, peak));
+        let rate = (n * args.latency_fanout) as f64 / started.elapsed().as_secs_f64();
+        backlog_peaks.push((start_rss, peak, rate.round()));
     }
 
     // (e): the same workload as (d) again (new campaign ids) while the cache reloads back to
@@ -803,8 +805,8 @@ level = "warn"
     };
     let per_million = |secs: f64| round(secs / n * 1e6, 2);
     let mib = |bytes: u64| round(bytes as f64 / 1048576.0, 1);
-    let (rss_1x_start, rss_1x_peak) = backlog_peaks[0];
-    let (rss_10x_start, rss_10x_peak) = backlog_peaks[1];
+    let (rss_1x_start, rss_1x_peak, rate_1x) = backlog_peaks[0];
+    let (rss_10x_start, rss_10x_peak, rate_10x) = backlog_peaks[1];
     Ok(serde_json::json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "restaurants": args.restaurants,
@@ -842,6 +844,7 @@ level = "warn"
         "backlog_campaigns": [args.backlog_campaigns, args.backlog_campaigns * 10],
         "backlog_rss_start_mib": [mib(rss_1x_start), mib(rss_10x_start)],
         "backlog_rss_peak_mib": [mib(rss_1x_peak), mib(rss_10x_peak)],
+        "backlog_notifications_per_s": [rate_1x, rate_10x],
         "e_pipeline_while_cache_reloads_per_s": per_s(e),
         "e_over_d": round(d / e, 3),
         "e_cache_reloads": reloads,
