@@ -31,6 +31,7 @@ use bytes::Bytes;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkConfig};
 use campaign_actors::notification::{NotificationBatch, SourceRef};
+use campaign_actors::pg_writer::{PgJob, PgSink, PgSinkConfig};
 use campaign_actors::snapshot::Snapshot;
 use campaign_actors::writer::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
@@ -361,6 +362,16 @@ async fn produce_on_thread(kafka: KafkaSinkConfig, w: Arc<Workload>) -> BenchRes
 /// (b): every row by binary COPY into `table`; returns seconds.
 async fn raw_copy(client: &Client, table: &str, w: &Workload) -> BenchResult<f64> {
     let started = Instant::now();
+    copy_rows(client, table, &w.batches).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One binary `COPY` of the batches' rows into `table`.
+async fn copy_rows(
+    client: &Client,
+    table: &str,
+    batches: &[Arc<NotificationBatch>],
+) -> BenchResult<()> {
     let sink = client
         .copy_in::<_, Bytes>(&format!(
             "COPY {table} (restaurant_id, adv_campaign_id, adv_campaign_content, \
@@ -384,7 +395,7 @@ async fn raw_copy(client: &Client, table: &str, w: &Workload) -> BenchResult<f64
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
-    for batch in &w.batches {
+    for batch in batches {
         let c = &batch.campaign;
         let trigger = batch.trigger_datetime_created as i32;
         for i in 0..batch.len() {
@@ -405,7 +416,7 @@ async fn raw_copy(client: &Client, table: &str, w: &Workload) -> BenchResult<f64
         }
     }
     writer.finish().await.map_err(err("copy finish"))?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// Campaigns completed so far, read from the counters directly: rendering the whole exposition
@@ -571,10 +582,7 @@ async fn run_in(
         .await
         .map_err(err("cache pairs"))?;
     }
-    // Now rather than by autovacuum in the middle of a measurement.
-    db.batch_execute("VACUUM ANALYZE subscribers_restaurants")
-        .await
-        .map_err(err("vacuum"))?;
+    settle(&db, "subscribers_restaurants").await;
     let pairs = pairs + args.cache_pairs;
 
     // The cache: a full load as the service does it, and what it costs in memory.
@@ -642,7 +650,7 @@ async fn run_in(
     // as the pipeline does (Postgres, then Kafka), at the latency phase's rate.
     progress("latency floor of the two sinks");
     kafka.topic = topic("floor");
-    let floor = latency_floor(db_url, &kafka, &snapshot, args, now).await?;
+    let floor = latency_floor(&db, db_url, &kafka, &snapshot, args, now).await?;
 
     // (d): the pipeline, guarantees on.
     progress("(d) pipeline");
@@ -859,10 +867,14 @@ fn progress(what: &str) {
     eprintln!("campaign-bench: {what}");
 }
 
-/// Vacuums a table just written, so autovacuum does not start on it during a later phase.
+/// Vacuums a table just written and checkpoints, so that neither autovacuum nor the writing out
+/// of a checkpoint runs during a later phase (a checkpoint needs a superuser or pg_checkpoint; it
+/// is skipped with a warning otherwise).
 async fn settle(db: &Client, table: &str) {
-    if let Err(e) = db.batch_execute(&format!("VACUUM ANALYZE {table}")).await {
-        log::warn!("vacuum of {table} failed: {e}");
+    for statement in [format!("VACUUM ANALYZE {table}"), "CHECKPOINT".to_string()] {
+        if let Err(e) = db.batch_execute(&statement).await {
+            log::warn!("{statement} failed: {e}");
+        }
     }
 }
 
@@ -913,28 +925,26 @@ async fn wait_processed(
     }
 }
 
-const FLOOR_INSERT: &str = "
-INSERT INTO bench_floor
-    (restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
-     adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
-     datetime_created, client_id, trigger_datetime_created)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c";
-
 /// Seconds from the moment each campaign is due until its rows are in Postgres and then its
-/// messages acknowledged by the broker through the service's Kafka sink, with no pipeline in
-/// between; campaigns overlap as they would in the pipeline.
+/// messages acknowledged by the broker, written by the service's own two sinks (Postgres: one
+/// transaction at a time, as the writer does) with no pipeline in between; campaigns overlap as
+/// they would in the pipeline. The outbox marks it leaves are removed afterwards.
 async fn latency_floor(
+    db: &Client,
     db_url: &str,
     kafka: &KafkaSinkConfig,
     snapshot: &Arc<Snapshot>,
     args: &Args,
     now: i64,
 ) -> BenchResult<Vec<f64>> {
-    let db = Arc::new(connect(db_url).await?);
-    db.batch_execute("CREATE TABLE bench_floor (LIKE subscribers_feedback INCLUDING ALL)")
+    let pg = Rc::new(futures::lock::Mutex::new(
+        PgSink::connect(PgSinkConfig {
+            url: db_url.to_string(),
+            owner: 0,
+        })
         .await
-        .map_err(err("floor table"))?;
-    let insert = db.prepare(FLOOR_INSERT).await.map_err(err("prepare"))?;
+        .map_err(err("postgres sink"))?,
+    ));
     let sink = Rc::new(
         KafkaSink::connect(kafka.clone())
             .await
@@ -957,11 +967,14 @@ async fn latency_floor(
             timestamp_ms: None,
         };
         let batch = NotificationBatch::new(c, now, source, snapshot.clone(), entry);
+        let job = Arc::new(PgJob {
+            batch: Arc::new(batch),
+            first_token: i as i64,
+        });
         tasks.push(actix_rt::spawn(floor_one(
-            db.clone(),
-            insert.clone(),
+            pg.clone(),
             sink.clone(),
-            batch,
+            job,
             now,
             Instant::now(),
         )));
@@ -972,41 +985,31 @@ async fn latency_floor(
     for t in tasks {
         secs.push(t.await.map_err(err("floor task"))??);
     }
+    db.batch_execute("DELETE FROM campaign_notifier_outbox")
+        .await
+        .map_err(err("floor marks"))?;
     Ok(secs)
 }
 
 async fn floor_one(
-    db: Arc<Client>,
-    insert: tokio_postgres::Statement,
+    pg: Rc<futures::lock::Mutex<PgSink>>,
     sink: Rc<KafkaSink>,
-    batch: NotificationBatch,
+    job: Arc<PgJob>,
     now: i64,
     started: Instant,
 ) -> BenchResult<f64> {
-    let clients: Vec<String> = (0..batch.len())
-        .map(|i| batch.client_id(i).to_string())
-        .collect();
-    let c = &batch.campaign;
-    let trigger = batch.trigger_datetime_created as i32;
-    db.execute(
-        &insert,
-        &[
-            &c.restaurant_id,
-            &c.adv_campaign_id,
-            &c.adv_campaign_content,
-            &c.adv_campaign_owner,
-            &c.adv_campaign_owner_contact,
-            &c.adv_campaign_datetime_start,
-            &c.adv_campaign_datetime_end,
-            &c.datetime_created,
-            &trigger,
-            &clients,
-        ],
-    )
-    .await
-    .map_err(err("floor insert"))?;
+    let batch = job.batch.clone();
+    let inserted = {
+        let pg = pg.lock().await;
+        pg.write(vec![job]).await.map_err(err("floor insert"))?
+    };
+    let clients = inserted
+        .into_iter()
+        .next()
+        .map(|i| i.clients)
+        .unwrap_or_default();
     let job = Arc::new(KafkaJob {
-        batch: Arc::new(batch),
+        batch,
         clients,
         created_ms: now * 1000,
     });
