@@ -8,8 +8,8 @@
 //! - (b) a raw binary `COPY` writes the same rows into a table shaped like `subscribers_feedback`
 //!   (its indexes included, so the unique key costs the same);
 //! - (c) (a) and (b) at once: the dual-sink ceiling;
-//! - the latency floor: for each campaign of the latency phase, its rows inserted and then its
-//!   messages sent, with no pipeline in between;
+//! - the latency floor: each campaign of the latency phase written alone by the service's own
+//!   Postgres sink and then its Kafka sink, with no pipeline in between;
 //! - (d) the real pipeline, delivery guarantees on: campaigns produced to the input topic, timed
 //!   until every notification is confirmed in both sinks; CPU seconds of this process, the broker
 //!   and Postgres during it;
