@@ -357,16 +357,6 @@ async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
     );
     let total = 200;
     let campaign_of = |i: usize| format!("c-pgdrop-{i:04}");
-    let kill_backends = || async {
-        f.db.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'campaign-notifier'",
-            &[],
-        )
-        .await
-        .expect("terminate backends")
-        .len()
-    };
     for i in 0..total {
         f.produce(
             &i.to_string(),
@@ -375,7 +365,7 @@ async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
         .await;
         if i == total / 2 {
             assert!(
-                kill_backends().await >= 1,
+                f.terminate_service_connections().await >= 1,
                 "the service had no connection to cut"
             );
         }

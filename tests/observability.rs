@@ -451,16 +451,10 @@ async fn every_metric_the_dashboard_queries_is_exported_after_a_real_run() {
     );
 
     // A lost connection: the Postgres writer restarts and connects again.
-    let admin = connect(&f.admin_url).await;
-    let terminated = admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND application_name = 'campaign-notifier'",
-            &[&f.db_name],
-        )
-        .await
-        .expect("terminate the service's connections");
-    assert!(!terminated.is_empty(), "the writer holds a connection");
+    assert!(
+        f.terminate_service_connections().await > 0,
+        "the writer holds a connection"
+    );
     wait_for(
         "the postgres writer restarted and is connected again",
         Duration::from_secs(20),
@@ -726,16 +720,10 @@ async fn readyz_follows_postgres(f: &Fixture) {
 
     // Postgres lost while running: the writer notices within a second and reconnects.
     allow_connections(f, false).await;
-    let admin = connect(&f.admin_url).await;
-    let terminated = admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND application_name = 'campaign-notifier'",
-            &[&f.db_name],
-        )
-        .await
-        .expect("terminate the service's connections");
-    assert!(!terminated.is_empty(), "the writer holds a connection");
+    assert!(
+        f.terminate_service_connections().await > 0,
+        "the writer holds a connection"
+    );
     let body = wait_readyz(&mut service, port, 503, Duration::from_secs(15));
     let reason = not_ready_reason(&body);
     assert!(reason.contains("postgres"), "reason: {reason}");

@@ -301,6 +301,19 @@ impl Fixture {
             .expect("change reachability");
     }
 
+    /// Cuts every Postgres connection the service holds; returns how many there were.
+    pub async fn terminate_service_connections(&self) -> usize {
+        self.db
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'campaign-notifier'",
+                &[],
+            )
+            .await
+            .expect("terminate the service's connections")
+            .len()
+    }
+
     pub async fn feedback_rows(&self) -> Vec<tokio_postgres::Row> {
         self.db
             .query("SELECT * FROM subscribers_feedback ORDER BY id", &[])
