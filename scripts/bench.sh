@@ -2,6 +2,8 @@
 # The benchmark against a Tansu broker of its own and the local Postgres; prints one JSON line.
 # Arguments go to campaign-bench (see `cargo run -p campaign-bench -- --help`), e.g.
 #   scripts/bench.sh --pairs 1000000 --restaurants 5000 --campaigns 5000
+# or, with `--example NAME` first, to one of bench/examples instead:
+#   scripts/bench.sh --example producer_chunking
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -13,5 +15,12 @@ ensure_postgres
 dir=$(mktemp -d)
 trap 'stop_tansu; rm -rf "$dir"' EXIT
 start_tansu "$dir"
-cargo build -q --release -p campaign-bench
-./target/release/campaign-bench --brokers "$broker" "$@"
+if [ "${1:-}" = "--example" ]; then
+  example=$2
+  shift 2
+  cargo build -q --release -p campaign-bench --example "$example"
+  "./target/release/examples/$example" --brokers "$broker" "$@"
+else
+  cargo build -q --release -p campaign-bench
+  ./target/release/campaign-bench --brokers "$broker" "$@"
+fi
