@@ -566,6 +566,284 @@ impl<S: Sink> Handler<IsConnected> for Writer<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// What the in-memory sink does on its next connect or write.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// The connection fails before anything is written.
+        Fail,
+        /// The write lands, then the connection fails before the answer (a lost acknowledgement).
+        LandThenFail,
+    }
+
+    /// The sink's state, shared with the test: what it holds and what it is told to do.
+    #[derive(Debug, Default)]
+    struct Script {
+        stored: Vec<u32>,
+        connect_faults: VecDeque<Fault>,
+        write_faults: VecDeque<Fault>,
+        /// Ids the sink refuses for good, whatever group they are in.
+        refused: HashSet<u32>,
+        connects: u32,
+        reconciled: Vec<Vec<u32>>,
+        groups: Vec<Vec<u32>>,
+        write_delay: Duration,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Script>>);
+
+    impl Shared {
+        fn with<T>(&self, f: impl FnOnce(&mut Script) -> T) -> T {
+            f(&mut self.0.lock().unwrap())
+        }
+    }
+
+    /// One job: ids, as a notification batch carries clients.
+    #[derive(Debug)]
+    struct Ids(Vec<u32>);
+
+    impl Rows for Ids {
+        fn rows(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    struct MemorySink(Shared);
+
+    impl Sink for MemorySink {
+        const NAME: &'static str = "memory";
+        const MAX_CONCURRENT_WRITES: usize = 1;
+        type Config = Shared;
+        type Item = Ids;
+        type Output = usize;
+
+        fn connect(shared: Shared) -> LocalFuture<Result<Self, SinkError>> {
+            Box::pin(async move {
+                let fault = shared.with(|s| {
+                    s.connects += 1;
+                    s.connect_faults.pop_front()
+                });
+                match fault {
+                    Some(_) => Err(SinkError::Retriable("connection refused".into())),
+                    None => Ok(MemorySink(shared)),
+                }
+            })
+        }
+
+        fn write(&self, items: Vec<Arc<Ids>>) -> LocalFuture<Result<Vec<usize>, SinkError>> {
+            let shared = self.0.clone();
+            Box::pin(async move {
+                let delay = shared.with(|s| s.write_delay);
+                actix_rt::time::sleep(delay).await;
+                shared.with(|s| {
+                    let ids: Vec<u32> = items.iter().flat_map(|i| i.0.iter().copied()).collect();
+                    s.groups.push(ids.clone());
+                    if ids.iter().any(|id| s.refused.contains(id)) {
+                        return Err(SinkError::Permanent("value refused".into()));
+                    }
+                    match s.write_faults.pop_front() {
+                        Some(Fault::Fail) => Err(SinkError::Retriable("connection reset".into())),
+                        Some(Fault::LandThenFail) => {
+                            s.stored.extend(ids);
+                            Err(SinkError::Retriable("connection reset".into()))
+                        }
+                        None => {
+                            s.stored.extend(ids);
+                            Ok(items.iter().map(|i| i.0.len()).collect())
+                        }
+                    }
+                })
+            })
+        }
+
+        fn reconcile(&self, items: Vec<Arc<Ids>>) -> LocalFuture<Result<Vec<Arc<Ids>>, SinkError>> {
+            let shared = self.0.clone();
+            Box::pin(async move {
+                shared.with(|s| {
+                    s.reconciled
+                        .push(items.iter().flat_map(|i| i.0.iter().copied()).collect());
+                    Ok(items
+                        .iter()
+                        .map(|i| {
+                            Arc::new(Ids(i
+                                .0
+                                .iter()
+                                .copied()
+                                .filter(|id| !s.stored.contains(id))
+                                .collect()))
+                        })
+                        .collect())
+                })
+            })
+        }
+
+        fn close(&self) -> LocalFuture<()> {
+            Box::pin(async {})
+        }
+
+        fn is_connected(&self) -> bool {
+            true
+        }
+    }
+
+    fn settings() -> WriterSettings {
+        WriterSettings {
+            batch_max_rows: 1_000,
+            linger: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            restart_limit: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+
+    type Fatal = watch::Receiver<Option<String>>;
+
+    fn start(
+        shared: &Shared,
+        settings: WriterSettings,
+    ) -> (Addr<Writer<MemorySink>>, Metrics, Fatal) {
+        let metrics = Metrics::new();
+        let (fatal_tx, fatal) = watch::channel(None);
+        let (s, m, c) = (settings, metrics.clone(), shared.clone());
+        let addr = Supervisor::start(move |_| Writer::<MemorySink>::new(c, s, m, fatal_tx));
+        (addr, metrics, fatal)
+    }
+
+    /// Sends every job at once, as the enricher does, and waits for every answer.
+    async fn write_all(
+        addr: &Addr<Writer<MemorySink>>,
+        jobs: &[&[u32]],
+    ) -> Vec<Result<usize, SinkError>> {
+        let sends = jobs
+            .iter()
+            .map(|ids| addr.send(Write::<MemorySink>(Arc::new(Ids(ids.to_vec())))));
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|answer| answer.expect("writer alive"))
+            .collect()
+    }
+
+    fn restarts(metrics: &Metrics) -> u64 {
+        metrics
+            .actor_restarts
+            .with_label_values(&["memory_writer"])
+            .get()
+    }
+
+    fn sorted(mut ids: Vec<u32>) -> Vec<u32> {
+        ids.sort_unstable();
+        ids
+    }
+
+    #[actix_rt::test]
+    async fn a_retriable_error_restarts_the_writer_and_writes_the_same_jobs_again() {
+        let shared = Shared::default();
+        shared.with(|s| s.write_faults.push_back(Fault::Fail));
+        let (addr, metrics, fatal) = start(&shared, settings());
+        let answers = write_all(&addr, &[&[1, 2], &[3], &[4, 5, 6]]).await;
+        assert_eq!(answers, vec![Ok(2), Ok(1), Ok(3)]);
+        assert_eq!(
+            shared.with(|s| sorted(s.stored.clone())),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(shared.with(|s| s.connects), 2, "one reconnect");
+        assert_eq!(restarts(&metrics), 1);
+        assert!(fatal.borrow().is_none());
+    }
+
+    #[actix_rt::test]
+    async fn a_job_refused_for_good_is_isolated_and_the_rest_of_its_group_is_written() {
+        let shared = Shared::default();
+        shared.with(|s| {
+            s.refused.insert(40);
+            // The first write is still out while the others arrive, so they form one group.
+            s.write_delay = Duration::from_millis(50);
+        });
+        let (addr, metrics, _fatal) = start(&shared, settings());
+        let answers = write_all(&addr, &[&[1], &[2], &[30, 40], &[5]]).await;
+        assert_eq!(answers[0], Ok(1));
+        assert_eq!(answers[1], Ok(1));
+        assert!(
+            matches!(answers[2], Err(SinkError::Permanent(_))),
+            "{answers:?}"
+        );
+        assert_eq!(answers[3], Ok(1));
+        let groups = shared.with(|s| s.groups.clone());
+        assert!(
+            groups.contains(&vec![2, 30, 40, 5]),
+            "the three later jobs were first written as one group: {groups:?}"
+        );
+        assert_eq!(shared.with(|s| sorted(s.stored.clone())), vec![1, 2, 5]);
+        assert_eq!(
+            restarts(&metrics),
+            0,
+            "a refusal is not a connection failure"
+        );
+        assert_eq!(
+            metrics
+                .sink_write_errors
+                .with_label_values(&["memory", "permanent"])
+                .get(),
+            2,
+            "the group, then the job alone"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn after_a_reconnect_what_already_landed_is_not_written_again() {
+        let shared = Shared::default();
+        shared.with(|s| s.write_faults.push_back(Fault::LandThenFail));
+        let (addr, _metrics, _fatal) = start(&shared, settings());
+        let answers = write_all(&addr, &[&[1, 2, 3]]).await;
+        assert_eq!(
+            answers,
+            vec![Ok(0)],
+            "the retry found every row already there"
+        );
+        assert_eq!(
+            shared.with(|s| s.stored.clone()),
+            vec![1, 2, 3],
+            "each id once"
+        );
+        assert_eq!(shared.with(|s| s.reconciled.clone()), vec![vec![1, 2, 3]]);
+    }
+
+    #[actix_rt::test]
+    async fn jobs_sent_while_the_sink_is_unreachable_are_kept_until_it_is_back() {
+        let shared = Shared::default();
+        shared.with(|s| {
+            s.connect_faults
+                .extend([Fault::Fail, Fault::Fail, Fault::Fail]);
+        });
+        let (addr, metrics, fatal) = start(&shared, settings());
+        let answers = write_all(&addr, &[&[1], &[2]]).await;
+        assert_eq!(answers, vec![Ok(1), Ok(1)]);
+        assert_eq!(shared.with(|s| sorted(s.stored.clone())), vec![1, 2]);
+        assert_eq!(shared.with(|s| s.connects), 4);
+        assert_eq!(restarts(&metrics), 3);
+        assert!(fatal.borrow().is_none());
+    }
+
+    #[actix_rt::test]
+    async fn restarting_beyond_the_limit_raises_the_fatal_reason() {
+        let shared = Shared::default();
+        shared.with(|s| s.connect_faults.extend([Fault::Fail; 10]));
+        let mut settings = settings();
+        settings.restart_limit = 2;
+        let (_addr, _metrics, mut fatal) = start(&shared, settings);
+        let reason = tokio::time::timeout(Duration::from_secs(5), fatal.wait_for(Option::is_some))
+            .await
+            .expect("fatal within 5s")
+            .expect("sender alive")
+            .clone()
+            .unwrap_or_default();
+        assert!(reason.contains("restarted more than 2 times"), "{reason}");
+    }
 
     #[test]
     fn restarts_beyond_the_limit_in_the_window_are_fatal() {
