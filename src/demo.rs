@@ -64,9 +64,9 @@ pub fn with_database(url: &str, database: &str) -> String {
 }
 
 async fn demo(postgres_url: String) -> anyhow::Result<()> {
-    let now = campaign_actors::enricher::unix_now();
+    let now = campaign_actors::clock::unix_secs();
     let database = format!("campaign_notifier_demo_{}", std::process::id());
-    let admin = campaign_actors::schema::connect(&postgres_url, "demo")
+    let admin = campaign_actors::postgres::connect(&postgres_url, "demo")
         .await
         .with_context(|| "cannot connect to Postgres (set --postgres-url or DEMO_POSTGRES_URL)")?;
     admin
@@ -89,9 +89,9 @@ async fn demo(postgres_url: String) -> anyhow::Result<()> {
 
 async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result<()> {
     let db_url = with_database(postgres_url, database);
-    let db = campaign_actors::schema::connect(&db_url, "demo").await?;
-    let mut setup = campaign_actors::schema::connect(&db_url, "demo").await?;
-    campaign_actors::schema::ensure_schema(&mut setup).await?;
+    let db = campaign_actors::postgres::connect(&db_url, "demo").await?;
+    let mut setup = campaign_actors::postgres::connect(&db_url, "demo").await?;
+    campaign_actors::postgres::ensure_schema(&mut setup).await?;
     let subscribers = [
         (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174000"),
         (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174001"),

@@ -6,11 +6,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use campaign_actors::cache::snapshot::SnapshotBuilder;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
-use campaign_actors::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
-use campaign_actors::snapshot::SnapshotBuilder;
-use campaign_actors::writer::Sink;
+use campaign_actors::sinks::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
+use campaign_actors::sinks::Sink;
 use common::*;
 
 const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";

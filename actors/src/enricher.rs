@@ -9,22 +9,21 @@
 //! which is what lets the reader commit the offset.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
+use crate::cache::snapshot::Snapshot;
 use crate::campaign::{parse_campaign, split_inline_key, Activity, Rejection};
-use crate::dead_letter_writer::{DeadLetter, DeadLetterSink};
-use crate::kafka_writer::{KafkaJob, KafkaSink};
 use crate::ledger::Tokens;
 use crate::messages::{
     CampaignOutcome, CampaignRecord, ClearOutbox, ProcessCampaign, SnapshotLoaded,
 };
 use crate::metrics::Metrics;
 use crate::notification::NotificationBatch;
-use crate::pg_writer::{PgJob, PgSink};
-use crate::snapshot::Snapshot;
-use crate::writer::{SinkError, Write};
+use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
+use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
+use crate::sinks::pg_writer::{PgJob, PgSink};
+use crate::sinks::{SinkError, Write};
 
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
@@ -38,13 +37,6 @@ pub struct Enricher {
     metrics: Metrics,
     /// The clock, replaceable in tests.
     now: fn() -> i64,
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 impl Enricher {
@@ -66,7 +58,7 @@ impl Enricher {
             tokens: Tokens::new(owner),
             max_campaign_bytes,
             metrics,
-            now: unix_now,
+            now: crate::clock::unix_secs,
         }
     }
 
@@ -192,9 +184,11 @@ impl Handler<ProcessCampaign> for Enricher {
         };
         self.metrics.notifications_built.inc_by(batch.len() as u64);
         let job = PgJob {
-            first_token: self
-                .tokens
-                .take(batch.len().div_ceil(crate::pg_writer::ROWS_PER_STATEMENT)),
+            first_token: self.tokens.take(
+                batch
+                    .len()
+                    .div_ceil(crate::sinks::pg_writer::ROWS_PER_STATEMENT),
+            ),
             batch: batch.clone(),
         };
         let to_postgres = self.postgres.send(Write(Arc::new(job)));
@@ -211,7 +205,7 @@ impl Handler<ProcessCampaign> for Enricher {
             let job = KafkaJob {
                 batch,
                 clients: inserted.clients,
-                created_ms: unix_now_ms(),
+                created_ms: crate::clock::unix_ms(),
             };
             match confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
                 Ok(()) => {}
@@ -227,13 +221,6 @@ impl Handler<ProcessCampaign> for Enricher {
             CampaignOutcome::Delivered { notifications }
         })
     }
-}
-
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// A writer's answer, or the outcome that reports why there is none.

@@ -7,11 +7,11 @@ use actix::Addr;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio::sync::watch;
 
-use crate::kafka_writer::KafkaWriter;
+use crate::cache::SnapshotInfo;
 use crate::messages::IsConnected;
 use crate::metrics::Metrics;
-use crate::pg_writer::PgWriter;
-use crate::subscriber_cache::SnapshotInfo;
+use crate::sinks::kafka_writer::KafkaWriter;
+use crate::sinks::pg_writer::PgWriter;
 
 #[derive(Clone)]
 pub struct HttpState {

@@ -18,6 +18,7 @@
 //! the ledger run under actix `Supervisor`; a writer that fails keeps the jobs it held across the
 //! restart.
 //!
+//! - [`clock`]: the one clock (unix seconds and milliseconds).
 //! - [`config`]: typed configuration, defaults, environment overrides, validation.
 //! - [`campaign`]: parsing and validating a campaign message; the active-window rule.
 //! - [`snapshot`]: the compact in-memory restaurant -> subscribers mapping.
@@ -37,24 +38,21 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`pipeline`]: start and stop order.
 
+pub mod cache;
 pub mod campaign;
+pub mod clock;
 pub mod config;
-pub mod dead_letter_writer;
+pub mod contract;
 pub mod enricher;
 pub mod http;
-pub mod kafka_reader;
-pub mod kafka_writer;
 pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod notification;
-pub mod orphan_watch;
-pub mod pg_writer;
 pub mod pipeline;
-pub mod schema;
-pub mod snapshot;
-pub mod subscriber_cache;
-pub mod writer;
+pub mod postgres;
+pub mod reader;
+pub mod sinks;
 
 pub use config::Config;
 pub use metrics::Metrics;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use actix::Message;
 
+use crate::cache::snapshot::Snapshot;
 use crate::campaign::Rejection;
 use crate::notification::SourceRef;
-use crate::snapshot::Snapshot;
 
 /// One message from the input topic, owned, as the reader hands it to the enricher.
 #[derive(Debug)]

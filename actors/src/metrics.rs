@@ -297,10 +297,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let loaded = self.cache_loaded_timestamp.get();
         if loaded > 0 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(loaded);
+            let now = crate::clock::unix_secs();
             self.cache_snapshot_age.set((now - loaded).max(0));
         }
         let mut buf = Vec::new();

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use crate::cache::snapshot::{ClientId, Entry, Snapshot};
 use crate::campaign::Campaign;
-use crate::snapshot::{ClientId, Entry, Snapshot};
 
 /// Where a campaign came from, for logs, offsets and latency.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl NotificationBatch {
     /// The same for a client id given as text (as the Postgres writer returns it).
     pub fn write_json_for(&self, client_id: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.json_head);
-        crate::snapshot::ClientId::Text(client_id).write_json(out);
+        crate::cache::snapshot::ClientId::Text(client_id).write_json(out);
         out.extend_from_slice(&self.json_tail);
     }
 }
@@ -137,8 +137,8 @@ fn json_parts(c: &Campaign, trigger: i64) -> (Vec<u8>, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::snapshot::SnapshotBuilder;
     use crate::campaign::{parse_campaign, split_inline_key};
-    use crate::snapshot::SnapshotBuilder;
 
     const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 

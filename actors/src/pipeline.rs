@@ -9,16 +9,16 @@ use std::net::SocketAddr;
 use actix::prelude::*;
 use tokio::sync::watch;
 
+use crate::cache::{SnapshotInfo, SubscriberCache};
 use crate::config::Config;
-use crate::dead_letter_writer::DeadLetterWriter;
 use crate::enricher::Enricher;
-use crate::kafka_reader::{KafkaReader, ReaderConfig};
-use crate::kafka_writer::{KafkaSink, KafkaSinkConfig, KafkaWriter};
 use crate::messages::{Close, Drain, DrainReport, RefreshCache};
 use crate::metrics::Metrics;
-use crate::pg_writer::{PgSinkConfig, PgWriter};
-use crate::subscriber_cache::{SnapshotInfo, SubscriberCache};
-use crate::writer::{Writer, WriterSettings};
+use crate::reader::{KafkaReader, ReaderConfig};
+use crate::sinks::dead_letter_writer::DeadLetterWriter;
+use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkConfig, KafkaWriter};
+use crate::sinks::pg_writer::{PgSinkConfig, PgWriter};
+use crate::sinks::{Writer, WriterSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -55,10 +55,10 @@ impl Pipeline {
     /// is consuming. Must run inside an actix `System`.
     pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
         if config.postgres.create_schema {
-            let mut client = crate::schema::connect(&config.postgres.url, "schema")
+            let mut client = crate::postgres::connect(&config.postgres.url, "schema")
                 .await
-                .map_err(|e| StartError::Schema(crate::schema::describe(&e)))?;
-            crate::schema::ensure_schema(&mut client)
+                .map_err(|e| StartError::Schema(crate::postgres::describe(&e)))?;
+            crate::postgres::ensure_schema(&mut client)
                 .await
                 .map_err(|e| StartError::Schema(e.to_string()))?;
         }
@@ -66,9 +66,9 @@ impl Pipeline {
         // Finish what crashed processes left half-sent before reading anything new.
         let owner = crate::ledger::new_owner();
         let kafka_config = KafkaSinkConfig::from_config(&config);
-        let ledger_client = crate::schema::connect(&config.postgres.url, "ledger")
+        let ledger_client = crate::postgres::connect(&config.postgres.url, "ledger")
             .await
-            .map_err(|e| StartError::Recovery(crate::schema::describe(&e)))?;
+            .map_err(|e| StartError::Recovery(crate::postgres::describe(&e)))?;
         let report = crate::ledger::recover(&ledger_client, &kafka_config, owner, 0.0)
             .await
             .map_err(StartError::Recovery)?;

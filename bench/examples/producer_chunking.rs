@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use campaign_actors::kafka_writer::{partition_for, KafkaSinkConfig, CHUNK_BYTES, CHUNK_MESSAGES};
+use campaign_actors::sinks::kafka_writer::{
+    partition_for, KafkaSinkConfig, CHUNK_BYTES, CHUNK_MESSAGES,
+};
 use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -28,12 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use campaign_actors::cache::snapshot::Snapshot;
 use campaign_actors::campaign::Campaign;
-use campaign_actors::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkConfig};
 use campaign_actors::notification::{NotificationBatch, SourceRef};
-use campaign_actors::pg_writer::{PgJob, PgSink, PgSinkConfig};
-use campaign_actors::snapshot::Snapshot;
-use campaign_actors::writer::Sink;
+use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkConfig};
+use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
+use campaign_actors::sinks::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
@@ -232,9 +232,9 @@ fn resident_bytes() -> u64 {
 }
 
 async fn connect(url: &str) -> BenchResult<Client> {
-    campaign_actors::schema::connect(url, "bench")
+    campaign_actors::postgres::connect(url, "bench")
         .await
-        .map_err(|e| campaign_actors::schema::describe(&e))
+        .map_err(|e| campaign_actors::postgres::describe(&e))
 }
 
 fn database_url(url: &str, database: &str) -> String {
@@ -495,7 +495,7 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 async fn run(args: Args) -> BenchResult<serde_json::Value> {
-    let now = campaign_actors::enricher::unix_now();
+    let now = campaign_actors::clock::unix_secs();
     let run_id = std::process::id();
     let database = format!("cn_bench_{run_id}");
     let admin = connect(&args.postgres_url).await?;
@@ -523,7 +523,7 @@ async fn run_in(
     run_id: u32,
 ) -> BenchResult<serde_json::Value> {
     let mut db = connect(db_url).await?;
-    campaign_actors::schema::ensure_schema(&mut db)
+    campaign_actors::postgres::ensure_schema(&mut db)
         .await
         .map_err(err("schema"))?;
 
@@ -588,7 +588,7 @@ async fn run_in(
     // The cache: a full load as the service does it, and what it costs in memory.
     let rss_before = resident_bytes();
     let load_started = Instant::now();
-    let snapshot = Arc::new(campaign_actors::subscriber_cache::load(db_url.to_string()).await?);
+    let snapshot = Arc::new(campaign_actors::cache::load(db_url.to_string()).await?);
     let load_secs = load_started.elapsed().as_secs_f64();
     let rss_after = resident_bytes();
     let cache_bytes_per_pair = rss_after.saturating_sub(rss_before) as f64 / pairs.max(1) as f64;

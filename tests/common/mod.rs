@@ -117,7 +117,7 @@ impl Fixture {
         let db = connect(&db_url).await;
         // The tables exist before the service starts, as the app owns them in production.
         let mut setup = connect(&db_url).await;
-        campaign_actors::schema::ensure_schema(&mut setup)
+        campaign_actors::postgres::ensure_schema(&mut setup)
             .await
             .expect("schema");
         let input_topic = format!("cn-{name}-in");

@@ -259,7 +259,7 @@ impl Actor for KafkaReader {
             self.config.group_id
         );
         if let Some(stall) = self.config.orphan_stall {
-            actix_rt::spawn(crate::orphan_watch::run(
+            actix_rt::spawn(crate::reader::orphan_watch::run(
                 consumer.clone(),
                 self.config.topic.clone(),
                 stall,
@@ -416,10 +416,7 @@ fn complete(
     match &outcome {
         CampaignOutcome::Delivered { .. } => {
             if let Some(ts) = source.timestamp_ms {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(ts);
+                let now_ms = crate::clock::unix_ms();
                 metrics
                     .end_to_end_latency
                     .observe((now_ms - ts).max(0) as f64 / 1000.0);

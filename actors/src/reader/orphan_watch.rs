@@ -18,7 +18,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::kafka_reader::ReaderConsumer;
+use crate::reader::ReaderConsumer;
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,9 +12,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::kafka_writer::KafkaSinkConfig;
 use crate::notification::SourceRef;
-use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::sinks::kafka_writer::KafkaSinkConfig;
+use crate::sinks::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 pub type DeadLetterWriter = Writer<DeadLetterSink>;
 
@@ -100,7 +100,7 @@ impl Sink for DeadLetterSink {
             let producer: FutureProducer = cc
                 .create()
                 .map_err(|e| SinkError::Permanent(format!("invalid producer config: {e}")))?;
-            crate::kafka_writer::check_topic(&producer, &config.topic).await?;
+            crate::sinks::kafka_writer::check_topic(&producer, &config.topic).await?;
             Ok(DeadLetterSink {
                 producer,
                 topic: config.topic.into(),

@@ -8,7 +8,7 @@
 //! its own so a long load does not hold up the data path.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::{pin_mut, TryStreamExt};
@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
+use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::messages::{RefreshCache, SnapshotLoaded};
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, SnapshotBuilder};
 
 const COPY: &str = "COPY (SELECT restaurant_id, client_id FROM public.subscribers_restaurants) \
                     TO STDOUT (FORMAT binary)";
@@ -87,10 +87,7 @@ impl SubscriberCache {
     }
 
     fn loaded(&mut self, snapshot: Snapshot, took: Duration) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = crate::clock::unix_secs();
         let info = SnapshotInfo {
             pairs: snapshot.pairs(),
             restaurants: snapshot.restaurants(),
@@ -125,20 +122,20 @@ impl SubscriberCache {
 
 /// One full load of `subscribers_restaurants`, as the actor does it (also used by the benchmark).
 pub async fn load(url: String) -> Result<Snapshot, String> {
-    let client = crate::schema::connect(&url, "subscriber cache")
+    let client = crate::postgres::connect(&url, "subscriber cache")
         .await
-        .map_err(|e| crate::schema::describe(&e))?;
+        .map_err(|e| crate::postgres::describe(&e))?;
     let stream = client
         .copy_out(COPY)
         .await
-        .map_err(|e| crate::schema::describe(&e))?;
+        .map_err(|e| crate::postgres::describe(&e))?;
     let rows = BinaryCopyOutStream::new(stream, &[Type::VARCHAR, Type::VARCHAR]);
     pin_mut!(rows);
     let mut builder = SnapshotBuilder::new();
     while let Some(row) = rows
         .try_next()
         .await
-        .map_err(|e| crate::schema::describe(&e))?
+        .map_err(|e| crate::postgres::describe(&e))?
     {
         let restaurant: &str = row.try_get(0).map_err(|e| e.to_string())?;
         let client: &str = row.try_get(1).map_err(|e| e.to_string())?;

@@ -27,8 +27,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::kafka_writer::KafkaSinkConfig;
 use crate::messages::ClearOutbox;
+use crate::sinks::kafka_writer::KafkaSinkConfig;
 
 /// First key of every advisory lock the service takes ("cn").
 const LOCK_CLASS: i32 = 0x636e;
@@ -248,7 +248,7 @@ pub async fn recover(
     me: i32,
     min_age_secs: f64,
 ) -> Result<RecoveryReport, String> {
-    let pg = |e: tokio_postgres::Error| crate::schema::describe(&e);
+    let pg = |e: tokio_postgres::Error| crate::postgres::describe(&e);
     let owners: Vec<i32> = client
         .query(
             "SELECT DISTINCT owner FROM public.campaign_notifier_outbox \
@@ -291,7 +291,7 @@ async fn recover_owner(
     kafka: &KafkaSinkConfig,
     owner: i32,
 ) -> Result<RecoveryReport, String> {
-    let pg = |e: tokio_postgres::Error| crate::schema::describe(&e);
+    let pg = |e: tokio_postgres::Error| crate::postgres::describe(&e);
     let marks = client
         .query(
             "SELECT id, feedback_ids, (extract(epoch FROM created_at) * 1000)::int8 \
@@ -450,7 +450,7 @@ impl Ledger {
                 // for the next recovery, which finds its notifications already in Kafka.
                 log::warn!(
                     "ledger: cannot clear outbox marks: {}",
-                    crate::schema::describe(&e)
+                    crate::postgres::describe(&e)
                 );
                 act.to_clear.extend(ids);
                 ctx.stop();
@@ -485,7 +485,7 @@ impl Actor for Ledger {
         let (url, owner) = (self.url.clone(), self.owner);
         ctx.wait(
             async move {
-                let client = crate::schema::connect(&url, "ledger").await?;
+                let client = crate::postgres::connect(&url, "ledger").await?;
                 hold_owner_lock(&client, owner).await?;
                 Ok::<_, tokio_postgres::Error>(client)
             }
@@ -503,7 +503,7 @@ impl Actor for Ledger {
                     ctx.run_interval(SWEEP_INTERVAL, |act, ctx| act.sweep(ctx));
                 }
                 Err(e) => {
-                    log::warn!("ledger: cannot connect: {}", crate::schema::describe(&e));
+                    log::warn!("ledger: cannot connect: {}", crate::postgres::describe(&e));
                     ctx.run_later(Duration::from_secs(1), |_, ctx| ctx.stop());
                 }
             }),
@@ -544,7 +544,7 @@ mod tests {
             1 << 16,
         )
         .unwrap();
-        let mut b = crate::snapshot::SnapshotBuilder::new();
+        let mut b = crate::cache::snapshot::SnapshotBuilder::new();
         b.push("r", "client-1");
         let snapshot = std::sync::Arc::new(b.build());
         let entry = snapshot.lookup("r").unwrap();

@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::notification::NotificationBatch;
-use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::sinks::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 pub type PgWriter = Writer<PgSink>;
 
@@ -106,10 +106,10 @@ pub fn classify(e: &tokio_postgres::Error) -> SinkError {
     if let Some(code) = e.code() {
         let class = &code.code()[..2];
         if class == "22" || class == "23" {
-            return SinkError::Permanent(crate::schema::describe(e));
+            return SinkError::Permanent(crate::postgres::describe(e));
         }
     }
-    SinkError::Retriable(crate::schema::describe(e))
+    SinkError::Retriable(crate::postgres::describe(e))
 }
 
 impl Sink for PgSink {
@@ -122,9 +122,9 @@ impl Sink for PgSink {
 
     fn connect(config: PgSinkConfig) -> LocalFuture<Result<PgSink, SinkError>> {
         Box::pin(async move {
-            let client = crate::schema::connect(&config.url, "postgres writer")
+            let client = crate::postgres::connect(&config.url, "postgres writer")
                 .await
-                .map_err(|e| SinkError::Retriable(crate::schema::describe(&e)))?;
+                .map_err(|e| SinkError::Retriable(crate::postgres::describe(&e)))?;
             let insert = client.prepare(INSERT).await.map_err(|e| classify(&e))?;
             Ok(PgSink {
                 client: Arc::new(client),

@@ -27,7 +27,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::notification::NotificationBatch;
-use crate::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::sinks::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 /// The notifications of one campaign that Kafka still needs.
 #[derive(Debug)]

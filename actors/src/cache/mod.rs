@@ -1,0 +1,11 @@
+//! The subscriber cache: the restaurant -> subscribers mapping, in memory and fresh.
+//!
+//! [`snapshot`] is the compact immutable mapping; [`subscriber_cache`] loads it from
+//! `subscribers_restaurants` with one binary `COPY` and reloads it on an interval.
+//!
+//! Must not touch: anything but `subscribers_restaurants`, which it only reads.
+
+pub mod snapshot;
+pub mod subscriber_cache;
+
+pub use subscriber_cache::{load, SnapshotInfo, SubscriberCache};

@@ -1,0 +1,13 @@
+//! The input side: the consumer of the campaign topic and the keeper of its offsets.
+//!
+//! [`kafka_reader`] pulls campaigns, bounds how many are in flight and stores an offset only once
+//! the campaign is finished; [`orphan_watch`] rejoins the group when partitions are left to
+//! nobody.
+//!
+//! Must not touch: the sinks or the ledger. The reader hands each campaign to a
+//! `Recipient<ProcessCampaign>` and learns only its outcome.
+
+pub mod kafka_reader;
+pub mod orphan_watch;
+
+pub use kafka_reader::{KafkaReader, OffsetTracker, ReaderConfig, ReaderConsumer, ReaderContext};
