@@ -8,18 +8,17 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use campaign_actors::contract::{
+    BRIEF_SAMPLE as SAMPLE, BRIEF_SAMPLE_RESTAURANT as SAMPLE_RESTAURANT,
+};
 use campaign_actors::{Config, Metrics, Pipeline};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-const SAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 const OTHER_RESTAURANT: &str = "223e4567-e89b-12d3-a456-426614174000";
 const LONELY_RESTAURANT: &str = "323e4567-e89b-12d3-a456-426614174000";
-
-/// The brief's sample, in the brief's own `key:json` form.
-const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 
 pub fn run(postgres_url: String) -> ExitCode {
     let system = actix_rt::System::new();

@@ -276,7 +276,7 @@ fn json_kind(json: &str) -> &'static str {
 mod tests {
     use super::*;
 
-    pub const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+    use crate::contract::BRIEF_SAMPLE as SAMPLE;
 
     fn sample_json() -> &'static [u8] {
         split_inline_key(SAMPLE.as_bytes()).1

@@ -45,6 +45,7 @@ pub mod config;
 pub mod contract;
 pub mod enricher;
 pub mod http;
+pub mod kafka;
 pub mod ledger;
 pub mod messages;
 pub mod metrics;

@@ -1,10 +1,13 @@
-//! The join result: one campaign and the subscribers it goes to, built once by the enricher and
-//! shared by both writers (the Spark original's `persist()`).
+//! The join result and the output: one campaign and the subscribers it goes to, built once by the
+//! enricher and shared by both writers (the Spark original's `persist()`), and the one encoder of
+//! the output JSON.
 //!
 //! A batch does not copy client ids: it holds the snapshot it was joined against and the
-//! restaurant's entry in it. The campaign part of the output JSON is serialized once per batch;
-//! each notification only adds its client id and the two trailing fields.
+//! restaurant's entry in it. The campaign part of the output JSON is serialized once per batch
+//! ([`OutputEncoder`]); each notification only adds its client id and the two trailing fields.
+//! Recovery encodes the rows it re-sends with the same encoder, so the two can never differ.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::cache::snapshot::{ClientId, Entry, Snapshot};
@@ -26,6 +29,97 @@ impl std::fmt::Display for SourceRef {
     }
 }
 
+/// What identifies a notification, in Postgres (the unique key) and in the output topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NotificationKey {
+    pub restaurant_id: String,
+    pub adv_campaign_id: String,
+    pub client_id: String,
+}
+
+impl NotificationKey {
+    pub fn of(campaign: &Campaign, client_id: &str) -> NotificationKey {
+        NotificationKey {
+            restaurant_id: campaign.restaurant_id.clone(),
+            adv_campaign_id: campaign.adv_campaign_id.clone(),
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
+/// A set of notifications looked for in the output topic.
+pub type Wanted = HashSet<NotificationKey>;
+
+/// The output message of one campaign at one trigger time, for any client: the JSON before and
+/// after the client id, fields in the contract's order ([`crate::contract::OUTPUT_EXAMPLE`]).
+#[derive(Debug, Clone)]
+pub struct OutputEncoder {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl OutputEncoder {
+    pub fn new(c: &Campaign, trigger_datetime_created: i64) -> OutputEncoder {
+        let mut head = Vec::with_capacity(256 + c.adv_campaign_content.len());
+        head.push(b'{');
+        string_field(&mut head, "restaurant_id", &c.restaurant_id);
+        string_field(&mut head, "adv_campaign_id", &c.adv_campaign_id);
+        string_field(&mut head, "adv_campaign_content", &c.adv_campaign_content);
+        string_field(&mut head, "adv_campaign_owner", &c.adv_campaign_owner);
+        string_field(
+            &mut head,
+            "adv_campaign_owner_contact",
+            &c.adv_campaign_owner_contact,
+        );
+        int_field(
+            &mut head,
+            "adv_campaign_datetime_start",
+            c.adv_campaign_datetime_start,
+        );
+        head.push(b',');
+        int_field(
+            &mut head,
+            "adv_campaign_datetime_end",
+            c.adv_campaign_datetime_end,
+        );
+        head.extend_from_slice(b",\"client_id\":");
+        let mut tail = Vec::with_capacity(64);
+        tail.push(b',');
+        int_field(&mut tail, "datetime_created", c.datetime_created);
+        tail.push(b',');
+        int_field(
+            &mut tail,
+            "trigger_datetime_created",
+            trigger_datetime_created,
+        );
+        tail.push(b'}');
+        OutputEncoder { head, tail }
+    }
+
+    /// Appends the notification of `client`: exactly the contract's output message.
+    pub fn encode(&self, client: ClientId<'_>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        client.write_json(out);
+        out.extend_from_slice(&self.tail);
+    }
+}
+
+fn string_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+    out.push(b',');
+}
+
+fn int_field(out: &mut Vec<u8>, name: &str, value: i64) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value.to_string().as_bytes());
+}
+
 #[derive(Debug)]
 pub struct NotificationBatch {
     pub campaign: Campaign,
@@ -34,8 +128,7 @@ pub struct NotificationBatch {
     pub source: SourceRef,
     snapshot: Arc<Snapshot>,
     entry: Entry,
-    json_head: Vec<u8>,
-    json_tail: Vec<u8>,
+    encoder: OutputEncoder,
 }
 
 impl NotificationBatch {
@@ -46,15 +139,14 @@ impl NotificationBatch {
         snapshot: Arc<Snapshot>,
         entry: Entry,
     ) -> NotificationBatch {
-        let (json_head, json_tail) = json_parts(&campaign, trigger_datetime_created);
+        let encoder = OutputEncoder::new(&campaign, trigger_datetime_created);
         NotificationBatch {
             campaign,
             trigger_datetime_created,
             source,
             snapshot,
             entry,
-            json_head,
-            json_tail,
+            encoder,
         }
     }
 
@@ -73,65 +165,17 @@ impl NotificationBatch {
 
     /// Appends the `i`-th notification's JSON, exactly the contract's output message.
     pub fn write_json(&self, i: usize, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.json_head);
-        self.client_id(i).write_json(out);
-        out.extend_from_slice(&self.json_tail);
+        self.encoder.encode(self.client_id(i), out);
     }
 
     /// The same for a client id given as text (as the Postgres writer returns it).
     pub fn write_json_for(&self, client_id: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.json_head);
-        crate::cache::snapshot::ClientId::Text(client_id).write_json(out);
-        out.extend_from_slice(&self.json_tail);
+        self.encoder.encode(ClientId::Text(client_id), out);
     }
-}
 
-/// The JSON before and after the client id, fields in the contract's order.
-fn json_parts(c: &Campaign, trigger: i64) -> (Vec<u8>, Vec<u8>) {
-    fn string_field(out: &mut Vec<u8>, name: &str, value: &str) {
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        // Writing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, value);
-        out.push(b',');
+    pub fn key_of(&self, client_id: &str) -> NotificationKey {
+        NotificationKey::of(&self.campaign, client_id)
     }
-    fn int_field(out: &mut Vec<u8>, name: &str, value: i64) {
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(value.to_string().as_bytes());
-    }
-    let mut head = Vec::with_capacity(256 + c.adv_campaign_content.len());
-    head.push(b'{');
-    string_field(&mut head, "restaurant_id", &c.restaurant_id);
-    string_field(&mut head, "adv_campaign_id", &c.adv_campaign_id);
-    string_field(&mut head, "adv_campaign_content", &c.adv_campaign_content);
-    string_field(&mut head, "adv_campaign_owner", &c.adv_campaign_owner);
-    string_field(
-        &mut head,
-        "adv_campaign_owner_contact",
-        &c.adv_campaign_owner_contact,
-    );
-    int_field(
-        &mut head,
-        "adv_campaign_datetime_start",
-        c.adv_campaign_datetime_start,
-    );
-    head.push(b',');
-    int_field(
-        &mut head,
-        "adv_campaign_datetime_end",
-        c.adv_campaign_datetime_end,
-    );
-    head.extend_from_slice(b",\"client_id\":");
-    let mut tail = Vec::with_capacity(64);
-    tail.push(b',');
-    int_field(&mut tail, "datetime_created", c.datetime_created);
-    tail.push(b',');
-    int_field(&mut tail, "trigger_datetime_created", trigger);
-    tail.push(b'}');
-    (head, tail)
 }
 
 #[cfg(test)]
@@ -139,10 +183,9 @@ mod tests {
     use super::*;
     use crate::cache::snapshot::SnapshotBuilder;
     use crate::campaign::{parse_campaign, split_inline_key};
-
-    const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
-
-    const EXPECTED: &str = r#"{"restaurant_id":"123e4567-e89b-12d3-a456-426614174000","adv_campaign_id":"123e4567-e89b-12d3-a456-426614174003","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1659203516,"adv_campaign_datetime_end":2659207116,"client_id":"023e4567-e89b-12d3-a456-426614174000","datetime_created":1659131516,"trigger_datetime_created":1659304828}"#;
+    use crate::contract::{
+        BRIEF_SAMPLE, OUTPUT_EXAMPLE, OUTPUT_EXAMPLE_CLIENT, OUTPUT_EXAMPLE_TRIGGER,
+    };
 
     fn source() -> SourceRef {
         SourceRef {
@@ -153,28 +196,32 @@ mod tests {
         }
     }
 
+    fn sample() -> Campaign {
+        parse_campaign(split_inline_key(BRIEF_SAMPLE.as_bytes()).1, 65536).unwrap()
+    }
+
     #[test]
     fn output_is_byte_for_byte_the_contract_example() {
-        let campaign = parse_campaign(split_inline_key(SAMPLE.as_bytes()).1, 65536).unwrap();
+        let campaign = sample();
         let mut b = SnapshotBuilder::new();
-        b.push(
-            "123e4567-e89b-12d3-a456-426614174000",
-            "023e4567-e89b-12d3-a456-426614174000",
-        );
+        b.push(&campaign.restaurant_id, OUTPUT_EXAMPLE_CLIENT);
         let snapshot = Arc::new(b.build());
-        let entry = snapshot
-            .lookup("123e4567-e89b-12d3-a456-426614174000")
-            .unwrap();
-        let batch = NotificationBatch::new(campaign, 1659304828, source(), snapshot, entry);
+        let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
+        let batch =
+            NotificationBatch::new(campaign, OUTPUT_EXAMPLE_TRIGGER, source(), snapshot, entry);
         assert_eq!(batch.len(), 1);
         let mut out = Vec::new();
         batch.write_json(0, &mut out);
-        assert_eq!(std::str::from_utf8(&out).unwrap(), EXPECTED);
+        assert_eq!(std::str::from_utf8(&out).unwrap(), OUTPUT_EXAMPLE);
+        // A client id as the Postgres writer hands it back (text) encodes the same.
+        let mut again = Vec::new();
+        batch.write_json_for(OUTPUT_EXAMPLE_CLIENT, &mut again);
+        assert_eq!(again, out);
     }
 
     #[test]
     fn strings_with_quotes_and_unicode_stay_valid_json() {
-        let mut campaign = parse_campaign(split_inline_key(SAMPLE.as_bytes()).1, 65536).unwrap();
+        let mut campaign = sample();
         campaign.adv_campaign_content = "скидка \"70%\"\n<b>'; DROP TABLE x;--".into();
         let mut b = SnapshotBuilder::new();
         b.push(&campaign.restaurant_id, "weird\"client");
@@ -188,5 +235,20 @@ mod tests {
         assert_eq!(v["client_id"], "weird\"client");
         assert_eq!(v["trigger_datetime_created"], 7);
         assert_eq!(v.as_object().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn the_key_read_back_from_the_json_is_the_batch_key() {
+        let campaign = sample();
+        let encoder = OutputEncoder::new(&campaign, 1);
+        let mut out = Vec::new();
+        encoder.encode(ClientId::Text("client-1"), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let key = NotificationKey {
+            restaurant_id: v["restaurant_id"].as_str().unwrap().into(),
+            adv_campaign_id: v["adv_campaign_id"].as_str().unwrap().into(),
+            client_id: v["client_id"].as_str().unwrap().into(),
+        };
+        assert_eq!(key, NotificationKey::of(&campaign, "client-1"));
     }
 }

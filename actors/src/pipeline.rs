@@ -12,11 +12,13 @@ use tokio::sync::watch;
 use crate::cache::{SnapshotInfo, SubscriberCache};
 use crate::config::Config;
 use crate::enricher::Enricher;
+use crate::kafka::ProducerSettings;
+use crate::ledger::OutputTarget;
 use crate::messages::{Close, Drain, DrainReport, RefreshCache};
 use crate::metrics::Metrics;
 use crate::reader::{KafkaReader, ReaderConfig};
 use crate::sinks::dead_letter_writer::DeadLetterWriter;
-use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkConfig, KafkaWriter};
+use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkSettings, KafkaWriter};
 use crate::sinks::pg_writer::{PgSinkConfig, PgWriter};
 use crate::sinks::{Writer, WriterSettings};
 
@@ -65,11 +67,24 @@ impl Pipeline {
 
         // Finish what crashed processes left half-sent before reading anything new.
         let owner = crate::ledger::new_owner();
-        let kafka_config = KafkaSinkConfig::from_config(&config);
+        let producer = ProducerSettings {
+            brokers: config.kafka.brokers.clone(),
+            message_timeout_ms: config.writers.kafka_message_timeout_ms,
+            overrides: config
+                .kafka
+                .producer
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let output = OutputTarget {
+            producer: producer.clone(),
+            topic: config.kafka.output_topic.clone(),
+        };
         let ledger_client = crate::postgres::connect(&config.postgres.url, "ledger")
             .await
             .map_err(|e| StartError::Recovery(crate::postgres::describe(&e)))?;
-        let report = crate::ledger::recover(&ledger_client, &kafka_config, owner, 0.0)
+        let report = crate::ledger::recover(&ledger_client, &output, owner, 0.0)
             .await
             .map_err(StartError::Recovery)?;
         drop(ledger_client);
@@ -89,17 +104,16 @@ impl Pipeline {
         let cache_arbiter = Arbiter::new();
 
         let ledger_arbiter = Arbiter::new();
-        let (url, k, m) = (
-            config.postgres.url.clone(),
-            kafka_config.clone(),
-            metrics.clone(),
-        );
+        let (url, k, m) = (config.postgres.url.clone(), output.clone(), metrics.clone());
         let takeover = std::time::Duration::from_secs(config.ledger.takeover_after_secs);
         let ledger = Supervisor::start_in_arbiter(&ledger_arbiter.handle(), move |_| {
             crate::ledger::Ledger::new(url, owner, k, takeover, m)
         });
         let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
-        let k = kafka_config.clone();
+        let k = KafkaSinkSettings {
+            producer: producer.clone(),
+            topic: config.kafka.output_topic.clone(),
+        };
         let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
             Writer::<KafkaSink>::new(k, s, m, f)
         });
@@ -115,8 +129,10 @@ impl Pipeline {
         let dead_letters = if config.kafka.dead_letter_topic.is_empty() {
             None
         } else {
-            let mut dlq_config = kafka_config.clone();
-            dlq_config.topic = config.kafka.dead_letter_topic.clone();
+            let dlq_config = KafkaSinkSettings {
+                producer: producer.clone(),
+                topic: config.kafka.dead_letter_topic.clone(),
+            };
             let (s, m, f) = (
                 WriterSettings::from_config(&config.writers),
                 metrics.clone(),

@@ -1,4 +1,5 @@
-//! Postgres connections and the schema step run at start-up.
+//! Postgres as the service meets it: connections, how errors are described and classed, and the
+//! schema step run at start-up.
 //!
 //! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never drops, alters or
 //! rewrites a table the app owns. It holds an advisory lock so that several instances starting at
@@ -8,30 +9,13 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::contract;
+
 const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e; // "campaign"
 
-const DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
-    id serial4 NOT NULL,
-    client_id varchar NOT NULL,
-    restaurant_id varchar NOT NULL,
-    CONSTRAINT pk_id PRIMARY KEY (id)
-);
-CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
-    id serial4 NOT NULL,
-    restaurant_id text NOT NULL,
-    adv_campaign_id text NOT NULL,
-    adv_campaign_content text NOT NULL,
-    adv_campaign_owner text NOT NULL,
-    adv_campaign_owner_contact text NOT NULL,
-    adv_campaign_datetime_start int8 NOT NULL,
-    adv_campaign_datetime_end int8 NOT NULL,
-    datetime_created int8 NOT NULL,
-    client_id text NOT NULL,
-    trigger_datetime_created int4 NOT NULL,
-    feedback varchar NULL,
-    CONSTRAINT id_pk PRIMARY KEY (id)
-);
+/// The service's own additions to the brief's tables: the index the cache's reload and the
+/// writers' lookups rely on, and the ledger's outbox.
+const SERVICE_DDL: &str = "
 CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
     ON public.subscribers_restaurants (restaurant_id);
 CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
@@ -96,7 +80,10 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
         .await?;
-    tx.batch_execute(DDL).await?;
+    tx.batch_execute(contract::SUBSCRIBERS_RESTAURANTS_DDL)
+        .await?;
+    tx.batch_execute(contract::SUBSCRIBERS_FEEDBACK_DDL).await?;
+    tx.batch_execute(SERVICE_DDL).await?;
     if let Err(e) = tx.batch_execute(UNIQUE_KEY).await {
         if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
             return Err(SchemaError::DuplicateNotifications);
@@ -105,4 +92,12 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether an error is the data's fault: data errors (class 22) and constraint violations
+/// (class 23) fail the same way every time; anything else (connection lost, server shutting
+/// down, out of resources) may pass.
+pub fn is_permanent(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23"))
 }

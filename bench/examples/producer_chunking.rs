@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use campaign_actors::sinks::kafka_writer::{
-    partition_for, KafkaSinkConfig, CHUNK_BYTES, CHUNK_MESSAGES,
-};
+use campaign_actors::kafka::{partition_for, ProducerSettings};
+use campaign_actors::sinks::kafka_writer::{CHUNK_BYTES, CHUNK_MESSAGES};
 use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -131,9 +130,8 @@ async fn main() {
             .for_each(|r| {
                 r.expect("topic created");
             });
-        let config = KafkaSinkConfig {
+        let config = ProducerSettings {
             brokers: args.brokers.clone(),
-            topic: topic.clone(),
             message_timeout_ms: 60_000,
             overrides: Vec::new(),
         };

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use campaign_actors::cache::snapshot::Snapshot;
 use campaign_actors::campaign::Campaign;
+use campaign_actors::kafka::ProducerSettings;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
-use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkConfig};
+use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSettings};
 use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
@@ -315,7 +316,7 @@ fn workload(snapshot: Arc<Snapshot>, args: &Args, now: i64) -> Workload {
 
 /// (a): every notification through the service's Kafka sink alone (its producer settings, its
 /// chunking per partition), in groups as the Kafka writer forms them; returns seconds.
-async fn raw_produce(kafka: &KafkaSinkConfig, w: &Workload) -> BenchResult<f64> {
+async fn raw_produce(kafka: &KafkaSinkSettings, w: &Workload) -> BenchResult<f64> {
     let sink = KafkaSink::connect(kafka.clone())
         .await
         .map_err(err("producer"))?;
@@ -346,7 +347,7 @@ async fn raw_produce(kafka: &KafkaSinkConfig, w: &Workload) -> BenchResult<f64> 
 /// Rows per write, as the writers' default `batch_max_rows`.
 const GROUP_ROWS: usize = 5_000;
 
-async fn produce_on_thread(kafka: KafkaSinkConfig, w: Arc<Workload>) -> BenchResult<f64> {
+async fn produce_on_thread(kafka: KafkaSinkSettings, w: Arc<Workload>) -> BenchResult<f64> {
     let (tx, rx) = futures::channel::oneshot::channel();
     std::thread::spawn(move || {
         let result = tokio::runtime::Builder::new_current_thread()
@@ -608,11 +609,13 @@ async fn run_in(
         ],
     )
     .await?;
-    let mut kafka = KafkaSinkConfig {
-        brokers: brokers.clone(),
+    let mut kafka = KafkaSinkSettings {
+        producer: ProducerSettings {
+            brokers: brokers.clone(),
+            message_timeout_ms: 60_000,
+            overrides: args.producer_properties.clone(),
+        },
         topic: String::new(),
-        message_timeout_ms: 60_000,
-        overrides: args.producer_properties.clone(),
     };
     for t in ["bench_copy", "bench_dual"] {
         db.batch_execute(&format!(
@@ -940,7 +943,7 @@ async fn wait_processed(
 async fn latency_floor(
     db: &Client,
     db_url: &str,
-    kafka: &KafkaSinkConfig,
+    kafka: &KafkaSinkSettings,
     snapshot: &Arc<Snapshot>,
     args: &Args,
     now: i64,

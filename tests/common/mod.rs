@@ -17,19 +17,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::Client;
 
-pub const SAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
-
-/// The brief's sample input, in the brief's `key:json` form.
-pub const SAMPLE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
-
-/// The contract's output example; `client_id` and `trigger_datetime_created` vary.
-pub const CONTRACT_OUTPUT: &str = r#"{"restaurant_id":"123e4567-e89b-12d3-a456-426614174000","adv_campaign_id":"123e4567-e89b-12d3-a456-426614174003","adv_campaign_content":"first campaign","adv_campaign_owner":"Ivanov Ivan Ivanovich","adv_campaign_owner_contact":"iiivanov@restaurant.ru","adv_campaign_datetime_start":1659203516,"adv_campaign_datetime_end":2659207116,"client_id":"023e4567-e89b-12d3-a456-426614174000","datetime_created":1659131516,"trigger_datetime_created":1659304828}"#;
+/// The brief's sample input (in the brief's `key:json` form), its restaurant, and the contract's
+/// output example (`client_id` and `trigger_datetime_created` vary).
+#[allow(unused_imports)]
+pub use campaign_actors::contract::{
+    BRIEF_SAMPLE as SAMPLE, BRIEF_SAMPLE_RESTAURANT as SAMPLE_RESTAURANT,
+    OUTPUT_EXAMPLE as CONTRACT_OUTPUT,
+};
 
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    campaign_actors::clock::unix_secs()
 }
 
 fn env(name: &str) -> String {

@@ -1,9 +1,20 @@
 //! The ledger: which notifications are in Postgres and may still be missing from Kafka, and the
 //! recovery that sends them after a crash without sending any twice.
 //!
-//! Must not touch: the data path's writes (the sinks insert the marks and send the notifications;
-//! the ledger only clears marks and recovers what dead owners left).
+//! The Postgres writer inserts a campaign's new rows and one outbox mark listing their ids in one
+//! transaction ([`outbox`]); the Kafka writer sends exactly those rows; once the broker
+//! acknowledged them, the [`Ledger`] actor deletes the mark. So after any stop, the outbox lists
+//! every notification that may be missing from Kafka, and the output topic tells which of them
+//! are: [`recovery`] sends the rest. Each process is an owner (a random id) holding a Postgres
+//! advisory lock on it while it lives.
+//!
+//! Must not touch: the data path's writes. The sinks insert the marks and send the notifications;
+//! the ledger only clears marks and finishes what dead owners left.
 
 mod actor;
+pub mod outbox;
+pub mod recovery;
 
-pub use actor::*;
+pub use actor::Ledger;
+pub use outbox::{new_owner, Tokens};
+pub use recovery::{recover, OutputTarget, RecoveryReport};

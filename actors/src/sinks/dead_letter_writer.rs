@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 
+use super::kafka_writer::KafkaSinkSettings;
+use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::kafka::Producer;
 use crate::notification::SourceRef;
-use crate::sinks::kafka_writer::KafkaSinkConfig;
-use crate::sinks::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 pub type DeadLetterWriter = Writer<DeadLetterSink>;
 
@@ -30,6 +31,7 @@ pub const HEADER_PAYLOAD_OMITTED: &str = "dlq.payload.omitted";
 
 /// Largest message the dead-letter producer accepts: room for oversized input.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -48,7 +50,7 @@ impl Rows for DeadLetter {
 }
 
 pub struct DeadLetterSink {
-    producer: FutureProducer,
+    producer: Producer,
     topic: Arc<str>,
 }
 
@@ -89,21 +91,18 @@ impl Sink for DeadLetterSink {
     const NAME: &'static str = "dead_letter";
     const MAX_CONCURRENT_WRITES: usize = 4;
     const WRITES_NOTIFICATIONS: bool = false;
-    type Config = KafkaSinkConfig;
+    type Config = KafkaSinkSettings;
     type Item = DeadLetter;
     type Output = ();
 
-    fn connect(config: KafkaSinkConfig) -> LocalFuture<Result<Self, SinkError>> {
+    fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<Self, SinkError>> {
         Box::pin(async move {
-            let mut cc = config.client_config();
-            cc.set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
-            let producer: FutureProducer = cc
-                .create()
-                .map_err(|e| SinkError::Permanent(format!("invalid producer config: {e}")))?;
-            crate::sinks::kafka_writer::check_topic(&producer, &config.topic).await?;
+            let extra = [("message.max.bytes", MAX_MESSAGE_BYTES.to_string())];
+            let producer = Producer::create(&settings.producer, &extra)?;
+            producer.partitions(&settings.topic).await?;
             Ok(DeadLetterSink {
                 producer,
-                topic: config.topic.into(),
+                topic: settings.topic.into(),
             })
         })
     }
@@ -114,41 +113,9 @@ impl Sink for DeadLetterSink {
         Box::pin(async move {
             let mut deliveries = Vec::with_capacity(letters.len());
             for letter in &letters {
-                let mut omitted = false;
-                loop {
-                    let mut record =
-                        FutureRecord::<[u8], [u8]>::to(&topic).headers(headers(letter, omitted));
-                    if let Some(key) = &letter.key {
-                        record = record.key(key.as_slice());
-                    }
-                    if let (Some(payload), false) = (&letter.payload, omitted) {
-                        record = record.payload(payload.as_slice());
-                    }
-                    match producer.send_result(record) {
-                        Ok(delivery) => {
-                            deliveries.push(delivery);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            actix_rt::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        Err((
-                            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                            _,
-                        )) if !omitted => {
-                            omitted = true;
-                        }
-                        Err((e, _)) => return Err(SinkError::Retriable(e.to_string())),
-                    }
-                }
+                deliveries.push(enqueue(&producer, &topic, letter).await?);
             }
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(SinkError::Retriable(e.to_string())),
-                    Err(_) => return Err(SinkError::Retriable("producer was dropped".into())),
-                }
-            }
+            Producer::confirm(deliveries).await?;
             Ok(vec![(); letters.len()])
         })
     }
@@ -156,12 +123,38 @@ impl Sink for DeadLetterSink {
     fn close(&self) -> LocalFuture<()> {
         let producer = self.producer.clone();
         Box::pin(async move {
-            let _ =
-                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+            if let Err(e) = producer.flush(FLUSH_TIMEOUT).await {
+                log::warn!("dead-letter writer: flush at close failed: {e}");
+            }
         })
     }
 
     fn is_connected(&self) -> bool {
         true
+    }
+}
+
+/// Hands one letter to the producer; a payload too large for it is left out, and the headers
+/// still say where the message is.
+async fn enqueue(
+    producer: &Producer,
+    topic: &str,
+    letter: &DeadLetter,
+) -> Result<rdkafka::producer::DeliveryFuture, SinkError> {
+    let record = |omitted: bool| {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers(letter, omitted));
+        if let Some(key) = &letter.key {
+            record = record.key(key.as_slice());
+        }
+        if let (Some(payload), false) = (&letter.payload, omitted) {
+            record = record.payload(payload.as_slice());
+        }
+        record
+    };
+    match producer.enqueue(record(false)).await {
+        Err(e) if e.code == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            Ok(producer.enqueue(record(true)).await?)
+        }
+        other => Ok(other?),
     }
 }

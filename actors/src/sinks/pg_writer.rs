@@ -100,16 +100,12 @@ pub struct PgSink {
     owner: i32,
 }
 
-/// Data errors (class 22) and constraint violations (class 23) are the rows' fault; anything else
-/// (connection lost, server shutting down, out of resources) may pass, so it is retried.
-pub fn classify(e: &tokio_postgres::Error) -> SinkError {
-    if let Some(code) = e.code() {
-        let class = &code.code()[..2];
-        if class == "22" || class == "23" {
-            return SinkError::Permanent(crate::postgres::describe(e));
-        }
+fn classify(e: &tokio_postgres::Error) -> SinkError {
+    if crate::postgres::is_permanent(e) {
+        SinkError::Permanent(crate::postgres::describe(e))
+    } else {
+        SinkError::Retriable(crate::postgres::describe(e))
     }
-    SinkError::Retriable(crate::postgres::describe(e))
 }
 
 impl Sink for PgSink {

@@ -42,6 +42,20 @@ pub enum SinkError {
     Canceled,
 }
 
+impl From<crate::kafka::KafkaFailure> for SinkError {
+    fn from(e: crate::kafka::KafkaFailure) -> SinkError {
+        use crate::kafka::FailureClass;
+        match e.class {
+            FailureClass::Permanent => SinkError::Permanent(e.message),
+            // Retried like a lost connection: the writer restarts with backoff and, past its
+            // restart limit, stops the service with the reason.
+            FailureClass::Retriable | FailureClass::Configuration => {
+                SinkError::Retriable(e.message)
+            }
+        }
+    }
+}
+
 impl SinkError {
     fn class(&self) -> &'static str {
         match self {

@@ -1,0 +1,243 @@
+//! Kafka as the service produces to it and reads its own output back: one path for every
+//! producer, one classification of errors.
+//!
+//! [`producer`] is the only place a record is handed to librdkafka: the notification writer, the
+//! dead-letter writer and recovery all use it, so a full queue, a refused record and a flush are
+//! handled the same way everywhere. [`scan`] reads the output topic back to find which
+//! notifications already landed. The settings of the clients they create are built here.
+//!
+//! Must not touch: offsets of the input topic (the reader's), Postgres, or the order of writes
+//! across sinks.
+
+pub mod producer;
+pub mod scan;
+
+use std::time::Duration;
+
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+pub use producer::Producer;
+
+/// The settings every producer of the service shares.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub brokers: String,
+    pub message_timeout_ms: u64,
+    /// librdkafka properties applied after the service's own, so an operator can tune anything
+    /// the config check allows.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ProducerSettings {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            // Idempotence: librdkafka's own retries never duplicate or reorder a notification.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+        for (k, v) in &self.overrides {
+            cc.set(k, v);
+        }
+        cc
+    }
+
+    /// The overrides that say how to reach and authenticate to the cluster, for the other clients
+    /// the service creates against the same brokers (the read-back scan).
+    pub fn connection_overrides(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.overrides
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.")
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// What kind of failure a Kafka error is, which decides what is done about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The connection or the broker failed: the same records may pass later.
+    Retriable,
+    /// The record itself was refused: sending it again fails again.
+    Permanent,
+    /// The client, the topic or the credentials are wrong: nothing passes until an operator acts.
+    Configuration,
+}
+
+/// A Kafka error, classified, with librdkafka's code when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct KafkaFailure {
+    pub class: FailureClass,
+    pub code: Option<RDKafkaErrorCode>,
+    pub message: String,
+}
+
+impl KafkaFailure {
+    pub fn retriable(message: impl Into<String>) -> KafkaFailure {
+        KafkaFailure {
+            class: FailureClass::Retriable,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn configuration(message: impl Into<String>) -> KafkaFailure {
+        KafkaFailure {
+            class: FailureClass::Configuration,
+            code: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Classifies a librdkafka error: errors about the record are permanent, errors about the setup
+/// are configuration, anything else (connections, timeouts, leaders moving) is retriable.
+pub fn classify(e: &KafkaError) -> KafkaFailure {
+    use RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code();
+    let class = match (e, code) {
+        (KafkaError::ClientCreation(_), _) => FailureClass::Configuration,
+        (
+            _,
+            Some(
+                C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord,
+            ),
+        ) => FailureClass::Permanent,
+        (
+            _,
+            Some(
+                C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::UnknownTopic
+                | C::InvalidConfig,
+            ),
+        ) => FailureClass::Configuration,
+        _ => FailureClass::Retriable,
+    };
+    KafkaFailure {
+        class,
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// librdkafka's default partitioner (`consistent_random`) for a non-empty key: CRC-32 of the key
+/// modulo the partition count.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    (crc32fast::hash(key) % partitions.max(1) as u32) as i32
+}
+
+/// The partition ids of `topic` (none when it does not exist). Blocking: call it from a blocking
+/// thread.
+pub fn partition_ids<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaFailure> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| KafkaFailure::retriable(format!("cannot reach the brokers: {e}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// The Kafka writer places notifications itself; a client must land where librdkafka's
+    /// default partitioner puts the same key (recovery's sends rely on that partitioner).
+    #[test]
+    fn partition_for_matches_librdkafkas_default_partitioner() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("placement", 7, 1).expect("topic");
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let keys: Vec<String> = (0..200)
+            .map(|i| format!("20000000-0000-4000-8000-{i:012}"))
+            .chain(["x".to_string(), "client with spaces".to_string()])
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        runtime.block_on(async {
+            for key in &keys {
+                let record = FutureRecord::to("placement")
+                    .payload("{}")
+                    .key(key.as_bytes());
+                let partition = producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .expect("delivered")
+                    .partition;
+                assert_eq!(partition, partition_for(key.as_bytes(), 7), "key {key}");
+                seen.insert(partition);
+            }
+        });
+        assert_eq!(seen.len(), 7, "the keys should cover every partition");
+    }
+
+    #[test]
+    fn errors_about_the_record_are_permanent_and_about_the_setup_configuration() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)).class,
+            FailureClass::Permanent
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)).class,
+            FailureClass::Configuration
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageTimedOut)).class,
+            FailureClass::Retriable
+        );
+        assert_eq!(
+            classify(&KafkaError::ClientCreation("bad property".into())).class,
+            FailureClass::Configuration
+        );
+        let refused = classify(&produce(RDKafkaErrorCode::InvalidRecord));
+        assert_eq!(refused.code, Some(RDKafkaErrorCode::InvalidRecord));
+    }
+
+    #[test]
+    fn only_connection_settings_are_shared_with_the_scan() {
+        let settings = ProducerSettings {
+            brokers: "b:9092".into(),
+            message_timeout_ms: 1_000,
+            overrides: vec![
+                ("linger.ms".into(), "1".into()),
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("ssl.ca.location".into(), "/ca.pem".into()),
+            ],
+        };
+        let shared: Vec<&str> = settings.connection_overrides().map(|(k, _)| k).collect();
+        assert_eq!(
+            shared,
+            ["security.protocol", "sasl.mechanism", "ssl.ca.location"]
+        );
+    }
+}

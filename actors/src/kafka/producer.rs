@@ -1,0 +1,103 @@
+//! The one producer path: hand records to librdkafka with backpressure on a full queue, await the
+//! broker's acknowledgements, classify what fails, flush without blocking an arbiter.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+
+use super::{classify, partition_ids, KafkaFailure, ProducerSettings};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a full librdkafka queue is given to drain before a record is offered again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
+
+/// A producer of the service. Cheap to clone (librdkafka's handle is shared).
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    /// Creates the producer; `extra` properties are set after the settings' own. Creating does not
+    /// connect: [`Producer::partitions`] does.
+    pub fn create(
+        settings: &ProducerSettings,
+        extra: &[(&str, String)],
+    ) -> Result<Producer, KafkaFailure> {
+        let mut cc = settings.client_config();
+        for (k, v) in extra {
+            cc.set(*k, v);
+        }
+        let inner: FutureProducer = cc
+            .create()
+            .map_err(|e| KafkaFailure::configuration(format!("invalid producer config: {e}")))?;
+        Ok(Producer { inner })
+    }
+
+    /// The partition count of `topic`, asked of the brokers: the first contact, which tells an
+    /// operator at once when the brokers are unreachable or the topic is missing.
+    pub async fn partitions(&self, topic: &str) -> Result<i32, KafkaFailure> {
+        let producer = self.inner.clone();
+        let name = topic.to_string();
+        let ids = tokio::task::spawn_blocking(move || {
+            partition_ids(producer.client(), &name, METADATA_TIMEOUT)
+        })
+        .await
+        .map_err(|e| KafkaFailure::retriable(format!("metadata task failed: {e}")))??;
+        if ids.is_empty() {
+            // Not a configuration failure yet: a topic being created shows up a moment later.
+            return Err(KafkaFailure::retriable(format!(
+                "topic {topic} does not exist"
+            )));
+        }
+        Ok(ids.len() as i32)
+    }
+
+    /// Hands one record to librdkafka, waiting while its queue is full. The returned future
+    /// resolves once the broker acknowledged or refused the record; see [`Producer::confirm`].
+    pub async fn enqueue<K, P>(
+        &self,
+        mut record: FutureRecord<'_, K, P>,
+    ) -> Result<DeliveryFuture, KafkaFailure>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        loop {
+            match self.inner.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    actix_rt::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((e, _)) => return Err(classify(&e)),
+            }
+        }
+    }
+
+    /// Waits for every acknowledgement; the first refusal is the answer.
+    pub async fn confirm(
+        deliveries: impl IntoIterator<Item = DeliveryFuture>,
+    ) -> Result<(), KafkaFailure> {
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(classify(&e)),
+                Err(_) => return Err(KafkaFailure::retriable("producer was dropped")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for everything queued to be acknowledged. librdkafka's flush blocks,
+    /// so it runs on a blocking thread and never holds up an arbiter.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaFailure> {
+        let producer = self.inner.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| KafkaFailure::retriable(format!("flush task failed: {e}")))?
+            .map_err(|e| classify(&e))
+    }
+}

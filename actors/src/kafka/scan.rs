@@ -1,0 +1,144 @@
+//! Reads the output topic back to find which notifications already landed: how the Kafka writer
+//! reconciles after a restart and how recovery avoids sending a dead owner's work twice.
+//!
+//! A notification is identified in the topic by its restaurant, campaign and client (the same key
+//! that is unique in Postgres), read from the message's own JSON: the output needs no header or
+//! extra field.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::{partition_ids, ProducerSettings};
+use crate::notification::{NotificationKey, Wanted};
+
+/// Broker timestamps are the producer's clock; allow for a little skew between hosts.
+const SCAN_MARGIN_MS: i64 = 5_000;
+const SCAN_TIMEOUT: Duration = Duration::from_secs(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(serde::Deserialize)]
+struct KeyFields<'a> {
+    #[serde(borrow)]
+    restaurant_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    adv_campaign_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    client_id: std::borrow::Cow<'a, str>,
+}
+
+/// Reads `topic` from `since_ms` to its end and returns which of `wanted` it holds. Blocking: run
+/// it on a blocking thread.
+pub fn find_sent(
+    settings: &ProducerSettings,
+    topic: &str,
+    since_ms: i64,
+    wanted: &Wanted,
+) -> Result<Wanted, String> {
+    if wanted.is_empty() {
+        return Ok(Wanted::new());
+    }
+    let consumer = scan_consumer(settings)?;
+    let ends = assign_from(&consumer, topic, since_ms - SCAN_MARGIN_MS)?;
+    read_to_ends(&consumer, topic, ends, wanted)
+}
+
+fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, String> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &settings.brokers)
+        .set(
+            "group.id",
+            format!("campaign-notifier-ledger-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    for (k, v) in settings.connection_overrides() {
+        cc.set(k, v);
+    }
+    cc.create().map_err(|e| format!("scan consumer: {e}"))
+}
+
+/// Assigns every partition of `topic` that has messages from `from_ms` on, at the first of them;
+/// returns each assigned partition's end (high watermark) at this moment.
+fn assign_from(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from_ms: i64,
+) -> Result<HashMap<i32, i64>, String> {
+    let partitions = partition_ids(consumer.client(), topic, REQUEST_TIMEOUT)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut by_time = TopicPartitionList::new();
+    for p in partitions {
+        by_time
+            .add_partition_offset(topic, p, Offset::Offset(from_ms))
+            .map_err(|e| e.to_string())?;
+    }
+    let starts = consumer
+        .offsets_for_times(by_time, REQUEST_TIMEOUT)
+        .map_err(|e| format!("offsets for times: {e}"))?;
+    let mut assign = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for e in starts.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
+            .map_err(|e| format!("watermarks: {e}"))?;
+        if let Offset::Offset(start) = e.offset() {
+            if start < high {
+                assign
+                    .add_partition_offset(topic, e.partition(), Offset::Offset(start))
+                    .map_err(|e| e.to_string())?;
+                ends.insert(e.partition(), high);
+            }
+        }
+    }
+    if !ends.is_empty() {
+        consumer
+            .assign(&assign)
+            .map_err(|e| format!("assign: {e}"))?;
+    }
+    Ok(ends)
+}
+
+fn read_to_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    mut ends: HashMap<i32, i64>,
+    wanted: &Wanted,
+) -> Result<Wanted, String> {
+    let mut found = Wanted::new();
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "reading back {topic} took longer than {SCAN_TIMEOUT:?}"
+            ));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.map_err(|e| format!("reading back {topic}: {e}"))?;
+        // Anything in the topic that is not one of our messages is simply not a match.
+        if let Some(fields) = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<KeyFields<'_>>(p).ok())
+        {
+            let key = NotificationKey {
+                restaurant_id: fields.restaurant_id.into_owned(),
+                adv_campaign_id: fields.adv_campaign_id.into_owned(),
+                client_id: fields.client_id.into_owned(),
+            };
+            if wanted.contains(&key) {
+                found.insert(key);
+            }
+        }
+        if ends
+            .get(&message.partition())
+            .is_some_and(|&high| message.offset() + 1 >= high)
+        {
+            ends.remove(&message.partition());
+        }
+    }
+    Ok(found)
+}

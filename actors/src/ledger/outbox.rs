@@ -1,0 +1,143 @@
+//! Outbox marks and who owns them: owner ids, the tokens that make a retried chunk find its first
+//! attempt, and the advisory locks that tell live owners from dead ones.
+//!
+//! The Postgres writer inserts a campaign's new rows and one `campaign_notifier_outbox` row (a
+//! mark) listing their ids in one transaction; the mark is deleted once Kafka acknowledged them.
+
+use tokio_postgres::Client;
+
+/// First key of every advisory lock the service takes ("cn").
+const LOCK_CLASS: i32 = 0x636e;
+
+/// A random owner id for this process.
+pub fn new_owner() -> i32 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let id = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+/// Hands out outbox tokens: unique per process (the owner in the high half) and never reused.
+#[derive(Debug)]
+pub struct Tokens {
+    owner: i32,
+    next: u32,
+}
+
+impl Tokens {
+    pub fn new(owner: i32) -> Tokens {
+        Tokens { owner, next: 0 }
+    }
+
+    /// Reserves `n` consecutive tokens and returns the first.
+    pub fn take(&mut self, n: usize) -> i64 {
+        let first = (i64::from(self.owner) << 32) | i64::from(self.next);
+        self.next = self.next.wrapping_add(n as u32);
+        first
+    }
+}
+
+/// Takes the lock that tells other instances this owner is alive; held while the connection
+/// lives.
+pub async fn hold_owner_lock(client: &Client, owner: i32) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&LOCK_CLASS, &owner])
+        .await
+        .map(|_| ())
+}
+
+/// Takes `owner`'s lock if nobody holds it: true when that owner is dead and its marks are ours
+/// to finish (release with [`release_owner_lock`]).
+pub async fn try_owner_lock(client: &Client, owner: i32) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&LOCK_CLASS, &owner],
+        )
+        .await?
+        .get(0))
+}
+
+pub async fn release_owner_lock(client: &Client, owner: i32) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_CLASS, &owner])
+        .await
+        .map(|_| ())
+}
+
+/// Deletes marks whose notifications Kafka acknowledged.
+pub async fn clear_marks(client: &Client, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+}
+
+/// Owners other than `me` with marks at least `min_age_secs` old.
+pub async fn owners_with_marks(
+    client: &Client,
+    me: i32,
+    min_age_secs: f64,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT owner FROM public.campaign_notifier_outbox \
+             WHERE owner <> $1 AND created_at < now() - make_interval(secs => $2)",
+            &[&me, &min_age_secs],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// An owner's marks: their ids, the feedback rows they list, and when the oldest was made (ms
+/// since the epoch; no notification of them can be in the output topic from before).
+#[derive(Debug, Default)]
+pub struct Marks {
+    pub ids: Vec<i64>,
+    pub feedback_ids: Vec<i32>,
+    pub since_ms: i64,
+}
+
+pub async fn marks_of(client: &Client, owner: i32) -> Result<Marks, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, feedback_ids, (extract(epoch FROM created_at) * 1000)::int8 \
+             FROM public.campaign_notifier_outbox WHERE owner = $1",
+            &[&owner],
+        )
+        .await?;
+    Ok(Marks {
+        ids: rows.iter().map(|r| r.get(0)).collect(),
+        feedback_ids: rows.iter().flat_map(|r| r.get::<_, Vec<i32>>(1)).collect(),
+        since_ms: rows
+            .iter()
+            .map(|r| r.get::<_, i64>(2))
+            .min()
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_per_owner_and_reserve_ranges() {
+        let mut a = Tokens::new(7);
+        let mut b = Tokens::new(8);
+        let a1 = a.take(3);
+        let a2 = a.take(1);
+        assert_eq!(a2 - a1, 3);
+        assert_ne!(a1, b.take(1));
+        assert_eq!(a1 >> 32, 7);
+        let mut neg = Tokens::new(-5);
+        assert_eq!(neg.take(1) >> 32, -5);
+    }
+}
