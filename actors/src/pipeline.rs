@@ -16,7 +16,7 @@ use crate::kafka::ProducerSettings;
 use crate::ledger::OutputTarget;
 use crate::messages::{Close, Drain, DrainReport, RefreshCache};
 use crate::metrics::Metrics;
-use crate::reader::{KafkaReader, ReaderConfig};
+use crate::reader::{KafkaReader, ReaderSettings};
 use crate::sinks::dead_letter_writer::DeadLetterWriter;
 use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkSettings, KafkaWriter};
 use crate::sinks::pg_writer::{PgSinkConfig, PgWriter};
@@ -186,8 +186,8 @@ impl Pipeline {
             .map_err(|_| StartError::CacheGone)?;
 
         let reader = KafkaReader::new(
-            ReaderConfig::from_config(&config),
-            enricher.clone(),
+            ReaderSettings::from_config(&config),
+            enricher.clone().recipient(),
             metrics.clone(),
             fatal_tx,
         )

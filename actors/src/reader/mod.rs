@@ -1,13 +1,17 @@
 //! The input side: the consumer of the campaign topic and the keeper of its offsets.
 //!
 //! [`kafka_reader`] pulls campaigns, bounds how many are in flight and stores an offset only once
-//! the campaign is finished; [`orphan_watch`] rejoins the group when partitions are left to
-//! nobody.
+//! the campaign is finished ([`offsets`]); [`orphan_watch`] rejoins the group when partitions are
+//! left to nobody. Both use the consumer [`consumer`] creates.
 //!
 //! Must not touch: the sinks or the ledger. The reader hands each campaign to a
 //! `Recipient<ProcessCampaign>` and learns only its outcome.
 
+pub mod consumer;
 pub mod kafka_reader;
+pub mod offsets;
 pub mod orphan_watch;
 
-pub use kafka_reader::{KafkaReader, OffsetTracker, ReaderConfig, ReaderConsumer, ReaderContext};
+pub use consumer::{ReaderConsumer, ReaderSettings};
+pub use kafka_reader::KafkaReader;
+pub use offsets::OffsetTracker;

@@ -18,7 +18,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::reader::ReaderConsumer;
+use super::consumer::ReaderConsumer;
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,14 +128,8 @@ fn orphaned(consumer: &ReaderConsumer, topic: &str) -> Result<PartitionStates, S
         .iter()
         .map(|e| e.partition())
         .collect();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
+    let all = crate::kafka::partition_ids(consumer.client(), topic, TIMEOUT)
         .map_err(|e| e.to_string())?;
-    let all: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     let mut tpl = TopicPartitionList::new();
     for &p in all.iter().filter(|p| !ours.contains(p)) {
         tpl.add_partition(topic, p);

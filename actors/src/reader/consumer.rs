@@ -1,0 +1,124 @@
+//! The consumer of the input topic as the reader and the orphan watch share it: its settings,
+//! and the context that logs the group's decisions and exports the lag.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use crate::metrics::Metrics;
+
+/// Logs the group's decisions (the lines an operator looks for when partitions move) and turns
+/// librdkafka's statistics into the lag gauge.
+pub struct ReaderContext {
+    metrics: Metrics,
+}
+
+impl ClientContext for ReaderContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = &self.metrics.consumer_lag;
+        // Partitions revoked since the last report must not linger as stale series.
+        lag.reset();
+        for topic in statistics.topics.values() {
+            for p in topic.partitions.values() {
+                // -1 is librdkafka's internal partition; a negative lag means "not known yet".
+                if p.partition >= 0 && p.desired && p.consumer_lag_stored >= 0 {
+                    lag.with_label_values(&[&p.partition.to_string()])
+                        .set(p.consumer_lag_stored);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {
+    fn post_rebalance(
+        &self,
+        _base: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(tpl) => log::info!("kafka reader: assigned {}", describe(tpl)),
+            Rebalance::Revoke(tpl) => log::info!("kafka reader: revoked {}", describe(tpl)),
+            Rebalance::Error(e) => log::warn!("kafka reader: rebalance failed: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            log::warn!("kafka reader: offset commit failed: {e}");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let parts: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    if parts.is_empty() {
+        "no partitions".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub type ReaderConsumer = StreamConsumer<ReaderContext>;
+
+#[derive(Debug, Clone)]
+pub struct ReaderSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub auto_offset_reset: String,
+    pub max_in_flight: usize,
+    /// See [`crate::orphan_watch`]; `None` turns the watch off.
+    pub orphan_stall: Option<Duration>,
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ReaderSettings {
+    pub fn from_config(c: &crate::config::Config) -> ReaderSettings {
+        ReaderSettings {
+            brokers: c.kafka.brokers.clone(),
+            topic: c.kafka.input_topic.clone(),
+            group_id: c.kafka.group_id.clone(),
+            auto_offset_reset: c.kafka.auto_offset_reset.clone(),
+            max_in_flight: c.kafka.max_in_flight_campaigns,
+            orphan_stall: (c.kafka.orphaned_partition_secs > 0)
+                .then(|| Duration::from_secs(c.kafka.orphaned_partition_secs)),
+            overrides: c
+                .kafka
+                .consumer
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn create_consumer(&self, metrics: Metrics) -> KafkaResult<ReaderConsumer> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            // Offsets are stored by hand once both sinks confirmed, never on read.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &self.auto_offset_reset)
+            .set("enable.partition.eof", "false")
+            // A campaign is worth hundreds of notifications: a hundred waiting per partition keep
+            // the pipeline busy, and librdkafka stops fetching while it holds them instead of
+            // asking the broker for more all through a backlog (librdkafka's default is 100 000).
+            .set("queued.min.messages", "100")
+            // ...and looks again 10 ms later, not after librdkafka's default second, which a
+            // hundred small campaigns take less than to process.
+            .set("fetch.queue.backoff.ms", "10")
+            .set("statistics.interval.ms", "5000");
+        for (k, v) in &self.overrides {
+            cc.set(k, v);
+        }
+        cc.create_with_context(ReaderContext { metrics })
+    }
+}
