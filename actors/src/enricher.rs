@@ -1,12 +1,9 @@
-//! `Enricher`: turns one campaign message into one notification batch and hands the same batch to
-//! both writers.
+//! `Enricher`: turns one campaign message into one notification batch.
 //!
 //! It validates the message, applies the active-window rule at processing time, and joins with
-//! the newest subscriber snapshot it was sent. It does no I/O itself. The batch goes to the
-//! Postgres writer first, which inserts the rows that are new (a client already notified of this
-//! campaign gets nothing) and marks them in the ledger; then exactly those go to the Kafka writer;
-//! then the marks are cleared. Its reply to the reader resolves once both writers confirmed,
-//! which is what lets the reader commit the offset.
+//! the newest subscriber snapshot it was sent. It does no I/O itself: the batch (or, for a message
+//! the service cannot use, the dead letter) goes to [`Delivery`], and the enricher's answer to the
+//! reader resolves once delivery is done.
 
 use std::sync::Arc;
 
@@ -14,73 +11,54 @@ use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
 use crate::campaign::{parse_campaign, split_inline_key, Activity, Rejection};
-use crate::ledger::Tokens;
-use crate::messages::{
-    CampaignOutcome, CampaignRecord, ClearOutbox, ProcessCampaign, SnapshotLoaded,
-};
+use crate::clock::Clock;
+use crate::delivery::Delivery;
+use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, SnapshotLoaded};
 use crate::metrics::Metrics;
-use crate::notification::NotificationBatch;
-use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
-use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
-use crate::sinks::pg_writer::{PgJob, PgSink};
-use crate::sinks::{SinkError, Write};
+use crate::notification::{NotificationBatch, SourceRef};
+use crate::sinks::dead_letter_writer::DeadLetter;
 
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
-    kafka: Recipient<Write<KafkaSink>>,
-    postgres: Recipient<Write<PgSink>>,
-    ledger: Recipient<ClearOutbox>,
-    /// Where unusable messages go; `None` when no dead-letter topic is configured.
-    dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
-    tokens: Tokens,
+    delivery: Delivery,
     max_campaign_bytes: usize,
+    clock: Clock,
     metrics: Metrics,
-    /// The clock, replaceable in tests.
-    now: fn() -> i64,
+}
+
+/// What a campaign message becomes: notifications to deliver, or why there are none (and, for a
+/// message the service cannot use, the dead letter that keeps it).
+enum Prepared {
+    Batch(Arc<NotificationBatch>),
+    Nothing(CampaignOutcome),
+    Unusable(CampaignOutcome, Box<DeadLetter>),
 }
 
 impl Enricher {
     pub fn new(
-        kafka: Recipient<Write<KafkaSink>>,
-        postgres: Recipient<Write<PgSink>>,
-        ledger: Recipient<ClearOutbox>,
-        dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
-        owner: i32,
+        delivery: Delivery,
         max_campaign_bytes: usize,
+        clock: Clock,
         metrics: Metrics,
     ) -> Enricher {
         Enricher {
             snapshot: None,
-            kafka,
-            postgres,
-            ledger,
-            dead_letters,
-            tokens: Tokens::new(owner),
+            delivery,
             max_campaign_bytes,
+            clock,
             metrics,
-            now: crate::clock::unix_secs,
         }
     }
 
-    /// Everything up to the join: what to write, or why there is nothing to write (and, for a
-    /// message the service cannot use, the dead letter that keeps it).
-    fn prepare(
-        &self,
-        msg: ProcessCampaign,
-    ) -> Result<NotificationBatch, (CampaignOutcome, Option<Box<DeadLetter>>)> {
-        let record = msg.0;
+    /// Everything up to the join.
+    fn prepare(&self, record: CampaignRecord) -> Prepared {
         let payload = record.payload.as_deref().unwrap_or_default();
         let (_inline_key, json) = split_inline_key(payload);
         let letter = |code: &'static str, reason: String| {
-            let CampaignRecord {
-                source,
-                key,
-                payload,
-            } = &record;
             Box::new(DeadLetter {
-                source: source.clone(),
-                key: key.clone(),
-                payload: payload.clone(),
+                source: record.source.clone(),
+                key: record.key.clone(),
+                payload: record.payload.clone(),
                 code,
                 reason,
             })
@@ -90,10 +68,10 @@ impl Enricher {
             Err(reason) => {
                 self.reject(&record.source, &reason);
                 let dead = letter(reason.code(), reason.to_string());
-                return Err((CampaignOutcome::Rejected(reason), Some(dead)));
+                return Prepared::Unusable(CampaignOutcome::Rejected(reason), dead);
             }
         };
-        let now = (self.now)();
+        let now = self.clock.now_secs();
         match campaign.activity(now) {
             Activity::Active => {}
             Activity::NotStarted => {
@@ -101,17 +79,17 @@ impl Enricher {
                     "campaign starts at {} but arrived at {now}; it is not scheduled for later",
                     campaign.adv_campaign_datetime_start
                 );
-                return Err((
+                return Prepared::Unusable(
                     CampaignOutcome::NotStarted,
-                    Some(letter("not_started", reason)),
-                ));
+                    letter("not_started", reason),
+                );
             }
             Activity::Ended => {
                 let reason = format!(
                     "campaign ended at {} but arrived at {now}",
                     campaign.adv_campaign_datetime_end
                 );
-                return Err((CampaignOutcome::Ended, Some(letter("ended", reason))));
+                return Prepared::Unusable(CampaignOutcome::Ended, letter("ended", reason));
             }
         }
         let entry = self
@@ -119,18 +97,18 @@ impl Enricher {
             .as_ref()
             .and_then(|s| s.lookup(&campaign.restaurant_id).map(|e| (s, e)));
         let Some((snapshot, entry)) = entry else {
-            return Err((CampaignOutcome::NoSubscribers, None));
+            return Prepared::Nothing(CampaignOutcome::NoSubscribers);
         };
-        Ok(NotificationBatch::new(
+        Prepared::Batch(Arc::new(NotificationBatch::new(
             campaign,
             now,
             record.source,
             snapshot.clone(),
             entry,
-        ))
+        )))
     }
 
-    fn reject(&self, source: &crate::notification::SourceRef, reason: &Rejection) {
+    fn reject(&self, source: &SourceRef, reason: &Rejection) {
         self.metrics
             .campaigns_rejected
             .with_label_values(&[reason.code()])
@@ -159,86 +137,187 @@ impl Handler<ProcessCampaign> for Enricher {
     type Result = ResponseFuture<CampaignOutcome>;
 
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
-        let batch = match self.prepare(msg) {
-            Ok(batch) => Arc::new(batch),
-            Err((outcome, None)) => return Box::pin(async move { outcome }),
-            Err((outcome, Some(letter))) => {
-                let Some(dead_letters) = self.dead_letters.clone() else {
-                    return Box::pin(async move { outcome });
-                };
-                let metrics = self.metrics.clone();
-                let code = letter.code;
-                return Box::pin(async move {
-                    match confirmed(
-                        "dead_letter",
-                        dead_letters.send(Write(Arc::new(*letter))).await,
-                    ) {
-                        Ok(()) => {
-                            metrics.dead_letters.with_label_values(&[code]).inc();
-                            outcome
-                        }
-                        Err(failed) => failed,
-                    }
-                });
+        match self.prepare(msg.0) {
+            Prepared::Batch(batch) => {
+                self.metrics.notifications_built.inc_by(batch.len() as u64);
+                Box::pin(self.delivery.deliver(batch))
             }
-        };
-        self.metrics.notifications_built.inc_by(batch.len() as u64);
-        let job = PgJob {
-            first_token: self.tokens.take(
-                batch
-                    .len()
-                    .div_ceil(crate::sinks::pg_writer::ROWS_PER_STATEMENT),
-            ),
-            batch: batch.clone(),
-        };
-        let to_postgres = self.postgres.send(Write(Arc::new(job)));
-        let (kafka, ledger) = (self.kafka.clone(), self.ledger.clone());
-        Box::pin(async move {
-            let inserted = match confirmed("postgres", to_postgres.await) {
-                Ok(inserted) => inserted,
-                Err(outcome) => return outcome,
-            };
-            if inserted.clients.is_empty() {
-                return CampaignOutcome::AlreadyNotified;
+            Prepared::Nothing(outcome) => Box::pin(async move { outcome }),
+            Prepared::Unusable(outcome, letter) => {
+                Box::pin(self.delivery.dead_letter(*letter, outcome))
             }
-            let notifications = inserted.clients.len();
-            let job = KafkaJob {
-                batch,
-                clients: inserted.clients,
-                created_ms: crate::clock::unix_ms(),
-            };
-            match confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
-                Ok(()) => {}
-                // Refused for good: keeping the marks would only make every later recovery
-                // try, and fail, again. The error is logged by the writer and the reader.
-                Err(outcome @ CampaignOutcome::SinkFailed { .. }) => {
-                    ledger.do_send(ClearOutbox(inserted.outbox_ids));
-                    return outcome;
-                }
-                Err(outcome) => return outcome,
-            }
-            ledger.do_send(ClearOutbox(inserted.outbox_ids));
-            CampaignOutcome::Delivered { notifications }
-        })
+        }
     }
 }
 
-/// A writer's answer, or the outcome that reports why there is none.
-fn confirmed<T>(
-    sink: &'static str,
-    answer: Result<Result<T, SinkError>, MailboxError>,
-) -> Result<T, CampaignOutcome> {
-    match answer {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(SinkError::Permanent(reason))) => Err(CampaignOutcome::SinkFailed { sink, reason }),
-        // Not written and not refused: the campaign must be read again.
-        Ok(Err(e)) => Err(CampaignOutcome::Unconfirmed {
-            sink,
-            reason: e.to_string(),
-        }),
-        Err(e) => Err(CampaignOutcome::Unconfirmed {
-            sink,
-            reason: format!("writer unavailable: {e}"),
-        }),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::snapshot::SnapshotBuilder;
+    use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
+    use crate::delivery::DeliveryTargets;
+    use crate::messages::ClearOutbox;
+    use crate::sinks::dead_letter_writer::DeadLetterSink;
+    use crate::sinks::kafka_writer::KafkaSink;
+    use crate::sinks::pg_writer::{Inserted, PgSink};
+    use crate::sinks::{SinkError, Write};
+    use std::sync::Mutex;
+
+    /// Stands in for every writer and the ledger; records what reached it, in order.
+    #[derive(Default)]
+    struct Sinks {
+        log: Arc<Mutex<Vec<String>>>,
+        /// Clients Postgres says were new; `None`: every client of the job.
+        inserted: Option<Vec<String>>,
+    }
+
+    impl Actor for Sinks {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Write<PgSink>> for Sinks {
+        type Result = Result<Inserted, SinkError>;
+        fn handle(&mut self, msg: Write<PgSink>, _: &mut Context<Self>) -> Self::Result {
+            let batch = &msg.0.batch;
+            let all = (0..batch.len()).map(|i| batch.client_id(i).to_string());
+            let clients = self.inserted.clone().unwrap_or_else(|| all.collect());
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("postgres {}", batch.len()));
+            let outbox_ids = if clients.is_empty() { vec![] } else { vec![7] };
+            Ok(Inserted {
+                clients,
+                outbox_ids,
+            })
+        }
+    }
+
+    impl Handler<Write<KafkaSink>> for Sinks {
+        type Result = Result<(), SinkError>;
+        fn handle(&mut self, msg: Write<KafkaSink>, _: &mut Context<Self>) -> Self::Result {
+            let clients = msg.0.clients.join(",");
+            self.log.lock().unwrap().push(format!("kafka {clients}"));
+            Ok(())
+        }
+    }
+
+    impl Handler<ClearOutbox> for Sinks {
+        type Result = ();
+        fn handle(&mut self, msg: ClearOutbox, _: &mut Context<Self>) {
+            self.log.lock().unwrap().push(format!("clear {:?}", msg.0));
+        }
+    }
+
+    impl Handler<Write<DeadLetterSink>> for Sinks {
+        type Result = Result<(), SinkError>;
+        fn handle(&mut self, msg: Write<DeadLetterSink>, _: &mut Context<Self>) -> Self::Result {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("dead letter {}", msg.0.code));
+            Ok(())
+        }
+    }
+
+    const START: i64 = 1_659_203_516;
+    const END: i64 = 2_659_207_116;
+
+    /// An enricher at `now` whose snapshot holds two clients of the sample's restaurant.
+    fn enricher(now: i64, sinks: Sinks) -> (Addr<Enricher>, Arc<Mutex<Vec<String>>>) {
+        let log = sinks.log.clone();
+        let sinks = sinks.start();
+        let metrics = Metrics::new();
+        let clock = Clock::fixed_at_ms(now * 1000);
+        let targets = DeliveryTargets {
+            postgres: sinks.clone().recipient(),
+            kafka: sinks.clone().recipient(),
+            ledger: sinks.clone().recipient(),
+            dead_letters: Some(sinks.recipient()),
+        };
+        let delivery = Delivery::new(targets, 1, clock.clone(), metrics.clone());
+        let enricher = Enricher::new(delivery, 65536, clock, metrics).start();
+        let mut b = SnapshotBuilder::new();
+        b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");
+        b.push(BRIEF_SAMPLE_RESTAURANT, "client-b");
+        enricher.do_send(SnapshotLoaded(Arc::new(b.build())));
+        (enricher, log)
+    }
+
+    async fn process(enricher: &Addr<Enricher>, payload: &str) -> CampaignOutcome {
+        let record = CampaignRecord {
+            source: SourceRef {
+                topic: "in".into(),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+            },
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+        };
+        enricher.send(ProcessCampaign(record)).await.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn postgres_first_then_exactly_its_new_rows_to_kafka_then_the_marks_are_cleared() {
+        let sinks = Sinks {
+            inserted: Some(vec!["client-b".into()]),
+            ..Sinks::default()
+        };
+        let (enricher, log) = enricher(START, sinks);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        assert_eq!(outcome, CampaignOutcome::Delivered { notifications: 1 });
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["postgres 2", "kafka client-b", "clear [7]"]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_campaign_every_client_already_had_goes_nowhere_else() {
+        let sinks = Sinks {
+            inserted: Some(vec![]),
+            ..Sinks::default()
+        };
+        let (enricher, log) = enricher(START, sinks);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        assert_eq!(outcome, CampaignOutcome::AlreadyNotified);
+        assert_eq!(*log.lock().unwrap(), ["postgres 2"]);
+    }
+
+    #[actix_rt::test]
+    async fn the_active_window_includes_both_ends_at_processing_time() {
+        for (now, expected) in [
+            (START - 1, CampaignOutcome::NotStarted),
+            (START, CampaignOutcome::Delivered { notifications: 2 }),
+            (END, CampaignOutcome::Delivered { notifications: 2 }),
+            (END + 1, CampaignOutcome::Ended),
+        ] {
+            let (enricher, log) = enricher(now, Sinks::default());
+            assert_eq!(process(&enricher, BRIEF_SAMPLE).await, expected, "at {now}");
+            let log = log.lock().unwrap();
+            match expected {
+                CampaignOutcome::NotStarted => assert_eq!(*log, ["dead letter not_started"]),
+                CampaignOutcome::Ended => assert_eq!(*log, ["dead letter ended"]),
+                _ => assert_eq!(log[0], "postgres 2"),
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn unusable_input_is_dead_lettered_and_unknown_restaurants_give_nothing() {
+        let (enricher, log) = enricher(START, Sinks::default());
+        let outcome = process(&enricher, "{\"restaurant_id\": 42").await;
+        assert!(
+            matches!(outcome, CampaignOutcome::Rejected(_)),
+            "{outcome:?}"
+        );
+        let other = BRIEF_SAMPLE.replace(BRIEF_SAMPLE_RESTAURANT, "nobody-subscribed");
+        assert_eq!(
+            process(&enricher, &other).await,
+            CampaignOutcome::NoSubscribers
+        );
+        assert_eq!(*log.lock().unwrap(), ["dead letter not_json"]);
     }
 }

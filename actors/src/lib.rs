@@ -43,6 +43,7 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod contract;
+pub mod delivery;
 pub mod enricher;
 pub mod http;
 pub mod kafka;

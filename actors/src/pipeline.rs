@@ -10,7 +10,9 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::cache::{SnapshotInfo, SubscriberCache};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
 use crate::kafka::ProducerSettings;
 use crate::ledger::OutputTarget;
@@ -143,13 +145,21 @@ impl Pipeline {
                 move |_| DeadLetterWriter::new(dlq_config, s, m, f),
             ))
         };
-        let enricher = Enricher::new(
-            kafka_writer.clone().recipient(),
-            pg_writer.clone().recipient(),
-            ledger.clone().recipient(),
-            dead_letters.clone().map(Addr::recipient),
+        let delivery = Delivery::new(
+            DeliveryTargets {
+                postgres: pg_writer.clone().recipient(),
+                kafka: kafka_writer.clone().recipient(),
+                ledger: ledger.clone().recipient(),
+                dead_letters: dead_letters.clone().map(Addr::recipient),
+            },
             owner,
+            Clock::system(),
+            metrics.clone(),
+        );
+        let enricher = Enricher::new(
+            delivery,
             config.enricher.max_campaign_bytes,
+            Clock::system(),
             metrics.clone(),
         )
         .start();

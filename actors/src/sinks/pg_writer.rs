@@ -11,13 +11,15 @@
 //! `COMMIT` was sent, the retry finds its token in the outbox and returns the rows that attempt
 //! inserted instead of inserting nothing, so no notification is dropped on the way to Kafka.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::ledger::Tokens;
 use crate::notification::NotificationBatch;
-use crate::sinks::{LocalFuture, Rows, Sink, SinkError, Writer};
 
 pub type PgWriter = Writer<PgSink>;
 
@@ -26,15 +28,15 @@ pub const ROWS_PER_STATEMENT: usize = 10_000;
 /// One row: the outbox mark (NULL when nothing was new) and the clients inserted, NULL when that
 /// is every client sent (the common case, which spares sending them back). A retried chunk whose
 /// token is already in the outbox gets its first attempt's mark and clients instead.
-const INSERT: &str = "
+const INSERT: &str = concat!(
+    "
 WITH prior AS (
     SELECT id, feedback_ids FROM public.campaign_notifier_outbox WHERE token = $11
 ), ins AS (
-    INSERT INTO public.subscribers_feedback
-        (restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
-         adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
-         datetime_created, client_id, trigger_datetime_created)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, c, $9 FROM unnest($10::text[]) AS c
+    INSERT INTO public.subscribers_feedback (",
+    crate::notification_columns!(),
+    ")
+    SELECT $1, $2, $3, $4, $5, $6, $7, c, $8, $9 FROM unnest($10::text[]) AS c
     WHERE NOT EXISTS (SELECT 1 FROM prior)
     ON CONFLICT (restaurant_id, adv_campaign_id, client_id) DO NOTHING
     RETURNING id, client_id
@@ -50,7 +52,8 @@ WHERE NOT EXISTS (SELECT 1 FROM prior)
 UNION ALL
 SELECT p.id,
        ARRAY(SELECT f.client_id FROM public.subscribers_feedback f WHERE f.id = ANY (p.feedback_ids))
-FROM prior p";
+FROM prior p"
+);
 
 /// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
 /// tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
@@ -61,8 +64,23 @@ pub struct PgJob {
 }
 
 impl PgJob {
-    pub fn chunks(&self) -> usize {
-        self.batch.len().div_ceil(ROWS_PER_STATEMENT)
+    /// The job of `batch`, with the tokens of its chunks reserved.
+    pub fn new(batch: Arc<NotificationBatch>, tokens: &mut Tokens) -> PgJob {
+        let first_token = tokens.take(batch.len().div_ceil(ROWS_PER_STATEMENT));
+        PgJob { batch, first_token }
+    }
+
+    /// Its statements: each chunk's token and the clients (indexes into the batch) it inserts. A
+    /// restaurant with a million subscribers still gives statements of bounded size.
+    pub fn chunks(&self) -> impl Iterator<Item = (i64, Range<usize>)> + '_ {
+        let len = self.batch.len();
+        (0..len)
+            .step_by(ROWS_PER_STATEMENT)
+            .enumerate()
+            .map(move |(k, start)| {
+                let end = (start + ROWS_PER_STATEMENT).min(len);
+                (self.first_token + k as i64, start..end)
+            })
     }
 }
 
@@ -176,21 +194,15 @@ async fn insert_all(
         .map_err(|_| {
             SinkError::Permanent("trigger_datetime_created does not fit the int4 column".into())
         })?;
-    // (job, token, client ids): a restaurant with a million subscribers still gives statements
-    // of bounded size.
+    // (job, token, client ids)
     let chunks: Vec<(usize, i64, Vec<String>)> = jobs
         .iter()
         .enumerate()
         .flat_map(|(n, job)| {
-            let b = &job.batch;
-            (0..b.len())
-                .step_by(ROWS_PER_STATEMENT)
-                .enumerate()
-                .map(move |(k, start)| {
-                    let end = (start + ROWS_PER_STATEMENT).min(b.len());
-                    let ids = (start..end).map(|i| b.client_id(i).to_string()).collect();
-                    (n, job.first_token + k as i64, ids)
-                })
+            job.chunks().map(move |(token, clients)| {
+                let ids = clients.map(|i| job.batch.client_id(i).to_string());
+                (n, token, ids.collect())
+            })
         })
         .collect();
     let params: Vec<[&(dyn ToSql + Sync); 12]> = chunks
@@ -242,4 +254,58 @@ async fn insert_all(
         }
     }
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::snapshot::SnapshotBuilder;
+    use crate::campaign::{parse_campaign, split_inline_key};
+    use crate::notification::SourceRef;
+
+    fn batch(clients: usize) -> Arc<NotificationBatch> {
+        let json = split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
+        let campaign = parse_campaign(json, 65536).unwrap();
+        let mut b = SnapshotBuilder::new();
+        for i in 0..clients {
+            b.push(&campaign.restaurant_id, &format!("client-{i}"));
+        }
+        let snapshot = Arc::new(b.build());
+        let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
+        let source = SourceRef {
+            topic: "in".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        Arc::new(NotificationBatch::new(campaign, 1, source, snapshot, entry))
+    }
+
+    #[test]
+    fn a_job_is_cut_into_statements_of_bounded_size_each_with_its_token() {
+        let mut tokens = Tokens::new(3);
+        let job = PgJob::new(batch(2 * ROWS_PER_STATEMENT + 1), &mut tokens);
+        let chunks: Vec<_> = job.chunks().collect();
+        assert_eq!(
+            chunks,
+            vec![
+                (job.first_token, 0..ROWS_PER_STATEMENT),
+                (
+                    job.first_token + 1,
+                    ROWS_PER_STATEMENT..2 * ROWS_PER_STATEMENT
+                ),
+                (
+                    job.first_token + 2,
+                    2 * ROWS_PER_STATEMENT..2 * ROWS_PER_STATEMENT + 1
+                ),
+            ]
+        );
+        let next = PgJob::new(batch(1), &mut tokens);
+        assert_eq!(
+            next.first_token,
+            job.first_token + 3,
+            "tokens are not shared"
+        );
+        assert_eq!(next.chunks().count(), 1);
+    }
 }
