@@ -5,6 +5,8 @@
 
 use serde::Deserialize;
 
+use crate::metrics::RejectCode;
+
 /// Latest timestamp accepted: 9999-12-31T23:59:59Z. Anything larger is a unit mistake
 /// (milliseconds instead of seconds) or garbage.
 pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
@@ -37,31 +39,18 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// Every code [`Rejection::code`] returns.
-    pub const CODES: [&'static str; 9] = [
-        "too_large",
-        "not_utf8",
-        "not_json",
-        "missing_field",
-        "wrong_type",
-        "empty_field",
-        "invalid_char",
-        "out_of_range",
-        "start_after_end",
-    ];
-
     /// The metric label: a short fixed code, never the message text.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> RejectCode {
         match self {
-            Rejection::TooLarge { .. } => "too_large",
-            Rejection::NotUtf8 => "not_utf8",
-            Rejection::NotJson(_) => "not_json",
-            Rejection::MissingField(_) => "missing_field",
-            Rejection::WrongType { .. } => "wrong_type",
-            Rejection::EmptyField(_) => "empty_field",
-            Rejection::InvalidChar(_) => "invalid_char",
-            Rejection::OutOfRange { .. } => "out_of_range",
-            Rejection::StartAfterEnd { .. } => "start_after_end",
+            Rejection::TooLarge { .. } => RejectCode::TooLarge,
+            Rejection::NotUtf8 => RejectCode::NotUtf8,
+            Rejection::NotJson(_) => RejectCode::NotJson,
+            Rejection::MissingField(_) => RejectCode::MissingField,
+            Rejection::WrongType { .. } => RejectCode::WrongType,
+            Rejection::EmptyField(_) => RejectCode::EmptyField,
+            Rejection::InvalidChar(_) => RejectCode::InvalidChar,
+            Rejection::OutOfRange { .. } => RejectCode::OutOfRange,
+            Rejection::StartAfterEnd { .. } => RejectCode::StartAfterEnd,
         }
     }
 }
@@ -358,7 +347,7 @@ mod tests {
         ];
         for (field, value) in cases {
             let err = parse_campaign(&with(field, value), 65536).unwrap_err();
-            assert_eq!(err.code(), "wrong_type", "{field}={value}: {err}");
+            assert_eq!(err.code(), RejectCode::WrongType, "{field}={value}: {err}");
         }
     }
 
@@ -387,7 +376,7 @@ mod tests {
                 .unwrap()
                 .replace("2659207116", value);
             let err = parse_campaign(json.as_bytes(), 65536).unwrap_err();
-            assert_eq!(err.code(), "out_of_range", "{value}: {err}");
+            assert_eq!(err.code(), RejectCode::OutOfRange, "{value}: {err}");
         }
     }
 
@@ -420,14 +409,17 @@ mod tests {
         let deep = "[".repeat(100_000);
         assert_eq!(
             parse_campaign(deep.as_bytes(), 1 << 20).unwrap_err().code(),
-            "not_json"
+            RejectCode::NotJson
         );
     }
 
     #[test]
     fn oversized_message_is_rejected_before_parsing() {
         let big = vec![b'{'; 70_000];
-        assert_eq!(parse_campaign(&big, 65536).unwrap_err().code(), "too_large");
+        assert_eq!(
+            parse_campaign(&big, 65536).unwrap_err().code(),
+            RejectCode::TooLarge
+        );
     }
 
     #[test]

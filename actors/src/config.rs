@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kafka::ProducerSettings;
+use crate::reader::ReaderSettings;
+use crate::sinks::WriterSettings;
+use crate::supervision::RestartPolicy;
+
 /// Prefix of the environment variables that override config keys:
 /// `CAMPAIGN_NOTIFIER__KAFKA__BROKERS` sets `[kafka] brokers`.
 pub const ENV_PREFIX: &str = "CAMPAIGN_NOTIFIER__";
@@ -466,13 +471,86 @@ impl Config {
         Ok(())
     }
 
-    pub fn refresh_interval(&self) -> Duration {
-        Duration::from_secs(self.cache.refresh_interval_secs)
+    /// What every component is given, translated from the file in this one place.
+    pub fn settings(&self) -> Settings {
+        let k = &self.kafka;
+        let w = &self.writers;
+        let pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let backoff_initial = Duration::from_millis(w.restart_backoff_initial_ms);
+        let backoff_max = Duration::from_millis(w.restart_backoff_max_ms);
+        let restart = RestartPolicy {
+            backoff_initial,
+            backoff_max,
+            limit: Some(w.restart_limit),
+            window: Duration::from_secs(w.restart_window_secs),
+        };
+        Settings {
+            postgres_url: self.postgres.url.clone(),
+            create_schema: self.postgres.create_schema,
+            reader: ReaderSettings {
+                brokers: k.brokers.clone(),
+                topic: k.input_topic.clone(),
+                group_id: k.group_id.clone(),
+                auto_offset_reset: k.auto_offset_reset.clone(),
+                max_in_flight: k.max_in_flight_campaigns,
+                orphan_stall: (k.orphaned_partition_secs > 0)
+                    .then(|| Duration::from_secs(k.orphaned_partition_secs)),
+                overrides: pairs(&k.consumer),
+            },
+            producer: ProducerSettings {
+                brokers: k.brokers.clone(),
+                message_timeout_ms: w.kafka_message_timeout_ms,
+                overrides: pairs(&k.producer),
+            },
+            output_topic: k.output_topic.clone(),
+            dead_letter_topic: (!k.dead_letter_topic.is_empty())
+                .then(|| k.dead_letter_topic.clone()),
+            max_campaign_bytes: self.enricher.max_campaign_bytes,
+            writers: WriterSettings {
+                batch_max_rows: w.batch_max_rows,
+                linger: Duration::from_millis(w.linger_ms),
+                restart: restart.clone(),
+            },
+            ledger_takeover_after: Duration::from_secs(self.ledger.takeover_after_secs),
+            ledger_restart: restart,
+            cache_refresh_interval: Duration::from_secs(self.cache.refresh_interval_secs),
+            // Stale beats empty: a cache that cannot reload keeps serving, and never stops the
+            // service (readiness and the snapshot age tell the operator).
+            cache_restart: RestartPolicy {
+                backoff_initial,
+                backoff_max,
+                limit: None,
+                window: Duration::from_secs(w.restart_window_secs),
+            },
+            http_listen: self.http.listen.clone(),
+            grace_period: Duration::from_secs(self.shutdown.grace_period_secs),
+        }
     }
+}
 
-    pub fn grace_period(&self) -> Duration {
-        Duration::from_secs(self.shutdown.grace_period_secs)
-    }
+/// The config as the components take it (see [`Config::settings`]). Not `Debug`: the Postgres
+/// URL may hold a password.
+#[derive(Clone)]
+pub struct Settings {
+    pub postgres_url: String,
+    pub create_schema: bool,
+    pub reader: ReaderSettings,
+    /// Every producer's settings: the Kafka writer's, the dead-letter writer's, recovery's.
+    pub producer: ProducerSettings,
+    pub output_topic: String,
+    /// `None`: unusable messages are only logged and counted.
+    pub dead_letter_topic: Option<String>,
+    pub max_campaign_bytes: usize,
+    /// The Kafka, Postgres and dead-letter writers'.
+    pub writers: WriterSettings,
+    pub ledger_takeover_after: Duration,
+    pub ledger_restart: RestartPolicy,
+    pub cache_refresh_interval: Duration,
+    pub cache_restart: RestartPolicy,
+    pub http_listen: String,
+    pub grace_period: Duration,
 }
 
 /// Sets `a.b.c` from `CAMPAIGN_NOTIFIER__A__B__C`. The value is read as a TOML value when it is
@@ -634,6 +712,32 @@ mod tests {
         assert!(err.contains("enable.auto.offset.store"), "{err}");
         let ok = format!("{MINIMAL}\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"10\"\n");
         load(&ok, &[]).unwrap();
+    }
+
+    #[test]
+    fn settings_carry_the_config_to_every_component() {
+        let text = format!(
+            "{MINIMAL}\n[kafka.producer]\n\"linger.ms\" = \"1\"\n[writers]\nrestart_limit = 7\n"
+        )
+        .replace(
+            "[postgres]",
+            "dead_letter_topic = \"dlq\"\norphaned_partition_secs = 0\n[postgres]",
+        );
+        let s = load(&text, &[]).unwrap().settings();
+        assert_eq!(s.reader.topic, "in");
+        assert_eq!(s.reader.orphan_stall, None);
+        assert_eq!(s.producer.overrides, vec![("linger.ms".into(), "1".into())]);
+        assert_eq!(s.dead_letter_topic.as_deref(), Some("dlq"));
+        assert_eq!(s.writers.restart.limit, Some(7));
+        assert_eq!(s.ledger_restart, s.writers.restart);
+        assert_eq!(
+            s.cache_restart.limit, None,
+            "the cache never stops the service"
+        );
+        assert_eq!(s.grace_period, Duration::from_secs(30));
+        let none = load(MINIMAL, &[]).unwrap().settings();
+        assert_eq!(none.dead_letter_topic, None);
+        assert_eq!(none.reader.orphan_stall, Some(Duration::from_secs(60)));
     }
 
     #[test]

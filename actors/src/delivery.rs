@@ -19,9 +19,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::clock::Clock;
+use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SinkKind};
 use crate::notification::NotificationBatch;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
@@ -66,7 +67,7 @@ impl Delivery {
         let (kafka, ledger) = (self.targets.kafka.clone(), self.targets.ledger.clone());
         let clock = self.clock.clone();
         async move {
-            let inserted = match confirmed("postgres", to_postgres.await) {
+            let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
                 Ok(inserted) => inserted,
                 Err(outcome) => return outcome,
             };
@@ -79,7 +80,7 @@ impl Delivery {
                 clients: inserted.clients,
                 created_ms: clock.now_ms(),
             };
-            match confirmed("kafka", kafka.send(Write(Arc::new(job))).await) {
+            match confirmed(SinkKind::Kafka, kafka.send(Write(Arc::new(job))).await) {
                 Ok(()) => {}
                 // Refused for good: keeping the marks would only make every later recovery
                 // try, and fail, again. The error is logged by the writer and the reader.
@@ -107,13 +108,13 @@ impl Delivery {
             let Some(dead_letters) = dead_letters else {
                 return outcome;
             };
-            let code = letter.code;
+            let reason = letter.code;
             match confirmed(
-                "dead_letter",
+                SinkKind::DeadLetter,
                 dead_letters.send(Write(Arc::new(letter))).await,
             ) {
                 Ok(()) => {
-                    metrics.dead_letters.with_label_values(&[code]).inc();
+                    DeadLettered { reason }.emit(&metrics);
                     outcome
                 }
                 Err(failed) => failed,
@@ -124,19 +125,22 @@ impl Delivery {
 
 /// A writer's answer, or the outcome that reports why there is none.
 fn confirmed<T>(
-    sink: &'static str,
+    sink: SinkKind,
     answer: Result<Result<T, SinkError>, MailboxError>,
 ) -> Result<T, CampaignOutcome> {
     match answer {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(SinkError::Permanent(reason))) => Err(CampaignOutcome::SinkFailed { sink, reason }),
+        Ok(Err(SinkError::Permanent(reason))) => Err(CampaignOutcome::SinkFailed {
+            sink: sink.as_str(),
+            reason,
+        }),
         // Not written and not refused: the campaign must be read again.
         Ok(Err(e)) => Err(CampaignOutcome::Unconfirmed {
-            sink,
+            sink: sink.as_str(),
             reason: e.to_string(),
         }),
         Err(e) => Err(CampaignOutcome::Unconfirmed {
-            sink,
+            sink: sink.as_str(),
             reason: format!("writer unavailable: {e}"),
         }),
     }

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
-use crate::campaign::{parse_campaign, split_inline_key, Activity, Rejection};
+use crate::campaign::{parse_campaign, split_inline_key, Activity};
 use crate::clock::Clock;
 use crate::delivery::Delivery;
+use crate::events::{CampaignRejected, Event};
 use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, SnapshotLoaded};
-use crate::metrics::Metrics;
-use crate::notification::{NotificationBatch, SourceRef};
+use crate::metrics::{DeadLetterReason, Metrics};
+use crate::notification::NotificationBatch;
 use crate::sinks::dead_letter_writer::DeadLetter;
 
 pub struct Enricher {
@@ -54,7 +55,7 @@ impl Enricher {
     fn prepare(&self, record: CampaignRecord) -> Prepared {
         let payload = record.payload.as_deref().unwrap_or_default();
         let (_inline_key, json) = split_inline_key(payload);
-        let letter = |code: &'static str, reason: String| {
+        let letter = |code: DeadLetterReason, reason: String| {
             Box::new(DeadLetter {
                 source: record.source.clone(),
                 key: record.key.clone(),
@@ -66,8 +67,12 @@ impl Enricher {
         let campaign = match parse_campaign(json, self.max_campaign_bytes) {
             Ok(c) => c,
             Err(reason) => {
-                self.reject(&record.source, &reason);
-                let dead = letter(reason.code(), reason.to_string());
+                CampaignRejected {
+                    source: &record.source,
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
+                let dead = letter(reason.code().into(), reason.to_string());
                 return Prepared::Unusable(CampaignOutcome::Rejected(reason), dead);
             }
         };
@@ -81,7 +86,7 @@ impl Enricher {
                 );
                 return Prepared::Unusable(
                     CampaignOutcome::NotStarted,
-                    letter("not_started", reason),
+                    letter(DeadLetterReason::NotStarted, reason),
                 );
             }
             Activity::Ended => {
@@ -89,7 +94,10 @@ impl Enricher {
                     "campaign ended at {} but arrived at {now}",
                     campaign.adv_campaign_datetime_end
                 );
-                return Prepared::Unusable(CampaignOutcome::Ended, letter("ended", reason));
+                return Prepared::Unusable(
+                    CampaignOutcome::Ended,
+                    letter(DeadLetterReason::Ended, reason),
+                );
             }
         }
         let entry = self
@@ -106,14 +114,6 @@ impl Enricher {
             snapshot.clone(),
             entry,
         )))
-    }
-
-    fn reject(&self, source: &SourceRef, reason: &Rejection) {
-        self.metrics
-            .campaigns_rejected
-            .with_label_values(&[reason.code()])
-            .inc();
-        log::warn!("rejected campaign message at {source}: {reason}");
     }
 }
 
@@ -157,6 +157,7 @@ mod tests {
     use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
     use crate::delivery::DeliveryTargets;
     use crate::messages::ClearOutbox;
+    use crate::notification::SourceRef;
     use crate::sinks::dead_letter_writer::DeadLetterSink;
     use crate::sinks::kafka_writer::KafkaSink;
     use crate::sinks::pg_writer::{Inserted, PgSink};

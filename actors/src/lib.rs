@@ -45,6 +45,7 @@ pub mod config;
 pub mod contract;
 pub mod delivery;
 pub mod enricher;
+pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod ledger;
@@ -54,7 +55,9 @@ pub mod notification;
 pub mod pipeline;
 pub mod postgres;
 pub mod reader;
+pub mod shared;
 pub mod sinks;
+pub mod supervision;
 
 pub use config::Config;
 pub use metrics::Metrics;

@@ -10,6 +10,7 @@ use actix::Message;
 
 use crate::cache::snapshot::Snapshot;
 use crate::campaign::Rejection;
+use crate::metrics::Outcome;
 use crate::notification::SourceRef;
 
 /// One message from the input topic, owned, as the reader hands it to the enricher.
@@ -55,16 +56,16 @@ pub enum CampaignOutcome {
 
 impl CampaignOutcome {
     /// The metric label.
-    pub fn label(&self) -> &'static str {
+    pub fn outcome(&self) -> Outcome {
         match self {
-            CampaignOutcome::Delivered { .. } => "delivered",
-            CampaignOutcome::AlreadyNotified => "already_notified",
-            CampaignOutcome::Rejected(_) => "rejected",
-            CampaignOutcome::NotStarted => "not_started",
-            CampaignOutcome::Ended => "ended",
-            CampaignOutcome::NoSubscribers => "no_subscribers",
-            CampaignOutcome::SinkFailed { .. } => "sink_failed",
-            CampaignOutcome::Unconfirmed { .. } => "unconfirmed",
+            CampaignOutcome::Delivered { .. } => Outcome::Delivered,
+            CampaignOutcome::AlreadyNotified => Outcome::AlreadyNotified,
+            CampaignOutcome::Rejected(_) => Outcome::Rejected,
+            CampaignOutcome::NotStarted => Outcome::NotStarted,
+            CampaignOutcome::Ended => Outcome::Ended,
+            CampaignOutcome::NoSubscribers => Outcome::NoSubscribers,
+            CampaignOutcome::SinkFailed { .. } => Outcome::SinkFailed,
+            CampaignOutcome::Unconfirmed { .. } => Outcome::Unconfirmed,
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Starts the five actors in the right order and stops them in the right order.
+//! Starts the actors in the right order and stops them in the right order.
 //!
-//! Start: schema -> writers -> enricher -> cache (first snapshot) -> reader, so that the reader
-//! pulls nothing before there is somewhere to put it. Stop: the reader drains and commits, then
-//! the writers flush and close. Shared by `run`, `demo` and the tests.
+//! Start: schema -> recovery of stopped instances -> writers and ledger -> enricher -> cache
+//! (first snapshot) -> HTTP -> reader, so that the reader pulls nothing before there is somewhere
+//! to put it. Stop: the reader drains and commits, then the writers flush and close. Shared by
+//! `run`, `demo`, the tests and the benchmark.
 
 use std::net::SocketAddr;
 
@@ -11,18 +12,18 @@ use tokio::sync::watch;
 
 use crate::cache::{SnapshotInfo, SubscriberCache};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
-use crate::kafka::ProducerSettings;
-use crate::ledger::OutputTarget;
+use crate::ledger::{Ledger, OutputTarget};
 use crate::messages::{Close, Drain, DrainReport, RefreshCache};
 use crate::metrics::Metrics;
-use crate::reader::{KafkaReader, ReaderSettings};
+use crate::reader::KafkaReader;
+use crate::shared::{FatalReason, Shared};
 use crate::sinks::dead_letter_writer::DeadLetterWriter;
 use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkSettings, KafkaWriter};
 use crate::sinks::pg_writer::{PgSinkConfig, PgWriter};
-use crate::sinks::{Writer, WriterSettings};
+use crate::sinks::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,190 +46,77 @@ pub struct Pipeline {
     pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
     reader: Addr<KafkaReader>,
     cache: Addr<SubscriberCache>,
-    kafka_writer: Addr<KafkaWriter>,
-    pg_writer: Addr<PgWriter>,
-    dead_letters: Option<Addr<DeadLetterWriter>>,
+    writers: Writers,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
-    config: Config,
-    fatal: watch::Receiver<Option<String>>,
+    settings: Settings,
+    failed: watch::Receiver<Option<FatalReason>>,
+}
+
+/// The supervised writers and the ledger, each on the arbiter it shares with its kind.
+struct Writers {
+    kafka: Addr<KafkaWriter>,
+    postgres: Addr<PgWriter>,
+    dead_letters: Option<Addr<DeadLetterWriter>>,
+    ledger: Addr<Ledger>,
 }
 
 impl Pipeline {
     /// Starts everything and returns once the first subscriber snapshot is loaded and the reader
     /// is consuming. Must run inside an actix `System`.
     pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
-        if config.postgres.create_schema {
-            let mut client = crate::postgres::connect(&config.postgres.url, "schema")
-                .await
-                .map_err(|e| StartError::Schema(crate::postgres::describe(&e)))?;
-            crate::postgres::ensure_schema(&mut client)
-                .await
-                .map_err(|e| StartError::Schema(e.to_string()))?;
+        let settings = config.settings();
+        let (shared, failed) = Shared::new(metrics, Clock::system());
+        if settings.create_schema {
+            prepare_schema(&settings).await?;
         }
-
-        // Finish what crashed processes left half-sent before reading anything new.
         let owner = crate::ledger::new_owner();
-        let producer = ProducerSettings {
-            brokers: config.kafka.brokers.clone(),
-            message_timeout_ms: config.writers.kafka_message_timeout_ms,
-            overrides: config
-                .kafka
-                .producer
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        let output = OutputTarget {
-            producer: producer.clone(),
-            topic: config.kafka.output_topic.clone(),
-        };
-        let ledger_client = crate::postgres::connect(&config.postgres.url, "ledger")
-            .await
-            .map_err(|e| StartError::Recovery(crate::postgres::describe(&e)))?;
-        let report = crate::ledger::recover(&ledger_client, &output, owner, 0.0)
-            .await
-            .map_err(StartError::Recovery)?;
-        drop(ledger_client);
-        if report.owners > 0 {
-            log::info!(
-                "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
-                report.owners,
-                report.resent,
-                report.already_sent
-            );
-        }
+        // Finish what crashed processes left half-sent before reading anything new.
+        recover_stopped_instances(&settings, owner).await?;
 
-        let (fatal_tx, fatal) = watch::channel(None);
-        let settings = WriterSettings::from_config(&config.writers);
-        let kafka_arbiter = Arbiter::new();
-        let pg_arbiter = Arbiter::new();
-        let cache_arbiter = Arbiter::new();
-
-        let ledger_arbiter = Arbiter::new();
-        let (url, k, m) = (config.postgres.url.clone(), output.clone(), metrics.clone());
-        let takeover = std::time::Duration::from_secs(config.ledger.takeover_after_secs);
-        let ledger = Supervisor::start_in_arbiter(&ledger_arbiter.handle(), move |_| {
-            crate::ledger::Ledger::new(url, owner, k, takeover, m)
-        });
-        let (s, m, f) = (settings.clone(), metrics.clone(), fatal_tx.clone());
-        let k = KafkaSinkSettings {
-            producer: producer.clone(),
-            topic: config.kafka.output_topic.clone(),
-        };
-        let kafka_writer = Supervisor::start_in_arbiter(&kafka_arbiter.handle(), move |_| {
-            Writer::<KafkaSink>::new(k, s, m, f)
-        });
-        let pg_config = PgSinkConfig {
-            url: config.postgres.url.clone(),
-            owner,
-        };
-        let (s, m, f) = (settings, metrics.clone(), fatal_tx.clone());
-        let pg_writer = Supervisor::start_in_arbiter(&pg_arbiter.handle(), move |_| {
-            PgWriter::new(pg_config, s, m, f)
-        });
-
-        let dead_letters = if config.kafka.dead_letter_topic.is_empty() {
-            None
-        } else {
-            let dlq_config = KafkaSinkSettings {
-                producer: producer.clone(),
-                topic: config.kafka.dead_letter_topic.clone(),
-            };
-            let (s, m, f) = (
-                WriterSettings::from_config(&config.writers),
-                metrics.clone(),
-                fatal_tx.clone(),
-            );
-            Some(Supervisor::start_in_arbiter(
-                &kafka_arbiter.handle(),
-                move |_| DeadLetterWriter::new(dlq_config, s, m, f),
-            ))
-        };
-        let delivery = Delivery::new(
-            DeliveryTargets {
-                postgres: pg_writer.clone().recipient(),
-                kafka: kafka_writer.clone().recipient(),
-                ledger: ledger.clone().recipient(),
-                dead_letters: dead_letters.clone().map(Addr::recipient),
-            },
-            owner,
-            Clock::system(),
-            metrics.clone(),
-        );
-        let enricher = Enricher::new(
-            delivery,
-            config.enricher.max_campaign_bytes,
-            Clock::system(),
-            metrics.clone(),
-        )
-        .start();
-
-        let (published, mut snapshot) = watch::channel(None);
-        let (url, interval, m) = (
-            config.postgres.url.clone(),
-            config.refresh_interval(),
-            metrics.clone(),
-        );
-        let subscribers = vec![enricher.clone().recipient()];
-        let cache = Supervisor::start_in_arbiter(&cache_arbiter.handle(), move |_| {
-            SubscriberCache::new(url, interval, subscribers, m, published)
-        });
-
-        let (http_addr, http) = crate::http::start(
-            &config.http.listen,
-            crate::http::HttpState {
-                metrics: metrics.clone(),
-                snapshot: snapshot.clone(),
-                kafka_writer: kafka_writer.clone(),
-                pg_writer: pg_writer.clone(),
-            },
-        )
-        .map_err(|source| StartError::Http {
-            listen: config.http.listen.clone(),
-            source,
-        })?;
-        log::info!("serving /metrics, /healthz and /readyz on http://{http_addr}");
-
+        let arbiters = Arbiters::new();
+        let writers = Writers::start(&settings, owner, &shared, &arbiters);
+        let enricher = start_enricher(&settings, &writers, owner, &shared);
+        let (cache, mut snapshot) = start_cache(&settings, enricher.clone(), &shared, &arbiters);
+        let (http_addr, http) = start_http(&settings, &shared, &snapshot, &writers)?;
         snapshot
             .wait_for(Option::is_some)
             .await
             .map_err(|_| StartError::CacheGone)?;
-
         let reader = KafkaReader::new(
-            ReaderSettings::from_config(&config),
-            enricher.clone().recipient(),
-            metrics.clone(),
-            fatal_tx,
+            settings.reader.clone(),
+            enricher.recipient(),
+            shared.clone(),
         )
         .start();
 
         Ok(Pipeline {
-            metrics,
+            metrics: shared.metrics,
             http_addr,
             snapshot,
             reader,
             cache,
-            kafka_writer,
-            pg_writer,
-            dead_letters,
+            writers,
             http,
-            arbiters: vec![kafka_arbiter, pg_arbiter, cache_arbiter, ledger_arbiter],
-            config,
-            fatal,
+            arbiters: arbiters.into_vec(),
+            settings,
+            failed,
         })
     }
 
     /// Resolves with the reason when a part of the pipeline failed in a way no restart cures;
     /// the caller should shut down and exit non-zero.
-    pub async fn failed(&self) -> String {
-        let mut fatal = self.fatal.clone();
-        let reason = match fatal.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            // Never happens while the reader exists; wait forever rather than report a failure.
-            Err(_) => std::future::pending().await,
+    pub async fn failed(&self) -> FatalReason {
+        let mut failed = self.failed.clone();
+        let reason = match failed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // Never happens while the pipeline exists; wait forever rather than report a failure.
+            Err(_) => None,
         };
-        reason
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Asks the cache to reload now.
@@ -237,14 +125,14 @@ impl Pipeline {
     }
 
     /// Stops reading, waits for campaigns in flight (up to the configured grace period), commits
-    /// offsets, flushes and closes both writers.
+    /// offsets, flushes and closes the writers.
     pub async fn shutdown(self) -> DrainReport {
-        let grace = self.config.grace_period();
+        let grace = self.settings.grace_period;
         let report = self.reader.send(Drain { grace }).await.unwrap_or_default();
-        let dead_letters = self.dead_letters.clone();
+        let dead_letters = self.writers.dead_letters.clone();
         let close = futures::future::join3(
-            self.kafka_writer.send(Close),
-            self.pg_writer.send(Close),
+            self.writers.kafka.send(Close),
+            self.writers.postgres.send(Close),
             async move {
                 if let Some(d) = dead_letters {
                     let _ = d.send(Close).await;
@@ -269,4 +157,172 @@ impl Pipeline {
         }
         report
     }
+}
+
+async fn prepare_schema(settings: &Settings) -> Result<(), StartError> {
+    let mut client = crate::postgres::connect(&settings.postgres_url, "schema")
+        .await
+        .map_err(|e| StartError::Schema(crate::postgres::describe(&e)))?;
+    crate::postgres::ensure_schema(&mut client)
+        .await
+        .map_err(|e| StartError::Schema(e.to_string()))
+}
+
+fn output_target(settings: &Settings) -> OutputTarget {
+    OutputTarget {
+        producer: settings.producer.clone(),
+        topic: settings.output_topic.clone(),
+    }
+}
+
+async fn recover_stopped_instances(settings: &Settings, owner: i32) -> Result<(), StartError> {
+    let client = crate::postgres::connect(&settings.postgres_url, "ledger")
+        .await
+        .map_err(|e| StartError::Recovery(crate::postgres::describe(&e)))?;
+    let report = crate::ledger::recover(&client, &output_target(settings), owner, 0.0)
+        .await
+        .map_err(StartError::Recovery)?;
+    if report.owners > 0 {
+        log::info!(
+            "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
+            report.owners,
+            report.resent,
+            report.already_sent
+        );
+    }
+    Ok(())
+}
+
+/// One arbiter (thread) per kind of work, so that a slow one holds up no other.
+struct Arbiters {
+    kafka: Arbiter,
+    postgres: Arbiter,
+    cache: Arbiter,
+    ledger: Arbiter,
+}
+
+impl Arbiters {
+    fn new() -> Arbiters {
+        Arbiters {
+            kafka: Arbiter::new(),
+            postgres: Arbiter::new(),
+            cache: Arbiter::new(),
+            ledger: Arbiter::new(),
+        }
+    }
+
+    fn into_vec(self) -> Vec<Arbiter> {
+        vec![self.kafka, self.postgres, self.cache, self.ledger]
+    }
+}
+
+impl Writers {
+    /// The Kafka and dead-letter writers share an arbiter (librdkafka does its work on threads of
+    /// its own); the Postgres writer and the ledger have one each.
+    fn start(settings: &Settings, owner: i32, shared: &Shared, arbiters: &Arbiters) -> Writers {
+        let kafka_settings = KafkaSinkSettings {
+            producer: settings.producer.clone(),
+            topic: settings.output_topic.clone(),
+        };
+        let (w, s) = (settings.writers.clone(), shared.clone());
+        let kafka = Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
+            Writer::<KafkaSink>::new(kafka_settings, w, s)
+        });
+        let pg_config = PgSinkConfig {
+            url: settings.postgres_url.clone(),
+            owner,
+        };
+        let (w, s) = (settings.writers.clone(), shared.clone());
+        let postgres = Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {
+            PgWriter::new(pg_config, w, s)
+        });
+        let dead_letters = settings.dead_letter_topic.clone().map(|topic| {
+            let dlq_settings = KafkaSinkSettings {
+                producer: settings.producer.clone(),
+                topic,
+            };
+            let (w, s) = (settings.writers.clone(), shared.clone());
+            Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
+                DeadLetterWriter::new(dlq_settings, w, s)
+            })
+        });
+        let (url, output) = (settings.postgres_url.clone(), output_target(settings));
+        let (takeover, restart) = (
+            settings.ledger_takeover_after,
+            settings.ledger_restart.clone(),
+        );
+        let s = shared.clone();
+        let ledger = Supervisor::start_in_arbiter(&arbiters.ledger.handle(), move |_| {
+            Ledger::new(url, owner, output, takeover, restart, s)
+        });
+        Writers {
+            kafka,
+            postgres,
+            dead_letters,
+            ledger,
+        }
+    }
+}
+
+fn start_enricher(
+    settings: &Settings,
+    writers: &Writers,
+    owner: i32,
+    shared: &Shared,
+) -> Addr<Enricher> {
+    let targets = DeliveryTargets {
+        postgres: writers.postgres.clone().recipient(),
+        kafka: writers.kafka.clone().recipient(),
+        ledger: writers.ledger.clone().recipient(),
+        dead_letters: writers.dead_letters.clone().map(Addr::recipient),
+    };
+    let delivery = Delivery::new(targets, owner, shared.clock.clone(), shared.metrics.clone());
+    Enricher::new(
+        delivery,
+        settings.max_campaign_bytes,
+        shared.clock.clone(),
+        shared.metrics.clone(),
+    )
+    .start()
+}
+
+/// Starts the cache; the receiver learns of each snapshot loaded.
+fn start_cache(
+    settings: &Settings,
+    enricher: Addr<Enricher>,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> (Addr<SubscriberCache>, watch::Receiver<Option<SnapshotInfo>>) {
+    let (published, snapshot) = watch::channel(None);
+    let cache = SubscriberCache::new(
+        settings.postgres_url.clone(),
+        settings.cache_refresh_interval,
+        settings.cache_restart.clone(),
+        vec![enricher.recipient()],
+        shared.clone(),
+        published,
+    );
+    let cache = Supervisor::start_in_arbiter(&arbiters.cache.handle(), move |_| cache);
+    (cache, snapshot)
+}
+
+fn start_http(
+    settings: &Settings,
+    shared: &Shared,
+    snapshot: &watch::Receiver<Option<SnapshotInfo>>,
+    writers: &Writers,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
+    let state = crate::http::HttpState {
+        metrics: shared.metrics.clone(),
+        snapshot: snapshot.clone(),
+        kafka_writer: writers.kafka.clone(),
+        pg_writer: writers.postgres.clone(),
+    };
+    let (addr, handle) =
+        crate::http::start(&settings.http_listen, state).map_err(|source| StartError::Http {
+            listen: settings.http_listen.clone(),
+            source,
+        })?;
+    log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
+    Ok((addr, handle))
 }

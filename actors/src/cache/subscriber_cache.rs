@@ -3,9 +3,9 @@
 //!
 //! Each load reads the whole table with a binary `COPY` on a connection of its own, builds a new
 //! snapshot beside the old one, and hands it to the enricher in a [`SnapshotLoaded`] message: the
-//! enricher swaps one `Arc` and never waits on a load. A failed reload keeps the previous
-//! snapshot (stale beats empty) and is retried at the next tick. The cache runs on an arbiter of
-//! its own so a long load does not hold up the data path.
+//! enricher swaps one `Arc` and never waits on a load. A failed load keeps the previous snapshot
+//! (stale beats empty) and restarts the actor, which tries again after the restart policy's
+//! backoff. The cache runs on an arbiter of its own so a long load does not hold up the data path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,11 @@ use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
+use crate::events::{CacheLoadFailed, CacheLoaded, Event};
 use crate::messages::{RefreshCache, SnapshotLoaded};
-use crate::metrics::Metrics;
+use crate::metrics::ActorKind;
+use crate::shared::Shared;
+use crate::supervision::{RestartPolicy, Restarts};
 
 const COPY: &str = "COPY (SELECT restaurant_id, client_id FROM public.subscribers_restaurants) \
                     TO STDOUT (FORMAT binary)";
@@ -35,26 +38,29 @@ pub struct SubscriberCache {
     url: String,
     refresh_interval: Duration,
     subscribers: Vec<Recipient<SnapshotLoaded>>,
-    metrics: Metrics,
+    shared: Shared,
     published: watch::Sender<Option<SnapshotInfo>>,
     loading: bool,
+    restarts: Restarts,
 }
 
 impl SubscriberCache {
     pub fn new(
         url: String,
         refresh_interval: Duration,
+        restart: RestartPolicy,
         subscribers: Vec<Recipient<SnapshotLoaded>>,
-        metrics: Metrics,
+        shared: Shared,
         published: watch::Sender<Option<SnapshotInfo>>,
     ) -> SubscriberCache {
         SubscriberCache {
             url,
             refresh_interval,
             subscribers,
-            metrics,
+            shared,
             published,
             loading: false,
+            restarts: Restarts::new(ActorKind::SubscriberCache, restart),
         }
     }
 
@@ -68,54 +74,43 @@ impl SubscriberCache {
         ctx.spawn(load(url).into_actor(self).map(move |result, act, ctx| {
             act.loading = false;
             match result {
-                Ok(snapshot) => act.loaded(snapshot, started.elapsed()),
+                Ok(snapshot) => {
+                    act.restarts.succeeded();
+                    act.loaded(snapshot, started.elapsed());
+                }
                 Err(e) => {
-                    act.metrics.cache_refresh_failures.inc();
-                    if act.published.borrow().is_some() {
-                        log::warn!(
-                            "subscriber cache: reload failed, keeping the previous snapshot: {e}"
-                        );
-                    } else {
-                        // Nothing is served before the first load: try again soon, not at the
-                        // next tick.
-                        log::warn!("subscriber cache: first load failed, retrying in 1s: {e}");
-                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reload(ctx));
+                    CacheLoadFailed {
+                        error: &e,
+                        serving: act.published.borrow().is_some(),
                     }
+                    .emit(&act.shared.metrics);
+                    // The snapshot in use stays; the restart retries with backoff.
+                    act.restarts.failed();
+                    ctx.stop();
                 }
             }
         }));
     }
 
     fn loaded(&mut self, snapshot: Snapshot, took: Duration) {
-        let now = crate::clock::unix_secs();
         let info = SnapshotInfo {
             pairs: snapshot.pairs(),
             restaurants: snapshot.restaurants(),
-            loaded_at_unix: now,
+            loaded_at_unix: self.shared.clock.now_secs(),
         };
         let first = self.published.borrow().is_none();
         let snapshot = Arc::new(snapshot);
         for s in &self.subscribers {
             s.do_send(SnapshotLoaded(snapshot.clone()));
         }
-        self.metrics.cache_pairs.set(info.pairs as i64);
-        self.metrics.cache_restaurants.set(info.restaurants as i64);
-        self.metrics.cache_loaded_timestamp.set(now);
-        self.metrics
-            .cache_refresh_duration
-            .observe(took.as_secs_f64());
-        let level = if first {
-            log::Level::Info
-        } else {
-            log::Level::Debug
-        };
-        log::log!(
-            level,
-            "subscriber cache: loaded {} pairs for {} restaurants in {:.3}s",
-            info.pairs,
-            info.restaurants,
-            took.as_secs_f64()
-        );
+        CacheLoaded {
+            pairs: info.pairs,
+            restaurants: info.restaurants,
+            loaded_at_unix: info.loaded_at_unix,
+            took,
+            first,
+        }
+        .emit(&self.shared.metrics);
         self.published.send_replace(Some(info));
     }
 }
@@ -148,17 +143,16 @@ impl Actor for SubscriberCache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.reload(ctx);
+        ctx.run_later(self.restarts.delay(), |act, ctx| act.reload(ctx));
         ctx.run_interval(self.refresh_interval, |act, ctx| act.reload(ctx));
     }
 }
 
+/// A failed load stops the actor; the supervisor starts it again after the policy's backoff,
+/// without a limit: a snapshot that cannot be reloaded is served stale rather than not at all.
 impl Supervised for SubscriberCache {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.metrics
-            .actor_restarts
-            .with_label_values(&["subscriber_cache"])
-            .inc();
+        self.restarts.restarting(&self.shared);
         self.loading = false;
     }
 }

@@ -16,11 +16,15 @@ use tokio_postgres::Client;
 use super::outbox;
 use super::recovery::{recover, OutputTarget};
 use crate::messages::ClearOutbox;
+use crate::metrics::ActorKind;
+use crate::shared::Shared;
+use crate::supervision::{RestartPolicy, Restarts};
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Holds this process's owner lock, clears acknowledged marks in batches, and sweeps for dead
-/// owners. Supervised: a lost connection restarts it, which takes the lock again.
+/// owners. Supervised: a lost connection restarts it (after the restart policy's backoff), which
+/// takes the lock again; past the policy's limit the service stops.
 pub struct Ledger {
     url: String,
     owner: i32,
@@ -30,7 +34,8 @@ pub struct Ledger {
     clearing: bool,
     sweeping: bool,
     takeover_after: Duration,
-    metrics: crate::metrics::Metrics,
+    shared: Shared,
+    restarts: Restarts,
 }
 
 impl Ledger {
@@ -39,7 +44,8 @@ impl Ledger {
         owner: i32,
         output: OutputTarget,
         takeover_after: Duration,
-        metrics: crate::metrics::Metrics,
+        restart: RestartPolicy,
+        shared: Shared,
     ) -> Ledger {
         Ledger {
             url,
@@ -50,7 +56,8 @@ impl Ledger {
             clearing: false,
             sweeping: false,
             takeover_after,
-            metrics,
+            shared,
+            restarts: Restarts::new(ActorKind::Ledger, restart),
         }
     }
 
@@ -77,6 +84,7 @@ impl Ledger {
                     crate::postgres::describe(&e)
                 );
                 act.to_clear.extend(ids);
+                act.restarts.failed();
                 ctx.stop();
             }
         }));
@@ -107,8 +115,10 @@ impl Actor for Ledger {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (url, owner) = (self.url.clone(), self.owner);
+        let delay = self.restarts.delay();
         ctx.wait(
             async move {
+                actix_rt::time::sleep(delay).await;
                 let client = crate::postgres::connect(&url, "ledger").await?;
                 outbox::hold_owner_lock(&client, owner).await?;
                 Ok::<_, tokio_postgres::Error>(client)
@@ -116,9 +126,11 @@ impl Actor for Ledger {
             .into_actor(self)
             .map(|result, act, ctx| match result {
                 Ok(client) => {
+                    act.restarts.succeeded();
                     act.client = Some(Rc::new(client));
                     ctx.run_interval(Duration::from_millis(200), |act, ctx| {
                         if act.client.as_ref().is_some_and(|c| c.is_closed()) {
+                            act.restarts.failed();
                             ctx.stop();
                         } else {
                             act.clear(ctx);
@@ -128,7 +140,8 @@ impl Actor for Ledger {
                 }
                 Err(e) => {
                     log::warn!("ledger: cannot connect: {}", crate::postgres::describe(&e));
-                    ctx.run_later(Duration::from_secs(1), |_, ctx| ctx.stop());
+                    act.restarts.failed();
+                    ctx.stop();
                 }
             }),
         );
@@ -137,10 +150,7 @@ impl Actor for Ledger {
 
 impl Supervised for Ledger {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.metrics
-            .actor_restarts
-            .with_label_values(&["ledger"])
-            .inc();
+        self.restarts.restarting(&self.shared);
         self.client = None;
         self.clearing = false;
         self.sweeping = false;

@@ -81,24 +81,6 @@ pub struct ReaderSettings {
 }
 
 impl ReaderSettings {
-    pub fn from_config(c: &crate::config::Config) -> ReaderSettings {
-        ReaderSettings {
-            brokers: c.kafka.brokers.clone(),
-            topic: c.kafka.input_topic.clone(),
-            group_id: c.kafka.group_id.clone(),
-            auto_offset_reset: c.kafka.auto_offset_reset.clone(),
-            max_in_flight: c.kafka.max_in_flight_campaigns,
-            orphan_stall: (c.kafka.orphaned_partition_secs > 0)
-                .then(|| Duration::from_secs(c.kafka.orphaned_partition_secs)),
-            overrides: c
-                .kafka
-                .consumer
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
     pub fn create_consumer(&self, metrics: Metrics) -> KafkaResult<ReaderConsumer> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.brokers)

@@ -21,35 +21,34 @@ use tokio::sync::{oneshot, watch};
 
 use super::consumer::{ReaderConsumer, ReaderSettings};
 use super::offsets::OffsetTracker;
+use crate::events::{CampaignFinished, Event};
 use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaign};
-use crate::metrics::Metrics;
 use crate::notification::SourceRef;
+use crate::shared::{FatalReason, Shared};
 
 pub struct KafkaReader {
     config: ReaderSettings,
     /// Where each campaign goes; it answers once the campaign is finished.
     processor: Recipient<ProcessCampaign>,
-    metrics: Metrics,
+    shared: Shared,
     stop: watch::Sender<Option<Duration>>,
     report: Option<oneshot::Receiver<DrainReport>>,
-    fatal: watch::Sender<Option<String>>,
 }
 
 impl KafkaReader {
-    /// `fatal` is set, with the reason, when the reader cannot go on: the service must stop.
+    /// When the reader cannot go on, it raises the fatal reason in `shared`: the service must
+    /// stop.
     pub fn new(
         config: ReaderSettings,
         processor: Recipient<ProcessCampaign>,
-        metrics: Metrics,
-        fatal: watch::Sender<Option<String>>,
+        shared: Shared,
     ) -> KafkaReader {
         KafkaReader {
             config,
             processor,
-            metrics,
+            shared,
             stop: watch::channel(None).0,
             report: None,
-            fatal,
         }
     }
 }
@@ -58,20 +57,20 @@ impl Actor for KafkaReader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let consumer = match self.config.create_consumer(self.metrics.clone()) {
+        let consumer = match self.config.create_consumer(self.shared.metrics.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                self.fatal
-                    .send_replace(Some(format!("cannot create the Kafka consumer: {e}")));
+                let reason = FatalReason::ConsumerCreation(e.to_string());
+                self.shared.fatal.raise(reason);
                 ctx.stop();
                 return;
             }
         };
         if let Err(e) = consumer.subscribe(&[&self.config.topic]) {
-            self.fatal.send_replace(Some(format!(
-                "cannot subscribe to {}: {e}",
-                self.config.topic
-            )));
+            self.shared.fatal.raise(FatalReason::Subscription {
+                topic: self.config.topic.clone(),
+                error: e.to_string(),
+            });
             ctx.stop();
             return;
         }
@@ -95,13 +94,12 @@ impl Actor for KafkaReader {
                 consumer,
                 topic: self.config.topic.clone().into(),
                 processor: self.processor.clone(),
-                metrics: self.metrics.clone(),
+                shared: self.shared.clone(),
                 tracker: OffsetTracker::default(),
                 in_flight: FuturesUnordered::new(),
             },
             self.config.max_in_flight,
             self.stop.subscribe(),
-            self.fatal.clone(),
         );
         actix_rt::spawn(async move {
             let report = run.await;
@@ -132,7 +130,7 @@ struct ReadLoop {
     consumer: Arc<ReaderConsumer>,
     topic: Arc<str>,
     processor: Recipient<ProcessCampaign>,
-    metrics: Metrics,
+    shared: Shared,
     tracker: OffsetTracker,
     in_flight: FuturesUnordered<InFlight>,
 }
@@ -141,7 +139,6 @@ async fn read_loop(
     mut state: ReadLoop,
     max_in_flight: usize,
     mut stop: watch::Receiver<Option<Duration>>,
-    fatal_tx: watch::Sender<Option<String>>,
 ) -> DrainReport {
     let broken = !state.read_until_stopped(max_in_flight, &mut stop).await;
     let abandoned = if broken {
@@ -150,7 +147,11 @@ async fn read_loop(
         let grace = stop.borrow().unwrap_or_default();
         state.drain(grace).await
     };
-    state.metrics.campaigns_in_flight.set(abandoned as i64);
+    state
+        .shared
+        .metrics
+        .campaigns_in_flight
+        .set(abandoned as i64);
     if abandoned > 0 {
         log::warn!(
             "kafka reader: {abandoned} campaigns were not finished; they will be read again at the next start"
@@ -161,14 +162,14 @@ async fn read_loop(
         topic,
         tracker,
         in_flight,
+        shared,
         ..
     } = state;
+    let state_fatal = shared.fatal;
     drop(in_flight);
     let committed = commit_final(consumer, &topic, &tracker).await;
     if broken {
-        fatal_tx.send_replace(Some(
-            "a campaign could not be confirmed by the writers; its offset was not committed".into(),
-        ));
+        state_fatal.raise(FatalReason::CampaignUnconfirmed);
     }
     DrainReport {
         abandoned,
@@ -192,7 +193,7 @@ impl ReadLoop {
                     if !self.complete(source, outcome) {
                         return false;
                     }
-                    self.metrics.campaigns_in_flight.set(self.in_flight.len() as i64);
+                    self.shared.metrics.campaigns_in_flight.set(self.in_flight.len() as i64);
                 }
                 message = self.consumer.recv(), if self.in_flight.len() < max_in_flight => {
                     match message {
@@ -227,7 +228,7 @@ impl ReadLoop {
 
     fn start(&mut self, record: CampaignRecord) {
         let source = record.source.clone();
-        self.metrics.campaigns_received.inc();
+        self.shared.metrics.campaigns_received.inc();
         self.tracker.started(source.partition, source.offset);
         let request = self.processor.send(ProcessCampaign(record));
         self.in_flight.push(Box::pin(async move {
@@ -239,7 +240,8 @@ impl ReadLoop {
                 });
             (source, outcome)
         }));
-        self.metrics
+        self.shared
+            .metrics
             .campaigns_in_flight
             .set(self.in_flight.len() as i64);
     }
@@ -270,32 +272,14 @@ impl ReadLoop {
     /// Records an outcome and stores the offset it frees. Returns false when the outcome means
     /// the pipeline is broken and reading must stop.
     fn complete(&mut self, source: SourceRef, outcome: CampaignOutcome) -> bool {
-        let metrics = &self.metrics;
-        metrics
-            .campaigns_processed
-            .with_label_values(&[outcome.label()])
-            .inc();
-        match &outcome {
-            CampaignOutcome::Delivered { .. } => {
-                if let Some(ts) = source.timestamp_ms {
-                    let now_ms = crate::clock::unix_ms();
-                    metrics
-                        .end_to_end_latency
-                        .observe((now_ms - ts).max(0) as f64 / 1000.0);
-                }
-            }
-            CampaignOutcome::SinkFailed { sink, reason } => {
-                log::error!(
-                    "campaign at {source} was refused by the {sink} sink and skipped: {reason}"
-                );
-            }
-            CampaignOutcome::Unconfirmed { sink, reason } => {
-                log::error!(
-                    "campaign at {source} was not confirmed by {sink} ({reason}); stopping so it is read again"
-                );
-                return false;
-            }
-            _ => {}
+        CampaignFinished {
+            source: &source,
+            outcome: &outcome,
+            now_ms: self.shared.clock.now_ms(),
+        }
+        .emit(&self.shared.metrics);
+        if matches!(outcome, CampaignOutcome::Unconfirmed { .. }) {
+            return false;
         }
         if let Some(next) = self.tracker.finished(source.partition, source.offset) {
             // `store_offset` (librdkafka's legacy rd_kafka_offset_store) would store `next + 1`;
@@ -305,7 +289,7 @@ impl ReadLoop {
                 .add_partition_offset(&self.topic, source.partition, Offset::Offset(next))
                 .and_then(|()| self.consumer.store_offsets(&tpl));
             match stored {
-                Ok(()) => metrics.offsets_stored.inc(),
+                Ok(()) => self.shared.metrics.offsets_stored.inc(),
                 // The partition was revoked meanwhile; its new owner reads from the last commit.
                 Err(e) => log::debug!("kafka reader: cannot store offset {next} of {source}: {e}"),
             }

@@ -15,6 +15,7 @@ use rdkafka::producer::FutureRecord;
 use super::kafka_writer::KafkaSinkSettings;
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::kafka::Producer;
+use crate::metrics::{DeadLetterReason, SinkKind};
 use crate::notification::SourceRef;
 
 pub type DeadLetterWriter = Writer<DeadLetterSink>;
@@ -38,8 +39,8 @@ pub struct DeadLetter {
     pub source: SourceRef,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
-    /// Bounded code: the metric label and the `dlq.reason.code` header.
-    pub code: &'static str,
+    /// The metric label and the `dlq.reason.code` header.
+    pub code: DeadLetterReason,
     pub reason: String,
 }
 
@@ -60,7 +61,7 @@ fn headers(letter: &DeadLetter, omitted: bool) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(6)
         .insert(Header {
             key: HEADER_REASON_CODE,
-            value: Some(letter.code),
+            value: Some(letter.code.as_str()),
         })
         .insert(Header {
             key: HEADER_REASON,
@@ -88,9 +89,8 @@ fn headers(letter: &DeadLetter, omitted: bool) -> OwnedHeaders {
 }
 
 impl Sink for DeadLetterSink {
-    const NAME: &'static str = "dead_letter";
+    const KIND: SinkKind = SinkKind::DeadLetter;
     const MAX_CONCURRENT_WRITES: usize = 4;
-    const WRITES_NOTIFICATIONS: bool = false;
     type Config = KafkaSinkSettings;
     type Item = DeadLetter;
     type Output = ();

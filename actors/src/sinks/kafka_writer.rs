@@ -24,6 +24,7 @@ use rdkafka::producer::FutureRecord;
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::kafka::{partition_for, scan, Producer, ProducerSettings};
+use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
 
 /// The notifications of one campaign that Kafka still needs.
@@ -107,7 +108,7 @@ async fn send_partition(
 }
 
 impl Sink for KafkaSink {
-    const NAME: &'static str = "kafka";
+    const KIND: SinkKind = SinkKind::Kafka;
     const MAX_CONCURRENT_WRITES: usize = 2;
     type Config = KafkaSinkSettings;
     type Item = KafkaJob;

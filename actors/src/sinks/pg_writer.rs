@@ -19,6 +19,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::ledger::Tokens;
+use crate::metrics::SinkKind;
 use crate::notification::NotificationBatch;
 
 pub type PgWriter = Writer<PgSink>;
@@ -127,7 +128,7 @@ fn classify(e: &tokio_postgres::Error) -> SinkError {
 }
 
 impl Sink for PgSink {
-    const NAME: &'static str = "postgres";
+    const KIND: SinkKind = SinkKind::Postgres;
     // One connection runs one transaction at a time.
     const MAX_CONCURRENT_WRITES: usize = 1;
     type Config = PgSinkConfig;

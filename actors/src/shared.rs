@@ -1,0 +1,97 @@
+//! What every component is handed at construction: the metrics, the channel that stops the
+//! service, and the clock.
+//!
+//! A component that fails in a way no restart cures raises a [`FatalReason`]; the service stops
+//! with exit code 3 and the reason in its last log line.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::metrics::{ActorKind, Metrics};
+
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Metrics,
+    pub fatal: Fatal,
+    pub clock: Clock,
+}
+
+impl Shared {
+    /// The context of a running service, and the receiver that learns of a fatal failure.
+    pub fn new(metrics: Metrics, clock: Clock) -> (Shared, watch::Receiver<Option<FatalReason>>) {
+        let (fatal, failed) = Fatal::channel();
+        (
+            Shared {
+                metrics,
+                fatal,
+                clock,
+            },
+            failed,
+        )
+    }
+}
+
+/// Why the service must stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FatalReason {
+    #[error("the {} restarted more than {limit} times in {window:?}; giving up", actor.name())]
+    RestartLimit {
+        actor: ActorKind,
+        limit: u32,
+        window: Duration,
+    },
+    #[error("a campaign could not be confirmed by the writers; its offset was not committed")]
+    CampaignUnconfirmed,
+    #[error("cannot create the Kafka consumer: {0}")]
+    ConsumerCreation(String),
+    #[error("cannot subscribe to {topic}: {error}")]
+    Subscription { topic: String, error: String },
+}
+
+/// The sending side of the fatal channel.
+#[derive(Clone)]
+pub struct Fatal(watch::Sender<Option<FatalReason>>);
+
+impl Fatal {
+    pub fn channel() -> (Fatal, watch::Receiver<Option<FatalReason>>) {
+        let (tx, rx) = watch::channel(None);
+        (Fatal(tx), rx)
+    }
+
+    /// Asks the service to stop. The first reason raised is kept: it is the cause, what follows
+    /// is usually its consequence.
+    pub fn raise(&self, reason: FatalReason) {
+        self.0.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_is_kept() {
+        let (fatal, failed) = Fatal::channel();
+        fatal.raise(FatalReason::CampaignUnconfirmed);
+        fatal.raise(FatalReason::ConsumerCreation("x".into()));
+        assert_eq!(*failed.borrow(), Some(FatalReason::CampaignUnconfirmed));
+        let limit = FatalReason::RestartLimit {
+            actor: ActorKind::PostgresWriter,
+            limit: 3,
+            window: Duration::from_secs(300),
+        };
+        assert_eq!(
+            limit.to_string(),
+            "the postgres writer restarted more than 3 times in 300s; giving up"
+        );
+    }
+}
