@@ -1,33 +1,12 @@
 -- Run once by the postgres image on an empty data directory (docker-entrypoint-initdb.d).
--- The two tables of the data contract, as the app that owns them creates them. campaign-notifier's
--- schema step (postgres.create_schema) also creates them when missing, with what it needs of its
--- own; what this file adds is the sample subscribers below.
+-- The subscriber table of the data contract, as the app that owns it creates it, with a few
+-- sample subscribers. campaign-notifier's schema step (postgres.create_schema) creates the rest:
+-- subscribers_feedback, the index on subscribers_restaurants (restaurant_id) and its own outbox.
 
 CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
-    id serial4 NOT NULL,
-    client_id varchar NOT NULL,
-    restaurant_id varchar NOT NULL,
+    id serial4 NOT NULL, client_id varchar NOT NULL, restaurant_id varchar NOT NULL,
     CONSTRAINT pk_id PRIMARY KEY (id)
 );
-
-CREATE TABLE IF NOT EXISTS public.subscribers_feedback (
-    id serial4 NOT NULL,
-    restaurant_id text NOT NULL,
-    adv_campaign_id text NOT NULL,
-    adv_campaign_content text NOT NULL,
-    adv_campaign_owner text NOT NULL,
-    adv_campaign_owner_contact text NOT NULL,
-    adv_campaign_datetime_start int8 NOT NULL,
-    adv_campaign_datetime_end int8 NOT NULL,
-    datetime_created int8 NOT NULL,
-    client_id text NOT NULL,
-    trigger_datetime_created int4 NOT NULL,
-    feedback varchar NULL,
-    CONSTRAINT id_pk PRIMARY KEY (id)
-);
-
-CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
-    ON public.subscribers_restaurants (restaurant_id);
 
 -- Sample subscribers: three for the restaurant of the brief's sample campaign, so that sending
 -- that campaign gives three notifications, and two for another restaurant. Inserted only into an

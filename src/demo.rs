@@ -88,9 +88,57 @@ async fn demo(postgres_url: String) -> anyhow::Result<()> {
 
 async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result<()> {
     let db_url = with_database(postgres_url, database);
-    let db = campaign_actors::postgres::connect(&db_url, "demo").await?;
-    let mut setup = campaign_actors::postgres::connect(&db_url, "demo").await?;
-    campaign_actors::postgres::ensure_schema(&mut setup).await?;
+    let db = seed(&db_url).await?;
+    let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
+    let brokers = cluster.bootstrap_servers();
+    for topic in ["campaigns", "notifications"] {
+        cluster
+            .create_topic(topic, 1, 1)
+            .with_context(|| format!("cannot create topic {topic}"))?;
+    }
+    println!("== embedded Kafka-protocol broker at {brokers}");
+
+    let pipeline = Pipeline::start(demo_config(&brokers, &db_url)?, Metrics::new()).await?;
+    println!(
+        "== pipeline started; metrics on http://{}/metrics",
+        pipeline.http_addr
+    );
+    let inputs = inputs(now);
+    publish(&brokers, &inputs).await?;
+    wait_processed(&pipeline, inputs.len()).await?;
+    let outcome_lines: Vec<String> = pipeline
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("campaign_notifier_campaigns_processed_total{"))
+        .map(str::to_string)
+        .collect();
+    let report = pipeline.shutdown().await;
+    println!(
+        "== pipeline drained (unfinished: {}, offsets committed: {})",
+        report.abandoned, report.committed
+    );
+    println!("== outcomes");
+    for line in outcome_lines {
+        println!("   {line}");
+    }
+
+    let in_kafka = print_output_topic(&brokers)?;
+    let in_postgres = print_feedback_rows(&db).await?;
+    if in_kafka != 5 || in_postgres != 5 {
+        bail!(
+            "expected 5 notifications in each sink, got {in_kafka} in Kafka and {in_postgres} in Postgres"
+        );
+    }
+    println!("== ok: 5 notifications (3 for the brief's sample, 2 for the other active campaign) in both sinks; the expired, not-yet-started, subscriber-less and malformed campaigns gave none");
+    drop(cluster);
+    Ok(())
+}
+
+/// Creates the tables in the demo's database and subscribes five clients.
+async fn seed(db_url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let mut db = campaign_actors::postgres::connect(db_url, "demo").await?;
+    campaign_actors::postgres::ensure_schema(&mut db).await?;
     let subscribers = [
         (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174000"),
         (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174001"),
@@ -106,16 +154,10 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
         .await?;
     }
     println!("== seeded {} subscriptions", subscribers.len());
+    Ok(db)
+}
 
-    let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
-    let brokers = cluster.bootstrap_servers();
-    for topic in ["campaigns", "notifications"] {
-        cluster
-            .create_topic(topic, 1, 1)
-            .with_context(|| format!("cannot create topic {topic}"))?;
-    }
-    println!("== embedded Kafka-protocol broker at {brokers}");
-
+fn demo_config(brokers: &str, db_url: &str) -> anyhow::Result<Config> {
     let config_text = format!(
         r#"
         [kafka]
@@ -131,15 +173,17 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
         grace_period_secs = 10
         "#
     );
-    let config = Config::from_toml_with_env(&config_text, "demo", std::iter::empty())?;
-    let pipeline = Pipeline::start(config, Metrics::new()).await?;
-    println!(
-        "== pipeline started; metrics on http://{}/metrics",
-        pipeline.http_addr
-    );
+    Ok(Config::from_toml_with_env(
+        &config_text,
+        "demo",
+        std::iter::empty(),
+    )?)
+}
 
+/// The brief's sample and five others: what each is, and its message.
+fn inputs(now: i64) -> Vec<(&'static str, String)> {
     let hour = 3600;
-    let inputs: Vec<(&str, String)> = vec![
+    vec![
         (
             "brief sample, active until 2054, 3 subscribers",
             SAMPLE.to_string(),
@@ -185,9 +229,12 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
             ),
         ),
         ("malformed", r#"{"restaurant_id": 42, "oops""#.to_string()),
-    ];
+    ]
+}
+
+async fn publish(brokers: &str, inputs: &[(&str, String)]) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .create()?;
     for (i, (what, value)) in inputs.iter().enumerate() {
         let key = format!("{}", i + 1);
@@ -200,7 +247,10 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
             .map_err(|(e, _)| e)?;
         println!("   published campaign {}: {what}", i + 1);
     }
+    Ok(())
+}
 
+async fn wait_processed(pipeline: &Pipeline, expected: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = pipeline.metrics.render();
@@ -209,40 +259,26 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
             .filter(|l| l.starts_with("campaign_notifier_campaigns_processed_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
-        if done >= inputs.len() as u64 {
-            break;
+        if done >= expected as u64 {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "only {done} of {} campaigns were processed in 30s",
-                inputs.len()
-            );
+            bail!("only {done} of {expected} campaigns were processed in 30s");
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
-    let outcome_lines: Vec<String> = pipeline
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("campaign_notifier_campaigns_processed_total{"))
-        .map(str::to_string)
-        .collect();
-    let report = pipeline.shutdown().await;
-    println!(
-        "== pipeline drained (unfinished: {}, offsets committed: {})",
-        report.abandoned, report.committed
-    );
-    println!("== outcomes");
-    for line in outcome_lines {
-        println!("   {line}");
-    }
+}
 
-    drop(producer);
-    let output = read_topic(&brokers, "notifications", 5)?;
+fn print_output_topic(brokers: &str) -> anyhow::Result<usize> {
+    let output = read_topic(brokers, "notifications", 5)?;
     println!("== {} notifications in the output topic", output.len());
     for (key, value) in &output {
         println!("   key={key} {value}");
     }
+    Ok(output.len())
+}
+
+async fn print_feedback_rows(db: &tokio_postgres::Client) -> anyhow::Result<usize> {
     let rows = db
         .query(
             "SELECT id, restaurant_id, adv_campaign_id, client_id, trigger_datetime_created, feedback \
@@ -263,16 +299,7 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
             feedback.as_deref().unwrap_or("NULL"),
         );
     }
-    if output.len() != 5 || rows.len() != 5 {
-        bail!(
-            "expected 5 notifications in each sink, got {} in Kafka and {} in Postgres",
-            output.len(),
-            rows.len()
-        );
-    }
-    println!("== ok: 5 notifications (3 for the brief's sample, 2 for the other active campaign) in both sinks; the expired, not-yet-started, subscriber-less and malformed campaigns gave none");
-    drop(cluster);
-    Ok(())
+    Ok(rows.len())
 }
 
 fn read_topic(

@@ -356,6 +356,11 @@ impl Config {
 
     /// Cross-field and range checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_kafka()?;
+        self.validate_ranges()
+    }
+
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
         let non_empty = [
             ("kafka.brokers", &self.kafka.brokers),
             ("kafka.input_topic", &self.kafka.input_topic),
@@ -402,73 +407,73 @@ impl Config {
                 ));
             }
         }
-        if self.kafka.max_in_flight_campaigns == 0 {
-            return Err(ConfigError::key(
+        Ok(())
+    }
+
+    /// Ranges and cross-field rules, in the order of the file: the first broken one is reported.
+    fn validate_ranges(&self) -> Result<(), ConfigError> {
+        let (w, ledger) = (&self.writers, &self.ledger);
+        let rules = [
+            (
+                self.kafka.max_in_flight_campaigns == 0,
                 "kafka.max_in_flight_campaigns",
                 "must be at least 1",
-            ));
-        }
-        if self.postgres.url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(ConfigError::key(
+            ),
+            (
+                self.postgres.url.parse::<tokio_postgres::Config>().is_err(),
                 "postgres.url",
                 "is not a valid Postgres connection string",
-            ));
-        }
-        if self.cache.refresh_interval_secs == 0 {
-            return Err(ConfigError::key(
+            ),
+            (
+                self.cache.refresh_interval_secs == 0,
                 "cache.refresh_interval_secs",
                 "must be at least 1",
-            ));
-        }
-        if self.enricher.max_campaign_bytes < 256 {
-            return Err(ConfigError::key(
+            ),
+            (
+                self.enricher.max_campaign_bytes < 256,
                 "enricher.max_campaign_bytes",
                 "must be at least 256",
-            ));
-        }
-        if self.writers.batch_max_rows == 0 {
-            return Err(ConfigError::key(
+            ),
+            (
+                w.batch_max_rows == 0,
                 "writers.batch_max_rows",
                 "must be at least 1",
-            ));
-        }
-        if self.writers.restart_backoff_initial_ms == 0
-            || self.writers.restart_backoff_initial_ms > self.writers.restart_backoff_max_ms
-        {
-            return Err(ConfigError::key(
+            ),
+            (
+                w.restart_backoff_initial_ms == 0
+                    || w.restart_backoff_initial_ms > w.restart_backoff_max_ms,
                 "writers.restart_backoff_initial_ms",
                 "must be at least 1 and not above writers.restart_backoff_max_ms",
-            ));
-        }
-        if self.writers.restart_limit == 0 || self.writers.restart_window_secs == 0 {
-            return Err(ConfigError::key(
+            ),
+            (
+                w.restart_limit == 0 || w.restart_window_secs == 0,
                 "writers.restart_limit",
                 "writers.restart_limit and writers.restart_window_secs must be at least 1",
-            ));
-        }
-        if self.ledger.takeover_after_secs * 1000 <= self.writers.kafka_message_timeout_ms {
-            return Err(ConfigError::key(
+            ),
+            (
+                ledger.takeover_after_secs.saturating_mul(1000) <= w.kafka_message_timeout_ms,
                 "ledger.takeover_after_secs",
                 "must be longer than writers.kafka_message_timeout_ms, or a live instance's \
                  notifications could be taken over while it still sends them",
-            ));
-        }
-        if self.http.listen.parse::<SocketAddr>().is_err() {
-            return Err(ConfigError::key(
+            ),
+            (
+                self.http.listen.parse::<SocketAddr>().is_err(),
                 "http.listen",
                 "must be an address such as 0.0.0.0:9898",
-            ));
-        }
-        if !matches!(
-            self.log.level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace" | "off"
-        ) {
-            return Err(ConfigError::key(
+            ),
+            (
+                !matches!(
+                    self.log.level.as_str(),
+                    "error" | "warn" | "info" | "debug" | "trace" | "off"
+                ),
                 "log.level",
                 "must be one of error, warn, info, debug, trace, off",
-            ));
+            ),
+        ];
+        match rules.into_iter().find(|(broken, _, _)| *broken) {
+            Some((_, key, message)) => Err(ConfigError::key(key, message)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// What every component is given, translated from the file in this one place.

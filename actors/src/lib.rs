@@ -2,41 +2,47 @@
 //!
 //! ```text
 //!                      SnapshotLoaded
-//!  Postgres ──COPY──> SubscriberCache ───────────┐
-//!                                                v
-//!  Kafka ──> KafkaReader ──ProcessCampaign──> Enricher ──Write(PgJob)──> PgWriter ──> feedback rows
-//!  input        ^   stores offsets              │  │                    + outbox mark
-//!               │                               │  └─Write(KafkaJob)──> KafkaWriter ──> output topic
-//!               └──── CampaignOutcome ◀─────────┤     (only the rows Postgres inserted)
-//!                                               ├─ClearOutbox──> Ledger
-//!                                               └─Write(DeadLetter)──> DeadLetterWriter ──> DLQ
+//!  Postgres ──COPY──> cache::SubscriberCache ─────────┐
+//!                                                     v
+//!  Kafka ──> reader::KafkaReader ──ProcessCampaign──> Enricher ── validate, active rule, join
+//!  input        ^   stores offsets                    │
+//!               │                                     v
+//!               │                               delivery::Delivery
+//!               │                       1. Write(PgJob) ──> sinks::PgWriter ──> feedback rows
+//!               │                                                               + outbox mark
+//!               │                       2. Write(KafkaJob) ──> sinks::KafkaWriter ──> output
+//!               │                          (only the rows Postgres inserted)
+//!               │                       3. ClearOutbox ──> ledger::Ledger
+//!               │                       or Write(DeadLetter) ──> sinks::DeadLetterWriter ──> DLQ
+//!               └──────────── CampaignOutcome ◀───┘
 //! ```
 //!
 //! A campaign's offset is stored for commit only after both writers confirmed all of its
 //! notifications, so a stop at any moment loses nothing; Postgres is the ledger that keeps a
 //! redelivery or a crash from notifying anyone twice (see [`ledger`]). The cache, the writers and
-//! the ledger run under actix `Supervisor`; a writer that fails keeps the jobs it held across the
-//! restart.
+//! the ledger run under actix `Supervisor` with one restart policy ([`supervision`]); a writer
+//! that fails keeps the jobs it held across the restart.
 //!
-//! - [`clock`]: the one clock (unix seconds and milliseconds).
-//! - [`config`]: typed configuration, defaults, environment overrides, validation.
-//! - [`campaign`]: parsing and validating a campaign message; the active-window rule.
-//! - [`snapshot`]: the compact in-memory restaurant -> subscribers mapping.
-//! - [`notification`]: the join result shared by both writers, and the output JSON.
-//! - [`messages`]: every message that crosses an actor boundary.
-//! - [`kafka_reader`]: consumer, in-flight limit, offset tracking.
-//! - [`orphan_watch`]: rejoins the group when partitions are left to nobody.
-//! - [`subscriber_cache`]: loads and refreshes the snapshot.
-//! - [`enricher`]: validate, check activity, join, fan out to both writers.
-//! - [`writer`]: the supervised batching writer both sinks share.
-//! - [`kafka_writer`], [`pg_writer`]: the two sinks.
-//! - [`dead_letter_writer`]: unusable messages, untouched, with the reason in headers.
-//! - [`ledger`]: which notifications may still be missing from Kafka, and the recovery that
-//!   sends them after a crash.
-//! - [`schema`]: Postgres connections and the create-if-missing schema step.
-//! - [`metrics`]: every Prometheus metric.
+//! The rooms, from the data path down to what everything shares:
+//!
+//! - [`pipeline`]: start and stop order; the one place the actors are wired together.
+//! - [`reader`]: the consumer of the input topic, offset tracking, the orphan watch.
+//! - [`enricher`]: validate, apply the active-window rule, join with the snapshot.
+//! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks.
+//! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
+//! - [`ledger`]: outbox marks and tokens, recovery of dead owners, the `Ledger` actor.
+//! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`pipeline`]: start and stop order.
+//! - [`kafka`]: the one producer path, error classification, the read-back scan.
+//! - [`postgres`]: connections, error description and class, the schema step.
+//! - [`campaign`], [`notification`]: the input parsed and validated; the join result and the one
+//!   encoder of the output JSON.
+//! - [`contract`]: what the brief fixes (samples, tables, the notification columns).
+//! - [`messages`]: every message that crosses an actor boundary.
+//! - [`config`]: the file, its checks, and its translation into component settings.
+//! - [`supervision`], [`shared`], [`events`], [`metrics`], [`clock`]: restart policy, the context
+//!   every component is handed (metrics, fatal reasons, clock), what is logged and counted, the
+//!   label values, the one clock.
 
 pub mod cache;
 pub mod campaign;
