@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use campaign_actors::kafka::{partition_for, ProducerSettings};
 use campaign_actors::sinks::kafka_writer::{CHUNK_BYTES, CHUNK_MESSAGES};
+use campaign_bench::measure::cpu_seconds;
 use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -30,19 +31,6 @@ struct Args {
     /// Payload bytes per message (a notification is about 420).
     #[arg(long, default_value_t = 420)]
     payload_bytes: usize,
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn key(i: usize) -> String {

@@ -36,6 +36,7 @@ use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSetting
 use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
+use campaign_bench::measure::{cpu_seconds, others_cpu_seconds, resident_bytes};
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
 use prometheus::core::Collector;
@@ -171,65 +172,6 @@ fn campaign_json(c: &Campaign) -> String {
         "datetime_created": c.datetime_created,
     })
     .to_string()
-}
-
-/// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// User + system CPU seconds so far of every process named `tansu` (the broker) and `postgres`
-/// (the server and its backends), read from /proc: where the machine's CPU goes besides the
-/// service. Backends that exited in between are missed, so these are lower bounds.
-fn others_cpu_seconds() -> (f64, f64) {
-    let (mut broker, mut postgres) = (0.0, 0.0);
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (0.0, 0.0);
-    };
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(") ")) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let secs = (ticks(11) + ticks(12)) / 100.0;
-        match name {
-            "tansu" => broker += secs,
-            "postgres" => postgres += secs,
-            _ => {}
-        }
-    }
-    (broker, postgres)
-}
-
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 async fn connect(url: &str) -> BenchResult<Client> {

@@ -1,0 +1,3 @@
+//! What the `campaign-bench` binary and its examples share.
+
+pub mod measure;

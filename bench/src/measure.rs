@@ -1,0 +1,58 @@
+//! CPU time and resident memory, read from /proc.
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
+    stat_cpu_seconds(after)
+}
+
+/// User + system CPU seconds so far of every process named `tansu` (the broker) and `postgres`
+/// (the server and its backends), read from /proc: where the machine's CPU goes besides the
+/// service. Backends that exited in between are missed, so these are lower bounds.
+pub fn others_cpu_seconds() -> (f64, f64) {
+    let (mut broker, mut postgres) = (0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0.0, 0.0);
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(") ")) else {
+            continue;
+        };
+        let secs = stat_cpu_seconds(&stat[close + 2..]);
+        match &stat[open + 1..close] {
+            "tansu" => broker += secs,
+            "postgres" => postgres += secs,
+            _ => {}
+        }
+    }
+    (broker, postgres)
+}
+
+/// Resident memory of this process in bytes.
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// User + system CPU seconds from the fields of a /proc/PID/stat line after the command name.
+fn stat_cpu_seconds(after_name: &str) -> f64 {
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
