@@ -78,37 +78,43 @@ label_values! {
     }
 }
 
-label_values! {
-    /// Why a message went to the dead-letter topic (`dead_letters_total{reason}` and the
-    /// `dlq.reason.code` header): every [`RejectCode`], and a campaign outside its window.
-    pub enum DeadLetterReason {
-        TooLarge => "too_large",
-        NotUtf8 => "not_utf8",
-        NotJson => "not_json",
-        MissingField => "missing_field",
-        WrongType => "wrong_type",
-        EmptyField => "empty_field",
-        InvalidChar => "invalid_char",
-        OutOfRange => "out_of_range",
-        StartAfterEnd => "start_after_end",
-        Ended => "ended",
-        NotStarted => "not_started",
+/// Why a message went to the dead-letter topic (`dead_letters_total{reason}` and the
+/// `dlq.reason.code` header): the message was unusable, or its campaign is outside its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    Rejected(RejectCode),
+    NotStarted,
+    Ended,
+}
+
+impl DeadLetterReason {
+    /// Every value.
+    pub fn all() -> impl Iterator<Item = DeadLetterReason> {
+        let rejected = RejectCode::ALL
+            .iter()
+            .map(|&c| DeadLetterReason::Rejected(c));
+        rejected.chain([DeadLetterReason::NotStarted, DeadLetterReason::Ended])
+    }
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Rejected(code) => code.as_str(),
+            DeadLetterReason::NotStarted => "not_started",
+            DeadLetterReason::Ended => "ended",
+        }
     }
 }
 
 impl From<RejectCode> for DeadLetterReason {
     fn from(code: RejectCode) -> DeadLetterReason {
-        match code {
-            RejectCode::TooLarge => DeadLetterReason::TooLarge,
-            RejectCode::NotUtf8 => DeadLetterReason::NotUtf8,
-            RejectCode::NotJson => DeadLetterReason::NotJson,
-            RejectCode::MissingField => DeadLetterReason::MissingField,
-            RejectCode::WrongType => DeadLetterReason::WrongType,
-            RejectCode::EmptyField => DeadLetterReason::EmptyField,
-            RejectCode::InvalidChar => DeadLetterReason::InvalidChar,
-            RejectCode::OutOfRange => DeadLetterReason::OutOfRange,
-            RejectCode::StartAfterEnd => DeadLetterReason::StartAfterEnd,
-        }
+        DeadLetterReason::Rejected(code)
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -357,7 +363,7 @@ impl Metrics {
         for code in RejectCode::ALL {
             self.campaigns_rejected.with_label_values(&[code.as_str()]);
         }
-        for reason in DeadLetterReason::ALL {
+        for reason in DeadLetterReason::all() {
             self.dead_letters.with_label_values(&[reason.as_str()]);
         }
         for sink in SinkKind::ALL {

@@ -33,7 +33,7 @@ use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka::ProducerSettings;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
 use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSettings};
-use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
+use campaign_actors::sinks::pg_writer::{campaign_params, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
 use campaign_bench::measure::{cpu_seconds, others_cpu_seconds, resident_bytes};
@@ -317,10 +317,12 @@ async fn copy_rows(
 ) -> BenchResult<()> {
     let sink = client
         .copy_in::<_, Bytes>(&format!(
-            "COPY {table} (restaurant_id, adv_campaign_id, adv_campaign_content, \
-             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
-             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
-             FROM STDIN (FORMAT binary)"
+            concat!(
+                "COPY {} (",
+                campaign_actors::notification_columns!(),
+                ") FROM STDIN (FORMAT binary)"
+            ),
+            table
         ))
         .await
         .map_err(err("copy in"))?;
@@ -332,28 +334,19 @@ async fn copy_rows(
         Type::TEXT,
         Type::INT8,
         Type::INT8,
-        Type::INT8,
         Type::TEXT,
+        Type::INT8,
         Type::INT4,
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     for batch in batches {
-        let c = &batch.campaign;
+        let [r, c, content, owner, contact, start, end, created] = campaign_params(&batch.campaign);
         let trigger = batch.trigger_datetime_created as i32;
         for i in 0..batch.len() {
             let client = batch.client_id(i).to_string();
             let row: [&(dyn ToSql + Sync); 10] = [
-                &c.restaurant_id,
-                &c.adv_campaign_id,
-                &c.adv_campaign_content,
-                &c.adv_campaign_owner,
-                &c.adv_campaign_owner_contact,
-                &c.adv_campaign_datetime_start,
-                &c.adv_campaign_datetime_end,
-                &c.datetime_created,
-                &client,
-                &trigger,
+                r, c, content, owner, contact, start, end, &client, created, &trigger,
             ];
             writer.as_mut().write(&row).await.map_err(err("copy row"))?;
         }

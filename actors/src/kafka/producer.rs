@@ -10,6 +10,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use super::{classify, partition_ids, KafkaFailure, ProducerSettings};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing producer waits for what it still holds to be acknowledged.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a full librdkafka queue is given to drain before a record is offered again.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 
@@ -99,5 +101,13 @@ impl Producer {
             .await
             .map_err(|e| KafkaFailure::retriable(format!("flush task failed: {e}")))?
             .map_err(|e| classify(&e))
+    }
+
+    /// Flushes before the producer is dropped (dropping purges what librdkafka still holds);
+    /// `who` names the owner in the warning logged when the flush fails.
+    pub async fn close(&self, who: &str) {
+        if let Err(e) = self.flush(CLOSE_TIMEOUT).await {
+            log::warn!("{who}: flush at close failed: {e}");
+        }
     }
 }

@@ -5,8 +5,6 @@
 //! only the notifications the topic lacks (encoded by the data path's own encoder) and deletes the
 //! marks.
 
-use std::time::Duration;
-
 use rdkafka::producer::FutureRecord;
 use tokio_postgres::Client;
 
@@ -16,8 +14,6 @@ use crate::campaign::Campaign;
 use crate::kafka::{scan, Producer, ProducerSettings};
 use crate::notification::{NotificationKey, OutputEncoder, Wanted};
 use crate::postgres::describe;
-
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where recovered notifications go: the output topic, with the service's producer settings.
 #[derive(Debug, Clone)]
@@ -170,8 +166,6 @@ async fn send(
         deliveries.push(producer.enqueue(record).await?);
     }
     Producer::confirm(deliveries).await?;
-    if let Err(e) = producer.flush(FLUSH_TIMEOUT).await {
-        log::warn!("ledger: flush after recovery failed: {e}");
-    }
+    producer.close("ledger recovery").await;
     Ok(())
 }

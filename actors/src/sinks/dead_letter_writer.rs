@@ -6,7 +6,6 @@
 //! sinks.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -32,7 +31,6 @@ pub const HEADER_PAYLOAD_OMITTED: &str = "dlq.payload.omitted";
 
 /// Largest message the dead-letter producer accepts: room for oversized input.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -122,15 +120,7 @@ impl Sink for DeadLetterSink {
 
     fn close(&self) -> LocalFuture<()> {
         let producer = self.producer.clone();
-        Box::pin(async move {
-            if let Err(e) = producer.flush(FLUSH_TIMEOUT).await {
-                log::warn!("dead-letter writer: flush at close failed: {e}");
-            }
-        })
-    }
-
-    fn is_connected(&self) -> bool {
-        true
+        Box::pin(async move { producer.close("dead-letter writer").await })
     }
 }
 

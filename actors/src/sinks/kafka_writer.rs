@@ -17,7 +17,6 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::lock::Mutex;
 use rdkafka::producer::FutureRecord;
@@ -51,8 +50,6 @@ pub type KafkaWriter = Writer<KafkaSink>;
 /// `batch.size` and `message.max.bytes` default to 1 000 000).
 pub const CHUNK_MESSAGES: usize = 5_000;
 pub const CHUNK_BYTES: usize = 900_000;
-
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the notifications go.
 #[derive(Debug, Clone)]
@@ -195,14 +192,6 @@ impl Sink for KafkaSink {
 
     fn close(&self) -> LocalFuture<()> {
         let producer = self.producer.clone();
-        Box::pin(async move {
-            if let Err(e) = producer.flush(FLUSH_TIMEOUT).await {
-                log::warn!("kafka writer: flush at close failed: {e}");
-            }
-        })
-    }
-
-    fn is_connected(&self) -> bool {
-        true
+        Box::pin(async move { producer.close("kafka writer").await })
     }
 }

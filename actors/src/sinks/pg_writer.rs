@@ -18,6 +18,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::campaign::Campaign;
 use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
 use crate::notification::NotificationBatch;
@@ -55,6 +56,21 @@ SELECT p.id,
        ARRAY(SELECT f.client_id FROM public.subscribers_feedback f WHERE f.id = ANY (p.feedback_ids))
 FROM prior p"
 );
+
+/// A campaign's fields as statement parameters, in the order of
+/// [`crate::notification_columns!`] without `client_id` and `trigger_datetime_created`.
+pub fn campaign_params(c: &Campaign) -> [&(dyn ToSql + Sync); 8] {
+    [
+        &c.restaurant_id,
+        &c.adv_campaign_id,
+        &c.adv_campaign_content,
+        &c.adv_campaign_owner,
+        &c.adv_campaign_owner_contact,
+        &c.adv_campaign_datetime_start,
+        &c.adv_campaign_datetime_end,
+        &c.datetime_created,
+    ]
+}
 
 /// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
 /// tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
@@ -209,20 +225,11 @@ async fn insert_all(
     let params: Vec<[&(dyn ToSql + Sync); 12]> = chunks
         .iter()
         .map(|(n, token, ids)| {
-            let c = &jobs[*n].batch.campaign;
+            let [r, c, content, owner_name, contact, start, end, created] =
+                campaign_params(&jobs[*n].batch.campaign);
+            let (trigger, owner) = (&triggers[*n], &owner);
             [
-                &c.restaurant_id as &(dyn ToSql + Sync),
-                &c.adv_campaign_id,
-                &c.adv_campaign_content,
-                &c.adv_campaign_owner,
-                &c.adv_campaign_owner_contact,
-                &c.adv_campaign_datetime_start,
-                &c.adv_campaign_datetime_end,
-                &c.datetime_created,
-                &triggers[*n],
-                ids,
-                token,
-                &owner,
+                r, c, content, owner_name, contact, start, end, created, trigger, ids, token, owner,
             ]
         })
         .collect();

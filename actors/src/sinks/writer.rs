@@ -111,7 +111,11 @@ pub trait Sink: Sized + 'static {
     }
     /// Waits for anything buffered to be written; called once, at shutdown.
     fn close(&self) -> LocalFuture<()>;
-    fn is_connected(&self) -> bool;
+    /// Whether the connection still works. The default is right for a client that reconnects by
+    /// itself (librdkafka's), whose failures show in its writes instead.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// Write one job; answered once the sink confirmed it.
