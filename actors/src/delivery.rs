@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::clock::Clock;
 use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox};
-use crate::metrics::{Metrics, SinkKind};
+use crate::metrics::SinkKind;
 use crate::notification::NotificationBatch;
+use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
 use crate::sinks::pg_writer::{PgJob, PgSink};
@@ -42,18 +42,16 @@ pub struct DeliveryTargets {
 pub struct Delivery {
     targets: DeliveryTargets,
     tokens: Tokens,
-    clock: Clock,
-    metrics: Metrics,
+    shared: Shared,
 }
 
 impl Delivery {
     /// `owner` is this process's ledger owner id: the tokens of its outbox marks carry it.
-    pub fn new(targets: DeliveryTargets, owner: i32, clock: Clock, metrics: Metrics) -> Delivery {
+    pub fn new(targets: DeliveryTargets, owner: i32, shared: Shared) -> Delivery {
         Delivery {
             targets,
             tokens: Tokens::new(owner),
-            clock,
-            metrics,
+            shared,
         }
     }
 
@@ -65,7 +63,7 @@ impl Delivery {
         let job = PgJob::new(batch.clone(), &mut self.tokens);
         let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
         let (kafka, ledger) = (self.targets.kafka.clone(), self.targets.ledger.clone());
-        let clock = self.clock.clone();
+        let clock = self.shared.clock.clone();
         async move {
             let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
                 Ok(inserted) => inserted,
@@ -103,7 +101,7 @@ impl Delivery {
         outcome: CampaignOutcome,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
         let dead_letters = self.targets.dead_letters.clone();
-        let metrics = self.metrics.clone();
+        let metrics = self.shared.metrics.clone();
         async move {
             let Some(dead_letters) = dead_letters else {
                 return outcome;

@@ -11,20 +11,19 @@ use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
 use crate::campaign::{parse_campaign, split_inline_key, Activity};
-use crate::clock::Clock;
 use crate::delivery::Delivery;
 use crate::events::{CampaignRejected, Event};
 use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, SnapshotLoaded};
-use crate::metrics::{DeadLetterReason, Metrics};
+use crate::metrics::DeadLetterReason;
 use crate::notification::NotificationBatch;
+use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::DeadLetter;
 
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
     delivery: Delivery,
     max_campaign_bytes: usize,
-    clock: Clock,
-    metrics: Metrics,
+    shared: Shared,
 }
 
 /// What a campaign message becomes: notifications to deliver, or why there are none (and, for a
@@ -36,18 +35,12 @@ enum Prepared {
 }
 
 impl Enricher {
-    pub fn new(
-        delivery: Delivery,
-        max_campaign_bytes: usize,
-        clock: Clock,
-        metrics: Metrics,
-    ) -> Enricher {
+    pub fn new(delivery: Delivery, max_campaign_bytes: usize, shared: Shared) -> Enricher {
         Enricher {
             snapshot: None,
             delivery,
             max_campaign_bytes,
-            clock,
-            metrics,
+            shared,
         }
     }
 
@@ -71,12 +64,12 @@ impl Enricher {
                     source: &record.source,
                     reason: &reason,
                 }
-                .emit(&self.metrics);
+                .emit(&self.shared.metrics);
                 let dead = letter(reason.code().into(), reason.to_string());
                 return Prepared::Unusable(CampaignOutcome::Rejected(reason), dead);
             }
         };
-        let now = self.clock.now_secs();
+        let now = self.shared.clock.now_secs();
         match campaign.activity(now) {
             Activity::Active => {}
             Activity::NotStarted => {
@@ -139,7 +132,8 @@ impl Handler<ProcessCampaign> for Enricher {
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
         match self.prepare(msg.0) {
             Prepared::Batch(batch) => {
-                self.metrics.notifications_built.inc_by(batch.len() as u64);
+                let built = batch.len() as u64;
+                self.shared.metrics.notifications_built.inc_by(built);
                 Box::pin(self.delivery.deliver(batch))
             }
             Prepared::Nothing(outcome) => Box::pin(async move { outcome }),
@@ -154,9 +148,11 @@ impl Handler<ProcessCampaign> for Enricher {
 mod tests {
     use super::*;
     use crate::cache::snapshot::SnapshotBuilder;
+    use crate::clock::Clock;
     use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
     use crate::delivery::DeliveryTargets;
     use crate::messages::ClearOutbox;
+    use crate::metrics::Metrics;
     use crate::notification::SourceRef;
     use crate::sinks::dead_letter_writer::DeadLetterSink;
     use crate::sinks::kafka_writer::KafkaSink;
@@ -228,16 +224,15 @@ mod tests {
     fn enricher(now: i64, sinks: Sinks) -> (Addr<Enricher>, Arc<Mutex<Vec<String>>>) {
         let log = sinks.log.clone();
         let sinks = sinks.start();
-        let metrics = Metrics::new();
-        let clock = Clock::fixed_at_ms(now * 1000);
+        let (shared, _failed) = Shared::new(Metrics::new(), Clock::fixed_at_ms(now * 1000));
         let targets = DeliveryTargets {
             postgres: sinks.clone().recipient(),
             kafka: sinks.clone().recipient(),
             ledger: sinks.clone().recipient(),
             dead_letters: Some(sinks.recipient()),
         };
-        let delivery = Delivery::new(targets, 1, clock.clone(), metrics.clone());
-        let enricher = Enricher::new(delivery, 65536, clock, metrics).start();
+        let delivery = Delivery::new(targets, 1, shared.clone());
+        let enricher = Enricher::new(delivery, 65536, shared).start();
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-b");

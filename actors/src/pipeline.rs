@@ -276,14 +276,8 @@ fn start_enricher(
         ledger: writers.ledger.clone().recipient(),
         dead_letters: writers.dead_letters.clone().map(Addr::recipient),
     };
-    let delivery = Delivery::new(targets, owner, shared.clock.clone(), shared.metrics.clone());
-    Enricher::new(
-        delivery,
-        settings.max_campaign_bytes,
-        shared.clock.clone(),
-        shared.metrics.clone(),
-    )
-    .start()
+    let delivery = Delivery::new(targets, owner, shared.clone());
+    Enricher::new(delivery, settings.max_campaign_bytes, shared.clone()).start()
 }
 
 /// Starts the cache; the receiver learns of each snapshot loaded.
