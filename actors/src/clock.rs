@@ -2,7 +2,7 @@
 //!
 //! Every "now" the service uses comes from here: the active-window rule, `trigger_datetime_created`,
 //! latency, the age of the subscriber snapshot. Code that must be tested at a chosen instant takes
-//! a [`Clock`] (handed out in [`crate::shared::Shared`]) instead of calling [`unix_secs`].
+//! a [`Clock`] (handed to it in the shared context) instead of calling [`unix_secs`].
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,9 +1,9 @@
 //! What the customer's brief fixes, written down once: the sample input, the output example, the
 //! two tables, and the columns that hold a notification.
 //!
-//! Parsing lives in [`crate::campaign`] and the one encoder of the output JSON in
-//! [`crate::notification`]; they and the SQL of the writers and of recovery refer to this module,
-//! so that a field is never spelled in one place and forgotten in another. Tests, the demo and the
+//! Parsing lives in the campaign module and the one encoder of the output JSON in the
+//! notification module; they and the SQL of the writers and of recovery refer to this module, so
+//! that a field is never spelled in one place and forgotten in another. Tests, the demo and the
 //! benchmark use the samples from here.
 
 /// The brief's sample campaign, in the brief's own `key:json` form (what `kcat -K:` sends).

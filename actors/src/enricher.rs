@@ -10,10 +10,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
+use crate::cache::SnapshotLoaded;
 use crate::campaign::{parse_campaign, split_inline_key, Activity};
 use crate::delivery::Delivery;
 use crate::events::{CampaignRejected, Event};
-use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, SnapshotLoaded};
+use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign};
 use crate::metrics::DeadLetterReason;
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;

@@ -1,14 +1,13 @@
-//! Every message that crosses an actor boundary.
+//! The messages several actors share: a campaign and its outcome, clearing outbox marks, draining
+//! the reader, closing a writer. A wing's own messages live in it (the cache's `SnapshotLoaded`
+//! and `RefreshCache`, the writers' `Write`).
 //!
-//! Commands are imperative (`ProcessCampaign`, `WriteBatch`), events past tense
-//! (`SnapshotLoaded`). The data path uses `send()` and awaits it, so a full mailbox slows the
-//! sender down; only control messages use `do_send`.
-
-use std::sync::Arc;
+//! Commands are imperative (`ProcessCampaign`, `Drain`), events past tense (`SnapshotLoaded`). The
+//! data path uses `send()` and awaits it, so a full mailbox slows the sender down; only control
+//! messages use `do_send`.
 
 use actix::Message;
 
-use crate::cache::snapshot::Snapshot;
 use crate::campaign::Rejection;
 use crate::metrics::Outcome;
 use crate::notification::SourceRef;
@@ -70,11 +69,6 @@ impl CampaignOutcome {
     }
 }
 
-/// A new subscriber snapshot is ready; the enricher uses it for every campaign from now on.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SnapshotLoaded(pub Arc<Snapshot>);
-
 /// Clear these outbox marks: Kafka acknowledged every notification they list.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -103,8 +97,3 @@ pub struct Close;
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct IsConnected;
-
-/// Reload the subscriber snapshot now instead of at the next tick.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RefreshCache;

@@ -4,7 +4,7 @@
 //! Names follow `campaign_notifier_<what>_<unit>`, counters end in `_total`, durations in
 //! `_seconds`. Labels are bounded: a sink, a reason code, an outcome; never an id, an offset or
 //! error text. Every value of every label enum is exported at 0 from the start. What the service
-//! counts and logs together is emitted through [`crate::events`], so a counter and its log line
+//! counts and logs together is emitted through the events module, so a counter and its log line
 //! cannot drift apart.
 
 use prometheus::core::Collector;

@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::cache::{SnapshotInfo, SubscriberCache};
+use crate::cache::{RefreshCache, SnapshotInfo, SubscriberCache};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
 use crate::ledger::{Ledger, OutputTarget};
-use crate::messages::{Close, Drain, DrainReport, RefreshCache};
+use crate::messages::{Close, Drain, DrainReport};
 use crate::metrics::Metrics;
 use crate::reader::KafkaReader;
 use crate::shared::{FatalReason, Shared};

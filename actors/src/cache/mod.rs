@@ -8,4 +8,4 @@
 pub mod snapshot;
 pub mod subscriber_cache;
 
-pub use subscriber_cache::{load, SnapshotInfo, SubscriberCache};
+pub use subscriber_cache::{load, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache};

@@ -18,13 +18,22 @@ use tokio_postgres::types::Type;
 
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::events::{CacheLoadFailed, CacheLoaded, Event};
-use crate::messages::{RefreshCache, SnapshotLoaded};
 use crate::metrics::ActorKind;
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
 const COPY: &str = "COPY (SELECT restaurant_id, client_id FROM public.subscribers_restaurants) \
                     TO STDOUT (FORMAT binary)";
+
+/// A new subscriber snapshot is ready; the enricher uses it for every campaign from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotLoaded(pub Arc<Snapshot>);
+
+/// Reload the subscriber snapshot now instead of at the next tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshCache;
 
 /// Summary of the loaded snapshot, published for readiness and for whoever starts the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The `Ledger` actor: holds this process's owner lock, clears acknowledged marks in batches off
 //! the data path, and sweeps for owners that died.
 //!
-//! At start-up recovery runs before the reader (see [`crate::pipeline`]); while running, every
+//! At start-up recovery runs before the reader (the pipeline sees to it); while running, every
 //! `SWEEP_INTERVAL` the ledger looks for owners that died (a peer in the same consumer group),
 //! taking over only marks older than `[ledger] takeover_after_secs`: a peer whose connection to
 //! Postgres dropped for a moment loses its lock but is still sending, and must be given time to

@@ -75,7 +75,7 @@ pub struct ReaderSettings {
     pub group_id: String,
     pub auto_offset_reset: String,
     pub max_in_flight: usize,
-    /// See [`crate::orphan_watch`]; `None` turns the watch off.
+    /// See [`super::orphan_watch`]; `None` turns the watch off.
     pub orphan_stall: Option<Duration>,
     pub overrides: Vec<(String, String)>,
 }

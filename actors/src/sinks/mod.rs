@@ -5,7 +5,7 @@
 //! connects and writes a group: [`kafka_writer`] (the output topic), [`pg_writer`]
 //! (`subscribers_feedback` plus the outbox mark) and [`dead_letter_writer`] (the dead-letter topic).
 //!
-//! Must not touch: the order of the writes across sinks (that is [`crate::delivery`]'s), offsets
+//! Must not touch: the order of the writes across sinks (that is the delivery module's), offsets
 //! (the reader's), or the outbox beyond inserting marks (the ledger's).
 
 pub mod dead_letter_writer;
