@@ -58,9 +58,6 @@ macro_rules! notification_columns {
     };
 }
 
-/// The same, as a string.
-pub const NOTIFICATION_COLUMNS: &str = notification_columns!();
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,7 +67,7 @@ mod tests {
         let example: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(OUTPUT_EXAMPLE).unwrap();
         let fields: Vec<&str> = example.keys().map(String::as_str).collect();
-        let columns: Vec<&str> = NOTIFICATION_COLUMNS.split(", ").collect();
+        let columns: Vec<&str> = notification_columns!().split(", ").collect();
         let mut fields = fields;
         let mut sorted = columns.clone();
         fields.sort_unstable();
@@ -86,7 +83,7 @@ mod tests {
 
     #[test]
     fn every_notification_column_is_in_the_feedback_table() {
-        for column in NOTIFICATION_COLUMNS.split(", ") {
+        for column in notification_columns!().split(", ") {
             assert!(
                 SUBSCRIBERS_FEEDBACK_DDL.contains(&format!("    {column} ")),
                 "{column}"

@@ -63,7 +63,7 @@ impl Delivery {
         let job = PgJob::new(batch.clone(), &mut self.tokens);
         let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
         let (kafka, ledger) = (self.targets.kafka.clone(), self.targets.ledger.clone());
-        let clock = self.shared.clock.clone();
+        let clock = self.shared.clock;
         async move {
             let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
                 Ok(inserted) => inserted,
