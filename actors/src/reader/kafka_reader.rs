@@ -165,11 +165,10 @@ async fn read_loop(
         shared,
         ..
     } = state;
-    let state_fatal = shared.fatal;
     drop(in_flight);
     let committed = commit_final(consumer, &topic, &tracker).await;
     if broken {
-        state_fatal.raise(FatalReason::CampaignUnconfirmed);
+        shared.fatal.raise(FatalReason::CampaignUnconfirmed);
     }
     DrainReport {
         abandoned,

@@ -1,4 +1,4 @@
-//! The supervised writer both sinks share: batching, retries, restarts with backoff.
+//! The supervised writer every sink runs in: batching, retries, restarts with backoff.
 //!
 //! [`Writer`] owns the jobs; a [`Sink`] only knows how to connect and how to write a group of
 //! batches. Jobs stay in the actor's state until the sink confirmed them, and a restart keeps the
@@ -22,7 +22,6 @@ use futures::channel::oneshot;
 use crate::events::{Event, SinkWriteFailed, SinkWritten};
 use crate::messages::{Close, IsConnected};
 use crate::metrics::{ErrorClass, SinkKind};
-use crate::notification::NotificationBatch;
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
@@ -72,12 +71,6 @@ pub trait Rows {
     fn rows(&self) -> usize;
 }
 
-impl Rows for NotificationBatch {
-    fn rows(&self) -> usize {
-        self.len()
-    }
-}
-
 /// One destination of notifications.
 pub trait Sink: Sized + 'static {
     /// Which sink it is, in metrics and logs.
@@ -85,7 +78,7 @@ pub trait Sink: Sized + 'static {
     /// Writes that may be under way at once.
     const MAX_CONCURRENT_WRITES: usize;
     type Config: Clone + Send + Unpin + 'static;
-    /// One job, as the enricher sends it.
+    /// One job, as delivery sends it.
     type Item: Rows + Send + Sync + 'static;
     /// What the writer answers for one job once it is written.
     type Output: Send + 'static;
