@@ -749,19 +749,10 @@ impl Bench<'_> {
     async fn pipeline(&self, w: &Workload) -> BenchResult<(Service, PipelineRun)> {
         progress("(d) pipeline");
         let mut service = self.start_service().await?;
-        service.want += w.campaigns.len() as u64;
-        let Service {
-            metrics,
-            producer,
-            input,
-            want,
-            ..
-        } = &service;
         let others_before = others_cpu_seconds();
         let cpu_before = cpu_seconds();
         let started = Instant::now();
-        produce_campaigns(producer, input, &w.campaigns).await?;
-        wait_processed(metrics, *want, "(d)", || {}).await?;
+        service.run(&w.campaigns, "(d)", |_| {}).await?;
         let d = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - cpu_before;
         let d_others = others_cpu_seconds();
@@ -894,13 +885,6 @@ level = "warn"
     /// memory sampled while each drains.
     async fn backlog(&self, service: &mut Service) -> BenchResult<Vec<(u64, u64, f64)>> {
         let (args, now) = (self.args, self.now);
-        let Service {
-            metrics,
-            producer,
-            input,
-            want,
-            ..
-        } = service;
         let mut backlog_peaks = Vec::new();
         let mut first_id = 4_000_000;
         for n in [args.backlog_campaigns, args.backlog_campaigns * 10] {
@@ -909,15 +893,12 @@ level = "warn"
                 .map(|i| campaign(first_id + i, LATENCY_RESTAURANT, now))
                 .collect();
             first_id += n;
-            *want += n as u64;
             let start_rss = resident_bytes();
             let mut peak = start_rss;
             let started = Instant::now();
-            produce_campaigns(producer, input, &campaigns).await?;
-            wait_processed(metrics, *want, "backlog", || {
-                peak = peak.max(resident_bytes());
-            })
-            .await?;
+            service
+                .run(&campaigns, "backlog", |_| peak = peak.max(resident_bytes()))
+                .await?;
             let rate = (n * args.latency_fanout) as f64 / started.elapsed().as_secs_f64();
             backlog_peaks.push((start_rss, peak, rate.round()));
         }
@@ -928,25 +909,20 @@ level = "warn"
     /// back.
     async fn reloads(&self, service: &mut Service) -> BenchResult<Reloads> {
         let (args, now) = (self.args, self.now);
-        let Service {
-            pipeline,
-            metrics,
-            producer,
-            input,
-            want,
-        } = service;
         progress("(e) pipeline while the cache reloads");
         let again: Vec<Campaign> = (0..args.campaigns)
             .map(|i| campaign(1_000_000 + i, &restaurant_id(i % args.restaurants), now))
             .collect();
-        *want += again.len() as u64;
-        let reloads_before = metrics.cache_refresh_duration.get_sample_count();
-        let reload_secs_before = metrics.cache_refresh_duration.get_sample_sum();
+        let refreshes = &service.metrics.cache_refresh_duration;
+        let (reloads_before, reload_secs_before) =
+            (refreshes.get_sample_count(), refreshes.get_sample_sum());
         let started = Instant::now();
-        produce_campaigns(producer, input, &again).await?;
         // A request while a load runs is ignored, so asking on every tick reloads back to back.
-        wait_processed(metrics, *want, "(e)", || pipeline.refresh_cache()).await?;
+        service
+            .run(&again, "(e)", |pipeline| pipeline.refresh_cache())
+            .await?;
         let e = started.elapsed().as_secs_f64();
+        let metrics = &service.metrics;
         let reloads = metrics.cache_refresh_duration.get_sample_count() - reloads_before;
         let reload_secs = metrics.cache_refresh_duration.get_sample_sum() - reload_secs_before;
         Ok(Reloads {
@@ -958,6 +934,20 @@ level = "warn"
 }
 
 impl Service {
+    /// Produces `campaigns` at once and waits until the service has processed them and all
+    /// produced before; `tick` runs at each check.
+    async fn run(
+        &mut self,
+        campaigns: &[Campaign],
+        phase: &str,
+        mut tick: impl FnMut(&Pipeline),
+    ) -> BenchResult<()> {
+        self.want += campaigns.len() as u64;
+        produce_campaigns(&self.producer, &self.input, campaigns).await?;
+        let pipeline = &self.pipeline;
+        wait_processed(&self.metrics, self.want, phase, || tick(pipeline)).await
+    }
+
     /// Shuts the service down; an error unless it wrote `expected` notifications to each sink.
     async fn finish(self, expected: usize) -> BenchResult<()> {
         let Service {
