@@ -11,6 +11,12 @@ use crate::metrics::RejectCode;
 /// (milliseconds instead of seconds) or garbage.
 pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
 
+/// Longest `restaurant_id` and `adv_campaign_id` accepted, in bytes. Both are part of the key that
+/// keeps notifications unique in Postgres, whose index refuses entries over 2 704 bytes: a longer
+/// id would be refused by the database every time it is written. The contract's ids are UUIDs
+/// (36 bytes).
+pub const MAX_ID_BYTES: usize = 256;
+
 /// A validated campaign: every field present, typed, non-empty, and `start <= end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Campaign {
@@ -28,6 +34,7 @@ pub struct Campaign {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
     TooLarge { bytes: usize, limit: usize },
+    TooLong { field: &'static str, bytes: usize },
     NotUtf8,
     NotJson(String),
     MissingField(&'static str),
@@ -43,6 +50,7 @@ impl Rejection {
     pub fn code(&self) -> RejectCode {
         match self {
             Rejection::TooLarge { .. } => RejectCode::TooLarge,
+            Rejection::TooLong { .. } => RejectCode::TooLong,
             Rejection::NotUtf8 => RejectCode::NotUtf8,
             Rejection::NotJson(_) => RejectCode::NotJson,
             Rejection::MissingField(_) => RejectCode::MissingField,
@@ -61,6 +69,10 @@ impl std::fmt::Display for Rejection {
             Rejection::TooLarge { bytes, limit } => {
                 write!(f, "message is {bytes} bytes, more than the {limit} allowed")
             }
+            Rejection::TooLong { field, bytes } => write!(
+                f,
+                "field {field} is {bytes} bytes long, more than the {MAX_ID_BYTES} allowed"
+            ),
             Rejection::NotUtf8 => write!(f, "message is not valid UTF-8"),
             Rejection::NotJson(e) => write!(f, "message is not a JSON object: {e}"),
             Rejection::MissingField(field) => write!(f, "field {field} is missing"),
@@ -159,8 +171,8 @@ pub fn parse_campaign(json: &[u8], max_bytes: usize) -> Result<Campaign, Rejecti
     let raw: RawCampaign<'_> =
         serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
     let campaign = Campaign {
-        restaurant_id: text_field("restaurant_id", raw.restaurant_id)?,
-        adv_campaign_id: text_field("adv_campaign_id", raw.adv_campaign_id)?,
+        restaurant_id: id_field("restaurant_id", raw.restaurant_id)?,
+        adv_campaign_id: id_field("adv_campaign_id", raw.adv_campaign_id)?,
         adv_campaign_content: text_field("adv_campaign_content", raw.adv_campaign_content)?,
         adv_campaign_owner: text_field("adv_campaign_owner", raw.adv_campaign_owner)?,
         adv_campaign_owner_contact: text_field(
@@ -211,6 +223,21 @@ fn text_field(
     // Postgres text cannot hold NUL; letting one through would make the row fail forever.
     if value.contains('\0') {
         return Err(Rejection::InvalidChar(field));
+    }
+    Ok(value)
+}
+
+/// A text field that is part of the notification key: bounded in length.
+fn id_field(
+    field: &'static str,
+    raw: Option<&serde_json::value::RawValue>,
+) -> Result<String, Rejection> {
+    let value = text_field(field, raw)?;
+    if value.len() > MAX_ID_BYTES {
+        return Err(Rejection::TooLong {
+            field,
+            bytes: value.len(),
+        });
     }
     Ok(value)
 }
@@ -349,6 +376,24 @@ mod tests {
             let err = parse_campaign(&with(field, value), 65536).unwrap_err();
             assert_eq!(err.code(), RejectCode::WrongType, "{field}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn ids_longer_than_the_key_allows_are_rejected() {
+        let at_limit = format!("\"{}\"", "é".repeat(MAX_ID_BYTES / 2));
+        assert!(parse_campaign(&with("adv_campaign_id", &at_limit), 65536).is_ok());
+        let over = format!("\"{}\"", "x".repeat(MAX_ID_BYTES + 1));
+        for field in ["restaurant_id", "adv_campaign_id"] {
+            assert_eq!(
+                parse_campaign(&with(field, &over), 65536),
+                Err(Rejection::TooLong {
+                    field,
+                    bytes: MAX_ID_BYTES + 1
+                })
+            );
+        }
+        // Other text is bounded by the message size only.
+        assert!(parse_campaign(&with("adv_campaign_owner", &over), 65536).is_ok());
     }
 
     #[test]

@@ -67,6 +67,7 @@ label_values! {
     /// Why a campaign message was unusable (`campaigns_rejected_total{reason}`).
     pub enum RejectCode {
         TooLarge => "too_large",
+        TooLong => "too_long",
         NotUtf8 => "not_utf8",
         NotJson => "not_json",
         MissingField => "missing_field",

@@ -1,0 +1,82 @@
+//! Poison messages and partial failures: one bad campaign never stalls the others, and nothing of
+//! it is half-written. Against the run's Tansu broker and the local Postgres; every test counts
+//! each (campaign, client) pair in both sinks. Run with `./scripts/test.sh`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+const CLIENTS: [&str; 2] = [
+    "0d000000-0000-4000-8000-000000000001",
+    "0d000000-0000-4000-8000-000000000002",
+];
+
+/// Ten ordinary campaigns of `restaurant` with `poison` produced in the middle of them, all at
+/// once so that the writers group the poison with ordinary ones; returns the ordinary ids.
+async fn ordinary_around(f: &Fixture, restaurant: &str, poison: &[u8]) -> Vec<String> {
+    let ids: Vec<String> = (0..10).map(|i| format!("c-ordinary-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 5 {
+            f.produce("poison", poison).await;
+        }
+        f.produce(id, active_campaign(restaurant, id).as_bytes())
+            .await;
+    }
+    ids
+}
+
+fn pairs(campaigns: &[String]) -> BTreeMap<(String, String), u32> {
+    campaigns
+        .iter()
+        .flat_map(|c| CLIENTS.iter().map(move |s| ((c.clone(), s.to_string()), 1)))
+        .collect()
+}
+
+/// `n` characters that do not compress (Postgres compresses a long repetitive value into a small
+/// index entry, and accepts it).
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize])
+        })
+        .collect()
+}
+
+/// The one dead letter of the test: its reason code and reason.
+fn only_dead_letter(f: &Fixture) -> (String, String) {
+    let letters = f.read_topic(&f.dead_letter_topic);
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let h = &letters[0].headers;
+    (h["dlq.reason.code"].clone(), h["dlq.reason"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_too_long_for_the_notification_key_is_dead_lettered_and_the_rest_flow() {
+    let f = Fixture::new("longid", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000001";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let service = Service::start(&f, "");
+    // Postgres refuses an index entry this large (SQLSTATE 54000) every time it is written.
+    let poison = active_campaign(restaurant, &incompressible(3000));
+    let ordinary = ordinary_around(&f, restaurant, poison.as_bytes()).await;
+    service.wait_processed(11, Duration::from_secs(30));
+
+    assert_eq!(row_pairs(&f).await, pairs(&ordinary));
+    assert_eq!(output_pairs(&f), pairs(&ordinary));
+    let (code, reason) = only_dead_letter(&f);
+    assert_eq!(code, "too_long");
+    assert!(reason.contains("adv_campaign_id"), "{reason}");
+    assert_eq!(
+        service.metric("campaign_notifier_actor_restarts_total"),
+        0.0
+    );
+    drop(service);
+    f.cleanup().await;
+}
