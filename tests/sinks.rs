@@ -10,7 +10,7 @@ use campaign_actors::cache::snapshot::SnapshotBuilder;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
 use campaign_actors::sinks::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
-use campaign_actors::sinks::Sink;
+use campaign_actors::sinks::{Sink, SinkError};
 use common::*;
 
 const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
@@ -21,6 +21,10 @@ const CLIENTS: [&str; 3] = [
 ];
 
 fn job(first_token: i64) -> Arc<PgJob> {
+    job_of("campaign-1", first_token)
+}
+
+fn job_of(campaign_id: &str, first_token: i64) -> Arc<PgJob> {
     let mut builder = SnapshotBuilder::new();
     for client in CLIENTS {
         builder.push(RESTAURANT, client);
@@ -30,7 +34,7 @@ fn job(first_token: i64) -> Arc<PgJob> {
     let now = unix_now();
     let campaign = Campaign {
         restaurant_id: RESTAURANT.into(),
-        adv_campaign_id: "campaign-1".into(),
+        adv_campaign_id: campaign_id.into(),
         adv_campaign_content: "first dish free".into(),
         adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
         adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
@@ -108,5 +112,35 @@ async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk(
             .expect("count marks")
             .get(0);
     assert_eq!(marks, 2);
+    f.cleanup().await;
+}
+
+#[actix_rt::test]
+async fn postgres_sink_calls_a_value_the_database_can_never_store_permanent() {
+    let f = Fixture::new("pgpoison", 1).await;
+    let sink = PgSink::connect(PgSinkConfig {
+        url: f.db_url.clone(),
+        owner: 7,
+    })
+    .await
+    .expect("connect");
+    // An id too long for the notification key's index entry (SQLSTATE 54000), made of characters
+    // that do not compress: Postgres refuses it the same way on every attempt.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let id: String = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize])
+        })
+        .collect();
+    for attempt in 0..2 {
+        match sink.write(vec![job_of(&id, 5_000 + attempt)]).await {
+            Err(SinkError::Permanent(reason)) => assert!(reason.contains("54000"), "{reason}"),
+            other => panic!("attempt {attempt}: expected a permanent refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(f.feedback_rows().await.len(), 0, "nothing half-written");
     f.cleanup().await;
 }

@@ -94,10 +94,10 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     Ok(())
 }
 
-/// Whether an error is the data's fault: data errors (class 22) and constraint violations
-/// (class 23) fail the same way every time; anything else (connection lost, server shutting
-/// down, out of resources) may pass.
+/// Whether an error is the data's fault and fails the same way every time: data errors (class
+/// 22), constraint violations (class 23) and program limits such as an index entry too large
+/// (class 54). Anything else (connection lost, server shutting down, out of resources) may pass.
 pub fn is_permanent(e: &tokio_postgres::Error) -> bool {
     e.code()
-        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23"))
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23" | "54"))
 }
