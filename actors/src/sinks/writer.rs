@@ -284,11 +284,16 @@ impl<S: Sink> Writer<S> {
                             let _ = job.done.send(Err(e.clone()));
                         }
                     }
-                    // One of the group is bad; write each alone to find it and keep the others.
-                    SinkError::Permanent(_) => self.requeue_front(jobs.into_iter().map(|mut j| {
-                        j.alone = true;
-                        j
-                    })),
+                    // One of the group is bad; write each alone to find it and keep the others,
+                    // once what of the group did land is known.
+                    SinkError::Permanent(_) => {
+                        self.requeue_front(jobs.into_iter().map(|mut j| {
+                            j.alone = true;
+                            j
+                        }));
+                        self.reconcile_then_flush(ctx);
+                        return;
+                    }
                     SinkError::Retriable(_) | SinkError::Canceled => {
                         self.restarts.failed();
                         self.requeue_front(jobs.into_iter());
@@ -309,28 +314,35 @@ impl<S: Sink> Writer<S> {
         }
     }
 
-    /// After a reconnect: jobs whose earlier write may have landed are checked against the sink
-    /// before anything is written again, so a retry never writes a notification twice.
+    /// After a reconnect, or after a group was refused: jobs whose earlier write may have landed
+    /// in part are checked against the sink before anything is written again, so a retry never
+    /// writes a notification twice. Requeued jobs go to the front, so those are a prefix of the
+    /// queue; nothing else runs while the check does (`ctx.wait`).
     fn reconcile_then_flush(&mut self, ctx: &mut Context<Self>) {
         let Some(sink) = self.sink.clone() else {
             return;
         };
-        if !self.pending.iter().any(|j| j.attempted) {
+        let attempted = self.pending.iter().take_while(|j| j.attempted).count();
+        if attempted == 0 {
             self.flush(ctx, true);
             self.finish_close_if_idle(ctx);
             return;
         }
-        let items: Vec<_> = self.pending.iter().map(|j| j.item.clone()).collect();
+        let items: Vec<_> = self
+            .pending
+            .iter()
+            .take(attempted)
+            .map(|j| j.item.clone())
+            .collect();
         ctx.wait(
             sink.reconcile(items)
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(items) => {
-                        act.pending_rows = 0;
                         for (job, item) in act.pending.iter_mut().zip(items) {
+                            act.pending_rows = act.pending_rows - job.item.rows() + item.rows();
                             job.item = item;
                             job.attempted = false;
-                            act.pending_rows += job.item.rows();
                         }
                         act.flush(ctx, true);
                         act.finish_close_if_idle(ctx);
@@ -498,6 +510,9 @@ mod tests {
         write_faults: VecDeque<Fault>,
         /// Ids the sink refuses for good, whatever group they are in.
         refused: HashSet<u32>,
+        /// A refusal lands the rest of the group (as a broker acknowledges the other records of
+        /// a produce request it refuses one record of).
+        refusal_lands_the_rest: bool,
         connects: u32,
         reconciled: Vec<Vec<u32>>,
         groups: Vec<Vec<u32>>,
@@ -554,6 +569,10 @@ mod tests {
                     let ids: Vec<u32> = items.iter().flat_map(|i| i.0.iter().copied()).collect();
                     s.groups.push(ids.clone());
                     if ids.iter().any(|id| s.refused.contains(id)) {
+                        if s.refusal_lands_the_rest {
+                            let landed = ids.iter().filter(|id| !s.refused.contains(id));
+                            s.stored.extend(landed);
+                        }
                         return Err(SinkError::Permanent("value refused".into()));
                     }
                     match s.write_faults.pop_front() {
@@ -705,6 +724,29 @@ mod tests {
                 .get(),
             2,
             "the group, then the job alone"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_group_refused_in_part_is_reconciled_before_its_jobs_are_written_again() {
+        let handle = Handle::default();
+        handle.with(|s| {
+            s.refused.insert(40);
+            s.refusal_lands_the_rest = true;
+            s.write_delay = Duration::from_millis(50);
+        });
+        let (addr, _metrics, _fatal) = start(&handle, settings());
+        let answers = write_all(&addr, &[&[1], &[2], &[30, 40], &[5]]).await;
+        assert!(
+            matches!(answers[2], Err(SinkError::Permanent(_))),
+            "{answers:?}"
+        );
+        assert_eq!(answers[1], Ok(0), "job 2 had landed with the refused group");
+        assert_eq!(answers[3], Ok(0), "so had job 5");
+        assert_eq!(
+            handle.with(|s| sorted(s.stored.clone())),
+            vec![1, 2, 5, 30],
+            "each landed id once"
         );
     }
 
