@@ -28,6 +28,11 @@ use crate::supervision::{RestartPolicy, Restarts};
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A group that failed this many times with retriable errors is split, each job written alone.
+const SPLIT_AFTER_FAILURES: u32 = 2;
+/// A job that failed alone this many times, each time after other writes had gone through since
+/// its previous failure, fails the same way every time: it is refused for good.
+const POISON_STRIKES: u32 = 2;
 
 /// How a sink error is handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,10 +135,49 @@ pub struct WriterSettings {
 struct Job<S: Sink> {
     item: Arc<S::Item>,
     done: oneshot::Sender<Result<S::Output, SinkError>>,
-    /// Written alone: it was part of a group the sink refused, and is being isolated.
+    /// Written alone: it was part of a group the sink refused or kept failing on.
     alone: bool,
     /// A write of it was started: after a failure its fate is unknown until reconciled.
     attempted: bool,
+    suspicion: Suspicion,
+}
+
+impl<S: Sink> Job<S> {
+    fn new(item: Arc<S::Item>, done: oneshot::Sender<Result<S::Output, SinkError>>) -> Job<S> {
+        Job {
+            item,
+            done,
+            alone: false,
+            attempted: false,
+            suspicion: Suspicion::default(),
+        }
+    }
+}
+
+/// What a job's retriable failures say about it. A sink that is down fails every write; a job
+/// the sink can never take (a value the database refuses with an error it reports as transient,
+/// say) fails while other writes go through. Only the second kind is refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Suspicion {
+    /// Retriable failures of writes that held the job.
+    failures: u32,
+    /// Failures alone with other writes gone through since the job's previous failure.
+    strikes: u32,
+    /// How many writes had gone through at its last failure.
+    successes_at_failure: u64,
+}
+
+impl Suspicion {
+    /// Records a retriable failure of a write of `jobs` jobs, `successes` writes having gone
+    /// through so far; true when the job is now known to fail every time.
+    fn failed(&mut self, jobs: usize, successes: u64) -> bool {
+        self.failures += 1;
+        if jobs == 1 && successes > self.successes_at_failure {
+            self.strikes += 1;
+        }
+        self.successes_at_failure = successes;
+        self.strikes >= POISON_STRIKES
+    }
 }
 
 pub struct Writer<S: Sink> {
@@ -148,6 +192,11 @@ pub struct Writer<S: Sink> {
     linger_armed: bool,
     closing: Option<Vec<oneshot::Sender<()>>>,
     restarts: Restarts,
+    /// Writes that went through: the evidence that the sink itself is healthy.
+    successes: u64,
+    /// Jobs whose write failed alone, held back so that the others go first; released (and
+    /// reconciled) once another write went through, or after `hold` when nothing else waits.
+    suspects: VecDeque<(Job<S>, Instant)>,
 }
 
 impl<S: Sink> Writer<S> {
@@ -163,6 +212,8 @@ impl<S: Sink> Writer<S> {
             linger_armed: false,
             closing: None,
             restarts: Restarts::new(S::KIND.writer(), settings.restart.clone()),
+            successes: 0,
+            suspects: VecDeque::new(),
             shared,
             settings,
         }
@@ -173,6 +224,7 @@ impl<S: Sink> Writer<S> {
             .in_flight
             .values()
             .flatten()
+            .chain(self.suspects.iter().map(|(j, _)| j))
             .map(|j| j.item.rows())
             .sum();
         self.shared
@@ -254,6 +306,7 @@ impl<S: Sink> Writer<S> {
         match result {
             Ok(outputs) => {
                 self.restarts.succeeded();
+                self.successes += 1;
                 let mut added = 0;
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     added += S::rows_written(&job.item, &output);
@@ -266,7 +319,12 @@ impl<S: Sink> Writer<S> {
                     took: started.elapsed(),
                 }
                 .emit(&self.shared.metrics);
-                self.flush(ctx, false);
+                if self.suspects.is_empty() {
+                    self.flush(ctx, false);
+                } else {
+                    // The sink took a write: the suspects may be tried again.
+                    self.release_suspects(ctx);
+                }
                 self.finish_close_if_idle(ctx);
             }
             Err(e) => {
@@ -296,7 +354,7 @@ impl<S: Sink> Writer<S> {
                     }
                     SinkError::Retriable(_) | SinkError::Canceled => {
                         self.restarts.failed();
-                        self.requeue_front(jobs.into_iter());
+                        self.retry_later(jobs, &e);
                         ctx.stop();
                         return;
                     }
@@ -305,6 +363,76 @@ impl<S: Sink> Writer<S> {
                 self.finish_close_if_idle(ctx);
             }
         }
+    }
+
+    /// After a retriable failure: a group that keeps failing is split; a job that failed alone
+    /// waits among the suspects so that the others go first; one that keeps failing while others
+    /// go through is refused for good (and delivery dead-letters it).
+    fn retry_later(&mut self, jobs: Vec<Job<S>>, error: &SinkError) {
+        let count = jobs.len();
+        let mut again = Vec::with_capacity(count);
+        for mut job in jobs {
+            if job.suspicion.failed(count, self.successes) {
+                let reason = format!(
+                    "failed {} times, {} of them alone while other writes went through: {error}",
+                    job.suspicion.failures, job.suspicion.strikes
+                );
+                log::error!(
+                    "{}: a job of {} notifications keeps failing while others are written; refusing it: {error}",
+                    S::KIND.writer().name(),
+                    job.item.rows()
+                );
+                let _ = job.done.send(Err(SinkError::Permanent(reason)));
+            } else if count == 1 {
+                job.alone = true;
+                self.suspects.push_back((job, Instant::now() + self.hold()));
+            } else {
+                job.alone |= job.suspicion.failures >= SPLIT_AFTER_FAILURES;
+                again.push(job);
+            }
+        }
+        self.requeue_front(again.into_iter());
+    }
+
+    /// How long a suspect waits when nothing else is written: long enough that retrying one job
+    /// alone, which restarts the writer each time it fails, stays within half the restart limit.
+    fn hold(&self) -> Duration {
+        let restart = &self.settings.restart;
+        let spacing = restart.window * 2 / restart.limit.unwrap_or(u32::MAX).max(1);
+        spacing.max(restart.backoff_max)
+    }
+
+    /// Puts the suspects back in the queue, behind what waits, once what of them landed before
+    /// is known.
+    fn release_suspects(&mut self, ctx: &mut Context<Self>) {
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        let suspects: Vec<Job<S>> = self.suspects.drain(..).map(|(job, _)| job).collect();
+        let items: Vec<_> = suspects.iter().map(|j| j.item.clone()).collect();
+        ctx.wait(sink.reconcile(items).into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(items) => {
+                    for (mut job, item) in suspects.into_iter().zip(items) {
+                        job.item = item;
+                        job.attempted = false;
+                        act.pending_rows += job.item.rows();
+                        act.pending.push_back(job);
+                    }
+                    act.flush(ctx, false);
+                }
+                Err(e) => {
+                    act.suspects
+                        .extend(suspects.into_iter().map(|j| (j, Instant::now())));
+                    act.restarts.failed();
+                    log::warn!(
+                        "{}: cannot check what was written before: {e}",
+                        S::KIND.writer().name()
+                    );
+                    ctx.stop();
+                }
+            },
+        ));
     }
 
     fn requeue_front(&mut self, jobs: impl DoubleEndedIterator<Item = Job<S>>) {
@@ -411,6 +539,14 @@ impl<S: Sink> Actor for Writer<S> {
                             act.restarts.failed();
                             log::warn!("{}: connection lost, restarting", S::KIND.writer().name());
                             ctx.stop();
+                        } else if act.pending.is_empty()
+                            && act.in_flight.is_empty()
+                            && act
+                                .suspects
+                                .front()
+                                .is_some_and(|(_, until)| *until <= Instant::now())
+                        {
+                            act.release_suspects(ctx);
                         }
                     });
                 }
@@ -451,12 +587,7 @@ impl<S: Sink> Handler<Write<S>> for Writer<S> {
     fn handle(&mut self, msg: Write<S>, ctx: &mut Context<Self>) -> Self::Result {
         let (done, rx) = oneshot::channel();
         self.pending_rows += msg.0.rows();
-        self.pending.push_back(Job {
-            item: msg.0,
-            done,
-            alone: false,
-            attempted: false,
-        });
+        self.pending.push_back(Job::new(msg.0, done));
         self.flush(ctx, false);
         Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) })
     }
@@ -510,6 +641,8 @@ mod tests {
         write_faults: VecDeque<Fault>,
         /// Ids the sink refuses for good, whatever group they are in.
         refused: HashSet<u32>,
+        /// Ids whose writes fail with a retriable error, every time (a poison the sink misreports).
+        failing: HashSet<u32>,
         /// A refusal lands the rest of the group (as a broker acknowledges the other records of
         /// a produce request it refuses one record of).
         refusal_lands_the_rest: bool,
@@ -575,6 +708,9 @@ mod tests {
                         }
                         return Err(SinkError::Permanent("value refused".into()));
                     }
+                    if ids.iter().any(|id| s.failing.contains(id)) {
+                        return Err(SinkError::Retriable("statement failed".into()));
+                    }
                     match s.write_faults.pop_front() {
                         Some(Fault::Fail) => Err(SinkError::Retriable("connection reset".into())),
                         Some(Fault::LandThenFail) => {
@@ -627,8 +763,8 @@ mod tests {
             restart: RestartPolicy {
                 backoff_initial: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(5),
-                limit: Some(5),
-                window: Duration::from_secs(60),
+                limit: Some(20),
+                window: Duration::from_secs(2),
             },
         }
     }
@@ -750,6 +886,80 @@ mod tests {
         );
     }
 
+    /// Sends every job at once and waits at most `secs` for every answer.
+    async fn write_all_within(
+        addr: &Addr<Writer<MemorySink>>,
+        jobs: &[&[u32]],
+        secs: u64,
+    ) -> Vec<Result<usize, SinkError>> {
+        tokio::time::timeout(Duration::from_secs(secs), write_all(addr, jobs))
+            .await
+            .expect("every job answered in time")
+    }
+
+    #[actix_rt::test]
+    async fn a_job_that_keeps_failing_while_others_go_through_is_isolated_and_refused() {
+        let handle = Handle::default();
+        handle.with(|s| {
+            s.failing.insert(40);
+            s.write_delay = Duration::from_millis(50);
+        });
+        let (addr, metrics, fatal) = start(&handle, settings());
+        let answers = write_all_within(&addr, &[&[1], &[2], &[30, 40], &[5]], 10).await;
+        assert_eq!(answers[0], Ok(1));
+        assert_eq!(answers[1], Ok(1));
+        match &answers[2] {
+            Err(SinkError::Permanent(reason)) => {
+                assert!(reason.contains("statement failed"), "{reason}")
+            }
+            other => panic!("the poison job: {other:?}"),
+        }
+        assert_eq!(answers[3], Ok(1));
+        assert_eq!(handle.with(|s| sorted(s.stored.clone())), vec![1, 2, 5]);
+        assert!(
+            fatal.borrow().is_none(),
+            "isolated before the restart limit"
+        );
+        assert!(restarts(&metrics) <= 4, "{} restarts", restarts(&metrics));
+    }
+
+    #[actix_rt::test]
+    async fn a_job_that_fails_alone_with_no_other_write_going_through_is_not_refused() {
+        let handle = Handle::default();
+        handle.with(|s| s.failing.insert(7));
+        let mut settings = settings();
+        settings.restart.limit = Some(100);
+        let (addr, _metrics, _fatal) = start(&handle, settings);
+        let poison = addr.send(Write::<MemorySink>(Arc::new(Ids(vec![7]))));
+        let mut poison = Box::pin(poison);
+        // Alone, nothing says the sink is healthy: the job is held, tried again later, and kept.
+        let early = tokio::time::timeout(Duration::from_millis(2500), &mut poison).await;
+        assert!(early.is_err(), "answered without evidence: {early:?}");
+        assert!(handle.with(|s| s.groups.len()) >= 2, "it was tried again");
+        // Other writes going through are that evidence.
+        for id in [8, 9] {
+            let answers = write_all_within(&addr, &[&[id]], 10).await;
+            assert_eq!(answers, vec![Ok(1)]);
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), poison)
+            .await
+            .expect("answered")
+            .expect("writer alive");
+        assert!(matches!(answer, Err(SinkError::Permanent(_))), "{answer:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_sink_failing_every_write_for_a_while_refuses_nothing() {
+        let handle = Handle::default();
+        handle.with(|s| s.write_faults.extend([Fault::Fail; 8]));
+        let mut settings = settings();
+        settings.restart.limit = Some(100);
+        let (addr, _metrics, _fatal) = start(&handle, settings);
+        let answers = write_all_within(&addr, &[&[1], &[2, 3], &[4]], 20).await;
+        assert_eq!(answers, vec![Ok(1), Ok(2), Ok(1)]);
+        assert_eq!(handle.with(|s| sorted(s.stored.clone())), vec![1, 2, 3, 4]);
+    }
+
     #[actix_rt::test]
     async fn after_a_reconnect_what_already_landed_is_not_written_again() {
         let shared = Handle::default();
@@ -791,6 +1001,7 @@ mod tests {
         shared.with(|s| s.connect_faults.extend([Fault::Fail; 10]));
         let mut settings = settings();
         settings.restart.limit = Some(2);
+        settings.restart.window = Duration::from_secs(60);
         let (_addr, _metrics, mut fatal) = start(&shared, settings);
         let reason = tokio::time::timeout(Duration::from_secs(5), fatal.wait_for(Option::is_some))
             .await
