@@ -80,3 +80,90 @@ async fn an_id_too_long_for_the_notification_key_is_dead_lettered_and_the_rest_f
     drop(service);
     f.cleanup().await;
 }
+
+/// A campaign a sink refuses: none of its notifications in either sink, the campaign in the
+/// dead-letter topic with the sink's reason, and every ordinary campaign delivered exactly once.
+async fn assert_refused_and_the_rest_delivered(f: &Fixture, ordinary: &[String], sink: &str) {
+    assert_eq!(row_pairs(f).await, pairs(ordinary), "Postgres");
+    assert_eq!(output_pairs(f), pairs(ordinary), "Kafka");
+    let marks: i64 =
+        f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(marks, 0, "no outbox mark left behind");
+    let (code, reason) = only_dead_letter(f);
+    assert_eq!(code, "sink_refused");
+    assert!(reason.contains(sink), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_postgres_refuses_is_dead_lettered_and_the_rest_flow() {
+    let f = Fixture::new("pgrefuses", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000002";
+    f.subscribe(restaurant, &CLIENTS).await;
+    // A rule of the app's own: a value it does not accept (SQLSTATE 23514, the data's fault).
+    f.db.batch_execute(
+        "ALTER TABLE subscribers_feedback ADD CONSTRAINT no_refused_campaigns \
+         CHECK (adv_campaign_id <> 'c-refused') NOT VALID",
+    )
+    .await
+    .unwrap();
+    let service = Service::start(&f, "");
+    let poison = active_campaign(restaurant, "c-refused");
+    let ordinary = ordinary_around(&f, restaurant, poison.as_bytes()).await;
+    service.wait_processed(11, Duration::from_secs(30));
+    assert_refused_and_the_rest_delivered(&f, &ordinary, "postgres").await;
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_postgres_keeps_failing_on_is_isolated_dead_lettered_and_the_rest_flow() {
+    let f = Fixture::new("pgfails", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000003";
+    f.subscribe(restaurant, &CLIENTS).await;
+    // A failure the service cannot tell from a transient one (SQLSTATE XX000), every time this
+    // campaign is written.
+    f.db.batch_execute(
+        "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.adv_campaign_id = 'c-poison' THEN
+             RAISE EXCEPTION 'cannot store this one' USING ERRCODE = 'XX000';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_poison BEFORE INSERT ON subscribers_feedback
+           FOR EACH ROW EXECUTE FUNCTION fail_poison();",
+    )
+    .await
+    .unwrap();
+    let service = Service::start(&f, "");
+    let poison = active_campaign(restaurant, "c-poison");
+    let ordinary = ordinary_around(&f, restaurant, poison.as_bytes()).await;
+    service.wait_processed(11, Duration::from_secs(60));
+    assert_refused_and_the_rest_delivered(&f, &ordinary, "cannot store this one").await;
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_kafka_refuses_is_withdrawn_from_postgres_and_dead_lettered() {
+    let f = Fixture::new("kafkarefuses", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000004";
+    f.subscribe(restaurant, &CLIENTS).await;
+    // The producer takes no message over 20 000 bytes; this campaign's notifications are 30 000
+    // (Tansu enforces no topic size limit, so the producer's own limit stands in for it).
+    let service = Service::start(
+        &f,
+        "[kafka.producer]\n\"message.max.bytes\" = \"20000\"\n\"batch.size\" = \"20000\"\n",
+    );
+    let mut poison: serde_json::Value =
+        serde_json::from_str(&active_campaign(restaurant, "c-oversize")).unwrap();
+    poison["adv_campaign_content"] = "x".repeat(30_000).into();
+    let ordinary = ordinary_around(&f, restaurant, poison.to_string().as_bytes()).await;
+    service.wait_processed(11, Duration::from_secs(30));
+    assert_refused_and_the_rest_delivered(&f, &ordinary, "kafka").await;
+    drop(service);
+    f.cleanup().await;
+}

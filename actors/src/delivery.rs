@@ -8,7 +8,9 @@
 //!
 //! Only then is the campaign `Delivered`, which lets the reader store its offset. A message the
 //! service cannot use goes to the dead-letter writer instead, and counts as done once that write
-//! is confirmed.
+//! is confirmed. So does a campaign a sink refuses for good, with nothing of it left in either
+//! sink: Postgres refusing writes nothing, and the rows of a campaign Kafka refuses are withdrawn
+//! from Postgres before it is dead-lettered.
 //!
 //! Must not touch: what a campaign is (validation, the active window, the join are the
 //! enricher's) or how a sink writes (the sinks').
@@ -20,8 +22,8 @@ use actix::prelude::*;
 
 use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
-use crate::messages::{CampaignOutcome, ClearOutbox};
-use crate::metrics::SinkKind;
+use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
+use crate::metrics::{DeadLetterReason, SinkKind};
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
@@ -34,6 +36,7 @@ pub struct DeliveryTargets {
     pub postgres: Recipient<Write<PgSink>>,
     pub kafka: Recipient<Write<KafkaSink>>,
     pub ledger: Recipient<ClearOutbox>,
+    pub withdraw: Recipient<Withdraw>,
     /// `None` when no dead-letter topic is configured: unusable messages are only logged and
     /// counted.
     pub dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
@@ -56,17 +59,25 @@ impl Delivery {
     }
 
     /// Writes `batch` to both sinks in the order above; resolves with the campaign's outcome.
+    /// `origin` is the campaign's message, dead-lettered if a sink refuses the campaign.
     pub fn deliver(
         &mut self,
         batch: Arc<NotificationBatch>,
+        origin: Origin,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
         let job = PgJob::new(batch.clone(), &mut self.tokens);
         let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
         let (kafka, ledger) = (self.targets.kafka.clone(), self.targets.ledger.clone());
+        let withdraw = self.targets.withdraw.clone();
+        let refusals = self.dead_letters();
         let clock = self.shared.clock;
         async move {
             let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
                 Ok(inserted) => inserted,
+                // Its transaction was rolled back: nothing of the campaign was written.
+                Err(CampaignOutcome::SinkFailed { sink, reason }) => {
+                    return refusals.refused(&batch, origin, sink, reason).await
+                }
                 Err(outcome) => return outcome,
             };
             if inserted.clients.is_empty() {
@@ -74,22 +85,28 @@ impl Delivery {
             }
             let notifications = inserted.clients.len();
             let job = KafkaJob {
-                batch,
+                batch: batch.clone(),
                 clients: inserted.clients,
                 created_ms: clock.now_ms(),
             };
             match confirmed(SinkKind::Kafka, kafka.send(Write(Arc::new(job))).await) {
-                Ok(()) => {}
-                // Refused for good: keeping the marks would only make every later recovery
-                // try, and fail, again. The error is logged by the writer and the reader.
-                Err(outcome @ CampaignOutcome::SinkFailed { .. }) => {
+                Ok(()) => {
                     ledger.do_send(ClearOutbox(inserted.outbox_ids));
-                    return outcome;
+                    CampaignOutcome::Delivered { notifications }
                 }
-                Err(outcome) => return outcome,
+                // Refused for good: Postgres must not keep what Kafka will never have.
+                Err(CampaignOutcome::SinkFailed { sink, reason }) => {
+                    let withdrawn = withdraw.send(Withdraw(inserted.outbox_ids)).await;
+                    match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
+                        Ok(()) => refusals.refused(&batch, origin, sink, reason).await,
+                        Err(e) => CampaignOutcome::Unconfirmed {
+                            sink: "ledger",
+                            reason: e,
+                        },
+                    }
+                }
+                Err(outcome) => outcome,
             }
-            ledger.do_send(ClearOutbox(inserted.outbox_ids));
-            CampaignOutcome::Delivered { notifications }
         }
     }
 
@@ -100,24 +117,65 @@ impl Delivery {
         letter: DeadLetter,
         outcome: CampaignOutcome,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
-        let dead_letters = self.targets.dead_letters.clone();
-        let metrics = self.shared.metrics.clone();
-        async move {
-            let Some(dead_letters) = dead_letters else {
-                return outcome;
-            };
-            let reason = letter.code;
-            match confirmed(
-                SinkKind::DeadLetter,
-                dead_letters.send(Write(Arc::new(letter))).await,
-            ) {
-                Ok(()) => {
-                    DeadLettered { reason }.emit(&metrics);
-                    outcome
-                }
-                Err(failed) => failed,
-            }
+        self.dead_letters().write(letter, outcome)
+    }
+
+    fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            target: self.targets.dead_letters.clone(),
+            metrics: self.shared.metrics.clone(),
         }
+    }
+}
+
+/// The campaign's original message, kept to dead-letter it if a sink refuses the campaign.
+#[derive(Debug, Default)]
+pub struct Origin {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Where dead letters go, as a future of a delivery holds it.
+struct DeadLetters {
+    target: Option<Recipient<Write<DeadLetterSink>>>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl DeadLetters {
+    async fn write(self, letter: DeadLetter, outcome: CampaignOutcome) -> CampaignOutcome {
+        let Some(target) = self.target else {
+            return outcome;
+        };
+        let reason = letter.code;
+        match confirmed(
+            SinkKind::DeadLetter,
+            target.send(Write(Arc::new(letter))).await,
+        ) {
+            Ok(()) => {
+                DeadLettered { reason }.emit(&self.metrics);
+                outcome
+            }
+            Err(failed) => failed,
+        }
+    }
+
+    /// A campaign `sink` refused for good, with nothing of it in either sink.
+    async fn refused(
+        self,
+        batch: &NotificationBatch,
+        origin: Origin,
+        sink: &'static str,
+        reason: String,
+    ) -> CampaignOutcome {
+        let letter = DeadLetter {
+            source: batch.source.clone(),
+            key: origin.key,
+            payload: origin.payload,
+            code: DeadLetterReason::SinkRefused,
+            reason: format!("refused by the {sink} sink: {reason}"),
+        };
+        self.write(letter, CampaignOutcome::SinkFailed { sink, reason })
+            .await
     }
 }
 

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
 use crate::campaign::{parse_campaign, split_inline_key, Activity};
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Origin};
 use crate::events::{CampaignRejected, Event};
 use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign};
 use crate::metrics::DeadLetterReason;
@@ -30,7 +30,7 @@ pub struct Enricher {
 /// What a campaign message becomes: notifications to deliver, or why there are none (and, for a
 /// message the service cannot use, the dead letter that keeps it).
 enum Prepared {
-    Batch(Arc<NotificationBatch>),
+    Batch(Arc<NotificationBatch>, Origin),
     Nothing(CampaignOutcome),
     Unusable(CampaignOutcome, Box<DeadLetter>),
 }
@@ -101,13 +101,12 @@ impl Enricher {
         let Some((snapshot, entry)) = entry else {
             return Prepared::Nothing(CampaignOutcome::NoSubscribers);
         };
-        Prepared::Batch(Arc::new(NotificationBatch::new(
-            campaign,
-            now,
-            record.source,
-            snapshot.clone(),
-            entry,
-        )))
+        let batch = NotificationBatch::new(campaign, now, record.source, snapshot.clone(), entry);
+        let origin = Origin {
+            key: record.key,
+            payload: record.payload,
+        };
+        Prepared::Batch(Arc::new(batch), origin)
     }
 }
 
@@ -132,10 +131,10 @@ impl Handler<ProcessCampaign> for Enricher {
 
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
         match self.prepare(msg.0) {
-            Prepared::Batch(batch) => {
+            Prepared::Batch(batch, origin) => {
                 let built = batch.len() as u64;
                 self.shared.metrics.notifications_built.inc_by(built);
-                Box::pin(self.delivery.deliver(batch))
+                Box::pin(self.delivery.deliver(batch, origin))
             }
             Prepared::Nothing(outcome) => Box::pin(async move { outcome }),
             Prepared::Unusable(outcome, letter) => {
@@ -152,8 +151,9 @@ mod tests {
     use crate::clock::Clock;
     use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
     use crate::delivery::DeliveryTargets;
-    use crate::messages::ClearOutbox;
+    use crate::messages::{ClearOutbox, Withdraw};
     use crate::metrics::Metrics;
+    use crate::metrics::SinkKind;
     use crate::notification::SourceRef;
     use crate::sinks::dead_letter_writer::DeadLetterSink;
     use crate::sinks::kafka_writer::KafkaSink;
@@ -167,6 +167,8 @@ mod tests {
         log: Arc<Mutex<Vec<String>>>,
         /// Clients Postgres says were new; `None`: every client of the job.
         inserted: Option<Vec<String>>,
+        /// The sink that refuses every job for good, if any.
+        refusing: Option<SinkKind>,
     }
 
     impl Actor for Sinks {
@@ -177,6 +179,10 @@ mod tests {
         type Result = Result<Inserted, SinkError>;
         fn handle(&mut self, msg: Write<PgSink>, _: &mut Context<Self>) -> Self::Result {
             let batch = &msg.0.batch;
+            if self.refusing == Some(SinkKind::Postgres) {
+                self.log.lock().unwrap().push("postgres refused".into());
+                return Err(SinkError::Permanent("value too long".into()));
+            }
             let all = (0..batch.len()).map(|i| batch.client_id(i).to_string());
             let clients = self.inserted.clone().unwrap_or_else(|| all.collect());
             self.log
@@ -196,7 +202,10 @@ mod tests {
         fn handle(&mut self, msg: Write<KafkaSink>, _: &mut Context<Self>) -> Self::Result {
             let clients = msg.0.clients.join(",");
             self.log.lock().unwrap().push(format!("kafka {clients}"));
-            Ok(())
+            match self.refusing {
+                Some(SinkKind::Kafka) => Err(SinkError::Permanent("message too large".into())),
+                _ => Ok(()),
+            }
         }
     }
 
@@ -204,6 +213,17 @@ mod tests {
         type Result = ();
         fn handle(&mut self, msg: ClearOutbox, _: &mut Context<Self>) {
             self.log.lock().unwrap().push(format!("clear {:?}", msg.0));
+        }
+    }
+
+    impl Handler<Withdraw> for Sinks {
+        type Result = Result<(), String>;
+        fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("withdraw {:?}", msg.0));
+            Ok(())
         }
     }
 
@@ -230,6 +250,7 @@ mod tests {
             postgres: sinks.clone().recipient(),
             kafka: sinks.clone().recipient(),
             ledger: sinks.clone().recipient(),
+            withdraw: sinks.clone().recipient(),
             dead_letters: Some(sinks.recipient()),
         };
         let delivery = Delivery::new(targets, 1, shared.clone());
@@ -268,6 +289,53 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             ["postgres 2", "kafka client-b", "clear [7]"]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_campaign_postgres_refuses_is_dead_lettered_and_sent_nowhere() {
+        let sinks = Sinks {
+            refusing: Some(SinkKind::Postgres),
+            ..Sinks::default()
+        };
+        let (enricher, log) = enricher(START, sinks);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        assert!(
+            matches!(
+                outcome,
+                CampaignOutcome::SinkFailed {
+                    sink: "postgres",
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["postgres refused", "dead letter sink_refused"]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_campaign_kafka_refuses_is_withdrawn_from_postgres_then_dead_lettered() {
+        let sinks = Sinks {
+            refusing: Some(SinkKind::Kafka),
+            ..Sinks::default()
+        };
+        let (enricher, log) = enricher(START, sinks);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        assert!(
+            matches!(outcome, CampaignOutcome::SinkFailed { sink: "kafka", .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "postgres 2",
+                "kafka client-a,client-b",
+                "withdraw [7]",
+                "dead letter sink_refused"
+            ]
         );
     }
 

@@ -63,7 +63,7 @@ impl Event for CampaignFinished<'_> {
             }
             CampaignOutcome::SinkFailed { sink, reason } => {
                 log::error!(
-                    "campaign at {source} was refused by the {sink} sink and skipped: {reason}"
+                    "campaign at {source} was refused by the {sink} sink; nothing of it is kept in either sink: {reason}"
                 );
             }
             CampaignOutcome::Unconfirmed { sink, reason } => {

@@ -74,6 +74,13 @@ impl CampaignOutcome {
 #[rtype(result = "()")]
 pub struct ClearOutbox(pub Vec<i64>);
 
+/// Delete these outbox marks and the `subscribers_feedback` rows they list: Kafka refused those
+/// notifications for good, so Postgres must not keep them either. Answered once done (the ledger
+/// keeps trying across reconnects); an error only when the ledger stopped first.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Withdraw(pub Vec<i64>);
+
 /// Stop pulling campaigns, wait for those in flight (up to the grace period), commit offsets.
 #[derive(Message)]
 #[rtype(result = "DrainReport")]

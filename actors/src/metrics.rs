@@ -80,12 +80,15 @@ label_values! {
 }
 
 /// Why a message went to the dead-letter topic (`dead_letters_total{reason}` and the
-/// `dlq.reason.code` header): the message was unusable, or its campaign is outside its window.
+/// `dlq.reason.code` header): the message was unusable, its campaign is outside its window, or a
+/// sink refused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterReason {
     Rejected(RejectCode),
     NotStarted,
     Ended,
+    /// A sink refused the campaign for good; nothing of it is in either sink.
+    SinkRefused,
 }
 
 impl DeadLetterReason {
@@ -94,7 +97,11 @@ impl DeadLetterReason {
         let rejected = RejectCode::ALL
             .iter()
             .map(|&c| DeadLetterReason::Rejected(c));
-        rejected.chain([DeadLetterReason::NotStarted, DeadLetterReason::Ended])
+        rejected.chain([
+            DeadLetterReason::NotStarted,
+            DeadLetterReason::Ended,
+            DeadLetterReason::SinkRefused,
+        ])
     }
 
     /// The label value.
@@ -103,6 +110,7 @@ impl DeadLetterReason {
             DeadLetterReason::Rejected(code) => code.as_str(),
             DeadLetterReason::NotStarted => "not_started",
             DeadLetterReason::Ended => "ended",
+            DeadLetterReason::SinkRefused => "sink_refused",
         }
     }
 }

@@ -274,6 +274,7 @@ fn start_enricher(
         postgres: writers.postgres.clone().recipient(),
         kafka: writers.kafka.clone().recipient(),
         ledger: writers.ledger.clone().recipient(),
+        withdraw: writers.ledger.clone().recipient(),
         dead_letters: writers.dead_letters.clone().map(Addr::recipient),
     };
     let delivery = Delivery::new(targets, owner, shared.clone());

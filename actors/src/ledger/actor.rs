@@ -11,11 +11,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::channel::oneshot;
 use tokio_postgres::Client;
 
 use super::outbox;
 use super::recovery::{recover, OutputTarget};
-use crate::messages::ClearOutbox;
+use crate::messages::{ClearOutbox, Withdraw};
 use crate::metrics::ActorKind;
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
@@ -31,6 +32,7 @@ pub struct Ledger {
     output: OutputTarget,
     client: Option<Rc<Client>>,
     to_clear: Vec<i64>,
+    to_withdraw: Vec<(Vec<i64>, oneshot::Sender<()>)>,
     clearing: bool,
     sweeping: bool,
     takeover_after: Duration,
@@ -53,6 +55,7 @@ impl Ledger {
             output,
             client: None,
             to_clear: Vec::new(),
+            to_withdraw: Vec::new(),
             clearing: false,
             sweeping: false,
             takeover_after,
@@ -61,33 +64,66 @@ impl Ledger {
         }
     }
 
+    /// Withdraws and clears what waits, one batch at a time, off the data path.
     fn clear(&mut self, ctx: &mut Context<Self>) {
         let Some(client) = self.client.clone() else {
             return;
         };
-        if self.clearing || self.to_clear.is_empty() {
+        if self.clearing || (self.to_clear.is_empty() && self.to_withdraw.is_empty()) {
             return;
         }
         self.clearing = true;
         let ids = std::mem::take(&mut self.to_clear);
+        let withdrawals = std::mem::take(&mut self.to_withdraw);
         let fut = async move {
-            let result = outbox::clear_marks(&client, &ids).await;
-            (ids, result)
+            let refused: Vec<i64> = withdrawals
+                .iter()
+                .flat_map(|(ids, _)| ids.clone())
+                .collect();
+            let withdrawn = match refused.is_empty() {
+                true => Ok(0),
+                false => outbox::withdraw(&client, &refused).await,
+            };
+            let cleared = match ids.is_empty() {
+                true => Ok(0),
+                false => outbox::clear_marks(&client, &ids).await,
+            };
+            (ids, withdrawals, withdrawn, cleared)
         };
-        ctx.spawn(fut.into_actor(self).map(|(ids, result), act, ctx| {
-            act.clearing = false;
-            if let Err(e) = result {
-                // Not lost: kept to clear after the reconnect. A mark left behind is only work
-                // for the next recovery, which finds its notifications already in Kafka.
-                log::warn!(
-                    "ledger: cannot clear outbox marks: {}",
-                    crate::postgres::describe(&e)
-                );
-                act.to_clear.extend(ids);
-                act.restarts.failed();
-                ctx.stop();
-            }
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(ids, withdrawals, withdrawn, cleared), act, ctx| {
+                    act.clearing = false;
+                    let mut failed = None;
+                    match withdrawn {
+                        Ok(rows) if !withdrawals.is_empty() => {
+                            log::warn!("ledger: withdrew {rows} notifications Kafka refused");
+                            withdrawals.into_iter().for_each(|(_, done)| {
+                                let _ = done.send(());
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            act.to_withdraw.extend(withdrawals);
+                            failed = Some(e);
+                        }
+                    }
+                    if let Err(e) = cleared {
+                        // Not lost: kept to clear after the reconnect. A mark left behind is only
+                        // work for the next recovery, which finds its notifications already in Kafka.
+                        act.to_clear.extend(ids);
+                        failed = Some(e);
+                    }
+                    if let Some(e) = failed {
+                        log::warn!(
+                            "ledger: cannot update outbox marks: {}",
+                            crate::postgres::describe(&e)
+                        );
+                        act.restarts.failed();
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
@@ -154,6 +190,20 @@ impl Supervised for Ledger {
         self.client = None;
         self.clearing = false;
         self.sweeping = false;
+    }
+}
+
+impl Handler<Withdraw> for Ledger {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
+        let (done, withdrawn) = oneshot::channel();
+        self.to_withdraw.push((msg.0, done));
+        Box::pin(async move {
+            withdrawn
+                .await
+                .map_err(|_| "the ledger stopped before withdrawing".to_string())
+        })
     }
 }
 

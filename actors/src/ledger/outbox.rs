@@ -78,6 +78,22 @@ pub async fn clear_marks(client: &Client, ids: &[i64]) -> Result<u64, tokio_post
         .await
 }
 
+/// Deletes marks and the feedback rows they list, in one statement: a notification Kafka refused
+/// for good leaves no row behind. Returns how many rows were deleted.
+pub async fn withdraw(client: &Client, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH marks AS (
+                 DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1)
+                 RETURNING feedback_ids
+             )
+             DELETE FROM public.subscribers_feedback
+             WHERE id IN (SELECT unnest(feedback_ids) FROM marks)",
+            &[&ids],
+        )
+        .await
+}
+
 /// Owners other than `me` with marks at least `min_age_secs` old.
 pub async fn owners_with_marks(
     client: &Client,
