@@ -110,7 +110,8 @@ pub fn classify(e: &KafkaError) -> KafkaFailure {
                 C::MessageSizeTooLarge
                 | C::InvalidMessageSize
                 | C::InvalidMessage
-                | C::InvalidRecord,
+                | C::InvalidRecord
+                | C::InvalidTimestamp,
             ),
         ) => FailureClass::Permanent,
         (
@@ -121,7 +122,11 @@ pub fn classify(e: &KafkaError) -> KafkaFailure {
                 | C::TopicAuthorizationFailed
                 | C::ClusterAuthorizationFailed
                 | C::UnknownTopic
-                | C::InvalidConfig,
+                | C::InvalidConfig
+                // A batch over the topic's limit: every large write fails the same way,
+                // whatever is in it.
+                | C::MessageBatchTooLarge
+                | C::UnsupportedCompressionType,
             ),
         ) => FailureClass::Configuration,
         _ => FailureClass::Retriable,
@@ -209,6 +214,11 @@ mod tests {
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)).class,
             FailureClass::Configuration
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageBatchTooLarge)).class,
+            FailureClass::Configuration,
+            "a limit every large write hits is not one campaign's fault"
         );
         assert_eq!(
             classify(&produce(RDKafkaErrorCode::MessageTimedOut)).class,
