@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use super::kafka_writer::KafkaSinkSettings;
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
-use crate::kafka::Producer;
+use crate::kafka::{FailureClass, Producer};
 use crate::metrics::{DeadLetterReason, SinkKind};
 use crate::notification::SourceRef;
 
@@ -113,7 +113,23 @@ impl Sink for DeadLetterSink {
             for letter in &letters {
                 deliveries.push(enqueue(&producer, &topic, letter).await?);
             }
-            Producer::confirm(deliveries).await?;
+            // A letter the broker refuses for good (larger than the topic takes) is sent again
+            // without its payload: the headers still say where the message is.
+            let mut again = Vec::new();
+            for (letter, (delivery, omitted)) in letters.iter().zip(deliveries) {
+                match Producer::confirm([delivery]).await {
+                    Err(e) if e.class == FailureClass::Permanent && !omitted => {
+                        log::warn!(
+                            "dead-letter writer: {} refused with its payload ({e}); writing it without",
+                            letter.source
+                        );
+                        let record = record(&topic, letter, true);
+                        again.push(producer.enqueue(record).await?);
+                    }
+                    result => result?,
+                }
+            }
+            Producer::confirm(again).await?;
             Ok(vec![(); letters.len()])
         })
     }
@@ -124,27 +140,121 @@ impl Sink for DeadLetterSink {
     }
 }
 
-/// Hands one letter to the producer; a payload too large for it is left out, and the headers
-/// still say where the message is.
+/// The record of a letter, with or without its payload.
+fn record<'a>(
+    topic: &'a str,
+    letter: &'a DeadLetter,
+    omitted: bool,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers(letter, omitted));
+    if let Some(key) = &letter.key {
+        record = record.key(key.as_slice());
+    }
+    if let (Some(payload), false) = (&letter.payload, omitted) {
+        record = record.payload(payload.as_slice());
+    }
+    record
+}
+
+/// Hands one letter to the producer; a payload too large for the producer is left out at once.
+/// Returns the delivery and whether the payload was left out.
 async fn enqueue(
     producer: &Producer,
     topic: &str,
     letter: &DeadLetter,
-) -> Result<rdkafka::producer::DeliveryFuture, SinkError> {
-    let record = |omitted: bool| {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers(letter, omitted));
-        if let Some(key) = &letter.key {
-            record = record.key(key.as_slice());
-        }
-        if let (Some(payload), false) = (&letter.payload, omitted) {
-            record = record.payload(payload.as_slice());
-        }
-        record
-    };
-    match producer.enqueue(record(false)).await {
+) -> Result<(DeliveryFuture, bool), SinkError> {
+    match producer.enqueue(record(topic, letter, false)).await {
         Err(e) if e.code == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            Ok(producer.enqueue(record(true)).await?)
+            Ok((producer.enqueue(record(topic, letter, true)).await?, true))
         }
-        other => Ok(other?),
+        other => Ok((other?, letter.payload.is_none())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::ProducerSettings;
+    use crate::metrics::RejectCode;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::{ClientConfig, Message};
+    use std::time::Duration;
+
+    fn letter() -> Arc<DeadLetter> {
+        Arc::new(DeadLetter {
+            source: SourceRef {
+                topic: "campaigns".into(),
+                partition: 0,
+                offset: 41,
+                timestamp_ms: None,
+            },
+            key: Some(b"k".to_vec()),
+            payload: Some(vec![b'x'; 10_000]),
+            code: DeadLetterReason::Rejected(RejectCode::NotJson),
+            reason: "message is not a JSON object".into(),
+        })
+    }
+
+    /// The headers of every message in partition 0 of `topic`.
+    fn read_headers(brokers: &str, topic: &str) -> Vec<Vec<(String, String)>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "dead-letter-test")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while out.is_empty() && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let headers = m.headers().map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_string(), value.into_owned())
+                        })
+                        .collect()
+                });
+                out.push(headers.unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    #[actix_rt::test]
+    async fn a_letter_the_broker_refuses_as_too_large_lands_without_its_payload() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let sink = DeadLetterSink::connect(KafkaSinkSettings {
+            producer: ProducerSettings {
+                brokers: brokers.clone(),
+                message_timeout_ms: 5_000,
+                overrides: vec![],
+            },
+            topic: "dlq".into(),
+        })
+        .await
+        .unwrap();
+        // The topic takes less than the producer does: the broker refuses the full letter.
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let written = sink.write(vec![letter()]).await;
+        assert_eq!(written, Ok(vec![()]));
+        let landed = read_headers(&brokers, "dlq");
+        assert_eq!(landed.len(), 1);
+        let headers = &landed[0];
+        let has = |k: &str, v: &str| headers.iter().any(|(hk, hv)| hk == k && hv == v);
+        assert!(has(HEADER_PAYLOAD_OMITTED, "true"), "{headers:?}");
+        assert!(has(HEADER_REASON_CODE, "not_json"), "{headers:?}");
+        assert!(has(HEADER_SOURCE_OFFSET, "41"), "{headers:?}");
     }
 }
