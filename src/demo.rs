@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _};
 use campaign_actors::contract::{
     BRIEF_SAMPLE as SAMPLE, BRIEF_SAMPLE_RESTAURANT as SAMPLE_RESTAURANT,
 };
+use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::{Config, Metrics, Pipeline};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -65,9 +66,12 @@ pub fn with_database(url: &str, database: &str) -> String {
 async fn demo(postgres_url: String) -> anyhow::Result<()> {
     let now = campaign_actors::clock::unix_secs();
     let database = format!("campaign_notifier_demo_{}", std::process::id());
-    let admin = campaign_actors::postgres::connect(&postgres_url, "demo")
-        .await
-        .with_context(|| "cannot connect to Postgres (set --postgres-url or DEMO_POSTGRES_URL)")?;
+    let admin =
+        campaign_actors::postgres::connect(&PostgresSettings::for_url(&postgres_url), "demo")
+            .await
+            .with_context(|| {
+                "cannot connect to Postgres (set --postgres-url or DEMO_POSTGRES_URL)"
+            })?;
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await
@@ -137,7 +141,8 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
 
 /// Creates the tables in the demo's database and subscribes five clients.
 async fn seed(db_url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let mut db = campaign_actors::postgres::connect(db_url, "demo").await?;
+    let mut db =
+        campaign_actors::postgres::connect(&PostgresSettings::for_url(db_url), "demo").await?;
     campaign_actors::postgres::ensure_schema(&mut db).await?;
     let subscribers = [
         (SAMPLE_RESTAURANT, "023e4567-e89b-12d3-a456-426614174000"),

@@ -167,3 +167,101 @@ async fn a_campaign_kafka_refuses_is_withdrawn_from_postgres_and_dead_lettered()
     drop(service);
     f.cleanup().await;
 }
+
+/// Polls `/readyz` until it answers `status`; returns the body.
+fn wait_readyz(service: &Service, status: u16, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = http_get(service.http_port, "/readyz");
+        if let Ok((s, body)) = &last {
+            if *s == status {
+                return body.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz did not answer {status} within {timeout:?} (last: {last:?}):\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_holding_a_lock_stalls_the_writer_only_for_a_bounded_time_and_readiness_says_so()
+{
+    let f = Fixture::new("lockwait", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000005";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let mut service = Service::spawn_with_env(
+        &f,
+        "[writers]\nstall_secs = 3\n",
+        0,
+        &[("CAMPAIGN_NOTIFIER__POSTGRES__LOCK_TIMEOUT_SECS", "1")],
+    );
+    service.wait_ready();
+    // Another session (a stopped instance mid-transaction, say) holds a lock every insert into
+    // subscribers_feedback waits for.
+    let holder = connect(&f.db_url).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE subscribers_feedback IN SHARE MODE;")
+        .await
+        .unwrap();
+    f.produce("c-1", active_campaign(restaurant, "c-1").as_bytes())
+        .await;
+    let body = wait_readyz(&service, 503, Duration::from_secs(15));
+    assert!(body.contains("postgres"), "{body}");
+    let log = service.log_text();
+    assert!(
+        log.contains("lock_timeout"),
+        "the wait is named in the log:\n{log}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    service.wait_processed(1, Duration::from_secs(30));
+    wait_readyz(&service, 200, Duration::from_secs(10));
+    let ordinary = vec!["c-1".to_string()];
+    assert_eq!(row_pairs(&f).await, pairs(&ordinary));
+    assert_eq!(output_pairs(&f), pairs(&ordinary));
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_that_stops_answering_stops_the_service_with_exit_code_3() {
+    let f = Fixture::new("blackhole", 1).await;
+    let proxy = PgProxy::start();
+    let url = proxy.url_for(&f.db_url);
+    // Each attempt to connect times out after 2 s, so fewer than restart_limit restarts fit in
+    // restart_window_secs: counting restarts alone would never give up.
+    // The writer that cannot connect cannot close either: the stop waits the grace period.
+    let config = "[writers]\nrestart_limit = 3\nrestart_window_secs = 5\n\
+                  restart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 200\n\
+                  [shutdown]\ngrace_period_secs = 3\n";
+    let mut service = Service::spawn_with_env(
+        &f,
+        config,
+        0,
+        &[
+            ("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str()),
+            ("CAMPAIGN_NOTIFIER__POSTGRES__CONNECT_TIMEOUT_SECS", "2"),
+        ],
+    );
+    service.wait_ready();
+    proxy.blackhole();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = service.try_exit() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after Postgres stopped answering:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = service.log_text();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("without a success"), "{log}");
+    f.cleanup().await;
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use campaign_actors::cache::snapshot::SnapshotBuilder;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
+use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::sinks::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::{Sink, SinkError};
 use common::*;
@@ -64,7 +65,7 @@ fn clients(inserted: &Inserted) -> BTreeSet<String> {
 async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk() {
     let f = Fixture::new("pgsink", 1).await;
     let sink = PgSink::connect(PgSinkConfig {
-        url: f.db_url.clone(),
+        postgres: PostgresSettings::for_url(&f.db_url),
         owner: 7,
     })
     .await
@@ -119,7 +120,7 @@ async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk(
 async fn postgres_sink_calls_a_value_the_database_can_never_store_permanent() {
     let f = Fixture::new("pgpoison", 1).await;
     let sink = PgSink::connect(PgSinkConfig {
-        url: f.db_url.clone(),
+        postgres: PostgresSettings::for_url(&f.db_url),
         owner: 7,
     })
     .await

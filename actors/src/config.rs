@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::kafka::ProducerSettings;
+use crate::postgres::PostgresSettings;
 use crate::reader::ReaderSettings;
 use crate::sinks::WriterSettings;
 use crate::supervision::RestartPolicy;
@@ -106,8 +107,23 @@ pub struct PostgresConfig {
     /// Create the two tables and the index when they are missing.
     #[serde(default = "default_true")]
     pub create_schema: bool,
+    /// How long a connection attempt may take (unless the URL sets `connect_timeout`).
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// A statement waiting longer than this for a lock another session holds fails and is
+    /// retried, so a stopped peer cannot block the writers for longer.
+    #[serde(default = "default_lock_timeout_secs")]
+    pub lock_timeout_secs: u64,
+    #[serde(default = "default_statement_timeout_secs")]
+    pub statement_timeout_secs: u64,
+    /// The server ends a session whose transaction stays open and idle this long (an instance
+    /// stopped mid-transaction), releasing its locks.
+    #[serde(default = "default_idle_in_transaction_timeout_secs")]
+    pub idle_in_transaction_timeout_secs: u64,
+    /// TCP keepalives on both ends of every connection; a vanished peer is noticed after about
+    /// three times this.
+    #[serde(default = "default_keepalive_idle_secs")]
+    pub keepalive_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +183,10 @@ pub struct WritersConfig {
     pub restart_limit: u32,
     #[serde(default = "default_restart_window_secs")]
     pub restart_window_secs: u64,
+    /// A writer that has had notifications waiting and confirmed none for this long makes
+    /// `/readyz` answer 503 until it moves again.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
 }
 
 impl Default for WritersConfig {
@@ -179,6 +199,7 @@ impl Default for WritersConfig {
             kafka_message_timeout_ms: default_kafka_message_timeout_ms(),
             restart_limit: default_restart_limit(),
             restart_window_secs: default_restart_window_secs(),
+            stall_secs: default_stall_secs(),
         }
     }
 }
@@ -264,6 +285,18 @@ fn default_auto_offset_reset() -> String {
 fn default_connect_timeout_secs() -> u64 {
     10
 }
+fn default_lock_timeout_secs() -> u64 {
+    10
+}
+fn default_statement_timeout_secs() -> u64 {
+    120
+}
+fn default_idle_in_transaction_timeout_secs() -> u64 {
+    60
+}
+fn default_keepalive_idle_secs() -> u64 {
+    30
+}
 fn default_refresh_interval_secs() -> u64 {
     60
 }
@@ -290,6 +323,9 @@ fn default_restart_limit() -> u32 {
 }
 fn default_restart_window_secs() -> u64 {
     300
+}
+fn default_stall_secs() -> u64 {
+    30
 }
 fn default_takeover_after_secs() -> u64 {
     120
@@ -357,7 +393,33 @@ impl Config {
     /// Cross-field and range checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_kafka()?;
+        self.validate_postgres()?;
         self.validate_ranges()
+    }
+
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let p = &self.postgres;
+        if p.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError::key(
+                "postgres.url",
+                "is not a valid Postgres connection string",
+            ));
+        }
+        // 0 would mean "no limit" to Postgres: a stopped peer could block a writer forever.
+        let limits = [
+            (p.connect_timeout_secs, "postgres.connect_timeout_secs"),
+            (p.lock_timeout_secs, "postgres.lock_timeout_secs"),
+            (p.statement_timeout_secs, "postgres.statement_timeout_secs"),
+            (
+                p.idle_in_transaction_timeout_secs,
+                "postgres.idle_in_transaction_timeout_secs",
+            ),
+            (p.keepalive_idle_secs, "postgres.keepalive_idle_secs"),
+        ];
+        match limits.into_iter().find(|(secs, _)| *secs == 0) {
+            Some((_, key)) => Err(ConfigError::key(key, "must be at least 1")),
+            None => Ok(()),
+        }
     }
 
     fn validate_kafka(&self) -> Result<(), ConfigError> {
@@ -420,11 +482,6 @@ impl Config {
                 "must be at least 1",
             ),
             (
-                self.postgres.url.parse::<tokio_postgres::Config>().is_err(),
-                "postgres.url",
-                "is not a valid Postgres connection string",
-            ),
-            (
                 self.cache.refresh_interval_secs == 0,
                 "cache.refresh_interval_secs",
                 "must be at least 1",
@@ -437,6 +494,11 @@ impl Config {
             (
                 w.batch_max_rows == 0,
                 "writers.batch_max_rows",
+                "must be at least 1",
+            ),
+            (
+                w.stall_secs == 0,
+                "writers.stall_secs",
                 "must be at least 1",
             ),
             (
@@ -491,8 +553,18 @@ impl Config {
             limit: Some(w.restart_limit),
             window: Duration::from_secs(w.restart_window_secs),
         };
+        let p = &self.postgres;
         Settings {
-            postgres_url: self.postgres.url.clone(),
+            postgres: PostgresSettings {
+                url: p.url.clone(),
+                connect_timeout: Duration::from_secs(p.connect_timeout_secs),
+                lock_timeout: Duration::from_secs(p.lock_timeout_secs),
+                statement_timeout: Duration::from_secs(p.statement_timeout_secs),
+                idle_in_transaction_timeout: Duration::from_secs(
+                    p.idle_in_transaction_timeout_secs,
+                ),
+                keepalive_idle: Duration::from_secs(p.keepalive_idle_secs),
+            },
             create_schema: self.postgres.create_schema,
             reader: ReaderSettings {
                 brokers: k.brokers.clone(),
@@ -516,6 +588,7 @@ impl Config {
             writers: WriterSettings {
                 batch_max_rows: w.batch_max_rows,
                 linger: Duration::from_millis(w.linger_ms),
+                stall_after: Duration::from_secs(w.stall_secs),
                 restart: restart.clone(),
             },
             ledger_takeover_after: Duration::from_secs(self.ledger.takeover_after_secs),
@@ -539,7 +612,7 @@ impl Config {
 /// URL may hold a password.
 #[derive(Clone)]
 pub struct Settings {
-    pub postgres_url: String,
+    pub postgres: PostgresSettings,
     pub create_schema: bool,
     pub reader: ReaderSettings,
     /// Every producer's settings: the Kafka writer's, the dead-letter writer's, recovery's.

@@ -8,7 +8,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio::sync::watch;
 
 use crate::cache::SnapshotInfo;
-use crate::messages::IsConnected;
+use crate::messages::{Health, WriterHealth};
 use crate::metrics::Metrics;
 use crate::sinks::kafka_writer::KafkaWriter;
 use crate::sinks::pg_writer::PgWriter;
@@ -32,25 +32,32 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Why the service is not ready, or `None` when it is.
-pub async fn not_ready_reason(state: &HttpState) -> Option<&'static str> {
+pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
     if state.snapshot.borrow().is_none() {
-        return Some("subscriber snapshot not loaded yet");
+        return Some("subscriber snapshot not loaded yet".into());
     }
     // A writer that is reconnecting processes no messages, so no answer in time means not
     // connected.
-    let ask = |ok: Option<Result<bool, actix::MailboxError>>| matches!(ok, Some(Ok(true)));
     let timeout = Duration::from_secs(1);
-    let kafka = tokio::time::timeout(timeout, state.kafka_writer.send(IsConnected))
-        .await
-        .ok();
-    if !ask(kafka) {
-        return Some("kafka sink not connected");
-    }
-    let postgres = tokio::time::timeout(timeout, state.pg_writer.send(IsConnected))
-        .await
-        .ok();
-    if !ask(postgres) {
-        return Some("postgres sink not connected");
+    let kafka = tokio::time::timeout(timeout, state.kafka_writer.send(Health));
+    let postgres = tokio::time::timeout(timeout, state.pg_writer.send(Health));
+    for (sink, health) in [("kafka", kafka.await), ("postgres", postgres.await)] {
+        match health {
+            Ok(Ok(WriterHealth {
+                connected: true,
+                stalled: None,
+            })) => {}
+            Ok(Ok(WriterHealth {
+                connected: true,
+                stalled: Some((waited, rows)),
+            })) => {
+                return Some(format!(
+                    "{sink} sink has had {rows} notifications waiting and confirmed none for {}s",
+                    waited.as_secs()
+                ))
+            }
+            _ => return Some(format!("{sink} sink not connected")),
+        }
     }
     None
 }

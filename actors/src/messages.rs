@@ -6,7 +6,7 @@
 //! data path uses `send()` and awaits it, so a full mailbox slows the sender down; only control
 //! messages use `do_send`.
 
-use actix::Message;
+use actix::{Message, MessageResponse};
 
 use crate::campaign::Rejection;
 use crate::metrics::Outcome;
@@ -100,7 +100,16 @@ pub struct DrainReport {
 #[rtype(result = "()")]
 pub struct Close;
 
-/// Whether the writer has a working connection, for readiness.
+/// How a writer is doing, for readiness.
 #[derive(Message)]
-#[rtype(result = "bool")]
-pub struct IsConnected;
+#[rtype(result = "WriterHealth")]
+pub struct Health;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct WriterHealth {
+    /// The writer has a working connection.
+    pub connected: bool,
+    /// Set when the writer has had work waiting and confirmed nothing for longer than its
+    /// `stall_after`: how long, and how many notifications wait.
+    pub stalled: Option<(std::time::Duration, usize)>,
+}

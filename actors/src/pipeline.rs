@@ -160,9 +160,9 @@ impl Pipeline {
 }
 
 async fn prepare_schema(settings: &Settings) -> Result<(), StartError> {
-    let mut client = crate::postgres::connect(&settings.postgres_url, "schema")
+    let mut client = crate::postgres::connect(&settings.postgres, "schema")
         .await
-        .map_err(|e| StartError::Schema(crate::postgres::describe(&e)))?;
+        .map_err(|e| StartError::Schema(e.to_string()))?;
     crate::postgres::ensure_schema(&mut client)
         .await
         .map_err(|e| StartError::Schema(e.to_string()))
@@ -176,9 +176,9 @@ fn output_target(settings: &Settings) -> OutputTarget {
 }
 
 async fn recover_stopped_instances(settings: &Settings, owner: i32) -> Result<(), StartError> {
-    let client = crate::postgres::connect(&settings.postgres_url, "ledger")
+    let client = crate::postgres::connect(&settings.postgres, "ledger")
         .await
-        .map_err(|e| StartError::Recovery(crate::postgres::describe(&e)))?;
+        .map_err(|e| StartError::Recovery(e.to_string()))?;
     let report = crate::ledger::recover(&client, &output_target(settings), owner, 0.0)
         .await
         .map_err(StartError::Recovery)?;
@@ -229,7 +229,7 @@ impl Writers {
             Writer::<KafkaSink>::new(kafka_settings, w, s)
         });
         let pg_config = PgSinkConfig {
-            url: settings.postgres_url.clone(),
+            postgres: settings.postgres.clone(),
             owner,
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
@@ -246,7 +246,7 @@ impl Writers {
                 DeadLetterWriter::new(dlq_settings, w, s)
             })
         });
-        let (url, output) = (settings.postgres_url.clone(), output_target(settings));
+        let (url, output) = (settings.postgres.clone(), output_target(settings));
         let (takeover, restart) = (
             settings.ledger_takeover_after,
             settings.ledger_restart.clone(),
@@ -290,7 +290,7 @@ fn start_cache(
 ) -> (Addr<SubscriberCache>, watch::Receiver<Option<SnapshotInfo>>) {
     let (published, snapshot) = watch::channel(None);
     let cache = SubscriberCache::new(
-        settings.postgres_url.clone(),
+        settings.postgres.clone(),
         settings.cache_refresh_interval,
         settings.cache_restart.clone(),
         vec![enricher.recipient()],

@@ -46,15 +46,109 @@ pub enum SchemaError {
     DuplicateNotifications,
 }
 
-/// Connects and drives the connection on the current arbiter. `who` names the connection in
-/// the log line written if it breaks.
-pub async fn connect(url: &str, who: &'static str) -> Result<Client, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
+/// How the service connects to Postgres: the URL, and the limits every session runs with, so
+/// that a stopped or vanished peer holding locks or an open transaction blocks the others only
+/// for a bounded time.
+#[derive(Clone)]
+pub struct PostgresSettings {
+    pub url: String,
+    /// Used unless the URL sets its own `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// A statement waiting longer than this for a lock another session holds fails (and the
+    /// writer retries it).
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// The server ends a session whose transaction stays open and idle this long (its client
+    /// stopped mid-transaction, say), which releases its locks.
+    pub idle_in_transaction_timeout: Duration,
+    /// TCP keepalives, on both ends: a peer that vanished is noticed after about three times
+    /// this.
+    pub keepalive_idle: Duration,
+}
+
+impl PostgresSettings {
+    /// The service's defaults for `url` (as the demo, the benchmark and the tests connect).
+    pub fn for_url(url: &str) -> PostgresSettings {
+        PostgresSettings {
+            url: url.to_string(),
+            connect_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(120),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            keepalive_idle: Duration::from_secs(30),
+        }
     }
-    config.application_name("campaign-notifier");
-    let (client, connection) = config.connect(NoTls).await?;
+
+    /// The connection config: the URL's, with the service's name, timeouts and keepalives.
+    pub fn client_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = self.url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        let ms = |d: Duration| d.as_millis();
+        let keepalive = self.keepalive_idle.as_secs().max(1);
+        let limits = format!(
+            "-c lock_timeout={} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c tcp_keepalives_idle={keepalive} -c tcp_keepalives_interval={keepalive} \
+             -c tcp_keepalives_count=3",
+            ms(self.lock_timeout),
+            ms(self.statement_timeout),
+            ms(self.idle_in_transaction_timeout),
+        );
+        let options = match config.get_options() {
+            Some(own) if !own.trim().is_empty() => format!("{own} {limits}"),
+            _ => limits,
+        };
+        config
+            .application_name("campaign-notifier")
+            .options(options)
+            .keepalives(true)
+            .keepalives_idle(self.keepalive_idle)
+            .keepalives_interval(self.keepalive_idle)
+            .keepalives_retries(3);
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    // The URL may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The server (or whatever stands at its address) accepted the connection and never
+    /// answered: tokio-postgres' own timeout covers the TCP connect only.
+    #[error("no answer within {0:?} (postgres.connect_timeout_secs)")]
+    TimedOut(Duration),
+}
+
+/// Connects, within the connect timeout for the whole handshake, and drives the connection on
+/// the current arbiter. `who` names the connection in the log line written if it breaks.
+pub async fn connect(
+    settings: &PostgresSettings,
+    who: &'static str,
+) -> Result<Client, ConnectError> {
+    let config = settings.client_config()?;
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(settings.connect_timeout);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| ConnectError::TimedOut(timeout))??;
     actix_rt::spawn(async move {
         if let Err(e) = connection.await {
             log::warn!("{who}: postgres connection closed: {}", describe(&e));
@@ -67,7 +161,21 @@ pub async fn connect(url: &str, who: &'static str) -> Result<Client, tokio_postg
 /// nothing to an operator). Never contains the connection string.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+        let waited = match db.code().code() {
+            "55P03" => {
+                " (waited longer than lock_timeout for a lock another session holds: a \
+                        stopped or stuck instance, or a long transaction of the app's)"
+            }
+            "57014" => " (ran longer than statement_timeout)",
+            "25P03" => " (the transaction stayed idle longer than idle_in_transaction_timeout)",
+            _ => "",
+        };
+        return format!(
+            "{} ({}): {}{waited}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        );
     }
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),

@@ -42,6 +42,8 @@ pub enum FatalReason {
         limit: u32,
         window: Duration,
     },
+    #[error("the {} has failed for longer than {window:?} without a success; giving up", actor.name())]
+    FailingTooLong { actor: ActorKind, window: Duration },
     #[error("a campaign could not be confirmed by the writers; its offset was not committed")]
     CampaignUnconfirmed,
     #[error("cannot create the Kafka consumer: {0}")]

@@ -54,6 +54,9 @@ pub struct Restarts {
     failures: u32,
     /// When the recent restarts happened: drives the limit.
     at: VecDeque<Instant>,
+    /// Since when the actor has failed without a success: slow failures (attempts that time
+    /// out) are few per window, so their duration counts too.
+    failing_since: Option<Instant>,
     delay: Duration,
 }
 
@@ -64,18 +67,30 @@ impl Restarts {
             policy,
             failures: 0,
             at: VecDeque::new(),
+            failing_since: None,
             delay: Duration::ZERO,
         }
     }
 
     /// The actor failed (it is about to stop itself).
     pub fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
+        self.failed_at(Instant::now());
     }
 
-    /// The actor connected or wrote: the backoff starts over.
+    fn failed_at(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        self.failing_since.get_or_insert(now);
+    }
+
+    /// The actor did its work: the backoff starts over.
     pub fn succeeded(&mut self) {
         self.failures = 0;
+        self.failing_since = None;
+    }
+
+    /// The actor's connection is up again; its backoff goes on until it also does its work.
+    pub fn connected(&mut self) {
+        self.failing_since = None;
     }
 
     /// Whether the last attempt failed (to tell "connected" from "connected again").
@@ -111,14 +126,23 @@ impl Restarts {
             self.at.pop_front();
         }
         self.at.push_back(now);
-        if let Some(limit) = self.policy.limit {
-            if self.at.len() > limit as usize {
-                shared.fatal.raise(FatalReason::RestartLimit {
-                    actor: self.actor,
-                    limit,
-                    window,
-                });
-            }
+        let Some(limit) = self.policy.limit else {
+            return;
+        };
+        if self.at.len() > limit as usize {
+            shared.fatal.raise(FatalReason::RestartLimit {
+                actor: self.actor,
+                limit,
+                window,
+            });
+        } else if self
+            .failing_since
+            .is_some_and(|since| now.duration_since(since) > window)
+        {
+            shared.fatal.raise(FatalReason::FailingTooLong {
+                actor: self.actor,
+                window,
+            });
         }
     }
 }
@@ -183,6 +207,41 @@ mod tests {
             .with_label_values(&["ledger"])
             .get();
         assert_eq!(restarts, 4);
+    }
+
+    #[test]
+    fn failing_longer_than_the_window_without_a_success_is_fatal_however_few_the_restarts() {
+        let (shared, failed) = Shared::new(Metrics::new(), Clock::system());
+        let mut r = Restarts::new(ActorKind::PostgresWriter, policy(Some(3)));
+        let t0 = Instant::now();
+        // Attempts that each time out after 4 s: never more than 3 restarts in 10 s.
+        for i in 0..3 {
+            r.failed_at(t0 + Duration::from_secs(4 * i));
+            r.restarting_at(t0 + Duration::from_secs(4 * i), &shared);
+        }
+        assert!(failed.borrow().is_none(), "8 s of failing");
+        r.failed_at(t0 + Duration::from_secs(12));
+        r.restarting_at(t0 + Duration::from_secs(12), &shared);
+        assert!(
+            matches!(
+                *failed.borrow(),
+                Some(FatalReason::FailingTooLong {
+                    actor: ActorKind::PostgresWriter,
+                    ..
+                })
+            ),
+            "12 s of failing: {:?}",
+            *failed.borrow()
+        );
+        // A connection made again starts the count over.
+        let (shared, failed) = Shared::new(Metrics::new(), Clock::system());
+        let mut r = Restarts::new(ActorKind::PostgresWriter, policy(Some(3)));
+        for i in 0..10 {
+            r.failed_at(t0 + Duration::from_secs(4 * i));
+            r.restarting_at(t0 + Duration::from_secs(4 * i), &shared);
+            r.connected();
+        }
+        assert!(failed.borrow().is_none());
     }
 
     #[test]

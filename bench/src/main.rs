@@ -32,6 +32,7 @@ use campaign_actors::cache::snapshot::Snapshot;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka::ProducerSettings;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
+use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSettings};
 use campaign_actors::sinks::pg_writer::{campaign_params, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
@@ -175,9 +176,9 @@ fn campaign_json(c: &Campaign) -> String {
 }
 
 async fn connect(url: &str) -> BenchResult<Client> {
-    campaign_actors::postgres::connect(url, "bench")
+    campaign_actors::postgres::connect(&PostgresSettings::for_url(url), "bench")
         .await
-        .map_err(|e| campaign_actors::postgres::describe(&e))
+        .map_err(|e| e.to_string())
 }
 
 fn database_url(url: &str, database: &str) -> String {
@@ -663,7 +664,8 @@ impl Bench<'_> {
         let db_url = self.db_url;
         let rss_before = resident_bytes();
         let load_started = Instant::now();
-        let snapshot = Arc::new(campaign_actors::cache::load(db_url.to_string()).await?);
+        let snapshot =
+            Arc::new(campaign_actors::cache::load(PostgresSettings::for_url(db_url)).await?);
         let load_secs = load_started.elapsed().as_secs_f64();
         let rss_after = resident_bytes();
         let cache_bytes_per_pair =
@@ -1112,7 +1114,7 @@ async fn latency_floor(
 ) -> BenchResult<Vec<FloorTimes>> {
     let pg = Rc::new(futures::lock::Mutex::new(
         PgSink::connect(PgSinkConfig {
-            url: db_url.to_string(),
+            postgres: PostgresSettings::for_url(db_url),
             owner: 0,
         })
         .await

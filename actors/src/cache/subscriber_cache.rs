@@ -19,6 +19,7 @@ use tokio_postgres::types::Type;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::events::{CacheLoadFailed, CacheLoaded, Event};
 use crate::metrics::ActorKind;
+use crate::postgres::PostgresSettings;
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
@@ -44,7 +45,7 @@ pub struct SnapshotInfo {
 }
 
 pub struct SubscriberCache {
-    url: String,
+    postgres: PostgresSettings,
     refresh_interval: Duration,
     subscribers: Vec<Recipient<SnapshotLoaded>>,
     shared: Shared,
@@ -55,7 +56,7 @@ pub struct SubscriberCache {
 
 impl SubscriberCache {
     pub fn new(
-        url: String,
+        postgres: PostgresSettings,
         refresh_interval: Duration,
         restart: RestartPolicy,
         subscribers: Vec<Recipient<SnapshotLoaded>>,
@@ -63,7 +64,7 @@ impl SubscriberCache {
         published: watch::Sender<Option<SnapshotInfo>>,
     ) -> SubscriberCache {
         SubscriberCache {
-            url,
+            postgres,
             refresh_interval,
             subscribers,
             shared,
@@ -78,27 +79,31 @@ impl SubscriberCache {
             return;
         }
         self.loading = true;
-        let url = self.url.clone();
+        let postgres = self.postgres.clone();
         let started = Instant::now();
-        ctx.spawn(load(url).into_actor(self).map(move |result, act, ctx| {
-            act.loading = false;
-            match result {
-                Ok(snapshot) => {
-                    act.restarts.succeeded();
-                    act.loaded(snapshot, started.elapsed());
-                }
-                Err(e) => {
-                    CacheLoadFailed {
-                        error: &e,
-                        serving: act.published.borrow().is_some(),
+        ctx.spawn(
+            load(postgres)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.loading = false;
+                    match result {
+                        Ok(snapshot) => {
+                            act.restarts.succeeded();
+                            act.loaded(snapshot, started.elapsed());
+                        }
+                        Err(e) => {
+                            CacheLoadFailed {
+                                error: &e,
+                                serving: act.published.borrow().is_some(),
+                            }
+                            .emit(&act.shared.metrics);
+                            // The snapshot in use stays; the restart retries with backoff.
+                            act.restarts.failed();
+                            ctx.stop();
+                        }
                     }
-                    .emit(&act.shared.metrics);
-                    // The snapshot in use stays; the restart retries with backoff.
-                    act.restarts.failed();
-                    ctx.stop();
-                }
-            }
-        }));
+                }),
+        );
     }
 
     fn loaded(&mut self, snapshot: Snapshot, took: Duration) {
@@ -125,10 +130,10 @@ impl SubscriberCache {
 }
 
 /// One full load of `subscribers_restaurants`, as the actor does it (also used by the benchmark).
-pub async fn load(url: String) -> Result<Snapshot, String> {
-    let client = crate::postgres::connect(&url, "subscriber cache")
+pub async fn load(postgres: PostgresSettings) -> Result<Snapshot, String> {
+    let client = crate::postgres::connect(&postgres, "subscriber cache")
         .await
-        .map_err(|e| crate::postgres::describe(&e))?;
+        .map_err(|e| e.to_string())?;
     let stream = client
         .copy_out(COPY)
         .await

@@ -18,6 +18,7 @@ use super::outbox;
 use super::recovery::{recover, OutputTarget};
 use crate::messages::{ClearOutbox, Withdraw};
 use crate::metrics::ActorKind;
+use crate::postgres::{ConnectError, PostgresSettings};
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
@@ -27,7 +28,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// owners. Supervised: a lost connection restarts it (after the restart policy's backoff), which
 /// takes the lock again; past the policy's limit the service stops.
 pub struct Ledger {
-    url: String,
+    postgres: PostgresSettings,
     owner: i32,
     output: OutputTarget,
     client: Option<Rc<Client>>,
@@ -42,7 +43,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(
-        url: String,
+        postgres: PostgresSettings,
         owner: i32,
         output: OutputTarget,
         takeover_after: Duration,
@@ -50,7 +51,7 @@ impl Ledger {
         shared: Shared,
     ) -> Ledger {
         Ledger {
-            url,
+            postgres,
             owner,
             output,
             client: None,
@@ -150,14 +151,16 @@ impl Actor for Ledger {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (url, owner) = (self.url.clone(), self.owner);
+        let (postgres, owner) = (self.postgres.clone(), self.owner);
         let delay = self.restarts.delay();
         ctx.wait(
             async move {
                 actix_rt::time::sleep(delay).await;
-                let client = crate::postgres::connect(&url, "ledger").await?;
-                outbox::hold_owner_lock(&client, owner).await?;
-                Ok::<_, tokio_postgres::Error>(client)
+                let client = crate::postgres::connect(&postgres, "ledger").await?;
+                outbox::hold_owner_lock(&client, owner)
+                    .await
+                    .map_err(ConnectError::from)?;
+                Ok::<_, ConnectError>(client)
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
@@ -175,7 +178,7 @@ impl Actor for Ledger {
                     ctx.run_interval(SWEEP_INTERVAL, |act, ctx| act.sweep(ctx));
                 }
                 Err(e) => {
-                    log::warn!("ledger: cannot connect: {}", crate::postgres::describe(&e));
+                    log::warn!("ledger: cannot connect: {e}");
                     act.restarts.failed();
                     ctx.stop();
                 }

@@ -22,6 +22,7 @@ use crate::campaign::Campaign;
 use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
 use crate::notification::NotificationBatch;
+use crate::postgres::PostgresSettings;
 
 pub type PgWriter = Writer<PgSink>;
 
@@ -115,18 +116,11 @@ pub struct Inserted {
     pub outbox_ids: Vec<i64>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PgSinkConfig {
-    pub url: String,
+    pub postgres: PostgresSettings,
     /// This process's ledger owner id.
     pub owner: i32,
-}
-
-impl std::fmt::Debug for PgSinkConfig {
-    // The URL may hold a password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgSinkConfig").finish_non_exhaustive()
-    }
 }
 
 pub struct PgSink {
@@ -153,9 +147,9 @@ impl Sink for PgSink {
 
     fn connect(config: PgSinkConfig) -> LocalFuture<Result<PgSink, SinkError>> {
         Box::pin(async move {
-            let client = crate::postgres::connect(&config.url, "postgres writer")
+            let client = crate::postgres::connect(&config.postgres, "postgres writer")
                 .await
-                .map_err(|e| SinkError::Retriable(crate::postgres::describe(&e)))?;
+                .map_err(|e| SinkError::Retriable(e.to_string()))?;
             let insert = client.prepare(INSERT).await.map_err(|e| classify(&e))?;
             Ok(PgSink {
                 client: Arc::new(client),

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use futures::channel::oneshot;
 
 use crate::events::{Event, SinkWriteFailed, SinkWritten};
-use crate::messages::{Close, IsConnected};
+use crate::messages::{Close, Health, WriterHealth};
 use crate::metrics::{ErrorClass, SinkKind};
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
@@ -129,6 +129,8 @@ pub struct WriterSettings {
     pub batch_max_rows: usize,
     /// ...or once the oldest has waited this long (or at once when no write is out).
     pub linger: Duration,
+    /// Work waiting and nothing confirmed for this long is a stall (readiness says so).
+    pub stall_after: Duration,
     pub restart: RestartPolicy,
 }
 
@@ -194,6 +196,8 @@ pub struct Writer<S: Sink> {
     restarts: Restarts,
     /// Writes that went through: the evidence that the sink itself is healthy.
     successes: u64,
+    /// When the writer last confirmed a write, or last went from idle to having work.
+    progress_at: Instant,
     /// Jobs whose write failed alone, held back so that the others go first; released (and
     /// reconciled) once another write went through, or after `hold` when nothing else waits.
     suspects: VecDeque<(Job<S>, Instant)>,
@@ -213,10 +217,15 @@ impl<S: Sink> Writer<S> {
             closing: None,
             restarts: Restarts::new(S::KIND.writer(), settings.restart.clone()),
             successes: 0,
+            progress_at: Instant::now(),
             suspects: VecDeque::new(),
             shared,
             settings,
         }
+    }
+
+    fn has_work(&self) -> bool {
+        !(self.pending.is_empty() && self.in_flight.is_empty() && self.suspects.is_empty())
     }
 
     fn update_gauges(&self) {
@@ -307,6 +316,7 @@ impl<S: Sink> Writer<S> {
             Ok(outputs) => {
                 self.restarts.succeeded();
                 self.successes += 1;
+                self.progress_at = Instant::now();
                 let mut added = 0;
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     added += S::rows_written(&job.item, &output);
@@ -385,7 +395,8 @@ impl<S: Sink> Writer<S> {
                 let _ = job.done.send(Err(SinkError::Permanent(reason)));
             } else if count == 1 {
                 job.alone = true;
-                self.suspects.push_back((job, Instant::now() + self.hold()));
+                let until = Instant::now() + self.hold(job.suspicion.failures);
+                self.suspects.push_back((job, until));
             } else {
                 job.alone |= job.suspicion.failures >= SPLIT_AFTER_FAILURES;
                 again.push(job);
@@ -394,12 +405,18 @@ impl<S: Sink> Writer<S> {
         self.requeue_front(again.into_iter());
     }
 
-    /// How long a suspect waits when nothing else is written: long enough that retrying one job
-    /// alone, which restarts the writer each time it fails, stays within half the restart limit.
-    fn hold(&self) -> Duration {
+    /// How long a suspect that failed `failures` times waits when nothing else is written:
+    /// doubling from the restart backoff's start, up to a spacing at which retrying one job alone
+    /// (each failure restarts the writer) stays within half the restart limit. A lone job that
+    /// failed once, in a blip, is tried again soon; one that keeps failing, rarely.
+    fn hold(&self, failures: u32) -> Duration {
         let restart = &self.settings.restart;
         let spacing = restart.window * 2 / restart.limit.unwrap_or(u32::MAX).max(1);
-        spacing.max(restart.backoff_max)
+        let doubling = 1u32 << failures.saturating_sub(1).min(20);
+        restart
+            .backoff_initial
+            .saturating_mul(doubling)
+            .min(spacing.max(restart.backoff_max))
     }
 
     /// Puts the suspects back in the queue, behind what waits, once what of them landed before
@@ -520,6 +537,7 @@ impl<S: Sink> Actor for Writer<S> {
             .into_actor(self)
             .map(|result, act, ctx| match result {
                 Ok(sink) => {
+                    act.restarts.connected();
                     if act.restarts.after_failure() {
                         log::info!("{}: connected again", S::KIND.writer().name());
                     } else {
@@ -586,6 +604,9 @@ impl<S: Sink> Handler<Write<S>> for Writer<S> {
 
     fn handle(&mut self, msg: Write<S>, ctx: &mut Context<Self>) -> Self::Result {
         let (done, rx) = oneshot::channel();
+        if !self.has_work() {
+            self.progress_at = Instant::now();
+        }
         self.pending_rows += msg.0.rows();
         self.pending.push_back(Job::new(msg.0, done));
         self.flush(ctx, false);
@@ -609,11 +630,25 @@ impl<S: Sink> Handler<Close> for Writer<S> {
     }
 }
 
-impl<S: Sink> Handler<IsConnected> for Writer<S> {
-    type Result = bool;
+impl<S: Sink> Handler<Health> for Writer<S> {
+    type Result = WriterHealth;
 
-    fn handle(&mut self, _: IsConnected, _: &mut Context<Self>) -> bool {
-        self.sink.as_ref().is_some_and(|s| s.is_connected())
+    fn handle(&mut self, _: Health, _: &mut Context<Self>) -> WriterHealth {
+        let waited = self.progress_at.elapsed();
+        let stalled = (self.has_work() && waited > self.settings.stall_after).then(|| {
+            let in_flight: usize = self
+                .in_flight
+                .values()
+                .flatten()
+                .map(|j| j.item.rows())
+                .sum();
+            let held: usize = self.suspects.iter().map(|(j, _)| j.item.rows()).sum();
+            (waited, self.pending_rows + in_flight + held)
+        });
+        WriterHealth {
+            connected: self.sink.as_ref().is_some_and(|s| s.is_connected()),
+            stalled,
+        }
     }
 }
 
@@ -760,6 +795,7 @@ mod tests {
         WriterSettings {
             batch_max_rows: 1_000,
             linger: Duration::from_secs(1),
+            stall_after: Duration::from_secs(30),
             restart: RestartPolicy {
                 backoff_initial: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(5),
