@@ -30,9 +30,11 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A group that failed this many times with retriable errors is split, each job written alone.
 const SPLIT_AFTER_FAILURES: u32 = 2;
-/// A job that failed alone this many times, each time after other writes had gone through since
-/// its previous failure, fails the same way every time: it is refused for good.
-const POISON_STRIKES: u32 = 2;
+/// A job that failed this many times, at least once alone after other writes had gone through
+/// since its previous failure, fails the same way every time: it is refused for good. (Twice
+/// alone with other writes in between would need traffic after it, which its campaign, the last
+/// of a burst, may never get.)
+const POISON_FAILURES: u32 = 3;
 
 /// How a sink error is handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,7 +180,7 @@ impl Suspicion {
             self.strikes += 1;
         }
         self.successes_at_failure = successes;
-        self.strikes >= POISON_STRIKES
+        self.strikes > 0 && self.failures >= POISON_FAILURES
     }
 }
 
@@ -957,6 +959,24 @@ mod tests {
             "isolated before the restart limit"
         );
         assert!(restarts(&metrics) <= 4, "{} restarts", restarts(&metrics));
+    }
+
+    #[actix_rt::test]
+    async fn a_poison_job_last_of_its_burst_is_refused_without_more_traffic() {
+        let handle = Handle::default();
+        handle.with(|s| {
+            s.failing.insert(40);
+            s.write_delay = Duration::from_millis(50);
+        });
+        let (addr, _metrics, _fatal) = start(&handle, settings());
+        // The poison is grouped with the burst's other job and nothing follows them.
+        let answers = write_all_within(&addr, &[&[1], &[40], &[2]], 10).await;
+        assert_eq!(answers[0], Ok(1));
+        assert!(
+            matches!(answers[1], Err(SinkError::Permanent(_))),
+            "{answers:?}"
+        );
+        assert_eq!(answers[2], Ok(1));
     }
 
     #[actix_rt::test]
