@@ -145,3 +145,38 @@ async fn postgres_sink_calls_a_value_the_database_can_never_store_permanent() {
     assert_eq!(f.feedback_rows().await.len(), 0, "nothing half-written");
     f.cleanup().await;
 }
+
+#[actix_rt::test]
+async fn every_postgres_session_runs_with_the_configured_limits() {
+    let f = Fixture::new("pglimits", 1).await;
+    let mut settings = PostgresSettings::for_url(&f.db_url);
+    settings.lock_timeout = std::time::Duration::from_secs(3);
+    settings.statement_timeout = std::time::Duration::from_secs(7);
+    settings.idle_in_transaction_timeout = std::time::Duration::from_secs(2);
+    settings.keepalive_idle = std::time::Duration::from_secs(11);
+    let client = campaign_actors::postgres::connect(&settings, "test")
+        .await
+        .expect("connect");
+    for (setting, value) in [
+        ("lock_timeout", "3s"),
+        ("statement_timeout", "7s"),
+        ("idle_in_transaction_session_timeout", "2s"),
+        ("tcp_keepalives_idle", "11"),
+    ] {
+        let shown: String = client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .expect("show")
+            .get(0);
+        assert_eq!(shown, value, "{setting}");
+    }
+    // A transaction left idle is ended by the server, which releases what it holds.
+    client.batch_execute("BEGIN").await.expect("begin");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = client.batch_execute("SELECT 1").await;
+    assert!(
+        after.is_err(),
+        "the idle transaction was ended by the server"
+    );
+    f.cleanup().await;
+}

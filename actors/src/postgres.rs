@@ -15,9 +15,10 @@ const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e; // "campaign"
 
 /// The service's own additions to the brief's tables: the index the cache's reload and the
 /// writers' lookups rely on, and the ledger's outbox.
-const SERVICE_DDL: &str = "
+const RESTAURANT_INDEX: &str = "
 CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
-    ON public.subscribers_restaurants (restaurant_id);
+    ON public.subscribers_restaurants (restaurant_id)";
+const OUTBOX_DDL: &str = "
 CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
     id bigserial PRIMARY KEY,
     token int8 NOT NULL UNIQUE,
@@ -188,18 +189,49 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
         .await?;
-    tx.batch_execute(contract::SUBSCRIBERS_RESTAURANTS_DDL)
-        .await?;
-    tx.batch_execute(contract::SUBSCRIBERS_FEEDBACK_DDL).await?;
-    tx.batch_execute(SERVICE_DDL).await?;
-    if let Err(e) = tx.batch_execute(UNIQUE_KEY).await {
-        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-            return Err(SchemaError::DuplicateNotifications);
+    // Only what is missing is created: `CREATE INDEX IF NOT EXISTS` takes a lock that waits for
+    // every open write of its table, and holds up every write after it, even when the index
+    // exists, so an instance starting beside busy (or frozen) peers must not run it.
+    let steps = [
+        (
+            "public.subscribers_restaurants",
+            contract::SUBSCRIBERS_RESTAURANTS_DDL,
+        ),
+        (
+            "public.subscribers_feedback",
+            contract::SUBSCRIBERS_FEEDBACK_DDL,
+        ),
+        (
+            "public.subscribers_restaurants_restaurant_id_idx",
+            RESTAURANT_INDEX,
+        ),
+        ("public.campaign_notifier_outbox", OUTBOX_DDL),
+    ];
+    for (relation, ddl) in steps {
+        if missing(&tx, relation).await? {
+            tx.batch_execute(ddl).await?;
         }
-        return Err(e.into());
+    }
+    if missing(&tx, "public.subscribers_feedback_notification_key").await? {
+        if let Err(e) = tx.batch_execute(UNIQUE_KEY).await {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Err(SchemaError::DuplicateNotifications);
+            }
+            return Err(e.into());
+        }
     }
     tx.commit().await?;
     Ok(())
+}
+
+async fn missing(
+    tx: &tokio_postgres::Transaction<'_>,
+    relation: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = tx
+        .query_one("SELECT to_regclass($1) IS NULL", &[&relation])
+        .await?;
+    row.try_get(0)
 }
 
 /// Whether an error is the data's fault and fails the same way every time: data errors (class
