@@ -336,3 +336,82 @@ async fn an_instance_frozen_mid_transaction_does_not_stop_the_other_and_nothing_
     assert!(a.terminate().success(), "{}", a.log_text());
     f.cleanup().await;
 }
+
+/// The partitions of the input topic `service` was last assigned, from its log.
+fn assigned(service: &Service) -> Option<usize> {
+    service
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("kafka reader: assigned"))
+        .map(|l| l.matches("-in/").count())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_of_two_instances_reads_nothing_confirmed_again() {
+    let f = Fixture::new("rolling", 2).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000007";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let produce = |from: usize| {
+        let f = &f;
+        async move {
+            for i in from..from + 20 {
+                let id = format!("c-{i}");
+                f.produce(&id, active_campaign(restaurant, &id).as_bytes())
+                    .await;
+            }
+        }
+    };
+    let mut a = Service::start_numbered(&f, "", 1);
+    wait_for(
+        "A assigned both partitions",
+        Duration::from_secs(30),
+        || assigned(&a) == Some(2),
+    );
+    produce(0).await;
+    a.wait_processed(20, Duration::from_secs(30));
+    // B joins: the partitions are shared, and each goes on from where A left it.
+    let mut b = Service::start_numbered(&f, "", 2);
+    wait_for(
+        "A and B sharing the partitions",
+        Duration::from_secs(60),
+        || assigned(&a) == Some(1) && assigned(&b) == Some(1),
+    );
+    produce(20).await;
+    wait_for(
+        "the second twenty processed",
+        Duration::from_secs(30),
+        || {
+            a.metric("campaign_notifier_campaigns_processed_total")
+                + b.metric("campaign_notifier_campaigns_processed_total")
+                >= 40.0
+        },
+    );
+    // Rolling restart: B first, then A. A must not commit what it remembers of B's partition.
+    assert!(b.terminate().success(), "{}", b.log_text());
+    assert!(a.terminate().success(), "{}", a.log_text());
+    for (partition, (committed, end)) in f.input_commits().into_iter().enumerate() {
+        assert_eq!(
+            committed,
+            end,
+            "partition {partition}: confirmed campaigns would be read again:\n{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+    }
+    let all: Vec<String> = (0..40).map(|i| format!("c-{i}")).collect();
+    assert_eq!(row_pairs(&f).await, pairs(&all));
+    assert_eq!(output_pairs(&f), pairs(&all));
+    f.cleanup().await;
+}

@@ -217,6 +217,41 @@ impl Fixture {
             .expect("consumer")
     }
 
+    /// Per partition of the input topic: the service group's committed offset and the end of the
+    /// partition.
+    pub fn input_commits(&self) -> Vec<(i64, i64)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&self.input_topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(&self.input_topic, p.id());
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.input_topic, e.partition(), Duration::from_secs(10))
+                    .expect("watermarks");
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (at, high)
+            })
+            .collect()
+    }
+
     /// Every message of the output topic, as (key, JSON value).
     pub fn read_output(&self) -> Vec<(String, serde_json::Value)> {
         self.read_topic(&self.output_topic)

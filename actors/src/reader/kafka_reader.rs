@@ -9,6 +9,7 @@
 //! At most `max_in_flight_campaigns` campaigns are in flight; at the limit the reader stops
 //! pulling, so a slow or reconnecting sink bounds memory instead of growing a queue.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,35 +298,35 @@ impl ReadLoop {
     }
 }
 
-/// Commits exactly the stored offsets (not the read position, which may be ahead of what was
-/// written) and closes the consumer, both off the arbiter since they block.
+/// Commits what was stored, closes the consumer; both off the arbiter since they block. Only
+/// partitions this instance still owns, and only forward: a partition taken over by another
+/// instance, or given back, may be further along than what this one remembers of it.
 async fn commit_final(consumer: Arc<ReaderConsumer>, topic: &str, tracker: &OffsetTracker) -> bool {
-    let mut tpl = TopicPartitionList::new();
-    let mut stored: Vec<(i32, i64)> = tracker.stored().collect();
-    stored.sort_unstable();
-    let summary = stored
-        .iter()
-        .map(|(p, o)| format!("{topic}/{p}={o}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    for (partition, offset) in stored {
-        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
-            log::warn!("kafka reader: cannot prepare the commit of {topic}/{partition}: {e}");
-        }
-    }
+    let stored: Vec<(i32, i64)> = tracker.stored().collect();
+    let topic_name = topic.to_string();
     let result = tokio::task::spawn_blocking(move || {
-        let result = if tpl.count() == 0 {
-            Ok(())
-        } else {
-            consumer.commit(&tpl, CommitMode::Sync)
-        };
+        let result = forward_commits(&consumer, &topic_name, &stored).and_then(|commits| {
+            if !commits.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for &(partition, offset) in &commits {
+                    tpl.add_partition_offset(&topic_name, partition, Offset::Offset(offset))?;
+                }
+                consumer.commit(&tpl, CommitMode::Sync)?;
+            }
+            Ok(commits)
+        });
         consumer.unsubscribe();
         drop(consumer);
         result
     })
     .await;
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(commits)) => {
+            let summary = commits
+                .iter()
+                .map(|(p, o)| format!("{topic}/{p}={o}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             log::info!("kafka reader: offsets committed: {summary}");
             true
         }
@@ -339,5 +340,67 @@ async fn commit_final(consumer: Arc<ReaderConsumer>, topic: &str, tracker: &Offs
             log::warn!("kafka reader: commit task failed: {e}");
             false
         }
+    }
+}
+
+/// The stored offsets worth committing: of partitions still assigned, ahead of the group's
+/// committed offset. Blocking.
+fn forward_commits(
+    consumer: &ReaderConsumer,
+    topic: &str,
+    stored: &[(i32, i64)],
+) -> rdkafka::error::KafkaResult<Vec<(i32, i64)>> {
+    let owned: BTreeSet<i32> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &owned {
+        tpl.add_partition(topic, p);
+    }
+    let committed: HashMap<i32, i64> = consumer
+        .committed_offsets(tpl, COMMIT_TIMEOUT)?
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    Ok(ahead(stored, &owned, &committed))
+}
+
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `stored`, kept where the partition is owned and the offset is past what is committed.
+fn ahead(
+    stored: &[(i32, i64)],
+    owned: &BTreeSet<i32>,
+    committed: &HashMap<i32, i64>,
+) -> Vec<(i32, i64)> {
+    let mut out: Vec<(i32, i64)> = stored
+        .iter()
+        .copied()
+        .filter(|(p, o)| owned.contains(p) && committed.get(p).is_none_or(|c| o > c))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_commit_never_moves_an_offset_back_nor_touches_another_owners_partition() {
+        let stored = [(0, 12), (1, 18), (2, 30), (3, 7)];
+        let owned = BTreeSet::from([0, 1, 3]);
+        // 0: another instance went further while it owned it; 2: not ours any more; 3: never
+        // committed.
+        let committed = HashMap::from([(0, 22), (1, 10), (2, 5)]);
+        assert_eq!(ahead(&stored, &owned, &committed), vec![(1, 18), (3, 7)]);
     }
 }
