@@ -415,3 +415,56 @@ async fn a_rolling_restart_of_two_instances_reads_nothing_confirmed_again() {
     assert_eq!(output_pairs(&f), pairs(&all));
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_that_hits_every_write_holds_the_campaigns_instead_of_dead_lettering_them() {
+    let f = Fixture::new("allrefused", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000008";
+    f.subscribe(restaurant, &CLIENTS).await;
+    // A rule of the app's that no row passes (as a column that overflows or an exhausted id
+    // sequence would be): the fault is the database's setup, not any campaign's.
+    f.db.batch_execute(
+        "ALTER TABLE subscribers_feedback ADD CONSTRAINT every_row_refused CHECK (false) NOT VALID",
+    )
+    .await
+    .unwrap();
+    let service = Service::start(&f, "");
+    let campaigns: Vec<String> = (0..10).map(|i| format!("c-{i}")).collect();
+    for id in &campaigns {
+        f.produce(id, active_campaign(restaurant, id).as_bytes())
+            .await;
+    }
+    let body = wait_readyz(&service, 503, Duration::from_secs(20));
+    assert!(body.contains("refuses every write"), "{body}");
+    assert_eq!(
+        service.metric_with("campaign_notifier_sink_fault", "sink=\"postgres\""),
+        1.0
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        f.count(&f.dead_letter_topic),
+        0,
+        "no campaign was dead-lettered"
+    );
+    for (committed, _) in f.input_commits() {
+        assert!(
+            committed <= 0,
+            "nothing was committed past the fault: {committed}"
+        );
+    }
+    // The operator mends the table: everything held goes through, once.
+    f.db.batch_execute("ALTER TABLE subscribers_feedback DROP CONSTRAINT every_row_refused")
+        .await
+        .unwrap();
+    service.wait_processed(10, Duration::from_secs(30));
+    wait_readyz(&service, 200, Duration::from_secs(10));
+    assert_eq!(row_pairs(&f).await, pairs(&campaigns));
+    assert_eq!(output_pairs(&f), pairs(&campaigns));
+    assert_eq!(f.count(&f.dead_letter_topic), 0);
+    assert_eq!(
+        service.metric_with("campaign_notifier_sink_fault", "sink=\"postgres\""),
+        0.0
+    );
+    drop(service);
+    f.cleanup().await;
+}

@@ -44,12 +44,23 @@ pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
     for (sink, health) in [("kafka", kafka.await), ("postgres", postgres.await)] {
         match health {
             Ok(Ok(WriterHealth {
+                fault: Some(reason),
+                ..
+            })) => {
+                return Some(format!(
+                    "{sink} sink refuses every write (a configuration fault; campaigns are held, \
+                     none is committed): {reason}"
+                ))
+            }
+            Ok(Ok(WriterHealth {
                 connected: true,
                 stalled: None,
+                ..
             })) => {}
             Ok(Ok(WriterHealth {
                 connected: true,
                 stalled: Some((waited, rows)),
+                ..
             })) => {
                 return Some(format!(
                     "{sink} sink has had {rows} notifications waiting and confirmed none for {}s",

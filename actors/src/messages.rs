@@ -105,11 +105,13 @@ pub struct Close;
 #[rtype(result = "WriterHealth")]
 pub struct Health;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+#[derive(Debug, Clone, PartialEq, Eq, MessageResponse)]
 pub struct WriterHealth {
     /// The writer has a working connection.
     pub connected: bool,
     /// Set when the writer has had work waiting and confirmed nothing for longer than its
     /// `stall_after`: how long, and how many notifications wait.
     pub stalled: Option<(std::time::Duration, usize)>,
+    /// Set while the sink refuses every write (a configuration fault), with the sink's reason.
+    pub fault: Option<String>,
 }

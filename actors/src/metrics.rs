@@ -211,6 +211,8 @@ pub struct Metrics {
     pub sink_pending_rows: IntGaugeVec,
     /// 1 while the sink has a working connection.
     pub sink_connected: IntGaugeVec,
+    /// 1 while the sink refuses every write (a configuration fault): campaigns are held.
+    pub sink_fault: IntGaugeVec,
     /// Restarts per supervised actor ([`ActorKind`]).
     pub actor_restarts: IntCounterVec,
     /// Campaigns read and not yet completed.
@@ -334,6 +336,8 @@ impl Metrics {
                 "Notifications queued in or being written by a sink", &["sink"]),
             sink_connected: r.gauges("sink_connected",
                 "1 while the sink has a working connection", &["sink"]),
+            sink_fault: r.gauges("sink_fault",
+                "1 while the sink refuses every write (a configuration fault)", &["sink"]),
             actor_restarts: r.counters("actor_restarts_total",
                 "Restarts of a supervised actor", &["actor"]),
             campaigns_in_flight: r.gauge("campaigns_in_flight",
@@ -380,6 +384,7 @@ impl Metrics {
                 self.notifications_written
                     .with_label_values(&[sink.as_str()]);
             }
+            self.sink_fault.with_label_values(&[sink.as_str()]);
             for class in ErrorClass::ALL {
                 self.sink_write_errors
                     .with_label_values(&[sink.as_str(), class.as_str()]);

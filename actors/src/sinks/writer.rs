@@ -35,6 +35,15 @@ const SPLIT_AFTER_FAILURES: u32 = 2;
 /// alone with other writes in between would need traffic after it, which its campaign, the last
 /// of a burst, may never get.)
 const POISON_FAILURES: u32 = 3;
+/// This many jobs refused for good in a row, with no write going through in between, are not
+/// this many bad campaigns but a sink that refuses everything (a column that overflows, an id
+/// sequence exhausted, a topic limit below the batch size): a configuration fault.
+const FAULT_AFTER_REFUSALS: u32 = 3;
+/// While faulted, one job is tried this often to learn whether the sink takes writes again.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// A refusal with no other write to tell whether it is the job's or the sink's is final after
+/// this long (a lone campaign must not wait for traffic that may not come).
+const REFUSAL_SETTLES_AFTER: Duration = Duration::from_secs(5);
 
 /// How a sink error is handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,6 +212,15 @@ pub struct Writer<S: Sink> {
     /// Jobs whose write failed alone, held back so that the others go first; released (and
     /// reconciled) once another write went through, or after `hold` when nothing else waits.
     suspects: VecDeque<(Job<S>, Instant)>,
+    /// Jobs the sink refused for good, alone. The refusal is final (and answered) once another
+    /// write went through, or after `REFUSAL_SETTLES_AFTER` with no contrary evidence; until then
+    /// it may turn out to be a configuration fault instead.
+    refused: VecDeque<(Job<S>, SinkError, Instant)>,
+    refusals_in_a_row: u32,
+    /// Set while the sink refuses every write: nothing is written but a probe every
+    /// `PROBE_EVERY`, nothing is refused, readiness says why.
+    fault: Option<String>,
+    probe_at: Instant,
 }
 
 impl<S: Sink> Writer<S> {
@@ -221,6 +239,10 @@ impl<S: Sink> Writer<S> {
             successes: 0,
             progress_at: Instant::now(),
             suspects: VecDeque::new(),
+            refused: VecDeque::new(),
+            refusals_in_a_row: 0,
+            fault: None,
+            probe_at: Instant::now(),
             shared,
             settings,
         }
@@ -255,6 +277,11 @@ impl<S: Sink> Writer<S> {
         let Some(sink) = self.sink.clone() else {
             return;
         };
+        if self.fault.is_some() {
+            self.probe(ctx, &sink);
+            self.update_gauges();
+            return;
+        }
         while self.in_flight.len() < S::MAX_CONCURRENT_WRITES && !self.pending.is_empty() {
             let full = self.pending_rows >= self.settings.batch_max_rows;
             let idle = self.in_flight.is_empty();
@@ -319,6 +346,7 @@ impl<S: Sink> Writer<S> {
                 self.restarts.succeeded();
                 self.successes += 1;
                 self.progress_at = Instant::now();
+                self.went_through();
                 let mut added = 0;
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     added += S::rows_written(&job.item, &output);
@@ -351,7 +379,7 @@ impl<S: Sink> Writer<S> {
                 match e {
                     SinkError::Permanent(_) if jobs.len() == 1 => {
                         for job in jobs {
-                            let _ = job.done.send(Err(e.clone()));
+                            self.refused_alone(job, e.clone());
                         }
                     }
                     // One of the group is bad; write each alone to find it and keep the others,
@@ -375,6 +403,86 @@ impl<S: Sink> Writer<S> {
                 self.finish_close_if_idle(ctx);
             }
         }
+    }
+
+    /// A job the sink refused for good, alone: held until the refusal is known to be the job's
+    /// (another write goes through) rather than the sink's (every write is refused).
+    fn refused_alone(&mut self, job: Job<S>, error: SinkError) {
+        self.refusals_in_a_row += 1;
+        if self.fault.is_none() && self.refusals_in_a_row >= FAULT_AFTER_REFUSALS {
+            let reason = error.to_string();
+            log::error!(
+                "{}: {} jobs in a row refused and none written: the sink refuses every write \
+                 (a configuration fault); holding the campaigns and trying one every {:?}: {reason}",
+                S::KIND.writer().name(),
+                self.refusals_in_a_row,
+                PROBE_EVERY
+            );
+            self.set_fault(Some(reason));
+            let now = Instant::now();
+            self.probe_at = now + PROBE_EVERY;
+            let refused = std::mem::take(&mut self.refused);
+            self.suspects
+                .extend(refused.into_iter().map(|(job, _, _)| (job, now)));
+        }
+        if self.fault.is_some() {
+            // Written again, once reconciled, when the sink takes writes again.
+            self.suspects.push_back((job, Instant::now()));
+        } else {
+            let until = Instant::now() + REFUSAL_SETTLES_AFTER;
+            self.refused.push_back((job, error, until));
+        }
+    }
+
+    /// A write went through: refusals held are the jobs' own; a fault is over.
+    fn went_through(&mut self) {
+        self.refusals_in_a_row = 0;
+        if self.fault.is_some() {
+            log::info!("{}: writes go through again", S::KIND.writer().name());
+            self.set_fault(None);
+        }
+        for (job, error, _) in self.refused.drain(..) {
+            let _ = job.done.send(Err(error));
+        }
+    }
+
+    /// Refusals held with no contrary evidence for `REFUSAL_SETTLES_AFTER` are final.
+    fn settle_refusals(&mut self) {
+        let now = Instant::now();
+        while self
+            .refused
+            .front()
+            .is_some_and(|(_, _, until)| *until <= now)
+        {
+            if let Some((job, error, _)) = self.refused.pop_front() {
+                let _ = job.done.send(Err(error));
+            }
+        }
+    }
+
+    fn set_fault(&mut self, fault: Option<String>) {
+        self.shared
+            .metrics
+            .sink_fault
+            .with_label_values(&[S::KIND.as_str()])
+            .set(i64::from(fault.is_some()));
+        self.fault = fault;
+    }
+
+    /// While faulted: one job, alone, every `PROBE_EVERY`.
+    fn probe(&mut self, ctx: &mut Context<Self>, sink: &Rc<S>) {
+        let now = Instant::now();
+        if !self.in_flight.is_empty() || now < self.probe_at {
+            return;
+        }
+        let Some(mut job) = self.pending.pop_front() else {
+            return;
+        };
+        self.probe_at = now + PROBE_EVERY;
+        self.pending_rows -= job.item.rows();
+        job.alone = true;
+        job.attempted = true;
+        self.start_write(ctx, sink, vec![job]);
     }
 
     /// After a retriable failure: a group that keeps failing is split; a job that failed alone
@@ -567,7 +675,10 @@ impl<S: Sink> Actor for Writer<S> {
                                 .is_some_and(|(_, until)| *until <= Instant::now())
                         {
                             act.release_suspects(ctx);
+                        } else if act.fault.is_some() {
+                            act.flush(ctx, false);
                         }
+                        act.settle_refusals();
                     });
                 }
                 Err(e) => {
@@ -650,6 +761,7 @@ impl<S: Sink> Handler<Health> for Writer<S> {
         WriterHealth {
             connected: self.sink.as_ref().is_some_and(|s| s.is_connected()),
             stalled,
+            fault: self.fault.clone(),
         }
     }
 }
@@ -678,6 +790,8 @@ mod tests {
         write_faults: VecDeque<Fault>,
         /// Ids the sink refuses for good, whatever group they are in.
         refused: HashSet<u32>,
+        /// Every write is refused for good (a setup fault, not the data's).
+        refuse_all: bool,
         /// Ids whose writes fail with a retriable error, every time (a poison the sink misreports).
         failing: HashSet<u32>,
         /// A refusal lands the rest of the group (as a broker acknowledges the other records of
@@ -738,6 +852,9 @@ mod tests {
                 shared.with(|s| {
                     let ids: Vec<u32> = items.iter().flat_map(|i| i.0.iter().copied()).collect();
                     s.groups.push(ids.clone());
+                    if s.refuse_all {
+                        return Err(SinkError::Permanent("column overflows".into()));
+                    }
                     if ids.iter().any(|id| s.refused.contains(id)) {
                         if s.refusal_lands_the_rest {
                             let landed = ids.iter().filter(|id| !s.refused.contains(id));
@@ -959,6 +1076,35 @@ mod tests {
             "isolated before the restart limit"
         );
         assert!(restarts(&metrics) <= 4, "{} restarts", restarts(&metrics));
+    }
+
+    #[actix_rt::test]
+    async fn a_sink_refusing_every_write_holds_the_jobs_and_takes_them_once_mended() {
+        let handle = Handle::default();
+        handle.with(|s| s.refuse_all = true);
+        let (addr, metrics, _fatal) = start(&handle, settings());
+        let jobs: [&[u32]; 4] = [&[1], &[2], &[3], &[4]];
+        let sends = futures::future::join_all(
+            jobs.iter()
+                .map(|ids| addr.send(Write::<MemorySink>(Arc::new(Ids(ids.to_vec()))))),
+        );
+        let mut sends = Box::pin(sends);
+        let early = tokio::time::timeout(Duration::from_secs(2), &mut sends).await;
+        assert!(early.is_err(), "no job was answered as refused: {early:?}");
+        let health = addr.send(Health).await.unwrap();
+        assert!(health.fault.is_some_and(|f| f.contains("column overflows")));
+        let fault = || metrics.sink_fault.with_label_values(&["postgres"]).get();
+        assert_eq!(fault(), 1);
+        // Mended: a probe goes through, and everything held is written.
+        handle.with(|s| s.refuse_all = false);
+        let answers = tokio::time::timeout(Duration::from_secs(15), sends)
+            .await
+            .expect("answered once mended");
+        let answers: Vec<_> = answers.into_iter().map(|a| a.unwrap()).collect();
+        assert_eq!(answers, vec![Ok(1), Ok(1), Ok(1), Ok(1)]);
+        assert_eq!(handle.with(|s| sorted(s.stored.clone())), vec![1, 2, 3, 4]);
+        assert_eq!(fault(), 0);
+        assert!(addr.send(Health).await.unwrap().fault.is_none());
     }
 
     #[actix_rt::test]
