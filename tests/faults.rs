@@ -164,11 +164,7 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
     assert_eq!(rows, expected, "each pair exactly once in Postgres");
     assert_eq!(output.len(), total, "every pair in Kafka");
     assert_eq!(output, expected, "each pair exactly once in Kafka");
-    let marks: i64 =
-        f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
+    let marks: i64 = f.outbox_marks().await;
     assert_eq!(marks, 0, "every outbox mark cleared");
     f.cleanup().await;
 }
@@ -293,11 +289,7 @@ async fn wait_complete(f: &Fixture, total: usize, timeout: Duration, logs: &dyn 
     loop {
         let rows = f.feedback_rows().await.len();
         let messages = f.output_count() as usize;
-        let marks: i64 =
-            f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
-                .await
-                .unwrap()
-                .get(0);
+        let marks: i64 = f.outbox_marks().await;
         if rows >= total && messages >= total && marks == 0 {
             return;
         }
@@ -470,11 +462,7 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
     // the survivor's ledger once it is older than takeover_after_secs: no mark is left.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let marks: i64 =
-            f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
-                .await
-                .unwrap()
-                .get(0);
+        let marks: i64 = f.outbox_marks().await;
         // Marks of the dead instance can only be cleared by the survivor's takeover (or there
         // were none at the moment of the kill).
         if marks == 0 {

@@ -89,11 +89,7 @@ async fn assert_refused_and_the_rest_delivered(f: &Fixture, ordinary: &[String],
     // Marks are cleared by the ledger a moment after Kafka confirmed their notifications.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let marks: i64 =
-            f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
-                .await
-                .unwrap()
-                .get(0);
+        let marks: i64 = f.outbox_marks().await;
         if marks == 0 {
             break;
         }

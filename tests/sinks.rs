@@ -107,11 +107,7 @@ async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk(
         .expect("write of nothing new");
     assert_eq!(none[0], Inserted::default());
     assert_eq!(f.feedback_rows().await.len(), 3);
-    let marks: i64 =
-        f.db.query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
-            .await
-            .expect("count marks")
-            .get(0);
+    let marks: i64 = f.outbox_marks().await;
     assert_eq!(marks, 2);
     f.cleanup().await;
 }

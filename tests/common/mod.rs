@@ -217,6 +217,15 @@ impl Fixture {
             .expect("consumer")
     }
 
+    /// Outbox marks left: notifications in Postgres not yet confirmed by Kafka.
+    pub async fn outbox_marks(&self) -> i64 {
+        self.db
+            .query_one("SELECT count(*) FROM campaign_notifier_outbox", &[])
+            .await
+            .expect("count outbox marks")
+            .get(0)
+    }
+
     /// Per partition of the input topic: the service group's committed offset and the end of the
     /// partition.
     pub fn input_commits(&self) -> Vec<(i64, i64)> {
