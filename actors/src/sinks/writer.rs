@@ -37,7 +37,8 @@ const SPLIT_AFTER_FAILURES: u32 = 2;
 const POISON_FAILURES: u32 = 3;
 /// This many jobs refused for good in a row, with no write going through in between, are not
 /// this many bad campaigns but a sink that refuses everything (a column that overflows, an id
-/// sequence exhausted, a topic limit below the batch size): a configuration fault.
+/// sequence exhausted): a configuration fault. (Kafka's configuration errors, such as a topic
+/// limit below the batch size, are classed retriable and restart the writer instead.)
 const FAULT_AFTER_REFUSALS: u32 = 3;
 /// While faulted, one job is tried this often to learn whether the sink takes writes again.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -143,6 +144,14 @@ pub struct WriterSettings {
     /// Work waiting and nothing confirmed for this long is a stall (readiness says so).
     pub stall_after: Duration,
     pub restart: RestartPolicy,
+}
+
+/// Where jobs go back in the queue once checked: first (their turn had come), or behind what
+/// waits (suspects, so that the others go first).
+#[derive(Clone, Copy)]
+enum Place {
+    Front,
+    Behind,
 }
 
 struct Job<S: Sink> {
@@ -252,19 +261,24 @@ impl<S: Sink> Writer<S> {
         !(self.pending.is_empty() && self.in_flight.is_empty() && self.suspects.is_empty())
     }
 
-    fn update_gauges(&self) {
-        let in_flight: usize = self
+    /// Rows waiting, being written or held back.
+    fn waiting_rows(&self) -> usize {
+        let out: usize = self
             .in_flight
             .values()
             .flatten()
             .chain(self.suspects.iter().map(|(j, _)| j))
             .map(|j| j.item.rows())
             .sum();
+        self.pending_rows + out
+    }
+
+    fn update_gauges(&self) {
         self.shared
             .metrics
             .sink_pending_rows
             .with_label_values(&[S::KIND.as_str()])
-            .set((self.pending_rows + in_flight) as i64);
+            .set(self.waiting_rows() as i64);
     }
 
     /// Starts writes while there is room and something worth writing: anything when no write is
@@ -532,34 +546,8 @@ impl<S: Sink> Writer<S> {
     /// Puts the suspects back in the queue, behind what waits, once what of them landed before
     /// is known.
     fn release_suspects(&mut self, ctx: &mut Context<Self>) {
-        let Some(sink) = self.sink.clone() else {
-            return;
-        };
         let suspects: Vec<Job<S>> = self.suspects.drain(..).map(|(job, _)| job).collect();
-        let items: Vec<_> = suspects.iter().map(|j| j.item.clone()).collect();
-        ctx.wait(sink.reconcile(items).into_actor(self).map(
-            move |result, act, ctx| match result {
-                Ok(items) => {
-                    for (mut job, item) in suspects.into_iter().zip(items) {
-                        job.item = item;
-                        job.attempted = false;
-                        act.pending_rows += job.item.rows();
-                        act.pending.push_back(job);
-                    }
-                    act.flush(ctx, false);
-                }
-                Err(e) => {
-                    act.suspects
-                        .extend(suspects.into_iter().map(|j| (j, Instant::now())));
-                    act.restarts.failed();
-                    log::warn!(
-                        "{}: cannot check what was written before: {e}",
-                        S::KIND.writer().name()
-                    );
-                    ctx.stop();
-                }
-            },
-        ));
+        self.reconcile_then_queue(ctx, suspects, Place::Behind);
     }
 
     fn requeue_front(&mut self, jobs: impl DoubleEndedIterator<Item = Job<S>>) {
@@ -571,47 +559,62 @@ impl<S: Sink> Writer<S> {
 
     /// After a reconnect, or after a group was refused: jobs whose earlier write may have landed
     /// in part are checked against the sink before anything is written again, so a retry never
-    /// writes a notification twice. Requeued jobs go to the front, so those are a prefix of the
-    /// queue; nothing else runs while the check does (`ctx.wait`).
+    /// writes a notification twice.
     fn reconcile_then_flush(&mut self, ctx: &mut Context<Self>) {
-        let Some(sink) = self.sink.clone() else {
-            return;
-        };
-        let attempted = self.pending.iter().take_while(|j| j.attempted).count();
-        if attempted == 0 {
+        let (attempted, untouched): (VecDeque<Job<S>>, VecDeque<Job<S>>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|j| j.attempted);
+        self.pending = untouched;
+        self.pending_rows -= attempted.iter().map(|j| j.item.rows()).sum::<usize>();
+        if attempted.is_empty() {
             self.flush(ctx, true);
             self.finish_close_if_idle(ctx);
-            return;
+        } else {
+            self.reconcile_then_queue(ctx, attempted.into(), Place::Front);
         }
-        let items: Vec<_> = self
-            .pending
-            .iter()
-            .take(attempted)
-            .map(|j| j.item.clone())
-            .collect();
-        ctx.wait(
-            sink.reconcile(items)
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(items) => {
-                        for (job, item) in act.pending.iter_mut().zip(items) {
-                            act.pending_rows = act.pending_rows - job.item.rows() + item.rows();
-                            job.item = item;
-                            job.attempted = false;
+    }
+
+    /// Takes out of `jobs` what the sink already holds and queues the rest at `place`; nothing
+    /// else runs meanwhile (`ctx.wait`). If the check fails, the jobs wait at the front, still
+    /// to be checked, and the writer restarts.
+    fn reconcile_then_queue(&mut self, ctx: &mut Context<Self>, jobs: Vec<Job<S>>, place: Place) {
+        let Some(sink) = self.sink.clone() else {
+            self.requeue_front(jobs.into_iter());
+            return;
+        };
+        let items: Vec<_> = jobs.iter().map(|j| j.item.clone()).collect();
+        ctx.wait(sink.reconcile(items).into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(items) => {
+                    let checked = jobs.into_iter().zip(items).map(|(mut job, item)| {
+                        job.item = item;
+                        job.attempted = false;
+                        job
+                    });
+                    match place {
+                        Place::Front => act.requeue_front(checked),
+                        Place::Behind => {
+                            for job in checked {
+                                act.pending_rows += job.item.rows();
+                                act.pending.push_back(job);
+                            }
                         }
-                        act.flush(ctx, true);
-                        act.finish_close_if_idle(ctx);
                     }
-                    Err(e) => {
-                        act.restarts.failed();
-                        log::warn!(
-                            "{}: cannot check what was written before: {e}",
-                            S::KIND.writer().name()
-                        );
-                        ctx.stop();
-                    }
-                }),
-        );
+                    act.flush(ctx, true);
+                    act.finish_close_if_idle(ctx);
+                }
+                Err(e) => {
+                    act.requeue_front(jobs.into_iter());
+                    act.restarts.failed();
+                    log::warn!(
+                        "{}: cannot check what was written before: {e}",
+                        S::KIND.writer().name()
+                    );
+                    ctx.stop();
+                }
+            },
+        ));
     }
 
     fn finish_close_if_idle(&mut self, ctx: &mut Context<Self>) {
@@ -748,16 +751,8 @@ impl<S: Sink> Handler<Health> for Writer<S> {
 
     fn handle(&mut self, _: Health, _: &mut Context<Self>) -> WriterHealth {
         let waited = self.progress_at.elapsed();
-        let stalled = (self.has_work() && waited > self.settings.stall_after).then(|| {
-            let in_flight: usize = self
-                .in_flight
-                .values()
-                .flatten()
-                .map(|j| j.item.rows())
-                .sum();
-            let held: usize = self.suspects.iter().map(|(j, _)| j.item.rows()).sum();
-            (waited, self.pending_rows + in_flight + held)
-        });
+        let stalled = (self.has_work() && waited > self.settings.stall_after)
+            .then(|| (waited, self.waiting_rows()));
         WriterHealth {
             connected: self.sink.as_ref().is_some_and(|s| s.is_connected()),
             stalled,
