@@ -16,14 +16,16 @@
 //! enricher's) or how a sink writes (the sinks').
 
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::clock::Clock;
 use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
-use crate::metrics::{DeadLetterReason, SinkKind};
+use crate::metrics::{DeadLetterReason, Metrics, SinkKind};
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
@@ -43,18 +45,29 @@ pub struct DeliveryTargets {
 }
 
 pub struct Delivery {
-    targets: DeliveryTargets,
+    /// Shared by every campaign's future: one reference count per campaign, not a copy of each
+    /// recipient and of the metrics.
+    routes: Rc<Routes>,
     tokens: Tokens,
-    shared: Shared,
+    clock: Clock,
+}
+
+/// What a delivery under way needs: where to send, and the metrics to count dead letters in.
+struct Routes {
+    targets: DeliveryTargets,
+    metrics: Metrics,
 }
 
 impl Delivery {
     /// `owner` is this process's ledger owner id: the tokens of its outbox marks carry it.
     pub fn new(targets: DeliveryTargets, owner: i32, shared: Shared) -> Delivery {
         Delivery {
-            targets,
+            routes: Rc::new(Routes {
+                targets,
+                metrics: shared.metrics,
+            }),
             tokens: Tokens::new(owner),
-            shared,
+            clock: shared.clock,
         }
     }
 
@@ -66,17 +79,15 @@ impl Delivery {
         origin: Origin,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
         let job = PgJob::new(batch.clone(), &mut self.tokens);
-        let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
-        let (kafka, ledger) = (self.targets.kafka.clone(), self.targets.ledger.clone());
-        let withdraw = self.targets.withdraw.clone();
-        let refusals = self.dead_letters();
-        let clock = self.shared.clock;
+        let to_postgres = self.routes.targets.postgres.send(Write(Arc::new(job)));
+        let routes = self.routes.clone();
+        let clock = self.clock;
         async move {
             let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
                 Ok(inserted) => inserted,
                 // Its transaction was rolled back: nothing of the campaign was written.
                 Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                    return refusals.refused(&batch, origin, sink, reason).await
+                    return routes.refused(&batch, origin, sink, reason).await
                 }
                 Err(outcome) => return outcome,
             };
@@ -89,16 +100,21 @@ impl Delivery {
                 clients: inserted.clients,
                 created_ms: clock.now_ms(),
             };
-            match confirmed(SinkKind::Kafka, kafka.send(Write(Arc::new(job))).await) {
+            let to_kafka = routes.targets.kafka.send(Write(Arc::new(job)));
+            match confirmed(SinkKind::Kafka, to_kafka.await) {
                 Ok(()) => {
-                    ledger.do_send(ClearOutbox(inserted.outbox_ids));
+                    routes
+                        .targets
+                        .ledger
+                        .do_send(ClearOutbox(inserted.outbox_ids));
                     CampaignOutcome::Delivered { notifications }
                 }
                 // Refused for good: Postgres must not keep what Kafka will never have.
                 Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                    let withdrawn = withdraw.send(Withdraw(inserted.outbox_ids)).await;
+                    let withdraw = Withdraw(inserted.outbox_ids);
+                    let withdrawn = routes.targets.withdraw.send(withdraw).await;
                     match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
-                        Ok(()) => refusals.refused(&batch, origin, sink, reason).await,
+                        Ok(()) => routes.refused(&batch, origin, sink, reason).await,
                         Err(e) => CampaignOutcome::Unconfirmed {
                             sink: "ledger",
                             reason: e,
@@ -117,14 +133,8 @@ impl Delivery {
         letter: DeadLetter,
         outcome: CampaignOutcome,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
-        self.dead_letters().write(letter, outcome)
-    }
-
-    fn dead_letters(&self) -> DeadLetters {
-        DeadLetters {
-            target: self.targets.dead_letters.clone(),
-            metrics: self.shared.metrics.clone(),
-        }
+        let routes = self.routes.clone();
+        async move { routes.dead_letter(letter, outcome).await }
     }
 }
 
@@ -135,15 +145,9 @@ pub struct Origin {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Where dead letters go, as a future of a delivery holds it.
-struct DeadLetters {
-    target: Option<Recipient<Write<DeadLetterSink>>>,
-    metrics: crate::metrics::Metrics,
-}
-
-impl DeadLetters {
-    async fn write(self, letter: DeadLetter, outcome: CampaignOutcome) -> CampaignOutcome {
-        let Some(target) = self.target else {
+impl Routes {
+    async fn dead_letter(&self, letter: DeadLetter, outcome: CampaignOutcome) -> CampaignOutcome {
+        let Some(target) = &self.targets.dead_letters else {
             return outcome;
         };
         let reason = letter.code;
@@ -161,7 +165,7 @@ impl DeadLetters {
 
     /// A campaign `sink` refused for good, with nothing of it in either sink.
     async fn refused(
-        self,
+        &self,
         batch: &NotificationBatch,
         origin: Origin,
         sink: &'static str,
@@ -174,7 +178,7 @@ impl DeadLetters {
             code: DeadLetterReason::SinkRefused,
             reason: format!("refused by the {sink} sink: {reason}"),
         };
-        self.write(letter, CampaignOutcome::SinkFailed { sink, reason })
+        self.dead_letter(letter, CampaignOutcome::SinkFailed { sink, reason })
             .await
     }
 }
