@@ -1,8 +1,9 @@
 //! Starts the actors in the right order and stops them in the right order.
 //!
-//! Start: schema -> recovery of stopped instances -> writers and ledger -> enricher -> cache
-//! (first snapshot) -> HTTP -> reader, so that the reader pulls nothing before there is somewhere
-//! to put it. Stop: the reader drains and commits, then the writers flush and close. Shared by
+//! Start: schema -> writers and ledger -> enricher -> cache (first snapshot) -> HTTP -> reader, so
+//! that the reader pulls nothing before there is somewhere to put it. What stopped instances left
+//! half-sent is finished by the ledger in the background, once their produce requests have settled
+//! (see [`crate::ledger::recovery`]); until then their campaigns, read again, insert nothing new. Stop: the reader drains and commits, then the writers flush and close. Shared by
 //! `run`, `demo`, the tests and the benchmark.
 
 use std::net::SocketAddr;
@@ -36,8 +37,6 @@ pub enum StartError {
     },
     #[error("the subscriber cache stopped before its first load")]
     CacheGone,
-    #[error("cannot recover notifications left unsent by a stopped instance: {0}")]
-    Recovery(String),
 }
 
 pub struct Pipeline {
@@ -71,8 +70,6 @@ impl Pipeline {
             prepare_schema(&settings).await?;
         }
         let owner = crate::ledger::new_owner();
-        // Finish what crashed processes left half-sent before reading anything new.
-        recover_stopped_instances(&settings, owner).await?;
 
         let arbiters = Arbiters::new();
         let writers = Writers::start(&settings, owner, &shared, &arbiters);
@@ -173,24 +170,6 @@ fn output_target(settings: &Settings) -> OutputTarget {
         producer: settings.producer.clone(),
         topic: settings.output_topic.clone(),
     }
-}
-
-async fn recover_stopped_instances(settings: &Settings, owner: i32) -> Result<(), StartError> {
-    let client = crate::postgres::connect(&settings.postgres, "ledger")
-        .await
-        .map_err(|e| StartError::Recovery(e.to_string()))?;
-    let report = crate::ledger::recover(&client, &output_target(settings), owner, 0.0)
-        .await
-        .map_err(StartError::Recovery)?;
-    if report.owners > 0 {
-        log::info!(
-            "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
-            report.owners,
-            report.resent,
-            report.already_sent
-        );
-    }
-    Ok(())
 }
 
 /// One arbiter (thread) per kind of work, so that a slow one holds up no other.

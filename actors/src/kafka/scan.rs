@@ -16,7 +16,10 @@ use crate::notification::{NotificationKey, Wanted};
 
 /// Broker timestamps are the producer's clock; allow for a little skew between hosts.
 const SCAN_MARGIN_MS: i64 = 5_000;
-const SCAN_TIMEOUT: Duration = Duration::from_secs(300);
+/// A read-back that receives nothing for this long while partitions are left to read fails (and is
+/// retried by its caller); one that keeps receiving runs as long as the topic needs.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(serde::Deserialize)]
@@ -29,20 +32,22 @@ struct KeyFields<'a> {
     client_id: std::borrow::Cow<'a, str>,
 }
 
-/// Reads `topic` from `since_ms` to its end and returns which of `wanted` it holds. Blocking: run
-/// it on a blocking thread.
+/// Reads `topic` from `since_ms` to its end (as it is when the read starts) and returns which of
+/// `wanted` it holds. It fails only when it receives nothing for `stall` ([`STALL_LIMIT`] in the
+/// service), so a long read of a busy topic finishes. Blocking: run it on a blocking thread.
 pub fn find_sent(
     settings: &ProducerSettings,
     topic: &str,
     since_ms: i64,
     wanted: &Wanted,
+    stall: Duration,
 ) -> Result<Wanted, String> {
     if wanted.is_empty() {
         return Ok(Wanted::new());
     }
     let consumer = scan_consumer(settings)?;
     let ends = assign_from(&consumer, topic, since_ms - SCAN_MARGIN_MS)?;
-    read_to_ends(&consumer, topic, ends, wanted)
+    read_to_ends(&consumer, topic, ends, wanted, stall)
 }
 
 fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, String> {
@@ -106,19 +111,33 @@ fn read_to_ends(
     topic: &str,
     mut ends: HashMap<i32, i64>,
     wanted: &Wanted,
+    stall: Duration,
 ) -> Result<Wanted, String> {
     let mut found = Wanted::new();
-    let deadline = Instant::now() + SCAN_TIMEOUT;
+    let (started, mut last_progress, mut read) = (Instant::now(), Instant::now(), 0u64);
+    let mut next_report = started + PROGRESS_EVERY;
     while !ends.is_empty() {
-        if Instant::now() > deadline {
+        if last_progress.elapsed() > stall {
             return Err(format!(
-                "reading back {topic} took longer than {SCAN_TIMEOUT:?}"
+                "reading back {topic}: nothing received for {stall:?} with {} partition(s) left \
+                 ({read} messages read)",
+                ends.len()
             ));
+        }
+        if Instant::now() > next_report {
+            next_report += PROGRESS_EVERY;
+            log::info!(
+                "reading back {topic}: {read} messages read in {:.0?}, {} partition(s) left",
+                started.elapsed(),
+                ends.len()
+            );
         }
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let message = message.map_err(|e| format!("reading back {topic}: {e}"))?;
+        last_progress = Instant::now();
+        read += 1;
         // Anything in the topic that is not one of our messages is simply not a match.
         if let Some(fields) = message
             .payload()

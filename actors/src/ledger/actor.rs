@@ -1,11 +1,12 @@
 //! The `Ledger` actor: holds this process's owner lock, clears acknowledged marks in batches off
 //! the data path, and sweeps for owners that died.
 //!
-//! At start-up recovery runs before the reader (the pipeline sees to it); while running, every
-//! `SWEEP_INTERVAL` the ledger looks for owners that died (a peer in the same consumer group),
-//! taking over only marks older than `[ledger] takeover_after_secs`: a peer whose connection to
+//! Every `SWEEP_INTERVAL` the ledger looks for owners that died (this process's predecessor, or a
+//! peer in the same consumer group) and takes over their marks ([`recover`]): marks made before
+//! this process started, or older than `[ledger] takeover_after_secs` (a peer whose connection to
 //! Postgres dropped for a moment loses its lock but is still sending, and must be given time to
-//! finish.
+//! finish), and only once the owner's lock has been free for the settle time
+//! ([`Takeover`]: the producer's message timeout and a margin).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use futures::channel::oneshot;
 use tokio_postgres::Client;
 
 use super::outbox;
-use super::recovery::{recover, OutputTarget};
+use super::recovery::{recover, OutputTarget, Takeover};
 use crate::messages::{ClearOutbox, Withdraw};
 use crate::metrics::ActorKind;
 use crate::postgres::{ConnectError, PostgresSettings};
@@ -23,6 +24,10 @@ use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Added to the producer's message timeout: how long a dead owner's lock must have been free
+/// before its marks are taken over.
+const SETTLE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Holds this process's owner lock, clears acknowledged marks in batches, and sweeps for dead
 /// owners. Supervised: a lost connection restarts it (after the restart policy's backoff), which
@@ -37,6 +42,10 @@ pub struct Ledger {
     clearing: bool,
     sweeping: bool,
     takeover_after: Duration,
+    /// Owners seen without their lock, and since when; `None` while a sweep has it.
+    takeover: Option<Takeover>,
+    /// When this process started (ms since the epoch): marks made before are a predecessor's.
+    started_ms: i64,
     shared: Shared,
     restarts: Restarts,
 }
@@ -50,7 +59,10 @@ impl Ledger {
         restart: RestartPolicy,
         shared: Shared,
     ) -> Ledger {
+        let settle = Duration::from_millis(output.producer.message_timeout_ms) + SETTLE_MARGIN;
         Ledger {
+            takeover: Some(Takeover::new(settle)),
+            started_ms: shared.clock.now_ms(),
             postgres,
             owner,
             output,
@@ -134,14 +146,28 @@ impl Ledger {
         if self.sweeping {
             return;
         }
+        let Some(mut takeover) = self.takeover.take() else {
+            return;
+        };
         self.sweeping = true;
         let (output, owner) = (self.output.clone(), self.owner);
-        let min_age = self.takeover_after.as_secs_f64();
-        let fut = async move { recover(&client, &output, owner, min_age).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, _| {
+        let which = (self.started_ms, self.takeover_after.as_secs_f64());
+        let fut = async move {
+            let result = recover(&client, &output, owner, which, &mut takeover).await;
+            (result, takeover)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(result, takeover), act, _| {
             act.sweeping = false;
-            if let Err(e) = result {
-                log::warn!("ledger: recovery sweep failed, will retry: {e}");
+            act.takeover = Some(takeover);
+            match result {
+                Ok(r) if r.owners > 0 => log::info!(
+                    "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
+                    r.owners,
+                    r.resent,
+                    r.already_sent
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("ledger: recovery sweep failed, will retry: {e}"),
             }
         }));
     }

@@ -94,17 +94,20 @@ pub async fn withdraw(client: &Client, ids: &[i64]) -> Result<u64, tokio_postgre
         .await
 }
 
-/// Owners other than `me` with marks at least `min_age_secs` old.
+/// Owners other than `me` with marks made before `before_ms` (ms since the epoch) or at least
+/// `min_age_secs` old.
 pub async fn owners_with_marks(
     client: &Client,
     me: i32,
+    before_ms: i64,
     min_age_secs: f64,
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
     Ok(client
         .query(
             "SELECT DISTINCT owner FROM public.campaign_notifier_outbox \
-             WHERE owner <> $1 AND created_at < now() - make_interval(secs => $2)",
-            &[&me, &min_age_secs],
+             WHERE owner <> $1 AND (created_at < to_timestamp($2::float8 / 1000) \
+                                    OR created_at < now() - make_interval(secs => $3))",
+            &[&me, &(before_ms as f64), &min_age_secs],
         )
         .await?
         .iter()
@@ -112,8 +115,8 @@ pub async fn owners_with_marks(
         .collect())
 }
 
-/// An owner's marks: their ids, the feedback rows they list, and when the oldest was made (ms
-/// since the epoch; no notification of them can be in the output topic from before).
+/// Some of an owner's marks: their ids, the feedback rows they list, and when the oldest was made
+/// (ms since the epoch; no notification of them can be in the output topic from before).
 #[derive(Debug, Default)]
 pub struct Marks {
     pub ids: Vec<i64>,
@@ -121,12 +124,22 @@ pub struct Marks {
     pub since_ms: i64,
 }
 
-pub async fn marks_of(client: &Client, owner: i32) -> Result<Marks, tokio_postgres::Error> {
+/// The owner's oldest marks, up to the first that brings the rows they list to `rows` (at least
+/// one mark when there is any).
+pub async fn marks_page(
+    client: &Client,
+    owner: i32,
+    rows: usize,
+) -> Result<Marks, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, feedback_ids, (extract(epoch FROM created_at) * 1000)::int8 \
-             FROM public.campaign_notifier_outbox WHERE owner = $1",
-            &[&owner],
+            "SELECT id, feedback_ids, ms FROM ( \
+                 SELECT id, feedback_ids, (extract(epoch FROM created_at) * 1000)::int8 AS ms, \
+                        sum(cardinality(feedback_ids)) OVER (ORDER BY id) \
+                            - cardinality(feedback_ids) AS before \
+                 FROM public.campaign_notifier_outbox WHERE owner = $1) m \
+             WHERE before < $2 ORDER BY id",
+            &[&owner, &(rows as i64)],
         )
         .await?;
     Ok(Marks {

@@ -1,9 +1,15 @@
 //! Recovery: finishing the work of owners that died with marks in the outbox.
 //!
-//! Recovery takes over only owners whose lock is free: a crashed process, never a live one. For
-//! each, it reads the marked rows, reads the output topic back from the oldest mark's time, sends
-//! only the notifications the topic lacks (encoded by the data path's own encoder) and deletes the
-//! marks.
+//! Recovery takes over only owners whose lock is free, and only once it has been free for the
+//! settle time ([`Takeover`]): a dead owner's last produce requests have landed or failed by then,
+//! so the read-back sees every notification it will ever have of them. It goes through an owner's
+//! marks a page at a time (about [`PAGE_NOTIFICATIONS`] notifications), so its memory does not
+//! grow with the backlog: for each page it reads the marked rows, reads the output topic back from
+//! the page's oldest mark, sends only the notifications the topic lacks (encoded by the data
+//! path's own encoder, with backpressure from the producer's queue) and deletes the page's marks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureRecord;
 use tokio_postgres::Client;
@@ -11,9 +17,17 @@ use tokio_postgres::Client;
 use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
-use crate::kafka::{scan, Producer, ProducerSettings};
+use crate::kafka::{scan, KafkaFailure, Producer, ProducerSettings};
 use crate::notification::{NotificationKey, OutputEncoder, Wanted};
 use crate::postgres::describe;
+
+/// About this many notifications are recovered at a time (a page ends with the mark that reaches
+/// it; a mark lists at most 10 000).
+pub const PAGE_NOTIFICATIONS: usize = 50_000;
+
+/// Recovered notifications are handed to the producer in chunks of this many, each confirmed
+/// before the next.
+const SEND_CHUNK: usize = 5_000;
 
 /// Where recovered notifications go: the output topic, with the service's producer settings.
 #[derive(Debug, Clone)]
@@ -30,80 +44,174 @@ pub struct RecoveryReport {
     pub resent: usize,
 }
 
-/// Finishes the work of every dead owner (other than `me`) whose marks are at least
-/// `min_age_secs` old: sends what the output topic lacks, then clears the marks.
+impl std::ops::AddAssign for RecoveryReport {
+    fn add_assign(&mut self, r: RecoveryReport) {
+        self.owners += r.owners;
+        self.marked += r.marked;
+        self.already_sent += r.already_sent;
+        self.resent += r.resent;
+    }
+}
+
+/// Which owners' locks have been seen free, and since when: an owner is taken over only once its
+/// lock has been free at every look for `settle`.
+///
+/// An owner's lock is free when its process died, and also for a moment when a live process lost
+/// its connection to Postgres. A dead owner may have had produce requests on their way when it
+/// died; once its lock has been free for longer than the producer's message timeout, every one of
+/// them has landed or failed, and the read-back sees all that landed.
+#[derive(Debug)]
+pub struct Takeover {
+    settle: Duration,
+    free_since: HashMap<i32, Instant>,
+}
+
+impl Takeover {
+    pub fn new(settle: Duration) -> Takeover {
+        Takeover {
+            settle,
+            free_since: HashMap::new(),
+        }
+    }
+
+    /// Records one look at `owner`'s lock at `now`; true when the owner is due for takeover.
+    pub fn due(&mut self, owner: i32, lock_free: bool, now: Instant) -> bool {
+        if !lock_free {
+            self.free_since.remove(&owner);
+            return false;
+        }
+        let settle = self.settle;
+        let since = *self.free_since.entry(owner).or_insert_with(|| {
+            log::info!(
+                "ledger: owner {owner} left marks and holds no lock; taking them over once it has \
+                 been gone for {settle:?}"
+            );
+            now
+        });
+        now.duration_since(since) >= settle
+    }
+
+    /// Forgets owners that no longer have marks to take over.
+    pub fn keep_only(&mut self, owners: &[i32]) {
+        self.free_since.retain(|o, _| owners.contains(o));
+    }
+
+    pub fn taken_over(&mut self, owner: i32) {
+        self.free_since.remove(&owner);
+    }
+}
+
+/// Looks at every owner other than `me` with marks made before `started_ms` (this process's
+/// start) or at least `min_age_secs` old, and finishes the work of those [`Takeover`] says are
+/// due: sends what the output topic lacks, then clears the marks.
 pub async fn recover(
     client: &Client,
     output: &OutputTarget,
     me: i32,
-    min_age_secs: f64,
+    (started_ms, min_age_secs): (i64, f64),
+    takeover: &mut Takeover,
 ) -> Result<RecoveryReport, String> {
-    let owners = outbox::owners_with_marks(client, me, min_age_secs)
+    let owners = outbox::owners_with_marks(client, me, started_ms, min_age_secs)
         .await
         .map_err(|e| describe(&e))?;
+    takeover.keep_only(&owners);
     let mut report = RecoveryReport::default();
     for owner in owners {
-        if !outbox::try_owner_lock(client, owner)
+        let free = outbox::try_owner_lock(client, owner)
             .await
-            .map_err(|e| describe(&e))?
-        {
+            .map_err(|e| describe(&e))?;
+        if !takeover.due(owner, free, Instant::now()) {
+            if free {
+                outbox::release_owner_lock(client, owner)
+                    .await
+                    .map_err(|e| describe(&e))?;
+            }
             continue;
         }
         let result = recover_owner(client, output, owner).await;
         let _ = outbox::release_owner_lock(client, owner).await;
-        let r = result?;
-        report.owners += 1;
-        report.marked += r.marked;
-        report.already_sent += r.already_sent;
-        report.resent += r.resent;
+        report += result?;
+        takeover.taken_over(owner);
     }
     Ok(report)
 }
 
-/// A marked row, as the output message it should have become.
-struct Marked {
+/// One campaign's marked rows of a page: the campaign as it was written, and its clients.
+struct MarkedCampaign {
     campaign: Campaign,
-    client_id: String,
     trigger_datetime_created: i64,
+    clients: Vec<String>,
 }
 
-impl Marked {
-    fn key(&self) -> NotificationKey {
-        NotificationKey::of(&self.campaign, &self.client_id)
-    }
-}
-
+/// Finishes one dead owner's marks, a page at a time; the caller holds the owner's lock.
 async fn recover_owner(
     client: &Client,
     output: &OutputTarget,
     owner: i32,
 ) -> Result<RecoveryReport, String> {
-    let marks = outbox::marks_of(client, owner)
-        .await
-        .map_err(|e| describe(&e))?;
-    let rows = marked_rows(client, &marks.feedback_ids).await?;
-    let wanted: Wanted = rows.iter().map(Marked::key).collect();
-    let (settings, topic) = (output.producer.clone(), output.topic.clone());
-    let since_ms = marks.since_ms;
-    let found =
-        tokio::task::spawn_blocking(move || scan::find_sent(&settings, &topic, since_ms, &wanted))
-            .await
-            .map_err(|e| format!("scan task failed: {e}"))??;
-    let missing: Vec<&Marked> = rows.iter().filter(|r| !found.contains(&r.key())).collect();
-    if !missing.is_empty() {
-        send(output, &missing)
-            .await
-            .map_err(|e| format!("recovery send: {e}"))?;
-    }
-    outbox::clear_marks(client, &marks.ids)
-        .await
-        .map_err(|e| describe(&e))?;
-    let report = RecoveryReport {
+    let mut report = RecoveryReport {
         owners: 1,
-        marked: rows.len(),
-        already_sent: found.len(),
-        resent: missing.len(),
+        ..RecoveryReport::default()
     };
+    let mut producer = None;
+    loop {
+        let marks = outbox::marks_page(client, owner, PAGE_NOTIFICATIONS)
+            .await
+            .map_err(|e| describe(&e))?;
+        if marks.ids.is_empty() {
+            break;
+        }
+        let campaigns = marked_campaigns(client, &marks.feedback_ids).await?;
+        let wanted: Wanted = campaigns
+            .iter()
+            .flat_map(|m| {
+                m.clients
+                    .iter()
+                    .map(|c| NotificationKey::of(&m.campaign, c))
+            })
+            .collect();
+        let (settings, topic, since_ms) = (
+            output.producer.clone(),
+            output.topic.clone(),
+            marks.since_ms,
+        );
+        let found = tokio::task::spawn_blocking(move || {
+            scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
+        })
+        .await
+        .map_err(|e| format!("scan task failed: {e}"))??;
+        let marked: usize = campaigns.iter().map(|m| m.clients.len()).sum();
+        if found.len() < marked {
+            if producer.is_none() {
+                producer = Some(
+                    Producer::create(&output.producer, &[])
+                        .map_err(|e| format!("recovery producer: {e}"))?,
+                );
+            }
+            let producer = producer.as_ref().expect("created above");
+            for m in &campaigns {
+                send_missing(producer, &output.topic, m, &found)
+                    .await
+                    .map_err(|e| format!("recovery send: {e}"))?;
+            }
+        }
+        outbox::clear_marks(client, &marks.ids)
+            .await
+            .map_err(|e| describe(&e))?;
+        report.marked += marked;
+        report.already_sent += found.len();
+        report.resent += marked - found.len();
+        log::info!(
+            "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, {} sent now)",
+            marks.ids.len(),
+            found.len(),
+            output.topic,
+            marked - found.len()
+        );
+    }
+    if let Some(producer) = producer {
+        producer.close("ledger recovery").await;
+    }
     log::info!(
         "ledger: recovered owner {owner}: {} notifications were marked, {} already in {}, {} sent now",
         report.marked,
@@ -114,21 +222,27 @@ async fn recover_owner(
     Ok(report)
 }
 
-async fn marked_rows(client: &Client, feedback_ids: &[i32]) -> Result<Vec<Marked>, String> {
+/// The marked rows, one entry per campaign and trigger time (the campaign's text is read once,
+/// not once per row).
+async fn marked_campaigns(
+    client: &Client,
+    feedback_ids: &[i32],
+) -> Result<Vec<MarkedCampaign>, String> {
     let rows = client
         .query(
-            concat!(
-                "SELECT ",
-                crate::notification_columns!(),
-                " FROM public.subscribers_feedback WHERE id = ANY($1)"
-            ),
+            "SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
+                    adv_campaign_owner_contact, adv_campaign_datetime_start, \
+                    adv_campaign_datetime_end, datetime_created, trigger_datetime_created, \
+                    array_agg(client_id) \
+             FROM public.subscribers_feedback WHERE id = ANY($1) \
+             GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
             &[&feedback_ids],
         )
         .await
         .map_err(|e| describe(&e))?;
     rows.iter()
         .map(|row| {
-            Ok(Marked {
+            Ok(MarkedCampaign {
                 campaign: Campaign {
                     restaurant_id: row.try_get(0)?,
                     adv_campaign_id: row.try_get(1)?,
@@ -137,35 +251,68 @@ async fn marked_rows(client: &Client, feedback_ids: &[i32]) -> Result<Vec<Marked
                     adv_campaign_owner_contact: row.try_get(4)?,
                     adv_campaign_datetime_start: row.try_get(5)?,
                     adv_campaign_datetime_end: row.try_get(6)?,
-                    datetime_created: row.try_get(8)?,
+                    datetime_created: row.try_get(7)?,
                 },
-                client_id: row.try_get(7)?,
-                trigger_datetime_created: i64::from(row.try_get::<_, i32>(9)?),
+                trigger_datetime_created: i64::from(row.try_get::<_, i32>(8)?),
+                clients: row.try_get(9)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(|e| describe(&e))
 }
 
-/// Sends the notifications through the service's one producer path, keyed by client, placed by
-/// librdkafka's default partitioner (where the Kafka writer places them too).
-async fn send(
-    output: &OutputTarget,
-    missing: &[&Marked],
-) -> Result<(), crate::kafka::KafkaFailure> {
-    let producer = Producer::create(&output.producer, &[])?;
-    let mut deliveries = Vec::with_capacity(missing.len());
+/// Sends the campaign's notifications the topic lacks through the service's one producer path,
+/// keyed by client, placed by librdkafka's default partitioner (where the Kafka writer places
+/// them too), a chunk at a time.
+async fn send_missing(
+    producer: &Producer,
+    topic: &str,
+    marked: &MarkedCampaign,
+    found: &Wanted,
+) -> Result<(), KafkaFailure> {
+    let encoder = OutputEncoder::new(&marked.campaign, marked.trigger_datetime_created);
+    let missing = marked
+        .clients
+        .iter()
+        .filter(|c| !found.contains(&NotificationKey::of(&marked.campaign, c)));
+    let mut deliveries = Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
-    for marked in missing {
+    for client in missing {
         payload.clear();
-        OutputEncoder::new(&marked.campaign, marked.trigger_datetime_created)
-            .encode(ClientId::Text(&marked.client_id), &mut payload);
-        let record = FutureRecord::to(&output.topic)
+        encoder.encode(ClientId::Text(client), &mut payload);
+        let record = FutureRecord::to(topic)
             .payload(&payload)
-            .key(marked.client_id.as_bytes());
+            .key(client.as_bytes());
         deliveries.push(producer.enqueue(record).await?);
+        if deliveries.len() == SEND_CHUNK {
+            Producer::confirm(deliveries.drain(..)).await?;
+        }
     }
-    Producer::confirm(deliveries).await?;
-    producer.close("ledger recovery").await;
-    Ok(())
+    Producer::confirm(deliveries).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_is_due_only_once_its_lock_has_been_free_at_every_look_for_the_settle_time() {
+        let settle = Duration::from_secs(30);
+        let mut t = Takeover::new(settle);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!t.due(7, true, at(0)), "first seen free");
+        assert!(!t.due(7, true, at(29)));
+        // It came back (a live instance that reconnected): the wait starts over.
+        assert!(!t.due(7, false, at(31)));
+        assert!(!t.due(7, true, at(35)));
+        assert!(!t.due(7, true, at(64)));
+        assert!(t.due(7, true, at(65)));
+        // Another owner has its own clock.
+        assert!(!t.due(8, true, at(65)));
+        t.taken_over(7);
+        assert!(!t.due(7, true, at(100)), "a new loss is a new wait");
+        t.keep_only(&[]);
+        assert!(!t.due(8, true, at(200)), "forgotten owners start over");
+    }
 }

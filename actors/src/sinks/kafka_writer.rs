@@ -161,7 +161,13 @@ impl Sink for KafkaSink {
                 .flat_map(|j| j.clients.iter().map(|client| j.batch.key_of(client)))
                 .collect();
             let found = tokio::task::spawn_blocking(move || {
-                scan::find_sent(&settings.producer, &settings.topic, since_ms, &wanted)
+                scan::find_sent(
+                    &settings.producer,
+                    &settings.topic,
+                    since_ms,
+                    &wanted,
+                    scan::STALL_LIMIT,
+                )
             })
             .await
             .map_err(|e| SinkError::Retriable(format!("scan task failed: {e}")))?
