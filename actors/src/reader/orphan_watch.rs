@@ -118,11 +118,10 @@ type PartitionStates = Vec<(i32, Option<(i64, i64)>)>;
 
 /// The state of every partition of `topic`. Blocking.
 fn orphaned(consumer: &ReaderConsumer, topic: &str) -> Result<PartitionStates, String> {
+    // An instance with nothing assigned is judged too: it may have joined while a killed member's
+    // session was still open, and such a broker then gives it nothing, ever. A short rebalance
+    // (nothing assigned for a moment) cannot look like `stall` without progress.
     let assignment = consumer.assignment().map_err(|e| e.to_string())?;
-    if assignment.count() == 0 {
-        // Not a member right now (joining, rebalancing): nothing to judge.
-        return Ok(Vec::new());
-    }
     let ours: BTreeSet<i32> = assignment
         .elements()
         .iter()
