@@ -208,7 +208,8 @@ async fn a_read_back_longer_than_its_stall_limit_finishes_while_it_progresses() 
         d.await.expect("delivery").expect("delivered");
     }
     // The last notification is the one looked for, so the read must reach the end.
-    let wanted: Wanted = [NotificationKey::of(&campaign, &client(MESSAGES - 1))].into();
+    let wanted: Wanted =
+        [NotificationKey::of(&campaign, &client(MESSAGES - 1)).fingerprint()].into();
     let settings = ProducerSettings {
         brokers: f.brokers.clone(),
         message_timeout_ms: 3000,

@@ -8,6 +8,7 @@
 //! Recovery encodes the rows it re-sends with the same encoder, so the two can never differ.
 
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::cache::snapshot::{ClientId, Entry, Snapshot};
@@ -45,10 +46,29 @@ impl NotificationKey {
             client_id: client_id.to_string(),
         }
     }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.restaurant_id, &self.adv_campaign_id, &self.client_id)
+    }
 }
 
-/// A set of notifications looked for in the output topic.
-pub type Wanted = HashSet<NotificationKey>;
+/// A notification key in 16 bytes, however long its ids: what a read-back of the output topic
+/// looks for and keeps, so that its memory does not depend on the ids. Two keys share one with a
+/// chance of about 2^-128; it is computed only within one process, never stored.
+pub type Fingerprint = u128;
+
+/// The [`Fingerprint`] of (restaurant, campaign, client), without building the key.
+pub fn fingerprint(restaurant_id: &str, adv_campaign_id: &str, client_id: &str) -> Fingerprint {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        (salt, restaurant_id, adv_campaign_id, client_id).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+/// A set of notifications looked for in (or found in) the output topic.
+pub type Wanted = HashSet<Fingerprint>;
 
 /// The output message of one campaign at one trigger time, for any client: the JSON before and
 /// after the client id, fields in the contract's order ([`crate::contract::OUTPUT_EXAMPLE`]).
@@ -173,8 +193,9 @@ impl NotificationBatch {
         self.encoder.encode(ClientId::Text(client_id), out);
     }
 
-    pub fn key_of(&self, client_id: &str) -> NotificationKey {
-        NotificationKey::of(&self.campaign, client_id)
+    pub fn fingerprint_of(&self, client_id: &str) -> Fingerprint {
+        let c = &self.campaign;
+        fingerprint(&c.restaurant_id, &c.adv_campaign_id, client_id)
     }
 }
 
@@ -250,5 +271,25 @@ mod tests {
             client_id: v["client_id"].as_str().unwrap().into(),
         };
         assert_eq!(key, NotificationKey::of(&campaign, "client-1"));
+    }
+
+    #[test]
+    fn fingerprints_tell_keys_apart_even_where_the_ids_run_together() {
+        let a = fingerprint("r", "c1", "x");
+        assert_eq!(
+            a,
+            NotificationKey::of(&sample_with("r", "c1"), "x").fingerprint()
+        );
+        assert_eq!(a, fingerprint("r", "c1", "x"), "the same within a process");
+        assert_ne!(a, fingerprint("r", "c", "1x"));
+        assert_ne!(a, fingerprint("rc", "1", "x"));
+        assert_ne!(a, fingerprint("r", "c1", "y"));
+    }
+
+    fn sample_with(restaurant: &str, campaign: &str) -> Campaign {
+        let mut c = sample();
+        c.restaurant_id = restaurant.into();
+        c.adv_campaign_id = campaign.into();
+        c
     }
 }

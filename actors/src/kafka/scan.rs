@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::{partition_ids, ProducerSettings};
-use crate::notification::{NotificationKey, Wanted};
+use crate::notification::{fingerprint, Wanted};
 
 /// Broker timestamps are the producer's clock; allow for a little skew between hosts.
 const SCAN_MARGIN_MS: i64 = 5_000;
@@ -58,7 +58,9 @@ fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, String> {
             format!("campaign-notifier-ledger-{}", uuid::Uuid::new_v4().simple()),
         )
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        // librdkafka would prefetch up to 64 MiB; a read-back keeps up with less.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in settings.connection_overrides() {
         cc.set(k, v);
     }
@@ -143,11 +145,11 @@ fn read_to_ends(
             .payload()
             .and_then(|p| serde_json::from_slice::<KeyFields<'_>>(p).ok())
         {
-            let key = NotificationKey {
-                restaurant_id: fields.restaurant_id.into_owned(),
-                adv_campaign_id: fields.adv_campaign_id.into_owned(),
-                client_id: fields.client_id.into_owned(),
-            };
+            let key = fingerprint(
+                &fields.restaurant_id,
+                &fields.adv_campaign_id,
+                &fields.client_id,
+            );
             if wanted.contains(&key) {
                 found.insert(key);
             }

@@ -3,10 +3,13 @@
 //! Recovery takes over only owners whose lock is free, and only once it has been free for the
 //! settle time ([`Takeover`]): a dead owner's last produce requests have landed or failed by then,
 //! so the read-back sees every notification it will ever have of them. It goes through an owner's
-//! marks a page at a time (about [`PAGE_NOTIFICATIONS`] notifications), so its memory does not
-//! grow with the backlog: for each page it reads the marked rows, reads the output topic back from
-//! the page's oldest mark, sends only the notifications the topic lacks (encoded by the data
-//! path's own encoder, with backpressure from the producer's queue) and deletes the page's marks.
+//! marks a window at a time (up to [`SCAN_WINDOW`] notifications): it reads the marked rows a page
+//! at a time (one row per campaign, its clients aggregated) and keeps only their fingerprints
+//! (16 bytes each), reads the output topic back once from the window's oldest mark, then reads the
+//! rows again a page at a time and sends only the notifications the topic lacks (encoded by the
+//! data path's own encoder, with backpressure from the producer's queue, confirmed a chunk at a
+//! time), and deletes the window's marks. Its memory is bounded by the window and the page,
+//! whatever the backlog.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,11 +21,15 @@ use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
 use crate::kafka::{scan, KafkaFailure, Producer, ProducerSettings};
-use crate::notification::{NotificationKey, OutputEncoder, Wanted};
+use crate::notification::{fingerprint, Fingerprint, OutputEncoder, Wanted};
 use crate::postgres::describe;
 
-/// About this many notifications are recovered at a time (a page ends with the mark that reaches
-/// it; a mark lists at most 10 000).
+/// One read-back of the output topic looks for the notifications of at most about this many
+/// marks' worth (a window ends with the mark that reaches it; a mark lists at most 10 000), by
+/// their 16-byte fingerprints.
+pub const SCAN_WINDOW: usize = 1_000_000;
+
+/// Marked rows are read and sent this many at a time.
 pub const PAGE_NOTIFICATIONS: usize = 50_000;
 
 /// Recovered notifications are handed to the producer in chunks of this many, each confirmed
@@ -143,7 +150,14 @@ struct MarkedCampaign {
     clients: Vec<String>,
 }
 
-/// Finishes one dead owner's marks, a page at a time; the caller holds the owner's lock.
+impl MarkedCampaign {
+    fn fingerprint_of(&self, client_id: &str) -> Fingerprint {
+        let c = &self.campaign;
+        fingerprint(&c.restaurant_id, &c.adv_campaign_id, client_id)
+    }
+}
+
+/// Finishes one dead owner's marks, a window at a time; the caller holds the owner's lock.
 async fn recover_owner(
     client: &Client,
     output: &OutputTarget,
@@ -155,32 +169,29 @@ async fn recover_owner(
     };
     let mut producer = None;
     loop {
-        let marks = outbox::marks_page(client, owner, PAGE_NOTIFICATIONS)
+        let window = outbox::marks_page(client, owner, SCAN_WINDOW)
             .await
             .map_err(|e| describe(&e))?;
-        if marks.ids.is_empty() {
+        if window.ids.is_empty() {
             break;
         }
-        let campaigns = marked_campaigns(client, &marks.feedback_ids).await?;
-        let wanted: Wanted = campaigns
-            .iter()
-            .flat_map(|m| {
-                m.clients
-                    .iter()
-                    .map(|c| NotificationKey::of(&m.campaign, c))
-            })
-            .collect();
+        let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
+        for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
+            for m in marked_campaigns(client, page).await? {
+                wanted.extend(m.clients.iter().map(|c| m.fingerprint_of(c)));
+            }
+        }
+        let marked = wanted.len();
         let (settings, topic, since_ms) = (
             output.producer.clone(),
             output.topic.clone(),
-            marks.since_ms,
+            window.since_ms,
         );
         let found = tokio::task::spawn_blocking(move || {
             scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
         })
         .await
         .map_err(|e| format!("scan task failed: {e}"))??;
-        let marked: usize = campaigns.iter().map(|m| m.clients.len()).sum();
         if found.len() < marked {
             if producer.is_none() {
                 producer = Some(
@@ -189,13 +200,15 @@ async fn recover_owner(
                 );
             }
             let producer = producer.as_ref().expect("created above");
-            for m in &campaigns {
-                send_missing(producer, &output.topic, m, &found)
-                    .await
-                    .map_err(|e| format!("recovery send: {e}"))?;
+            for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
+                for m in marked_campaigns(client, page).await? {
+                    send_missing(producer, &output.topic, &m, &found)
+                        .await
+                        .map_err(|e| format!("recovery send: {e}"))?;
+                }
             }
         }
-        outbox::clear_marks(client, &marks.ids)
+        outbox::clear_marks(client, &window.ids)
             .await
             .map_err(|e| describe(&e))?;
         report.marked += marked;
@@ -203,7 +216,7 @@ async fn recover_owner(
         report.resent += marked - found.len();
         log::info!(
             "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, {} sent now)",
-            marks.ids.len(),
+            window.ids.len(),
             found.len(),
             output.topic,
             marked - found.len()
@@ -274,7 +287,7 @@ async fn send_missing(
     let missing = marked
         .clients
         .iter()
-        .filter(|c| !found.contains(&NotificationKey::of(&marked.campaign, c)));
+        .filter(|c| !found.contains(&marked.fingerprint_of(c)));
     let mut deliveries = Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
     for client in missing {

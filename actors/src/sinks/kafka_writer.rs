@@ -158,7 +158,7 @@ impl Sink for KafkaSink {
             let since_ms = jobs.iter().map(|j| j.created_ms).min().unwrap_or_default();
             let wanted: Wanted = jobs
                 .iter()
-                .flat_map(|j| j.clients.iter().map(|client| j.batch.key_of(client)))
+                .flat_map(|j| j.clients.iter().map(|c| j.batch.fingerprint_of(c)))
                 .collect();
             let found = tokio::task::spawn_blocking(move || {
                 scan::find_sent(
@@ -178,7 +178,7 @@ impl Sink for KafkaSink {
                     found.len()
                 );
             }
-            let sent = |j: &KafkaJob, client: &str| found.contains(&j.batch.key_of(client));
+            let sent = |j: &KafkaJob, c: &str| found.contains(&j.batch.fingerprint_of(c));
             Ok(jobs
                 .into_iter()
                 .map(|j| {
