@@ -603,3 +603,112 @@ async fn a_restart_right_after_a_kill_9_consumes_even_when_the_broker_assigns_it
     assert_exactly_once(&f, &expected).await;
     f.cleanup().await;
 }
+
+/// One campaign to a restaurant with a million subscribers, the service killed with SIGKILL in
+/// the middle of it: each subscriber is notified exactly once in both sinks, and the service's
+/// memory beyond its subscriber snapshot stays within what `writers.max_notifications_in_flight`
+/// allows (the campaign is written a slice at a time), whatever the audience.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_million_subscriber_campaign_with_a_kill_inside_goes_through_once_in_bounded_memory() {
+    const SUBSCRIBERS: i64 = 1_000_000;
+    const BUDGET: usize = 100_000;
+    // At most 1 KiB per notification in flight beyond the snapshot. Before the campaign was
+    // written in slices, the first instance had grown by 137 MiB when Postgres alone had the
+    // whole campaign (one transaction of a million rows), before any of it went to Kafka.
+    const ALLOWED_GROWTH_MIB: f64 = BUDGET as f64 / 1024.0;
+    let f = Fixture::new("million", 4).await;
+    let restaurant = "74000000-0000-0000-0000-000000000001";
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) \
+         SELECT $1, 'm-' || lpad(n::text, 7, '0') FROM generate_series(0, $2::int8 - 1) AS n",
+        &[&restaurant, &SUBSCRIBERS],
+    )
+    .await
+    .expect("a million subscribers");
+    // No reload during the run: a reload holds two snapshots for a moment, which is the cache's
+    // memory, not the campaign's.
+    let config = format!(
+        "[writers]\nmax_notifications_in_flight = {BUDGET}\n[cache]\nrefresh_interval_secs = 3600\n"
+    );
+    let rows = || async {
+        let row =
+            f.db.query_one("SELECT count(*) FROM subscribers_feedback", &[])
+                .await
+                .expect("count rows");
+        row.get::<_, i64>(0)
+    };
+
+    let mut first = Service::start_numbered(&f, &config, 1);
+    let ready_mib = first.memory_mib("VmRSS");
+    f.produce("m", active_campaign(restaurant, "c-million").as_bytes())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rows().await < SUBSCRIBERS * 3 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows after 300 s:\n{}",
+            rows().await,
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peak_mib = first.memory_mib("VmHWM");
+    let (rows_at_kill, sent_at_kill) = (rows().await, f.output_count());
+    first.kill_hard();
+    eprintln!(
+        "first instance: {ready_mib:.0} MiB resident with the snapshot loaded, peak {peak_mib:.0} MiB; \
+         killed with {rows_at_kill} rows and {sent_at_kill} messages written"
+    );
+
+    let second = Service::start_numbered(&f, &config, 2);
+    let second_ready_mib = second.memory_mib("VmRSS");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while rows().await < SUBSCRIBERS || f.output_count() < SUBSCRIBERS || f.outbox_marks().await > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows, {} messages, {} marks after 600 s:\n{}",
+            rows().await,
+            f.output_count(),
+            f.outbox_marks().await,
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let second_peak_mib = second.memory_mib("VmHWM");
+    eprintln!(
+        "second instance: {second_ready_mib:.0} MiB resident with the snapshot loaded, peak \
+         {second_peak_mib:.0} MiB, budget {BUDGET} notifications in flight"
+    );
+
+    let distinct: i64 =
+        f.db.query_one(
+            "SELECT count(DISTINCT client_id) FROM subscribers_feedback \
+             WHERE adv_campaign_id = 'c-million'",
+            &[],
+        )
+        .await
+        .expect("distinct clients")
+        .get(0);
+    assert_eq!(rows().await, SUBSCRIBERS, "rows in subscribers_feedback");
+    assert_eq!(distinct, SUBSCRIBERS, "clients in subscribers_feedback");
+    let counts = f.output_client_counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(
+        counts.len() as i64,
+        SUBSCRIBERS,
+        "clients in the output topic"
+    );
+    for (instance, ready, peak) in [
+        ("first", ready_mib, peak_mib),
+        ("second", second_ready_mib, second_peak_mib),
+    ] {
+        assert!(
+            peak - ready < ALLOWED_GROWTH_MIB,
+            "the {instance} instance grew from {ready:.0} to {peak:.0} MiB for a campaign \
+             with {BUDGET} notifications in flight at most"
+        );
+    }
+    f.cleanup().await;
+}

@@ -49,10 +49,10 @@ fn job_of(campaign_id: &str, first_token: i64) -> Arc<PgJob> {
         offset: 0,
         timestamp_ms: None,
     };
+    let batch = NotificationBatch::new(campaign, now, source, snapshot, entry);
     Arc::new(PgJob {
-        batch: Arc::new(NotificationBatch::new(
-            campaign, now, source, snapshot, entry,
-        )),
+        range: 0..batch.len(),
+        batch: Arc::new(batch),
         first_token,
     })
 }

@@ -187,6 +187,10 @@ pub struct WritersConfig {
     /// `/readyz` answer 503 until it moves again.
     #[serde(default = "default_stall_secs")]
     pub stall_secs: u64,
+    /// Notifications between the join and both sinks' confirmation, at most: what bounds the
+    /// service's memory beyond the subscriber snapshot, however large a campaign's audience.
+    #[serde(default = "default_max_notifications_in_flight")]
+    pub max_notifications_in_flight: usize,
 }
 
 impl Default for WritersConfig {
@@ -200,6 +204,7 @@ impl Default for WritersConfig {
             restart_limit: default_restart_limit(),
             restart_window_secs: default_restart_window_secs(),
             stall_secs: default_stall_secs(),
+            max_notifications_in_flight: default_max_notifications_in_flight(),
         }
     }
 }
@@ -326,6 +331,9 @@ fn default_restart_window_secs() -> u64 {
 }
 fn default_stall_secs() -> u64 {
     30
+}
+fn default_max_notifications_in_flight() -> usize {
+    200_000
 }
 fn default_takeover_after_secs() -> u64 {
     120
@@ -502,6 +510,11 @@ impl Config {
                 "must be at least 1",
             ),
             (
+                w.max_notifications_in_flight < 1_000,
+                "writers.max_notifications_in_flight",
+                "must be at least 1000",
+            ),
+            (
                 w.restart_backoff_initial_ms == 0
                     || w.restart_backoff_initial_ms > w.restart_backoff_max_ms,
                 "writers.restart_backoff_initial_ms",
@@ -585,6 +598,7 @@ impl Config {
             dead_letter_topic: (!k.dead_letter_topic.is_empty())
                 .then(|| k.dead_letter_topic.clone()),
             max_campaign_bytes: self.enricher.max_campaign_bytes,
+            max_notifications_in_flight: w.max_notifications_in_flight,
             writers: WriterSettings {
                 batch_max_rows: w.batch_max_rows,
                 linger: Duration::from_millis(w.linger_ms),
@@ -621,6 +635,8 @@ pub struct Settings {
     /// `None`: unusable messages are only logged and counted.
     pub dead_letter_topic: Option<String>,
     pub max_campaign_bytes: usize,
+    /// The most notifications between the join and both sinks' confirmation.
+    pub max_notifications_in_flight: usize,
     /// The Kafka, Postgres and dead-letter writers'.
     pub writers: WriterSettings,
     pub ledger_takeover_after: Duration,

@@ -1,25 +1,38 @@
 //! Delivery: the order in which a campaign's notifications reach the sinks, which is what makes
-//! "nothing lost, nothing twice" hold.
+//! "nothing lost, nothing twice" hold, and the budget that bounds how many are in flight.
 //!
 //! 1. Postgres first: the Postgres writer inserts the rows that are new (a client already notified
 //!    of this campaign gets nothing) and, in the same transaction, an outbox mark listing them.
 //! 2. Then exactly those rows go to the Kafka writer.
 //! 3. Once the broker acknowledged them, the marks are cleared (by the ledger, off the data path).
 //!
-//! Only then is the campaign `Delivered`, which lets the reader store its offset. A message the
-//! service cannot use goes to the dead-letter writer instead, and counts as done once that write
-//! is confirmed. So does a campaign a sink refuses for good, with nothing of it left in either
-//! sink: Postgres refusing writes nothing, and the rows of a campaign Kafka refuses are withdrawn
-//! from Postgres before it is dead-lettered.
+//! A campaign goes through in slices of at most [`SLICE_NOTIFICATIONS`], each taking its share of
+//! `writers.max_notifications_in_flight` before it is written and giving it back once both sinks
+//! confirmed it: memory is bounded by the notifications in flight, not by how many subscribers a
+//! restaurant has or how many campaigns are read. The first slice goes alone (a campaign a sink
+//! refuses is refused there, with nothing of it written); the others follow, a few at once.
+//!
+//! Only when every slice is through is the campaign `Delivered`, which lets the reader store its
+//! offset. If the service stops in the middle, the campaign is read again: its delivered slices
+//! insert nothing new, and what the outbox lists is finished by recovery. A message the service
+//! cannot use goes to the dead-letter writer instead, and counts as done once that write is
+//! confirmed. So does a campaign a sink refuses for good: Postgres refusing writes nothing, and the
+//! rows of a slice Kafka refuses are withdrawn from Postgres before the campaign is dead-lettered.
+//! Refusals that depend on the campaign (its ids, its text) happen on the first slice, so nothing
+//! of such a campaign is in either sink; one that depends on a single subscriber can come later,
+//! and then the dead letter's reason says how many notifications had gone out before.
 //!
 //! Must not touch: what a campaign is (validation, the active window, the join are the
 //! enricher's) or how a sink writes (the sinks').
 
 use std::future::Future;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
 use crate::events::{DeadLettered, Event};
@@ -32,6 +45,13 @@ use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
 use crate::sinks::pg_writer::{PgJob, PgSink};
 use crate::sinks::{SinkError, Write};
+
+/// The most notifications of one campaign written as one piece (a multiple of the Postgres
+/// writer's statement size, so a slice's statements are full).
+pub const SLICE_NOTIFICATIONS: usize = 50_000;
+
+/// Slices of one campaign under way at once, after its first.
+const SLICES_AT_ONCE: usize = 4;
 
 /// Where delivery sends things.
 pub struct DeliveryTargets {
@@ -49,80 +69,72 @@ pub struct Delivery {
     /// recipient and of the metrics.
     routes: Rc<Routes>,
     tokens: Tokens,
-    clock: Clock,
+    /// Slices are cut this large: [`SLICE_NOTIFICATIONS`], or the whole budget when it is smaller.
+    slice: usize,
 }
 
-/// What a delivery under way needs: where to send, and the metrics to count dead letters in.
+/// What a delivery under way needs: where to send, the metrics, the clock, and the budget of
+/// notifications in flight (one permit each).
 struct Routes {
     targets: DeliveryTargets,
     metrics: Metrics,
+    clock: Clock,
+    budget: Arc<Semaphore>,
 }
 
 impl Delivery {
     /// `owner` is this process's ledger owner id: the tokens of its outbox marks carry it.
-    pub fn new(targets: DeliveryTargets, owner: i32, shared: Shared) -> Delivery {
+    /// `max_in_flight` notifications at most are between the join and both sinks' confirmation.
+    pub fn new(
+        targets: DeliveryTargets,
+        owner: i32,
+        max_in_flight: usize,
+        shared: Shared,
+    ) -> Delivery {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Delivery {
             routes: Rc::new(Routes {
                 targets,
                 metrics: shared.metrics,
+                clock: shared.clock,
+                budget: Arc::new(Semaphore::new(max_in_flight)),
             }),
             tokens: Tokens::new(owner),
-            clock: shared.clock,
+            slice: SLICE_NOTIFICATIONS.min(max_in_flight),
         }
     }
 
-    /// Writes `batch` to both sinks in the order above; resolves with the campaign's outcome.
-    /// `origin` is the campaign's message, dead-lettered if a sink refuses the campaign.
+    /// Writes `batch` to both sinks in the order above, a slice at a time; resolves with the
+    /// campaign's outcome. `origin` is the campaign's message, dead-lettered if a sink refuses the
+    /// campaign.
     pub fn deliver(
         &mut self,
         batch: Arc<NotificationBatch>,
         origin: Origin,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
-        let job = PgJob::new(batch.clone(), &mut self.tokens);
-        let to_postgres = self.routes.targets.postgres.send(Write(Arc::new(job)));
+        let slices: Vec<PgJob> = slices(batch.len(), self.slice)
+            .map(|range| PgJob::slice(batch.clone(), range, &mut self.tokens))
+            .collect();
         let routes = self.routes.clone();
-        let clock = self.clock;
         async move {
-            let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
-                Ok(inserted) => inserted,
-                // Its transaction was rolled back: nothing of the campaign was written.
-                Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                    return routes.refused(&batch, origin, sink, reason).await
+            let mut slices = slices.into_iter();
+            let mut running = FuturesUnordered::new();
+            let mut progress = Progress::default();
+            let mut at_once = 1;
+            loop {
+                while running.len() < at_once && progress.goes_on() {
+                    let Some(job) = slices.next() else { break };
+                    running.push(routes.clone().deliver_slice(job));
                 }
-                Err(outcome) => return outcome,
-            };
-            if inserted.clients.is_empty() {
-                return CampaignOutcome::AlreadyNotified;
+                // Slices under way are always finished, even after one failed: each must end
+                // with its marks cleared or its rows withdrawn.
+                let Some(outcome) = running.next().await else {
+                    break;
+                };
+                progress.add(outcome);
+                at_once = SLICES_AT_ONCE;
             }
-            let notifications = inserted.clients.len();
-            let job = KafkaJob {
-                batch: batch.clone(),
-                clients: inserted.clients,
-                created_ms: clock.now_ms(),
-            };
-            let to_kafka = routes.targets.kafka.send(Write(Arc::new(job)));
-            match confirmed(SinkKind::Kafka, to_kafka.await) {
-                Ok(()) => {
-                    routes
-                        .targets
-                        .ledger
-                        .do_send(ClearOutbox(inserted.outbox_ids));
-                    CampaignOutcome::Delivered { notifications }
-                }
-                // Refused for good: Postgres must not keep what Kafka will never have.
-                Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                    let withdraw = Withdraw(inserted.outbox_ids);
-                    let withdrawn = routes.targets.withdraw.send(withdraw).await;
-                    match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
-                        Ok(()) => routes.refused(&batch, origin, sink, reason).await,
-                        Err(e) => CampaignOutcome::Unconfirmed {
-                            sink: "ledger",
-                            reason: e,
-                        },
-                    }
-                }
-                Err(outcome) => outcome,
-            }
+            progress.finish(&routes, &batch, origin).await
         }
     }
 
@@ -138,6 +150,13 @@ impl Delivery {
     }
 }
 
+/// `0..len` cut into consecutive ranges of at most `size`.
+fn slices(len: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..len)
+        .step_by(size)
+        .map(move |start| start..(start + size).min(len))
+}
+
 /// The campaign's original message, kept to dead-letter it if a sink refuses the campaign.
 #[derive(Debug, Default)]
 pub struct Origin {
@@ -145,7 +164,142 @@ pub struct Origin {
     pub payload: Option<Vec<u8>>,
 }
 
+/// What became of one slice.
+enum SliceOutcome {
+    /// Both sinks have these many new notifications (0: every client already had them).
+    Written(usize),
+    /// A sink refused the slice for good; nothing of it is in either sink.
+    Refused { sink: &'static str, reason: String },
+    /// Not confirmed: the campaign must be read again.
+    Unconfirmed(CampaignOutcome),
+}
+
+/// A campaign's slices so far.
+#[derive(Default)]
+struct Progress {
+    written: usize,
+    refused: Option<(&'static str, String)>,
+    unconfirmed: Option<CampaignOutcome>,
+}
+
+impl Progress {
+    /// Further slices are started only while every slice went through.
+    fn goes_on(&self) -> bool {
+        self.refused.is_none() && self.unconfirmed.is_none()
+    }
+
+    fn add(&mut self, outcome: SliceOutcome) {
+        match outcome {
+            SliceOutcome::Written(n) => self.written += n,
+            SliceOutcome::Refused { sink, reason } => {
+                self.refused.get_or_insert((sink, reason));
+            }
+            SliceOutcome::Unconfirmed(outcome) => {
+                self.unconfirmed.get_or_insert(outcome);
+            }
+        }
+    }
+
+    async fn finish(
+        self,
+        routes: &Routes,
+        batch: &NotificationBatch,
+        origin: Origin,
+    ) -> CampaignOutcome {
+        if let Some(outcome) = self.unconfirmed {
+            return outcome;
+        }
+        if let Some((sink, reason)) = self.refused {
+            let reason = match self.written {
+                0 => reason,
+                n => format!(
+                    "{reason} (after {n} of its {} notifications had been delivered)",
+                    batch.len()
+                ),
+            };
+            return routes.refused(batch, origin, sink, reason).await;
+        }
+        match self.written {
+            0 => CampaignOutcome::AlreadyNotified,
+            notifications => CampaignOutcome::Delivered { notifications },
+        }
+    }
+}
+
+/// A slice's share of the budget, held until both sinks confirmed it; counted in
+/// `notifications_in_flight`.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    notifications: i64,
+    metrics: Metrics,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.notifications_in_flight.sub(self.notifications);
+    }
+}
+
 impl Routes {
+    /// Waits for room in the budget, then writes the slice to Postgres, its new rows to Kafka, and
+    /// clears the marks (or withdraws the rows Kafka refused).
+    async fn deliver_slice(self: Rc<Self>, job: PgJob) -> SliceOutcome {
+        let rows = job.range.len();
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(rows as u32)
+            .await
+            .expect("the budget is never closed");
+        self.metrics.notifications_in_flight.add(rows as i64);
+        let _in_flight = InFlight {
+            _permit: permit,
+            notifications: rows as i64,
+            metrics: self.metrics.clone(),
+        };
+        let batch = job.batch.clone();
+        let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
+        let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
+            Ok(inserted) => inserted,
+            // Its transaction was rolled back: nothing of the slice was written.
+            Err(CampaignOutcome::SinkFailed { sink, reason }) => {
+                return SliceOutcome::Refused { sink, reason }
+            }
+            Err(outcome) => return SliceOutcome::Unconfirmed(outcome),
+        };
+        if inserted.clients.is_empty() {
+            return SliceOutcome::Written(0);
+        }
+        let notifications = inserted.clients.len();
+        let job = KafkaJob {
+            batch,
+            clients: inserted.clients,
+            created_ms: self.clock.now_ms(),
+        };
+        let to_kafka = self.targets.kafka.send(Write(Arc::new(job)));
+        match confirmed(SinkKind::Kafka, to_kafka.await) {
+            Ok(()) => {
+                self.targets
+                    .ledger
+                    .do_send(ClearOutbox(inserted.outbox_ids));
+                SliceOutcome::Written(notifications)
+            }
+            // Refused for good: Postgres must not keep what Kafka will never have.
+            Err(CampaignOutcome::SinkFailed { sink, reason }) => {
+                let withdraw = Withdraw(inserted.outbox_ids);
+                let withdrawn = self.targets.withdraw.send(withdraw).await;
+                match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
+                    Ok(()) => SliceOutcome::Refused { sink, reason },
+                    Err(e) => SliceOutcome::Unconfirmed(CampaignOutcome::Unconfirmed {
+                        sink: "ledger",
+                        reason: e,
+                    }),
+                }
+            }
+            Err(outcome) => SliceOutcome::Unconfirmed(outcome),
+        }
+    }
+
     async fn dead_letter(&self, letter: DeadLetter, outcome: CampaignOutcome) -> CampaignOutcome {
         let Some(target) = &self.targets.dead_letters else {
             return outcome;
@@ -163,7 +317,7 @@ impl Routes {
         }
     }
 
-    /// A campaign `sink` refused for good, with nothing of it in either sink.
+    /// A campaign `sink` refused for good.
     async fn refused(
         &self,
         batch: &NotificationBatch,

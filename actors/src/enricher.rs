@@ -169,6 +169,8 @@ mod tests {
         inserted: Option<Vec<String>>,
         /// The sink that refuses every job for good, if any.
         refusing: Option<SinkKind>,
+        /// Postgres refuses any job with this client.
+        refused_client: Option<&'static str>,
     }
 
     impl Actor for Sinks {
@@ -178,17 +180,20 @@ mod tests {
     impl Handler<Write<PgSink>> for Sinks {
         type Result = Result<Inserted, SinkError>;
         fn handle(&mut self, msg: Write<PgSink>, _: &mut Context<Self>) -> Self::Result {
-            let batch = &msg.0.batch;
-            if self.refusing == Some(SinkKind::Postgres) {
+            let (batch, range) = (&msg.0.batch, msg.0.range.clone());
+            let all: Vec<String> = range.map(|i| batch.client_id(i).to_string()).collect();
+            let refused = self
+                .refused_client
+                .is_some_and(|c| all.iter().any(|a| a == c));
+            if self.refusing == Some(SinkKind::Postgres) || refused {
                 self.log.lock().unwrap().push("postgres refused".into());
                 return Err(SinkError::Permanent("value too long".into()));
             }
-            let all = (0..batch.len()).map(|i| batch.client_id(i).to_string());
-            let clients = self.inserted.clone().unwrap_or_else(|| all.collect());
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("postgres {}", batch.len()));
+                .push(format!("postgres {}", all.len()));
+            let clients = self.inserted.clone().unwrap_or(all);
             let outbox_ids = if clients.is_empty() { vec![] } else { vec![7] };
             Ok(Inserted {
                 clients,
@@ -243,6 +248,15 @@ mod tests {
 
     /// An enricher at `now` whose snapshot holds two clients of the sample's restaurant.
     fn enricher(now: i64, sinks: Sinks) -> (Addr<Enricher>, Arc<Mutex<Vec<String>>>) {
+        enricher_with_budget(now, sinks, 1_000)
+    }
+
+    /// The same, with at most `budget` notifications in flight.
+    fn enricher_with_budget(
+        now: i64,
+        sinks: Sinks,
+        budget: usize,
+    ) -> (Addr<Enricher>, Arc<Mutex<Vec<String>>>) {
         let log = sinks.log.clone();
         let sinks = sinks.start();
         let (shared, _failed) = Shared::new(Metrics::new(), Clock::fixed_at_ms(now * 1000));
@@ -253,7 +267,7 @@ mod tests {
             withdraw: sinks.clone().recipient(),
             dead_letters: Some(sinks.recipient()),
         };
-        let delivery = Delivery::new(targets, 1, shared.clone());
+        let delivery = Delivery::new(targets, 1, budget, shared.clone());
         let enricher = Enricher::new(delivery, 65536, shared).start();
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");
@@ -289,6 +303,54 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             ["postgres 2", "kafka client-b", "clear [7]"]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_campaign_larger_than_the_budget_goes_a_slice_at_a_time() {
+        let (enricher, log) = enricher_with_budget(START, Sinks::default(), 1);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        assert_eq!(outcome, CampaignOutcome::Delivered { notifications: 2 });
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "postgres 1",
+                "kafka client-a",
+                "clear [7]",
+                "postgres 1",
+                "kafka client-b",
+                "clear [7]"
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_slice_refused_after_others_went_out_says_so_in_the_dead_letter() {
+        let sinks = Sinks {
+            refused_client: Some("client-b"),
+            ..Sinks::default()
+        };
+        let (enricher, log) = enricher_with_budget(START, sinks, 1);
+        let outcome = process(&enricher, BRIEF_SAMPLE).await;
+        let CampaignOutcome::SinkFailed { sink, reason } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(sink, "postgres");
+        assert!(
+            reason.ends_with("(after 1 of its 2 notifications had been delivered)"),
+            "{reason}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "postgres 1",
+                "kafka client-a",
+                "clear [7]",
+                "postgres refused",
+                "dead letter sink_refused"
+            ]
         );
     }
 

@@ -28,7 +28,8 @@
 //! - [`pipeline`]: start and stop order; the one place the actors are wired together.
 //! - [`reader`]: the consumer of the input topic, offset tracking, the orphan watch.
 //! - [`enricher`]: validate, apply the active-window rule, join with the snapshot.
-//! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks.
+//! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks; a large
+//!   campaign a slice at a time, within the budget of notifications in flight.
 //! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
 //! - [`ledger`]: outbox marks and tokens, recovery of dead owners, the `Ledger` actor.
 //! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.

@@ -217,6 +217,9 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     /// Campaigns read and not yet completed.
     pub campaigns_in_flight: IntGauge,
+    /// Notifications between the join and both sinks' confirmation (at most
+    /// `writers.max_notifications_in_flight`).
+    pub notifications_in_flight: IntGauge,
     /// Time from the campaign's Kafka timestamp until both sinks confirmed it.
     pub end_to_end_latency: Histogram,
     /// Subscriber pairs in the loaded snapshot.
@@ -342,6 +345,8 @@ impl Metrics {
                 "Restarts of a supervised actor", &["actor"]),
             campaigns_in_flight: r.gauge("campaigns_in_flight",
                 "Campaigns read and not yet completed"),
+            notifications_in_flight: r.gauge("notifications_in_flight",
+                "Notifications between the join and both sinks' confirmation"),
             end_to_end_latency: r.histogram("end_to_end_latency_seconds",
                 "From the campaign's Kafka timestamp until both sinks confirmed it", LATENCY_SECONDS),
             cache_pairs: r.gauge("cache_pairs",

@@ -256,7 +256,12 @@ fn start_enricher(
         withdraw: writers.ledger.clone().recipient(),
         dead_letters: writers.dead_letters.clone().map(Addr::recipient),
     };
-    let delivery = Delivery::new(targets, owner, shared.clone());
+    let delivery = Delivery::new(
+        targets,
+        owner,
+        settings.max_notifications_in_flight,
+        shared.clone(),
+    );
     Enricher::new(delivery, settings.max_campaign_bytes, shared.clone()).start()
 }
 

@@ -1143,6 +1143,7 @@ async fn latency_floor(
         };
         let batch = NotificationBatch::new(c, now, source, snapshot.clone(), entry);
         let job = Arc::new(PgJob {
+            range: 0..batch.len(),
             batch: Arc::new(batch),
             first_token: i as i64,
         });

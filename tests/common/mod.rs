@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -261,6 +262,44 @@ impl Fixture {
             .collect()
     }
 
+    /// How often each client id occurs in the output topic, reading only that field (for topics
+    /// too large to keep whole in the test).
+    pub fn output_client_counts(&self) -> HashMap<String, u32> {
+        #[derive(serde::Deserialize)]
+        struct Client<'a> {
+            #[serde(borrow)]
+            client_id: std::borrow::Cow<'a, str>,
+        }
+        let expected = self.output_count() as usize;
+        let consumer = self.consumer();
+        let metadata = consumer
+            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition_offset(&self.output_topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut counts = HashMap::with_capacity(expected);
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(60 + expected as u64 / 2000);
+        while read < expected {
+            assert!(
+                Instant::now() < deadline,
+                "read {read} of {expected} output messages in time"
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.expect("consume");
+                let c: Client<'_> = serde_json::from_slice(m.payload().unwrap_or_default())
+                    .expect("output JSON with a client_id");
+                *counts.entry(c.client_id.into_owned()).or_insert(0) += 1;
+                read += 1;
+            }
+        }
+        counts
+    }
+
     /// Every message of the output topic, as (key, JSON value).
     pub fn read_output(&self) -> Vec<(String, serde_json::Value)> {
         self.read_topic(&self.output_topic)
@@ -503,6 +542,18 @@ impl Service {
     /// The exit status, if the service has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// A line of `/proc/PID/status` in MiB: `VmRSS` (resident now) or `VmHWM` (the peak).
+    pub fn memory_mib(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the service's /proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"));
+        kib / 1024.0
     }
 
     /// SIGKILL: no drain, no commit, nothing flushed.

@@ -73,38 +73,52 @@ pub fn campaign_params(c: &Campaign) -> [&(dyn ToSql + Sync); 8] {
     ]
 }
 
-/// A campaign's notifications as the Postgres writer takes them: the batch, plus the ledger
-/// tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
+/// A campaign's notifications as the Postgres writer takes them: the batch, the slice of it this
+/// job writes (a large campaign is delivered a slice at a time, see [`crate::delivery`]), and the
+/// ledger tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
 #[derive(Debug)]
 pub struct PgJob {
     pub batch: Arc<NotificationBatch>,
+    /// Indexes into the batch.
+    pub range: Range<usize>,
     pub first_token: i64,
 }
 
 impl PgJob {
-    /// The job of `batch`, with the tokens of its chunks reserved.
+    /// The job of the whole of `batch`, with the tokens of its chunks reserved.
     pub fn new(batch: Arc<NotificationBatch>, tokens: &mut Tokens) -> PgJob {
-        let first_token = tokens.take(batch.len().div_ceil(ROWS_PER_STATEMENT));
-        PgJob { batch, first_token }
+        let all = 0..batch.len();
+        PgJob::slice(batch, all, tokens)
+    }
+
+    /// The job of `range` of `batch`, with the tokens of its chunks reserved.
+    pub fn slice(batch: Arc<NotificationBatch>, range: Range<usize>, tokens: &mut Tokens) -> PgJob {
+        let first_token = tokens.take(range.len().div_ceil(ROWS_PER_STATEMENT));
+        PgJob {
+            batch,
+            range,
+            first_token,
+        }
     }
 
     /// Its statements: each chunk's token and the clients (indexes into the batch) it inserts. A
     /// restaurant with a million subscribers still gives statements of bounded size.
     pub fn chunks(&self) -> impl Iterator<Item = (i64, Range<usize>)> + '_ {
-        let len = self.batch.len();
-        (0..len)
+        let end = self.range.end;
+        self.range
+            .clone()
             .step_by(ROWS_PER_STATEMENT)
             .enumerate()
             .map(move |(k, start)| {
-                let end = (start + ROWS_PER_STATEMENT).min(len);
-                (self.first_token + k as i64, start..end)
+                let stop = (start + ROWS_PER_STATEMENT).min(end);
+                (self.first_token + k as i64, start..stop)
             })
     }
 }
 
 impl Rows for PgJob {
     fn rows(&self) -> usize {
-        self.batch.len()
+        self.range.len()
     }
 }
 
@@ -309,5 +323,31 @@ mod tests {
             "tokens are not shared"
         );
         assert_eq!(next.chunks().count(), 1);
+    }
+
+    #[test]
+    fn a_slice_cuts_only_its_own_clients_into_statements() {
+        let mut tokens = Tokens::new(3);
+        let slice = ROWS_PER_STATEMENT + 5..3 * ROWS_PER_STATEMENT;
+        let job = PgJob::slice(batch(4 * ROWS_PER_STATEMENT), slice.clone(), &mut tokens);
+        assert_eq!(job.rows(), slice.len());
+        let chunks: Vec<_> = job.chunks().collect();
+        assert_eq!(
+            chunks,
+            vec![
+                (
+                    job.first_token,
+                    slice.start..slice.start + ROWS_PER_STATEMENT
+                ),
+                (
+                    job.first_token + 1,
+                    slice.start + ROWS_PER_STATEMENT..slice.end
+                ),
+            ]
+        );
+        assert_eq!(
+            PgJob::new(batch(1), &mut tokens).first_token,
+            job.first_token + 2
+        );
     }
 }
