@@ -11,6 +11,7 @@ use campaign_actors::cache::snapshot::ClientId;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka::{scan, ProducerSettings};
 use campaign_actors::notification::{NotificationKey, OutputEncoder, Wanted};
+use campaign_actors::sinks::pg_writer::campaign_params;
 use common::*;
 use rdkafka::producer::FutureRecord;
 
@@ -37,22 +38,22 @@ fn backlog_campaign(id: &str) -> Campaign {
 /// What a dead owner leaves: `clients` rows of `campaign` in `subscribers_feedback`, and outbox
 /// marks of at most 10 000 of them each (as the Postgres writer makes them), all in its name.
 async fn leave_backlog(f: &Fixture, campaign: &Campaign, trigger: i32, clients: usize) {
-    let c = campaign;
+    let [r, c, content, owner, contact, start, end, created] = campaign_params(campaign);
     f.db.execute(
         "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content, \
              adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
-             adv_campaign_datetime_end, client_id, datetime_created, trigger_datetime_created) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, 'client-' || lpad(n::text, 7, '0'), $8, $9 \
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'client-' || lpad(n::text, 7, '0'), $9 \
          FROM generate_series(0, $10 - 1) AS n",
         &[
-            &c.restaurant_id,
-            &c.adv_campaign_id,
-            &c.adv_campaign_content,
-            &c.adv_campaign_owner,
-            &c.adv_campaign_owner_contact,
-            &c.adv_campaign_datetime_start,
-            &c.adv_campaign_datetime_end,
-            &c.datetime_created,
+            r,
+            c,
+            content,
+            owner,
+            contact,
+            start,
+            end,
+            created,
             &trigger,
             &(clients as i32),
         ],
@@ -65,7 +66,7 @@ async fn leave_backlog(f: &Fixture, campaign: &Campaign, trigger: i32, clients: 
          FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 10000 AS k \
                FROM subscribers_feedback WHERE adv_campaign_id = $2) r \
          GROUP BY k",
-        &[&DEAD_OWNER, &c.adv_campaign_id],
+        &[&DEAD_OWNER, &campaign.adv_campaign_id],
     )
     .await
     .expect("backlog marks");

@@ -74,8 +74,8 @@ pub fn campaign_params(c: &Campaign) -> [&(dyn ToSql + Sync); 8] {
 }
 
 /// A campaign's notifications as the Postgres writer takes them: the batch, the slice of it this
-/// job writes (a large campaign is delivered a slice at a time, see [`crate::delivery`]), and the
-/// ledger tokens of its chunks (one per `ROWS_PER_STATEMENT` clients).
+/// job writes (the delivery module cuts a large campaign into slices), and the ledger tokens of
+/// its chunks (one per `ROWS_PER_STATEMENT` clients).
 #[derive(Debug)]
 pub struct PgJob {
     pub batch: Arc<NotificationBatch>,
