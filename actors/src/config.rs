@@ -795,6 +795,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("http.listen"));
+        let tiny_budget = format!("{MINIMAL}\n[writers]\nmax_notifications_in_flight = 999\n");
+        assert!(load(&tiny_budget, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("writers.max_notifications_in_flight"));
     }
 
     #[test]
@@ -823,6 +828,7 @@ mod tests {
         assert_eq!(s.producer.overrides, vec![("linger.ms".into(), "1".into())]);
         assert_eq!(s.dead_letter_topic.as_deref(), Some("dlq"));
         assert_eq!(s.writers.restart.limit, Some(7));
+        assert_eq!(s.max_notifications_in_flight, 200_000);
         assert_eq!(s.ledger_restart, s.writers.restart);
         assert_eq!(
             s.cache_restart.limit, None,
