@@ -464,3 +464,44 @@ async fn a_refusal_that_hits_every_write_holds_the_campaigns_instead_of_dead_let
     drop(service);
     f.cleanup().await;
 }
+
+/// A client id in `subscribers_restaurants` too long for the notification key would make
+/// Postgres refuse every campaign of its restaurant (SQLSTATE 54000). The cache leaves such a
+/// pair out, says so in the log and in `campaign_notifier_cache_pairs_skipped`, and the
+/// restaurant's other subscribers are notified.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_id_too_long_for_the_key_is_left_out_and_the_others_notified() {
+    let f = Fixture::new("longclient", 1).await;
+    let restaurant = "7a000000-0000-0000-0000-000000000009";
+    let poison = incompressible(3000);
+    f.subscribe(restaurant, &[CLIENTS[0], &poison, CLIENTS[1]])
+        .await;
+    let service = Service::start(&f, "");
+    let campaigns: Vec<String> = (0..3).map(|i| format!("c-longclient-{i}")).collect();
+    for id in &campaigns {
+        f.produce(id, active_campaign(restaurant, id).as_bytes())
+            .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row_pairs(&f).await != pairs(&campaigns) || output_pairs(&f) != pairs(&campaigns) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows {:?}\nmessages {:?}\n{}",
+            row_pairs(&f).await.len(),
+            output_pairs(&f).len(),
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(f.count(&f.dead_letter_topic), 0, "{}", service.log_text());
+    assert_eq!(service.metric("campaign_notifier_cache_pairs_skipped"), 1.0);
+    assert!(
+        service
+            .log_text()
+            .contains("subscriber cache: left out 1 pair"),
+        "{}",
+        service.log_text()
+    );
+    drop(service);
+    f.cleanup().await;
+}

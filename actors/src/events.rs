@@ -174,6 +174,8 @@ pub struct CacheLoaded {
     pub pairs: usize,
     pub restaurants: usize,
     pub loaded_at_unix: i64,
+    /// Pairs left out for an id longer than the limit.
+    pub skipped: usize,
     pub took: Duration,
     pub first: bool,
 }
@@ -183,6 +185,16 @@ impl Event for CacheLoaded {
         metrics.cache_pairs.set(self.pairs as i64);
         metrics.cache_restaurants.set(self.restaurants as i64);
         metrics.cache_loaded_timestamp.set(self.loaded_at_unix);
+        metrics.cache_pairs_skipped.set(self.skipped as i64);
+        if self.skipped > 0 {
+            log::warn!(
+                "subscriber cache: left out {} pair(s) of subscribers_restaurants with a \
+                 restaurant_id or client_id longer than {} bytes: no notification of them could \
+                 be written",
+                self.skipped,
+                crate::campaign::MAX_ID_BYTES
+            );
+        }
         metrics
             .cache_refresh_duration
             .observe(self.took.as_secs_f64());

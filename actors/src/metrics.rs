@@ -222,6 +222,8 @@ pub struct Metrics {
     pub notifications_in_flight: IntGauge,
     /// Time from the campaign's Kafka timestamp until both sinks confirmed it.
     pub end_to_end_latency: Histogram,
+    /// Pairs of `subscribers_restaurants` the last load left out (an id over the length limit).
+    pub cache_pairs_skipped: IntGauge,
     /// Subscriber pairs in the loaded snapshot.
     pub cache_pairs: IntGauge,
     /// Restaurants with at least one subscriber in the loaded snapshot.
@@ -349,6 +351,8 @@ impl Metrics {
                 "Notifications between the join and both sinks' confirmation"),
             end_to_end_latency: r.histogram("end_to_end_latency_seconds",
                 "From the campaign's Kafka timestamp until both sinks confirmed it", LATENCY_SECONDS),
+            cache_pairs_skipped: r.gauge("cache_pairs_skipped",
+                "Pairs the last load left out for an id longer than the limit"),
             cache_pairs: r.gauge("cache_pairs",
                 "Subscriber pairs in the loaded snapshot"),
             cache_restaurants: r.gauge("cache_restaurants",

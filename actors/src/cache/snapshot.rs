@@ -11,6 +11,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use crate::campaign::MAX_ID_BYTES;
+
 /// Where one restaurant's clients are in the two flat arrays.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Entry {
@@ -96,9 +98,17 @@ pub struct Snapshot {
     uuids: Vec<u128>,
     texts: Vec<Box<str>>,
     pairs: usize,
+    skipped: usize,
 }
 
 impl Snapshot {
+    /// Pairs left out because an id is longer than [`MAX_ID_BYTES`]: no notification of them
+    /// could be written (the notification key would be refused, and a campaign with such an id is
+    /// rejected anyway).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
     pub fn lookup(&self, restaurant_id: &str) -> Option<Entry> {
         self.index.get(restaurant_id).copied()
     }
@@ -133,6 +143,7 @@ pub struct SnapshotBuilder {
     restaurants: HashMap<Box<str>, u32>,
     uuid_rows: Vec<(u32, u128)>,
     text_rows: Vec<(u32, Box<str>)>,
+    skipped: usize,
 }
 
 impl SnapshotBuilder {
@@ -140,7 +151,12 @@ impl SnapshotBuilder {
         SnapshotBuilder::default()
     }
 
+    /// Adds a pair; one with an id longer than [`MAX_ID_BYTES`] is counted and left out.
     pub fn push(&mut self, restaurant_id: &str, client_id: &str) {
+        if restaurant_id.len() > MAX_ID_BYTES || client_id.len() > MAX_ID_BYTES {
+            self.skipped += 1;
+            return;
+        }
         let next = self.restaurants.len() as u32;
         let r = match self.restaurants.get(restaurant_id) {
             Some(&r) => r,
@@ -181,6 +197,7 @@ impl SnapshotBuilder {
             uuids,
             texts,
             pairs,
+            skipped: self.skipped,
         }
     }
 }
@@ -237,6 +254,21 @@ mod tests {
         );
         assert_eq!(clients(&s, "r2"), vec!["client-x"]);
         assert!(s.lookup("r3").is_none());
+    }
+
+    #[test]
+    fn pairs_with_an_id_longer_than_the_limit_are_counted_and_left_out() {
+        let mut b = SnapshotBuilder::new();
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        b.push("r", "kept");
+        b.push("r", &long);
+        b.push(&long, "c");
+        b.push("r", &"y".repeat(MAX_ID_BYTES));
+        let s = b.build();
+        assert_eq!(s.skipped(), 2);
+        assert_eq!(s.pairs(), 2);
+        assert_eq!(s.restaurants(), 1);
+        assert!(s.lookup(&long).is_none());
     }
 
     #[test]

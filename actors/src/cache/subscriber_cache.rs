@@ -107,6 +107,7 @@ impl SubscriberCache {
     }
 
     fn loaded(&mut self, snapshot: Snapshot, took: Duration) {
+        let skipped = snapshot.skipped();
         let info = SnapshotInfo {
             pairs: snapshot.pairs(),
             restaurants: snapshot.restaurants(),
@@ -121,6 +122,7 @@ impl SubscriberCache {
             pairs: info.pairs,
             restaurants: info.restaurants,
             loaded_at_unix: info.loaded_at_unix,
+            skipped,
             took,
             first,
         }
