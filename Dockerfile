@@ -21,13 +21,17 @@ WORKDIR /src
 
 # Dependencies first, against stub sources, so that a change to the service's code does not
 # rebuild librdkafka and the rest of the dependency tree.
+# Every workspace member's manifest is needed for cargo to load the workspace, and each member
+# needs a target (the benchmark's is a stub here and is never built into the image).
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/
-RUN mkdir -p src actors/src \
+COPY bench/Cargo.toml bench/
+RUN mkdir -p src actors/src bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch actors/src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && cargo build --release --locked --bin campaign-notifier \
-    && rm -rf src actors/src
+    && rm -rf src actors/src bench/src
 
 COPY . .
 # The copied sources may be older than the stub build's outputs: make cargo see them as changed.

@@ -881,3 +881,69 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         "the dashboard's own uid and the data source's"
     );
 }
+
+/// The Dockerfile's dependency stage, replayed here without a Docker engine: the files its `COPY`
+/// lines take before `COPY . .`, then its `RUN` line's stub sources, must make a workspace cargo
+/// can load (every member's manifest present, every member with a target). A member added to the
+/// workspace and not to the Dockerfile breaks `docker build` at this step.
+#[test]
+fn the_dockerfile_dependency_stage_loads_the_whole_workspace() {
+    let dockerfile = read_repo_file("Dockerfile").replace("\\\n", " ");
+    let builder = dockerfile
+        .split("COPY . .")
+        .next()
+        .expect("a COPY . . line");
+    let stage = std::env::temp_dir().join(format!("cn-docker-stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).expect("stage dir");
+    let mut stubbed = false;
+    for line in builder.lines().map(str::trim) {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            let (to, from) = parts.split_last().expect("COPY with a destination");
+            for file in from {
+                let dest = if to.ends_with('/') {
+                    stage
+                        .join(to)
+                        .join(Path::new(file).file_name().expect("a file"))
+                } else {
+                    stage.join(to).join(file)
+                };
+                std::fs::create_dir_all(dest.parent().expect("a parent")).expect("mkdir");
+                std::fs::copy(repo_path(file), &dest)
+                    .unwrap_or_else(|e| panic!("COPY {file}: {e}"));
+            }
+        } else if let Some(command) = line.strip_prefix("RUN ") {
+            if let Some((stubs, _)) = command.split_once("&& cargo build") {
+                let made = run(
+                    Command::new("sh").args(["-c", stubs]).current_dir(&stage),
+                    b"",
+                );
+                assert!(made.status.success(), "{stubs}:\n{}", printed(&made));
+                stubbed = true;
+            }
+        }
+    }
+    assert!(
+        stubbed,
+        "no RUN line of stubs before `cargo build` in the Dockerfile"
+    );
+    let loaded = run(
+        Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--no-deps",
+                "--format-version",
+                "1",
+                "--offline",
+            ])
+            .current_dir(&stage),
+        b"",
+    );
+    let _ = std::fs::remove_dir_all(&stage);
+    assert!(
+        loaded.status.success(),
+        "cargo cannot load the workspace the Dockerfile's dependency stage builds:\n{}",
+        printed(&loaded)
+    );
+}
