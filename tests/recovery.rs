@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use campaign_actors::cache::snapshot::ClientId;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka::{scan, ProducerSettings};
-use campaign_actors::notification::{NotificationKey, OutputEncoder, Wanted};
+use campaign_actors::notification::{fingerprint_of, OutputEncoder, Wanted};
 use campaign_actors::sinks::pg_writer::campaign_params;
 use common::*;
 use rdkafka::producer::FutureRecord;
@@ -209,8 +209,7 @@ async fn a_read_back_longer_than_its_stall_limit_finishes_while_it_progresses() 
         d.await.expect("delivery").expect("delivered");
     }
     // The last notification is the one looked for, so the read must reach the end.
-    let wanted: Wanted =
-        [NotificationKey::of(&campaign, &client(MESSAGES - 1)).fingerprint()].into();
+    let wanted: Wanted = [fingerprint_of(&campaign, &client(MESSAGES - 1))].into();
     let settings = ProducerSettings {
         brokers: f.brokers.clone(),
         message_timeout_ms: 3000,

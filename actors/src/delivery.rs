@@ -26,7 +26,6 @@
 //! enricher's) or how a sink writes (the sinks').
 
 use std::future::Future;
-use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -39,7 +38,7 @@ use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
 use crate::metrics::{DeadLetterReason, Metrics, SinkKind};
-use crate::notification::NotificationBatch;
+use crate::notification::{cut, NotificationBatch};
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
@@ -112,7 +111,7 @@ impl Delivery {
         batch: Arc<NotificationBatch>,
         origin: Origin,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
-        let slices: Vec<PgJob> = slices(batch.len(), self.slice)
+        let slices: Vec<PgJob> = cut(0..batch.len(), self.slice)
             .map(|range| PgJob::slice(batch.clone(), range, &mut self.tokens))
             .collect();
         let routes = self.routes.clone();
@@ -148,13 +147,6 @@ impl Delivery {
         let routes = self.routes.clone();
         async move { routes.dead_letter(letter, outcome).await }
     }
-}
-
-/// `0..len` cut into consecutive ranges of at most `size`.
-fn slices(len: usize, size: usize) -> impl Iterator<Item = Range<usize>> {
-    (0..len)
-        .step_by(size)
-        .map(move |start| start..(start + size).min(len))
 }
 
 /// The campaign's original message, kept to dead-letter it if a sink refuses the campaign.

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::cache::snapshot::{ClientId, Entry, Snapshot};
@@ -30,34 +31,31 @@ impl std::fmt::Display for SourceRef {
     }
 }
 
-/// What identifies a notification, in Postgres (the unique key) and in the output topic.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NotificationKey {
-    pub restaurant_id: String,
-    pub adv_campaign_id: String,
-    pub client_id: String,
-}
-
-impl NotificationKey {
-    pub fn of(campaign: &Campaign, client_id: &str) -> NotificationKey {
-        NotificationKey {
-            restaurant_id: campaign.restaurant_id.clone(),
-            adv_campaign_id: campaign.adv_campaign_id.clone(),
-            client_id: client_id.to_string(),
-        }
-    }
-
-    pub fn fingerprint(&self) -> Fingerprint {
-        fingerprint(&self.restaurant_id, &self.adv_campaign_id, &self.client_id)
-    }
-}
-
-/// A notification key in 16 bytes, however long its ids: what a read-back of the output topic
+/// What identifies a notification (restaurant, campaign, client: the key that is unique in
+/// Postgres, read from the message's own JSON in the topic) in 16 bytes, however long its ids: what a read-back of the output topic
 /// looks for and keeps, so that its memory does not depend on the ids. Two keys share one with a
 /// chance of about 2^-128; it is computed only within one process, never stored.
 pub type Fingerprint = u128;
 
-/// The [`Fingerprint`] of (restaurant, campaign, client), without building the key.
+/// The [`Fingerprint`] of `campaign`'s notification to `client_id`.
+pub fn fingerprint_of(campaign: &Campaign, client_id: &str) -> Fingerprint {
+    fingerprint(
+        &campaign.restaurant_id,
+        &campaign.adv_campaign_id,
+        client_id,
+    )
+}
+
+/// `range` cut into consecutive ranges of at most `size`: a campaign's slices, a slice's
+/// statements.
+pub fn cut(range: Range<usize>, size: usize) -> impl Iterator<Item = Range<usize>> {
+    let end = range.end;
+    range
+        .step_by(size)
+        .map(move |start| start..(start + size).min(end))
+}
+
+/// The [`Fingerprint`] of (restaurant, campaign, client).
 pub fn fingerprint(restaurant_id: &str, adv_campaign_id: &str, client_id: &str) -> Fingerprint {
     let half = |salt: u8| {
         let mut h = DefaultHasher::new();
@@ -194,8 +192,7 @@ impl NotificationBatch {
     }
 
     pub fn fingerprint_of(&self, client_id: &str) -> Fingerprint {
-        let c = &self.campaign;
-        fingerprint(&c.restaurant_id, &c.adv_campaign_id, client_id)
+        fingerprint_of(&self.campaign, client_id)
     }
 }
 
@@ -265,21 +262,18 @@ mod tests {
         let mut out = Vec::new();
         encoder.encode(ClientId::Text("client-1"), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        let key = NotificationKey {
-            restaurant_id: v["restaurant_id"].as_str().unwrap().into(),
-            adv_campaign_id: v["adv_campaign_id"].as_str().unwrap().into(),
-            client_id: v["client_id"].as_str().unwrap().into(),
-        };
-        assert_eq!(key, NotificationKey::of(&campaign, "client-1"));
+        let key = fingerprint(
+            v["restaurant_id"].as_str().unwrap(),
+            v["adv_campaign_id"].as_str().unwrap(),
+            v["client_id"].as_str().unwrap(),
+        );
+        assert_eq!(key, fingerprint_of(&campaign, "client-1"));
     }
 
     #[test]
     fn fingerprints_tell_keys_apart_even_where_the_ids_run_together() {
         let a = fingerprint("r", "c1", "x");
-        assert_eq!(
-            a,
-            NotificationKey::of(&sample_with("r", "c1"), "x").fingerprint()
-        );
+        assert_eq!(a, fingerprint_of(&sample_with("r", "c1"), "x"));
         assert_eq!(a, fingerprint("r", "c1", "x"), "the same within a process");
         assert_ne!(a, fingerprint("r", "c", "1x"));
         assert_ne!(a, fingerprint("rc", "1", "x"));

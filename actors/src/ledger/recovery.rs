@@ -21,7 +21,7 @@ use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
 use crate::kafka::{scan, KafkaFailure, Producer, ProducerSettings};
-use crate::notification::{fingerprint, Fingerprint, OutputEncoder, Wanted};
+use crate::notification::{fingerprint_of, OutputEncoder, Wanted};
 use crate::postgres::describe;
 
 /// One read-back of the output topic looks for the notifications of at most about this many
@@ -150,13 +150,6 @@ struct MarkedCampaign {
     clients: Vec<String>,
 }
 
-impl MarkedCampaign {
-    fn fingerprint_of(&self, client_id: &str) -> Fingerprint {
-        let c = &self.campaign;
-        fingerprint(&c.restaurant_id, &c.adv_campaign_id, client_id)
-    }
-}
-
 /// Finishes one dead owner's marks, a window at a time; the caller holds the owner's lock.
 async fn recover_owner(
     client: &Client,
@@ -178,7 +171,7 @@ async fn recover_owner(
         let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
         for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
             for m in marked_campaigns(client, page).await? {
-                wanted.extend(m.clients.iter().map(|c| m.fingerprint_of(c)));
+                wanted.extend(m.clients.iter().map(|c| fingerprint_of(&m.campaign, c)));
             }
         }
         let marked = wanted.len();
@@ -287,7 +280,7 @@ async fn send_missing(
     let missing = marked
         .clients
         .iter()
-        .filter(|c| !found.contains(&marked.fingerprint_of(c)));
+        .filter(|c| !found.contains(&fingerprint_of(&marked.campaign, c)));
     let mut deliveries = Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
     for client in missing {

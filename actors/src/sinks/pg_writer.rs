@@ -21,7 +21,7 @@ use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
 use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
-use crate::notification::NotificationBatch;
+use crate::notification::{cut, NotificationBatch};
 use crate::postgres::PostgresSettings;
 
 pub type PgWriter = Writer<PgSink>;
@@ -104,15 +104,9 @@ impl PgJob {
     /// Its statements: each chunk's token and the clients (indexes into the batch) it inserts. A
     /// restaurant with a million subscribers still gives statements of bounded size.
     pub fn chunks(&self) -> impl Iterator<Item = (i64, Range<usize>)> + '_ {
-        let end = self.range.end;
-        self.range
-            .clone()
-            .step_by(ROWS_PER_STATEMENT)
+        cut(self.range.clone(), ROWS_PER_STATEMENT)
             .enumerate()
-            .map(move |(k, start)| {
-                let stop = (start + ROWS_PER_STATEMENT).min(end);
-                (self.first_token + k as i64, start..stop)
-            })
+            .map(|(k, clients)| (self.first_token + k as i64, clients))
     }
 }
 
