@@ -21,6 +21,15 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 const OTHER_RESTAURANT: &str = "223e4567-e89b-12d3-a456-426614174000";
 const LONELY_RESTAURANT: &str = "323e4567-e89b-12d3-a456-426614174000";
 
+/// The scheduled campaign starts this many seconds after the demo begins: later than the clock
+/// skew allowance (3 s) plus the few seconds the reader takes to join its group, so that it
+/// arrives before its start.
+const SCHEDULED_IN: i64 = 8;
+
+/// Notifications both sinks must hold at the end: 3 for the brief's sample, 2 for the other
+/// active campaign, 2 for the scheduled one.
+const EXPECTED: usize = 7;
+
 pub fn run(postgres_url: String) -> ExitCode {
     let system = actix_rt::System::new();
     match system.block_on(demo(postgres_url)) {
@@ -110,6 +119,7 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
     let inputs = inputs(now);
     publish(&brokers, &inputs).await?;
     wait_processed(&pipeline, inputs.len()).await?;
+    wait_fired(&pipeline, now + SCHEDULED_IN).await?;
     let outcome_lines: Vec<String> = pipeline
         .metrics
         .render()
@@ -129,12 +139,12 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
 
     let in_kafka = print_output_topic(&brokers)?;
     let in_postgres = print_feedback_rows(&db).await?;
-    if in_kafka != 5 || in_postgres != 5 {
+    if in_kafka != EXPECTED || in_postgres != EXPECTED {
         bail!(
-            "expected 5 notifications in each sink, got {in_kafka} in Kafka and {in_postgres} in Postgres"
+            "expected {EXPECTED} notifications in each sink, got {in_kafka} in Kafka and {in_postgres} in Postgres"
         );
     }
-    println!("== ok: 5 notifications (3 for the brief's sample, 2 for the other active campaign) in both sinks; the expired, not-yet-started, subscriber-less and malformed campaigns gave none");
+    println!("== ok: {EXPECTED} notifications (3 for the brief's sample, 2 for the other active campaign, 2 for the one that fired at its start) in both sinks; the expired, tomorrow's, subscriber-less and malformed campaigns gave none");
     drop(cluster);
     Ok(())
 }
@@ -234,6 +244,16 @@ fn inputs(now: i64) -> Vec<(&'static str, String)> {
             ),
         ),
         ("malformed", r#"{"restaurant_id": 42, "oops""#.to_string()),
+        (
+            "published now, starts in 8 s, 2 subscribers",
+            campaign(
+                OTHER_RESTAURANT,
+                6,
+                "happy hour: two for one",
+                now + SCHEDULED_IN,
+                now + hour,
+            ),
+        ),
     ]
 }
 
@@ -274,8 +294,30 @@ async fn wait_processed(pipeline: &Pipeline, expected: usize) -> anyhow::Result<
     }
 }
 
+/// Waits for the scheduled campaign to fire at `start` and says when it did.
+async fn wait_fired(pipeline: &Pipeline, start: i64) -> anyhow::Result<()> {
+    println!("== waiting for the campaign scheduled at {start} to fire");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fired = pipeline
+            .metrics
+            .lifecycle_events
+            .with_label_values(&["fired"])
+            .get();
+        if fired >= 1 {
+            let late = campaign_actors::clock::unix_ms() - start * 1000;
+            println!("   fired; both sinks confirmed it {late} ms after its start");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the scheduled campaign did not fire within 30 s");
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn print_output_topic(brokers: &str) -> anyhow::Result<usize> {
-    let output = read_topic(brokers, "notifications", 5)?;
+    let output = read_topic(brokers, "notifications", EXPECTED)?;
     println!("== {} notifications in the output topic", output.len());
     for (key, value) in &output {
         println!("   key={key} {value}");

@@ -14,19 +14,23 @@ fn demo_prints_both_sinks_and_exits_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("== 5 notifications in the output topic"),
+        stdout.contains("== 7 notifications in the output topic"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("== 5 rows in subscribers_feedback"),
+        stdout.contains("== 7 rows in subscribers_feedback"),
         "{stdout}"
     );
     assert_eq!(
         stdout
             .matches("\"client_id\":\"023e4567-e89b-12d3-a456-42661417400")
             .count(),
-        5,
+        7,
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("fired; both sinks confirmed it"),
+        "the campaign published before its start fired:\n{stdout}"
     );
     assert!(stdout.contains("feedback=NULL"), "{stdout}");
     assert!(stdout.contains("dropped database"), "{stdout}");

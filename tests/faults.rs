@@ -199,7 +199,6 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
             "out_of_range",
         ),
         (campaign(restaurant, "c-over", now - 7200, now - 3600).into_bytes(), "ended"),
-        (campaign(restaurant, "c-later", now + 3600, now + 7200).into_bytes(), "not_started"),
         (
             br#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"a\u0000b","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":1,"adv_campaign_datetime_end":2,"datetime_created":1}"#.to_vec(),
             "invalid_char",
@@ -237,7 +236,10 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
         .collect();
     assert_eq!(contents, vec![sql.to_string()], "stored as text, verbatim");
 
-    let letters = f.read_topic(&f.dead_letter_topic);
+    // A campaign over already is dead-lettered after the lifecycle's answer, a malformed message
+    // at once: the topic's order is not the input's, each letter names its source offset.
+    let mut letters = f.read_topic(&f.dead_letter_topic);
+    letters.sort_by_key(|l| l.headers["dlq.source.offset"].parse::<i64>().unwrap());
     assert_eq!(letters.len(), hostile.len());
     for (i, (letter, (bytes, code))) in letters.iter().zip(&hostile).enumerate() {
         assert_eq!(letter.headers["dlq.reason.code"], *code, "message {i}");
@@ -251,13 +253,7 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
         }
         assert_eq!(letter.headers["dlq.source.offset"], (2 * i).to_string());
     }
-    for code in [
-        "not_utf8",
-        "too_large",
-        "out_of_range",
-        "ended",
-        "not_started",
-    ] {
+    for code in ["not_utf8", "too_large", "out_of_range", "ended"] {
         assert!(
             service.metric_with(
                 "campaign_notifier_dead_letters_total",

@@ -151,7 +151,7 @@ fn assert_varied_outcomes(service: &Service) {
     for (outcome, expected) in [
         ("delivered", 3.0),
         ("ended", 1.0),
-        ("not_started", 1.0),
+        ("scheduled", 1.0),
         ("no_subscribers", 1.0),
         ("rejected", 1.0),
     ] {

@@ -1,4 +1,5 @@
-//! The campaign as it arrives from Kafka: parsing, validation and the active-window rule.
+//! The campaign as it arrives from Kafka: parsing and validation. (Where a campaign is in its
+//! window, and what that means, is the lifecycle's: `lifecycle::rules`.)
 //!
 //! Pure logic with no I/O, so every rule about what the service accepts is tested here. The
 //! input is untrusted: nothing in this module panics on any byte sequence.
@@ -91,28 +92,6 @@ impl std::fmt::Display for Rejection {
                 f,
                 "adv_campaign_datetime_start {start} is after adv_campaign_datetime_end {end}"
             ),
-        }
-    }
-}
-
-/// Where `now` falls relative to the campaign's window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activity {
-    NotStarted,
-    Active,
-    Ended,
-}
-
-impl Campaign {
-    /// The campaign is active when `start <= now <= end`, all in unix seconds: both ends are
-    /// inclusive, so a campaign whose start and end are the same second is active for that second.
-    pub fn activity(&self, now: i64) -> Activity {
-        if now < self.adv_campaign_datetime_start {
-            Activity::NotStarted
-        } else if now > self.adv_campaign_datetime_end {
-            Activity::Ended
-        } else {
-            Activity::Active
         }
     }
 }
@@ -465,15 +444,5 @@ mod tests {
             parse_campaign(&big, 65536).unwrap_err().code(),
             RejectCode::TooLarge
         );
-    }
-
-    #[test]
-    fn active_window_is_inclusive_at_both_ends() {
-        let c = parse_campaign(sample_json(), 65536).unwrap();
-        let (start, end) = (c.adv_campaign_datetime_start, c.adv_campaign_datetime_end);
-        assert_eq!(c.activity(start - 1), Activity::NotStarted);
-        assert_eq!(c.activity(start), Activity::Active);
-        assert_eq!(c.activity(end), Activity::Active);
-        assert_eq!(c.activity(end + 1), Activity::Ended);
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::kafka::ProducerSettings;
+use crate::lifecycle::{LifecycleSettings, Window};
 use crate::postgres::PostgresSettings;
 use crate::reader::ReaderSettings;
 use crate::sinks::WriterSettings;
@@ -59,6 +60,8 @@ pub struct Config {
     pub writers: WritersConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
@@ -229,6 +232,31 @@ impl Default for LedgerConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// A campaign whose start is at most this many seconds ahead of the service's clock when it
+    /// arrives counts as started (the producer's clock may run ahead of ours).
+    #[serde(default = "default_clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    /// Nothing of a campaign is sent later than this many seconds after its end.
+    #[serde(default)]
+    pub end_grace_secs: u64,
+    /// How often scheduled campaigns that are due are looked for.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            clock_skew_secs: default_clock_skew_secs(),
+            end_grace_secs: 0,
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free port.
     #[serde(default = "default_http_listen")]
@@ -275,6 +303,16 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The most due campaigns one instance claims at once (it claims again at once when it got that
+/// many).
+const CLAIM_LIMIT: i64 = 1_000;
+
+fn default_clock_skew_secs() -> u64 {
+    3
+}
+fn default_poll_interval_ms() -> u64 {
+    250
+}
 fn default_true() -> bool {
     true
 }
@@ -532,6 +570,21 @@ impl Config {
                  notifications could be taken over while it still sends them",
             ),
             (
+                self.lifecycle.clock_skew_secs > 3_600,
+                "lifecycle.clock_skew_secs",
+                "must be at most 3600",
+            ),
+            (
+                self.lifecycle.end_grace_secs > 86_400,
+                "lifecycle.end_grace_secs",
+                "must be at most 86400",
+            ),
+            (
+                !(10..=10_000).contains(&self.lifecycle.poll_interval_ms),
+                "lifecycle.poll_interval_ms",
+                "must be between 10 and 10000",
+            ),
+            (
                 self.http.listen.parse::<SocketAddr>().is_err(),
                 "http.listen",
                 "must be an address such as 0.0.0.0:9898",
@@ -606,7 +659,16 @@ impl Config {
                 restart: restart.clone(),
             },
             ledger_takeover_after: Duration::from_secs(self.ledger.takeover_after_secs),
-            ledger_restart: restart,
+            ledger_restart: restart.clone(),
+            lifecycle: LifecycleSettings {
+                window: Window {
+                    clock_skew_secs: self.lifecycle.clock_skew_secs as i64,
+                    end_grace_secs: self.lifecycle.end_grace_secs as i64,
+                },
+                poll_interval: Duration::from_millis(self.lifecycle.poll_interval_ms),
+                claim_limit: CLAIM_LIMIT,
+            },
+            lifecycle_restart: restart,
             cache_refresh_interval: Duration::from_secs(self.cache.refresh_interval_secs),
             // Stale beats empty: a cache that cannot reload keeps serving, and never stops the
             // service (readiness and the snapshot age tell the operator).
@@ -641,6 +703,8 @@ pub struct Settings {
     pub writers: WriterSettings,
     pub ledger_takeover_after: Duration,
     pub ledger_restart: RestartPolicy,
+    pub lifecycle: LifecycleSettings,
+    pub lifecycle_restart: RestartPolicy,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
@@ -800,6 +864,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("writers.max_notifications_in_flight"));
+        let busy_poll = format!("{MINIMAL}\n[lifecycle]\npoll_interval_ms = 1\n");
+        assert!(load(&busy_poll, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("lifecycle.poll_interval_ms"));
     }
 
     #[test]
@@ -838,6 +907,23 @@ mod tests {
         let none = load(MINIMAL, &[]).unwrap().settings();
         assert_eq!(none.dead_letter_topic, None);
         assert_eq!(none.reader.orphan_stall, Some(Duration::from_secs(60)));
+        assert_eq!(
+            none.lifecycle.window,
+            Window {
+                clock_skew_secs: 3,
+                end_grace_secs: 0
+            }
+        );
+        assert_eq!(none.lifecycle.poll_interval, Duration::from_millis(250));
+        let lifecycle = format!(
+            "{MINIMAL}\n[lifecycle]\nclock_skew_secs = 10\nend_grace_secs = 60\npoll_interval_ms = 100\n"
+        );
+        let l = load(&lifecycle, &[]).unwrap().settings().lifecycle;
+        assert_eq!(
+            (l.window.clock_skew_secs, l.window.end_grace_secs),
+            (10, 60)
+        );
+        assert_eq!(l.poll_interval, Duration::from_millis(100));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! Must not touch: what a campaign is (validation, the active window, the join are the
 //! enricher's) or how a sink writes (the sinks').
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use crate::clock::Clock;
 use crate::events::{DeadLettered, Event};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
-use crate::metrics::{DeadLetterReason, Metrics, SinkKind};
+use crate::metrics::{DeadLetterReason, Metrics, SinkKind, WithdrawReason};
 use crate::notification::{cut, NotificationBatch};
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
@@ -63,11 +64,14 @@ pub struct DeliveryTargets {
     pub dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
 }
 
+/// Cheap to clone: every clone writes through the same routes and hands out tokens from the same
+/// sequence.
+#[derive(Clone)]
 pub struct Delivery {
     /// Shared by every campaign's future: one reference count per campaign, not a copy of each
     /// recipient and of the metrics.
     routes: Rc<Routes>,
-    tokens: Tokens,
+    tokens: Rc<RefCell<Tokens>>,
     /// Slices are cut this large: [`SLICE_NOTIFICATIONS`], or the whole budget when it is smaller.
     slice: usize,
 }
@@ -98,7 +102,7 @@ impl Delivery {
                 clock: shared.clock,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
             }),
-            tokens: Tokens::new(owner),
+            tokens: Rc::new(RefCell::new(Tokens::new(owner))),
             slice: SLICE_NOTIFICATIONS.min(max_in_flight),
         }
     }
@@ -107,13 +111,15 @@ impl Delivery {
     /// campaign's outcome. `origin` is the campaign's message, dead-lettered if a sink refuses the
     /// campaign.
     pub fn deliver(
-        &mut self,
+        &self,
         batch: Arc<NotificationBatch>,
         origin: Origin,
     ) -> impl Future<Output = CampaignOutcome> + 'static {
+        let mut tokens = self.tokens.borrow_mut();
         let slices: Vec<PgJob> = cut(0..batch.len(), self.slice)
-            .map(|range| PgJob::slice(batch.clone(), range, &mut self.tokens))
+            .map(|range| PgJob::slice(batch.clone(), range, &mut tokens))
             .collect();
+        drop(tokens);
         let routes = self.routes.clone();
         async move {
             let mut slices = slices.into_iter();
@@ -158,8 +164,9 @@ pub struct Origin {
 
 /// What became of one slice.
 enum SliceOutcome {
-    /// Both sinks have these many new notifications (0: every client already had them).
-    Written(usize),
+    /// Both sinks have `written` new notifications (0: every client already had them); `expired`
+    /// more reached the campaign's end before Kafka had them and were withdrawn from Postgres.
+    Written { written: usize, expired: usize },
     /// A sink refused the slice for good; nothing of it is in either sink.
     Refused { sink: &'static str, reason: String },
     /// Not confirmed: the campaign must be read again.
@@ -170,6 +177,7 @@ enum SliceOutcome {
 #[derive(Default)]
 struct Progress {
     written: usize,
+    expired: usize,
     refused: Option<(&'static str, String)>,
     unconfirmed: Option<CampaignOutcome>,
 }
@@ -182,7 +190,10 @@ impl Progress {
 
     fn add(&mut self, outcome: SliceOutcome) {
         match outcome {
-            SliceOutcome::Written(n) => self.written += n,
+            SliceOutcome::Written { written, expired } => {
+                self.written += written;
+                self.expired += expired;
+            }
             SliceOutcome::Refused { sink, reason } => {
                 self.refused.get_or_insert((sink, reason));
             }
@@ -211,9 +222,11 @@ impl Progress {
             };
             return routes.refused(batch, origin, sink, reason).await;
         }
-        match self.written {
-            0 => CampaignOutcome::AlreadyNotified,
-            notifications => CampaignOutcome::Delivered { notifications },
+        match (self.written, self.expired) {
+            // Its end came before any of its new notifications reached Kafka.
+            (0, 1..) => CampaignOutcome::Ended,
+            (0, 0) => CampaignOutcome::AlreadyNotified,
+            (notifications, _) => CampaignOutcome::Delivered { notifications },
         }
     }
 }
@@ -260,7 +273,10 @@ impl Routes {
             Err(outcome) => return SliceOutcome::Unconfirmed(outcome),
         };
         if inserted.clients.is_empty() {
-            return SliceOutcome::Written(0);
+            return SliceOutcome::Written {
+                written: 0,
+                expired: 0,
+            };
         }
         let notifications = inserted.clients.len();
         let job = KafkaJob {
@@ -270,25 +286,71 @@ impl Routes {
         };
         let to_kafka = self.targets.kafka.send(Write(Arc::new(job)));
         match confirmed(SinkKind::Kafka, to_kafka.await) {
-            Ok(()) => {
+            Ok(sent) if sent.expired.is_empty() => {
                 self.targets
                     .ledger
                     .do_send(ClearOutbox(inserted.outbox_ids));
-                SliceOutcome::Written(notifications)
+                SliceOutcome::Written {
+                    written: notifications,
+                    expired: 0,
+                }
+            }
+            // The campaign's end came before these reached Kafka: Postgres must not keep them.
+            Ok(sent) => {
+                let expired = sent.expired.len();
+                let withdraw = Withdraw {
+                    marks: inserted.outbox_ids,
+                    only: Some(sent.expired),
+                };
+                match self
+                    .withdraw(withdraw, WithdrawReason::Ended, expired)
+                    .await
+                {
+                    Ok(()) => SliceOutcome::Written {
+                        written: notifications - expired,
+                        expired,
+                    },
+                    Err(outcome) => SliceOutcome::Unconfirmed(outcome),
+                }
             }
             // Refused for good: Postgres must not keep what Kafka will never have.
             Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                let withdraw = Withdraw(inserted.outbox_ids);
-                let withdrawn = self.targets.withdraw.send(withdraw).await;
-                match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
+                let withdraw = Withdraw {
+                    marks: inserted.outbox_ids,
+                    only: None,
+                };
+                match self
+                    .withdraw(withdraw, WithdrawReason::Refused, notifications)
+                    .await
+                {
                     Ok(()) => SliceOutcome::Refused { sink, reason },
-                    Err(e) => SliceOutcome::Unconfirmed(CampaignOutcome::Unconfirmed {
-                        sink: "ledger",
-                        reason: e,
-                    }),
+                    Err(outcome) => SliceOutcome::Unconfirmed(outcome),
                 }
             }
             Err(outcome) => SliceOutcome::Unconfirmed(outcome),
+        }
+    }
+
+    /// Has the ledger withdraw `notifications` rows from Postgres; counted once done.
+    async fn withdraw(
+        &self,
+        withdraw: Withdraw,
+        reason: WithdrawReason,
+        notifications: usize,
+    ) -> Result<(), CampaignOutcome> {
+        let withdrawn = self.targets.withdraw.send(withdraw).await;
+        match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(()) => {
+                self.metrics
+                    .notifications_withdrawn
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(notifications as u64);
+                Ok(())
+            }
+            Err(e) => Err(CampaignOutcome::Unconfirmed {
+                sink: "ledger",
+                reason: e,
+            }),
         }
     }
 

@@ -1,21 +1,28 @@
 //! `Enricher`: turns one campaign message into one notification batch.
 //!
-//! It validates the message, applies the active-window rule at processing time, and joins with
-//! the newest subscriber snapshot it was sent. It does no I/O itself: the batch (or, for a message
-//! the service cannot use, the dead letter) goes to [`Delivery`], and the enricher's answer to the
-//! reader resolves once delivery is done.
+//! It validates the message, has the lifecycle record it (which says whether it is to be
+//! delivered now, kept for its start, or is a version that changes nothing), and joins it with the
+//! newest subscriber snapshot it was sent. A campaign the lifecycle fires at its start comes back
+//! as a [`Fire`], with its restaurant's subscribers read at that moment. The enricher does no I/O
+//! itself: the batch (or, for a message the service cannot use, the dead letter) goes to
+//! [`Delivery`], and the answer resolves once delivery is done.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
-use crate::campaign::{parse_campaign, split_inline_key, Activity};
+use crate::campaign::{parse_campaign, split_inline_key};
+use crate::clock::Clock;
 use crate::delivery::{Delivery, Origin};
 use crate::events::{CampaignRejected, Event};
+use crate::lifecycle::rules::Phase;
+use crate::lifecycle::{Arrival, Decision, Fire, Record, Window};
 use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign};
-use crate::metrics::DeadLetterReason;
+use crate::metrics::{DeadLetterReason, Metrics};
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::DeadLetter;
@@ -23,90 +30,122 @@ use crate::sinks::dead_letter_writer::DeadLetter;
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
     delivery: Delivery,
+    lifecycle: Recipient<Record>,
+    window: Window,
     max_campaign_bytes: usize,
     shared: Shared,
 }
 
-/// What a campaign message becomes: notifications to deliver, or why there are none (and, for a
-/// message the service cannot use, the dead letter that keeps it).
-enum Prepared {
-    Batch(Arc<NotificationBatch>, Origin),
-    Nothing(CampaignOutcome),
-    Unusable(CampaignOutcome, Box<DeadLetter>),
-}
+type Outcome = Pin<Box<dyn Future<Output = CampaignOutcome>>>;
 
 impl Enricher {
-    pub fn new(delivery: Delivery, max_campaign_bytes: usize, shared: Shared) -> Enricher {
+    pub fn new(
+        delivery: Delivery,
+        lifecycle: Recipient<Record>,
+        window: Window,
+        max_campaign_bytes: usize,
+        shared: Shared,
+    ) -> Enricher {
         Enricher {
             snapshot: None,
             delivery,
+            lifecycle,
+            window,
             max_campaign_bytes,
             shared,
         }
     }
 
-    /// Everything up to the join.
-    fn prepare(&self, record: CampaignRecord) -> Prepared {
+    /// The campaign, or the dead letter that keeps an unusable message.
+    fn validate(
+        &self,
+        record: CampaignRecord,
+    ) -> Result<Arrival, Box<(CampaignOutcome, DeadLetter)>> {
         let payload = record.payload.as_deref().unwrap_or_default();
         let (_inline_key, json) = split_inline_key(payload);
-        let letter = |code: DeadLetterReason, reason: String| {
-            Box::new(DeadLetter {
-                source: record.source.clone(),
-                key: record.key.clone(),
-                payload: record.payload.clone(),
-                code,
-                reason,
-            })
-        };
-        let campaign = match parse_campaign(json, self.max_campaign_bytes) {
-            Ok(c) => c,
+        match parse_campaign(json, self.max_campaign_bytes) {
+            Ok(campaign) => Ok(Arrival {
+                campaign,
+                source: record.source,
+                key: record.key,
+                payload: record.payload.unwrap_or_default(),
+            }),
             Err(reason) => {
                 CampaignRejected {
                     source: &record.source,
                     reason: &reason,
                 }
                 .emit(&self.shared.metrics);
-                let dead = letter(reason.code().into(), reason.to_string());
-                return Prepared::Unusable(CampaignOutcome::Rejected(reason), dead);
-            }
-        };
-        let now = self.shared.clock.now_secs();
-        match campaign.activity(now) {
-            Activity::Active => {}
-            Activity::NotStarted => {
-                let reason = format!(
-                    "campaign starts at {} but arrived at {now}; it is not scheduled for later",
-                    campaign.adv_campaign_datetime_start
-                );
-                return Prepared::Unusable(
-                    CampaignOutcome::NotStarted,
-                    letter(DeadLetterReason::NotStarted, reason),
-                );
-            }
-            Activity::Ended => {
-                let reason = format!(
-                    "campaign ended at {} but arrived at {now}",
-                    campaign.adv_campaign_datetime_end
-                );
-                return Prepared::Unusable(
-                    CampaignOutcome::Ended,
-                    letter(DeadLetterReason::Ended, reason),
-                );
+                let letter = DeadLetter {
+                    source: record.source.clone(),
+                    key: record.key,
+                    payload: record.payload,
+                    code: reason.code().into(),
+                    reason: reason.to_string(),
+                };
+                Err(Box::new((CampaignOutcome::Rejected(reason), letter)))
             }
         }
-        let entry = self
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.lookup(&campaign.restaurant_id).map(|e| (s, e)));
+    }
+
+    /// What delivering a campaign needs, apart from the campaign and its subscribers.
+    fn joiner(&self) -> Joiner {
+        Joiner {
+            delivery: self.delivery.clone(),
+            window: self.window,
+            clock: self.shared.clock,
+            metrics: self.shared.metrics.clone(),
+        }
+    }
+}
+
+/// Joins a campaign with its subscribers and delivers it.
+struct Joiner {
+    delivery: Delivery,
+    window: Window,
+    clock: Clock,
+    metrics: Metrics,
+}
+
+impl Joiner {
+    fn deliver(&self, arrival: &Arrival, subscribers: Option<&Arc<Snapshot>>) -> Outcome {
+        let campaign = &arrival.campaign;
+        let entry = subscribers.and_then(|s| s.lookup(&campaign.restaurant_id).map(|e| (s, e)));
         let Some((snapshot, entry)) = entry else {
-            return Prepared::Nothing(CampaignOutcome::NoSubscribers);
+            return Box::pin(async { CampaignOutcome::NoSubscribers });
         };
-        let batch = NotificationBatch::new(campaign, now, record.source, snapshot.clone(), entry);
+        let now = self.clock.now_secs();
+        let mut batch = NotificationBatch::new(
+            campaign.clone(),
+            now,
+            arrival.source.clone(),
+            snapshot.clone(),
+            entry,
+        );
+        // The end is inclusive: its whole last second may still be used.
+        batch.deadline_ms = (self.window.deadline(campaign).saturating_add(1)).saturating_mul(1000);
+        self.metrics.notifications_built.inc_by(batch.len() as u64);
         let origin = Origin {
-            key: record.key,
-            payload: record.payload,
+            key: arrival.key.clone(),
+            payload: Some(arrival.payload.clone()),
         };
-        Prepared::Batch(Arc::new(batch), origin)
+        Box::pin(self.delivery.deliver(Arc::new(batch), origin))
+    }
+
+    /// A campaign that is over: dead-lettered as `ended`, as it arrived.
+    fn ended(&self, arrival: &Arrival) -> Outcome {
+        let now = self.clock.now_secs();
+        let letter = DeadLetter {
+            source: arrival.source.clone(),
+            key: arrival.key.clone(),
+            payload: Some(arrival.payload.clone()),
+            code: DeadLetterReason::Ended,
+            reason: format!(
+                "campaign ended at {} but arrived at {now}",
+                arrival.campaign.adv_campaign_datetime_end
+            ),
+        };
+        Box::pin(self.delivery.dead_letter(letter, CampaignOutcome::Ended))
     }
 }
 
@@ -130,17 +169,53 @@ impl Handler<ProcessCampaign> for Enricher {
     type Result = ResponseFuture<CampaignOutcome>;
 
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
-        match self.prepare(msg.0) {
-            Prepared::Batch(batch, origin) => {
-                let built = batch.len() as u64;
-                self.shared.metrics.notifications_built.inc_by(built);
-                Box::pin(self.delivery.deliver(batch, origin))
+        let arrival = match self.validate(msg.0) {
+            Ok(arrival) => Arc::new(arrival),
+            Err(unusable) => {
+                let (outcome, letter) = *unusable;
+                return Box::pin(self.delivery.dead_letter(letter, outcome));
             }
-            Prepared::Nothing(outcome) => Box::pin(async move { outcome }),
-            Prepared::Unusable(outcome, letter) => {
-                Box::pin(self.delivery.dead_letter(*letter, outcome))
+        };
+        let recorded = self.lifecycle.send(Record(arrival.clone()));
+        let (joiner, snapshot) = (self.joiner(), self.snapshot.clone());
+        Box::pin(async move {
+            let decision = match recorded.await {
+                Ok(Ok(decision)) => decision,
+                Ok(Err(reason)) => {
+                    return CampaignOutcome::Unconfirmed {
+                        sink: "lifecycle",
+                        reason,
+                    }
+                }
+                Err(e) => {
+                    return CampaignOutcome::Unconfirmed {
+                        sink: "lifecycle",
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            match decision {
+                Decision::Deliver => joiner.deliver(&arrival, snapshot.as_ref()).await,
+                Decision::Ended => joiner.ended(&arrival).await,
+                Decision::Schedule { .. } => CampaignOutcome::Scheduled,
+                Decision::Cancel => CampaignOutcome::Cancelled,
+                Decision::Superseded => CampaignOutcome::Superseded,
+                Decision::ChangedAfterStart => CampaignOutcome::ChangedAfterStart,
             }
+        })
+    }
+}
+
+impl Handler<Fire> for Enricher {
+    type Result = ResponseFuture<CampaignOutcome>;
+
+    fn handle(&mut self, msg: Fire, _: &mut Context<Self>) -> Self::Result {
+        let joiner = self.joiner();
+        let now = self.shared.clock.now_secs();
+        if self.window.phase(&msg.arrival.campaign, now) == Phase::Over {
+            return Box::pin(async { CampaignOutcome::Ended });
         }
+        joiner.deliver(&msg.arrival, Some(&msg.subscribers))
     }
 }
 
@@ -151,19 +226,29 @@ mod tests {
     use crate::clock::Clock;
     use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
     use crate::delivery::DeliveryTargets;
+    use crate::lifecycle::rules::{decide, Kept};
+    use crate::lifecycle::store::{key_of, Key};
     use crate::messages::{ClearOutbox, Withdraw};
     use crate::metrics::Metrics;
     use crate::metrics::SinkKind;
     use crate::notification::SourceRef;
     use crate::sinks::dead_letter_writer::DeadLetterSink;
-    use crate::sinks::kafka_writer::KafkaSink;
+    use crate::sinks::kafka_writer::{KafkaSink, Sent};
     use crate::sinks::pg_writer::{Inserted, PgSink};
     use crate::sinks::{SinkError, Write};
+    use std::collections::HashMap;
     use std::sync::Mutex;
 
-    /// Stands in for every writer and the ledger; records what reached it, in order.
+    const W: Window = Window {
+        clock_skew_secs: 3,
+        end_grace_secs: 0,
+    };
+
+    /// Stands in for every writer, the ledger and the lifecycle (whose table is a map here);
+    /// records what reached it, in order.
     #[derive(Default)]
     struct Sinks {
+        kept: HashMap<Key, Kept>,
         log: Arc<Mutex<Vec<String>>>,
         /// Clients Postgres says were new; `None`: every client of the job.
         inserted: Option<Vec<String>>,
@@ -171,6 +256,10 @@ mod tests {
         refusing: Option<SinkKind>,
         /// Postgres refuses any job with this client.
         refused_client: Option<&'static str>,
+        /// The lifecycle's clock.
+        now: i64,
+        /// Clients Kafka answers as expired (the campaign's end passed before it had them).
+        expired: Vec<&'static str>,
     }
 
     impl Actor for Sinks {
@@ -202,14 +291,44 @@ mod tests {
         }
     }
 
+    impl Handler<Record> for Sinks {
+        type Result = Result<Decision, String>;
+        fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
+            let (arrival, now) = (&msg.0, self.now);
+            let key = key_of(&arrival.campaign);
+            let version = arrival.version();
+            let (decision, state) =
+                decide(self.kept.get(&key), &arrival.campaign, version, now, &W);
+            if let Some(state) = state {
+                let campaign = arrival.campaign.clone();
+                let kept = Kept {
+                    campaign,
+                    version,
+                    state,
+                };
+                self.kept.insert(key, kept);
+            }
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("record {decision:?}"));
+            Ok(decision)
+        }
+    }
+
     impl Handler<Write<KafkaSink>> for Sinks {
-        type Result = Result<(), SinkError>;
+        type Result = Result<Sent, SinkError>;
         fn handle(&mut self, msg: Write<KafkaSink>, _: &mut Context<Self>) -> Self::Result {
             let clients = msg.0.clients.join(",");
             self.log.lock().unwrap().push(format!("kafka {clients}"));
             match self.refusing {
                 Some(SinkKind::Kafka) => Err(SinkError::Permanent("message too large".into())),
-                _ => Ok(()),
+                _ => Ok(Sent {
+                    expired: (msg.0.clients.iter())
+                        .filter(|c| self.expired.contains(&c.as_str()))
+                        .cloned()
+                        .collect(),
+                }),
             }
         }
     }
@@ -224,10 +343,11 @@ mod tests {
     impl Handler<Withdraw> for Sinks {
         type Result = Result<(), String>;
         fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
+            let only = msg.only.map(|c| format!(" only {c:?}")).unwrap_or_default();
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("withdraw {:?}", msg.0));
+                .push(format!("withdraw {:?}{only}", msg.marks));
             Ok(())
         }
     }
@@ -258,17 +378,17 @@ mod tests {
         budget: usize,
     ) -> (Addr<Enricher>, Arc<Mutex<Vec<String>>>) {
         let log = sinks.log.clone();
-        let sinks = sinks.start();
+        let sinks = Sinks { now, ..sinks }.start();
         let (shared, _failed) = Shared::new(Metrics::new(), Clock::fixed_at_ms(now * 1000));
         let targets = DeliveryTargets {
             postgres: sinks.clone().recipient(),
             kafka: sinks.clone().recipient(),
             ledger: sinks.clone().recipient(),
             withdraw: sinks.clone().recipient(),
-            dead_letters: Some(sinks.recipient()),
+            dead_letters: Some(sinks.clone().recipient()),
         };
         let delivery = Delivery::new(targets, 1, budget, shared.clone());
-        let enricher = Enricher::new(delivery, 65536, shared).start();
+        let enricher = Enricher::new(delivery, sinks.recipient(), W, 65536, shared).start();
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-b");
@@ -302,7 +422,12 @@ mod tests {
         actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
         assert_eq!(
             *log.lock().unwrap(),
-            ["postgres 2", "kafka client-b", "clear [7]"]
+            [
+                "record Deliver",
+                "postgres 2",
+                "kafka client-b",
+                "clear [7]"
+            ]
         );
     }
 
@@ -315,6 +440,7 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             [
+                "record Deliver",
                 "postgres 1",
                 "kafka client-a",
                 "clear [7]",
@@ -345,6 +471,7 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             [
+                "record Deliver",
                 "postgres 1",
                 "kafka client-a",
                 "clear [7]",
@@ -374,7 +501,11 @@ mod tests {
         );
         assert_eq!(
             *log.lock().unwrap(),
-            ["postgres refused", "dead letter sink_refused"]
+            [
+                "record Deliver",
+                "postgres refused",
+                "dead letter sink_refused"
+            ]
         );
     }
 
@@ -393,11 +524,43 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             [
+                "record Deliver",
                 "postgres 2",
                 "kafka client-a,client-b",
                 "withdraw [7]",
                 "dead letter sink_refused"
             ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn notifications_that_reached_the_end_before_kafka_had_them_are_withdrawn_from_postgres()
+    {
+        let sinks = Sinks {
+            expired: vec!["client-b"],
+            ..Sinks::default()
+        };
+        let (some_expired, log) = enricher(START, sinks);
+        let outcome = process(&some_expired, BRIEF_SAMPLE).await;
+        assert_eq!(outcome, CampaignOutcome::Delivered { notifications: 1 });
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "record Deliver",
+                "postgres 2",
+                "kafka client-a,client-b",
+                r#"withdraw [7] only ["client-b"]"#
+            ]
+        );
+        // None reached Kafka in time: the campaign ended.
+        let sinks = Sinks {
+            expired: vec!["client-a", "client-b"],
+            ..Sinks::default()
+        };
+        let (all_expired, _) = enricher(START, sinks);
+        assert_eq!(
+            process(&all_expired, BRIEF_SAMPLE).await,
+            CampaignOutcome::Ended
         );
     }
 
@@ -410,26 +573,66 @@ mod tests {
         let (enricher, log) = enricher(START, sinks);
         let outcome = process(&enricher, BRIEF_SAMPLE).await;
         assert_eq!(outcome, CampaignOutcome::AlreadyNotified);
-        assert_eq!(*log.lock().unwrap(), ["postgres 2"]);
+        assert_eq!(*log.lock().unwrap(), ["record Deliver", "postgres 2"]);
     }
 
     #[actix_rt::test]
-    async fn the_active_window_includes_both_ends_at_processing_time() {
-        for (now, expected) in [
-            (START - 1, CampaignOutcome::NotStarted),
-            (START, CampaignOutcome::Delivered { notifications: 2 }),
-            (END, CampaignOutcome::Delivered { notifications: 2 }),
-            (END + 1, CampaignOutcome::Ended),
+    async fn the_window_at_processing_time_schedules_delivers_or_dead_letters() {
+        for (now, expected, first) in [
+            (
+                START - 4,
+                CampaignOutcome::Scheduled,
+                "record Schedule { replaced: false }",
+            ),
+            (
+                START - 3,
+                CampaignOutcome::Delivered { notifications: 2 },
+                "record Deliver",
+            ),
+            (
+                END,
+                CampaignOutcome::Delivered { notifications: 2 },
+                "record Deliver",
+            ),
+            (END + 1, CampaignOutcome::Ended, "record Ended"),
         ] {
             let (enricher, log) = enricher(now, Sinks::default());
             assert_eq!(process(&enricher, BRIEF_SAMPLE).await, expected, "at {now}");
             let log = log.lock().unwrap();
+            assert_eq!(log[0], first, "at {now}");
             match expected {
-                CampaignOutcome::NotStarted => assert_eq!(*log, ["dead letter not_started"]),
-                CampaignOutcome::Ended => assert_eq!(*log, ["dead letter ended"]),
-                _ => assert_eq!(log[0], "postgres 2"),
+                CampaignOutcome::Scheduled => assert_eq!(log.len(), 1),
+                CampaignOutcome::Ended => assert_eq!(log[1], "dead letter ended"),
+                _ => assert_eq!(log[1], "postgres 2"),
             }
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_fired_campaign_is_joined_with_the_subscribers_it_is_given() {
+        let (enricher, log) = enricher(START, Sinks::default());
+        let (_, json) = split_inline_key(BRIEF_SAMPLE.as_bytes());
+        let campaign = parse_campaign(json, 65536).unwrap();
+        let mut b = SnapshotBuilder::new();
+        b.push(BRIEF_SAMPLE_RESTAURANT, "client-c");
+        let arrival = Arrival {
+            campaign,
+            source: SourceRef {
+                topic: "in".into(),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+            },
+            key: None,
+            payload: BRIEF_SAMPLE.as_bytes().to_vec(),
+        };
+        let fire = Fire {
+            arrival,
+            subscribers: Arc::new(b.build()),
+        };
+        let outcome = enricher.send(fire).await.unwrap();
+        assert_eq!(outcome, CampaignOutcome::Delivered { notifications: 1 });
+        assert_eq!(log.lock().unwrap()[..2], ["postgres 1", "kafka client-c"]);
     }
 
     #[actix_rt::test]
@@ -445,6 +648,9 @@ mod tests {
             process(&enricher, &other).await,
             CampaignOutcome::NoSubscribers
         );
-        assert_eq!(*log.lock().unwrap(), ["dead letter not_json"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["dead letter not_json", "record Deliver"]
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::campaign::Rejection;
 use crate::messages::CampaignOutcome;
-use crate::metrics::{ActorKind, DeadLetterReason, ErrorClass, Metrics, SinkKind};
+use crate::metrics::{ActorKind, DeadLetterReason, ErrorClass, LifecycleEvent, Metrics, SinkKind};
 use crate::notification::SourceRef;
 
 /// Something that happened, to be reported.
@@ -72,6 +72,49 @@ impl Event for CampaignFinished<'_> {
                 );
             }
             _ => {}
+        }
+    }
+}
+
+/// Something happened in a campaign's life: counted in `lifecycle_events_total{event}`; logged
+/// unless it is routine (scheduled, fired).
+pub struct CampaignLifecycle<'a> {
+    pub event: LifecycleEvent,
+    pub restaurant_id: &'a str,
+    pub adv_campaign_id: &'a str,
+    pub source: &'a SourceRef,
+}
+
+impl Event for CampaignLifecycle<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .lifecycle_events
+            .with_label_values(&[self.event.as_str()])
+            .inc();
+        let (r, c, source) = (self.restaurant_id, self.adv_campaign_id, self.source);
+        match self.event {
+            LifecycleEvent::Scheduled | LifecycleEvent::Fired => {
+                log::debug!("campaign {c} of restaurant {r} ({source}): {}", self.event)
+            }
+            LifecycleEvent::ChangedAfterStart => log::warn!(
+                "campaign {c} of restaurant {r} was sent again with other content ({source}) after \
+                 it had fired; nobody is notified of the new version"
+            ),
+            LifecycleEvent::Replaced => {
+                log::info!("campaign {c} of restaurant {r}: replaced by a newer version ({source}) before its start")
+            }
+            LifecycleEvent::Cancelled => {
+                log::info!("campaign {c} of restaurant {r}: cancelled by a newer version with its end in the past ({source})")
+            }
+            LifecycleEvent::Superseded => {
+                log::info!("campaign {c} of restaurant {r}: an older version arrived ({source}) and was ignored")
+            }
+            LifecycleEvent::Expired => {
+                log::warn!("campaign {c} of restaurant {r}: its end passed before it could fire; nobody notified")
+            }
+            LifecycleEvent::TakenOver => {
+                log::info!("campaign {c} of restaurant {r}: the instance firing it is gone; firing it again")
+            }
         }
     }
 }

@@ -27,11 +27,13 @@
 //!
 //! - [`pipeline`]: start and stop order; the one place the actors are wired together.
 //! - [`reader`]: the consumer of the input topic, offset tracking, the orphan watch.
-//! - [`enricher`]: validate, apply the active-window rule, join with the snapshot.
+//! - [`enricher`]: validate, have the lifecycle record the campaign, join with the snapshot.
 //! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks; a large
 //!   campaign a slice at a time, within the budget of notifications in flight.
 //! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
 //! - [`ledger`]: outbox marks and tokens, recovery of dead owners, the `Ledger` actor.
+//! - [`lifecycle`]: the durable table of campaigns; scheduled ones fired at their start, newer
+//!   versions replacing or cancelling them, the `Lifecycle` actor.
 //! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`kafka`]: the one producer path, error classification, the read-back scan.
@@ -56,6 +58,7 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod ledger;
+pub mod lifecycle;
 pub mod messages;
 pub mod metrics;
 pub mod notification;

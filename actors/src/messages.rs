@@ -37,7 +37,14 @@ pub enum CampaignOutcome {
     /// Every subscriber already had this campaign (the message was delivered again).
     AlreadyNotified,
     Rejected(Rejection),
-    NotStarted,
+    /// Arrived before its start: kept durably, to fire at its start.
+    Scheduled,
+    /// A newer version, over already, cancelled the scheduled one.
+    Cancelled,
+    /// An older version than the one kept: ignored.
+    Superseded,
+    /// It changed a campaign that has already fired: nobody is notified again.
+    ChangedAfterStart,
     Ended,
     NoSubscribers,
     /// A sink refused the batch for good (the data itself was refused, not the connection).
@@ -60,7 +67,10 @@ impl CampaignOutcome {
             CampaignOutcome::Delivered { .. } => Outcome::Delivered,
             CampaignOutcome::AlreadyNotified => Outcome::AlreadyNotified,
             CampaignOutcome::Rejected(_) => Outcome::Rejected,
-            CampaignOutcome::NotStarted => Outcome::NotStarted,
+            CampaignOutcome::Scheduled => Outcome::Scheduled,
+            CampaignOutcome::Cancelled => Outcome::Cancelled,
+            CampaignOutcome::Superseded => Outcome::Superseded,
+            CampaignOutcome::ChangedAfterStart => Outcome::ChangedAfterStart,
             CampaignOutcome::Ended => Outcome::Ended,
             CampaignOutcome::NoSubscribers => Outcome::NoSubscribers,
             CampaignOutcome::SinkFailed { .. } => Outcome::SinkFailed,
@@ -74,12 +84,17 @@ impl CampaignOutcome {
 #[rtype(result = "()")]
 pub struct ClearOutbox(pub Vec<i64>);
 
-/// Delete these outbox marks and the `subscribers_feedback` rows they list: Kafka refused those
-/// notifications for good, so Postgres must not keep them either. Answered once done (the ledger
+/// Delete these outbox marks and the `subscribers_feedback` rows they list (all of them, or only
+/// those of the clients in `only`): Kafka will never have those notifications (it refused them for
+/// good, or the campaign's end passed before they reached it), so Postgres must not keep them
+/// either; every other notification of the marks was acknowledged. Answered once done (the ledger
 /// keeps trying across reconnects); an error only when the ledger stopped first.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
-pub struct Withdraw(pub Vec<i64>);
+pub struct Withdraw {
+    pub marks: Vec<i64>,
+    pub only: Option<Vec<String>>,
+}
 
 /// Stop pulling campaigns, wait for those in flight (up to the grace period), commit offsets.
 #[derive(Message)]

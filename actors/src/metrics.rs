@@ -9,7 +9,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -53,7 +53,14 @@ label_values! {
         AlreadyNotified => "already_notified",
         /// The message was unusable.
         Rejected => "rejected",
-        NotStarted => "not_started",
+        /// Arrived before its start: kept, to fire at its start.
+        Scheduled => "scheduled",
+        /// A newer version, over already, cancelled the scheduled one.
+        Cancelled => "cancelled",
+        /// An older version than the one kept.
+        Superseded => "superseded",
+        /// It changed a campaign that has already fired: nobody notified again.
+        ChangedAfterStart => "changed_after_start",
         Ended => "ended",
         NoSubscribers => "no_subscribers",
         /// A sink refused it for good.
@@ -85,7 +92,6 @@ label_values! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterReason {
     Rejected(RejectCode),
-    NotStarted,
     Ended,
     /// A sink refused the campaign for good; nothing of it is in either sink.
     SinkRefused,
@@ -97,18 +103,13 @@ impl DeadLetterReason {
         let rejected = RejectCode::ALL
             .iter()
             .map(|&c| DeadLetterReason::Rejected(c));
-        rejected.chain([
-            DeadLetterReason::NotStarted,
-            DeadLetterReason::Ended,
-            DeadLetterReason::SinkRefused,
-        ])
+        rejected.chain([DeadLetterReason::Ended, DeadLetterReason::SinkRefused])
     }
 
     /// The label value.
     pub const fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::Rejected(code) => code.as_str(),
-            DeadLetterReason::NotStarted => "not_started",
             DeadLetterReason::Ended => "ended",
             DeadLetterReason::SinkRefused => "sink_refused",
         }
@@ -163,6 +164,39 @@ label_values! {
 }
 
 label_values! {
+    /// Why notifications written to Postgres were deleted again
+    /// (`notifications_withdrawn_total{reason}`).
+    pub enum WithdrawReason {
+        /// Kafka refused them for good.
+        Refused => "refused",
+        /// The campaign's end (plus the grace) passed before Kafka had them.
+        Ended => "ended",
+    }
+}
+
+label_values! {
+    /// What happened in a campaign's life (`lifecycle_events_total{event}`).
+    pub enum LifecycleEvent {
+        /// Kept to fire at its start.
+        Scheduled => "scheduled",
+        /// A newer version replaced the scheduled one before its start.
+        Replaced => "replaced",
+        /// A newer version with its end in the past cancelled the scheduled one.
+        Cancelled => "cancelled",
+        /// An older version than the one kept arrived, and was ignored.
+        Superseded => "superseded",
+        /// A version with changed content arrived after the campaign fired: nobody notified.
+        ChangedAfterStart => "changed_after_start",
+        /// Fired at its start (its notifications confirmed by both sinks).
+        Fired => "fired",
+        /// Its end passed before it could fire.
+        Expired => "expired",
+        /// Claimed again after the instance firing it died.
+        TakenOver => "taken_over",
+    }
+}
+
+label_values! {
     /// A supervised actor (`actor_restarts_total{actor}`).
     pub enum ActorKind {
         KafkaWriter => "kafka_writer",
@@ -170,6 +204,7 @@ label_values! {
         DeadLetterWriter => "dead_letter_writer",
         SubscriberCache => "subscriber_cache",
         Ledger => "ledger",
+        Lifecycle => "lifecycle",
     }
 }
 
@@ -182,6 +217,7 @@ impl ActorKind {
             ActorKind::DeadLetterWriter => "dead_letter writer",
             ActorKind::SubscriberCache => "subscriber cache",
             ActorKind::Ledger => "ledger",
+            ActorKind::Lifecycle => "lifecycle",
         }
     }
 }
@@ -241,6 +277,20 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Seconds since the subscriber snapshot in use was loaded; updated at each scrape.
     pub cache_snapshot_age: IntGauge,
+    /// Notifications written to Postgres and deleted again, by [`WithdrawReason`].
+    pub notifications_withdrawn: IntCounterVec,
+    /// Campaigns kept to fire at their start.
+    pub campaigns_scheduled: IntGauge,
+    /// Events of the campaigns' lifecycle ([`LifecycleEvent`]).
+    pub lifecycle_events: IntCounterVec,
+    /// From a scheduled campaign's start until both sinks confirmed its last notification.
+    pub fire_delay: Histogram,
+    /// Notifications of active campaigns to clients who subscribed after the campaign was
+    /// delivered (found by the change feed or a reload).
+    pub late_subscriber_notifications: IntCounter,
+    /// On the instance that follows the change feed: seconds since everything subscribed before
+    /// then had been followed and its notifications confirmed (0 elsewhere).
+    pub change_feed_lag: Gauge,
     /// Build information, value always 1.
     pub build_info: IntGaugeVec,
 }
@@ -287,6 +337,10 @@ impl Registrar {
 
     fn gauge(&self, what: &str, help: &str) -> IntGauge {
         self.add(IntGauge::with_opts(Self::opts(what, help)))
+    }
+
+    fn float_gauge(&self, what: &str, help: &str) -> Gauge {
+        self.add(Gauge::with_opts(Self::opts(what, help)))
     }
 
     fn gauges(&self, what: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -369,6 +423,18 @@ impl Metrics {
                 "Messages in the input partition after the last offset confirmed by both sinks", &["partition"]),
             cache_snapshot_age: r.gauge("cache_snapshot_age_seconds",
                 "Seconds since the subscriber snapshot in use was loaded"),
+            notifications_withdrawn: r.counters("notifications_withdrawn_total",
+                "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]),
+            campaigns_scheduled: r.gauge("campaigns_scheduled",
+                "Campaigns kept to fire at their start"),
+            lifecycle_events: r.counters("lifecycle_events_total",
+                "Events of the campaigns' lifecycle", &["event"]),
+            fire_delay: r.histogram("fire_delay_seconds",
+                "From a scheduled campaign's start until both sinks confirmed its last notification", LATENCY_SECONDS),
+            late_subscriber_notifications: r.counter("late_subscriber_notifications_total",
+                "Notifications of active campaigns to clients who subscribed after the campaign was delivered"),
+            change_feed_lag: r.float_gauge("change_feed_lag_seconds",
+                "Seconds since every subscription added before then was followed and notified (on the instance following the feed)"),
             build_info: r.gauges("build_info",
                 "Build information; the value is always 1", &["version"]),
             registry: r.0,
@@ -401,6 +467,13 @@ impl Metrics {
         }
         for actor in ActorKind::ALL {
             self.actor_restarts.with_label_values(&[actor.as_str()]);
+        }
+        for reason in WithdrawReason::ALL {
+            self.notifications_withdrawn
+                .with_label_values(&[reason.as_str()]);
+        }
+        for event in LifecycleEvent::ALL {
+            self.lifecycle_events.with_label_values(&[event.as_str()]);
         }
     }
 

@@ -144,6 +144,9 @@ pub struct NotificationBatch {
     /// Unix seconds when the notifications were created; the same for the whole batch.
     pub trigger_datetime_created: i64,
     pub source: SourceRef,
+    /// No notification of the batch is handed to the broker at or after this moment (ms since
+    /// the epoch): the campaign's end plus the grace, set by the enricher ([`i64::MAX`]: none).
+    pub deadline_ms: i64,
     snapshot: Arc<Snapshot>,
     entry: Entry,
     encoder: OutputEncoder,
@@ -162,6 +165,7 @@ impl NotificationBatch {
             campaign,
             trigger_datetime_created,
             source,
+            deadline_ms: i64::MAX,
             snapshot,
             entry,
             encoder,

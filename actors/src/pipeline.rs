@@ -17,6 +17,7 @@ use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
 use crate::ledger::{Ledger, OutputTarget};
+use crate::lifecycle::Lifecycle;
 use crate::messages::{Close, Drain, DrainReport};
 use crate::metrics::Metrics;
 use crate::reader::KafkaReader;
@@ -46,6 +47,7 @@ pub struct Pipeline {
     reader: Addr<KafkaReader>,
     cache: Addr<SubscriberCache>,
     writers: Writers,
+    lifecycle: Addr<Lifecycle>,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
     settings: Settings,
@@ -73,8 +75,13 @@ impl Pipeline {
 
         let arbiters = Arbiters::new();
         let writers = Writers::start(&settings, owner, &shared, &arbiters);
-        let enricher = start_enricher(&settings, &writers, owner, &shared);
-        let (cache, mut snapshot) = start_cache(&settings, enricher.clone(), &shared, &arbiters);
+        let (enricher, lifecycle) = start_enricher(&settings, &writers, owner, &shared, &arbiters);
+        let (cache, mut snapshot) = start_cache(
+            &settings,
+            vec![enricher.clone().recipient(), lifecycle.clone().recipient()],
+            &shared,
+            &arbiters,
+        );
         let (http_addr, http) = start_http(&settings, &shared, &snapshot, &writers)?;
         snapshot
             .wait_for(Option::is_some)
@@ -94,6 +101,7 @@ impl Pipeline {
             reader,
             cache,
             writers,
+            lifecycle,
             http,
             arbiters: arbiters.into_vec(),
             settings,
@@ -125,6 +133,10 @@ impl Pipeline {
     /// offsets, flushes and closes the writers.
     pub async fn shutdown(self) -> DrainReport {
         let grace = self.settings.grace_period;
+        // No more campaigns are fired; those being fired finish with the drain, or are claimed
+        // again by the next instance once this one is gone. Not awaited: a lifecycle that is
+        // connecting answers nothing until it is connected.
+        self.lifecycle.do_send(Close);
         let report = self.reader.send(Drain { grace }).await.unwrap_or_default();
         let dead_letters = self.writers.dead_letters.clone();
         let close = futures::future::join3(
@@ -169,6 +181,7 @@ fn output_target(settings: &Settings) -> OutputTarget {
     OutputTarget {
         producer: settings.producer.clone(),
         topic: settings.output_topic.clone(),
+        end_grace_secs: settings.lifecycle.window.end_grace_secs,
     }
 }
 
@@ -178,6 +191,7 @@ struct Arbiters {
     postgres: Arbiter,
     cache: Arbiter,
     ledger: Arbiter,
+    lifecycle: Arbiter,
 }
 
 impl Arbiters {
@@ -187,11 +201,18 @@ impl Arbiters {
             postgres: Arbiter::new(),
             cache: Arbiter::new(),
             ledger: Arbiter::new(),
+            lifecycle: Arbiter::new(),
         }
     }
 
     fn into_vec(self) -> Vec<Arbiter> {
-        vec![self.kafka, self.postgres, self.cache, self.ledger]
+        vec![
+            self.kafka,
+            self.postgres,
+            self.cache,
+            self.ledger,
+            self.lifecycle,
+        ]
     }
 }
 
@@ -243,12 +264,15 @@ impl Writers {
     }
 }
 
+/// Starts the enricher and the lifecycle, each knowing the other: the enricher has the
+/// lifecycle record every campaign, the lifecycle hands it the campaigns that are due.
 fn start_enricher(
     settings: &Settings,
     writers: &Writers,
     owner: i32,
     shared: &Shared,
-) -> Addr<Enricher> {
+    arbiters: &Arbiters,
+) -> (Addr<Enricher>, Addr<Lifecycle>) {
     let targets = DeliveryTargets {
         postgres: writers.postgres.clone().recipient(),
         kafka: writers.kafka.clone().recipient(),
@@ -262,13 +286,34 @@ fn start_enricher(
         settings.max_notifications_in_flight,
         shared.clone(),
     );
-    Enricher::new(delivery, settings.max_campaign_bytes, shared.clone()).start()
+    let mut lifecycle = None;
+    let enricher = Enricher::create(|ctx| {
+        let fire = ctx.address().recipient();
+        let (postgres, s) = (settings.postgres.clone(), shared.clone());
+        let (lifecycle_settings, restart) = (
+            settings.lifecycle.clone(),
+            settings.lifecycle_restart.clone(),
+        );
+        let addr = Supervisor::start_in_arbiter(&arbiters.lifecycle.handle(), move |_| {
+            Lifecycle::new(postgres, owner, lifecycle_settings, fire, restart, s)
+        });
+        lifecycle = Some(addr.clone());
+        Enricher::new(
+            delivery,
+            addr.recipient(),
+            settings.lifecycle.window,
+            settings.max_campaign_bytes,
+            shared.clone(),
+        )
+    });
+    let lifecycle = lifecycle.expect("set while the enricher was created");
+    (enricher, lifecycle)
 }
 
 /// Starts the cache; the receiver learns of each snapshot loaded.
 fn start_cache(
     settings: &Settings,
-    enricher: Addr<Enricher>,
+    subscribers: Vec<Recipient<crate::cache::SnapshotLoaded>>,
     shared: &Shared,
     arbiters: &Arbiters,
 ) -> (Addr<SubscriberCache>, watch::Receiver<Option<SnapshotInfo>>) {
@@ -277,7 +322,7 @@ fn start_cache(
         settings.postgres.clone(),
         settings.cache_refresh_interval,
         settings.cache_restart.clone(),
-        vec![enricher.recipient()],
+        subscribers,
         shared.clone(),
         published,
     );

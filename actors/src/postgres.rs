@@ -28,6 +28,45 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
 );
 ";
 
+/// The lifecycle's campaigns: scheduled ones until they fire, fired ones until their end has long
+/// passed (see `lifecycle::store`).
+const CAMPAIGNS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.campaign_notifier_campaigns (
+    restaurant_id text NOT NULL,
+    adv_campaign_id text NOT NULL,
+    adv_campaign_content text NOT NULL,
+    adv_campaign_owner text NOT NULL,
+    adv_campaign_owner_contact text NOT NULL,
+    adv_campaign_datetime_start int8 NOT NULL,
+    adv_campaign_datetime_end int8 NOT NULL,
+    datetime_created int8 NOT NULL,
+    source_topic text NOT NULL,
+    source_partition int4 NOT NULL,
+    source_offset int8 NOT NULL,
+    message_key bytea,
+    message bytea NOT NULL,
+    state text NOT NULL CHECK (state IN
+        ('scheduled', 'firing', 'active', 'cancelled', 'expired', 'refused')),
+    owner int4,
+    fired_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (restaurant_id, adv_campaign_id)
+);
+CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_due_idx
+    ON public.campaign_notifier_campaigns (adv_campaign_datetime_start)
+    WHERE state IN ('scheduled', 'firing');
+";
+
+/// How far the change feed of `subscribers_restaurants` has been followed (see
+/// `lifecycle::store`).
+const FEED_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.campaign_notifier_feed (
+    name text PRIMARY KEY,
+    last_id int8 NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
 /// One notification per (restaurant, campaign, client), ever. Created apart from the DDL above
 /// so that existing duplicates give their own clear error.
 const UNIQUE_KEY: &str = "
@@ -184,7 +223,8 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Creates the two tables, the index, the notification key and the outbox if they are missing.
+/// Creates the two tables, the index, the notification key, the outbox and the lifecycle's
+/// campaigns if they are missing.
 pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
@@ -206,6 +246,8 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
             RESTAURANT_INDEX,
         ),
         ("public.campaign_notifier_outbox", OUTBOX_DDL),
+        ("public.campaign_notifier_campaigns", CAMPAIGNS_DDL),
+        ("public.campaign_notifier_feed", FEED_DDL),
     ];
     for (relation, ddl) in steps {
         if missing(&tx, relation).await? {

@@ -37,12 +37,12 @@ use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSetting
 use campaign_actors::sinks::pg_writer::{campaign_params, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_actors::{Config, Metrics, Pipeline};
-use campaign_bench::measure::{cpu_seconds, others_cpu_seconds, resident_bytes};
+use campaign_bench::measure::{
+    cpu_seconds, histogram_buckets, others_cpu_seconds, processed, quantile, resident_bytes,
+};
+use campaign_bench::setup::{connect, create_topics, database_url, err, BenchResult};
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
-use prometheus::core::Collector;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -119,12 +119,6 @@ fn main() -> ExitCode {
     }
 }
 
-type BenchResult<T> = Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
-    move |e| format!("{what}: {e}")
-}
-
 /// Pairs per restaurant, skewed: a few restaurants with very many subscribers, most with few.
 fn popularity(restaurants: usize, pairs: usize, skew: f64) -> Vec<usize> {
     let weights: Vec<f64> = (0..restaurants)
@@ -173,38 +167,6 @@ fn campaign_json(c: &Campaign) -> String {
         "datetime_created": c.datetime_created,
     })
     .to_string()
-}
-
-async fn connect(url: &str) -> BenchResult<Client> {
-    campaign_actors::postgres::connect(&PostgresSettings::for_url(url), "bench")
-        .await
-        .map_err(|e| e.to_string())
-}
-
-fn database_url(url: &str, database: &str) -> String {
-    match url.rsplit_once('/') {
-        Some((server, _)) if url.contains("://") => format!("{server}/{database}"),
-        _ => format!("{url} dbname={database}"),
-    }
-}
-
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(err("admin client"))?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .map_err(err("create topics"))?
-    {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// The notifications of every campaign: the same batches the pipeline builds.
@@ -354,61 +316,6 @@ async fn copy_rows(
     }
     writer.finish().await.map_err(err("copy finish"))?;
     Ok(())
-}
-
-/// Campaigns completed so far, read from the counters directly: rendering the whole exposition
-/// this often would show up in the CPU figure.
-fn processed(metrics: &Metrics) -> u64 {
-    metrics
-        .campaigns_processed
-        .collect()
-        .iter()
-        .flat_map(|family| family.get_metric())
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
-}
-
-/// (upper bound, cumulative count) of the end-to-end latency histogram; +Inf last.
-fn latency_buckets(metrics: &Metrics) -> Vec<(f64, u64)> {
-    let h = metrics.end_to_end_latency.collect();
-    let Some(m) = h.first().and_then(|f| f.get_metric().first()) else {
-        return Vec::new();
-    };
-    let hist = m.get_histogram();
-    let mut out: Vec<(f64, u64)> = hist
-        .get_bucket()
-        .iter()
-        .map(|b| (b.upper_bound(), b.cumulative_count()))
-        .collect();
-    out.push((f64::INFINITY, hist.get_sample_count()));
-    out
-}
-
-/// The q-quantile of a cumulative histogram, interpolated linearly within its bucket as
-/// Prometheus' histogram_quantile does.
-fn quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
-    let total = buckets.last().map(|b| b.1).unwrap_or(0);
-    if total == 0 {
-        return f64::NAN;
-    }
-    let rank = q * total as f64;
-    let mut lower = (0.0, 0u64);
-    for &(bound, count) in buckets {
-        if count as f64 >= rank {
-            if bound.is_infinite() {
-                return lower.0;
-            }
-            let in_bucket = (count - lower.1) as f64;
-            let into = if in_bucket > 0.0 {
-                (rank - lower.1 as f64) / in_bucket
-            } else {
-                1.0
-            };
-            return lower.0 + (bound - lower.0) * into;
-        }
-        lower = (bound, count);
-    }
-    lower.0
 }
 
 /// Upper bound of the highest bucket that holds an observation.
@@ -843,7 +750,7 @@ level = "warn"
             ..
         } = service;
         progress("latency");
-        let before = latency_buckets(metrics);
+        let before = histogram_buckets(&metrics.end_to_end_latency);
         let rate = args.latency_rate.max(1);
         let total_latency = (rate * args.latency_secs) as usize;
         let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -870,7 +777,7 @@ level = "warn"
         }
         *want += total_latency as u64;
         wait_processed(metrics, *want, "latency", || {}).await?;
-        let after = latency_buckets(metrics);
+        let after = histogram_buckets(&metrics.end_to_end_latency);
         let phase: Vec<(f64, u64)> = after
             .iter()
             .zip(&before)

@@ -1,4 +1,6 @@
-//! CPU time and resident memory, read from /proc.
+//! CPU time and resident memory, read from /proc; quantiles of the service's histograms.
+
+use prometheus::core::Collector;
 
 /// User + system CPU seconds of this process so far.
 pub fn cpu_seconds() -> f64 {
@@ -55,4 +57,59 @@ fn stat_cpu_seconds(after_name: &str) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// (upper bound, cumulative count) of a histogram's buckets; +Inf last.
+pub fn histogram_buckets(histogram: &prometheus::Histogram) -> Vec<(f64, u64)> {
+    let h = histogram.collect();
+    let Some(m) = h.first().and_then(|f| f.get_metric().first()) else {
+        return Vec::new();
+    };
+    let hist = m.get_histogram();
+    let mut out: Vec<(f64, u64)> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    out.push((f64::INFINITY, hist.get_sample_count()));
+    out
+}
+
+/// The q-quantile of a cumulative histogram, interpolated linearly within its bucket as
+/// Prometheus' histogram_quantile does.
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map(|b| b.1).unwrap_or(0);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                return lower.0;
+            }
+            let in_bucket = (count - lower.1) as f64;
+            let into = if in_bucket > 0.0 {
+                (rank - lower.1 as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return lower.0 + (bound - lower.0) * into;
+        }
+        lower = (bound, count);
+    }
+    lower.0
+}
+
+/// Campaigns completed so far, read from the counters directly: rendering the whole exposition
+/// this often would show up in the CPU figure.
+pub fn processed(metrics: &campaign_actors::Metrics) -> u64 {
+    metrics
+        .campaigns_processed
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }

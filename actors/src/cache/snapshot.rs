@@ -33,7 +33,7 @@ impl Entry {
 }
 
 /// One client id, borrowed from a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientId<'a> {
     Uuid(u128),
     Text(&'a str),
@@ -121,6 +121,23 @@ impl Snapshot {
         } else {
             ClientId::Text(&self.texts[entry.text_start as usize + i - uuids])
         }
+    }
+
+    /// The clients of `restaurant_id` here that `older` does not have (subscribed between the two
+    /// loads), as text.
+    pub fn added_since(&self, older: &Snapshot, restaurant_id: &str) -> Vec<String> {
+        let Some(entry) = self.lookup(restaurant_id) else {
+            return Vec::new();
+        };
+        let before: std::collections::HashSet<ClientId<'_>> = match older.lookup(restaurant_id) {
+            Some(old) => (0..old.len()).map(|i| older.client(&old, i)).collect(),
+            None => Default::default(),
+        };
+        (0..entry.len())
+            .map(|i| self.client(&entry, i))
+            .filter(|c| !before.contains(c))
+            .map(|c| c.to_string())
+            .collect()
     }
 
     /// Distinct (restaurant, client) pairs.
@@ -225,6 +242,29 @@ fn group_sorted<T: Ord>(restaurants: usize, mut rows: Vec<(u32, T)>) -> (Vec<T>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_since_lists_only_the_clients_the_older_snapshot_lacks() {
+        let uuid = "0c000000-0000-4000-8000-000000000001";
+        let mut old = SnapshotBuilder::new();
+        old.push("r", uuid);
+        old.push("r", "text-a");
+        old.push("other", "text-b");
+        let old = old.build();
+        let mut new = SnapshotBuilder::new();
+        new.push("r", uuid);
+        new.push("r", "text-a");
+        new.push("r", "text-b");
+        new.push("r", "0c000000-0000-4000-8000-000000000002");
+        new.push("fresh", "text-c");
+        let new = new.build();
+        let mut added = new.added_since(&old, "r");
+        added.sort();
+        assert_eq!(added, ["0c000000-0000-4000-8000-000000000002", "text-b"]);
+        assert_eq!(new.added_since(&old, "fresh"), ["text-c"]);
+        assert!(new.added_since(&old, "other").is_empty(), "gone, not added");
+        assert!(old.added_since(&new, "r").is_empty());
+    }
 
     fn clients(s: &Snapshot, restaurant: &str) -> Vec<String> {
         let Some(e) = s.lookup(restaurant) else {

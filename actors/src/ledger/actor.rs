@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use super::outbox;
 use super::recovery::{recover, OutputTarget, Takeover};
 use crate::messages::{ClearOutbox, Withdraw};
-use crate::metrics::ActorKind;
+use crate::metrics::{ActorKind, WithdrawReason};
 use crate::postgres::{ConnectError, PostgresSettings};
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
@@ -38,7 +38,7 @@ pub struct Ledger {
     output: OutputTarget,
     client: Option<Rc<Client>>,
     to_clear: Vec<i64>,
-    to_withdraw: Vec<(Vec<i64>, oneshot::Sender<()>)>,
+    to_withdraw: Vec<(Withdraw, oneshot::Sender<()>)>,
     clearing: bool,
     sweeping: bool,
     takeover_after: Duration,
@@ -89,14 +89,24 @@ impl Ledger {
         let ids = std::mem::take(&mut self.to_clear);
         let withdrawals = std::mem::take(&mut self.to_withdraw);
         let fut = async move {
-            let refused: Vec<i64> = withdrawals
+            let whole: Vec<i64> = withdrawals
                 .iter()
-                .flat_map(|(ids, _)| ids.clone())
+                .filter(|(w, _)| w.only.is_none())
+                .flat_map(|(w, _)| w.marks.clone())
                 .collect();
-            let withdrawn = match refused.is_empty() {
+            let mut withdrawn = match whole.is_empty() {
                 true => Ok(0),
-                false => outbox::withdraw(&client, &refused).await,
+                false => outbox::withdraw(&client, &whole).await,
             };
+            for (w, _) in &withdrawals {
+                let (Ok(rows), Some(clients)) = (&withdrawn, &w.only) else {
+                    continue;
+                };
+                let rows = *rows;
+                withdrawn = outbox::withdraw_clients(&client, &w.marks, clients)
+                    .await
+                    .map(|n| rows + n);
+            }
             let cleared = match ids.is_empty() {
                 true => Ok(0),
                 false => outbox::clear_marks(&client, &ids).await,
@@ -110,7 +120,10 @@ impl Ledger {
                     let mut failed = None;
                     match withdrawn {
                         Ok(rows) if !withdrawals.is_empty() => {
-                            log::warn!("ledger: withdrew {rows} notifications Kafka refused");
+                            log::warn!(
+                                "ledger: withdrew {rows} notifications Kafka refused or that \
+                                 reached their campaign's end before Kafka had them"
+                            );
                             withdrawals.into_iter().for_each(|(_, done)| {
                                 let _ = done.send(());
                             });
@@ -160,12 +173,21 @@ impl Ledger {
             act.sweeping = false;
             act.takeover = Some(takeover);
             match result {
-                Ok(r) if r.owners > 0 => log::info!(
-                    "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were already in Kafka",
-                    r.owners,
-                    r.resent,
-                    r.already_sent
-                ),
+                Ok(r) if r.owners > 0 => {
+                    log::info!(
+                        "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were \
+                         already in Kafka, {} withdrawn from Postgres (their campaign had ended)",
+                        r.owners,
+                        r.resent,
+                        r.already_sent,
+                        r.expired
+                    );
+                    act.shared
+                        .metrics
+                        .notifications_withdrawn
+                        .with_label_values(&[WithdrawReason::Ended.as_str()])
+                        .inc_by(r.expired as u64);
+                }
                 Ok(_) => {}
                 Err(e) => log::warn!("ledger: recovery sweep failed, will retry: {e}"),
             }
@@ -227,7 +249,7 @@ impl Handler<Withdraw> for Ledger {
 
     fn handle(&mut self, msg: Withdraw, _: &mut Context<Self>) -> Self::Result {
         let (done, withdrawn) = oneshot::channel();
-        self.to_withdraw.push((msg.0, done));
+        self.to_withdraw.push((msg, done));
         Box::pin(async move {
             withdrawn
                 .await

@@ -7,7 +7,7 @@
 use tokio_postgres::Client;
 
 /// First key of every advisory lock the service takes ("cn").
-const LOCK_CLASS: i32 = 0x636e;
+pub const LOCK_CLASS: i32 = 0x636e;
 
 /// A random owner id for this process.
 pub fn new_owner() -> i32 {
@@ -90,6 +90,50 @@ pub async fn withdraw(client: &Client, ids: &[i64]) -> Result<u64, tokio_postgre
              DELETE FROM public.subscribers_feedback
              WHERE id IN (SELECT unnest(feedback_ids) FROM marks)",
             &[&ids],
+        )
+        .await
+}
+
+/// Deletes marks and, of the feedback rows they list, those of `clients`, in one statement: the
+/// notifications Kafka will never have (the campaign's end passed first); the marks' other rows
+/// were acknowledged and stay. Returns how many rows were deleted.
+pub async fn withdraw_clients(
+    client: &Client,
+    ids: &[i64],
+    clients: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH marks AS (
+                 DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1)
+                 RETURNING feedback_ids
+             )
+             DELETE FROM public.subscribers_feedback
+             WHERE id IN (SELECT unnest(feedback_ids) FROM marks) AND client_id = ANY($2)",
+            &[&ids, &clients],
+        )
+        .await
+}
+
+/// Deletes, of the feedback rows `feedback_ids`, those of `campaign` for `clients`: notifications
+/// recovery did not send because the campaign's end had passed (the marks are cleared after).
+pub async fn delete_rows(
+    client: &Client,
+    feedback_ids: &[i32],
+    campaign: &crate::campaign::Campaign,
+    clients: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM public.subscribers_feedback
+             WHERE id = ANY($1) AND restaurant_id = $2 AND adv_campaign_id = $3
+               AND client_id = ANY($4)",
+            &[
+                &feedback_ids,
+                &campaign.restaurant_id,
+                &campaign.adv_campaign_id,
+                &clients,
+            ],
         )
         .await
 }

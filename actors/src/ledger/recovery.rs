@@ -36,11 +36,14 @@ pub const PAGE_NOTIFICATIONS: usize = 50_000;
 /// before the next.
 const SEND_CHUNK: usize = 5_000;
 
-/// Where recovered notifications go: the output topic, with the service's producer settings.
+/// Where recovered notifications go: the output topic, with the service's producer settings; and
+/// until when they may go: nothing of a campaign is sent later than `end_grace_secs` after its
+/// end (its rows are withdrawn from Postgres instead).
 #[derive(Debug, Clone)]
 pub struct OutputTarget {
     pub producer: ProducerSettings,
     pub topic: String,
+    pub end_grace_secs: i64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub struct RecoveryReport {
     pub marked: usize,
     pub already_sent: usize,
     pub resent: usize,
+    /// Not sent, and withdrawn from Postgres: their campaign's end (plus the grace) had passed.
+    pub expired: usize,
 }
 
 impl std::ops::AddAssign for RecoveryReport {
@@ -57,6 +62,7 @@ impl std::ops::AddAssign for RecoveryReport {
         self.marked += r.marked;
         self.already_sent += r.already_sent;
         self.resent += r.resent;
+        self.expired += r.expired;
     }
 }
 
@@ -185,6 +191,7 @@ async fn recover_owner(
         })
         .await
         .map_err(|e| format!("scan task failed: {e}"))??;
+        let mut expired = 0;
         if found.len() < marked {
             if producer.is_none() {
                 producer = Some(
@@ -193,11 +200,24 @@ async fn recover_owner(
                 );
             }
             let producer = producer.as_ref().expect("created above");
+            let deadline_ms = |c: &Campaign| {
+                let last = c
+                    .adv_campaign_datetime_end
+                    .saturating_add(output.end_grace_secs);
+                last.saturating_add(1).saturating_mul(1000)
+            };
             for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
                 for m in marked_campaigns(client, page).await? {
-                    send_missing(producer, &output.topic, &m, &found)
+                    let deadline = deadline_ms(&m.campaign);
+                    let unsent = send_missing(producer, &output.topic, &m, &found, deadline)
                         .await
                         .map_err(|e| format!("recovery send: {e}"))?;
+                    if !unsent.is_empty() {
+                        outbox::delete_rows(client, page, &m.campaign, &unsent)
+                            .await
+                            .map_err(|e| describe(&e))?;
+                        expired += unsent.len();
+                    }
                 }
             }
         }
@@ -206,13 +226,15 @@ async fn recover_owner(
             .map_err(|e| describe(&e))?;
         report.marked += marked;
         report.already_sent += found.len();
-        report.resent += marked - found.len();
+        report.resent += marked - found.len() - expired;
+        report.expired += expired;
         log::info!(
-            "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, {} sent now)",
+            "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, {} sent \
+             now, {expired} withdrawn: their campaign had ended)",
             window.ids.len(),
             found.len(),
             output.topic,
-            marked - found.len()
+            marked - found.len() - expired
         );
     }
     if let Some(producer) = producer {
@@ -269,21 +291,28 @@ async fn marked_campaigns(
 
 /// Sends the campaign's notifications the topic lacks through the service's one producer path,
 /// keyed by client, placed by librdkafka's default partitioner (where the Kafka writer places
-/// them too), a chunk at a time.
+/// them too), a chunk at a time, none at or after `deadline_ms` (the campaign's end plus the
+/// grace). Returns the clients not sent because the deadline came first.
 async fn send_missing(
     producer: &Producer,
     topic: &str,
     marked: &MarkedCampaign,
     found: &Wanted,
-) -> Result<(), KafkaFailure> {
+    deadline_ms: i64,
+) -> Result<Vec<String>, KafkaFailure> {
     let encoder = OutputEncoder::new(&marked.campaign, marked.trigger_datetime_created);
-    let missing = marked
+    let mut missing = marked
         .clients
         .iter()
         .filter(|c| !found.contains(&fingerprint_of(&marked.campaign, c)));
     let mut deliveries = Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
-    for client in missing {
+    for client in missing.by_ref() {
+        if deliveries.is_empty() && crate::clock::unix_ms() >= deadline_ms {
+            let mut unsent = vec![client.clone()];
+            unsent.extend(missing.cloned());
+            return Ok(unsent);
+        }
         payload.clear();
         encoder.encode(ClientId::Text(client), &mut payload);
         let record = FutureRecord::to(topic)
@@ -294,7 +323,8 @@ async fn send_missing(
             Producer::confirm(deliveries.drain(..)).await?;
         }
     }
-    Producer::confirm(deliveries).await
+    Producer::confirm(deliveries).await?;
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -14,9 +14,17 @@
 //! broker thread polls without sleeping; against Tansu, handing over everything at once cost
 //! about 16 CPU seconds per million messages, chunk by chunk about 1.6, at the same rate
 //! (`scripts/bench.sh --example producer_chunking`).
+//!
+//! Nothing is handed to librdkafka at or after a batch's deadline (its campaign's end plus the
+//! grace): those notifications are answered as expired, and delivery withdraws their rows from
+//! Postgres. A chunk still unacknowledged when the deadline of one of its notifications comes
+//! (the broker is slow or unreachable) fails the write: the writer restarts, dropping the
+//! producer purges what librdkafka still held, the read-back finds what landed before, and the
+//! rest is answered as expired.
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::lock::Mutex;
 use rdkafka::producer::FutureRecord;
@@ -25,6 +33,13 @@ use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::kafka::{partition_for, scan, Producer, ProducerSettings};
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
+
+/// What the Kafka writer answers for one job.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Clients not sent because the campaign's end (plus the grace) passed first.
+    pub expired: Vec<String>,
+}
 
 /// The notifications of one campaign that Kafka still needs.
 #[derive(Debug)]
@@ -67,7 +82,8 @@ pub struct KafkaSink {
 }
 
 /// Sends one partition's share of a write, a chunk at a time, each chunk acknowledged before the
-/// next is handed over (see the module's documentation).
+/// next is handed over (see the module's documentation). Returns the notifications not sent
+/// because their deadline had passed.
 async fn send_partition(
     producer: &Producer,
     topic: &str,
@@ -75,18 +91,26 @@ async fn send_partition(
     partition: i32,
     jobs: &[Arc<KafkaJob>],
     notifications: &[(usize, usize)],
-) -> Result<(), SinkError> {
+) -> Result<Vec<(usize, usize)>, SinkError> {
     let _gate = gate.lock().await;
     let mut payload = Vec::with_capacity(512);
     let mut rest = notifications;
+    let mut expired = Vec::new();
     while !rest.is_empty() {
+        let now = crate::clock::unix_ms();
         let mut deliveries = Vec::with_capacity(rest.len().min(CHUNK_MESSAGES));
-        let mut bytes = 0;
+        let (mut bytes, mut taken, mut deadline) = (0, 0, i64::MAX);
         for &(j, c) in rest {
             if deliveries.len() == CHUNK_MESSAGES || bytes >= CHUNK_BYTES {
                 break;
             }
+            taken += 1;
             let job = &jobs[j];
+            if now >= job.batch.deadline_ms {
+                expired.push((j, c));
+                continue;
+            }
+            deadline = deadline.min(job.batch.deadline_ms);
             let client = &job.clients[c];
             payload.clear();
             job.batch.write_json_for(client, &mut payload);
@@ -98,10 +122,33 @@ async fn send_partition(
                 .partition(partition);
             deliveries.push(producer.enqueue(record).await?);
         }
-        rest = &rest[deliveries.len()..];
-        Producer::confirm(deliveries).await?;
+        rest = &rest[taken..];
+        confirm_before(deliveries, deadline).await?;
     }
-    Ok(())
+    Ok(expired)
+}
+
+/// Waits for a chunk's acknowledgements, but not past `deadline` (ms since the epoch).
+async fn confirm_before(
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    deadline: i64,
+) -> Result<(), SinkError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let confirm = Producer::confirm(deliveries);
+    if deadline == i64::MAX {
+        return Ok(confirm.await?);
+    }
+    let left = Duration::from_millis((deadline - crate::clock::unix_ms()).max(0) as u64);
+    tokio::select! {
+        confirmed = confirm => Ok(confirmed?),
+        _ = actix_rt::time::sleep(left) => Err(SinkError::Retriable(
+            "a campaign's end passed while its notifications waited for the broker's \
+             acknowledgement; restarting, so that nothing of it is sent after the end"
+                .into(),
+        )),
+    }
 }
 
 impl Sink for KafkaSink {
@@ -109,7 +156,7 @@ impl Sink for KafkaSink {
     const MAX_CONCURRENT_WRITES: usize = 2;
     type Config = KafkaSinkSettings;
     type Item = KafkaJob;
-    type Output = ();
+    type Output = Sent;
 
     fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<KafkaSink, SinkError>> {
         Box::pin(async move {
@@ -124,7 +171,7 @@ impl Sink for KafkaSink {
         })
     }
 
-    fn write(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<()>, SinkError>> {
+    fn write(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<Sent>, SinkError>> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let gates = self.gates.clone();
@@ -144,9 +191,17 @@ impl Sink for KafkaSink {
                 .map(|(p, notifications)| {
                     send_partition(&producer, &topic, &gates[p], p as i32, &jobs, notifications)
                 });
-            futures::future::try_join_all(sends).await?;
-            Ok(vec![(); jobs.len()])
+            let expired = futures::future::try_join_all(sends).await?;
+            let mut sent = vec![Sent::default(); jobs.len()];
+            for (j, c) in expired.into_iter().flatten() {
+                sent[j].expired.push(jobs[j].clients[c].clone());
+            }
+            Ok(sent)
         })
+    }
+
+    fn rows_written(job: &KafkaJob, sent: &Sent) -> usize {
+        job.rows() - sent.expired.len()
     }
 
     fn reconcile(

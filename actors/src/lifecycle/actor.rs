@@ -1,0 +1,738 @@
+//! The `Lifecycle` actor: records every arriving campaign in the durable table and fires
+//! scheduled ones at their start.
+//!
+//! Arrivals are recorded a group at a time (whatever arrived while the previous group was being
+//! written), in one transaction: the kept versions are locked, [`decide`] runs for each, the new
+//! versions are stored, and only then is each arrival answered. Every `poll_interval` the actor
+//! claims the campaigns that are due (and those whose firing instance died), reads their
+//! restaurants' subscribers fresh from Postgres, hands each to the enricher in a [`Fire`], and
+//! settles its state from the outcome.
+//!
+//! It also follows new subscriptions: every `poll_interval` the instance holding the feed's lock
+//! reads the rows of `subscribers_restaurants` added since the last it followed, and fires each
+//! campaign active at their restaurants for the new subscribers alone (who has it already gets
+//! nothing new). When the cache loads a new snapshot, the clients it has and the previous one did
+//! not are given the same treatment, for every active campaign: the safety net for what the feed
+//! missed.
+//!
+//! Supervised like the ledger: a lost connection restarts it after the restart policy's backoff,
+//! and what it held (arrivals not yet answered, states not yet settled) is kept across the
+//! restart.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::channel::oneshot;
+use tokio_postgres::Client;
+
+use super::rules::{decide, Decision, Kept, State, Window};
+use super::store::{self, key_of, Arrival, Claimed, Key};
+use super::{Fire, Record};
+use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
+use crate::cache::SnapshotLoaded;
+use crate::events::{CampaignLifecycle, Event};
+use crate::messages::{CampaignOutcome, Close};
+use crate::metrics::{ActorKind, LifecycleEvent};
+use crate::postgres::{describe, PostgresSettings};
+use crate::shared::Shared;
+use crate::supervision::{RestartPolicy, Restarts};
+
+/// How often the count of scheduled campaigns is refreshed.
+const COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often campaigns long over are deleted from the table, and how long after their end
+/// (plus the grace) they are kept.
+const FORGET_INTERVAL: Duration = Duration::from_secs(600);
+const RETAIN_ENDED_SECS: i64 = 86_400;
+
+/// New subscriptions read from the change feed at once, at most.
+const FEED_PAGE: i64 = 5_000;
+
+/// Where this instance stands with the change feed.
+#[derive(Debug, Default)]
+struct Feed {
+    /// It holds the feed's lock (on the current connection).
+    leading: bool,
+    /// The highest subscription id followed, once read.
+    position: Option<i64>,
+    busy: bool,
+    /// When a read that found the end of the table started, all of whose campaigns were then
+    /// confirmed: everything subscribed before that moment has been followed.
+    caught_up: Option<Instant>,
+    /// Off after the table turned out to have no `id` column.
+    disabled: bool,
+}
+
+/// What one read of the change feed found.
+enum FeedRead {
+    NotLeading,
+    Nothing,
+    New {
+        last: i64,
+        full: bool,
+        active: Vec<Arrival>,
+        subscribers: Arc<Snapshot>,
+    },
+}
+
+/// The lifecycle's settings, from `[lifecycle]`.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    pub window: Window,
+    /// How often due campaigns are looked for.
+    pub poll_interval: Duration,
+    /// The most campaigns claimed at once.
+    pub claim_limit: i64,
+}
+
+pub struct Lifecycle {
+    postgres: PostgresSettings,
+    owner: i32,
+    settings: LifecycleSettings,
+    fire: Recipient<Fire>,
+    /// Claims, settles and counts.
+    client: Option<Arc<Client>>,
+    /// Records arrivals, one transaction at a time; taken while one is under way.
+    recorder: Option<Client>,
+    pending: Vec<(Arc<Arrival>, oneshot::Sender<Decision>)>,
+    to_settle: Vec<(Key, State)>,
+    claiming: bool,
+    settling: bool,
+    closing: bool,
+    counted_at: Option<Instant>,
+    forgotten_at: Option<Instant>,
+    feed: Feed,
+    /// The subscriber snapshot in use, to tell what a new one adds.
+    snapshot: Option<Arc<Snapshot>>,
+    shared: Shared,
+    restarts: Restarts,
+}
+
+impl Lifecycle {
+    pub fn new(
+        postgres: PostgresSettings,
+        owner: i32,
+        settings: LifecycleSettings,
+        fire: Recipient<Fire>,
+        restart: RestartPolicy,
+        shared: Shared,
+    ) -> Lifecycle {
+        Lifecycle {
+            postgres,
+            owner,
+            settings,
+            fire,
+            client: None,
+            recorder: None,
+            pending: Vec::new(),
+            to_settle: Vec::new(),
+            claiming: false,
+            settling: false,
+            closing: false,
+            counted_at: None,
+            forgotten_at: None,
+            feed: Feed::default(),
+            snapshot: None,
+            shared,
+            restarts: Restarts::new(ActorKind::Lifecycle, restart),
+        }
+    }
+
+    fn failed(&mut self, what: &str, e: &tokio_postgres::Error, ctx: &mut Context<Self>) {
+        log::warn!("lifecycle: cannot {what}: {}", describe(e));
+        self.restarts.failed();
+        ctx.stop();
+    }
+
+    /// Records what arrived, in one transaction, and answers each arrival.
+    fn record(&mut self, ctx: &mut Context<Self>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(mut client) = self.recorder.take() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.pending);
+        let arrivals: Vec<Arc<Arrival>> = batch.iter().map(|(a, _)| a.clone()).collect();
+        let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
+        let fut = async move {
+            let decided = record_arrivals(&mut client, &arrivals, now, &window).await;
+            (client, decided)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |(client, decided), act, ctx| match decided {
+                    Ok(decisions) => {
+                        act.recorder = Some(client);
+                        act.restarts.succeeded();
+                        for ((arrival, answer), decision) in batch.into_iter().zip(decisions) {
+                            act.report(&arrival, decision);
+                            let _ = answer.send(decision);
+                        }
+                        act.record(ctx);
+                    }
+                    Err(e) => {
+                        // Kept, to be recorded after the restart; nothing was committed.
+                        let later = std::mem::take(&mut act.pending);
+                        act.pending = batch;
+                        act.pending.extend(later);
+                        act.failed("record campaigns", &e, ctx);
+                    }
+                }),
+        );
+    }
+
+    fn report(&self, arrival: &Arrival, decision: Decision) {
+        let event = match decision {
+            Decision::Schedule { replaced: false } => LifecycleEvent::Scheduled,
+            Decision::Schedule { replaced: true } => LifecycleEvent::Replaced,
+            Decision::Cancel => LifecycleEvent::Cancelled,
+            Decision::Superseded => LifecycleEvent::Superseded,
+            Decision::ChangedAfterStart => LifecycleEvent::ChangedAfterStart,
+            Decision::Deliver | Decision::Ended => return,
+        };
+        self.emit(event, arrival);
+    }
+
+    fn emit(&self, event: LifecycleEvent, arrival: &Arrival) {
+        CampaignLifecycle {
+            event,
+            restaurant_id: &arrival.campaign.restaurant_id,
+            adv_campaign_id: &arrival.campaign.adv_campaign_id,
+            source: &arrival.source,
+        }
+        .emit(&self.shared.metrics);
+    }
+
+    /// Claims what is due and fires it.
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming || self.closing {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        self.claiming = true;
+        let (now, me, limit) = (
+            self.shared.clock.now_secs(),
+            self.owner,
+            self.settings.claim_limit,
+        );
+        let window = self.settings.window;
+        let fut = async move {
+            let claimed = store::claim_due(&client, now, me, limit).await?;
+            let restaurants: BTreeSet<&str> = claimed
+                .iter()
+                .map(|c| &c.arrival.campaign)
+                .filter(|c| now <= window.deadline(c))
+                .map(|c| c.restaurant_id.as_str())
+                .collect();
+            let restaurants: Vec<&str> = restaurants.into_iter().collect();
+            let subscribers = match restaurants.is_empty() {
+                true => Snapshot::default(),
+                false => store::subscribers_of(&client, &restaurants).await?,
+            };
+            Ok::<_, tokio_postgres::Error>((claimed, Arc::new(subscribers)))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.claiming = false;
+            match result {
+                Ok((claimed, subscribers)) => {
+                    let full = claimed.len() as i64 >= limit;
+                    act.fire_all(claimed, subscribers, now, ctx);
+                    if full {
+                        act.claim(ctx);
+                    }
+                }
+                Err(e) => act.failed("claim due campaigns", &e, ctx),
+            }
+        }));
+    }
+
+    fn fire_all(
+        &mut self,
+        claimed: Vec<Claimed>,
+        subscribers: Arc<Snapshot>,
+        now: i64,
+        ctx: &mut Context<Self>,
+    ) {
+        for Claimed {
+            arrival,
+            taken_over,
+        } in claimed
+        {
+            if taken_over {
+                self.emit(LifecycleEvent::TakenOver, &arrival);
+            }
+            let key = key_of(&arrival.campaign);
+            if now > self.settings.window.deadline(&arrival.campaign) {
+                self.emit(LifecycleEvent::Expired, &arrival);
+                self.to_settle.push((key, State::Expired));
+                continue;
+            }
+            let start = arrival.campaign.adv_campaign_datetime_start;
+            let fire = Fire {
+                arrival,
+                subscribers: subscribers.clone(),
+            };
+            let sent = self.fire.send(fire);
+            ctx.spawn(sent.into_actor(self).map(move |outcome, act, _| {
+                let outcome = outcome.unwrap_or_else(|e| CampaignOutcome::Unconfirmed {
+                    sink: "enricher",
+                    reason: e.to_string(),
+                });
+                act.fired(key, start, outcome);
+            }));
+        }
+        self.settle(ctx);
+    }
+
+    /// What a fire's outcome makes of the campaign.
+    fn fired(&mut self, key: Key, start: i64, outcome: CampaignOutcome) {
+        let state = match outcome {
+            CampaignOutcome::Delivered { .. }
+            | CampaignOutcome::AlreadyNotified
+            | CampaignOutcome::NoSubscribers => {
+                let metrics = &self.shared.metrics;
+                metrics
+                    .lifecycle_events
+                    .with_label_values(&[LifecycleEvent::Fired.as_str()])
+                    .inc();
+                let delay_ms = self.shared.clock.now_ms() - start.saturating_mul(1000);
+                metrics.fire_delay.observe(delay_ms.max(0) as f64 / 1000.0);
+                State::Active
+            }
+            CampaignOutcome::Ended => {
+                self.shared
+                    .metrics
+                    .lifecycle_events
+                    .with_label_values(&[LifecycleEvent::Expired.as_str()])
+                    .inc();
+                State::Expired
+            }
+            CampaignOutcome::SinkFailed { .. } | CampaignOutcome::Rejected(_) => State::Refused,
+            // Not confirmed (the service is stopping): claimed again, by whoever comes next.
+            _ => State::Scheduled,
+        };
+        self.to_settle.push((key, state));
+    }
+
+    /// Writes the states of what was fired.
+    fn settle(&mut self, ctx: &mut Context<Self>) {
+        if self.settling || self.to_settle.is_empty() {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        self.settling = true;
+        let settled = std::mem::take(&mut self.to_settle);
+        let me = self.owner;
+        let batch = settled.clone();
+        let fut = async move {
+            for state in [
+                State::Active,
+                State::Expired,
+                State::Refused,
+                State::Scheduled,
+            ] {
+                let keys: Vec<Key> = batch
+                    .iter()
+                    .filter(|(_, s)| *s == state)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !keys.is_empty() {
+                    store::settle(&client, &keys, state, me).await?;
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.settling = false;
+            if let Err(e) = result {
+                act.to_settle.extend(settled);
+                act.failed("settle fired campaigns", &e, ctx);
+            }
+        }));
+    }
+
+    /// Reads the subscriptions added since the last it followed (if this instance leads the
+    /// feed) and fires the campaigns active at their restaurants for them.
+    fn follow(&mut self, ctx: &mut Context<Self>) {
+        if self.feed.busy || self.feed.disabled || self.closing {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        self.feed.busy = true;
+        let (leading, position) = (self.feed.leading, self.feed.position);
+        let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
+        let read_at = Instant::now();
+        let fut = async move {
+            if !leading && !store::try_lead_feed(&client).await? {
+                return Ok((FeedRead::NotLeading, None));
+            }
+            let position = match position {
+                Some(p) => p,
+                None => store::feed_position(&client).await?,
+            };
+            let rows = store::subscriptions_after(&client, position, FEED_PAGE).await?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                return Ok((FeedRead::Nothing, Some(position)));
+            };
+            let restaurants: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+            let restaurants: Vec<&str> = restaurants.into_iter().collect();
+            let active = store::active_campaigns(&client, Some(&restaurants), now, &window).await?;
+            let mut subscribers = SnapshotBuilder::new();
+            for (_, restaurant, client_id) in &rows {
+                subscribers.push(restaurant, client_id);
+            }
+            let read = FeedRead::New {
+                last,
+                full: rows.len() as i64 >= FEED_PAGE,
+                active,
+                subscribers: Arc::new(subscribers.build()),
+            };
+            Ok::<_, tokio_postgres::Error>((read, Some(position)))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let (read, position) = match result {
+                Ok(read) => read,
+                Err(e) => {
+                    act.feed.busy = false;
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
+                        log::error!(
+                            "lifecycle: subscribers_restaurants has no id column, so new \
+                             subscriptions are found only at the cache's reloads: {}",
+                            describe(&e)
+                        );
+                        act.feed.disabled = true;
+                        return;
+                    }
+                    return act.failed("follow new subscriptions", &e, ctx);
+                }
+            };
+            act.feed.position = position.or(act.feed.position);
+            match read {
+                FeedRead::NotLeading => act.feed.busy = false,
+                FeedRead::Nothing => {
+                    if !act.feed.leading {
+                        log::info!(
+                            "lifecycle: this instance follows new subscriptions (from id {})",
+                            position.unwrap_or_default()
+                        );
+                    }
+                    act.feed.leading = true;
+                    act.feed.busy = false;
+                    act.feed.caught_up = Some(read_at);
+                }
+                FeedRead::New {
+                    last,
+                    full,
+                    active,
+                    subscribers,
+                } => {
+                    act.feed.leading = true;
+                    act.notify_late(active, subscribers, Some(last), ctx, move |act, ctx| {
+                        if !full {
+                            act.feed.caught_up = Some(read_at);
+                        } else {
+                            act.follow(ctx);
+                        }
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Fires each of `active` for `subscribers` (its restaurant's new ones); once every one is
+    /// confirmed, records the feed's new position (if any) and calls `then`. If one is not
+    /// confirmed, the same subscriptions are read again next time.
+    fn notify_late(
+        &mut self,
+        active: Vec<Arrival>,
+        subscribers: Arc<Snapshot>,
+        position: Option<i64>,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        let Some(client) = self.client.clone() else {
+            if position.is_some() {
+                self.feed.busy = false;
+            }
+            return;
+        };
+        let fires: Vec<_> = active
+            .into_iter()
+            .filter(|a| subscribers.lookup(&a.campaign.restaurant_id).is_some())
+            .map(|arrival| {
+                self.fire.send(Fire {
+                    arrival,
+                    subscribers: subscribers.clone(),
+                })
+            })
+            .collect();
+        let fut = async move {
+            let outcomes = futures::future::join_all(fires).await;
+            let (mut notified, mut confirmed) = (0, true);
+            for outcome in outcomes {
+                match outcome {
+                    Ok(CampaignOutcome::Delivered { notifications }) => notified += notifications,
+                    Ok(CampaignOutcome::Unconfirmed { .. }) | Err(_) => confirmed = false,
+                    Ok(_) => {}
+                }
+            }
+            if let (true, Some(position)) = (confirmed, position) {
+                store::advance_feed(&client, position).await?;
+            }
+            Ok::<_, tokio_postgres::Error>((confirmed, notified))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            if position.is_some() {
+                act.feed.busy = false;
+            }
+            match result {
+                Ok((confirmed, notified)) => {
+                    act.shared
+                        .metrics
+                        .late_subscriber_notifications
+                        .inc_by(notified as u64);
+                    if confirmed {
+                        if let Some(p) = position {
+                            act.feed.position = Some(p);
+                        }
+                        then(act, ctx);
+                    }
+                }
+                Err(e) => act.failed("record the change feed's position", &e, ctx),
+            }
+        }));
+    }
+
+    /// The safety net at each reload: the clients the new snapshot has and the previous one did
+    /// not, notified of every active campaign of their restaurant.
+    fn compare(&mut self, older: Arc<Snapshot>, newer: Arc<Snapshot>, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
+        let fut = async move { store::active_campaigns(&client, None, now, &window).await };
+        ctx.spawn(fut.into_actor(self).map(move |active, act, ctx| {
+            let active = match active {
+                Ok(active) => active,
+                Err(e) => return act.failed("read the active campaigns", &e, ctx),
+            };
+            let mut added = SnapshotBuilder::new();
+            let mut count = 0;
+            let restaurants: BTreeSet<&str> = active
+                .iter()
+                .map(|a| a.campaign.restaurant_id.as_str())
+                .collect();
+            for restaurant in restaurants {
+                for client_id in newer.added_since(&older, restaurant) {
+                    added.push(restaurant, &client_id);
+                    count += 1;
+                }
+            }
+            if count == 0 {
+                return;
+            }
+            log::debug!(
+                "lifecycle: the new snapshot has {count} subscriptions to restaurants with active \
+                 campaigns that the previous one lacked"
+            );
+            act.notify_late(active, Arc::new(added.build()), None, ctx, |_, _| {});
+        }));
+    }
+
+    /// Refreshes the count of scheduled campaigns, and forgets campaigns long over.
+    fn housekeeping(&mut self, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .counted_at
+            .is_none_or(|t| now.duration_since(t) >= COUNT_INTERVAL)
+        {
+            self.counted_at = Some(now);
+            let gauge = self.shared.metrics.campaigns_scheduled.clone();
+            let c = client.clone();
+            ctx.spawn(
+                async move { store::count_scheduled(&c).await }
+                    .into_actor(self)
+                    .map(move |count, _, _| match count {
+                        Ok(n) => gauge.set(n),
+                        Err(e) => log::warn!("lifecycle: cannot count campaigns: {}", describe(&e)),
+                    }),
+            );
+        }
+        if self
+            .forgotten_at
+            .is_none_or(|t| now.duration_since(t) >= FORGET_INTERVAL)
+        {
+            self.forgotten_at = Some(now);
+            let (secs, grace) = (
+                self.shared.clock.now_secs(),
+                self.settings.window.end_grace_secs,
+            );
+            ctx.spawn(
+                async move { store::forget_ended(&client, secs, grace, RETAIN_ENDED_SECS).await }
+                    .into_actor(self)
+                    .map(|forgotten, _, _| match forgotten {
+                        Ok(0) => {}
+                        Ok(n) => log::info!("lifecycle: forgot {n} campaigns over for a day"),
+                        Err(e) => {
+                            log::warn!("lifecycle: cannot forget ended campaigns: {}", describe(&e))
+                        }
+                    }),
+            );
+        }
+    }
+}
+
+/// One transaction: lock the kept versions, decide each arrival in order (a later arrival of the
+/// same campaign sees the earlier one's result), store what changed.
+async fn record_arrivals(
+    client: &mut Client,
+    arrivals: &[Arc<Arrival>],
+    now: i64,
+    window: &Window,
+) -> Result<Vec<Decision>, tokio_postgres::Error> {
+    let keys: BTreeSet<Key> = arrivals.iter().map(|a| key_of(&a.campaign)).collect();
+    let keys: Vec<Key> = keys.into_iter().collect();
+    let tx = client.transaction().await?;
+    let mut kept = store::lock_kept(&tx, &keys).await?;
+    let mut stored: std::collections::HashMap<Key, (usize, State)> = Default::default();
+    let mut decisions = Vec::with_capacity(arrivals.len());
+    for (i, arrival) in arrivals.iter().enumerate() {
+        let key = key_of(&arrival.campaign);
+        let version = arrival.version();
+        let (decision, state) = decide(kept.get(&key), &arrival.campaign, version, now, window);
+        if let Some(state) = state {
+            let campaign = arrival.campaign.clone();
+            kept.insert(
+                key.clone(),
+                Kept {
+                    campaign,
+                    version,
+                    state,
+                },
+            );
+            stored.insert(key, (i, state));
+        }
+        decisions.push(decision);
+    }
+    let rows: Vec<(&Arrival, State)> = stored
+        .values()
+        .map(|&(i, state)| (&*arrivals[i], state))
+        .collect();
+    store::store(&tx, &rows).await?;
+    tx.commit().await?;
+    Ok(decisions)
+}
+
+impl Actor for Lifecycle {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (postgres, owner) = (self.postgres.clone(), self.owner);
+        let delay = self.restarts.delay();
+        ctx.wait(
+            async move {
+                actix_rt::time::sleep(delay).await;
+                let client = crate::postgres::connect(&postgres, "lifecycle").await?;
+                let recorder = crate::postgres::connect(&postgres, "lifecycle recorder").await?;
+                // What this process claimed before a restart and did not settle is claimed again.
+                store::release_own(&client, owner).await?;
+                Ok::<_, crate::postgres::ConnectError>((client, recorder))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((client, recorder)) => {
+                    act.restarts.connected();
+                    act.client = Some(Arc::new(client));
+                    act.recorder = Some(recorder);
+                    act.record(ctx);
+                    let poll = act.settings.poll_interval;
+                    ctx.run_interval(poll, |act, ctx| {
+                        let closed = |c: Option<&Client>| c.is_some_and(Client::is_closed);
+                        if closed(act.client.as_deref()) || closed(act.recorder.as_ref()) {
+                            act.restarts.failed();
+                            ctx.stop();
+                            return;
+                        }
+                        act.record(ctx);
+                        act.claim(ctx);
+                        act.settle(ctx);
+                        act.follow(ctx);
+                        act.housekeeping(ctx);
+                        let lag = match (act.feed.leading, act.feed.caught_up) {
+                            (true, Some(at)) => at.elapsed().as_secs_f64(),
+                            _ => 0.0,
+                        };
+                        act.shared.metrics.change_feed_lag.set(lag);
+                    });
+                }
+                Err(e) => {
+                    log::warn!("lifecycle: cannot connect: {e}");
+                    act.restarts.failed();
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+}
+
+impl Supervised for Lifecycle {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.restarts.restarting(&self.shared);
+        self.client = None;
+        self.recorder = None;
+        self.claiming = false;
+        self.settling = false;
+        // The feed's lock went with the connection.
+        self.feed.leading = false;
+        self.feed.busy = false;
+        self.feed.position = None;
+    }
+}
+
+impl Handler<SnapshotLoaded> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotLoaded, ctx: &mut Context<Self>) {
+        if let Some(older) = self.snapshot.replace(msg.0.clone()) {
+            self.compare(older, msg.0, ctx);
+        }
+    }
+}
+
+impl Handler<Record> for Lifecycle {
+    type Result = ResponseFuture<Result<Decision, String>>;
+
+    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
+        let (answer, answered) = oneshot::channel();
+        self.pending.push((msg.0, answer));
+        self.record(ctx);
+        Box::pin(async move {
+            answered
+                .await
+                .map_err(|_| "the lifecycle stopped before recording the campaign".to_string())
+        })
+    }
+}
+
+impl Handler<Close> for Lifecycle {
+    type Result = ();
+
+    /// Claims nothing more; what is already being fired finishes (or is claimed again by the
+    /// next instance once this one is gone).
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        self.closing = true;
+        self.settle(ctx);
+    }
+}

@@ -1,0 +1,47 @@
+//! The campaign lifecycle: scheduled, active, over, cancelled.
+//!
+//! Every campaign that passes validation is recorded in the durable table
+//! `campaign_notifier_campaigns` before anything else happens to it ([`store`]), and the
+//! [`rules`] decide what its arrival means against the version kept there: one that arrives
+//! before its start is kept and fired at its start (by exactly one instance, claimed with
+//! `FOR UPDATE SKIP LOCKED`), one that is active is delivered at once, a newer version replaces or
+//! cancels a scheduled one, and one that changes a campaign already fired notifies nobody.
+//!
+//! ```text
+//!  Enricher ──Record──> Lifecycle ──(lock, decide, store; one transaction a group)──> Postgres
+//!           <─Decision─┘    │ every poll_interval: claim due, read their subscribers fresh
+//!  Enricher <──Fire─────────┘ ... outcome ──> state settled (active, expired, refused)
+//! ```
+//!
+//! Must not touch: how a campaign is joined or written (the enricher's and delivery's). The
+//! lifecycle only keeps the table and says when.
+
+mod actor;
+pub mod rules;
+pub mod store;
+
+use std::sync::Arc;
+
+use actix::Message;
+
+pub use actor::{Lifecycle, LifecycleSettings};
+pub use rules::{Decision, Window};
+pub use store::Arrival;
+
+use crate::cache::snapshot::Snapshot;
+use crate::messages::CampaignOutcome;
+
+/// Record an arriving campaign; answered with what to do with it once the table holds it (an
+/// error only when the lifecycle stopped first).
+#[derive(Message)]
+#[rtype(result = "Result<Decision, String>")]
+pub struct Record(pub Arc<Arrival>);
+
+/// Fire a campaign that is due: join it with `subscribers` (its restaurant's, read at fire time)
+/// and deliver it. Answered once delivered, like a campaign from the input topic.
+#[derive(Message)]
+#[rtype(result = "CampaignOutcome")]
+pub struct Fire {
+    pub arrival: Arrival,
+    pub subscribers: Arc<Snapshot>,
+}

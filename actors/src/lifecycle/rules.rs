@@ -1,0 +1,425 @@
+//! The lifecycle rules: what a campaign arriving now does to the version the service keeps.
+//!
+//! Pure logic, no I/O: [`decide`] takes the stored version (if any), the arriving one and the
+//! clock, and says what to answer and what to store. Every rule README states is a test here.
+
+use crate::campaign::Campaign;
+
+/// Where a campaign is in its life, as the durable table keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Arrived before its start; fires at its start.
+    Scheduled,
+    /// Claimed by an instance that is firing it now (the table names the instance).
+    Firing,
+    /// Fired, or delivered on arrival: its subscribers have been notified.
+    Active,
+    /// A newer version with an end in the past arrived before it fired.
+    Cancelled,
+    /// Its end (plus the grace) passed before it could fire.
+    Expired,
+    /// A sink refused it for good (it is in the dead-letter topic).
+    Refused,
+}
+
+impl State {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Scheduled => "scheduled",
+            State::Firing => "firing",
+            State::Active => "active",
+            State::Cancelled => "cancelled",
+            State::Expired => "expired",
+            State::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Scheduled,
+            State::Firing,
+            State::Active,
+            State::Cancelled,
+            State::Expired,
+            State::Refused,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+
+    /// It has been fired (or is being fired): its subscribers were or are being notified.
+    pub const fn fired(self) -> bool {
+        matches!(self, State::Firing | State::Active)
+    }
+}
+
+/// Which of two versions of a campaign is newer: the later `datetime_created`, then the later
+/// input offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub datetime_created: i64,
+    pub offset: i64,
+}
+
+impl Version {
+    pub fn of(campaign: &Campaign, offset: i64) -> Version {
+        Version {
+            datetime_created: campaign.datetime_created,
+            offset,
+        }
+    }
+}
+
+/// The allowances around a campaign's window, from `[lifecycle]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// A start at most this many seconds ahead of the service's clock counts as started.
+    pub clock_skew_secs: i64,
+    /// Nothing is sent later than this many seconds after the end.
+    pub end_grace_secs: i64,
+}
+
+/// Where `now` falls in a campaign's window, with the allowances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Before,
+    Active,
+    Over,
+}
+
+impl Window {
+    pub fn phase(&self, c: &Campaign, now: i64) -> Phase {
+        if now
+            > c.adv_campaign_datetime_end
+                .saturating_add(self.end_grace_secs)
+        {
+            Phase::Over
+        } else if c.adv_campaign_datetime_start > now.saturating_add(self.clock_skew_secs) {
+            Phase::Before
+        } else {
+            Phase::Active
+        }
+    }
+
+    /// The last unix second at which a notification of `c` may still be sent.
+    pub fn deadline(&self, c: &Campaign) -> i64 {
+        c.adv_campaign_datetime_end
+            .saturating_add(self.end_grace_secs)
+    }
+}
+
+/// What the service answers for an arriving campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Kept, to fire at its start (`replaced`: it replaced an older scheduled version).
+    Schedule { replaced: bool },
+    /// Deliver it now (its subscribers who have it already get nothing new).
+    Deliver,
+    /// It cancelled the scheduled version it replaced.
+    Cancel,
+    /// It is over and there is nothing of it to cancel: dead-lettered as `ended`.
+    Ended,
+    /// An older version than the one kept, which stays as it is.
+    Superseded,
+    /// It changes a campaign that has already fired: nobody is notified again.
+    ChangedAfterStart,
+}
+
+/// A stored version of a campaign: what [`decide`] compares an arrival with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub campaign: Campaign,
+    pub version: Version,
+    pub state: State,
+}
+
+/// What an arrival does: the answer, and the state to store the arriving version with (`None`:
+/// the table is left as it is).
+pub fn decide(
+    kept: Option<&Kept>,
+    arriving: &Campaign,
+    version: Version,
+    now: i64,
+    window: &Window,
+) -> (Decision, Option<State>) {
+    let phase = window.phase(arriving, now);
+    let fresh = |phase| match phase {
+        Phase::Before => (
+            Decision::Schedule { replaced: false },
+            Some(State::Scheduled),
+        ),
+        Phase::Active => (Decision::Deliver, Some(State::Active)),
+        Phase::Over => (Decision::Ended, None),
+    };
+    let Some(kept) = kept else {
+        return fresh(phase);
+    };
+    match kept.state {
+        // Nothing of it was sent: the arrival is a new campaign.
+        State::Expired | State::Refused => fresh(phase),
+        // Not fired: the newest version wins.
+        State::Scheduled | State::Cancelled => {
+            if version < kept.version {
+                return (Decision::Superseded, None);
+            }
+            let replaced = kept.state == State::Scheduled && version != kept.version;
+            match phase {
+                Phase::Before => (Decision::Schedule { replaced }, Some(State::Scheduled)),
+                Phase::Active => (Decision::Deliver, Some(State::Active)),
+                Phase::Over => (Decision::Cancel, Some(State::Cancelled)),
+            }
+        }
+        // Fired: only its end may change; anything else notifies nobody again.
+        State::Firing | State::Active => {
+            if !same_content(&kept.campaign, arriving) {
+                return (Decision::ChangedAfterStart, None);
+            }
+            let new_end = version > kept.version
+                && arriving.adv_campaign_datetime_end != kept.campaign.adv_campaign_datetime_end;
+            let store = new_end.then_some(State::Active);
+            match phase {
+                Phase::Active => (Decision::Deliver, store),
+                // Its end moved into the past (ended early), or a repeat after the end.
+                Phase::Over => (Decision::Ended, store),
+                // Fired, yet its start is ahead: another instance's clock ran ahead. It stays
+                // fired.
+                Phase::Before => (Decision::Superseded, None),
+            }
+        }
+    }
+}
+
+/// Everything but the end and `datetime_created` is the same.
+fn same_content(a: &Campaign, b: &Campaign) -> bool {
+    a.restaurant_id == b.restaurant_id
+        && a.adv_campaign_id == b.adv_campaign_id
+        && a.adv_campaign_content == b.adv_campaign_content
+        && a.adv_campaign_owner == b.adv_campaign_owner
+        && a.adv_campaign_owner_contact == b.adv_campaign_owner_contact
+        && a.adv_campaign_datetime_start == b.adv_campaign_datetime_start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Window = Window {
+        clock_skew_secs: 3,
+        end_grace_secs: 0,
+    };
+
+    fn campaign(start: i64, end: i64, created: i64) -> Campaign {
+        Campaign {
+            restaurant_id: "r".into(),
+            adv_campaign_id: "c".into(),
+            adv_campaign_content: "70% off".into(),
+            adv_campaign_owner: "o".into(),
+            adv_campaign_owner_contact: "o@r".into(),
+            adv_campaign_datetime_start: start,
+            adv_campaign_datetime_end: end,
+            datetime_created: created,
+        }
+    }
+
+    fn kept(c: Campaign, offset: i64, state: State) -> Kept {
+        Kept {
+            version: Version::of(&c, offset),
+            campaign: c,
+            state,
+        }
+    }
+
+    fn v(c: &Campaign, offset: i64) -> Version {
+        Version::of(c, offset)
+    }
+
+    #[test]
+    fn phase_allows_the_clock_skew_before_the_start_and_the_grace_after_the_end() {
+        let c = campaign(100, 200, 0);
+        assert_eq!(W.phase(&c, 96), Phase::Before);
+        assert_eq!(
+            W.phase(&c, 97),
+            Phase::Active,
+            "3 s ahead counts as started"
+        );
+        assert_eq!(W.phase(&c, 200), Phase::Active, "the end is inclusive");
+        assert_eq!(W.phase(&c, 201), Phase::Over);
+        let graced = Window {
+            end_grace_secs: 10,
+            ..W
+        };
+        assert_eq!(graced.phase(&c, 210), Phase::Active);
+        assert_eq!(graced.phase(&c, 211), Phase::Over);
+        assert_eq!(graced.deadline(&c), 210);
+        let exact = Window {
+            clock_skew_secs: 0,
+            end_grace_secs: 0,
+        };
+        assert_eq!(exact.phase(&c, 99), Phase::Before);
+        assert_eq!(
+            exact.phase(&c, 100),
+            Phase::Active,
+            "the start is inclusive"
+        );
+        let instant = campaign(100, 100, 0);
+        assert_eq!(
+            exact.phase(&instant, 100),
+            Phase::Active,
+            "a one-second window"
+        );
+    }
+
+    #[test]
+    fn a_new_campaign_is_scheduled_delivered_or_ended_by_its_phase() {
+        let c = campaign(100, 200, 0);
+        let at = |now| decide(None, &c, v(&c, 1), now, &W);
+        assert_eq!(
+            at(50),
+            (
+                Decision::Schedule { replaced: false },
+                Some(State::Scheduled)
+            )
+        );
+        assert_eq!(at(150), (Decision::Deliver, Some(State::Active)));
+        assert_eq!(at(250), (Decision::Ended, None));
+    }
+
+    #[test]
+    fn before_its_start_the_newest_version_replaces_the_scheduled_one() {
+        let old = campaign(100, 200, 10);
+        let k = kept(old.clone(), 5, State::Scheduled);
+        let mut newer = campaign(120, 200, 11);
+        newer.adv_campaign_content = "80% off".into();
+        assert_eq!(
+            decide(Some(&k), &newer, v(&newer, 6), 50, &W),
+            (
+                Decision::Schedule { replaced: true },
+                Some(State::Scheduled)
+            )
+        );
+        // Same datetime_created: the later offset wins.
+        let same_created = campaign(120, 200, 10);
+        assert_eq!(
+            decide(Some(&k), &same_created, v(&same_created, 9), 50, &W).0,
+            Decision::Schedule { replaced: true }
+        );
+        // An older version (earlier created, or same created and an earlier offset) is ignored.
+        let older = campaign(120, 200, 9);
+        assert_eq!(
+            decide(Some(&k), &older, v(&older, 99), 50, &W),
+            (Decision::Superseded, None)
+        );
+        assert_eq!(
+            decide(Some(&k), &same_created, v(&same_created, 4), 50, &W),
+            (Decision::Superseded, None)
+        );
+        // The same message read again decides the same way, replacing nothing.
+        assert_eq!(
+            decide(Some(&k), &old, v(&old, 5), 50, &W).0,
+            Decision::Schedule { replaced: false }
+        );
+    }
+
+    #[test]
+    fn a_newer_version_with_its_end_in_the_past_cancels_the_scheduled_one() {
+        let k = kept(campaign(100, 200, 10), 5, State::Scheduled);
+        let cancel = campaign(40, 45, 11);
+        assert_eq!(
+            decide(Some(&k), &cancel, v(&cancel, 6), 50, &W),
+            (Decision::Cancel, Some(State::Cancelled))
+        );
+        // A cancelled campaign is brought back by a still newer version.
+        let k = kept(cancel, 6, State::Cancelled);
+        let again = campaign(100, 200, 12);
+        assert_eq!(
+            decide(Some(&k), &again, v(&again, 7), 50, &W).0,
+            Decision::Schedule { replaced: false }
+        );
+        let older = campaign(100, 200, 10);
+        assert_eq!(
+            decide(Some(&k), &older, v(&older, 8), 50, &W).0,
+            Decision::Superseded
+        );
+    }
+
+    #[test]
+    fn a_newer_version_arriving_after_its_start_is_delivered_at_once() {
+        let k = kept(campaign(100, 200, 10), 5, State::Scheduled);
+        let now_active = campaign(40, 200, 11);
+        assert_eq!(
+            decide(Some(&k), &now_active, v(&now_active, 6), 50, &W),
+            (Decision::Deliver, Some(State::Active))
+        );
+    }
+
+    #[test]
+    fn after_it_fired_only_its_end_changes_and_changed_content_notifies_nobody() {
+        let fired = campaign(100, 200, 10);
+        for state in [State::Active, State::Firing] {
+            let k = kept(fired.clone(), 5, state);
+            // A repeat while active is delivered (who has it gets nothing new).
+            assert_eq!(
+                decide(Some(&k), &fired, v(&fired, 5), 150, &W),
+                (Decision::Deliver, None)
+            );
+            // A later end extends it.
+            let extended = campaign(100, 300, 11);
+            assert_eq!(
+                decide(Some(&k), &extended, v(&extended, 6), 250, &W),
+                (Decision::Deliver, Some(State::Active))
+            );
+            // An end moved into the past ends it early.
+            let shortened = campaign(100, 120, 11);
+            assert_eq!(
+                decide(Some(&k), &shortened, v(&shortened, 6), 150, &W),
+                (Decision::Ended, Some(State::Active))
+            );
+            // An older version with another end changes nothing.
+            let stale = campaign(100, 300, 9);
+            assert_eq!(
+                decide(Some(&k), &stale, v(&stale, 6), 150, &W),
+                (Decision::Deliver, None)
+            );
+            // New text, owner, contact or start: counted, nobody notified again.
+            let mut text = fired.clone();
+            text.adv_campaign_content = "90% off".into();
+            text.datetime_created = 11;
+            assert_eq!(
+                decide(Some(&k), &text, v(&text, 6), 150, &W),
+                (Decision::ChangedAfterStart, None)
+            );
+            let moved = campaign(110, 200, 11);
+            assert_eq!(
+                decide(Some(&k), &moved, v(&moved, 6), 150, &W).0,
+                Decision::ChangedAfterStart
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_or_refused_campaign_sent_again_is_a_new_campaign() {
+        for state in [State::Expired, State::Refused] {
+            let k = kept(campaign(100, 200, 10), 5, state);
+            let again = campaign(300, 400, 9);
+            assert_eq!(
+                decide(Some(&k), &again, v(&again, 1), 250, &W).0,
+                Decision::Schedule { replaced: false }
+            );
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_text() {
+        for s in [
+            State::Scheduled,
+            State::Firing,
+            State::Active,
+            State::Cancelled,
+            State::Expired,
+            State::Refused,
+        ] {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("x"), None);
+    }
+}

@@ -1,0 +1,429 @@
+//! The durable table of campaigns, `campaign_notifier_campaigns`: one row per (restaurant,
+//! campaign), the newest version the service has seen, its original message and its [`State`].
+//!
+//! Every statement the lifecycle runs is here. Due campaigns are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so with several instances exactly one fires each; a campaign whose
+//! firing instance died (its owner lock is free) is claimed again by another.
+//!
+//! The change feed of `subscribers_restaurants` reads the rows whose `id` (the table's serial
+//! key) is above the position kept in `campaign_notifier_feed`: it works on any Postgres, with no
+//! `wal_level` change, trigger or other DDL on the app's table. One instance at a time follows it
+//! (the holder of an advisory lock). A row whose id was taken by a transaction that committed
+//! after a higher one was read is missed by the feed; the next full reload of the cache finds it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{pin_mut, TryStreamExt};
+use tokio_postgres::{Client, GenericClient, Row};
+
+use super::rules::{Kept, State, Version, Window};
+use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
+use crate::campaign::Campaign;
+use crate::ledger::outbox::LOCK_CLASS;
+use crate::notification::SourceRef;
+
+/// A campaign as it arrived: the validated fields and the message they came from (kept to
+/// dead-letter it, should a sink refuse it when it fires).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub campaign: Campaign,
+    pub source: SourceRef,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+impl Arrival {
+    pub fn version(&self) -> Version {
+        Version::of(&self.campaign, self.source.offset)
+    }
+}
+
+/// A campaign's key in the table.
+pub type Key = (String, String);
+
+pub fn key_of(c: &Campaign) -> Key {
+    (c.restaurant_id.clone(), c.adv_campaign_id.clone())
+}
+
+const COLUMNS: &str = "restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
+    adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end, \
+    datetime_created, source_topic, source_partition, source_offset, message_key, message, state";
+
+fn campaign_of(row: &Row) -> Result<Campaign, tokio_postgres::Error> {
+    Ok(Campaign {
+        restaurant_id: row.try_get("restaurant_id")?,
+        adv_campaign_id: row.try_get("adv_campaign_id")?,
+        adv_campaign_content: row.try_get("adv_campaign_content")?,
+        adv_campaign_owner: row.try_get("adv_campaign_owner")?,
+        adv_campaign_owner_contact: row.try_get("adv_campaign_owner_contact")?,
+        adv_campaign_datetime_start: row.try_get("adv_campaign_datetime_start")?,
+        adv_campaign_datetime_end: row.try_get("adv_campaign_datetime_end")?,
+        datetime_created: row.try_get("datetime_created")?,
+    })
+}
+
+fn state_of(row: &Row) -> Result<State, tokio_postgres::Error> {
+    let text: &str = row.try_get("state")?;
+    // The table's CHECK constraint admits only the states the service knows.
+    Ok(State::parse(text).unwrap_or(State::Refused))
+}
+
+fn arrival_of(row: &Row) -> Result<Arrival, tokio_postgres::Error> {
+    let topic: String = row.try_get("source_topic")?;
+    Ok(Arrival {
+        campaign: campaign_of(row)?,
+        source: SourceRef {
+            topic: Arc::from(topic),
+            partition: row.try_get("source_partition")?,
+            offset: row.try_get("source_offset")?,
+            timestamp_ms: None,
+        },
+        key: row.try_get("message_key")?,
+        payload: row.try_get("message")?,
+    })
+}
+
+/// The kept versions of `keys`, locked until the transaction ends (in key order, so that two
+/// instances never wait on each other in a cycle).
+pub async fn lock_kept(
+    tx: &tokio_postgres::Transaction<'_>,
+    keys: &[Key],
+) -> Result<HashMap<Key, Kept>, tokio_postgres::Error> {
+    let (restaurants, campaigns): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(r, c)| (r.as_str(), c.as_str())).unzip();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
+                 WHERE (restaurant_id, adv_campaign_id) IN
+                       (SELECT * FROM unnest($1::text[], $2::text[]))
+                 ORDER BY restaurant_id, adv_campaign_id
+                 FOR UPDATE"
+            ),
+            &[&restaurants, &campaigns],
+        )
+        .await?;
+    let mut kept = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let campaign = campaign_of(&row)?;
+        let offset: i64 = row.try_get("source_offset")?;
+        let version = Version::of(&campaign, offset);
+        kept.insert(
+            key_of(&campaign),
+            Kept {
+                campaign,
+                version,
+                state: state_of(&row)?,
+            },
+        );
+    }
+    Ok(kept)
+}
+
+/// Stores each arrival as the campaign's version, in the state given (one statement; each key at
+/// most once).
+pub async fn store(
+    client: &impl GenericClient,
+    rows: &[(&Arrival, State)],
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let c = |a: &&Arrival| a.campaign.clone();
+    let campaigns: Vec<Campaign> = rows.iter().map(|(a, _)| c(a)).collect();
+    let text = |f: fn(&Campaign) -> &str| -> Vec<&str> { campaigns.iter().map(f).collect() };
+    let int = |f: fn(&Campaign) -> i64| -> Vec<i64> { campaigns.iter().map(f).collect() };
+    let topics: Vec<&str> = rows.iter().map(|(a, _)| &*a.source.topic).collect();
+    let partitions: Vec<i32> = rows.iter().map(|(a, _)| a.source.partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|(a, _)| a.source.offset).collect();
+    let keys: Vec<Option<&[u8]>> = rows.iter().map(|(a, _)| a.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|(a, _)| a.payload.as_slice()).collect();
+    let states: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO public.campaign_notifier_campaigns ({COLUMNS})
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
+                     $12::bytea[], $13::bytea[], $14::text[])
+                 ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
+                     adv_campaign_content = EXCLUDED.adv_campaign_content,
+                     adv_campaign_owner = EXCLUDED.adv_campaign_owner,
+                     adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
+                     adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
+                     adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
+                     datetime_created = EXCLUDED.datetime_created,
+                     source_topic = EXCLUDED.source_topic,
+                     source_partition = EXCLUDED.source_partition,
+                     source_offset = EXCLUDED.source_offset,
+                     message_key = EXCLUDED.message_key,
+                     message = EXCLUDED.message,
+                     state = EXCLUDED.state,
+                     owner = NULL,
+                     updated_at = now()"
+            ),
+            &[
+                &text(|c| &c.restaurant_id),
+                &text(|c| &c.adv_campaign_id),
+                &text(|c| &c.adv_campaign_content),
+                &text(|c| &c.adv_campaign_owner),
+                &text(|c| &c.adv_campaign_owner_contact),
+                &int(|c| c.adv_campaign_datetime_start),
+                &int(|c| c.adv_campaign_datetime_end),
+                &int(|c| c.datetime_created),
+                &topics,
+                &partitions,
+                &offsets,
+                &keys,
+                &payloads,
+                &states,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A due campaign this instance has claimed.
+#[derive(Debug)]
+pub struct Claimed {
+    pub arrival: Arrival,
+    /// Another instance had claimed it and died before it was done.
+    pub taken_over: bool,
+}
+
+/// Claims up to `limit` campaigns to fire, oldest start first, and marks them `firing` by `me`:
+/// those scheduled to start at or before `now`, and those another instance was firing when it
+/// died (its owner lock is free). Rows another instance is claiming at the same moment are
+/// skipped, so each goes to one instance.
+pub async fn claim_due(
+    client: &Client,
+    now: i64,
+    me: i32,
+    limit: i64,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "WITH due AS (
+                     SELECT restaurant_id, adv_campaign_id, state AS was
+                     FROM public.campaign_notifier_campaigns c
+                     WHERE (state = 'scheduled' AND adv_campaign_datetime_start <= $1)
+                        OR (state = 'firing' AND owner IS DISTINCT FROM $2 AND NOT EXISTS (
+                             SELECT 1 FROM pg_locks l
+                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                               AND l.database = (SELECT oid FROM pg_database
+                                                 WHERE datname = current_database())
+                               AND l.classid = ($4::int8 & 4294967295)::oid
+                               AND l.objid = (c.owner::int8 & 4294967295)::oid))
+                     ORDER BY adv_campaign_datetime_start
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE public.campaign_notifier_campaigns c
+                 SET state = 'firing', owner = $2, updated_at = now()
+                 FROM due
+                 WHERE c.restaurant_id = due.restaurant_id
+                   AND c.adv_campaign_id = due.adv_campaign_id
+                 RETURNING {}, due.was",
+                COLUMNS
+                    .split(", ")
+                    .map(|col| format!("c.{}", col.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&now, &me, &limit, &i64::from(LOCK_CLASS)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let was: &str = row.try_get("was")?;
+            Ok(Claimed {
+                arrival: arrival_of(row)?,
+                taken_over: was == "firing",
+            })
+        })
+        .collect()
+}
+
+/// Moves campaigns this instance is firing to `state` (`active` once fired, `refused`,
+/// `expired`, or back to `scheduled` to be claimed again). Rows changed meanwhile (a newer version
+/// stored, another instance's claim) are left as they are.
+pub async fn settle(
+    client: &Client,
+    keys: &[Key],
+    state: State,
+    me: i32,
+) -> Result<u64, tokio_postgres::Error> {
+    let (restaurants, campaigns): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(r, c)| (r.as_str(), c.as_str())).unzip();
+    client
+        .execute(
+            "UPDATE public.campaign_notifier_campaigns
+             SET state = $3, owner = CASE WHEN $3 = 'scheduled' THEN NULL ELSE owner END,
+                 fired_at = CASE WHEN $3 = 'active' THEN now() ELSE fired_at END,
+                 updated_at = now()
+             WHERE (restaurant_id, adv_campaign_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+               AND state = 'firing' AND owner = $4",
+            &[&restaurants, &campaigns, &state.as_str(), &me],
+        )
+        .await
+}
+
+/// Marks campaigns to fire again that this instance had claimed and did not finish (it
+/// restarted in between): they go back to `scheduled`.
+pub async fn release_own(client: &Client, me: i32) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE public.campaign_notifier_campaigns
+             SET state = 'scheduled', owner = NULL, updated_at = now()
+             WHERE state = 'firing' AND owner = $1",
+            &[&me],
+        )
+        .await
+}
+
+/// How many campaigns wait for their start.
+pub async fn count_scheduled(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM public.campaign_notifier_campaigns WHERE state = 'scheduled'",
+            &[],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// Deletes campaigns whose end (plus `grace_secs`) is more than `retain_secs` before `now`:
+/// nothing of them can be sent any more, and a late re-send of one is dead-lettered as ended.
+pub async fn forget_ended(
+    client: &Client,
+    now: i64,
+    grace_secs: i64,
+    retain_secs: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM public.campaign_notifier_campaigns
+             WHERE adv_campaign_datetime_end + $2::int8 < $1::int8 - $3::int8 AND state <> 'firing'",
+            &[&now, &grace_secs, &retain_secs],
+        )
+        .await
+}
+
+/// The subscribers of `restaurants` as they are now, read fresh from `subscribers_restaurants`
+/// (so that who unsubscribed since the last reload of the cache is not notified), streamed into
+/// a snapshot of their own.
+pub async fn subscribers_of(
+    client: &Client,
+    restaurants: &[&str],
+) -> Result<Snapshot, tokio_postgres::Error> {
+    let stream = client
+        .query_raw(
+            "SELECT restaurant_id, client_id FROM public.subscribers_restaurants
+             WHERE restaurant_id = ANY($1)",
+            [&restaurants],
+        )
+        .await?;
+    pin_mut!(stream);
+    let mut builder = SnapshotBuilder::new();
+    while let Some(row) = stream.try_next().await? {
+        let restaurant: &str = row.try_get(0)?;
+        let client_id: &str = row.try_get(1)?;
+        builder.push(restaurant, client_id);
+    }
+    Ok(builder.build())
+}
+
+/// The advisory lock (class, key) held by the one instance that follows the change feed.
+const FEED_LOCK: (i32, i32) = (0x636f, 1);
+const FEED_NAME: &str = "subscribers_restaurants";
+
+/// Takes the change feed's lock if no other session holds it (kept while the connection lives).
+pub async fn try_lead_feed(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&FEED_LOCK.0, &FEED_LOCK.1],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// Where the feed stands: the highest `subscribers_restaurants.id` already followed. The first
+/// time, the table's current highest id: subscriptions from before the service existed are no
+/// one's late subscriptions.
+pub async fn feed_position(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO public.campaign_notifier_feed (name, last_id)
+             SELECT $1, coalesce(max(id), 0)::int8 FROM public.subscribers_restaurants
+             ON CONFLICT (name) DO NOTHING",
+            &[&FEED_NAME],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT last_id FROM public.campaign_notifier_feed WHERE name = $1",
+            &[&FEED_NAME],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// Up to `limit` subscriptions after `position`, in id order: (id, restaurant, client).
+pub async fn subscriptions_after(
+    client: &Client,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id::int8, restaurant_id, client_id FROM public.subscribers_restaurants
+             WHERE id > $1::int8 ORDER BY id LIMIT $2",
+            &[&position, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// Records that the feed has been followed up to `position`.
+pub async fn advance_feed(client: &Client, position: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE public.campaign_notifier_feed
+             SET last_id = greatest(last_id, $2), updated_at = now() WHERE name = $1",
+            &[&FEED_NAME, &position],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The campaigns active at `now` (fired or being fired, started, not over), of `restaurants`
+/// only, or all of them.
+pub async fn active_campaigns(
+    client: &Client,
+    restaurants: Option<&[&str]>,
+    now: i64,
+    window: &Window,
+) -> Result<Vec<Arrival>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
+                 WHERE state IN ('active', 'firing')
+                   AND adv_campaign_datetime_start <= $1::int8 + $2::int8
+                   AND adv_campaign_datetime_end + $3::int8 >= $1::int8
+                   AND ($4::text[] IS NULL OR restaurant_id = ANY($4))"
+            ),
+            &[
+                &now,
+                &window.clock_skew_secs,
+                &window.end_grace_secs,
+                &restaurants,
+            ],
+        )
+        .await?;
+    rows.iter().map(arrival_of).collect()
+}

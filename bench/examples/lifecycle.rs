@@ -1,0 +1,457 @@
+//! The campaign lifecycle under load, with the real pipeline in this process.
+//!
+//! - hold: `--held` campaigns published before their start (all but `--peak` of them a day
+//!   ahead) are taken in and kept in Postgres: how long that takes, and the table's count;
+//! - lunch-time peak: `--peak` of them start in the same second, `--fanout` subscribers each:
+//!   p50/p99 of start -> last notification confirmed in both sinks (the service's
+//!   `fire_delay_seconds` histogram), and start -> every notification of the peak in both sinks;
+//!   the service's CPU seconds meanwhile;
+//! - change feed: `--feed-rate` subscriptions a second for `--feed-secs` seconds to restaurants
+//!   with an active campaign: p50/p99/max of subscribed (the INSERT committed) -> the
+//!   notification seen in both sinks (Postgres polled, the output topic consumed, every 10 ms).
+//!
+//! Prints one JSON line, progress on stderr. `scripts/bench.sh --example lifecycle` runs it
+//! against a broker of its own and the local Postgres.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use campaign_actors::{Config, Metrics, Pipeline};
+use campaign_bench::measure::{cpu_seconds, histogram_buckets, processed, quantile};
+use campaign_bench::setup::{connect, create_topics, database_url, err, BenchResult};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_postgres::Client;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Campaigns published before their start and held.
+    #[arg(long, default_value_t = 100_000)]
+    held: usize,
+    /// Of those, how many start in the same second.
+    #[arg(long, default_value_t = 1_000)]
+    peak: usize,
+    /// Subscribers of each restaurant of the peak.
+    #[arg(long, default_value_t = 100)]
+    fanout: usize,
+    /// The peak starts this many seconds after its campaigns were published.
+    #[arg(long, default_value_t = 10)]
+    lead_secs: i64,
+    /// Subscriptions a second during the change-feed phase...
+    #[arg(long, default_value_t = 1_000)]
+    feed_rate: usize,
+    /// ...for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    feed_secs: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let system = actix_rt::System::new();
+    match system.block_on(run(args)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lifecycle benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("lifecycle bench: {what}");
+}
+
+async fn run(args: Args) -> BenchResult<serde_json::Value> {
+    let id = std::process::id();
+    let database = format!("cn_bench_lifecycle_{id}");
+    let admin = connect(&args.postgres_url).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .map_err(err("create database"))?;
+    let result = run_in(&args, &database_url(&args.postgres_url, &database), id).await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await;
+    result
+}
+
+fn campaign(restaurant: &str, id: &str, start: i64) -> String {
+    serde_json::json!({
+        "restaurant_id": restaurant,
+        "adv_campaign_id": id,
+        "adv_campaign_content": "Новое блюдо: скидка 70% с 12:00 до 14:00!",
+        "adv_campaign_owner": "Petrova Anna",
+        "adv_campaign_owner_contact": "apetrova@restaurant.ru",
+        "adv_campaign_datetime_start": start,
+        "adv_campaign_datetime_end": start + 7200,
+        "datetime_created": start - 7200,
+    })
+    .to_string()
+}
+
+async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: impl Iterator<Item = (String, String)>,
+) -> BenchResult<()> {
+    let mut sends = Vec::new();
+    for (key, value) in messages {
+        let mut record = FutureRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    sends.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    actix_rt::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(format!("produce: {e}")),
+            }
+        }
+    }
+    for send in sends {
+        send.await
+            .map_err(|_| "producer dropped".to_string())?
+            .map_err(|(e, _)| format!("produce: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> BenchResult<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("{what}: not within {timeout:?}"));
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn written(metrics: &Metrics, sink: &str) -> u64 {
+    metrics
+        .notifications_written
+        .with_label_values(&[sink])
+        .get()
+}
+
+fn fired(metrics: &Metrics) -> u64 {
+    metrics.lifecycle_events.with_label_values(&["fired"]).get()
+}
+
+fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}
+
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::Value> {
+    let mut db = connect(db_url).await?;
+    campaign_actors::postgres::ensure_schema(&mut db)
+        .await
+        .map_err(err("schema"))?;
+    db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+         SELECT 'peak-' || r, 'client-' || r || '-' || c
+         FROM generate_series(0, $1 - 1) r, generate_series(0, $2 - 1) c",
+        &[&(args.peak as i32), &(args.fanout as i32)],
+    )
+    .await
+    .map_err(err("seed subscribers"))?;
+    let topic = |what: &str| format!("cn-bench-lifecycle-{id}-{what}");
+    let (input, output, dlq) = (topic("in"), topic("out"), topic("dlq"));
+    create_topics(
+        &args.brokers,
+        &[
+            (&input, args.partitions),
+            (&output, args.partitions),
+            (&dlq, 1),
+        ],
+    )
+    .await?;
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+input_topic = "{input}"
+output_topic = "{output}"
+dead_letter_topic = "{dlq}"
+group_id = "cn-bench-lifecycle-{id}"
+[kafka.consumer]
+"fetch.wait.max.ms" = "10"
+[postgres]
+url = "{db_url}"
+[cache]
+refresh_interval_secs = 3600
+[http]
+listen = "127.0.0.1:0"
+[log]
+level = "warn"
+"#,
+        brokers = args.brokers,
+    );
+    let config =
+        Config::from_toml_with_env(&config, "bench", std::iter::empty()).map_err(err("config"))?;
+    let pipeline = Pipeline::start(config, Metrics::new())
+        .await
+        .map_err(err("start the pipeline"))?;
+    let metrics = pipeline.metrics.clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(err("producer"))?;
+
+    // Hold.
+    let far = campaign_actors::clock::unix_secs() + 86_400;
+    let later = args.held - args.peak;
+    progress(&format!("publishing {later} campaigns that start tomorrow"));
+    let began = Instant::now();
+    produce_all(
+        &producer,
+        &input,
+        (0..later).map(|i| {
+            let r = format!("held-{i}");
+            (r.clone(), campaign(&r, &format!("held-c-{i}"), far))
+        }),
+    )
+    .await?;
+    wait_for("holding", Duration::from_secs(600), || {
+        processed(&metrics) >= later as u64
+    })
+    .await?;
+    let hold_secs = began.elapsed().as_secs_f64();
+
+    // The peak.
+    let start = campaign_actors::clock::unix_secs() + args.lead_secs;
+    progress(&format!(
+        "publishing {} campaigns that start in the same second, {} s from now",
+        args.peak, args.lead_secs
+    ));
+    produce_all(
+        &producer,
+        &input,
+        (0..args.peak).map(|i| {
+            let r = format!("peak-{i}");
+            (r.clone(), campaign(&r, &format!("peak-c-{i}"), start))
+        }),
+    )
+    .await?;
+    wait_for("holding the peak", Duration::from_secs(120), || {
+        processed(&metrics) >= args.held as u64
+    })
+    .await?;
+    if campaign_actors::clock::unix_secs() >= start {
+        return Err("the peak was not held before its start: raise --lead-secs".into());
+    }
+    let scheduled: i64 = db
+        .query_one(
+            "SELECT count(*) FROM campaign_notifier_campaigns WHERE state = 'scheduled'",
+            &[],
+        )
+        .await
+        .map_err(err("count scheduled"))?
+        .get(0);
+    let wait = start * 1000 - campaign_actors::clock::unix_ms();
+    actix_rt::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    let cpu_before = cpu_seconds();
+    let notifications = (args.peak * args.fanout) as u64;
+    progress("waiting for the peak's notifications");
+    wait_for("the peak", Duration::from_secs(300), || {
+        fired(&metrics) >= args.peak as u64
+            && written(&metrics, "kafka") >= notifications
+            && written(&metrics, "postgres") >= notifications
+    })
+    .await?;
+    let peak_secs = (campaign_actors::clock::unix_ms() - start * 1000) as f64 / 1000.0;
+    let peak_cpu = cpu_seconds() - cpu_before;
+    let delays = histogram_buckets(&metrics.fire_delay);
+
+    // The change feed.
+    let feed = follow_feed(args, &db, &output, &metrics).await?;
+
+    let report = pipeline.shutdown().await;
+    Ok(serde_json::json!({
+        "held": args.held,
+        "held_in_seconds": round(hold_secs, 2),
+        "held_per_second": round(later as f64 / hold_secs, 0),
+        "scheduled_in_table": scheduled,
+        "peak_campaigns": args.peak,
+        "peak_fanout": args.fanout,
+        "peak_start_to_last_confirmed_p50_seconds": round(quantile(&delays, 0.5), 3),
+        "peak_start_to_last_confirmed_p99_seconds": round(quantile(&delays, 0.99), 3),
+        "peak_start_to_all_in_both_sinks_seconds": round(peak_secs, 3),
+        "peak_service_cpu_seconds": round(peak_cpu, 2),
+        "feed_subscriptions_per_second": args.feed_rate,
+        "feed_subscriptions": feed.count,
+        "feed_subscribe_to_both_sinks_p50_seconds": round(feed.p50, 3),
+        "feed_subscribe_to_both_sinks_p99_seconds": round(feed.p99, 3),
+        "feed_subscribe_to_both_sinks_max_seconds": round(feed.max, 3),
+        "late_subscriber_notifications": metrics.late_subscriber_notifications.get(),
+        "drained": report.abandoned == 0,
+    }))
+}
+
+struct FeedFigures {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Subscribes clients at `feed_rate` a second to the peak's (active) restaurants and times each
+/// to its notification in both sinks.
+async fn follow_feed(
+    args: &Args,
+    db: &Client,
+    output: &str,
+    metrics: &Metrics,
+) -> BenchResult<FeedFigures> {
+    let in_kafka: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", "cn-bench-lifecycle-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(err("consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        assignment
+            .add_partition_offset(output, p, Offset::End)
+            .map_err(err("assignment"))?;
+    }
+    consumer.assign(&assignment).map_err(err("assign"))?;
+    let reader = {
+        let (seen, stop) = (in_kafka.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    // Let the reader find the end of each partition before anything is subscribed.
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let total = args.feed_rate * args.feed_secs;
+    progress(&format!(
+        "subscribing {total} clients, {} a second, to restaurants with an active campaign",
+        args.feed_rate
+    ));
+    let built_before = metrics.late_subscriber_notifications.get();
+    let mut subscribed: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let mut in_postgres: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let mut last_row = 0i32;
+    let tick = Duration::from_millis(50);
+    let per_tick = (args.feed_rate / 20).max(1);
+    let began = Instant::now();
+    let mut n = 0;
+    let deadline = began + Duration::from_secs(args.feed_secs as u64 + 120);
+    loop {
+        if n < total && began.elapsed() >= tick * (n / per_tick) as u32 {
+            let clients: Vec<String> = (n..(n + per_tick).min(total))
+                .map(|i| format!("late-{i}"))
+                .collect();
+            let restaurants: Vec<String> = (n..(n + per_tick).min(total))
+                .map(|i| format!("peak-{}", i % args.peak))
+                .collect();
+            db.execute(
+                "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+                 SELECT * FROM unnest($1::text[], $2::text[])",
+                &[&restaurants, &clients],
+            )
+            .await
+            .map_err(err("subscribe"))?;
+            let at = Instant::now();
+            n += clients.len();
+            subscribed.extend(clients.into_iter().map(|c| (c, at)));
+        }
+        let rows = db
+            .query(
+                "SELECT id, client_id FROM subscribers_feedback
+                 WHERE id > $1 AND client_id LIKE 'late-%'",
+                &[&last_row],
+            )
+            .await
+            .map_err(err("read feedback"))?;
+        let at = Instant::now();
+        for row in rows {
+            last_row = last_row.max(row.get(0));
+            in_postgres.entry(row.get(1)).or_insert(at);
+        }
+        let done = n == total && in_postgres.len() >= total && {
+            let kafka = in_kafka.lock().unwrap();
+            subscribed.keys().all(|c| kafka.contains_key(c))
+        };
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "change feed: {} of {total} in Postgres, {} in Kafka after {:?}",
+                in_postgres.len(),
+                in_kafka.lock().unwrap().len(),
+                began.elapsed()
+            ));
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let kafka = in_kafka.lock().unwrap();
+    let mut lags: Vec<f64> = subscribed
+        .iter()
+        .map(|(c, at)| {
+            let both = in_postgres[c].max(kafka[c]);
+            both.duration_since(*at).as_secs_f64()
+        })
+        .collect();
+    let notified = metrics.late_subscriber_notifications.get() - built_before;
+    if notified != total as u64 {
+        return Err(format!(
+            "change feed: {notified} late-subscriber notifications for {total} subscriptions"
+        ));
+    }
+    Ok(FeedFigures {
+        count: total,
+        p50: exact_quantile(&mut lags, 0.5),
+        p99: exact_quantile(&mut lags, 0.99),
+        max: exact_quantile(&mut lags, 1.0),
+    })
+}

@@ -1,0 +1,595 @@
+//! The campaign lifecycle end to end, against the run's Tansu broker and the local Postgres:
+//! campaigns published before their start fire at their start (across a `kill -9`, with two
+//! instances), newer versions replace or cancel them, a changed campaign notifies nobody again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A campaign JSON with its content and `datetime_created` given.
+fn version(restaurant: &str, id: &str, content: &str, window: (i64, i64), created: i64) -> String {
+    serde_json::json!({
+        "restaurant_id": restaurant,
+        "adv_campaign_id": id,
+        "adv_campaign_content": content,
+        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
+        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
+        "adv_campaign_datetime_start": window.0,
+        "adv_campaign_datetime_end": window.1,
+        "datetime_created": created,
+    })
+    .to_string()
+}
+
+fn clients(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-client-{i:06}")).collect()
+}
+
+async fn subscribe_all(f: &Fixture, restaurant: &str, clients: &[String]) {
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) SELECT $1, unnest($2::text[])",
+        &[&restaurant, &clients],
+    )
+    .await
+    .expect("subscribe");
+}
+
+/// Every (campaign, client) of `campaigns` x `clients` once.
+fn once_each(campaigns: &[&str], clients: &[String]) -> BTreeMap<(String, String), u32> {
+    campaigns
+        .iter()
+        .flat_map(|c| clients.iter().map(move |s| ((c.to_string(), s.clone()), 1)))
+        .collect()
+}
+
+async fn feedback_count(f: &Fixture) -> i64 {
+    f.db.query_one("SELECT count(*) FROM subscribers_feedback", &[])
+        .await
+        .expect("count feedback")
+        .get(0)
+}
+
+async fn state_of(f: &Fixture, campaign: &str) -> Option<String> {
+    f.db.query_opt(
+        "SELECT state FROM campaign_notifier_campaigns WHERE adv_campaign_id = $1",
+        &[&campaign],
+    )
+    .await
+    .expect("campaign state")
+    .map(|row| row.get(0))
+}
+
+/// Waits until both sinks hold `n` notifications; returns when that was seen.
+async fn wait_both_sinks(f: &Fixture, n: i64, timeout: Duration, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (rows, messages) = (feedback_count(f).await, f.output_count());
+        if rows >= n && messages >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows and {messages} messages of {n} after {timeout:?}:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sleeps until the wall clock reaches unix second `at` (to the millisecond).
+async fn sleep_until_unix(at: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    if at > now {
+        tokio::time::sleep(Duration::from_secs_f64(at - now)).await;
+    }
+}
+
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_published_before_its_start_fires_at_its_start_in_both_sinks() {
+    let f = Fixture::new("sched", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000001";
+    let subscribers = clients("sched", 3);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    let service = Service::start(&f, "");
+    let start = unix_now() + 10;
+    let campaign = version(restaurant, "c-lunch", "70% off", (start, start + 3600), 1);
+    f.produce("1", campaign.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+
+    // Kept, its offset committed, nothing sent before the start.
+    assert_eq!(
+        service.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            "outcome=\"scheduled\""
+        ),
+        1.0
+    );
+    assert_eq!(state_of(&f, "c-lunch").await.as_deref(), Some("scheduled"));
+    let committed = Instant::now() + Duration::from_secs(10);
+    while f.input_commits() != [(1, 1)] {
+        assert!(Instant::now() < committed, "{:?}", f.input_commits());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sleep_until_unix(start as f64 - 0.3).await;
+    assert_eq!((feedback_count(&f).await, f.output_count()), (0, 0));
+
+    wait_both_sinks(&f, 3, Duration::from_secs(20), || service.log_text()).await;
+    let delay = unix_now_f64() - start as f64;
+    println!("fired {delay:.3} s after its start (both sinks, seen by polling every 50 ms)");
+    assert!(delay < 2.0, "fired {delay:.3} s after its start");
+    assert_eq!(row_pairs(&f).await, once_each(&["c-lunch"], &subscribers));
+    assert_eq!(output_pairs(&f), once_each(&["c-lunch"], &subscribers));
+    for (_, message) in f.read_output() {
+        assert_eq!(message["adv_campaign_content"], "70% off");
+        let trigger = message["trigger_datetime_created"].as_i64().unwrap();
+        assert!((start..=start + 2).contains(&trigger), "{message}");
+    }
+    assert_eq!(state_of(&f, "c-lunch").await.as_deref(), Some("active"));
+    let fired = service.metric_with(
+        "campaign_notifier_lifecycle_events_total",
+        "event=\"fired\"",
+    );
+    assert_eq!(fired, 1.0);
+    assert_eq!(
+        service.metric("campaign_notifier_fire_delay_seconds_count"),
+        1.0
+    );
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_campaign_survives_a_kill_9_at_its_start_and_goes_out_once() {
+    let f = Fixture::new("schedkill", 2).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000002";
+    let subscribers = clients("kill", 60_000);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    // A dead instance's sends settle after kafka_message_timeout_ms + 5 s.
+    let config = "[writers]\nkafka_message_timeout_ms = 5000\n[ledger]\ntakeover_after_secs = 8\n";
+    let mut first = Service::start_numbered(&f, config, 0);
+    let start = unix_now() + 10;
+    let campaign = version(restaurant, "c-kill", "flash sale", (start, start + 3600), 1);
+    f.produce("1", campaign.as_bytes()).await;
+    first.wait_processed(1, Duration::from_secs(30));
+
+    // Killed while it fires: some rows written, not all.
+    sleep_until_unix(start as f64).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = feedback_count(&f).await;
+        if rows > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", first.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill_hard();
+    let (rows, messages) = (feedback_count(&f).await, f.output_count());
+    println!("killed with {rows} rows and {messages} messages of 60000 written");
+    assert!(rows < 60_000, "the kill came after the fire finished");
+    assert_eq!(state_of(&f, "c-kill").await.as_deref(), Some("firing"));
+
+    let second = Service::start_numbered(&f, config, 1);
+    wait_both_sinks(&f, 60_000, Duration::from_secs(120), || second.log_text()).await;
+    // Recovery of the dead instance's marks runs in the background; let it finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.outbox_marks().await > 0 {
+        assert!(Instant::now() < deadline, "{}", second.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expected = once_each(&["c-kill"], &subscribers);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    assert_eq!(state_of(&f, "c-kill").await.as_deref(), Some("active"));
+    assert_eq!(
+        second.metric_with(
+            "campaign_notifier_lifecycle_events_total",
+            "event=\"taken_over\""
+        ),
+        1.0
+    );
+    drop(second);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_fire_each_of_200_campaigns_due_in_the_same_second_once() {
+    let f = Fixture::new("sched200", 4).await;
+    let per_restaurant = 5;
+    let restaurants: Vec<String> = (0..200)
+        .map(|i| format!("5c000000-0000-0000-0001-{i:012}"))
+        .collect();
+    let mut all = Vec::new();
+    for r in &restaurants {
+        let subscribers = clients(r, per_restaurant);
+        subscribe_all(&f, r, &subscribers).await;
+        all.push(subscribers);
+    }
+    let a = Service::start_numbered(&f, "", 0);
+    let b = Service::start_numbered(&f, "", 1);
+    let start = unix_now() + 15;
+    for (i, r) in restaurants.iter().enumerate() {
+        let c = version(r, &format!("c-{i:03}"), "noon", (start, start + 3600), 1);
+        f.produce(&i.to_string(), c.as_bytes()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scheduled = a.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            "outcome=\"scheduled\"",
+        ) + b.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            "outcome=\"scheduled\"",
+        );
+        if scheduled >= 200.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{scheduled} scheduled:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unix_now() < start, "all were scheduled before their start");
+    wait_both_sinks(&f, 1000, Duration::from_secs(30), || a.log_text()).await;
+    let delay = unix_now_f64() - start as f64;
+    println!("200 campaigns x 5 subscribers in both sinks {delay:.3} s after their start");
+    let fired = |s: &Service| {
+        s.metric_with(
+            "campaign_notifier_lifecycle_events_total",
+            "event=\"fired\"",
+        )
+    };
+    println!(
+        "fired by the first {}, by the second {}",
+        fired(&a),
+        fired(&b)
+    );
+    assert_eq!(fired(&a) + fired(&b), 200.0);
+    let mut expected = BTreeMap::new();
+    for (i, subscribers) in all.iter().enumerate() {
+        expected.extend(once_each(&[&format!("c-{i:03}")], subscribers));
+    }
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    drop((a, b));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_versions_replace_or_cancel_a_scheduled_campaign_and_a_change_after_it_fired_notifies_nobody(
+) {
+    let f = Fixture::new("versions", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000003";
+    let subscribers = clients("v", 2);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    let start = now + 10;
+    let window = (start, start + 3600);
+    let messages = [
+        // Replaced: the newer text is the one that fires.
+        version(restaurant, "c-replaced", "old text", window, 10),
+        version(restaurant, "c-replaced", "new text", window, 11),
+        // An older version arriving after: ignored.
+        version(restaurant, "c-replaced", "stale text", window, 9),
+        // Cancelled: a newer version whose end is in the past.
+        version(restaurant, "c-cancelled", "soon", window, 10),
+        version(restaurant, "c-cancelled", "soon", (now - 120, now - 60), 11),
+        // Active now, then sent again with another text: nobody notified again.
+        version(restaurant, "c-live", "live", (now - 60, now + 3600), 10),
+        version(
+            restaurant,
+            "c-live",
+            "live, edited",
+            (now - 60, now + 3600),
+            11,
+        ),
+    ];
+    for (i, m) in messages.iter().enumerate() {
+        f.produce(&i.to_string(), m.as_bytes()).await;
+    }
+    service.wait_processed(messages.len() as u64, Duration::from_secs(30));
+    let outcome = |o: &str| {
+        service.metric_with(
+            "campaign_notifier_campaigns_processed_total",
+            &format!("outcome=\"{o}\""),
+        )
+    };
+    assert_eq!(
+        outcome("scheduled"),
+        3.0,
+        "two versions of one, one of the other"
+    );
+    assert_eq!(outcome("superseded"), 1.0);
+    assert_eq!(outcome("cancelled"), 1.0);
+    assert_eq!(outcome("delivered"), 1.0);
+    assert_eq!(outcome("changed_after_start"), 1.0);
+    let event = |e: &str| {
+        service.metric_with(
+            "campaign_notifier_lifecycle_events_total",
+            &format!("event=\"{e}\""),
+        )
+    };
+    assert_eq!(event("replaced"), 1.0);
+    assert_eq!(
+        state_of(&f, "c-cancelled").await.as_deref(),
+        Some("cancelled")
+    );
+
+    wait_both_sinks(&f, 4, Duration::from_secs(30), || service.log_text()).await;
+    // Time for a wrongly fired cancelled campaign to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let expected = once_each(&["c-replaced", "c-live"], &subscribers);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    for (_, message) in f.read_output() {
+        let text = message["adv_campaign_content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(text == "new text" || text == "live", "{message}");
+    }
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_passing_while_the_kafka_sink_is_down_sends_nothing_after_it_and_the_sinks_agree() {
+    let dir = std::env::temp_dir().join(format!(
+        "cn-test-own-broker-end-{}",
+        std::env::var("CN_TEST_RUN_ID").unwrap_or_default()
+    ));
+    let mut broker = OwnBroker::start(dir.clone());
+    let f = Fixture::new_on("enddown", 1, &broker.address()).await;
+    let (short, long) = (
+        "5c000000-0000-0000-0000-000000000004",
+        "5c000000-0000-0000-0000-000000000005",
+    );
+    let (short_clients, long_clients) = (clients("short", 300), clients("long", 300));
+    subscribe_all(&f, short, &short_clients).await;
+    subscribe_all(&f, long, &long_clients).await;
+    let service = Service::start(&f, "");
+    let start = unix_now() + 10;
+    let end = start + 4;
+    let brief = version(short, "c-brief", "4 seconds only", (start, end), 1);
+    let lasting = version(long, "c-lasting", "all day", (start, start + 3600), 1);
+    f.produce("1", brief.as_bytes()).await;
+    f.produce("2", lasting.as_bytes()).await;
+    service.wait_processed(2, Duration::from_secs(30));
+
+    // The broker goes away just before both start, and comes back after the short one ended.
+    sleep_until_unix(start as f64 - 1.0).await;
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while feedback_count(&f).await < 600 {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sleep_until_unix(end as f64 + 3.0).await;
+    broker.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (rows, messages, marks) = (
+            feedback_count(&f).await,
+            f.output_count(),
+            f.outbox_marks().await,
+        );
+        if rows == 300 && messages == 300 && marks == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows, {messages} messages, {marks} marks:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expected = once_each(&["c-lasting"], &long_clients);
+    assert_eq!(row_pairs(&f).await, expected, "the ended one withdrawn");
+    assert_eq!(output_pairs(&f), expected, "nothing of the ended one sent");
+    assert_eq!(
+        service.metric_with(
+            "campaign_notifier_notifications_withdrawn_total",
+            "reason=\"ended\""
+        ),
+        300.0
+    );
+    assert_eq!(state_of(&f, "c-brief").await.as_deref(), Some("expired"));
+    assert_eq!(state_of(&f, "c-lasting").await.as_deref(), Some("active"));
+    drop(service);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+    f.cleanup().await;
+}
+
+/// Waits until the rows of `campaign` in both sinks number `n`; returns how long it took.
+async fn wait_campaign(
+    f: &Fixture,
+    campaign: &str,
+    n: usize,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> Duration {
+    let began = Instant::now();
+    loop {
+        let rows = row_pairs(f)
+            .await
+            .keys()
+            .filter(|(c, _)| c == campaign)
+            .count();
+        let messages = output_pairs(f)
+            .keys()
+            .filter(|(c, _)| c == campaign)
+            .count();
+        if rows >= n && messages >= n {
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < timeout,
+            "{campaign}: {rows} rows and {messages} messages of {n} after {timeout:?}:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_who_subscribes_while_a_campaign_is_active_is_notified_once_within_seconds() {
+    let f = Fixture::new("latesub", 2).await;
+    let (open, quiet) = (
+        "5c000000-0000-0000-0000-000000000006",
+        "5c000000-0000-0000-0000-000000000007",
+    );
+    let early = clients("early", 2);
+    subscribe_all(&f, open, &early).await;
+    let mut service = Service::start(&f, "");
+    let now = unix_now();
+    f.produce(
+        "1",
+        version(open, "c-open", "all week", (now - 60, now + 3600), 1).as_bytes(),
+    )
+    .await;
+    f.produce(
+        "2",
+        version(quiet, "c-over", "gone", (now - 60, now - 30), 1).as_bytes(),
+    )
+    .await;
+    service.wait_processed(2, Duration::from_secs(30));
+    wait_campaign(&f, "c-open", 2, Duration::from_secs(20), || {
+        service.log_text()
+    })
+    .await;
+
+    // Subscribed while it is active: notified, within seconds, once.
+    let mut delays = Vec::new();
+    let mut everyone = early.clone();
+    for i in 0..5 {
+        let late = format!("late-client-{i}");
+        subscribe_all(&f, open, std::slice::from_ref(&late)).await;
+        everyone.push(late);
+        let took = wait_campaign(
+            &f,
+            "c-open",
+            everyone.len(),
+            Duration::from_secs(10),
+            || service.log_text(),
+        )
+        .await;
+        delays.push(took.as_secs_f64());
+    }
+    println!("subscribe -> both sinks, five times: {delays:.3?} s");
+    assert!(delays.iter().all(|d| *d < 5.0), "{delays:?}");
+    // A restaurant whose campaign is over: nothing.
+    subscribe_all(&f, quiet, &["quiet-client".to_string()]).await;
+
+    // Subscribed while the service is down: notified once it is back.
+    assert!(service.terminate().success());
+    subscribe_all(&f, open, &["while-down".to_string()]).await;
+    everyone.push("while-down".to_string());
+    let service = Service::start_numbered(&f, "", 1);
+    wait_campaign(
+        &f,
+        "c-open",
+        everyone.len(),
+        Duration::from_secs(20),
+        || service.log_text(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = once_each(&["c-open"], &everyone);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    assert_eq!(
+        service.metric("campaign_notifier_late_subscriber_notifications_total"),
+        1.0,
+        "the one subscribed while it was down"
+    );
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_who_unsubscribes_is_not_notified_by_a_campaign_that_fires_later() {
+    let f = Fixture::new("unsub", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000008";
+    let both = clients("unsub", 2);
+    subscribe_all(&f, restaurant, &both).await;
+    let service = Service::start(&f, "");
+    assert_eq!(service.metric("campaign_notifier_cache_pairs"), 2.0);
+    let start = unix_now() + 10;
+    let c = version(restaurant, "c-later", "tonight", (start, start + 3600), 1);
+    f.produce("1", c.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+    // Unsubscribed a few seconds before the start; the cache still lists the client.
+    f.db.execute(
+        "DELETE FROM subscribers_restaurants WHERE client_id = $1",
+        &[&both[1]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(service.metric("campaign_notifier_cache_pairs"), 2.0);
+    wait_campaign(&f, "c-later", 1, Duration::from_secs(30), || {
+        service.log_text()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = once_each(&["c-later"], &both[..1]);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_the_change_feed_missed_is_notified_at_the_next_reload() {
+    let f = Fixture::new("safetynet", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000009";
+    let first = clients("net", 1);
+    subscribe_all(&f, restaurant, &first).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    let c = version(restaurant, "c-net", "all day", (now - 60, now + 3600), 1);
+    f.produce("1", c.as_bytes()).await;
+    wait_campaign(&f, "c-net", 1, Duration::from_secs(30), || {
+        service.log_text()
+    })
+    .await;
+    // A row whose id is below the feed's position, as a transaction that took its id early and
+    // committed late would leave.
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (id, restaurant_id, client_id) VALUES (-1, $1, 'missed')",
+        &[&restaurant],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(feedback_count(&f).await, 1, "the feed does not see it");
+    service.signal("HUP");
+    let mut everyone = first.clone();
+    everyone.push("missed".to_string());
+    wait_campaign(&f, "c-net", 2, Duration::from_secs(20), || {
+        service.log_text()
+    })
+    .await;
+    let expected = once_each(&["c-net"], &everyone);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    drop(service);
+    f.cleanup().await;
+}
