@@ -61,6 +61,9 @@ log "benchmark smoke run"
 cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
   --restaurants 100 --pairs 5000 --campaigns 100 --latency-secs 2 --latency-fanout 10 \
   --backlog-campaigns 20 --cache-pairs 20000
+log "lifecycle benchmark smoke run"
+cargo run -q -p campaign-bench --example lifecycle -- --brokers "$broker" --postgres-url "$pg_url" \
+  --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2
 
 # --no-fail-fast: one red test binary must not hide the results of the others.
 log "cargo test --workspace --no-fail-fast $*"

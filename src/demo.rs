@@ -27,8 +27,12 @@ const LONELY_RESTAURANT: &str = "323e4567-e89b-12d3-a456-426614174000";
 const SCHEDULED_IN: i64 = 8;
 
 /// Notifications both sinks must hold at the end: 3 for the brief's sample, 2 for the other
-/// active campaign, 2 for the scheduled one.
-const EXPECTED: usize = 7;
+/// active campaign, 2 for the scheduled one, and 2 for the client who subscribes to the other
+/// restaurant while both of its campaigns are active.
+const EXPECTED: usize = 9;
+
+/// The client who subscribes while the demo runs.
+const LATE_CLIENT: &str = "023e4567-e89b-12d3-a456-426614174042";
 
 pub fn run(postgres_url: String) -> ExitCode {
     let system = actix_rt::System::new();
@@ -120,6 +124,7 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
     publish(&brokers, &inputs).await?;
     wait_processed(&pipeline, inputs.len()).await?;
     wait_fired(&pipeline, now + SCHEDULED_IN).await?;
+    subscribe_late(&db, &pipeline).await?;
     let outcome_lines: Vec<String> = pipeline
         .metrics
         .render()
@@ -144,7 +149,7 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
             "expected {EXPECTED} notifications in each sink, got {in_kafka} in Kafka and {in_postgres} in Postgres"
         );
     }
-    println!("== ok: {EXPECTED} notifications (3 for the brief's sample, 2 for the other active campaign, 2 for the one that fired at its start) in both sinks; the expired, tomorrow's, subscriber-less and malformed campaigns gave none");
+    println!("== ok: {EXPECTED} notifications (3 for the brief's sample, 2 for the other active campaign, 2 for the one that fired at its start, 2 for the client who subscribed while both were active) in both sinks; the expired, tomorrow's, subscriber-less and malformed campaigns gave none");
     drop(cluster);
     Ok(())
 }
@@ -291,6 +296,32 @@ async fn wait_processed(pipeline: &Pipeline, expected: usize) -> anyhow::Result<
             bail!("only {done} of {expected} campaigns were processed in 30s");
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Subscribes a client to the restaurant whose two campaigns are active, and waits until both
+/// sinks confirmed its two notifications.
+async fn subscribe_late(db: &tokio_postgres::Client, pipeline: &Pipeline) -> anyhow::Result<()> {
+    println!("== client {LATE_CLIENT} subscribes to restaurant {OTHER_RESTAURANT}, whose two campaigns are active");
+    db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, $2)",
+        &[&OTHER_RESTAURANT, &LATE_CLIENT],
+    )
+    .await?;
+    let subscribed = Instant::now();
+    let deadline = subscribed + Duration::from_secs(30);
+    loop {
+        if pipeline.metrics.late_subscriber_notifications.get() >= 2 {
+            println!(
+                "   notified of both, in both sinks, {} ms after subscribing",
+                subscribed.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the client who subscribed late was not notified within 30 s");
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -14,19 +14,23 @@ fn demo_prints_both_sinks_and_exits_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("== 7 notifications in the output topic"),
+        stdout.contains("== 9 notifications in the output topic"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("== 7 rows in subscribers_feedback"),
+        stdout.contains("== 9 rows in subscribers_feedback"),
         "{stdout}"
     );
     assert_eq!(
         stdout
             .matches("\"client_id\":\"023e4567-e89b-12d3-a456-42661417400")
             .count(),
-        7,
+        9,
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("notified of both, in both sinks"),
+        "the client who subscribed while campaigns were active was notified:\n{stdout}"
     );
     assert!(
         stdout.contains("fired; both sinks confirmed it"),

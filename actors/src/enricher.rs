@@ -179,28 +179,33 @@ impl Handler<ProcessCampaign> for Enricher {
         let recorded = self.lifecycle.send(Record(arrival.clone()));
         let (joiner, snapshot) = (self.joiner(), self.snapshot.clone());
         Box::pin(async move {
-            let decision = match recorded.await {
-                Ok(Ok(decision)) => decision,
-                Ok(Err(reason)) => {
-                    return CampaignOutcome::Unconfirmed {
-                        sink: "lifecycle",
-                        reason,
-                    }
-                }
-                Err(e) => {
-                    return CampaignOutcome::Unconfirmed {
-                        sink: "lifecycle",
-                        reason: e.to_string(),
-                    }
-                }
+            let unconfirmed = |reason| CampaignOutcome::Unconfirmed {
+                sink: "lifecycle",
+                reason,
             };
-            match decision {
-                Decision::Deliver => joiner.deliver(&arrival, snapshot.as_ref()).await,
-                Decision::Ended => joiner.ended(&arrival).await,
-                Decision::Schedule { .. } => CampaignOutcome::Scheduled,
-                Decision::Cancel => CampaignOutcome::Cancelled,
-                Decision::Superseded => CampaignOutcome::Superseded,
-                Decision::ChangedAfterStart => CampaignOutcome::ChangedAfterStart,
+            let recorded = match recorded.await {
+                Ok(Ok(recorded)) => recorded,
+                Ok(Err(reason)) => return unconfirmed(reason),
+                Err(e) => return unconfirmed(e.to_string()),
+            };
+            let done: Outcome = match recorded.decision {
+                Decision::Deliver => joiner.deliver(&arrival, snapshot.as_ref()),
+                Decision::Ended => joiner.ended(&arrival),
+                decision => Box::pin(async move {
+                    match decision {
+                        Decision::Schedule { .. } => CampaignOutcome::Scheduled,
+                        Decision::Cancel => CampaignOutcome::Cancelled,
+                        Decision::Superseded => CampaignOutcome::Superseded,
+                        _ => CampaignOutcome::ChangedAfterStart,
+                    }
+                }),
+            };
+            // Done once delivered and stored: a campaign whose version is not in the table yet
+            // must be read again.
+            let (outcome, stored) = futures::join!(done, recorded.stored.wait());
+            match stored {
+                Ok(()) => outcome,
+                Err(reason) => unconfirmed(reason),
             }
         })
     }
@@ -228,6 +233,7 @@ mod tests {
     use crate::delivery::DeliveryTargets;
     use crate::lifecycle::rules::{decide, Kept};
     use crate::lifecycle::store::{key_of, Key};
+    use crate::lifecycle::{Recorded, Stored};
     use crate::messages::{ClearOutbox, Withdraw};
     use crate::metrics::Metrics;
     use crate::metrics::SinkKind;
@@ -292,7 +298,7 @@ mod tests {
     }
 
     impl Handler<Record> for Sinks {
-        type Result = Result<Decision, String>;
+        type Result = Result<Recorded, String>;
         fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
             let (arrival, now) = (&msg.0, self.now);
             let key = key_of(&arrival.campaign);
@@ -312,7 +318,12 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("record {decision:?}"));
-            Ok(decision)
+            let (stored, is_stored) = futures::channel::oneshot::channel();
+            let _ = stored.send(());
+            Ok(Recorded {
+                decision,
+                stored: Stored(is_stored),
+            })
         }
     }
 

@@ -305,6 +305,12 @@ const LATENCY_SECONDS: &[f64] = &[
     0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// From a scheduled campaign's start until its last notification is confirmed: a tenth of a second
+/// to minutes, finest around the second the target is.
+const FIRE_SECONDS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
+    30.0, 60.0, 120.0, 300.0,
+];
 const ROWS: &[f64] = &[
     1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0, 100000.0,
 ];
@@ -430,7 +436,7 @@ impl Metrics {
             lifecycle_events: r.counters("lifecycle_events_total",
                 "Events of the campaigns' lifecycle", &["event"]),
             fire_delay: r.histogram("fire_delay_seconds",
-                "From a scheduled campaign's start until both sinks confirmed its last notification", LATENCY_SECONDS),
+                "From a scheduled campaign's start until both sinks confirmed its last notification", FIRE_SECONDS),
             late_subscriber_notifications: r.counter("late_subscriber_notifications_total",
                 "Notifications of active campaigns to clients who subscribed after the campaign was delivered"),
             change_feed_lag: r.float_gauge("change_feed_lag_seconds",

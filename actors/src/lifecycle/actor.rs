@@ -2,8 +2,10 @@
 //! scheduled ones at their start.
 //!
 //! Arrivals are recorded a group at a time (whatever arrived while the previous group was being
-//! written), in one transaction: the kept versions are locked, [`decide`] runs for each, the new
-//! versions are stored, and only then is each arrival answered. Every `poll_interval` the actor
+//! written): the kept versions are read, [`decide`] runs for each and is answered at once (so that
+//! delivery starts), then the new versions are stored in one statement and each arrival learns
+//! that it is stored; the enricher finishes a campaign only once both its delivery and its
+//! version are. Both statements are prepared once per connection. Every `poll_interval` the actor
 //! claims the campaigns that are due (and those whose firing instance died), reads their
 //! restaurants' subscribers fresh from Postgres, hands each to the enricher in a [`Fire`], and
 //! settles its state from the outcome.
@@ -19,7 +21,8 @@
 //! and what it held (arrivals not yet answered, states not yet settled) is kept across the
 //! restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ use tokio_postgres::Client;
 
 use super::rules::{decide, Decision, Kept, State, Window};
 use super::store::{self, key_of, Arrival, Claimed, Key};
-use super::{Fire, Record};
+use super::{Fire, Record, Recorded, Stored};
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::cache::SnapshotLoaded;
 use crate::events::{CampaignLifecycle, Event};
@@ -65,6 +68,15 @@ struct Feed {
     disabled: bool,
 }
 
+/// An arrival waiting to be recorded, and who waits for its decision and for it to be stored.
+struct Pending {
+    arrival: Arc<Arrival>,
+    /// Taken once answered (a group that fails after its decisions were answered is stored
+    /// again after the restart, without answering twice).
+    decided: Option<oneshot::Sender<Decision>>,
+    stored: oneshot::Sender<()>,
+}
+
 /// What one read of the change feed found.
 enum FeedRead {
     NotLeading,
@@ -94,9 +106,16 @@ pub struct Lifecycle {
     fire: Recipient<Fire>,
     /// Claims, settles and counts.
     client: Option<Arc<Client>>,
-    /// Records arrivals, one transaction at a time; taken while one is under way.
-    recorder: Option<Client>,
-    pending: Vec<(Arc<Arrival>, oneshot::Sender<Decision>)>,
+    /// Stores the versions of arrivals (the kept ones are read on `client`).
+    recorder: Option<Rc<Client>>,
+    prepared: Option<Rc<store::Prepared>>,
+    pending: Vec<Pending>,
+    /// A group's kept versions are being read and decided on.
+    deciding: bool,
+    /// Versions decided and not yet stored, by campaign, with the group that stores them: a later
+    /// arrival is decided against these, not against the table.
+    unstored: HashMap<Key, (u64, Kept)>,
+    groups: u64,
     to_settle: Vec<(Key, State)>,
     claiming: bool,
     settling: bool,
@@ -126,7 +145,11 @@ impl Lifecycle {
             fire,
             client: None,
             recorder: None,
+            prepared: None,
             pending: Vec::new(),
+            deciding: false,
+            unstored: HashMap::new(),
+            groups: 0,
             to_settle: Vec::new(),
             claiming: false,
             settling: false,
@@ -146,42 +169,107 @@ impl Lifecycle {
         ctx.stop();
     }
 
-    /// Records what arrived, in one transaction, and answers each arrival.
+    /// Records what arrived: reads the kept versions, decides and answers each arrival (delivery
+    /// starts), then stores the new versions and tells each arrival it is stored. The next group
+    /// is decided as soon as this one is, while this one is still being stored.
     fn record(&mut self, ctx: &mut Context<Self>) {
-        if self.pending.is_empty() {
+        if self.deciding || self.pending.is_empty() {
             return;
         }
-        let Some(mut client) = self.recorder.take() else {
+        let (Some(client), Some(prepared)) = (self.client.clone(), self.prepared.clone()) else {
             return;
         };
+        self.deciding = true;
         let batch = std::mem::take(&mut self.pending);
-        let arrivals: Vec<Arc<Arrival>> = batch.iter().map(|(a, _)| a.clone()).collect();
+        let keys: BTreeSet<Key> = batch.iter().map(|p| key_of(&p.arrival.campaign)).collect();
+        let keys: Vec<Key> = keys.into_iter().collect();
+        let fut = async move { store::kept(&client, &prepared, &keys).await };
+        ctx.spawn(fut.into_actor(self).map(move |kept, act, ctx| {
+            act.deciding = false;
+            match kept {
+                Ok(kept) => act.decide_and_store(kept, batch, ctx),
+                Err(e) => {
+                    act.requeue(batch);
+                    act.failed("read the kept campaigns", &e, ctx);
+                }
+            }
+        }));
+    }
+
+    /// Puts a group back, first, to be recorded after the restart.
+    fn requeue(&mut self, batch: Vec<Pending>) {
+        let later = std::mem::take(&mut self.pending);
+        self.pending = batch;
+        self.pending.extend(later);
+    }
+
+    fn decide_and_store(
+        &mut self,
+        mut kept: HashMap<Key, Kept>,
+        mut batch: Vec<Pending>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.groups += 1;
+        let group = self.groups;
         let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
-        let fut = async move {
-            let decided = record_arrivals(&mut client, &arrivals, now, &window).await;
-            (client, decided)
+        let mut stored: HashMap<Key, (usize, State)> = HashMap::new();
+        let mut decisions = Vec::with_capacity(batch.len());
+        for (i, pending) in batch.iter_mut().enumerate() {
+            let arrival = &pending.arrival;
+            let key = key_of(&arrival.campaign);
+            if let Some((_, newer)) = self.unstored.get(&key) {
+                kept.insert(key.clone(), newer.clone());
+            }
+            let version = arrival.version();
+            let (decision, state) =
+                decide(kept.get(&key), &arrival.campaign, version, now, &window);
+            if let Some(state) = state {
+                let campaign = arrival.campaign.clone();
+                let newer = Kept {
+                    campaign,
+                    version,
+                    state,
+                };
+                kept.insert(key.clone(), newer.clone());
+                self.unstored.insert(key.clone(), (group, newer));
+                stored.insert(key, (i, state));
+            }
+            // Delivery starts now, while the versions are being stored.
+            if let Some(decided) = pending.decided.take() {
+                let _ = decided.send(decision);
+            }
+            decisions.push(decision);
+        }
+        let (Some(recorder), Some(prepared)) = (self.recorder.clone(), self.prepared.clone())
+        else {
+            return self.requeue(batch);
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(move |(client, decided), act, ctx| match decided {
-                    Ok(decisions) => {
-                        act.recorder = Some(client);
-                        act.restarts.succeeded();
-                        for ((arrival, answer), decision) in batch.into_iter().zip(decisions) {
-                            act.report(&arrival, decision);
-                            let _ = answer.send(decision);
-                        }
-                        act.record(ctx);
+        let rows: Vec<(Arc<Arrival>, State)> = stored
+            .values()
+            .map(|&(i, state)| (batch[i].arrival.clone(), state))
+            .collect();
+        let fut = async move {
+            let rows: Vec<(&Arrival, State)> = rows.iter().map(|(a, s)| (&**a, *s)).collect();
+            store::store(&recorder, &prepared, &rows).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.unstored.retain(|_, (g, _)| *g != group);
+            match result {
+                Ok(()) => {
+                    act.restarts.succeeded();
+                    for (pending, decision) in batch.into_iter().zip(decisions) {
+                        act.report(&pending.arrival, decision);
+                        let _ = pending.stored.send(());
                     }
-                    Err(e) => {
-                        // Kept, to be recorded after the restart; nothing was committed.
-                        let later = std::mem::take(&mut act.pending);
-                        act.pending = batch;
-                        act.pending.extend(later);
-                        act.failed("record campaigns", &e, ctx);
-                    }
-                }),
-        );
+                }
+                Err(e) => {
+                    // Answered, not stored: stored again after the restart.
+                    act.requeue(batch);
+                    act.failed("store campaigns", &e, ctx);
+                }
+            }
+        }));
+        self.record(ctx);
     }
 
     fn report(&self, arrival: &Arrival, decision: Decision) {
@@ -594,47 +682,6 @@ impl Lifecycle {
     }
 }
 
-/// One transaction: lock the kept versions, decide each arrival in order (a later arrival of the
-/// same campaign sees the earlier one's result), store what changed.
-async fn record_arrivals(
-    client: &mut Client,
-    arrivals: &[Arc<Arrival>],
-    now: i64,
-    window: &Window,
-) -> Result<Vec<Decision>, tokio_postgres::Error> {
-    let keys: BTreeSet<Key> = arrivals.iter().map(|a| key_of(&a.campaign)).collect();
-    let keys: Vec<Key> = keys.into_iter().collect();
-    let tx = client.transaction().await?;
-    let mut kept = store::lock_kept(&tx, &keys).await?;
-    let mut stored: std::collections::HashMap<Key, (usize, State)> = Default::default();
-    let mut decisions = Vec::with_capacity(arrivals.len());
-    for (i, arrival) in arrivals.iter().enumerate() {
-        let key = key_of(&arrival.campaign);
-        let version = arrival.version();
-        let (decision, state) = decide(kept.get(&key), &arrival.campaign, version, now, window);
-        if let Some(state) = state {
-            let campaign = arrival.campaign.clone();
-            kept.insert(
-                key.clone(),
-                Kept {
-                    campaign,
-                    version,
-                    state,
-                },
-            );
-            stored.insert(key, (i, state));
-        }
-        decisions.push(decision);
-    }
-    let rows: Vec<(&Arrival, State)> = stored
-        .values()
-        .map(|&(i, state)| (&*arrivals[i], state))
-        .collect();
-    store::store(&tx, &rows).await?;
-    tx.commit().await?;
-    Ok(decisions)
-}
-
 impl Actor for Lifecycle {
     type Context = Context<Self>;
 
@@ -646,21 +693,25 @@ impl Actor for Lifecycle {
                 actix_rt::time::sleep(delay).await;
                 let client = crate::postgres::connect(&postgres, "lifecycle").await?;
                 let recorder = crate::postgres::connect(&postgres, "lifecycle recorder").await?;
+                let prepared = store::Prepared::new(&client, &recorder)
+                    .await
+                    .map_err(crate::postgres::ConnectError::from)?;
                 // What this process claimed before a restart and did not settle is claimed again.
                 store::release_own(&client, owner).await?;
-                Ok::<_, crate::postgres::ConnectError>((client, recorder))
+                Ok::<_, crate::postgres::ConnectError>((client, (recorder, prepared)))
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
-                Ok((client, recorder)) => {
+                Ok((client, (recorder, prepared))) => {
                     act.restarts.connected();
                     act.client = Some(Arc::new(client));
-                    act.recorder = Some(recorder);
+                    act.recorder = Some(Rc::new(recorder));
+                    act.prepared = Some(Rc::new(prepared));
                     act.record(ctx);
                     let poll = act.settings.poll_interval;
                     ctx.run_interval(poll, |act, ctx| {
                         let closed = |c: Option<&Client>| c.is_some_and(Client::is_closed);
-                        if closed(act.client.as_deref()) || closed(act.recorder.as_ref()) {
+                        if closed(act.client.as_deref()) || closed(act.recorder.as_deref()) {
                             act.restarts.failed();
                             ctx.stop();
                             return;
@@ -692,6 +743,9 @@ impl Supervised for Lifecycle {
         self.restarts.restarting(&self.shared);
         self.client = None;
         self.recorder = None;
+        self.prepared = None;
+        self.deciding = false;
+        self.unstored.clear();
         self.claiming = false;
         self.settling = false;
         // The feed's lock went with the connection.
@@ -712,16 +766,25 @@ impl Handler<SnapshotLoaded> for Lifecycle {
 }
 
 impl Handler<Record> for Lifecycle {
-    type Result = ResponseFuture<Result<Decision, String>>;
+    type Result = ResponseFuture<Result<Recorded, String>>;
 
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
-        let (answer, answered) = oneshot::channel();
-        self.pending.push((msg.0, answer));
+        let (decided, decision) = oneshot::channel();
+        let (stored, is_stored) = oneshot::channel();
+        self.pending.push(Pending {
+            arrival: msg.0,
+            decided: Some(decided),
+            stored,
+        });
         self.record(ctx);
         Box::pin(async move {
-            answered
+            let decision = decision
                 .await
-                .map_err(|_| "the lifecycle stopped before recording the campaign".to_string())
+                .map_err(|_| "the lifecycle stopped before recording the campaign".to_string())?;
+            Ok(Recorded {
+                decision,
+                stored: Stored(is_stored),
+            })
         })
     }
 }

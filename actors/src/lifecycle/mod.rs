@@ -8,7 +8,7 @@
 //! cancels a scheduled one, and one that changes a campaign already fired notifies nobody.
 //!
 //! ```text
-//!  Enricher ──Record──> Lifecycle ──(lock, decide, store; one transaction a group)──> Postgres
+//!  Enricher ──Record──> Lifecycle ──(read kept, decide; then store, a group at a time)──> Postgres
 //!           <─Decision─┘    │ every poll_interval: claim due, read their subscribers fresh
 //!  Enricher <──Fire─────────┘ ... outcome ──> state settled (active, expired, refused)
 //! ```
@@ -31,11 +31,32 @@ pub use store::Arrival;
 use crate::cache::snapshot::Snapshot;
 use crate::messages::CampaignOutcome;
 
-/// Record an arriving campaign; answered with what to do with it once the table holds it (an
-/// error only when the lifecycle stopped first).
+/// Record an arriving campaign; answered with what to do with it as soon as that is decided (an
+/// error only when the lifecycle stopped first), while its version is still being stored.
 #[derive(Message)]
-#[rtype(result = "Result<Decision, String>")]
+#[rtype(result = "Result<Recorded, String>")]
 pub struct Record(pub Arc<Arrival>);
+
+/// What to do with an arriving campaign, and when its version is in the table: a campaign is done
+/// (its offset may be committed) only once both its delivery and [`Stored`] are.
+#[derive(Debug)]
+pub struct Recorded {
+    pub decision: Decision,
+    pub stored: Stored,
+}
+
+/// Resolves once the campaign's version is durably in the table.
+#[derive(Debug)]
+pub struct Stored(pub futures::channel::oneshot::Receiver<()>);
+
+impl Stored {
+    /// An error only when the lifecycle stopped before storing it.
+    pub async fn wait(self) -> Result<(), String> {
+        self.0
+            .await
+            .map_err(|_| "the lifecycle stopped before storing the campaign".to_string())
+    }
+}
 
 /// Fire a campaign that is due: join it with `subscribers` (its restaurant's, read at fire time)
 /// and deliver it. Answered once delivered, like a campaign from the input topic.

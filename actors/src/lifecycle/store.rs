@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{pin_mut, TryStreamExt};
-use tokio_postgres::{Client, GenericClient, Row};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::rules::{Kept, State, Version, Window};
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
@@ -84,25 +84,60 @@ fn arrival_of(row: &Row) -> Result<Arrival, tokio_postgres::Error> {
     })
 }
 
-/// The kept versions of `keys`, locked until the transaction ends (in key order, so that two
-/// instances never wait on each other in a cycle).
-pub async fn lock_kept(
-    tx: &tokio_postgres::Transaction<'_>,
+/// The recorder's two statements, prepared once per connection (reading the kept versions on
+/// one, storing on the other, so that a read never waits behind a commit): a group of arrivals
+/// costs two round trips, not a parse of each statement as well.
+pub struct Prepared {
+    kept: Statement,
+    store: Statement,
+}
+
+impl Prepared {
+    pub async fn new(reads: &Client, writes: &Client) -> Result<Prepared, tokio_postgres::Error> {
+        let kept = reads
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
+                 WHERE (restaurant_id, adv_campaign_id) IN
+                       (SELECT * FROM unnest($1::text[], $2::text[]))"
+            ))
+            .await?;
+        let store = writes
+            .prepare(&format!(
+                "INSERT INTO public.campaign_notifier_campaigns ({COLUMNS})
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
+                     $12::bytea[], $13::bytea[], $14::text[])
+                 ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
+                     adv_campaign_content = EXCLUDED.adv_campaign_content,
+                     adv_campaign_owner = EXCLUDED.adv_campaign_owner,
+                     adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
+                     adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
+                     adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
+                     datetime_created = EXCLUDED.datetime_created,
+                     source_topic = EXCLUDED.source_topic,
+                     source_partition = EXCLUDED.source_partition,
+                     source_offset = EXCLUDED.source_offset,
+                     message_key = EXCLUDED.message_key,
+                     message = EXCLUDED.message,
+                     state = EXCLUDED.state,
+                     owner = NULL,
+                     updated_at = now()"
+            ))
+            .await?;
+        Ok(Prepared { kept, store })
+    }
+}
+
+/// The kept versions of `keys`.
+pub async fn kept(
+    client: &Client,
+    prepared: &Prepared,
     keys: &[Key],
 ) -> Result<HashMap<Key, Kept>, tokio_postgres::Error> {
     let (restaurants, campaigns): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(r, c)| (r.as_str(), c.as_str())).unzip();
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
-                 WHERE (restaurant_id, adv_campaign_id) IN
-                       (SELECT * FROM unnest($1::text[], $2::text[]))
-                 ORDER BY restaurant_id, adv_campaign_id
-                 FOR UPDATE"
-            ),
-            &[&restaurants, &campaigns],
-        )
+    let rows = client
+        .query(&prepared.kept, &[&restaurants, &campaigns])
         .await?;
     let mut kept = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -124,16 +159,16 @@ pub async fn lock_kept(
 /// Stores each arrival as the campaign's version, in the state given (one statement; each key at
 /// most once).
 pub async fn store(
-    client: &impl GenericClient,
+    client: &Client,
+    prepared: &Prepared,
     rows: &[(&Arrival, State)],
 ) -> Result<(), tokio_postgres::Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    let c = |a: &&Arrival| a.campaign.clone();
-    let campaigns: Vec<Campaign> = rows.iter().map(|(a, _)| c(a)).collect();
-    let text = |f: fn(&Campaign) -> &str| -> Vec<&str> { campaigns.iter().map(f).collect() };
-    let int = |f: fn(&Campaign) -> i64| -> Vec<i64> { campaigns.iter().map(f).collect() };
+    let campaigns: Vec<&Campaign> = rows.iter().map(|(a, _)| &a.campaign).collect();
+    let text = |f: fn(&Campaign) -> &str| -> Vec<&str> { campaigns.iter().map(|c| f(c)).collect() };
+    let int = |f: fn(&Campaign) -> i64| -> Vec<i64> { campaigns.iter().map(|c| f(c)).collect() };
     let topics: Vec<&str> = rows.iter().map(|(a, _)| &*a.source.topic).collect();
     let partitions: Vec<i32> = rows.iter().map(|(a, _)| a.source.partition).collect();
     let offsets: Vec<i64> = rows.iter().map(|(a, _)| a.source.offset).collect();
@@ -142,27 +177,7 @@ pub async fn store(
     let states: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
     client
         .execute(
-            &format!(
-                "INSERT INTO public.campaign_notifier_campaigns ({COLUMNS})
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
-                     $12::bytea[], $13::bytea[], $14::text[])
-                 ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
-                     adv_campaign_content = EXCLUDED.adv_campaign_content,
-                     adv_campaign_owner = EXCLUDED.adv_campaign_owner,
-                     adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
-                     adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
-                     adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
-                     datetime_created = EXCLUDED.datetime_created,
-                     source_topic = EXCLUDED.source_topic,
-                     source_partition = EXCLUDED.source_partition,
-                     source_offset = EXCLUDED.source_offset,
-                     message_key = EXCLUDED.message_key,
-                     message = EXCLUDED.message,
-                     state = EXCLUDED.state,
-                     owner = NULL,
-                     updated_at = now()"
-            ),
+            &prepared.store,
             &[
                 &text(|c| &c.restaurant_id),
                 &text(|c| &c.adv_campaign_id),
@@ -208,14 +223,17 @@ pub async fn claim_due(
                 "WITH due AS (
                      SELECT restaurant_id, adv_campaign_id, state AS was
                      FROM public.campaign_notifier_campaigns c
-                     WHERE (state = 'scheduled' AND adv_campaign_datetime_start <= $1)
-                        OR (state = 'firing' AND owner IS DISTINCT FROM $2 AND NOT EXISTS (
+                     -- A range of the partial index on the start: only what is due is read,
+                     -- however many campaigns wait (a campaign being fired is due too).
+                     WHERE state IN ('scheduled', 'firing') AND adv_campaign_datetime_start <= $1
+                       AND (state = 'scheduled'
+                            OR (owner IS DISTINCT FROM $2 AND NOT EXISTS (
                              SELECT 1 FROM pg_locks l
                              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                                AND l.database = (SELECT oid FROM pg_database
                                                  WHERE datname = current_database())
                                AND l.classid = ($4::int8 & 4294967295)::oid
-                               AND l.objid = (c.owner::int8 & 4294967295)::oid))
+                               AND l.objid = (c.owner::int8 & 4294967295)::oid)))
                      ORDER BY adv_campaign_datetime_start
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)
