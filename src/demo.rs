@@ -32,7 +32,7 @@ const SCHEDULED_IN: i64 = 8;
 const EXPECTED: usize = 9;
 
 /// The client who subscribes while the demo runs.
-const LATE_CLIENT: &str = "023e4567-e89b-12d3-a456-426614174042";
+const LATE_CLIENT: &str = "023e4567-e89b-12d3-a456-426614174005";
 
 pub fn run(postgres_url: String) -> ExitCode {
     let system = actix_rt::System::new();

@@ -253,6 +253,15 @@ async fn subscriber_added_to_the_table_is_notified_after_a_refresh() {
     f.produce("2", active_campaign(restaurant, "c-after").as_bytes())
         .await;
     service.wait_processed(2, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.output_count() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let output = f.read_output();
     let after: BTreeSet<_> = output
@@ -261,8 +270,16 @@ async fn subscriber_added_to_the_table_is_notified_after_a_refresh() {
         .map(|(_, v)| v["client_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(after, CLIENTS[..2].iter().map(|c| c.to_string()).collect());
-    assert_eq!(output.len(), 3);
-    assert_eq!(f.feedback_rows().await.len(), 3);
+    // The new subscriber also got the campaign that was active when they subscribed (the change
+    // feed): 2 + 2.
+    let before: BTreeSet<_> = output
+        .iter()
+        .filter(|(_, v)| v["adv_campaign_id"] == "c-before")
+        .map(|(_, v)| v["client_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(output.len(), 4);
+    assert_eq!(f.feedback_rows().await.len(), 4);
     drop(service);
     f.cleanup().await;
 }

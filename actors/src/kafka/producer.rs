@@ -79,18 +79,22 @@ impl Producer {
         }
     }
 
-    /// Waits for every acknowledgement; the first refusal is the answer.
+    /// Waits for every acknowledgement; the first refusal is the answer. Every one is awaited
+    /// even after a refusal: a writer that reads the topic back after a failure must find there
+    /// everything that was going to land.
     pub async fn confirm(
         deliveries: impl IntoIterator<Item = DeliveryFuture>,
     ) -> Result<(), KafkaFailure> {
+        let mut first = None;
         for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(classify(&e)),
-                Err(_) => return Err(KafkaFailure::retriable("producer was dropped")),
-            }
+            let failure = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => classify(&e),
+                Err(_) => KafkaFailure::retriable("producer was dropped"),
+            };
+            first.get_or_insert(failure);
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Waits up to `timeout` for everything queued to be acknowledged. librdkafka's flush blocks,

@@ -318,7 +318,15 @@ async fn send_missing(
         let record = FutureRecord::to(topic)
             .payload(&payload)
             .key(client.as_bytes());
-        deliveries.push(producer.enqueue(record).await?);
+        match producer.enqueue(record).await {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(refused) => {
+                // What was handed over must have landed or failed before the next sweep reads
+                // the topic back.
+                let _ = Producer::confirm(deliveries).await;
+                return Err(refused);
+            }
+        }
         if deliveries.len() == SEND_CHUNK {
             Producer::confirm(deliveries.drain(..)).await?;
         }

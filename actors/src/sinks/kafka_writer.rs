@@ -120,7 +120,15 @@ async fn send_partition(
                 .payload(&payload)
                 .key(client.as_bytes())
                 .partition(partition);
-            deliveries.push(producer.enqueue(record).await?);
+            match producer.enqueue(record).await {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(refused) => {
+                    // What this chunk handed over before must have landed or failed before the
+                    // writer reads the topic back to see what is there.
+                    let _ = Producer::confirm(deliveries).await;
+                    return Err(refused.into());
+                }
+            }
         }
         rest = &rest[taken..];
         confirm_before(deliveries, deadline).await?;
@@ -254,5 +262,77 @@ impl Sink for KafkaSink {
     fn close(&self) -> LocalFuture<()> {
         let producer = self.producer.clone();
         Box::pin(async move { producer.close("kafka writer").await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::snapshot::SnapshotBuilder;
+    use crate::campaign::{parse_campaign, split_inline_key};
+    use crate::notification::SourceRef;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::ClientConfig;
+
+    fn job(content_bytes: usize, clients: usize) -> Arc<KafkaJob> {
+        let json = split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
+        let mut campaign = parse_campaign(json, 65536).unwrap();
+        campaign.adv_campaign_content = "x".repeat(content_bytes);
+        let mut b = SnapshotBuilder::new();
+        let ids: Vec<String> = (0..clients).map(|i| format!("client-{i}")).collect();
+        for id in &ids {
+            b.push(&campaign.restaurant_id, id);
+        }
+        let snapshot = Arc::new(b.build());
+        let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
+        let source = SourceRef {
+            topic: "in".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        let batch = NotificationBatch::new(campaign, 1, source, snapshot, entry);
+        Arc::new(KafkaJob {
+            batch: Arc::new(batch),
+            clients: ids,
+            created_ms: 0,
+        })
+    }
+
+    #[actix_rt::test]
+    async fn what_a_failed_write_handed_over_before_the_refusal_has_landed_when_it_fails() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 1, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let sink = KafkaSink::connect(KafkaSinkSettings {
+            producer: ProducerSettings {
+                brokers: brokers.clone(),
+                message_timeout_ms: 5_000,
+                // The oversized notification is refused by the producer itself; the ordinary ones
+                // before it linger for 200 ms before they are sent.
+                overrides: vec![
+                    ("message.max.bytes".into(), "20000".into()),
+                    ("linger.ms".into(), "200".into()),
+                ],
+            },
+            topic: "out".into(),
+        })
+        .await
+        .unwrap();
+        let written = sink.write(vec![job(10, 3), job(30_000, 1)]).await;
+        assert!(
+            matches!(written, Err(SinkError::Permanent(_))),
+            "{written:?}"
+        );
+        // At once: the writer reads the topic back next, and must find the three there.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks("out", 0, std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(high - low, 3);
     }
 }
