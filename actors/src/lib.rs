@@ -4,8 +4,10 @@
 //!                      SnapshotLoaded
 //!  Postgres ──COPY──> cache::SubscriberCache ─────────┐
 //!                                                     v
-//!  Kafka ──> reader::KafkaReader ──ProcessCampaign──> Enricher ── validate, active rule, join
-//!  input        ^   stores offsets                    │
+//!  Kafka ──> reader::KafkaReader ──ProcessCampaign──> Enricher ── validate, join
+//!  input        ^   stores offsets                    │  ^ Record ──> lifecycle::Lifecycle (decide,
+//!               │                                     │  └ Fire ───── keep the version; at a start
+//!               │                                     │               or for new subscribers)
 //!               │                                     v
 //!               │                               delivery::Delivery
 //!               │                       1. Write(PgJob) ──> sinks::PgWriter ──> feedback rows

@@ -200,6 +200,30 @@ impl NotificationBatch {
     }
 }
 
+/// The brief's sample campaign (with `content` as its text, when given) to `clients` subscribers
+/// `client-0`, `client-1`, ...: a batch for the sinks' unit tests.
+#[cfg(test)]
+pub(crate) fn test_batch(content: Option<&str>, clients: usize) -> Arc<NotificationBatch> {
+    let json = crate::campaign::split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
+    let mut campaign = crate::campaign::parse_campaign(json, 65536).unwrap();
+    if let Some(content) = content {
+        campaign.adv_campaign_content = content.to_string();
+    }
+    let mut b = crate::cache::snapshot::SnapshotBuilder::new();
+    for i in 0..clients {
+        b.push(&campaign.restaurant_id, &format!("client-{i}"));
+    }
+    let snapshot = Arc::new(b.build());
+    let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
+    let source = SourceRef {
+        topic: "in".into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+    };
+    Arc::new(NotificationBatch::new(campaign, 1, source, snapshot, entry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

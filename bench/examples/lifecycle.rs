@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use campaign_actors::{Config, Metrics, Pipeline};
+use campaign_actors::{Metrics, Pipeline};
 use campaign_bench::measure::{cpu_seconds, histogram_buckets, processed, quantile};
-use campaign_bench::setup::{connect, create_topics, database_url, err, BenchResult};
+use campaign_bench::setup::{
+    connect, create_topics, database_url, err, service_config, BenchResult,
+};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -189,7 +191,8 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
     )
     .await
     .map_err(err("seed subscribers"))?;
-    let topic = |what: &str| format!("cn-bench-lifecycle-{id}-{what}");
+    let prefix = format!("cn-bench-lifecycle-{id}");
+    let topic = |what: &str| format!("{prefix}-{what}");
     let (input, output, dlq) = (topic("in"), topic("out"), topic("dlq"));
     create_topics(
         &args.brokers,
@@ -200,29 +203,7 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
         ],
     )
     .await?;
-    let config = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-input_topic = "{input}"
-output_topic = "{output}"
-dead_letter_topic = "{dlq}"
-group_id = "cn-bench-lifecycle-{id}"
-[kafka.consumer]
-"fetch.wait.max.ms" = "10"
-[postgres]
-url = "{db_url}"
-[cache]
-refresh_interval_secs = 3600
-[http]
-listen = "127.0.0.1:0"
-[log]
-level = "warn"
-"#,
-        brokers = args.brokers,
-    );
-    let config =
-        Config::from_toml_with_env(&config, "bench", std::iter::empty()).map_err(err("config"))?;
+    let config = service_config(&args.brokers, &prefix, db_url, &[])?;
     let pipeline = Pipeline::start(config, Metrics::new())
         .await
         .map_err(err("start the pipeline"))?;

@@ -36,11 +36,13 @@ use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSettings};
 use campaign_actors::sinks::pg_writer::{campaign_params, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
-use campaign_actors::{Config, Metrics, Pipeline};
+use campaign_actors::{Metrics, Pipeline};
 use campaign_bench::measure::{
     cpu_seconds, histogram_buckets, others_cpu_seconds, processed, quantile, resident_bytes,
 };
-use campaign_bench::setup::{connect, create_topics, database_url, err, BenchResult};
+use campaign_bench::setup::{
+    connect, create_topics, database_url, err, service_config, BenchResult,
+};
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -682,41 +684,9 @@ impl Bench<'_> {
 
     /// The service on this run's topics and database, and a producer of campaigns for it.
     async fn start_service(&self) -> BenchResult<Service> {
-        let (args, brokers, db_url, run_id) =
-            (self.args, &self.args.brokers, self.db_url, self.run_id);
-        let topic = |what: &str| self.topic(what);
-        let config_text = format!(
-            r#"
-[kafka]
-brokers = "{brokers}"
-input_topic = "{input}"
-output_topic = "{output}"
-dead_letter_topic = "{dlq}"
-group_id = "cn-bench-{run_id}"
-[kafka.consumer]
-"fetch.wait.max.ms" = "10"
-[kafka.producer]
-{producer_properties}
-[postgres]
-url = "{db_url}"
-[cache]
-refresh_interval_secs = 3600
-[http]
-listen = "127.0.0.1:0"
-[log]
-level = "warn"
-"#,
-            input = topic("in"),
-            output = topic("out"),
-            dlq = topic("dlq"),
-            producer_properties = args
-                .producer_properties
-                .iter()
-                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-                .collect::<String>(),
-        );
-        let config = Config::from_toml_with_env(&config_text, "bench", std::iter::empty())
-            .map_err(err("config"))?;
+        let (args, brokers) = (self.args, &self.args.brokers);
+        let prefix = format!("cn-bench-{}", self.run_id);
+        let config = service_config(brokers, &prefix, self.db_url, &args.producer_properties)?;
         let pipeline = Pipeline::start(config, Metrics::new())
             .await
             .map_err(err("pipeline"))?;
@@ -732,7 +702,7 @@ level = "warn"
             pipeline,
             metrics,
             producer,
-            input: topic("in"),
+            input: self.topic("in"),
             want: 0,
         })
     }

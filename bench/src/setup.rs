@@ -1,6 +1,7 @@
 //! What a benchmark needs around the service: a database of its own, topics of its own.
 
 use campaign_actors::postgres::PostgresSettings;
+use campaign_actors::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
@@ -47,4 +48,42 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult
         r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
     }
     Ok(())
+}
+
+/// The service's config in a benchmark: topics `{prefix}-in`, `-out` and `-dlq`, group `prefix`,
+/// a cache that reloads only when asked, a free HTTP port, warnings only, and `producer`
+/// properties on top of the service's own.
+pub fn service_config(
+    brokers: &str,
+    prefix: &str,
+    db_url: &str,
+    producer: &[(String, String)],
+) -> BenchResult<Config> {
+    let producer: String = producer
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+input_topic = "{prefix}-in"
+output_topic = "{prefix}-out"
+dead_letter_topic = "{prefix}-dlq"
+group_id = "{prefix}"
+[kafka.consumer]
+"fetch.wait.max.ms" = "10"
+[kafka.producer]
+{producer}
+[postgres]
+url = "{db_url}"
+[cache]
+refresh_interval_secs = 3600
+[http]
+listen = "127.0.0.1:0"
+[log]
+level = "warn"
+"#
+    );
+    Config::from_toml_with_env(&text, "bench", std::iter::empty()).map_err(err("config"))
 }

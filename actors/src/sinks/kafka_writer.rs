@@ -268,34 +268,15 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::snapshot::SnapshotBuilder;
-    use crate::campaign::{parse_campaign, split_inline_key};
-    use crate::notification::SourceRef;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
     use rdkafka::ClientConfig;
 
     fn job(content_bytes: usize, clients: usize) -> Arc<KafkaJob> {
-        let json = split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
-        let mut campaign = parse_campaign(json, 65536).unwrap();
-        campaign.adv_campaign_content = "x".repeat(content_bytes);
-        let mut b = SnapshotBuilder::new();
-        let ids: Vec<String> = (0..clients).map(|i| format!("client-{i}")).collect();
-        for id in &ids {
-            b.push(&campaign.restaurant_id, id);
-        }
-        let snapshot = Arc::new(b.build());
-        let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
-        let source = SourceRef {
-            topic: "in".into(),
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-        };
-        let batch = NotificationBatch::new(campaign, 1, source, snapshot, entry);
+        let content = "x".repeat(content_bytes);
         Arc::new(KafkaJob {
-            batch: Arc::new(batch),
-            clients: ids,
+            batch: crate::notification::test_batch(Some(&content), clients),
+            clients: (0..clients).map(|i| format!("client-{i}")).collect(),
             created_ms: 0,
         })
     }

@@ -269,26 +269,9 @@ async fn insert_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::snapshot::SnapshotBuilder;
-    use crate::campaign::{parse_campaign, split_inline_key};
-    use crate::notification::SourceRef;
 
     fn batch(clients: usize) -> Arc<NotificationBatch> {
-        let json = split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
-        let campaign = parse_campaign(json, 65536).unwrap();
-        let mut b = SnapshotBuilder::new();
-        for i in 0..clients {
-            b.push(&campaign.restaurant_id, &format!("client-{i}"));
-        }
-        let snapshot = Arc::new(b.build());
-        let entry = snapshot.lookup(&campaign.restaurant_id).unwrap();
-        let source = SourceRef {
-            topic: "in".into(),
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-        };
-        Arc::new(NotificationBatch::new(campaign, 1, source, snapshot, entry))
+        crate::notification::test_batch(None, clients)
     }
 
     #[test]
