@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -29,9 +30,9 @@ use crate::sinks::dead_letter_writer::DeadLetter;
 
 pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
-    delivery: Delivery,
+    /// Shared by every campaign's future: one reference count per campaign.
+    joiner: Rc<Joiner>,
     lifecycle: Recipient<Record>,
-    window: Window,
     max_campaign_bytes: usize,
     shared: Shared,
 }
@@ -46,11 +47,16 @@ impl Enricher {
         max_campaign_bytes: usize,
         shared: Shared,
     ) -> Enricher {
+        let joiner = Rc::new(Joiner {
+            delivery,
+            window,
+            clock: shared.clock,
+            metrics: shared.metrics.clone(),
+        });
         Enricher {
             snapshot: None,
-            delivery,
+            joiner,
             lifecycle,
-            window,
             max_campaign_bytes,
             shared,
         }
@@ -87,19 +93,9 @@ impl Enricher {
             }
         }
     }
-
-    /// What delivering a campaign needs, apart from the campaign and its subscribers.
-    fn joiner(&self) -> Joiner {
-        Joiner {
-            delivery: self.delivery.clone(),
-            window: self.window,
-            clock: self.shared.clock,
-            metrics: self.shared.metrics.clone(),
-        }
-    }
 }
 
-/// Joins a campaign with its subscribers and delivers it.
+/// Joins a campaign with its subscribers and delivers it; built once per enricher.
 struct Joiner {
     delivery: Delivery,
     window: Window,
@@ -173,11 +169,11 @@ impl Handler<ProcessCampaign> for Enricher {
             Ok(arrival) => Arc::new(arrival),
             Err(unusable) => {
                 let (outcome, letter) = *unusable;
-                return Box::pin(self.delivery.dead_letter(letter, outcome));
+                return Box::pin(self.joiner.delivery.dead_letter(letter, outcome));
             }
         };
         let recorded = self.lifecycle.send(Record(arrival.clone()));
-        let (joiner, snapshot) = (self.joiner(), self.snapshot.clone());
+        let (joiner, snapshot) = (self.joiner.clone(), self.snapshot.clone());
         Box::pin(async move {
             let unconfirmed = |reason| CampaignOutcome::Unconfirmed {
                 sink: "lifecycle",
@@ -215,12 +211,11 @@ impl Handler<Fire> for Enricher {
     type Result = ResponseFuture<CampaignOutcome>;
 
     fn handle(&mut self, msg: Fire, _: &mut Context<Self>) -> Self::Result {
-        let joiner = self.joiner();
         let now = self.shared.clock.now_secs();
-        if self.window.phase(&msg.arrival.campaign, now) == Phase::Over {
+        if self.joiner.window.phase(&msg.arrival.campaign, now) == Phase::Over {
             return Box::pin(async { CampaignOutcome::Ended });
         }
-        joiner.deliver(&msg.arrival, Some(&msg.subscribers))
+        self.joiner.deliver(&msg.arrival, Some(&msg.subscribers))
     }
 }
 

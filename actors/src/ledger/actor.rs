@@ -89,21 +89,10 @@ impl Ledger {
         let ids = std::mem::take(&mut self.to_clear);
         let withdrawals = std::mem::take(&mut self.to_withdraw);
         let fut = async move {
-            let whole: Vec<i64> = withdrawals
-                .iter()
-                .filter(|(w, _)| w.only.is_none())
-                .flat_map(|(w, _)| w.marks.clone())
-                .collect();
-            let mut withdrawn = match whole.is_empty() {
-                true => Ok(0),
-                false => outbox::withdraw(&client, &whole).await,
-            };
+            let mut withdrawn = Ok(0);
             for (w, _) in &withdrawals {
-                let (Ok(rows), Some(clients)) = (&withdrawn, &w.only) else {
-                    continue;
-                };
-                let rows = *rows;
-                withdrawn = outbox::withdraw_clients(&client, &w.marks, clients)
+                let Ok(rows) = withdrawn else { break };
+                withdrawn = outbox::withdraw(&client, &w.marks, w.only.as_deref())
                     .await
                     .map(|n| rows + n);
             }

@@ -78,29 +78,14 @@ pub async fn clear_marks(client: &Client, ids: &[i64]) -> Result<u64, tokio_post
         .await
 }
 
-/// Deletes marks and the feedback rows they list, in one statement: a notification Kafka refused
-/// for good leaves no row behind. Returns how many rows were deleted.
-pub async fn withdraw(client: &Client, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "WITH marks AS (
-                 DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1)
-                 RETURNING feedback_ids
-             )
-             DELETE FROM public.subscribers_feedback
-             WHERE id IN (SELECT unnest(feedback_ids) FROM marks)",
-            &[&ids],
-        )
-        .await
-}
-
-/// Deletes marks and, of the feedback rows they list, those of `clients`, in one statement: the
-/// notifications Kafka will never have (the campaign's end passed first); the marks' other rows
-/// were acknowledged and stay. Returns how many rows were deleted.
-pub async fn withdraw_clients(
+/// Deletes marks and the feedback rows they list (all of them, or only those of the clients in
+/// `only`), in one statement: a notification Kafka will never have (refused for good, or its
+/// campaign ended first) leaves no row behind; the marks' other rows were acknowledged and stay.
+/// Returns how many rows were deleted.
+pub async fn withdraw(
     client: &Client,
     ids: &[i64],
-    clients: &[String],
+    only: Option<&[String]>,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
@@ -109,8 +94,9 @@ pub async fn withdraw_clients(
                  RETURNING feedback_ids
              )
              DELETE FROM public.subscribers_feedback
-             WHERE id IN (SELECT unnest(feedback_ids) FROM marks) AND client_id = ANY($2)",
-            &[&ids, &clients],
+             WHERE id IN (SELECT unnest(feedback_ids) FROM marks)
+               AND ($2::text[] IS NULL OR client_id = ANY($2))",
+            &[&ids, &only],
         )
         .await
 }

@@ -46,11 +46,6 @@ impl State {
         .into_iter()
         .find(|state| state.as_str() == s)
     }
-
-    /// It has been fired (or is being fired): its subscribers were or are being notified.
-    pub const fn fired(self) -> bool {
-        matches!(self, State::Firing | State::Active)
-    }
 }
 
 /// Which of two versions of a campaign is newer: the later `datetime_created`, then the later
