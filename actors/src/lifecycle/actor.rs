@@ -112,9 +112,11 @@ pub struct Lifecycle {
     pending: Vec<Pending>,
     /// A group's kept versions are being read and decided on.
     deciding: bool,
-    /// Versions decided and not yet stored, by campaign, with the group that stores them: a later
-    /// arrival is decided against these, not against the table.
-    unstored: HashMap<Key, (u64, Kept)>,
+    /// Versions decided by this instance, by campaign, with the group that stores them and
+    /// whether that store has finished: a later arrival is decided against these, not against the
+    /// table. A stored one is dropped only when the next read of the table starts, since a read
+    /// that started before the store finished may not see it.
+    unstored: HashMap<Key, (u64, bool, Kept)>,
     groups: u64,
     to_settle: Vec<(Key, State)>,
     claiming: bool,
@@ -180,6 +182,7 @@ impl Lifecycle {
             return;
         };
         self.deciding = true;
+        self.unstored.retain(|_, (_, stored, _)| !*stored);
         let batch = std::mem::take(&mut self.pending);
         let keys: BTreeSet<Key> = batch.iter().map(|p| key_of(&p.arrival.campaign)).collect();
         let keys: Vec<Key> = keys.into_iter().collect();
@@ -217,7 +220,7 @@ impl Lifecycle {
         for (i, pending) in batch.iter_mut().enumerate() {
             let arrival = &pending.arrival;
             let key = key_of(&arrival.campaign);
-            if let Some((_, newer)) = self.unstored.get(&key) {
+            if let Some((_, _, newer)) = self.unstored.get(&key) {
                 kept.insert(key.clone(), newer.clone());
             }
             let version = arrival.version();
@@ -231,7 +234,7 @@ impl Lifecycle {
                     state,
                 };
                 kept.insert(key.clone(), newer.clone());
-                self.unstored.insert(key.clone(), (group, newer));
+                self.unstored.insert(key.clone(), (group, false, newer));
                 stored.insert(key, (i, state));
             }
             // Delivery starts now, while the versions are being stored.
@@ -253,10 +256,12 @@ impl Lifecycle {
             store::store(&recorder, &prepared, &rows).await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.unstored.retain(|_, (g, _)| *g != group);
             match result {
                 Ok(()) => {
                     act.restarts.succeeded();
+                    for (g, stored, _) in act.unstored.values_mut() {
+                        *stored |= *g == group;
+                    }
                     for (pending, decision) in batch.into_iter().zip(decisions) {
                         act.report(&pending.arrival, decision);
                         let _ = pending.stored.send(());
