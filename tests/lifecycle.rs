@@ -593,3 +593,38 @@ async fn a_subscription_the_change_feed_missed_is_notified_at_the_next_reload() 
     drop(service);
     f.cleanup().await;
 }
+
+/// The recorder's read of the kept versions is prepared once per connection and, after a few
+/// executions, runs a generic plan. Made while the table was still empty (a new deployment, or
+/// any benchmark), a plan that hashes the keys and scans the table would read every kept
+/// campaign for each group of arrivals as the table grows (at fan-out 1 that made Postgres the
+/// pipeline's bottleneck). The statement must go by the primary key whatever the table held
+/// when it was planned.
+#[actix_rt::test]
+async fn the_kept_versions_are_read_by_key_even_by_a_plan_made_on_an_empty_table() {
+    let f = Fixture::new("keptplan", 1).await;
+    let statement = campaign_actors::lifecycle::store::kept_statement();
+    f.db.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    f.db.batch_execute(&format!("PREPARE kept(text[], text[]) AS {statement}"))
+        .await
+        .expect("prepare");
+    let plan: Vec<String> =
+        f.db.query("EXPLAIN EXECUTE kept(ARRAY['r'], ARRAY['c'])", &[])
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("Seq Scan on campaign_notifier_campaigns"),
+        "the kept versions are read by scanning the table:\n{plan}"
+    );
+    assert!(
+        plan.contains("campaign_notifier_campaigns_pkey"),
+        "the kept versions are not read through the primary key:\n{plan}"
+    );
+    f.cleanup().await;
+}

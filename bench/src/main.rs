@@ -97,6 +97,88 @@ struct Args {
     /// (repeatable).
     #[arg(long = "producer-property", value_parser = parse_property)]
     producer_properties: Vec<(String, String)>,
+    /// Every restaurant with exactly this many subscribers instead of the Zipf mix: `--pairs`
+    /// rounded down to a multiple of it, one campaign per restaurant, and the latency phases at
+    /// this fan-out.
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// The fan-out matrix: for each shape in turn (a fan-out, or `zipf` for the mix of
+    /// `--restaurants` and `--skew`), about `--notifications` notifications on fresh topics and
+    /// tables, the ceilings, the pipeline and the latency phases only; one JSON line per shape.
+    /// `--matrix` alone: 1,10,100,1000,zipf.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape, num_args = 0..=1,
+          default_missing_value = "1,10,100,1000,zipf")]
+    matrix: Vec<Shape>,
+    /// Notifications per shape of `--matrix`.
+    #[arg(long, default_value_t = 300_000)]
+    notifications: usize,
+    /// Skips the backlog, reload and cache phases (set for each shape of `--matrix`).
+    #[arg(skip)]
+    pipeline_only: bool,
+}
+
+/// One shape of the fan-out matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    /// Every restaurant with this many subscribers.
+    Fanout(usize),
+    /// Restaurant popularity after Zipf.
+    Zipf,
+}
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    match s {
+        "zipf" => Ok(Shape::Zipf),
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Shape::Fanout(n)),
+            _ => Err(format!("{s}: expected a fan-out of at least 1 or `zipf`")),
+        },
+    }
+}
+
+impl Args {
+    /// The arguments of one shape of the matrix: `notifications` in all, nothing but the
+    /// pipeline's phases.
+    fn for_shape(&self, shape: Shape) -> Args {
+        let n = self.notifications.max(1);
+        let mut args = Args {
+            matrix: Vec::new(),
+            pipeline_only: true,
+            cache_pairs: 0,
+            pairs: n,
+            producer_properties: self.producer_properties.clone(),
+            brokers: self.brokers.clone(),
+            postgres_url: self.postgres_url.clone(),
+            ..*self
+        };
+        if let Shape::Fanout(f) = shape {
+            args.fanout = Some(f);
+            args.latency_fanout = f;
+        } else {
+            args.fanout = None;
+        }
+        args.normalize();
+        args
+    }
+
+    /// With `--fanout`: restaurants and campaigns follow from the pairs.
+    fn normalize(&mut self) {
+        if let Some(f) = self.fanout {
+            let f = f.max(1);
+            self.fanout = Some(f);
+            self.restaurants = (self.pairs / f).max(1);
+            self.pairs = self.restaurants * f;
+            self.campaigns = self.restaurants;
+        }
+    }
+
+    /// The shape's name in the report.
+    fn shape(&self) -> String {
+        match self.fanout {
+            Some(f) => format!("fanout {f}"),
+            None => format!("zipf {}", self.skew),
+        }
+    }
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -106,19 +188,25 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.normalize();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let system = actix_rt::System::new();
-    match system.block_on(run(args)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("benchmark failed: {e}");
-            ExitCode::FAILURE
+    let runs: Vec<Args> = match args.matrix.is_empty() {
+        true => vec![args],
+        false => args.matrix.iter().map(|s| args.for_shape(*s)).collect(),
+    };
+    for (k, args) in runs.into_iter().enumerate() {
+        progress(&format!("shape {}", args.shape()));
+        match system.block_on(run(args, k)) {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    ExitCode::SUCCESS
 }
 
 /// Pairs per restaurant, skewed: a few restaurants with very many subscribers, most with few.
@@ -340,9 +428,11 @@ fn metric(text: &str, series: &str) -> f64 {
         .sum()
 }
 
-async fn run(args: Args) -> BenchResult<serde_json::Value> {
+/// One run (of one shape), in a database and on topics of its own; `k` tells the runs of one
+/// process apart.
+async fn run(args: Args, k: usize) -> BenchResult<serde_json::Value> {
     let now = campaign_actors::clock::unix_secs();
-    let run_id = std::process::id();
+    let run_id = format!("{}_{k}", std::process::id());
     let database = format!("cn_bench_{run_id}");
     let admin = connect(&args.postgres_url).await?;
     admin
@@ -353,7 +443,7 @@ async fn run(args: Args) -> BenchResult<serde_json::Value> {
         &args,
         &database_url(&args.postgres_url, &database),
         now,
-        run_id,
+        &run_id,
     )
     .await;
     let _ = admin
@@ -368,7 +458,7 @@ struct Bench<'a> {
     db: Client,
     db_url: &'a str,
     now: i64,
-    run_id: u32,
+    run_id: &'a str,
 }
 
 /// A full load of the subscriber cache and what it costs in memory.
@@ -420,6 +510,12 @@ struct Figures {
     floor: Vec<FloorTimes>,
     d: PipelineRun,
     latency: Latency,
+    /// The backlog and reload phases, unless the run is `pipeline_only`.
+    rest: Option<Rest>,
+}
+
+/// The figures of the phases a shape of the matrix skips.
+struct Rest {
     /// Resident bytes at the start, their peak and notifications per second, of each backlog.
     backlog_peaks: Vec<(u64, u64, f64)>,
     e: Reloads,
@@ -440,7 +536,7 @@ async fn run_in(
     args: &Args,
     db_url: &str,
     now: i64,
-    run_id: u32,
+    run_id: &str,
 ) -> BenchResult<serde_json::Value> {
     let mut db = connect(db_url).await?;
     campaign_actors::postgres::ensure_schema(&mut db)
@@ -461,13 +557,20 @@ async fn run_in(
     let w = Arc::new(workload(cache.snapshot.clone(), args, now));
     bench.create_sinks().await?;
     let ceilings = bench.ceilings(&w).await?;
-    let floor = bench.floor(&cache.snapshot).await?;
+    let rate = latency_rate(args, &ceilings, w.notifications);
+    let floor = bench.floor(&cache.snapshot, rate).await?;
     let (mut service, d) = bench.pipeline(&w).await?;
-    let latency = bench.latency(&mut service).await?;
-    let backlog_peaks = bench.backlog(&mut service).await?;
-    let e = bench.reloads(&mut service).await?;
-    let expected = 2 * w.notifications
-        + (latency.total_latency + args.backlog_campaigns * 11) * args.latency_fanout;
+    let latency = bench.latency(&mut service, rate).await?;
+    let mut expected = w.notifications + latency.total_latency * args.latency_fanout;
+    let rest = match args.pipeline_only {
+        true => None,
+        false => {
+            let backlog_peaks = bench.backlog(&mut service).await?;
+            let e = bench.reloads(&mut service).await?;
+            expected += w.notifications + args.backlog_campaigns * 11 * args.latency_fanout;
+            Some(Rest { backlog_peaks, e })
+        }
+    };
     service.finish(expected).await?;
 
     Ok(report(
@@ -481,10 +584,19 @@ async fn run_in(
             floor,
             d,
             latency,
-            backlog_peaks,
-            e,
+            rest,
         },
     ))
+}
+
+/// Campaigns per second in the latency phases: `--latency-rate`, or less where that many
+/// campaigns of the latency fan-out would ask for more than half the dual-sink ceiling (at
+/// fan-out 1 000, 100 campaigns a second are more than the broker takes, and the phase would
+/// measure a growing queue, not a latency).
+fn latency_rate(args: &Args, ceilings: &Ceilings, notifications: usize) -> u32 {
+    let ceiling_per_s = notifications as f64 / ceilings.c;
+    let affordable = (0.5 * ceiling_per_s / args.latency_fanout.max(1) as f64).floor();
+    args.latency_rate.min(affordable as u32).max(1)
 }
 
 impl Bench<'_> {
@@ -508,7 +620,10 @@ impl Bench<'_> {
     /// Subscribers, skewed, written with COPY; returns the pairs of each restaurant.
     async fn seed_subscribers(&self) -> BenchResult<Vec<usize>> {
         let (db, args) = (&self.db, self.args);
-        let sizes = popularity(args.restaurants, args.pairs, args.skew);
+        let sizes = match args.fanout {
+            Some(f) => vec![f; args.restaurants],
+            None => popularity(args.restaurants, args.pairs, args.skew),
+        };
         let sink = db
             .copy_in::<_, Bytes>(
                 "COPY subscribers_restaurants (restaurant_id, client_id) FROM STDIN (FORMAT binary)",
@@ -650,10 +765,11 @@ impl Bench<'_> {
 
     /// The sinks' own latency for one campaign of the latency phase, written one after the other
     /// as the pipeline does (Postgres, then Kafka), at the latency phase's rate.
-    async fn floor(&self, snapshot: &Arc<Snapshot>) -> BenchResult<Vec<FloorTimes>> {
+    async fn floor(&self, snapshot: &Arc<Snapshot>, rate: u32) -> BenchResult<Vec<FloorTimes>> {
         progress("latency floor of the two sinks");
         let kafka = self.kafka("floor");
-        latency_floor(&self.db, self.db_url, &kafka, snapshot, self.args, self.now).await
+        let (args, now) = (self.args, self.now);
+        latency_floor(&self.db, self.db_url, &kafka, snapshot, args, rate, now).await
     }
 
     /// (d): the pipeline, guarantees on; returns the running service for the phases after it.
@@ -696,6 +812,8 @@ impl Bench<'_> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "0")
+            // At fan-out 1 the whole workload is campaigns, produced at once.
+            .set("queue.buffering.max.messages", "2000000")
             .create()
             .map_err(err("campaign producer"))?;
         Ok(Service {
@@ -710,7 +828,7 @@ impl Bench<'_> {
     /// Latency at a steady rate well below saturation, from the service's own histogram of the
     /// time between a campaign's Kafka timestamp and both sinks confirmed (only this phase's
     /// observations: the counts before it are subtracted).
-    async fn latency(&self, service: &mut Service) -> BenchResult<Latency> {
+    async fn latency(&self, service: &mut Service, rate: u32) -> BenchResult<Latency> {
         let (args, now) = (self.args, self.now);
         let Service {
             metrics,
@@ -721,7 +839,6 @@ impl Bench<'_> {
         } = service;
         progress("latency");
         let before = histogram_buckets(&metrics.end_to_end_latency);
-        let rate = args.latency_rate.max(1);
         let total_latency = (rate * args.latency_secs) as usize;
         let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
         let mut next = Instant::now();
@@ -863,9 +980,10 @@ fn report(args: &Args, f: &Figures) -> serde_json::Value {
     };
     let per_million = |secs: f64| round(secs / n * 1e6, 2);
     let mib = |bytes: u64| round(bytes as f64 / 1048576.0, 1);
-    let (rss_1x_start, rss_1x_peak, rate_1x) = f.backlog_peaks[0];
-    let (rss_10x_start, rss_10x_peak, rate_10x) = f.backlog_peaks[1];
-    serde_json::json!({
+    let floor_p99 = exact_quantile(&floor_total, 0.99);
+    let latency_p99 = quantile(&f.latency.phase, 0.99);
+    let mut report = serde_json::json!({
+        "shape": args.shape(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "restaurants": args.restaurants,
         "pairs": f.pairs,
@@ -890,29 +1008,43 @@ fn report(args: &Args, f: &Figures) -> serde_json::Value {
             "postgres": per_million(f.d.others.1),
         },
         "service_cpu_seconds_per_million": per_million(f.d.cpu),
+        "service_cpu_over_raw_kafka_cpu": round(f.d.cpu / f.ceilings.a_cpu, 2),
         "latency_campaigns": f.latency.total_latency,
         "latency_fanout": args.latency_fanout,
         "latency_rate_per_s": f.latency.rate,
         "latency_p50_seconds": round(quantile(&f.latency.phase, 0.5), 4),
-        "latency_p99_seconds": round(quantile(&f.latency.phase, 0.99), 4),
+        "latency_p99_seconds": round(latency_p99, 4),
         "latency_max_bucket_le_seconds": max_bound(&f.latency.phase),
         "sinks_latency_floor_p50_seconds": round(exact_quantile(&floor_total, 0.5), 4),
-        "sinks_latency_floor_p99_seconds": round(exact_quantile(&floor_total, 0.99), 4),
+        "sinks_latency_floor_p99_seconds": round(floor_p99, 4),
         "sinks_latency_floor_max_seconds": round(exact_quantile(&floor_total, 1.0), 4),
         "sinks_latency_floor_postgres_max_seconds": round(floor_max(|t| t.postgres), 4),
         "sinks_latency_floor_kafka_max_seconds": round(floor_max(|t| t.kafka), 4),
+        "latency_p99_over_floor_p99_ms": round((latency_p99 - floor_p99) * 1000.0, 1),
+    });
+    let Some(rest) = &f.rest else {
+        return report;
+    };
+    let (rss_1x_start, rss_1x_peak, rate_1x) = rest.backlog_peaks[0];
+    let (rss_10x_start, rss_10x_peak, rate_10x) = rest.backlog_peaks[1];
+    let e = &rest.e;
+    let more = serde_json::json!({
         "backlog_campaigns": [args.backlog_campaigns, args.backlog_campaigns * 10],
         "backlog_rss_start_mib": [mib(rss_1x_start), mib(rss_10x_start)],
         "backlog_rss_peak_mib": [mib(rss_1x_peak), mib(rss_10x_peak)],
         "backlog_notifications_per_s": [rate_1x, rate_10x],
-        "e_pipeline_while_cache_reloads_per_s": per_s(f.e.secs),
-        "e_over_d": round(f.d.secs / f.e.secs, 3),
-        "e_cache_reloads": f.e.reloads,
-        "e_cache_reload_seconds_mean": round(f.e.reload_secs / f.e.reloads.max(1) as f64, 3),
+        "e_pipeline_while_cache_reloads_per_s": per_s(e.secs),
+        "e_over_d": round(f.d.secs / e.secs, 3),
+        "e_cache_reloads": e.reloads,
+        "e_cache_reload_seconds_mean": round(e.reload_secs / e.reloads.max(1) as f64, 3),
         "cache_pairs": f.cache.snapshot.pairs(),
         "cache_load_seconds": round(f.cache.load_secs, 3),
         "cache_resident_bytes_per_pair": f.cache.cache_bytes_per_pair.round(),
-    })
+    });
+    if let (Some(all), serde_json::Value::Object(more)) = (report.as_object_mut(), more) {
+        all.extend(more);
+    }
+    report
 }
 
 fn progress(what: &str) {
@@ -987,6 +1119,7 @@ async fn latency_floor(
     kafka: &KafkaSinkSettings,
     snapshot: &Arc<Snapshot>,
     args: &Args,
+    rate: u32,
     now: i64,
 ) -> BenchResult<Vec<FloorTimes>> {
     let pg = Rc::new(futures::lock::Mutex::new(
@@ -1005,7 +1138,6 @@ async fn latency_floor(
     let entry = snapshot
         .lookup(LATENCY_RESTAURANT)
         .ok_or("the latency restaurant is not in the cache")?;
-    let rate = args.latency_rate.max(1);
     let total = (rate * args.latency_secs) as usize;
     let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut tasks = Vec::with_capacity(total);

@@ -84,6 +84,21 @@ fn arrival_of(row: &Row) -> Result<Arrival, tokio_postgres::Error> {
     })
 }
 
+/// The kept versions of the keys `$1` (restaurants) and `$2` (campaigns): one primary-key lookup
+/// per key. The statement is prepared once and soon runs a generic plan; written as a join, a plan
+/// made while the table was small hashes the keys and scans the whole table for every group, and
+/// keeps doing so as the table grows. The `LIMIT` keeps the lookup a lookup.
+pub fn kept_statement() -> String {
+    format!(
+        "SELECT kept.* FROM unnest($1::text[], $2::text[]) AS k(restaurant_id, adv_campaign_id)
+         CROSS JOIN LATERAL (
+             SELECT {COLUMNS} FROM public.campaign_notifier_campaigns c
+             WHERE c.restaurant_id = k.restaurant_id AND c.adv_campaign_id = k.adv_campaign_id
+             LIMIT 1
+         ) kept"
+    )
+}
+
 /// The recorder's two statements, prepared once per connection (reading the kept versions on
 /// one, storing on the other, so that a read never waits behind a commit): a group of arrivals
 /// costs two round trips, not a parse of each statement as well.
@@ -94,13 +109,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub async fn new(reads: &Client, writes: &Client) -> Result<Prepared, tokio_postgres::Error> {
-        let kept = reads
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
-                 WHERE (restaurant_id, adv_campaign_id) IN
-                       (SELECT * FROM unnest($1::text[], $2::text[]))"
-            ))
-            .await?;
+        let kept = reads.prepare(&kept_statement()).await?;
         let store = writes
             .prepare(&format!(
                 "INSERT INTO public.campaign_notifier_campaigns ({COLUMNS})
