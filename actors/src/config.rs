@@ -317,7 +317,7 @@ fn default_true() -> bool {
     true
 }
 fn default_max_in_flight_campaigns() -> usize {
-    256
+    2048
 }
 fn default_orphaned_partition_secs() -> u64 {
     60
@@ -785,7 +785,7 @@ mod tests {
         let c = load(MINIMAL, &[]).unwrap();
         assert_eq!(c.cache.refresh_interval_secs, 60);
         assert_eq!(c.http.listen, "0.0.0.0:9898");
-        assert_eq!(c.kafka.max_in_flight_campaigns, 256);
+        assert_eq!(c.kafka.max_in_flight_campaigns, 2048);
     }
 
     #[test]

@@ -115,6 +115,13 @@ struct Args {
     /// Skips the backlog, reload and cache phases (set for each shape of `--matrix`).
     #[arg(skip)]
     pipeline_only: bool,
+    /// Internal: produce the `--campaigns` campaigns of (d), made at `--now`, to this topic and
+    /// exit. (d) runs this in a child process, so that producing the input is not counted as the
+    /// service's CPU.
+    #[arg(long, hide = true)]
+    produce_campaigns: Option<String>,
+    #[arg(long, hide = true)]
+    now: Option<i64>,
 }
 
 /// One shape of the fan-out matrix.
@@ -149,6 +156,7 @@ impl Args {
             producer_properties: self.producer_properties.clone(),
             brokers: self.brokers.clone(),
             postgres_url: self.postgres_url.clone(),
+            produce_campaigns: None,
             ..*self
         };
         if let Shape::Fanout(f) = shape {
@@ -192,6 +200,15 @@ fn main() -> ExitCode {
     args.normalize();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let system = actix_rt::System::new();
+    if let Some(topic) = &args.produce_campaigns {
+        return match system.block_on(produce_workload(&args, topic)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("producing the campaigns failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runs: Vec<Args> = match args.matrix.is_empty() {
         true => vec![args],
         false => args.matrix.iter().map(|s| args.for_shape(*s)).collect(),
@@ -259,6 +276,32 @@ fn campaign_json(c: &Campaign) -> String {
     .to_string()
 }
 
+/// The campaigns of (d): one per restaurant in turn.
+fn workload_campaigns(args: &Args, now: i64) -> Vec<Campaign> {
+    (0..args.campaigns)
+        .map(|i| campaign(i, &restaurant_id(i % args.restaurants), now))
+        .collect()
+}
+
+/// The child process of (d): produces its campaigns to `topic`.
+async fn produce_workload(args: &Args, topic: &str) -> BenchResult<()> {
+    let now = args.now.ok_or("--now is required with --produce-campaigns")?;
+    let producer = campaign_producer(&args.brokers)?;
+    produce_campaigns(&producer, topic, &workload_campaigns(args, now)).await
+}
+
+/// The upstream producer of campaigns: it sends each at once, since its own batching delay is
+/// not the service's latency.
+fn campaign_producer(brokers: &str) -> BenchResult<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        // At fan-out 1 the whole workload is campaigns, produced at once.
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .map_err(err("campaign producer"))
+}
+
 /// The notifications of every campaign: the same batches the pipeline builds.
 struct Workload {
     campaigns: Vec<Campaign>,
@@ -269,10 +312,9 @@ struct Workload {
 }
 
 fn workload(snapshot: Arc<Snapshot>, args: &Args, now: i64) -> Workload {
-    let mut campaigns = Vec::new();
+    let campaigns = workload_campaigns(args, now);
     let mut batches = Vec::new();
-    for i in 0..args.campaigns {
-        let c = campaign(i, &restaurant_id(i % args.restaurants), now);
+    for (i, c) in campaigns.iter().enumerate() {
         if let Some(entry) = snapshot.lookup(&c.restaurant_id) {
             let source = SourceRef {
                 topic: "bench".into(),
@@ -288,7 +330,6 @@ fn workload(snapshot: Arc<Snapshot>, args: &Args, now: i64) -> Workload {
                 entry,
             )));
         }
-        campaigns.push(c);
     }
     let notifications = batches.iter().map(|b| b.len()).sum();
     let kafka_jobs = batches
@@ -779,8 +820,21 @@ impl Bench<'_> {
         let others_before = others_cpu_seconds();
         let cpu_before = cpu_seconds();
         let started = Instant::now();
-        service.run(&w.campaigns, "(d)", |_| {}).await?;
+        let mut producer = self.produce_in_child(&service.input)?;
+        service.want += w.campaigns.len() as u64;
+        let produced = wait_processed(&service.metrics, service.want, "(d)", || {
+            match producer.try_wait().map_err(err("campaign producer"))? {
+                Some(status) if !status.success() => {
+                    Err(format!("the campaign producer exited with {status}"))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await;
         let d = started.elapsed().as_secs_f64();
+        let _ = producer.kill();
+        let _ = producer.wait();
+        produced?;
         let cpu = cpu_seconds() - cpu_before;
         let d_others = others_cpu_seconds();
         let d_others = (d_others.0 - others_before.0, d_others.1 - others_before.1);
@@ -798,6 +852,18 @@ impl Bench<'_> {
         ))
     }
 
+    /// A child process that produces the campaigns of (d) to `topic` (see `--produce-campaigns`).
+    fn produce_in_child(&self, topic: &str) -> BenchResult<std::process::Child> {
+        let args = self.args;
+        std::process::Command::new(std::env::current_exe().map_err(err("own path"))?)
+            .args(["--brokers", &args.brokers, "--produce-campaigns", topic])
+            .args(["--campaigns", &args.campaigns.to_string()])
+            .args(["--restaurants", &args.restaurants.to_string()])
+            .args(["--now", &self.now.to_string()])
+            .spawn()
+            .map_err(err("campaign producer"))
+    }
+
     /// The service on this run's topics and database, and a producer of campaigns for it.
     async fn start_service(&self) -> BenchResult<Service> {
         let (args, brokers) = (self.args, &self.args.brokers);
@@ -809,13 +875,7 @@ impl Bench<'_> {
         let metrics = pipeline.metrics.clone();
         // The upstream producer of campaigns sends each at once: its own batching delay is not
         // the service's latency.
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("linger.ms", "0")
-            // At fan-out 1 the whole workload is campaigns, produced at once.
-            .set("queue.buffering.max.messages", "2000000")
-            .create()
-            .map_err(err("campaign producer"))?;
+        let producer = campaign_producer(brokers)?;
         Ok(Service {
             pipeline,
             metrics,
@@ -863,7 +923,7 @@ impl Bench<'_> {
                 .map_err(|(e, _)| format!("produce campaign: {e}"))?;
         }
         *want += total_latency as u64;
-        wait_processed(metrics, *want, "latency", || {}).await?;
+        wait_processed(metrics, *want, "latency", || Ok(())).await?;
         let after = histogram_buckets(&metrics.end_to_end_latency);
         let phase: Vec<(f64, u64)> = after
             .iter()
@@ -941,7 +1001,11 @@ impl Service {
         self.want += campaigns.len() as u64;
         produce_campaigns(&self.producer, &self.input, campaigns).await?;
         let pipeline = &self.pipeline;
-        wait_processed(&self.metrics, self.want, phase, || tick(pipeline)).await
+        wait_processed(&self.metrics, self.want, phase, || {
+            tick(pipeline);
+            Ok(())
+        })
+        .await
     }
 
     /// Shuts the service down; an error unless it wrote `expected` notifications to each sink.
@@ -1086,12 +1150,13 @@ async fn produce_campaigns(
     Ok(())
 }
 
-/// Waits until `want` campaigns are processed in all, calling `tick` every 20 ms meanwhile.
+/// Waits until `want` campaigns are processed in all, calling `tick` every 20 ms meanwhile (an
+/// error from it ends the wait).
 async fn wait_processed(
     metrics: &Metrics,
     want: u64,
     phase: &str,
-    mut tick: impl FnMut(),
+    mut tick: impl FnMut() -> BenchResult<()>,
 ) -> BenchResult<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -1104,7 +1169,7 @@ async fn wait_processed(
                 "{phase}: {done} of {want} campaigns processed after 30 minutes"
             ));
         }
-        tick();
+        tick()?;
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
