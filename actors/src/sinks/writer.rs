@@ -210,6 +210,9 @@ pub struct Writer<S: Sink> {
     pending: VecDeque<Job<S>>,
     pending_rows: usize,
     in_flight: BTreeMap<u64, Vec<Job<S>>>,
+    /// Rows of the writes in `in_flight`, kept as they start and end: with one job per campaign
+    /// a write holds thousands of jobs, too many to count on every message.
+    in_flight_rows: usize,
     next_write: u64,
     linger_armed: bool,
     closing: Option<Vec<oneshot::Sender<()>>>,
@@ -241,6 +244,7 @@ impl<S: Sink> Writer<S> {
             pending: VecDeque::new(),
             pending_rows: 0,
             in_flight: BTreeMap::new(),
+            in_flight_rows: 0,
             next_write: 0,
             linger_armed: false,
             closing: None,
@@ -263,14 +267,8 @@ impl<S: Sink> Writer<S> {
 
     /// Rows waiting, being written or held back.
     fn waiting_rows(&self) -> usize {
-        let out: usize = self
-            .in_flight
-            .values()
-            .flatten()
-            .chain(self.suspects.iter().map(|(j, _)| j))
-            .map(|j| j.item.rows())
-            .sum();
-        self.pending_rows + out
+        let suspects: usize = self.suspects.iter().map(|(j, _)| j.item.rows()).sum();
+        self.pending_rows + self.in_flight_rows + suspects
     }
 
     fn update_gauges(&self) {
@@ -339,10 +337,14 @@ impl<S: Sink> Writer<S> {
         let items: Vec<_> = jobs.iter().map(|j| j.item.clone()).collect();
         let rows: usize = items.iter().map(|b| b.rows()).sum();
         self.in_flight.insert(id, jobs);
+        self.in_flight_rows += rows;
         let started = Instant::now();
         let write = sink.write(items);
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             let jobs = act.in_flight.remove(&id).unwrap_or_default();
+            if !jobs.is_empty() {
+                act.in_flight_rows -= rows;
+            }
             act.written(ctx, jobs, rows, started, result);
         }));
     }
@@ -709,6 +711,7 @@ impl<S: Sink> Supervised for Writer<S> {
         self.linger_armed = false;
         // The writes under way were dropped with the old context: their jobs go first.
         let in_flight = std::mem::take(&mut self.in_flight);
+        self.in_flight_rows = 0;
         for jobs in in_flight.into_values().rev() {
             self.requeue_front(jobs.into_iter());
         }
