@@ -23,6 +23,11 @@
 //! which starts a broker.
 
 use std::process::ExitCode;
+
+/// The service's allocator (see src/main.rs), so that the pipeline measured here allocates as
+/// the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -285,7 +290,9 @@ fn workload_campaigns(args: &Args, now: i64) -> Vec<Campaign> {
 
 /// The child process of (d): produces its campaigns to `topic`.
 async fn produce_workload(args: &Args, topic: &str) -> BenchResult<()> {
-    let now = args.now.ok_or("--now is required with --produce-campaigns")?;
+    let now = args
+        .now
+        .ok_or("--now is required with --produce-campaigns")?;
     let producer = campaign_producer(&args.brokers)?;
     produce_campaigns(&producer, topic, &workload_campaigns(args, now)).await
 }
