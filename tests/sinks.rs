@@ -54,6 +54,7 @@ fn job_of(campaign_id: &str, first_token: i64) -> Arc<PgJob> {
         range: 0..batch.len(),
         batch: Arc::new(batch),
         first_token,
+        replay: false,
     })
 }
 
@@ -78,9 +79,10 @@ async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk(
     assert_eq!(first[0].outbox_ids.len(), 1);
     assert_eq!(f.feedback_rows().await.len(), 3);
 
-    // The same chunk again (its commit was not confirmed): what the first attempt inserted, with
-    // its mark, and no new rows.
-    let retried = sink.write(vec![job(1_000)]).await.expect("retried write");
+    // The same chunk again (its commit was not confirmed, so the writer reconciles it first): what
+    // the first attempt inserted, with its mark, and no new rows.
+    let again = sink.reconcile(vec![job(1_000)]).await.expect("reconcile");
+    let retried = sink.write(again).await.expect("retried write");
     assert_eq!(clients(&retried[0]), all);
     assert_eq!(retried[0].outbox_ids, first[0].outbox_ids);
     assert_eq!(f.feedback_rows().await.len(), 3);
@@ -174,5 +176,87 @@ async fn every_postgres_session_runs_with_the_configured_limits() {
         after.is_err(),
         "the idle transaction was ended by the server"
     );
+    f.cleanup().await;
+}
+
+/// The outbox marks and, for each, the campaigns of the rows it lists.
+async fn marks_and_campaigns(f: &Fixture) -> Vec<(i64, Vec<String>)> {
+    f.db.query(
+        "SELECT o.id, array_agg(DISTINCT f.adv_campaign_id ORDER BY f.adv_campaign_id)
+         FROM campaign_notifier_outbox o JOIN subscribers_feedback f ON f.id = ANY (o.feedback_ids)
+         GROUP BY o.id ORDER BY o.id",
+        &[],
+    )
+    .await
+    .expect("marks")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[actix_rt::test]
+async fn a_group_of_campaigns_is_written_at_once_and_each_gets_its_own_rows_and_mark() {
+    let f = Fixture::new("pggroup", 1).await;
+    let sink = PgSink::connect(PgSinkConfig {
+        postgres: PostgresSettings::for_url(&f.db_url),
+        owner: 7,
+    })
+    .await
+    .expect("connect");
+    let all: BTreeSet<String> = CLIENTS.iter().map(|c| c.to_string()).collect();
+
+    // Two campaigns and the first one again, in one group: the copy adds nothing.
+    let group = vec![job_of("c-a", 10), job_of("c-b", 20), job_of("c-a", 30)];
+    let first = sink.write(group).await.expect("group write");
+    assert_eq!(clients(&first[0]), all);
+    assert_eq!(clients(&first[1]), all);
+    assert_eq!(first[2], Inserted::default(), "the same campaign again");
+    assert_eq!(first[0].outbox_ids.len(), 1);
+    assert_eq!(first[1].outbox_ids.len(), 1);
+    assert_ne!(first[0].outbox_ids, first[1].outbox_ids);
+    assert_eq!(f.feedback_rows().await.len(), 6);
+    let marks = marks_and_campaigns(&f).await;
+    assert_eq!(
+        marks,
+        vec![
+            (first[0].outbox_ids[0], vec!["c-a".to_string()]),
+            (first[1].outbox_ids[0], vec!["c-b".to_string()]),
+        ],
+        "each mark lists its own campaign's rows"
+    );
+
+    // The group again after a broken commit: reconciled, each job gets what it inserted before.
+    let again = sink
+        .reconcile(vec![
+            job_of("c-a", 10),
+            job_of("c-b", 20),
+            job_of("c-a", 30),
+        ])
+        .await
+        .expect("reconcile");
+    let retried = sink.write(again).await.expect("retried group");
+    for n in 0..3 {
+        assert_eq!(retried[n], first[n], "job {n} replayed");
+    }
+    assert_eq!(f.feedback_rows().await.len(), 6);
+
+    // One row of c-b gone, and a new campaign: only that client for c-b, everyone for c-c.
+    f.db.execute(
+        "DELETE FROM subscribers_feedback WHERE adv_campaign_id = 'c-b' AND client_id = $1",
+        &[&CLIENTS[0]],
+    )
+    .await
+    .expect("delete a row");
+    let partly = sink
+        .write(vec![job_of("c-b", 40), job_of("c-c", 50)])
+        .await
+        .expect("partial group");
+    assert_eq!(
+        clients(&partly[0]),
+        BTreeSet::from([CLIENTS[0].to_string()])
+    );
+    assert_eq!(clients(&partly[1]), all);
+    assert_eq!(f.feedback_rows().await.len(), 9);
+    assert_eq!(marks_and_campaigns(&f).await.len(), 4);
     f.cleanup().await;
 }

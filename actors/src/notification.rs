@@ -209,6 +209,20 @@ pub(crate) fn test_batch(content: Option<&str>, clients: usize) -> Arc<Notificat
     if let Some(content) = content {
         campaign.adv_campaign_content = content.to_string();
     }
+    batch_of(campaign, clients)
+}
+
+/// A batch of the brief's sample campaign with another `adv_campaign_id`, to `clients` clients.
+#[cfg(test)]
+pub(crate) fn test_batch_of(campaign_id: &str, clients: usize) -> Arc<NotificationBatch> {
+    let json = crate::campaign::split_inline_key(crate::contract::BRIEF_SAMPLE.as_bytes()).1;
+    let mut campaign = crate::campaign::parse_campaign(json, 65536).unwrap();
+    campaign.adv_campaign_id = campaign_id.to_string();
+    batch_of(campaign, clients)
+}
+
+#[cfg(test)]
+fn batch_of(campaign: crate::campaign::Campaign, clients: usize) -> Arc<NotificationBatch> {
     let mut b = crate::cache::snapshot::SnapshotBuilder::new();
     for i in 0..clients {
         b.push(&campaign.restaurant_id, &format!("client-{i}"));

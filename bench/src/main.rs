@@ -1227,6 +1227,7 @@ async fn latency_floor(
             range: 0..batch.len(),
             batch: Arc::new(batch),
             first_token: i as i64,
+            replay: false,
         });
         tasks.push(actix_rt::spawn(floor_one(
             pg.clone(),
