@@ -2,6 +2,8 @@
 # The benchmark against a Tansu broker of its own and the local Postgres; prints one JSON line.
 # Arguments go to campaign-bench (see `cargo run -p campaign-bench -- --help`), e.g.
 #   scripts/bench.sh --pairs 1000000 --restaurants 5000 --campaigns 5000
+# or the fan-out matrix (fan-out 1, 10, 100, 1 000 and the Zipf mix; one JSON line per shape):
+#   scripts/bench.sh --matrix
 # or, with `--example NAME` first, to one of bench/examples instead:
 #   scripts/bench.sh --example producer_chunking
 set -euo pipefail

@@ -61,6 +61,9 @@ log "benchmark smoke run"
 cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
   --restaurants 100 --pairs 5000 --campaigns 100 --latency-secs 2 --latency-fanout 10 \
   --backlog-campaigns 20 --cache-pairs 20000
+log "fan-out matrix smoke run (two shapes)"
+cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
+  --matrix 10,zipf --notifications 5000 --restaurants 100 --latency-secs 2
 log "lifecycle benchmark smoke run"
 cargo run -q -p campaign-bench --example lifecycle -- --brokers "$broker" --postgres-url "$pg_url" \
   --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2
