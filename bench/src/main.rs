@@ -50,8 +50,9 @@ use campaign_bench::setup::{
 };
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -556,6 +557,8 @@ struct Figures {
     w: Arc<Workload>,
     ceilings: Ceilings,
     floor: Vec<FloorTimes>,
+    /// Seconds each campaign of the input hop's floor took from its Kafka timestamp to a reader.
+    hop: Vec<f64>,
     d: PipelineRun,
     latency: Latency,
     /// The backlog and reload phases, unless the run is `pipeline_only`.
@@ -607,6 +610,7 @@ async fn run_in(
     let ceilings = bench.ceilings(&w).await?;
     let rate = latency_rate(args, &ceilings, w.notifications);
     let floor = bench.floor(&cache.snapshot, rate).await?;
+    let hop = bench.input_hop(rate).await?;
     let (mut service, d) = bench.pipeline(&w).await?;
     let latency = bench.latency(&mut service, rate).await?;
     let mut expected = w.notifications + latency.total_latency * args.latency_fanout;
@@ -630,6 +634,7 @@ async fn run_in(
             w,
             ceilings,
             floor,
+            hop,
             d,
             latency,
             rest,
@@ -759,6 +764,7 @@ impl Bench<'_> {
                 (&topic("raw"), args.partitions),
                 (&topic("dual"), args.partitions),
                 (&topic("floor"), args.partitions),
+                (&topic("hop"), args.partitions),
                 (&topic("in"), args.partitions),
                 (&topic("out"), args.partitions),
                 (&topic("dlq"), 1),
@@ -818,6 +824,94 @@ impl Bench<'_> {
         let kafka = self.kafka("floor");
         let (args, now) = (self.args, self.now);
         latency_floor(&self.db, self.db_url, &kafka, snapshot, args, rate, now).await
+    }
+
+    /// The input hop alone: campaigns produced at the latency phase's rate to a topic of their
+    /// own and read by a consumer set up as the service's reader is; seconds from each campaign's
+    /// Kafka timestamp to its arrival. The pipeline's latency starts at that timestamp, the
+    /// sinks' floor only once the campaign is at hand: the two floors add up.
+    async fn input_hop(&self, rate: u32) -> BenchResult<Vec<f64>> {
+        progress("latency floor of the input hop");
+        let (args, topic) = (self.args, self.topic("hop"));
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .set("group.id", format!("cn-bench-{}-hop", self.run_id))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("queued.min.messages", "100")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()
+            .map_err(err("hop consumer"))?;
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..args.partitions {
+            partitions
+                .add_partition_offset(&topic, p, Offset::Beginning)
+                .map_err(err("hop partitions"))?;
+        }
+        consumer.assign(&partitions).map_err(err("hop assign"))?;
+        let producer = campaign_producer(&args.brokers)?;
+        let total = (rate * args.latency_secs) as usize;
+        // Untimed campaigns first, until the consumer has read them: its first fetches (metadata,
+        // connections) are not the hop's latency.
+        let warm_up = 20;
+        let read_so_far = std::cell::Cell::new(0);
+        let read = async {
+            let mut secs = Vec::with_capacity(total);
+            let stream = consumer.stream();
+            pin_mut!(stream);
+            while secs.len() < total {
+                let message = stream
+                    .next()
+                    .await
+                    .ok_or("the hop consumer stopped")?
+                    .map_err(err("hop consume"))?;
+                let sent_ms = message.timestamp().to_millis().unwrap_or_default();
+                let now_ms = campaign_actors::clock::unix_ms();
+                read_so_far.set(read_so_far.get() + 1);
+                if read_so_far.get() > warm_up {
+                    secs.push((now_ms - sent_ms) as f64 / 1000.0);
+                }
+            }
+            Ok::<_, String>(secs)
+        };
+        let write = async {
+            for i in 0..warm_up {
+                let c = campaign(5_500_000 + i, LATENCY_RESTAURANT, self.now);
+                let json = campaign_json(&c);
+                producer
+                    .send_result(
+                        FutureRecord::to(&topic)
+                            .payload(&json)
+                            .key(&c.adv_campaign_id),
+                    )
+                    .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+            }
+            while read_so_far.get() < warm_up {
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+            let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let mut next = Instant::now();
+            for i in 0..total {
+                let c = campaign(5_000_000 + i, LATENCY_RESTAURANT, self.now);
+                let json = campaign_json(&c);
+                producer
+                    .send_result(
+                        FutureRecord::to(&topic)
+                            .payload(&json)
+                            .key(&c.adv_campaign_id),
+                    )
+                    .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+                next += tick;
+                actix_rt::time::sleep_until(next.into()).await;
+            }
+            Ok::<_, String>(())
+        };
+        let deadline = Duration::from_secs(u64::from(args.latency_secs) + 60);
+        let (secs, written) = actix_rt::time::timeout(deadline, futures::future::join(read, write))
+            .await
+            .map_err(|_| "the input hop's campaigns did not all arrive".to_string())?;
+        written?;
+        secs
     }
 
     /// (d): the pipeline, guarantees on; returns the running service for the phases after it.
@@ -1052,6 +1146,7 @@ fn report(args: &Args, f: &Figures) -> serde_json::Value {
     let per_million = |secs: f64| round(secs / n * 1e6, 2);
     let mib = |bytes: u64| round(bytes as f64 / 1048576.0, 1);
     let floor_p99 = exact_quantile(&floor_total, 0.99);
+    let hop_p99 = exact_quantile(&f.hop, 0.99);
     let latency_p99 = quantile(&f.latency.phase, 0.99);
     let mut report = serde_json::json!({
         "shape": args.shape(),
@@ -1092,6 +1187,10 @@ fn report(args: &Args, f: &Figures) -> serde_json::Value {
         "sinks_latency_floor_postgres_max_seconds": round(floor_max(|t| t.postgres), 4),
         "sinks_latency_floor_kafka_max_seconds": round(floor_max(|t| t.kafka), 4),
         "latency_p99_over_floor_p99_ms": round((latency_p99 - floor_p99) * 1000.0, 1),
+        "input_hop_floor_p50_seconds": round(exact_quantile(&f.hop, 0.5), 4),
+        "input_hop_floor_p99_seconds": round(hop_p99, 4),
+        "input_hop_floor_max_seconds": round(exact_quantile(&f.hop, 1.0), 4),
+        "latency_p99_over_both_floors_p99_ms": round((latency_p99 - floor_p99 - hop_p99) * 1000.0, 1),
     });
     let Some(rest) = &f.rest else {
         return report;
