@@ -58,6 +58,16 @@ fn job_of(campaign_id: &str, first_token: i64) -> Arc<PgJob> {
     })
 }
 
+/// The Postgres sink on the fixture's database, as owner 7.
+async fn pg_sink(f: &Fixture) -> PgSink {
+    PgSink::connect(PgSinkConfig {
+        postgres: PostgresSettings::for_url(&f.db_url),
+        owner: 7,
+    })
+    .await
+    .expect("connect")
+}
+
 fn clients(inserted: &Inserted) -> BTreeSet<String> {
     inserted.clients.iter().cloned().collect()
 }
@@ -65,12 +75,7 @@ fn clients(inserted: &Inserted) -> BTreeSet<String> {
 #[actix_rt::test]
 async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk() {
     let f = Fixture::new("pgsink", 1).await;
-    let sink = PgSink::connect(PgSinkConfig {
-        postgres: PostgresSettings::for_url(&f.db_url),
-        owner: 7,
-    })
-    .await
-    .expect("connect");
+    let sink = pg_sink(&f).await;
     let all: BTreeSet<String> = CLIENTS.iter().map(|c| c.to_string()).collect();
 
     // Every client is new: all of them, and one outbox mark.
@@ -117,12 +122,7 @@ async fn postgres_sink_reports_exactly_the_new_rows_and_replays_a_retried_chunk(
 #[actix_rt::test]
 async fn postgres_sink_calls_a_value_the_database_can_never_store_permanent() {
     let f = Fixture::new("pgpoison", 1).await;
-    let sink = PgSink::connect(PgSinkConfig {
-        postgres: PostgresSettings::for_url(&f.db_url),
-        owner: 7,
-    })
-    .await
-    .expect("connect");
+    let sink = pg_sink(&f).await;
     // An id too long for the notification key's index entry (SQLSTATE 54000), made of characters
     // that do not compress: Postgres refuses it the same way on every attempt.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -197,12 +197,7 @@ async fn marks_and_campaigns(f: &Fixture) -> Vec<(i64, Vec<String>)> {
 #[actix_rt::test]
 async fn a_group_of_campaigns_is_written_at_once_and_each_gets_its_own_rows_and_mark() {
     let f = Fixture::new("pggroup", 1).await;
-    let sink = PgSink::connect(PgSinkConfig {
-        postgres: PostgresSettings::for_url(&f.db_url),
-        owner: 7,
-    })
-    .await
-    .expect("connect");
+    let sink = pg_sink(&f).await;
     let all: BTreeSet<String> = CLIENTS.iter().map(|c| c.to_string()).collect();
 
     // Two campaigns and the first one again, in one group: the copy adds nothing.

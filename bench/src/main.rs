@@ -874,17 +874,20 @@ impl Bench<'_> {
             }
             Ok::<_, String>(secs)
         };
+        let send = |i: usize| {
+            let c = campaign(i, LATENCY_RESTAURANT, self.now);
+            let json = campaign_json(&c);
+            let record = FutureRecord::to(&topic)
+                .payload(&json)
+                .key(&c.adv_campaign_id);
+            producer
+                .send_result(record)
+                .map(|_| ())
+                .map_err(|(e, _)| format!("produce campaign: {e}"))
+        };
         let write = async {
             for i in 0..warm_up {
-                let c = campaign(5_500_000 + i, LATENCY_RESTAURANT, self.now);
-                let json = campaign_json(&c);
-                producer
-                    .send_result(
-                        FutureRecord::to(&topic)
-                            .payload(&json)
-                            .key(&c.adv_campaign_id),
-                    )
-                    .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+                send(5_500_000 + i)?;
             }
             while read_so_far.get() < warm_up {
                 actix_rt::time::sleep(Duration::from_millis(10)).await;
@@ -892,15 +895,7 @@ impl Bench<'_> {
             let tick = Duration::from_secs_f64(1.0 / f64::from(rate));
             let mut next = Instant::now();
             for i in 0..total {
-                let c = campaign(5_000_000 + i, LATENCY_RESTAURANT, self.now);
-                let json = campaign_json(&c);
-                producer
-                    .send_result(
-                        FutureRecord::to(&topic)
-                            .payload(&json)
-                            .key(&c.adv_campaign_id),
-                    )
-                    .map_err(|(e, _)| format!("produce campaign: {e}"))?;
+                send(5_000_000 + i)?;
                 next += tick;
                 actix_rt::time::sleep_until(next.into()).await;
             }

@@ -284,6 +284,20 @@ struct Chunk {
     clients: Range<usize>,
 }
 
+/// Every chunk of `jobs`, in order.
+fn chunks_of(jobs: &[Arc<PgJob>]) -> Vec<Chunk> {
+    jobs.iter()
+        .enumerate()
+        .flat_map(|(job, j)| {
+            j.chunks().map(move |(token, clients)| Chunk {
+                job,
+                token,
+                clients,
+            })
+        })
+        .collect()
+}
+
 /// The parameters of one [`GROUP_INSERT`]: its chunks' campaigns and its rows.
 #[derive(Default)]
 struct GroupParams<'a> {
@@ -420,17 +434,7 @@ async fn insert_all(
         .map_err(|_| {
             SinkError::Permanent("trigger_datetime_created does not fit the int4 column".into())
         })?;
-    let chunks: Vec<Chunk> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(job, j)| {
-            j.chunks().map(move |(token, clients)| Chunk {
-                job,
-                token,
-                clients,
-            })
-        })
-        .collect();
+    let chunks = chunks_of(jobs);
     let (groups, singles) = plan(jobs, &chunks);
     let group_params: Vec<GroupParams> = groups
         .iter()
@@ -534,17 +538,7 @@ mod tests {
 
     /// Each statement of `plan`, as the campaigns of its chunks.
     fn layout(jobs: &[Arc<PgJob>]) -> (Vec<Vec<String>>, Vec<String>) {
-        let chunks: Vec<Chunk> = jobs
-            .iter()
-            .enumerate()
-            .flat_map(|(job, j)| {
-                j.chunks().map(move |(token, clients)| Chunk {
-                    job,
-                    token,
-                    clients,
-                })
-            })
-            .collect();
+        let chunks = chunks_of(jobs);
         let name = |c: &&Chunk| {
             let job = &jobs[c.job];
             format!("{}:{}", job.batch.campaign.adv_campaign_id, c.clients.len())
