@@ -255,3 +255,44 @@ async fn a_group_of_campaigns_is_written_at_once_and_each_gets_its_own_rows_and_
     assert_eq!(marks_and_campaigns(&f).await.len(), 4);
     f.cleanup().await;
 }
+
+/// The writer's statements are prepared once per connection and soon run generic plans, made
+/// while the tables may still be empty. None may scan a table: the outbox holds every mark not yet
+/// cleared and `subscribers_feedback` every notification ever sent.
+#[actix_rt::test]
+async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_tables() {
+    use campaign_actors::sinks::pg_writer::{GROUP_INSERT, INSERT};
+    let f = Fixture::new("pgplans", 1).await;
+    f.db.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("generic plans");
+    for (name, statement, args) in [
+        (
+            "single",
+            INSERT,
+            "'r', 'c', 'x', 'o', 'k', 1, 2, 3, 4, ARRAY['a'], 5, 6",
+        ),
+        (
+            "grouped",
+            GROUP_INSERT,
+            "ARRAY['r'], ARRAY['c'], ARRAY['x'], ARRAY['o'], ARRAY['k'], ARRAY[1::int8], \
+             ARRAY[2::int8], ARRAY[3::int8], ARRAY[4], ARRAY[5::int8], ARRAY[1], ARRAY[1], \
+             ARRAY['a'], 6",
+        ),
+    ] {
+        f.db.batch_execute(&format!("PREPARE {name} AS {statement}"))
+            .await
+            .expect("prepare");
+        // EXPLAIN without ANALYZE: planned, not run.
+        let plan: Vec<String> =
+            f.db.query(&format!("EXPLAIN EXECUTE {name}({args})"), &[])
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
+    }
+    f.cleanup().await;
+}

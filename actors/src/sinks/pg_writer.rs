@@ -38,7 +38,9 @@ pub const ROWS_PER_STATEMENT: usize = 10_000;
 /// One row: the outbox mark (NULL when nothing was new) and the clients inserted, NULL when that
 /// is every client sent (the common case, which spares sending them back). A retried chunk whose
 /// token is already in the outbox gets its first attempt's mark and clients instead.
-const INSERT: &str = concat!(
+/// (Those are read one primary-key lookup at a time: the statement is prepared once and runs a
+/// generic plan, and one made while `subscribers_feedback` was empty would otherwise scan it.)
+pub const INSERT: &str = concat!(
     "
 WITH prior AS (
     SELECT id, feedback_ids FROM public.campaign_notifier_outbox WHERE token = $11
@@ -61,7 +63,9 @@ SELECT (SELECT id FROM mark),
 WHERE NOT EXISTS (SELECT 1 FROM prior)
 UNION ALL
 SELECT p.id,
-       ARRAY(SELECT f.client_id FROM public.subscribers_feedback f WHERE f.id = ANY (p.feedback_ids))
+       ARRAY(SELECT f.client_id FROM unnest(p.feedback_ids) AS m(id)
+             CROSS JOIN LATERAL (SELECT client_id FROM public.subscribers_feedback
+                                 WHERE id = m.id LIMIT 1) f)
 FROM prior p"
 );
 
