@@ -409,7 +409,6 @@ fn plan<'c>(jobs: &[Arc<PgJob>], chunks: &'c [Chunk]) -> (Vec<Vec<&'c Chunk>>, V
 }
 
 /// What a chunk added: its outbox mark, and the clients inserted.
-#[derive(Default)]
 struct Added {
     mark: Option<i64>,
     clients: Vec<String>,
@@ -513,7 +512,11 @@ async fn insert_all(
     }
     let mut inserted: Vec<Inserted> = vec![Inserted::default(); jobs.len()];
     for chunk in &chunks {
-        let added = by_token.remove(&chunk.token).unwrap_or_default();
+        // Every chunk was in one statement; without its answer its new rows would never reach
+        // Kafka, so the write fails (and is replayed) rather than report nothing new.
+        let added = by_token.remove(&chunk.token).ok_or_else(|| {
+            SinkError::Retriable(format!("no answer for the chunk of token {}", chunk.token))
+        })?;
         let out = &mut inserted[chunk.job];
         if let Some(id) = added.mark {
             if out.outbox_ids.last() != Some(&id) {
