@@ -502,3 +502,43 @@ async fn sighup_reloads_the_subscribers_at_once() {
     drop(service);
     f.cleanup().await;
 }
+
+/// Every Postgres connection of the service cut twenty times while a burst of campaigns flows: each
+/// actor holding one restarts, and whatever it had under way (the lifecycle records groups of
+/// arrivals and stores one group while it reads the next) is done after its restart. Nothing may
+/// stop the service, and every notification reaches both sinks once.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_cut_again_and_again_during_a_burst_stop_nothing() {
+    let f = Fixture::new("pgcuts", 1).await;
+    let restaurant = "ffffffff-0000-0000-0000-000000000007";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let mut service = Service::start(
+        &f,
+        "[writers]\nrestart_backoff_initial_ms = 20\nrestart_backoff_max_ms = 200\n",
+    );
+    let total = 1_000;
+    let campaign_of = |i: usize| format!("c-pgcuts-{i:04}");
+    for i in 0..total {
+        f.produce(
+            &i.to_string(),
+            active_campaign(restaurant, &campaign_of(i)).as_bytes(),
+        )
+        .await;
+        if i % 50 == 25 {
+            f.terminate_service_connections().await;
+        }
+    }
+    service.wait_processed(total as u64, Duration::from_secs(90));
+    assert!(
+        service.try_exit().is_none(),
+        "the service stopped:\n{}",
+        service.log_text()
+    );
+    let expected = total * CLIENTS.len();
+    let rows = f.feedback_rows().await.len();
+    let output = f.output_client_counts().values().sum::<u32>() as usize;
+    assert_eq!(rows, expected, "rows in Postgres");
+    assert_eq!(output, expected, "messages in Kafka");
+    drop(service);
+    f.cleanup().await;
+}

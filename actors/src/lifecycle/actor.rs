@@ -21,7 +21,7 @@
 //! and what it held (arrivals not yet answered, states not yet settled) is kept across the
 //! restart.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +110,11 @@ pub struct Lifecycle {
     recorder: Option<Rc<Client>>,
     prepared: Option<Rc<store::Prepared>>,
     pending: Vec<Pending>,
+    /// Groups being read or stored, by sequence: kept here rather than in the futures, so that a
+    /// restart (which drops the futures) puts them back in `pending` instead of dropping who
+    /// waits for them.
+    under_way: BTreeMap<u64, Vec<Pending>>,
+    next_under_way: u64,
     /// A group's kept versions are being read and decided on.
     deciding: bool,
     /// Versions decided by this instance, by campaign, with the group that stores them and
@@ -149,6 +154,8 @@ impl Lifecycle {
             recorder: None,
             prepared: None,
             pending: Vec::new(),
+            under_way: BTreeMap::new(),
+            next_under_way: 0,
             deciding: false,
             unstored: HashMap::new(),
             groups: 0,
@@ -186,9 +193,11 @@ impl Lifecycle {
         let batch = std::mem::take(&mut self.pending);
         let keys: BTreeSet<Key> = batch.iter().map(|p| key_of(&p.arrival.campaign)).collect();
         let keys: Vec<Key> = keys.into_iter().collect();
+        let id = self.hold(batch);
         let fut = async move { store::kept(&client, &prepared, &keys).await };
         ctx.spawn(fut.into_actor(self).map(move |kept, act, ctx| {
             act.deciding = false;
+            let batch = act.under_way.remove(&id).unwrap_or_default();
             match kept {
                 Ok(kept) => act.decide_and_store(kept, batch, ctx),
                 Err(e) => {
@@ -197,6 +206,13 @@ impl Lifecycle {
                 }
             }
         }));
+    }
+
+    /// Keeps a group while it is read or stored; returns its sequence.
+    fn hold(&mut self, batch: Vec<Pending>) -> u64 {
+        self.next_under_way += 1;
+        self.under_way.insert(self.next_under_way, batch);
+        self.next_under_way
     }
 
     /// Puts a group back, first, to be recorded after the restart.
@@ -251,11 +267,13 @@ impl Lifecycle {
             .values()
             .map(|&(i, state)| (batch[i].arrival.clone(), state))
             .collect();
+        let id = self.hold(batch);
         let fut = async move {
             let rows: Vec<(&Arrival, State)> = rows.iter().map(|(a, s)| (&**a, *s)).collect();
             store::store(&recorder, &prepared, &rows).await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let batch = act.under_way.remove(&id).unwrap_or_default();
             match result {
                 Ok(()) => {
                     act.restarts.succeeded();
@@ -751,6 +769,12 @@ impl Supervised for Lifecycle {
         self.prepared = None;
         self.deciding = false;
         self.unstored.clear();
+        // What was being read or stored went with the old context's futures: recorded again,
+        // first, in the order it arrived (a group answered already is not answered twice).
+        let under_way = std::mem::take(&mut self.under_way);
+        let later = std::mem::take(&mut self.pending);
+        self.pending = under_way.into_values().flatten().collect();
+        self.pending.extend(later);
         self.claiming = false;
         self.settling = false;
         // The feed's lock went with the connection.
