@@ -604,20 +604,9 @@ async fn a_subscription_the_change_feed_missed_is_notified_at_the_next_reload() 
 async fn the_kept_versions_are_read_by_key_even_by_a_plan_made_on_an_empty_table() {
     let f = Fixture::new("keptplan", 1).await;
     let statement = campaign_actors::lifecycle::store::kept_statement();
-    f.db.batch_execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .expect("generic plans");
-    f.db.batch_execute(&format!("PREPARE kept(text[], text[]) AS {statement}"))
-        .await
-        .expect("prepare");
-    let plan: Vec<String> =
-        f.db.query("EXPLAIN EXECUTE kept(ARRAY['r'], ARRAY['c'])", &[])
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-    let plan = plan.join("\n");
+    let plan = f
+        .generic_plan("kept", &statement, "ARRAY['r'], ARRAY['c']")
+        .await;
     assert!(
         !plan.contains("Seq Scan on campaign_notifier_campaigns"),
         "the kept versions are read by scanning the table:\n{plan}"

@@ -263,9 +263,6 @@ async fn a_group_of_campaigns_is_written_at_once_and_each_gets_its_own_rows_and_
 async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_tables() {
     use campaign_actors::sinks::pg_writer::{GROUP_INSERT, INSERT};
     let f = Fixture::new("pgplans", 1).await;
-    f.db.batch_execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .expect("generic plans");
     for (name, statement, args) in [
         (
             "single",
@@ -280,18 +277,7 @@ async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_table
              ARRAY['a'], 6",
         ),
     ] {
-        f.db.batch_execute(&format!("PREPARE {name} AS {statement}"))
-            .await
-            .expect("prepare");
-        // EXPLAIN without ANALYZE: planned, not run.
-        let plan: Vec<String> =
-            f.db.query(&format!("EXPLAIN EXECUTE {name}({args})"), &[])
-                .await
-                .expect("explain")
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-        let plan = plan.join("\n");
+        let plan = f.generic_plan(name, statement, args).await;
         assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
     }
     f.cleanup().await;

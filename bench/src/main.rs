@@ -50,7 +50,7 @@ use campaign_bench::setup::{
 };
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -833,14 +833,12 @@ impl Bench<'_> {
     async fn input_hop(&self, rate: u32) -> BenchResult<Vec<f64>> {
         progress("latency floor of the input hop");
         let (args, topic) = (self.args, self.topic("hop"));
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &args.brokers)
-            .set("group.id", format!("cn-bench-{}-hop", self.run_id))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .set("queued.min.messages", "100")
-            .set("fetch.queue.backoff.ms", "10")
-            .create()
+        // The service's own consumer, from the service's config: the same fetch settings. It
+        // stores no offset, so it commits none.
+        let mut reader = self.config()?.settings().reader;
+        reader.group_id = format!("cn-bench-{}-hop", self.run_id);
+        let consumer = reader
+            .create_consumer(Metrics::new())
             .map_err(err("hop consumer"))?;
         let mut partitions = TopicPartitionList::new();
         for p in 0..args.partitions {
@@ -960,12 +958,17 @@ impl Bench<'_> {
             .map_err(err("campaign producer"))
     }
 
+    /// The service's config in this run: its topics and database.
+    fn config(&self) -> BenchResult<campaign_actors::Config> {
+        let prefix = format!("cn-bench-{}", self.run_id);
+        let (brokers, properties) = (&self.args.brokers, &self.args.producer_properties);
+        service_config(brokers, &prefix, self.db_url, properties)
+    }
+
     /// The service on this run's topics and database, and a producer of campaigns for it.
     async fn start_service(&self) -> BenchResult<Service> {
-        let (args, brokers) = (self.args, &self.args.brokers);
-        let prefix = format!("cn-bench-{}", self.run_id);
-        let config = service_config(brokers, &prefix, self.db_url, &args.producer_properties)?;
-        let pipeline = Pipeline::start(config, Metrics::new())
+        let brokers = &self.args.brokers;
+        let pipeline = Pipeline::start(self.config()?, Metrics::new())
             .await
             .map_err(err("pipeline"))?;
         let metrics = pipeline.metrics.clone();

@@ -394,6 +394,26 @@ impl Fixture {
             .len()
     }
 
+    /// The plan Postgres makes for `statement` executed with `args` (SQL literals) when it plans
+    /// generically, as it soon does for a statement prepared once; planned, not run.
+    pub async fn generic_plan(&self, name: &str, statement: &str, args: &str) -> String {
+        self.db
+            .batch_execute(&format!(
+                "SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {statement}"
+            ))
+            .await
+            .expect("prepare");
+        let lines: Vec<String> = self
+            .db
+            .query(&format!("EXPLAIN EXECUTE {name}({args})"), &[])
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        lines.join("\n")
+    }
+
     pub async fn feedback_rows(&self) -> Vec<tokio_postgres::Row> {
         self.db
             .query("SELECT * FROM subscribers_feedback ORDER BY id", &[])
