@@ -36,15 +36,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
 use crate::events::{DeadLettered, Event};
+use crate::hand_off::{Batch, HandOff};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
 use crate::metrics::{DeadLetterReason, Metrics, SinkKind, WithdrawReason};
 use crate::notification::{cut, NotificationBatch};
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
-use crate::sinks::kafka_writer::{KafkaJob, KafkaSink};
-use crate::sinks::pg_writer::{PgJob, PgSink};
-use crate::sinks::{SinkError, Write};
+use crate::sinks::kafka_writer::{KafkaJob, KafkaSink, Sent};
+use crate::sinks::pg_writer::{Inserted, PgJob, PgSink};
+use crate::sinks::{SinkError, Write, WriteAll};
 
 /// The most notifications of one campaign written as one piece (a multiple of the Postgres
 /// writer's statement size, so a slice's statements are full).
@@ -55,9 +56,9 @@ const SLICES_AT_ONCE: usize = 4;
 
 /// Where delivery sends things.
 pub struct DeliveryTargets {
-    pub postgres: Recipient<Write<PgSink>>,
-    pub kafka: Recipient<Write<KafkaSink>>,
-    pub ledger: Recipient<ClearOutbox>,
+    pub postgres: Recipient<WriteAll<PgSink>>,
+    pub kafka: Recipient<WriteAll<KafkaSink>>,
+    pub ledger: Recipient<Batch<ClearOutbox, ()>>,
     pub withdraw: Recipient<Withdraw>,
     /// `None` when no dead-letter topic is configured: unusable messages are only logged and
     /// counted.
@@ -77,8 +78,12 @@ pub struct Delivery {
 }
 
 /// What a delivery under way needs: where to send, the metrics, the clock, and the budget of
-/// notifications in flight (one permit each).
+/// notifications in flight (one permit each). What the campaigns of one turn send to the writers
+/// and the ledger goes to each as one message.
 struct Routes {
+    postgres: HandOff<Arc<PgJob>, Result<Inserted, SinkError>>,
+    kafka: HandOff<Arc<KafkaJob>, Result<Sent, SinkError>>,
+    clear: HandOff<ClearOutbox, ()>,
     targets: DeliveryTargets,
     metrics: Metrics,
     clock: Clock,
@@ -97,6 +102,9 @@ impl Delivery {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Delivery {
             routes: Rc::new(Routes {
+                postgres: HandOff::new(targets.postgres.clone()),
+                kafka: HandOff::new(targets.kafka.clone()),
+                clear: HandOff::new(targets.ledger.clone()),
                 targets,
                 metrics: shared.metrics,
                 clock: shared.clock,
@@ -263,7 +271,7 @@ impl Routes {
             metrics: self.metrics.clone(),
         };
         let batch = job.batch.clone();
-        let to_postgres = self.targets.postgres.send(Write(Arc::new(job)));
+        let to_postgres = self.postgres.send(Arc::new(job));
         let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
             Ok(inserted) => inserted,
             // Its transaction was rolled back: nothing of the slice was written.
@@ -284,12 +292,11 @@ impl Routes {
             clients: inserted.clients,
             created_ms: self.clock.now_ms(),
         };
-        let to_kafka = self.targets.kafka.send(Write(Arc::new(job)));
+        let to_kafka = self.kafka.send(Arc::new(job));
         match confirmed(SinkKind::Kafka, to_kafka.await) {
             Ok(sent) if sent.expired.is_empty() => {
-                self.targets
-                    .ledger
-                    .do_send(ClearOutbox(inserted.outbox_ids));
+                // Nobody waits for the marks to be cleared: what is left is cleared by recovery.
+                drop(self.clear.send(ClearOutbox(inserted.outbox_ids)));
                 SliceOutcome::Written {
                     written: notifications,
                     expired: 0,
@@ -391,10 +398,11 @@ impl Routes {
     }
 }
 
-/// A writer's answer, or the outcome that reports why there is none.
-fn confirmed<T>(
+/// A writer's answer, or the outcome that reports why there is none (the writer's mailbox error
+/// or its answer channel canceled).
+fn confirmed<T, E: std::fmt::Display>(
     sink: SinkKind,
-    answer: Result<Result<T, SinkError>, MailboxError>,
+    answer: Result<Result<T, SinkError>, E>,
 ) -> Result<T, CampaignOutcome> {
     match answer {
         Ok(Ok(output)) => Ok(output),

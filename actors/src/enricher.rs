@@ -20,8 +20,9 @@ use crate::campaign::{parse_campaign, split_inline_key};
 use crate::clock::Clock;
 use crate::delivery::{Delivery, Origin};
 use crate::events::{CampaignRejected, Event};
+use crate::hand_off::HandOff;
 use crate::lifecycle::rules::Phase;
-use crate::lifecycle::{Arrival, Decision, Fire, Record, Window};
+use crate::lifecycle::{Arrival, Decision, Fire, RecordAll, Recorded, Window};
 use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::notification::NotificationBatch;
@@ -32,7 +33,7 @@ pub struct Enricher {
     snapshot: Option<Arc<Snapshot>>,
     /// Shared by every campaign's future: one reference count per campaign.
     joiner: Rc<Joiner>,
-    lifecycle: Recipient<Record>,
+    lifecycle: HandOff<Arc<Arrival>, Recorded>,
     max_campaign_bytes: usize,
     shared: Shared,
 }
@@ -42,7 +43,7 @@ type Outcome = Pin<Box<dyn Future<Output = CampaignOutcome>>>;
 impl Enricher {
     pub fn new(
         delivery: Delivery,
-        lifecycle: Recipient<Record>,
+        lifecycle: Recipient<RecordAll>,
         window: Window,
         max_campaign_bytes: usize,
         shared: Shared,
@@ -56,7 +57,7 @@ impl Enricher {
         Enricher {
             snapshot: None,
             joiner,
-            lifecycle,
+            lifecycle: HandOff::new(lifecycle),
             max_campaign_bytes,
             shared,
         }
@@ -172,17 +173,15 @@ impl Handler<ProcessCampaign> for Enricher {
                 return Box::pin(self.joiner.delivery.dead_letter(letter, outcome));
             }
         };
-        let recorded = self.lifecycle.send(Record(arrival.clone()));
+        let recorded = self.lifecycle.send(arrival.clone());
         let (joiner, snapshot) = (self.joiner.clone(), self.snapshot.clone());
         Box::pin(async move {
             let unconfirmed = |reason| CampaignOutcome::Unconfirmed {
                 sink: "lifecycle",
                 reason,
             };
-            let recorded = match recorded.await {
-                Ok(Ok(recorded)) => recorded,
-                Ok(Err(reason)) => return unconfirmed(reason),
-                Err(e) => return unconfirmed(e.to_string()),
+            let Ok(recorded) = recorded.await else {
+                return unconfirmed("the lifecycle stopped before recording the campaign".into());
             };
             let done: Outcome = match recorded.decision {
                 Decision::Deliver => joiner.deliver(&arrival, snapshot.as_ref()),
@@ -226,6 +225,7 @@ mod tests {
     use crate::clock::Clock;
     use crate::contract::{BRIEF_SAMPLE, BRIEF_SAMPLE_RESTAURANT};
     use crate::delivery::DeliveryTargets;
+    use crate::hand_off::Batch;
     use crate::lifecycle::rules::{decide, Kept};
     use crate::lifecycle::store::{key_of, Key};
     use crate::lifecycle::{Recorded, Stored};
@@ -234,9 +234,9 @@ mod tests {
     use crate::metrics::SinkKind;
     use crate::notification::SourceRef;
     use crate::sinks::dead_letter_writer::DeadLetterSink;
-    use crate::sinks::kafka_writer::{KafkaSink, Sent};
-    use crate::sinks::pg_writer::{Inserted, PgSink};
-    use crate::sinks::{SinkError, Write};
+    use crate::sinks::kafka_writer::{KafkaJob, KafkaSink, Sent};
+    use crate::sinks::pg_writer::{Inserted, PgJob, PgSink};
+    use crate::sinks::{SinkError, Write, WriteAll};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -267,10 +267,23 @@ mod tests {
         type Context = Context<Self>;
     }
 
-    impl Handler<Write<PgSink>> for Sinks {
-        type Result = Result<Inserted, SinkError>;
-        fn handle(&mut self, msg: Write<PgSink>, _: &mut Context<Self>) -> Self::Result {
-            let (batch, range) = (&msg.0.batch, msg.0.range.clone());
+    /// Answers each request of a batch in turn, as the real actors do.
+    fn answer_each<T: Send, R: Send>(batch: Batch<T, R>, mut answer: impl FnMut(T) -> R) {
+        for (request, answered) in batch.0 {
+            let _ = answered.send(answer(request));
+        }
+    }
+
+    impl Handler<WriteAll<PgSink>> for Sinks {
+        type Result = ();
+        fn handle(&mut self, msg: WriteAll<PgSink>, _: &mut Context<Self>) {
+            answer_each(msg, |job| self.postgres(&job));
+        }
+    }
+
+    impl Sinks {
+        fn postgres(&mut self, job: &PgJob) -> Result<Inserted, SinkError> {
+            let (batch, range) = (&job.batch, job.range.clone());
             let all: Vec<String> = range.map(|i| batch.client_id(i).to_string()).collect();
             let refused = self
                 .refused_client
@@ -292,10 +305,16 @@ mod tests {
         }
     }
 
-    impl Handler<Record> for Sinks {
-        type Result = Result<Recorded, String>;
-        fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
-            let (arrival, now) = (&msg.0, self.now);
+    impl Handler<RecordAll> for Sinks {
+        type Result = ();
+        fn handle(&mut self, msg: RecordAll, _: &mut Context<Self>) {
+            answer_each(msg, |arrival| self.record(&arrival));
+        }
+    }
+
+    impl Sinks {
+        fn record(&mut self, arrival: &Arrival) -> Recorded {
+            let now = self.now;
             let key = key_of(&arrival.campaign);
             let version = arrival.version();
             let (decision, state) =
@@ -315,22 +334,28 @@ mod tests {
                 .push(format!("record {decision:?}"));
             let (stored, is_stored) = futures::channel::oneshot::channel();
             let _ = stored.send(());
-            Ok(Recorded {
+            Recorded {
                 decision,
                 stored: Stored(is_stored),
-            })
+            }
         }
     }
 
-    impl Handler<Write<KafkaSink>> for Sinks {
-        type Result = Result<Sent, SinkError>;
-        fn handle(&mut self, msg: Write<KafkaSink>, _: &mut Context<Self>) -> Self::Result {
-            let clients = msg.0.clients.join(",");
+    impl Handler<WriteAll<KafkaSink>> for Sinks {
+        type Result = ();
+        fn handle(&mut self, msg: WriteAll<KafkaSink>, _: &mut Context<Self>) {
+            answer_each(msg, |job| self.kafka(&job));
+        }
+    }
+
+    impl Sinks {
+        fn kafka(&mut self, job: &KafkaJob) -> Result<Sent, SinkError> {
+            let clients = job.clients.join(",");
             self.log.lock().unwrap().push(format!("kafka {clients}"));
             match self.refusing {
                 Some(SinkKind::Kafka) => Err(SinkError::Permanent("message too large".into())),
                 _ => Ok(Sent {
-                    expired: (msg.0.clients.iter())
+                    expired: (job.clients.iter())
                         .filter(|c| self.expired.contains(&c.as_str()))
                         .cloned()
                         .collect(),
@@ -339,10 +364,12 @@ mod tests {
         }
     }
 
-    impl Handler<ClearOutbox> for Sinks {
+    impl Handler<Batch<ClearOutbox, ()>> for Sinks {
         type Result = ();
-        fn handle(&mut self, msg: ClearOutbox, _: &mut Context<Self>) {
-            self.log.lock().unwrap().push(format!("clear {:?}", msg.0));
+        fn handle(&mut self, msg: Batch<ClearOutbox, ()>, _: &mut Context<Self>) {
+            answer_each(msg, |ClearOutbox(marks)| {
+                self.log.lock().unwrap().push(format!("clear {marks:?}"));
+            });
         }
     }
 
@@ -449,8 +476,9 @@ mod tests {
                 "record Deliver",
                 "postgres 1",
                 "kafka client-a",
-                "clear [7]",
+                // The marks are cleared a turn later, off the data path.
                 "postgres 1",
+                "clear [7]",
                 "kafka client-b",
                 "clear [7]"
             ]
@@ -480,8 +508,8 @@ mod tests {
                 "record Deliver",
                 "postgres 1",
                 "kafka client-a",
-                "clear [7]",
                 "postgres refused",
+                "clear [7]",
                 "dead letter sink_refused"
             ]
         );

@@ -43,7 +43,8 @@
 //! - [`campaign`], [`notification`]: the input parsed and validated; the join result and the one
 //!   encoder of the output JSON.
 //! - [`contract`]: what the brief fixes (samples, tables, the notification columns).
-//! - [`messages`]: every message that crosses an actor boundary.
+//! - [`messages`]: every message that crosses an actor boundary; [`hand_off`]: what a turn of a
+//!   thread sends to one actor elsewhere, as one message.
 //! - [`config`]: the file, its checks, and its translation into component settings.
 //! - [`supervision`], [`shared`], [`events`], [`metrics`], [`clock`]: restart policy, the context
 //!   every component is handed (metrics, fatal reasons, clock), what is logged and counted, the
@@ -57,6 +58,7 @@ pub mod contract;
 pub mod delivery;
 pub mod enricher;
 pub mod events;
+pub mod hand_off;
 pub mod http;
 pub mod kafka;
 pub mod ledger;

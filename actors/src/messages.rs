@@ -79,9 +79,8 @@ impl CampaignOutcome {
     }
 }
 
-/// Clear these outbox marks: Kafka acknowledged every notification they list.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// Clear these outbox marks: Kafka acknowledged every notification they list. Sent in a
+/// [`crate::hand_off::Batch`], a turn's marks at once.
 pub struct ClearOutbox(pub Vec<i64>);
 
 /// Delete these outbox marks and the `subscribers_feedback` rows they list (all of them, or only

@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 
 use super::outbox;
 use super::recovery::{recover, OutputTarget, Takeover};
+use crate::hand_off::Batch;
 use crate::messages::{ClearOutbox, Withdraw};
 use crate::metrics::{ActorKind, WithdrawReason};
 use crate::postgres::{ConnectError, PostgresSettings};
@@ -247,10 +248,12 @@ impl Handler<Withdraw> for Ledger {
     }
 }
 
-impl Handler<ClearOutbox> for Ledger {
+impl Handler<Batch<ClearOutbox, ()>> for Ledger {
     type Result = ();
 
-    fn handle(&mut self, msg: ClearOutbox, _: &mut Context<Self>) {
-        self.to_clear.extend(msg.0);
+    fn handle(&mut self, msg: Batch<ClearOutbox, ()>, _: &mut Context<Self>) {
+        for (ClearOutbox(marks), _) in msg.0 {
+            self.to_clear.extend(marks);
+        }
     }
 }

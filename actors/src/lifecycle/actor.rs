@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 
 use super::rules::{decide, Decision, Kept, State, Window};
 use super::store::{self, key_of, Arrival, Claimed, Key};
-use super::{Fire, Record, Recorded, Stored};
+use super::{Fire, RecordAll, Recorded, Stored};
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::cache::SnapshotLoaded;
 use crate::events::{CampaignLifecycle, Event};
@@ -72,8 +72,9 @@ struct Feed {
 struct Pending {
     arrival: Arc<Arrival>,
     /// Taken once answered (a group that fails after its decisions were answered is stored
-    /// again after the restart, without answering twice).
-    decided: Option<oneshot::Sender<Decision>>,
+    /// again after the restart, without answering twice): where the decision goes, with the
+    /// receiving end of `stored`.
+    decided: Option<(oneshot::Sender<Recorded>, Stored)>,
     stored: oneshot::Sender<()>,
 }
 
@@ -254,8 +255,8 @@ impl Lifecycle {
                 stored.insert(key, (i, state));
             }
             // Delivery starts now, while the versions are being stored.
-            if let Some(decided) = pending.decided.take() {
-                let _ = decided.send(decision);
+            if let Some((decided, stored)) = pending.decided.take() {
+                let _ = decided.send(Recorded { decision, stored });
             }
             decisions.push(decision);
         }
@@ -794,27 +795,19 @@ impl Handler<SnapshotLoaded> for Lifecycle {
     }
 }
 
-impl Handler<Record> for Lifecycle {
-    type Result = ResponseFuture<Result<Recorded, String>>;
+impl Handler<RecordAll> for Lifecycle {
+    type Result = ();
 
-    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
-        let (decided, decision) = oneshot::channel();
-        let (stored, is_stored) = oneshot::channel();
-        self.pending.push(Pending {
-            arrival: msg.0,
-            decided: Some(decided),
-            stored,
-        });
+    fn handle(&mut self, msg: RecordAll, ctx: &mut Context<Self>) {
+        for (arrival, decided) in msg.0 {
+            let (stored, is_stored) = oneshot::channel();
+            self.pending.push(Pending {
+                arrival,
+                decided: Some((decided, Stored(is_stored))),
+                stored,
+            });
+        }
         self.record(ctx);
-        Box::pin(async move {
-            let decision = decision
-                .await
-                .map_err(|_| "the lifecycle stopped before recording the campaign".to_string())?;
-            Ok(Recorded {
-                decision,
-                stored: Stored(is_stored),
-            })
-        })
     }
 }
 

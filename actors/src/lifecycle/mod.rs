@@ -29,13 +29,13 @@ pub use rules::{Decision, Window};
 pub use store::Arrival;
 
 use crate::cache::snapshot::Snapshot;
+use crate::hand_off::Batch;
 use crate::messages::CampaignOutcome;
 
-/// Record an arriving campaign; answered with what to do with it as soon as that is decided (an
-/// error only when the lifecycle stopped first), while its version is still being stored.
-#[derive(Message)]
-#[rtype(result = "Result<Recorded, String>")]
-pub struct Record(pub Arc<Arrival>);
+/// Record arriving campaigns; each is answered with what to do with it as soon as that is decided,
+/// while its version is still being stored (unanswered, its channel reads as canceled, when the
+/// lifecycle stopped first). Sent through a [`crate::hand_off::HandOff`].
+pub type RecordAll = Batch<Arc<Arrival>, Recorded>;
 
 /// What to do with an arriving campaign, and when its version is in the table: a campaign is done
 /// (its offset may be committed) only once both its delivery and [`Stored`] are.

@@ -13,4 +13,4 @@ pub mod kafka_writer;
 pub mod pg_writer;
 pub mod writer;
 
-pub use writer::{LocalFuture, Rows, Sink, SinkError, Write, Writer, WriterSettings};
+pub use writer::{LocalFuture, Rows, Sink, SinkError, Write, WriteAll, Writer, WriterSettings};

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use futures::channel::oneshot;
 
 use crate::events::{Event, SinkWriteFailed, SinkWritten};
+use crate::hand_off::Batch;
 use crate::messages::{Close, Health, WriterHealth};
 use crate::metrics::{ErrorClass, SinkKind};
 use crate::shared::Shared;
@@ -134,6 +135,10 @@ pub struct Write<S: Sink>(pub Arc<S::Item>);
 impl<S: Sink> Message for Write<S> {
     type Result = Result<S::Output, SinkError>;
 }
+
+/// Write many jobs, each answered on its own channel once the sink confirmed it (see
+/// [`crate::hand_off`]).
+pub type WriteAll<S> = Batch<Arc<<S as Sink>::Item>, Result<<S as Sink>::Output, SinkError>>;
 
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
@@ -718,18 +723,35 @@ impl<S: Sink> Supervised for Writer<S> {
     }
 }
 
+impl<S: Sink> Writer<S> {
+    fn queue(&mut self, item: Arc<S::Item>, done: oneshot::Sender<Result<S::Output, SinkError>>) {
+        if !self.has_work() {
+            self.progress_at = Instant::now();
+        }
+        self.pending_rows += item.rows();
+        self.pending.push_back(Job::new(item, done));
+    }
+}
+
 impl<S: Sink> Handler<Write<S>> for Writer<S> {
     type Result = ResponseFuture<Result<S::Output, SinkError>>;
 
     fn handle(&mut self, msg: Write<S>, ctx: &mut Context<Self>) -> Self::Result {
         let (done, rx) = oneshot::channel();
-        if !self.has_work() {
-            self.progress_at = Instant::now();
-        }
-        self.pending_rows += msg.0.rows();
-        self.pending.push_back(Job::new(msg.0, done));
+        self.queue(msg.0, done);
         self.flush(ctx, false);
         Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) })
+    }
+}
+
+impl<S: Sink> Handler<WriteAll<S>> for Writer<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteAll<S>, ctx: &mut Context<Self>) {
+        for (item, done) in msg.0 {
+            self.queue(item, done);
+        }
+        self.flush(ctx, false);
     }
 }
 
