@@ -410,28 +410,29 @@ impl Config {
                     path: origin.to_string(),
                     message: e.message().to_string(),
                 })?;
+        let mut overrides = Vec::new();
         for (var, value) in env {
             if let Some(path) = var.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut table, &var, path, &value)?;
+                overrides.push(apply_override(&mut table, &var, path, &value)?);
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let mut key = e.path().to_string();
-                let message = e.into_inner().message().to_string();
-                // serde names a missing field in the message, not the path: put it in the key.
-                if let Some(field) = message
-                    .strip_prefix("missing field `")
-                    .and_then(|m| m.strip_suffix('`'))
-                {
-                    key = if key == "." {
-                        field.to_string()
-                    } else {
-                        format!("{key}.{field}")
-                    };
+        // Each override went in as text. One whose key takes a number or a boolean is read as
+        // that, once serde says so: a text key keeps `2024` or `true` as it was written.
+        let config: Config = loop {
+            match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => break config,
+                Err(e) => {
+                    let at = e.path().to_string();
+                    let set_by = overrides.iter_mut().find(|o| o.key.join(".") == at);
+                    if let Some(typed) = set_by.and_then(|o| o.typed.take().map(|t| (o, t))) {
+                        let (o, typed) = typed;
+                        set(&mut table, &o.key, typed);
+                        continue;
+                    }
+                    return Err(key_error(e, &overrides));
                 }
-                ConfigError::Key { key, message }
-            })?;
+            }
+        };
         config.validate()?;
         Ok(config)
     }
@@ -711,51 +712,97 @@ pub struct Settings {
     pub grace_period: Duration,
 }
 
-/// Sets `a.b.c` from `CAMPAIGN_NOTIFIER__A__B__C`. The value is read as a TOML value when it is
-/// one (`30`, `true`) and as a string otherwise, so `...__KAFKA__BROKERS=host:9092` needs no
-/// quoting.
+/// An environment override: the key it sets, and the value read as a number or a boolean for
+/// when that key turns out to take one.
+struct Override {
+    var: String,
+    key: Vec<String>,
+    typed: Option<toml::Value>,
+}
+
+/// Sets `a.b.c` from `CAMPAIGN_NOTIFIER__A__B__C`, as text, so that a text key takes any value
+/// without quoting (`...__KAFKA__BROKERS=host:9092`, `...__KAFKA__GROUP_ID=2024`).
 fn apply_override(
     table: &mut toml::Table,
     var: &str,
     path: &str,
     value: &str,
-) -> Result<(), ConfigError> {
-    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-    if keys.iter().any(|k| k.is_empty()) {
+) -> Result<Override, ConfigError> {
+    let key: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if key.iter().any(|k| k.is_empty()) {
         return Err(ConfigError::Env {
             var: var.to_string(),
             reason: "empty key segment".into(),
         });
     }
-    let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::Env {
+    let (last, parents) = key.split_last().ok_or_else(|| ConfigError::Env {
         var: var.to_string(),
         reason: "no key after the prefix".into(),
     })?;
-    let mut current = table;
-    for key in parents {
+    let mut current = &mut *table;
+    for section in parents {
         let entry = current
-            .entry(key.clone())
+            .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
             var: var.to_string(),
-            reason: format!("{key} is a value, not a section"),
+            reason: format!("{section} is a value, not a section"),
         })?;
     }
-    current.insert(last.clone(), parse_env_value(value));
-    Ok(())
+    current.insert(last.clone(), toml::Value::String(value.to_string()));
+    Ok(Override {
+        var: var.to_string(),
+        typed: typed_value(value),
+        key,
+    })
 }
 
-fn parse_env_value(value: &str) -> toml::Value {
-    let doc = format!("v = {value}");
-    match doc.parse::<toml::Table>() {
-        Ok(mut t) => match t.remove("v") {
-            Some(
-                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
-            ) => v,
-            _ => toml::Value::String(value.to_string()),
-        },
-        Err(_) => toml::Value::String(value.to_string()),
+/// Puts `value` at `key`, whose sections [`apply_override`] made.
+fn set(table: &mut toml::Table, key: &[String], value: toml::Value) {
+    let Some((last, parents)) = key.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for section in parents {
+        match current.get_mut(section).and_then(toml::Value::as_table_mut) {
+            Some(inner) => current = inner,
+            None => return,
+        }
     }
+    current.insert(last.clone(), value);
+}
+
+/// `value` as a TOML number or boolean, if it is one.
+fn typed_value(value: &str) -> Option<toml::Value> {
+    let mut doc = format!("v = {value}").parse::<toml::Table>().ok()?;
+    match doc.remove("v")? {
+        v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)) => Some(v),
+        _ => None,
+    }
+}
+
+/// serde's error, at the key it names; with the variable that set the key, if one did.
+fn key_error(
+    e: serde_path_to_error::Error<toml::de::Error>,
+    overrides: &[Override],
+) -> ConfigError {
+    let mut key = e.path().to_string();
+    let mut message = e.into_inner().message().to_string();
+    // serde names a missing field in the message, not the path: put it in the key.
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        key = if key == "." {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    if let Some(o) = overrides.iter().find(|o| o.key.join(".") == key) {
+        message = format!("{message} (set by {})", o.var);
+    }
+    ConfigError::Key { key, message }
 }
 
 #[cfg(test)]
@@ -837,6 +884,44 @@ mod tests {
         assert_eq!(c.kafka.brokers, "kafka-1:9092,kafka-2:9092");
         assert_eq!(c.cache.refresh_interval_secs, 5);
         assert_eq!(c.postgres.url, "postgres://app:s3cret@db:5432/app");
+    }
+
+    #[test]
+    fn env_overrides_are_read_as_the_type_of_the_key_they_set() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("CAMPAIGN_NOTIFIER__KAFKA__GROUP_ID", "2024"),
+                ("CAMPAIGN_NOTIFIER__KAFKA__INPUT_TOPIC", "true"),
+                ("CAMPAIGN_NOTIFIER__KAFKA__OUTPUT_TOPIC", "1.5"),
+                ("CAMPAIGN_NOTIFIER__POSTGRES__CREATE_SCHEMA", "false"),
+                ("CAMPAIGN_NOTIFIER__POSTGRES__CONNECT_TIMEOUT_SECS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_id, "2024");
+        assert_eq!(c.kafka.input_topic, "true");
+        assert_eq!(c.kafka.output_topic, "1.5");
+        assert!(!c.postgres.create_schema);
+        assert_eq!(c.postgres.connect_timeout_secs, 7);
+    }
+
+    #[test]
+    fn env_override_of_the_wrong_type_names_the_key_and_the_variable() {
+        let err = load(
+            MINIMAL,
+            &[("CAMPAIGN_NOTIFIER__POSTGRES__CONNECT_TIMEOUT_SECS", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("config key postgres.connect_timeout_secs:"),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("(set by CAMPAIGN_NOTIFIER__POSTGRES__CONNECT_TIMEOUT_SECS)"),
+            "{err}"
+        );
     }
 
     #[test]

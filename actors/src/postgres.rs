@@ -283,3 +283,58 @@ pub fn is_permanent(e: &tokio_postgres::Error) -> bool {
     e.code()
         .is_some_and(|code| matches!(&code.code()[..2], "22" | "23" | "54"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A peer that accepts connections and never answers: the handshake waits forever unless the
+    /// connect timeout ends it.
+    async fn silent_peer() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (
+            listener,
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_peer_that_never_answers_is_given_up_after_the_connect_timeout() {
+        let (_listener, url) = silent_peer().await;
+        let settings = PostgresSettings {
+            connect_timeout: Duration::from_millis(300),
+            ..PostgresSettings::for_url(&url)
+        };
+        let started = Instant::now();
+        let connecting = tokio::time::timeout(Duration::from_secs(10), connect(&settings, "test"));
+        let err = (connecting.await.expect("gave up by itself"))
+            .err()
+            .expect("no server answered");
+        let waited = started.elapsed();
+        assert!(matches!(err, ConnectError::TimedOut(t) if t == Duration::from_millis(300)));
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert!(
+            err.to_string().contains("postgres.connect_timeout_secs"),
+            "{err}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_urls_own_connect_timeout_wins() {
+        let (_listener, url) = silent_peer().await;
+        let settings = PostgresSettings {
+            connect_timeout: Duration::from_secs(60),
+            ..PostgresSettings::for_url(&format!("{url}?connect_timeout=1"))
+        };
+        let connecting = tokio::time::timeout(Duration::from_secs(10), connect(&settings, "test"));
+        let err = (connecting.await.expect("gave up by itself"))
+            .err()
+            .expect("no server answered");
+        assert!(matches!(err, ConnectError::TimedOut(t) if t == Duration::from_secs(1)));
+    }
+}
