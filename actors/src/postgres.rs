@@ -309,9 +309,7 @@ mod tests {
         };
         let started = Instant::now();
         let connecting = tokio::time::timeout(Duration::from_secs(10), connect(&settings, "test"));
-        let err = (connecting.await.expect("gave up by itself"))
-            .err()
-            .expect("no server answered");
+        let err = (connecting.await.expect("gave up by itself")).expect_err("no server answered");
         let waited = started.elapsed();
         assert!(matches!(err, ConnectError::TimedOut(t) if t == Duration::from_millis(300)));
         assert!(
@@ -332,9 +330,7 @@ mod tests {
             ..PostgresSettings::for_url(&format!("{url}?connect_timeout=1"))
         };
         let connecting = tokio::time::timeout(Duration::from_secs(10), connect(&settings, "test"));
-        let err = (connecting.await.expect("gave up by itself"))
-            .err()
-            .expect("no server answered");
+        let err = (connecting.await.expect("gave up by itself")).expect_err("no server answered");
         assert!(matches!(err, ConnectError::TimedOut(t) if t == Duration::from_secs(1)));
     }
 }
