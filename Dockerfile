@@ -11,7 +11,8 @@
 
 FROM rust:1-bookworm AS builder
 
-# rdkafka-sys builds librdkafka from source (its own configure script, or cmake), linking zlib.
+# rdkafka-sys builds librdkafka from source (its own configure script, or cmake), linking zlib
+# and the system's OpenSSL (TLS, SASL SCRAM); zstd is built from source by zstd-sys.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         build-essential python3 cmake zlib1g-dev libssl-dev pkg-config \
@@ -43,7 +44,7 @@ RUN touch src/main.rs actors/src/lib.rs \
 FROM debian:bookworm-slim
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 campaign-notifier \
     && useradd --system --uid 10001 --gid campaign-notifier --no-create-home \

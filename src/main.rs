@@ -76,6 +76,7 @@ fn main() -> ExitCode {
                     "kafka: brokers={} input_topic={} output_topic={} group_id={}",
                     c.kafka.brokers, c.kafka.input_topic, c.kafka.output_topic, c.kafka.group_id
                 );
+                println!("kafka.security: {}", c.kafka.security.describe());
                 println!(
                     "cache: refresh_interval_secs={}",
                     c.cache.refresh_interval_secs

@@ -100,6 +100,298 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for the producer, applied last.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// How every Kafka client of the service connects: TLS, SASL, or both.
+    #[serde(default)]
+    pub security: KafkaSecurityConfig,
+}
+
+/// How every Kafka client of the service (the reader, the writers, recovery's scan, the start-up
+/// check) connects and authenticates, given once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurityConfig {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `sasl_*` protocol.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub username: String,
+    /// The password itself (best set from the environment, `..._KAFKA__SECURITY__PASSWORD`)...
+    #[serde(default)]
+    pub password: Secret,
+    /// ...or a file that holds it (a mounted secret; a final newline is not part of it).
+    #[serde(default)]
+    pub password_file: String,
+    /// PEM file of the authorities that signed the brokers' certificates; empty: the system's.
+    #[serde(default)]
+    pub ca_file: String,
+    /// PEM client certificate and key, for brokers that authenticate clients by certificate.
+    #[serde(default)]
+    pub certificate_file: String,
+    #[serde(default)]
+    pub key_file: String,
+    #[serde(default)]
+    pub key_password: Secret,
+    /// Check that a broker's certificate names the host connected to.
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+}
+
+impl Default for KafkaSecurityConfig {
+    fn default() -> Self {
+        KafkaSecurityConfig {
+            protocol: SecurityProtocol::default(),
+            sasl_mechanism: None,
+            username: String::new(),
+            password: Secret::default(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            certificate_file: String::new(),
+            key_file: String::new(),
+            key_password: Secret::default(),
+            verify_hostname: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    #[serde(alias = "PLAINTEXT")]
+    Plaintext,
+    #[serde(alias = "SSL")]
+    Ssl,
+    #[serde(alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A value never printed: `Debug` shows `***` (or nothing when it is empty).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// The librdkafka properties `[kafka.security]` sets; the service's own: `kafka.consumer` and
+/// `kafka.producer` may not set them.
+const SECURITY_PROPERTIES: [&str; 9] = [
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+];
+
+impl KafkaSecurityConfig {
+    /// The librdkafka properties every client is created with (none for plaintext, librdkafka's
+    /// default).
+    pub fn properties(&self) -> Vec<(String, String)> {
+        if self.protocol == SecurityProtocol::Plaintext {
+            return Vec::new();
+        }
+        let mut p = vec![("security.protocol", self.protocol.as_str().to_string())];
+        if self.protocol.sasl() {
+            if let Some(mechanism) = self.sasl_mechanism {
+                p.push(("sasl.mechanism", mechanism.as_str().to_string()));
+            }
+            p.push(("sasl.username", self.username.clone()));
+            p.push(("sasl.password", self.password.expose().to_string()));
+        }
+        if self.protocol.tls() {
+            let files = [
+                ("ssl.ca.location", &self.ca_file),
+                ("ssl.certificate.location", &self.certificate_file),
+                ("ssl.key.location", &self.key_file),
+            ];
+            for (key, file) in files {
+                if !file.is_empty() {
+                    p.push((key, file.clone()));
+                }
+            }
+            if !self.key_password.is_empty() {
+                p.push(("ssl.key.password", self.key_password.expose().to_string()));
+            }
+            let check = if self.verify_hostname {
+                "https"
+            } else {
+                "none"
+            };
+            p.push(("ssl.endpoint.identification.algorithm", check.to_string()));
+        }
+        p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// One line for `check-config`, the password masked.
+    pub fn describe(&self) -> String {
+        let mut line = format!("protocol={}", self.protocol.as_str());
+        if self.protocol.sasl() {
+            let mechanism = self.sasl_mechanism.map_or("?", SaslMechanism::as_str);
+            let from = match self.password_file.is_empty() {
+                true => String::new(),
+                false => format!(" (from {})", self.password_file),
+            };
+            line += &format!(
+                " sasl_mechanism={mechanism} username={} password=***{from}",
+                self.username
+            );
+        }
+        if self.protocol.tls() {
+            let ca = match self.ca_file.is_empty() {
+                true => "the system's",
+                false => &self.ca_file,
+            };
+            line += &format!(" ca_file={ca} verify_hostname={}", self.verify_hostname);
+            if !self.certificate_file.is_empty() {
+                line += &format!(" certificate_file={}", self.certificate_file);
+            }
+        }
+        line
+    }
+
+    /// Reads `password_file` into the password.
+    fn read_password_file(&mut self) -> Result<(), ConfigError> {
+        if self.password_file.is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.password_file).map_err(|e| {
+            ConfigError::key(
+                "kafka.security.password_file",
+                format!("cannot read {}: {e}", self.password_file),
+            )
+        })?;
+        self.password = Secret(text.strip_suffix('\n').unwrap_or(&text).to_string());
+        Ok(())
+    }
+
+    fn validate(&self, password_given: bool) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("kafka.security.{k}");
+        if self.protocol.sasl() {
+            if self.sasl_mechanism.is_none() {
+                return Err(ConfigError::key(
+                    &key("sasl_mechanism"),
+                    "is required with a sasl_* protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                ));
+            }
+            if self.username.trim().is_empty() {
+                return Err(ConfigError::key(
+                    &key("username"),
+                    "is required with a sasl_* protocol",
+                ));
+            }
+            // Both given, or neither.
+            if password_given != self.password_file.is_empty() {
+                return Err(ConfigError::key(
+                    &key("password"),
+                    "give exactly one of password and password_file with a sasl_* protocol",
+                ));
+            }
+        } else if self.sasl_mechanism.is_some() || !self.username.is_empty() || password_given {
+            return Err(ConfigError::key(
+                &key("protocol"),
+                "is not sasl_plaintext or sasl_ssl, so a SASL mechanism, username or password \
+                 would be ignored",
+            ));
+        }
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("certificate_file", &self.certificate_file),
+            ("key_file", &self.key_file),
+        ];
+        for (name, file) in files {
+            if file.is_empty() {
+                continue;
+            }
+            if !self.protocol.tls() {
+                return Err(ConfigError::key(
+                    &key(name),
+                    "is only used with the ssl and sasl_ssl protocols",
+                ));
+            }
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(ConfigError::key(
+                    &key(name),
+                    format!("cannot read {file}: {e}"),
+                ));
+            }
+        }
+        if self.certificate_file.is_empty() != self.key_file.is_empty() {
+            return Err(ConfigError::key(
+                &key("key_file"),
+                "certificate_file and key_file go together",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,6 +725,10 @@ impl Config {
                 }
             }
         };
+        let mut config = config;
+        let password_given = !config.kafka.security.password.is_empty();
+        config.kafka.security.validate(password_given)?;
+        config.kafka.security.read_password_file()?;
         config.validate()?;
         Ok(config)
     }
@@ -505,6 +801,17 @@ impl Config {
                 return Err(ConfigError::key(
                     &format!("kafka.consumer.\"{key}\""),
                     "is set by the service (use the kafka section's own keys) and cannot be overridden",
+                ));
+            }
+        }
+        for (section, map) in [
+            ("consumer", &self.kafka.consumer),
+            ("producer", &self.kafka.producer),
+        ] {
+            if let Some(key) = SECURITY_PROPERTIES.iter().find(|k| map.contains_key(**k)) {
+                return Err(ConfigError::key(
+                    &format!("kafka.{section}.\"{key}\""),
+                    "is set by [kafka.security], for every client at once",
                 ));
             }
         }
@@ -609,8 +916,10 @@ impl Config {
     pub fn settings(&self) -> Settings {
         let k = &self.kafka;
         let w = &self.writers;
+        // Every client connects as [kafka.security] says; the section's own properties after.
         let pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            let own = m.iter().map(|(k, v)| (k.clone(), v.clone()));
+            k.security.properties().into_iter().chain(own).collect()
         };
         let backoff_initial = Duration::from_millis(w.restart_backoff_initial_ms);
         let backoff_max = Duration::from_millis(w.restart_backoff_max_ms);
@@ -1009,6 +1318,128 @@ mod tests {
             (10, 60)
         );
         assert_eq!(l.poll_interval, Duration::from_millis(100));
+    }
+
+    fn with_security(section: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load(&format!("{MINIMAL}\n[kafka.security]\n{section}"), env)
+    }
+
+    #[test]
+    fn kafka_security_reaches_every_client_and_its_password_is_never_shown() {
+        let ca = std::env::temp_dir().join(format!("cn-config-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not checked here").unwrap();
+        let c = with_security(
+            &format!(
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+                 username = \"svc\"\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+            &[("CAMPAIGN_NOTIFIER__KAFKA__SECURITY__PASSWORD", "12345")],
+        )
+        .unwrap();
+        let settings = c.settings();
+        let expected = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "svc"),
+            ("sasl.password", "12345"),
+            ("ssl.ca.location", &ca.display().to_string()),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ];
+        for overrides in [&settings.reader.overrides, &settings.producer.overrides] {
+            for (key, value) in expected {
+                assert!(
+                    overrides.iter().any(|(k, v)| k == key && v == value),
+                    "{key} missing"
+                );
+            }
+        }
+        // Recovery's scan and the start-up check take the producer's connection settings.
+        let shared: Vec<_> = settings.producer.connection_overrides().collect();
+        assert!(shared.contains(&("sasl.password", "12345")));
+        assert!(!format!("{c:?}").contains("12345"));
+        assert!(!c.kafka.security.describe().contains("12345"));
+        assert!(c.kafka.security.describe().contains("password=***"));
+        let _ = std::fs::remove_file(ca);
+    }
+
+    #[test]
+    fn kafka_password_file_is_read_without_its_final_newline() {
+        let file = std::env::temp_dir().join(format!("cn-config-pw-{}", std::process::id()));
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let section = format!(
+            "protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nusername = \"svc\"\n\
+             password_file = \"{}\"\n",
+            file.display()
+        );
+        let c = with_security(&section, &[]).unwrap();
+        assert_eq!(c.kafka.security.password.expose(), "s3cret");
+        assert!(c
+            .kafka
+            .security
+            .describe()
+            .contains(&format!("(from {})", file.display())));
+        let _ = std::fs::remove_file(&file);
+        let err = with_security(&section, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config key kafka.security.password_file: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_security_rules() {
+        let cases = [
+            ("protocol = \"sasl_ssl\"\n", "kafka.security.sasl_mechanism"),
+            (
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\npassword = \"p\"\n",
+                "kafka.security.username",
+            ),
+            (
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\n",
+                "kafka.security.password",
+            ),
+            (
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\n\
+                 password = \"p\"\npassword_file = \"/p\"\n",
+                "kafka.security.password",
+            ),
+            ("username = \"u\"\n", "kafka.security.protocol"),
+            (
+                "protocol = \"sasl_plaintext\"\nsasl_mechanism = \"GSSAPI\"\n",
+                "kafka.security.sasl_mechanism",
+            ),
+            ("protocol = \"tls\"\n", "kafka.security.protocol"),
+            (
+                "protocol = \"ssl\"\nca_file = \"/no/such/ca.pem\"\n",
+                "kafka.security.ca_file",
+            ),
+            ("ca_file = \"/etc/hostname\"\n", "kafka.security.ca_file"),
+            (
+                "protocol = \"ssl\"\ncertificate_file = \"/etc/hostname\"\n",
+                "kafka.security.key_file",
+            ),
+        ];
+        for (section, key) in cases {
+            let err = with_security(section, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("config key {key}")),
+                "{section}: {err}"
+            );
+        }
+        let err = load(
+            &format!("{MINIMAL}\n[kafka.producer]\n\"sasl.password\" = \"p\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is set by [kafka.security]"), "{err}");
+        // Upper-case names as librdkafka writes them are taken too.
+        let c = with_security("protocol = \"SSL\"\nverify_hostname = false\n", &[]).unwrap();
+        assert!(c.settings().producer.overrides.contains(&(
+            "ssl.endpoint.identification.algorithm".into(),
+            "none".into()
+        )));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `run`, `demo`, the tests and the benchmark.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::watch;
@@ -38,6 +39,30 @@ pub enum StartError {
     },
     #[error("the subscriber cache stopped before its first load")]
     CacheGone,
+    #[error("Kafka: {0}")]
+    Kafka(String),
+}
+
+/// How long the start-up check waits for a broker to answer before going on without one.
+const KAFKA_ACCESS_WAIT: Duration = Duration::from_secs(10);
+
+/// Credentials or certificates the brokers refuse stop the start; brokers that do not answer yet
+/// do not (the clients keep trying, as they would later).
+async fn check_kafka_access(settings: &Settings) -> Result<(), StartError> {
+    let producer = settings.producer.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::kafka::access::check(&producer, KAFKA_ACCESS_WAIT)
+    })
+    .await
+    .map_err(|e| StartError::Kafka(format!("the start-up check failed: {e}")))?;
+    match checked {
+        Ok(crate::kafka::access::Access::Granted) => Ok(()),
+        Ok(crate::kafka::access::Access::Unreachable(reason)) => {
+            log::warn!("no Kafka broker answered at start-up ({reason}); the clients keep trying");
+            Ok(())
+        }
+        Err(e) => Err(StartError::Kafka(e.message)),
+    }
 }
 
 pub struct Pipeline {
@@ -71,6 +96,7 @@ impl Pipeline {
         if settings.create_schema {
             prepare_schema(&settings).await?;
         }
+        check_kafka_access(&settings).await?;
         let owner = crate::ledger::new_owner();
 
         let arbiters = Arbiters::new();

@@ -18,6 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::Client;
 
+pub mod secure;
+
 /// The brief's sample input (in the brief's `key:json` form), its restaurant, and the contract's
 /// output example (`client_id` and `trigger_datetime_created` vary).
 #[allow(unused_imports)]
@@ -78,6 +80,18 @@ pub struct Fixture {
     pub db: Client,
     pub dir: PathBuf,
     pub producer: FutureProducer,
+    /// librdkafka properties every client of the fixture's connects with (a secured broker's).
+    pub client_properties: Vec<(String, String)>,
+}
+
+/// A client of `brokers` with `properties` set.
+fn client_of(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        cc.set(k, v);
+    }
+    cc
 }
 
 pub async fn connect(url: &str) -> Client {
@@ -98,6 +112,16 @@ impl Fixture {
 
     /// A fixture on the given broker (a test that stops its broker brings its own).
     pub async fn new_on(tag: &str, partitions: i32, brokers: &str) -> Fixture {
+        Fixture::new_secured(tag, partitions, brokers, Vec::new()).await
+    }
+
+    /// A fixture on the given broker, whose clients connect with `client_properties`.
+    pub async fn new_secured(
+        tag: &str,
+        partitions: i32,
+        brokers: &str,
+        client_properties: Vec<(String, String)>,
+    ) -> Fixture {
         let run = env("CN_TEST_RUN_ID");
         let brokers = brokers.to_string();
         let admin_url = env("CN_TEST_POSTGRES_URL");
@@ -121,10 +145,10 @@ impl Fixture {
         let input_topic = format!("cn-{name}-in");
         let output_topic = format!("cn-{name}-out");
         let dead_letter_topic = format!("cn-{name}-dlq");
-        let admin_client: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("admin client");
+        let admin_client: AdminClient<DefaultClientContext> =
+            client_of(&brokers, &client_properties)
+                .create()
+                .expect("admin client");
         let topics = [
             NewTopic::new(&input_topic, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&output_topic, partitions, TopicReplication::Fixed(1)),
@@ -137,8 +161,7 @@ impl Fixture {
         {
             result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
         }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let producer: FutureProducer = client_of(&brokers, &client_properties)
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
             // Room for the oversized messages the hostile-input test sends.
@@ -160,6 +183,7 @@ impl Fixture {
             db,
             dir,
             producer,
+            client_properties,
         }
     }
 
@@ -209,8 +233,7 @@ impl Fixture {
     }
 
     fn consumer(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        client_of(&self.brokers, &self.client_properties)
             .set("group.id", format!("{}-verify", self.group_id))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
@@ -230,8 +253,7 @@ impl Fixture {
     /// Per partition of the input topic: the service group's committed offset and the end of the
     /// partition.
     pub fn input_commits(&self) -> Vec<(i64, i64)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = client_of(&self.brokers, &self.client_properties)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .create()

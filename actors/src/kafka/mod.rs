@@ -4,11 +4,13 @@
 //! [`producer`] is the only place a record is handed to librdkafka: the notification writer, the
 //! dead-letter writer and recovery all use it, so a full queue, a refused record and a flush are
 //! handled the same way everywhere. [`scan`] reads the output topic back to find which
-//! notifications already landed. The settings of the clients they create are built here.
+//! notifications already landed. [`access`] checks at start-up that the brokers take the
+//! service's credentials and certificates. The settings of the clients they create are built here.
 //!
 //! Must not touch: offsets of the input topic (the reader's), Postgres, or the order of writes
 //! across sinks.
 
+pub mod access;
 pub mod producer;
 pub mod scan;
 

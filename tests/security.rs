@@ -1,0 +1,151 @@
+//! The service against a broker reached as a managed cluster is: SASL_SSL with SCRAM-SHA-512
+//! (see `common::secure`). Every client of the service connects through `[kafka.security]`; a
+//! wrong password or a certificate signed by an authority the service does not trust stops the
+//! start with exit code 2 and librdkafka's reason, instead of a service that retries for ever.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::secure::{SecureBroker, USER};
+use common::{Fixture, Service, CONTRACT_OUTPUT, SAMPLE, SAMPLE_RESTAURANT};
+
+/// The `[kafka.security]` section for `broker`, the password read from `password_file` and the
+/// broker's certificate checked against `ca_file`.
+fn security(password_file: &std::path::Path, ca_file: &std::path::Path) -> String {
+    format!(
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+         username = \"{USER}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+        password_file.display(),
+        ca_file.display()
+    )
+}
+
+async fn fixture(tag: &str, broker: &SecureBroker) -> Fixture {
+    Fixture::new_secured(tag, 1, &broker.address(), broker.client_properties()).await
+}
+
+/// Runs the service on `config` until it exits by itself; fails the test if it has not within
+/// 60 s (a start-up that hangs is the failure this guards against).
+fn exit_within_a_minute(fixture: &Fixture, config: &str) -> (Option<i32>, String, Duration) {
+    let path = fixture.dir.join("config-exit.toml");
+    std::fs::write(&path, fixture.config(common::free_port(), config)).expect("write config");
+    let log = fixture.dir.join("exit.log");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start the service");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return (status.code(), text, started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after 60 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[actix_rt::test]
+async fn over_sasl_ssl_with_scram_sha_512_the_sample_reaches_both_sinks() {
+    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
+        "cn-test-{}-secure-ok",
+        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
+    )));
+    let fixture = fixture("secure_ok", &broker).await;
+    fixture
+        .subscribe(SAMPLE_RESTAURANT, &["client-a", "client-b"])
+        .await;
+    let password_file = fixture.dir.join("kafka-password");
+    std::fs::write(&password_file, format!("{}\n", broker.password)).expect("password file");
+    let config = security(&password_file, &broker.ca_file);
+
+    // check-config shows the section with the password masked.
+    let path = fixture.dir.join("check.toml");
+    std::fs::write(&path, fixture.config(common::free_port(), &config)).expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("protocol=sasl_ssl sasl_mechanism=SCRAM-SHA-512")
+            && shown.contains(&format!("username={USER} password=***")),
+        "{shown}"
+    );
+    assert!(!shown.contains(&broker.password), "{shown}");
+
+    let mut service = Service::start(&fixture, &config);
+    // The brief's sample as it is written there, key and JSON in one value.
+    fixture.produce("1", SAMPLE.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(60));
+
+    let output = fixture.read_output();
+    assert_eq!(output.len(), 2, "{output:?}");
+    let expected: serde_json::Value = serde_json::from_str(CONTRACT_OUTPUT).expect("contract");
+    for (_, notification) in &output {
+        assert_eq!(notification["adv_campaign_id"], expected["adv_campaign_id"]);
+    }
+    assert_eq!(fixture.feedback_rows().await.len(), 2);
+    assert!(
+        !service.log_text().contains(&broker.password),
+        "the password reached the log"
+    );
+    assert!(service.terminate().success());
+    fixture.cleanup().await;
+}
+
+#[actix_rt::test]
+async fn a_wrong_password_stops_the_start_with_exit_code_2() {
+    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
+        "cn-test-{}-secure-password",
+        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
+    )));
+    let fixture = fixture("secure_password", &broker).await;
+    let password_file = fixture.dir.join("kafka-password");
+    std::fs::write(&password_file, "not-the-password").expect("password file");
+    let (code, log, took) =
+        exit_within_a_minute(&fixture, &security(&password_file, &broker.ca_file));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("Kafka: the brokers refused the connection"),
+        "{log}"
+    );
+    assert!(log.to_lowercase().contains("authentication"), "{log}");
+    println!("a wrong password stopped the start after {took:?}");
+    fixture.cleanup().await;
+}
+
+#[actix_rt::test]
+async fn a_certificate_from_an_untrusted_authority_stops_the_start_with_exit_code_2() {
+    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
+        "cn-test-{}-secure-ca",
+        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
+    )));
+    let fixture = fixture("secure_ca", &broker).await;
+    let password_file = fixture.dir.join("kafka-password");
+    std::fs::write(&password_file, &broker.password).expect("password file");
+    let (code, log, took) =
+        exit_within_a_minute(&fixture, &security(&password_file, &broker.other_ca_file));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("Kafka: the brokers refused the connection"),
+        "{log}"
+    );
+    assert!(log.contains("certificate verify failed"), "{log}");
+    println!("an untrusted certificate stopped the start after {took:?}");
+    fixture.cleanup().await;
+}
