@@ -737,7 +737,25 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_kafka()?;
         self.validate_postgres()?;
-        self.validate_ranges()
+        self.validate_ranges()?;
+        self.validate_librdkafka()
+    }
+
+    /// librdkafka's own check of every property the clients are given (an unknown name, a value
+    /// it refuses, a codec it was built without), made without connecting: such a config is an
+    /// error here, not a writer that retries it for ever.
+    fn validate_librdkafka(&self) -> Result<(), ConfigError> {
+        let settings = self.settings();
+        let clients = [
+            ("kafka.consumer", settings.reader.client_config()),
+            ("kafka.producer", settings.producer.client_config()),
+        ];
+        for (key, cc) in clients {
+            if let Err(e) = cc.create_native_config() {
+                return Err(ConfigError::key(key, format!("librdkafka refuses it: {e}")));
+            }
+        }
+        Ok(())
     }
 
     fn validate_postgres(&self) -> Result<(), ConfigError> {
@@ -1440,6 +1458,33 @@ mod tests {
             "ssl.endpoint.identification.algorithm".into(),
             "none".into()
         )));
+    }
+
+    #[test]
+    fn librdkafka_properties_librdkafka_refuses_are_config_errors() {
+        let cases = [
+            (
+                "[kafka.producer]\n\"compression.type\" = \"bogus\"\n",
+                "kafka.producer",
+            ),
+            (
+                "[kafka.consumer]\n\"no.such.property\" = \"1\"\n",
+                "kafka.consumer",
+            ),
+            (
+                "[kafka.consumer]\n\"fetch.wait.max.ms\" = \"soon\"\n",
+                "kafka.consumer",
+            ),
+        ];
+        for (section, key) in cases {
+            let err = load(&format!("{MINIMAL}\n{section}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("config key {key}:")),
+                "{section}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct ReaderSettings {
 
 impl ReaderSettings {
     pub fn create_consumer(&self, metrics: Metrics) -> KafkaResult<ReaderConsumer> {
+        self.client_config()
+            .create_with_context(ReaderContext { metrics })
+    }
+
+    /// The consumer's librdkafka properties: the service's own, then the config's.
+    pub fn client_config(&self) -> ClientConfig {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
@@ -101,6 +107,6 @@ impl ReaderSettings {
         for (k, v) in &self.overrides {
             cc.set(k, v);
         }
-        cc.create_with_context(ReaderContext { metrics })
+        cc
     }
 }
