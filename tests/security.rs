@@ -149,3 +149,139 @@ async fn a_certificate_from_an_untrusted_authority_stops_the_start_with_exit_cod
     println!("an untrusted certificate stopped the start after {took:?}");
     fixture.cleanup().await;
 }
+
+/// Whether the session of `client` is encrypted.
+async fn encrypted(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+fn run_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "cn-test-{}-{name}",
+        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
+    ))
+}
+
+#[actix_rt::test]
+async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
+    use campaign_actors::postgres::{connect, PostgresSettings};
+    let server = common::secure::TlsPostgres::start(run_dir("pg-tls-modes"));
+    let ca = server.ca_file.display().to_string();
+    let other = server.other_ca_file.display().to_string();
+    let session = |url: String| async move {
+        match connect(&PostgresSettings::for_url(&url), "test").await {
+            Ok(client) => Ok(encrypted(&client).await),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let cases = [
+        ("127.0.0.1", "sslmode=disable".to_string(), Ok(false)),
+        ("127.0.0.1", "sslmode=prefer".to_string(), Ok(true)),
+        ("127.0.0.1", "sslmode=require".to_string(), Ok(true)),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={ca}"),
+            Ok(true),
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+            Ok(true),
+        ),
+        // The certificate names 127.0.0.1, not localhost: only verify-full checks that.
+        (
+            "localhost",
+            format!("sslmode=verify-ca&sslrootcert={ca}"),
+            Ok(true),
+        ),
+    ];
+    for (host, params, expected) in cases {
+        assert_eq!(
+            session(server.url(host, &params)).await,
+            expected,
+            "{host} {params}"
+        );
+    }
+    let refused = [
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={other}"),
+            "certificate verify failed",
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={other}"),
+            "certificate verify failed",
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=require&sslrootcert={other}"),
+            "certificate verify failed",
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+            "certificate verify failed",
+        ),
+    ];
+    for (host, params, reason) in refused {
+        let err = session(server.url(host, &params)).await.expect_err(&params);
+        assert!(err.contains(reason), "{host} {params}: {err}");
+    }
+}
+
+#[actix_rt::test]
+async fn the_service_runs_on_postgres_over_verify_full_with_every_connection_encrypted() {
+    let server = common::secure::TlsPostgres::start(run_dir("pg-tls-service"));
+    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+    let brokers = std::env::var("CN_TEST_BROKERS").expect("CN_TEST_BROKERS");
+    let fixture = Fixture::new_on_postgres("pg_tls", 1, &brokers, Vec::new(), &admin).await;
+    fixture
+        .subscribe(SAMPLE_RESTAURANT, &["client-a", "client-b"])
+        .await;
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        fixture.db_url,
+        server.ca_file.display()
+    );
+    let mut service = Service::spawn_with_env(
+        &fixture,
+        "",
+        0,
+        &[("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str())],
+    );
+    service.wait_ready();
+    fixture.produce("1", SAMPLE.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(60));
+    assert_eq!(fixture.read_output().len(), 2);
+    assert_eq!(fixture.feedback_rows().await.len(), 2);
+    let (all, encrypted): (i64, i64) = {
+        let row = fixture
+            .db
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'campaign-notifier'",
+                &[],
+            )
+            .await
+            .expect("sessions");
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        all >= 3,
+        "the cache, the writer, the lifecycle and the ledger connect: {all}"
+    );
+    assert_eq!(
+        encrypted, all,
+        "every connection of the service is encrypted"
+    );
+    assert!(service.terminate().success());
+    fixture.cleanup().await;
+}

@@ -760,11 +760,21 @@ impl Config {
 
     fn validate_postgres(&self) -> Result<(), ConfigError> {
         let p = &self.postgres;
-        if p.url.parse::<tokio_postgres::Config>().is_err() {
+        let (url, tls) = crate::postgres::tls::split(&p.url)
+            .map_err(|reason| ConfigError::key("postgres.url", reason))?;
+        if url.parse::<tokio_postgres::Config>().is_err() {
             return Err(ConfigError::key(
                 "postgres.url",
                 "is not a valid Postgres connection string",
             ));
+        }
+        if let Some(file) = &tls.root_cert {
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(ConfigError::key(
+                    "postgres.url",
+                    format!("sslrootcert {file}: {e}"),
+                ));
+            }
         }
         // 0 would mean "no limit" to Postgres: a stopped peer could block a writer forever.
         let limits = [

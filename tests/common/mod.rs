@@ -122,9 +122,22 @@ impl Fixture {
         brokers: &str,
         client_properties: Vec<(String, String)>,
     ) -> Fixture {
+        let admin_url = env("CN_TEST_POSTGRES_URL");
+        Fixture::new_on_postgres(tag, partitions, brokers, client_properties, &admin_url).await
+    }
+
+    /// The same, with the database made on the server of `admin_url` (a URL without
+    /// parameters, ending in a database name).
+    pub async fn new_on_postgres(
+        tag: &str,
+        partitions: i32,
+        brokers: &str,
+        client_properties: Vec<(String, String)>,
+        admin_url: &str,
+    ) -> Fixture {
         let run = env("CN_TEST_RUN_ID");
         let brokers = brokers.to_string();
-        let admin_url = env("CN_TEST_POSTGRES_URL");
+        let admin_url = admin_url.to_string();
         let name = format!("{run}_{tag}");
         let db_name = format!("cn_test_{name}");
         let admin = connect(&admin_url).await;

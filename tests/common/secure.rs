@@ -237,3 +237,154 @@ impl Drop for SecureBroker {
         self.stop_broker();
     }
 }
+
+/// A Postgres of the test's own with `ssl = on`, on its own port and data directory (the shared
+/// server is never reconfigured). Its certificate names 127.0.0.1 only, so `localhost` is a host
+/// name it does not match.
+pub struct TlsPostgres {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub ca_file: PathBuf,
+    pub other_ca_file: PathBuf,
+    data: PathBuf,
+}
+
+/// Runs a Postgres server program as the `postgres` user when the tests run as root (initdb
+/// refuses root), as the current user otherwise.
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    let bin = Path::new("/usr/lib/postgresql")
+        .read_dir()
+        .ok()
+        .and_then(|versions| versions.flatten().map(|v| v.path()).max())
+        .map(|v| v.join("bin").join(program))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(program));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n");
+    let mut command = match root {
+        Ok(true) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        }
+        _ => Command::new(&bin),
+    };
+    command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+impl TlsPostgres {
+    pub fn start(dir: PathBuf) -> TlsPostgres {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("postgres dir");
+        authority(&dir, "ca");
+        authority(&dir, "other-ca");
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+        run(
+            &dir,
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        run(
+            &dir,
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "server.pem",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+        run(&dir, "chmod", &["0600", "server.key"]);
+        run(&dir, "chmod", &["0755", "."]);
+        let data = dir.join("data");
+        // The server's own files belong to the user it runs as.
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let data_arg = data.display().to_string();
+        let out = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data_arg,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
+             ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n\
+             fsync = off\n",
+            dir = dir.display()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(&mut file, conf.as_bytes()).expect("write postgresql.conf");
+        let log = dir.join("postgres.log").display().to_string();
+        let out = as_postgres("pg_ctl", &["-D", &data_arg, "-l", &log, "-w", "start"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        TlsPostgres {
+            ca_file: dir.join("ca.pem"),
+            other_ca_file: dir.join("other-ca.pem"),
+            dir,
+            port,
+            data,
+        }
+    }
+
+    /// The server's `postgres` database on `host`, with `params` (`sslmode=...&...`).
+    pub fn url(&self, host: &str, params: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{params}", self.port)
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        let _ = as_postgres("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}

@@ -1,5 +1,5 @@
-//! Postgres as the service meets it: connections, how errors are described and classed, and the
-//! schema step run at start-up.
+//! Postgres as the service meets it: connections (with TLS as the URL's `sslmode` says, see
+//! [`tls`]), how errors are described and classed, and the schema step run at start-up.
 //!
 //! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never drops, alters or
 //! rewrites a table the app owns. It holds an advisory lock so that several instances starting at
@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+pub mod tls;
 
 use crate::contract;
 
@@ -119,9 +121,12 @@ impl PostgresSettings {
         }
     }
 
-    /// The connection config: the URL's, with the service's name, timeouts and keepalives.
-    pub fn client_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = self.url.parse()?;
+    /// The connection config: the URL's, with the service's name, timeouts and keepalives; and
+    /// its TLS settings.
+    pub fn client_config(&self) -> Result<(tokio_postgres::Config, tls::Tls), ConnectError> {
+        let (url, tls) = tls::split(&self.url).map_err(ConnectError::Tls)?;
+        let mut config: tokio_postgres::Config = url.parse()?;
+        tls.configure(&mut config);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.connect_timeout);
         }
@@ -146,7 +151,7 @@ impl PostgresSettings {
             .keepalives_idle(self.keepalive_idle)
             .keepalives_interval(self.keepalive_idle)
             .keepalives_retries(3);
-        Ok(config)
+        Ok((config, tls))
     }
 }
 
@@ -173,6 +178,8 @@ pub enum ConnectError {
     /// answered: tokio-postgres' own timeout covers the TCP connect only.
     #[error("no answer within {0:?} (postgres.connect_timeout_secs)")]
     TimedOut(Duration),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Connects, within the connect timeout for the whole handshake, and drives the connection on
@@ -181,12 +188,13 @@ pub async fn connect(
     settings: &PostgresSettings,
     who: &'static str,
 ) -> Result<Client, ConnectError> {
-    let config = settings.client_config()?;
+    let (config, tls) = settings.client_config()?;
     let timeout = config
         .get_connect_timeout()
         .copied()
         .unwrap_or(settings.connect_timeout);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+    let connector = tls.connector().map_err(ConnectError::Tls)?;
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(connector))
         .await
         .map_err(|_| ConnectError::TimedOut(timeout))??;
     actix_rt::spawn(async move {
