@@ -199,17 +199,56 @@ fn exposition_names(text: &str) -> (BTreeSet<String>, BTreeMap<String, String>) 
 fn metric_names_in(expr: &str) -> BTreeSet<String> {
     let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut names = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("campaign_notifier_") {
-        let preceded_by_name = rest[..at].chars().next_back().is_some_and(is_name_char);
-        let tail = &rest[at..];
-        let end = tail.find(|c| !is_name_char(c)).unwrap_or(tail.len());
-        if !preceded_by_name {
-            names.insert(tail[..end].to_string());
+    for prefix in ["campaign_notifier_", "process_"] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(prefix) {
+            let preceded_by_name = rest[..at].chars().next_back().is_some_and(is_name_char);
+            let tail = &rest[at..];
+            let end = tail.find(|c| !is_name_char(c)).unwrap_or(tail.len());
+            if !preceded_by_name {
+                names.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
         }
-        rest = &tail[end..];
     }
     names
+}
+
+#[test]
+fn the_dashboard_takes_its_data_source_from_a_variable() {
+    let dashboard: serde_json::Value = serde_json::from_str(&read_repo_file(DASHBOARD))
+        .unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"));
+    fn uids(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(uid) = map
+                    .get("datasource")
+                    .and_then(|d| d.get("uid"))
+                    .and_then(|u| u.as_str())
+                {
+                    out.push(uid.to_string());
+                }
+                map.values().for_each(|v| uids(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| uids(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    uids(&dashboard["panels"], &mut found);
+    uids(&dashboard["templating"], &mut found);
+    assert!(found.len() > 30, "{found:?}");
+    let fixed: Vec<_> = found.iter().filter(|u| *u != "${datasource}").collect();
+    assert!(fixed.is_empty(), "data sources fixed by uid: {fixed:?}");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no datasource variable: {variables:?}"
+    );
 }
 
 /// The PromQL of the dashboard: every panel target's `expr`, and the template variables'
@@ -859,14 +898,16 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         }
     }
 
-    // Prometheus scrapes the compose service, Grafana reads that Prometheus, and the
-    // dashboard uses the provisioned data source.
+    // Prometheus scrapes the compose service, Grafana reads that Prometheus as its default data
+    // source, and the dashboard's data source variable (whose default is the default source)
+    // is all its panels use.
     let prometheus = read_repo_file("deploy/prometheus.yml");
     assert!(prometheus.contains("job_name: campaign-notifier"));
     assert!(prometheus.contains("\"campaign-notifier:9898\""));
     let datasource = read_repo_file("grafana/provisioning/datasources/prometheus.yml");
     assert!(datasource.contains("url: http://prometheus:9090"));
     assert!(datasource.contains("uid: prometheus"));
+    assert!(datasource.contains("isDefault: true"));
     let dashboard = read_repo_file(DASHBOARD);
     let uids: BTreeSet<_> = dashboard
         .match_indices("\"uid\": \"")
@@ -877,8 +918,8 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         .collect();
     assert_eq!(
         uids,
-        BTreeSet::from(["campaign-notifier", "prometheus"]),
-        "the dashboard's own uid and the data source's"
+        BTreeSet::from(["campaign-notifier", "${datasource}"]),
+        "the dashboard's own uid and the data source variable"
     );
 }
 

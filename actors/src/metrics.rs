@@ -367,6 +367,12 @@ impl Registrar {
 impl Metrics {
     pub fn new() -> Metrics {
         let metrics = Metrics::register(Registrar(Registry::new()));
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // whole subscriber cache lives in this process's memory.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = metrics.registry.register(Box::new(process)) {
+            log::warn!("process metrics unavailable: {e}");
+        }
         metrics
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -537,7 +543,38 @@ mod tests {
         assert!(text.contains("campaign_notifier_notifications_written_total{sink=\"kafka\"} 3"));
         assert!(text.contains("campaign_notifier_build_info{version="));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("campaign_notifier_"), "{line}");
+            assert!(
+                line.starts_with("campaign_notifier_") || line.starts_with("process_"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_process_itself_is_measured() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing"));
+            // A process this young may not have used a whole clock tick of CPU yet.
+            let least = if name == "process_cpu_seconds_total" {
+                0.0
+            } else {
+                1.0
+            };
+            assert!(
+                value.parse::<f64>().is_ok_and(|v| v >= least),
+                "{name} {value}"
+            );
         }
     }
 }
