@@ -752,10 +752,19 @@ async fn readyz_follows_postgres(f: &Fixture) {
         assert_eq!(status, 503, "{body}");
     }
     assert!(!run_healthcheck(port).success(), "health check while 503");
+    // The same answer as a series, for alerts.
+    let ready = || {
+        let (_, text) = http_get(port, "/metrics").expect("GET /metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("campaign_notifier_ready "))
+            .map(str::to_string)
+    };
+    assert_eq!(ready().as_deref(), Some("0"));
 
     migration.rollback().await.expect("release the lock");
     wait_readyz(&mut service, port, 200, Duration::from_secs(30));
     assert!(run_healthcheck(port).success(), "health check while 200");
+    assert_eq!(ready().as_deref(), Some("1"));
 
     // Postgres lost while running: the writer notices within a second and reconnects.
     allow_connections(f, false).await;
@@ -814,6 +823,41 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         "promtool check config deploy/prometheus.yml:\n{}",
         printed(&checked)
     );
+
+    // The alert rules it loads, and their unit tests: each alert fires on what should fire it,
+    // not before its `for`, and not on the healthy series beside it.
+    let tested = run(
+        Command::new(&promtool)
+            .args(["test", "rules", "alerts.test.yml"])
+            .current_dir(repo_path("deploy")),
+        b"",
+    );
+    assert!(
+        tested.status.success(),
+        "promtool test rules deploy/alerts.test.yml:\n{}",
+        printed(&tested)
+    );
+    let rules = read_repo_file("deploy/alerts.yml");
+    for alert in [
+        "CampaignNotifierDown",
+        "CampaignNotifierNotReady",
+        "CampaignNotifierSinkStalled",
+        "CampaignNotifierSinkRefusingEveryWrite",
+        "CampaignNotifierDeadLettersRising",
+        "CampaignNotifierSnapshotStale",
+        "CampaignNotifierConsumerLagGrowing",
+        "CampaignNotifierRestartLoop",
+    ] {
+        assert!(
+            rules.contains(&format!("alert: {alert}\n")),
+            "{alert} missing"
+        );
+        let tests = read_repo_file("deploy/alerts.test.yml");
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no test in deploy/alerts.test.yml"
+        );
+    }
 
     // Validates against the compose schema; needs no Docker engine.
     let validated = run(

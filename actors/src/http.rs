@@ -22,6 +22,9 @@ pub struct HttpState {
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    // Readiness as a series, for alerts: computed now, as /readyz would answer.
+    let ready = not_ready_reason(&state).await.is_none();
+    state.metrics.ready.set(i64::from(ready));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
@@ -74,7 +77,9 @@ pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
-    match not_ready_reason(&state).await {
+    let reason = not_ready_reason(&state).await;
+    state.metrics.ready.set(i64::from(reason.is_none()));
+    match reason {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Some(reason) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "not ready", "reason": reason})),

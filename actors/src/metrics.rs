@@ -249,6 +249,8 @@ pub struct Metrics {
     pub sink_connected: IntGaugeVec,
     /// 1 while the sink refuses every write (a configuration fault): campaigns are held.
     pub sink_fault: IntGaugeVec,
+    /// What `/readyz` says, as of the last scrape or probe: 1 ready, 0 not.
+    pub ready: IntGauge,
     /// Restarts per supervised actor ([`ActorKind`]).
     pub actor_restarts: IntCounterVec,
     /// Campaigns read and not yet completed.
@@ -409,6 +411,8 @@ impl Metrics {
                 "1 while the sink has a working connection", &["sink"]),
             sink_fault: r.gauges("sink_fault",
                 "1 while the sink refuses every write (a configuration fault)", &["sink"]),
+            ready: r.gauge("ready",
+                "What /readyz says, as of the last scrape or probe: 1 ready, 0 not (its reason is in /readyz)"),
             actor_restarts: r.counters("actor_restarts_total",
                 "Restarts of a supervised actor", &["actor"]),
             campaigns_in_flight: r.gauge("campaigns_in_flight",
