@@ -2,6 +2,7 @@
 //! signals. Everything the service does lives in the `campaign-actors` crate.
 
 mod demo;
+mod logging;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,14 +58,6 @@ const EXIT_CONFIG: u8 = 1;
 const EXIT_START: u8 = 2;
 const EXIT_FATAL: u8 = 3;
 
-fn init_logging(level: &str) {
-    let env = env_logger::Env::default().default_filter_or(level);
-    // A second call (tests) is harmless.
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -90,7 +83,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { postgres_url } => {
-            init_logging("warn");
+            logging::init("warn", Default::default());
             demo::run(postgres_url)
         }
     }
@@ -104,7 +97,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config.log.level);
+    logging::init(&config.log.level, config.log.format);
     log::info!(
         "campaign-notifier {} starting: {} -> {} (group {})",
         env!("CARGO_PKG_VERSION"),

@@ -569,3 +569,30 @@ async fn compressed_campaigns_are_read_and_the_output_can_be_compressed() {
         f.cleanup().await;
     }
 }
+
+/// `log.format = "json"`: every line the service writes is one JSON object with its time, level,
+/// target and message, from start-up to the drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let f = Fixture::new("json_logs", 1).await;
+    f.subscribe(SAMPLE_RESTAURANT, &CLIENTS).await;
+    let mut service =
+        Service::spawn_with_env(&f, "", 0, &[("CAMPAIGN_NOTIFIER__LOG__FORMAT", "json")]);
+    service.wait_ready();
+    f.produce("1", SAMPLE.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+    assert!(service.terminate().success());
+    let text = service.log_text();
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n--- log ---\n{text}"));
+        for key in ["ts", "level", "target", "message"] {
+            assert!(object[key].is_string(), "{key} missing: {line}");
+        }
+        messages.push(object["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(messages.iter().any(|m| m == "ready"), "{text}");
+    assert!(messages.iter().any(|m| m.contains("drain")), "{text}");
+    f.cleanup().await;
+}

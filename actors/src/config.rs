@@ -569,12 +569,25 @@ pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG`, when set, wins.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// `text` (one readable line per event) or `json` (one JSON object per line, for a log
+    /// collector).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: default_log_level(),
+            format: LogFormat::default(),
         }
     }
 }
