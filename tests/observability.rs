@@ -644,6 +644,53 @@ fn wait_readyz(service: &mut OwnService, port: u16, status: u16, timeout: Durati
     }
 }
 
+/// The schema step's advisory lock (`postgres::SCHEMA_LOCK_KEY`): held by the test, it keeps the
+/// service's start-up waiting in that step.
+const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_is_up_first_and_readyz_says_which_start_up_step_is_under_way() {
+    let f = Fixture::new("obs_starting", 1).await;
+    let mut other = connect(&f.db_url).await;
+    let holder = other.transaction().await.expect("begin");
+    holder
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
+        .await
+        .expect("hold the schema lock");
+
+    let port = free_port();
+    let config = f.dir.join("config-starting.toml");
+    std::fs::write(&config, f.config(port, "")).expect("write config");
+    let log = f.dir.join("service-starting.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start the service");
+    let mut service = OwnService { child, log };
+
+    // Alive and saying why it is not ready while the schema step waits for the lock.
+    let body = wait_readyz(&mut service, port, 503, Duration::from_secs(10));
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["status"], "starting", "{body}");
+    assert_eq!(
+        json["reason"], "starting: preparing the Postgres schema",
+        "{body}"
+    );
+    assert_eq!(http_get(port, "/healthz").expect("GET /healthz").0, 200);
+    assert!(http_get(port, "/metrics")
+        .expect("GET /metrics")
+        .1
+        .contains("campaign_notifier_ready 0"));
+
+    holder.commit().await.expect("release the schema lock");
+    wait_readyz(&mut service, port, 200, Duration::from_secs(30));
+    drop(service);
+    f.cleanup().await;
+}
+
 fn not_ready_reason(body: &str) -> String {
     let json: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("/readyz body {body:?}: {e}"));

@@ -1,4 +1,8 @@
 //! `/metrics`, `/healthz` and `/readyz`, served by actix-web inside the same actor system.
+//!
+//! HTTP is up before anything else starts, so that a liveness probe sees the process alive
+//! (`/healthz` 200) through a slow schema step or a broker that takes its time, while `/readyz`
+//! says which start-up step is under way (503, `"status": "starting"`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,8 +21,19 @@ use crate::sinks::pg_writer::PgWriter;
 pub struct HttpState {
     pub metrics: Metrics,
     pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
-    pub kafka_writer: Addr<KafkaWriter>,
-    pub pg_writer: Addr<PgWriter>,
+    pub stage: watch::Receiver<Stage>,
+}
+
+/// How far the start has come: what readiness can ask.
+#[derive(Clone)]
+pub enum Stage {
+    /// A start-up step is under way (its name, for `/readyz`).
+    Starting(&'static str),
+    /// The writers run; their health is part of readiness.
+    Running {
+        kafka_writer: Addr<KafkaWriter>,
+        pg_writer: Addr<PgWriter>,
+    },
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -36,14 +51,21 @@ async fn healthz() -> HttpResponse {
 
 /// Why the service is not ready, or `None` when it is.
 pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
+    let (kafka_writer, pg_writer) = match &*state.stage.borrow() {
+        Stage::Starting(step) => return Some(format!("starting: {step}")),
+        Stage::Running {
+            kafka_writer,
+            pg_writer,
+        } => (kafka_writer.clone(), pg_writer.clone()),
+    };
     if state.snapshot.borrow().is_none() {
-        return Some("subscriber snapshot not loaded yet".into());
+        return Some("starting: subscriber snapshot not loaded yet".into());
     }
     // A writer that is reconnecting processes no messages, so no answer in time means not
     // connected.
     let timeout = Duration::from_secs(1);
-    let kafka = tokio::time::timeout(timeout, state.kafka_writer.send(Health));
-    let postgres = tokio::time::timeout(timeout, state.pg_writer.send(Health));
+    let kafka = tokio::time::timeout(timeout, kafka_writer.send(Health));
+    let postgres = tokio::time::timeout(timeout, pg_writer.send(Health));
     for (sink, health) in [("kafka", kafka.await), ("postgres", postgres.await)] {
         match health {
             Ok(Ok(WriterHealth {
@@ -81,8 +103,14 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     state.metrics.ready.set(i64::from(reason.is_none()));
     match reason {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "not ready", "reason": reason})),
+        Some(reason) => {
+            let status = match reason.starts_with("starting: ") {
+                true => "starting",
+                false => "not ready",
+            };
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": status, "reason": reason}))
+        }
     }
 }
 

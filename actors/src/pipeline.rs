@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
+use crate::http::Stage;
 use crate::ledger::{Ledger, OutputTarget};
 use crate::lifecycle::Lifecycle;
 use crate::messages::{Close, Drain, DrainReport};
@@ -93,22 +94,31 @@ impl Pipeline {
     pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
         let settings = config.settings();
         let (shared, failed) = Shared::new(metrics, Clock::system());
+        // HTTP first: alive from the start, and /readyz says which step is under way.
+        let (published, mut snapshot) = watch::channel(None);
+        let (stage, staged) = watch::channel(Stage::Starting("preparing the Postgres schema"));
+        let (http_addr, http) = start_http(&settings, &shared, &snapshot, staged)?;
         if settings.create_schema {
             prepare_schema(&settings).await?;
         }
+        stage.send_replace(Stage::Starting("checking the Kafka brokers"));
         check_kafka_access(&settings).await?;
         let owner = crate::ledger::new_owner();
 
         let arbiters = Arbiters::new();
         let writers = Writers::start(&settings, owner, &shared, &arbiters);
+        stage.send_replace(Stage::Running {
+            kafka_writer: writers.kafka.clone(),
+            pg_writer: writers.postgres.clone(),
+        });
         let (enricher, lifecycle) = start_enricher(&settings, &writers, owner, &shared, &arbiters);
-        let (cache, mut snapshot) = start_cache(
+        let cache = start_cache(
             &settings,
             vec![enricher.clone().recipient(), lifecycle.clone().recipient()],
             &shared,
             &arbiters,
+            published,
         );
-        let (http_addr, http) = start_http(&settings, &shared, &snapshot, &writers)?;
         snapshot
             .wait_for(Option::is_some)
             .await
@@ -336,14 +346,14 @@ fn start_enricher(
     (enricher, lifecycle)
 }
 
-/// Starts the cache; the receiver learns of each snapshot loaded.
+/// Starts the cache; `published` tells of each snapshot loaded.
 fn start_cache(
     settings: &Settings,
     subscribers: Vec<Recipient<crate::cache::SnapshotLoaded>>,
     shared: &Shared,
     arbiters: &Arbiters,
-) -> (Addr<SubscriberCache>, watch::Receiver<Option<SnapshotInfo>>) {
-    let (published, snapshot) = watch::channel(None);
+    published: watch::Sender<Option<SnapshotInfo>>,
+) -> Addr<SubscriberCache> {
     let cache = SubscriberCache::new(
         settings.postgres.clone(),
         settings.cache_refresh_interval,
@@ -352,21 +362,19 @@ fn start_cache(
         shared.clone(),
         published,
     );
-    let cache = Supervisor::start_in_arbiter(&arbiters.cache.handle(), move |_| cache);
-    (cache, snapshot)
+    Supervisor::start_in_arbiter(&arbiters.cache.handle(), move |_| cache)
 }
 
 fn start_http(
     settings: &Settings,
     shared: &Shared,
     snapshot: &watch::Receiver<Option<SnapshotInfo>>,
-    writers: &Writers,
+    stage: watch::Receiver<Stage>,
 ) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
     let state = crate::http::HttpState {
         metrics: shared.metrics.clone(),
         snapshot: snapshot.clone(),
-        kafka_writer: writers.kafka.clone(),
-        pg_writer: writers.postgres.clone(),
+        stage,
     };
     let (addr, handle) =
         crate::http::start(&settings.http_listen, state).map_err(|source| StartError::Http {
