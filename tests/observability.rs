@@ -941,6 +941,20 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         "service_healthy"
     );
 
+    // Docker waits longer for the stop than the service's stop can take.
+    let stop = service["stop_grace_period"]
+        .as_str()
+        .expect("stop_grace_period");
+    let stop_secs: u64 = stop
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("stop_grace_period {stop:?}: write it in seconds"));
+    let shipped = campaign_actors::Config::load(&repo_path("config.toml")).expect("config.toml");
+    assert!(
+        stop_secs > shipped.shutdown.grace_period_secs,
+        "stop_grace_period {stop} is not longer than shutdown.grace_period_secs"
+    );
+
     // The environment overrides name real config keys: the binary accepts them on the
     // repository's config.toml.
     let environment = service["environment"].as_object().expect("environment");

@@ -505,3 +505,59 @@ async fn a_subscriber_id_too_long_for_the_key_is_left_out_and_the_others_notifie
     drop(service);
     f.cleanup().await;
 }
+
+/// The whole stop takes one grace period, whatever hangs: here Postgres stops answering with a
+/// campaign in flight, so the reader's drain, the writers' close and the threads' stop would
+/// each wait their full time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_with_postgres_gone_silent_takes_one_grace_period() {
+    let f = Fixture::new("one_grace", 1).await;
+    f.subscribe(SAMPLE_RESTAURANT, &CLIENTS).await;
+    let proxy = PgProxy::start();
+    let url = proxy.url_for(&f.db_url);
+    let config = "[shutdown]\ngrace_period_secs = 3\n";
+    let mut service = Service::spawn_with_env(
+        &f,
+        config,
+        0,
+        &[
+            ("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str()),
+            ("CAMPAIGN_NOTIFIER__POSTGRES__CONNECT_TIMEOUT_SECS", "2"),
+        ],
+    );
+    service.wait_ready();
+    proxy.blackhole();
+    f.produce("1", SAMPLE.as_bytes()).await;
+    // The campaign is read and waits on Postgres.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while service.metric("campaign_notifier_campaigns_in_flight") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the campaign was not read:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = std::time::Instant::now();
+    service.signal("TERM");
+    let status = loop {
+        if let Some(status) = service.try_exit() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = stopping.elapsed();
+    println!("stopped in {took:?} with a grace period of 3 s");
+    assert!(status.success(), "{}", service.log_text());
+    assert!(
+        took < Duration::from_millis(4_500),
+        "the stop took {took:?}, more than the 3 s grace period:\n{}",
+        service.log_text()
+    );
+    f.cleanup().await;
+}

@@ -168,12 +168,25 @@ impl Pipeline {
     /// Stops reading, waits for campaigns in flight (up to the configured grace period), commits
     /// offsets, flushes and closes the writers.
     pub async fn shutdown(self) -> DrainReport {
+        // One grace period for the whole stop: three quarters for the campaigns in flight, the
+        // rest (and whatever they leave) for the commit, the writers' close and the threads.
         let grace = self.settings.grace_period;
+        let deadline = tokio::time::Instant::now() + grace;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         // No more campaigns are fired; those being fired finish with the drain, or are claimed
         // again by the next instance once this one is gone. Not awaited: a lifecycle that is
         // connecting answers nothing until it is connected.
         self.lifecycle.do_send(Close);
-        let report = self.reader.send(Drain { grace }).await.unwrap_or_default();
+        let drain = self.reader.send(Drain {
+            grace: grace.mul_f64(0.75),
+        });
+        let report = match tokio::time::timeout_at(deadline, drain).await {
+            Ok(report) => report.unwrap_or_default(),
+            Err(_) => {
+                log::warn!("the reader did not drain and commit within {grace:?}");
+                DrainReport::default()
+            }
+        };
         let dead_letters = self.writers.dead_letters.clone();
         let close = futures::future::join3(
             self.writers.kafka.send(Close),
@@ -184,10 +197,10 @@ impl Pipeline {
                 }
             },
         );
-        if tokio::time::timeout(grace, close).await.is_err() {
-            log::warn!("writers did not close within {grace:?}");
+        if tokio::time::timeout(left(), close).await.is_err() {
+            log::warn!("writers did not close within the grace period ({grace:?})");
         }
-        self.http.stop(true).await;
+        let _ = tokio::time::timeout(left(), self.http.stop(true)).await;
         // Joining drops the writers' producers and connections before this returns, so nothing
         // of the pipeline outlives it.
         let arbiters = self.arbiters;
@@ -197,8 +210,8 @@ impl Pipeline {
                 let _ = arbiter.join();
             }
         });
-        if tokio::time::timeout(grace, joined).await.is_err() {
-            log::warn!("actor threads did not stop within {grace:?}");
+        if tokio::time::timeout(left(), joined).await.is_err() {
+            log::warn!("actor threads did not stop within the grace period ({grace:?})");
         }
         report
     }
