@@ -1,6 +1,7 @@
 //! `campaign-notifier`: wiring only. CLI -> config -> logging -> metrics -> actor system ->
 //! signals. Everything the service does lives in the `campaign-actors` crate.
 
+mod check;
 mod demo;
 mod logging;
 
@@ -35,10 +36,16 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Check a config file (with environment overrides) and print the effective settings.
+    /// Check a config file (with environment overrides) and print the effective settings. With
+    /// --connect, also reach the brokers, the topics and Postgres and say which is not usable
+    /// (exit code 2 then).
     CheckConfig {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
+        /// Also check that the brokers, the topics, Postgres and its tables can be reached and
+        /// used.
+        #[arg(long)]
+        connect: bool,
     },
     /// The whole pipeline on an embedded Kafka-protocol broker and a throwaway Postgres database:
     /// seeds subscribers, publishes sample campaigns, prints what both sinks received.
@@ -62,7 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig { config, connect } => match Config::load(&config) {
             Ok(c) => {
                 println!("{} is valid", config.display());
                 println!(
@@ -75,6 +82,12 @@ fn main() -> ExitCode {
                     c.cache.refresh_interval_secs
                 );
                 println!("http: listen={}", c.http.listen);
+                if connect {
+                    logging::init("error", Default::default());
+                    if !check::reachable(c.settings(), c.postgres.create_schema) {
+                        return ExitCode::from(EXIT_START);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

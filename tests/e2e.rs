@@ -596,3 +596,83 @@ async fn json_logs_are_one_object_per_line() {
     assert!(messages.iter().any(|m| m.contains("drain")), "{text}");
     f.cleanup().await;
 }
+
+/// `check-config --connect` says which of the brokers, the topics, Postgres and the tables'
+/// privileges is not usable, with exit code 2, and exit code 0 when all are.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_connect_says_which_part_is_not_usable() {
+    let f = Fixture::new("check_connect", 1).await;
+    let path = f.dir.join("check.toml");
+    std::fs::write(&path, f.config(free_port(), "")).expect("config");
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+            .args(["check-config", "--connect", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .expect("check-config");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        "ok     kafka: ".to_string(),
+        format!("ok     topic {}: 1 partitions", f.input_topic),
+        format!("ok     topic {}: 1 partitions", f.output_topic),
+        "ok     postgres: connected as postgres".to_string(),
+        "ok     table subscribers_feedback: SELECT, INSERT, DELETE".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+    }
+
+    let (code, text) = check(&[("CAMPAIGN_NOTIFIER__KAFKA__OUTPUT_TOPIC", "cn-no-such-topic")]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("FAILED topic cn-no-such-topic: UnknownTopicOrPartition"),
+        "{text}"
+    );
+
+    let (code, text) = check(&[("CAMPAIGN_NOTIFIER__KAFKA__BROKERS", "127.0.0.1:1")]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("FAILED kafka: no broker of 127.0.0.1:1 answered"),
+        "{text}"
+    );
+
+    let (code, text) = check(&[(
+        "CAMPAIGN_NOTIFIER__POSTGRES__URL",
+        "postgres://postgres@127.0.0.1:1/postgres",
+    )]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("FAILED postgres: cannot connect"), "{text}");
+
+    // A user that may read the subscribers and nothing else.
+    let role = format!("{}_reader", f.db_name);
+    f.db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT SELECT ON subscribers_restaurants TO {role};"
+    ))
+    .await
+    .expect("create role");
+    let url = f.db_url.replacen("postgres@", &format!("{role}@"), 1);
+    let (code, text) = check(&[("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str())]);
+    f.db.batch_execute(&format!(
+        "REVOKE ALL ON subscribers_restaurants FROM {role}; DROP ROLE {role};"
+    ))
+    .await
+    .expect("drop role");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("ok     table subscribers_restaurants: SELECT"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "FAILED table subscribers_feedback: {role} lacks SELECT, INSERT, DELETE"
+        )),
+        "{text}"
+    );
+    f.cleanup().await;
+}

@@ -95,3 +95,48 @@ pub fn check(settings: &ProducerSettings, wait: Duration) -> Result<Access, Kafk
         }
     }
 }
+
+/// What the brokers say of one topic the service uses.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TopicState {
+    /// It exists with this many partitions, and its metadata may be read.
+    Partitions(usize),
+    /// The brokers' error for it: it does not exist, or the service's user may not see it.
+    Refused(String),
+}
+
+/// Each topic's state, as the service's producers' connection sees it. Blocking: call it from
+/// a blocking thread.
+pub fn topics(
+    settings: &ProducerSettings,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<Vec<(String, TopicState)>, KafkaFailure> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &settings.brokers);
+    for (k, v) in settings.connection_overrides() {
+        cc.set(k, v);
+    }
+    let client: BaseProducer<Heard> = cc
+        .create_with_context(Heard::default())
+        .map_err(|e| KafkaFailure::configuration(format!("invalid Kafka client config: {e}")))?;
+    let mut states = Vec::new();
+    for name in names {
+        let metadata = client
+            .client()
+            .fetch_metadata(Some(name), timeout)
+            .map_err(|e| KafkaFailure::retriable(format!("cannot read metadata: {e}")))?;
+        let state = match metadata.topics().iter().find(|t| t.name() == *name) {
+            Some(t) => match t.error() {
+                Some(e) => TopicState::Refused(format!("{:?}", RDKafkaErrorCode::from(e))),
+                None if t.partitions().is_empty() => {
+                    TopicState::Refused("UnknownTopicOrPartition".into())
+                }
+                None => TopicState::Partitions(t.partitions().len()),
+            },
+            None => TopicState::Refused("UnknownTopicOrPartition".into()),
+        };
+        states.push((name.to_string(), state));
+    }
+    Ok(states)
+}

@@ -1,0 +1,179 @@
+//! `check-config --connect`: whether what the config names can be reached and used, one line
+//! each, so an operator learns which of the brokers, the topics, the credentials, Postgres and
+//! its tables is wrong before starting the service.
+
+use std::time::Duration;
+
+use campaign_actors::config::Settings;
+use campaign_actors::kafka::access::{self, Access, TopicState};
+use campaign_actors::postgres::{self, describe};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The tables the service reads or writes, with the privileges it needs on each.
+const TABLES: [(&str, &[&str]); 5] = [
+    ("subscribers_restaurants", &["SELECT"]),
+    ("subscribers_feedback", &["SELECT", "INSERT", "DELETE"]),
+    (
+        "campaign_notifier_outbox",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "campaign_notifier_campaigns",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "campaign_notifier_feed",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+];
+
+/// Prints one line per check; true when every one passed.
+pub fn reachable(settings: Settings, create_schema: bool) -> bool {
+    let system = actix_rt::System::new();
+    let ok = system.block_on(async move {
+        let kafka = check_kafka(&settings).await;
+        let postgres = check_postgres(&settings, create_schema).await;
+        kafka && postgres
+    });
+    ok
+}
+
+fn line(ok: bool, what: &str, said: impl std::fmt::Display) -> bool {
+    println!("{} {what}: {said}", if ok { "ok    " } else { "FAILED" });
+    ok
+}
+
+async fn check_kafka(settings: &Settings) -> bool {
+    let producer = settings.producer.clone();
+    let brokers = producer.brokers.clone();
+    let checked = tokio::task::spawn_blocking(move || access::check(&producer, WAIT)).await;
+    match checked {
+        Ok(Ok(Access::Granted)) => line(true, "kafka", format!("{brokers} answered")),
+        Ok(Ok(Access::Unreachable(reason))) => {
+            return line(
+                false,
+                "kafka",
+                format!("no broker of {brokers} answered: {reason}"),
+            )
+        }
+        Ok(Err(e)) => return line(false, "kafka", e.message),
+        Err(e) => return line(false, "kafka", format!("the check failed: {e}")),
+    };
+    let mut names = vec![settings.reader.topic.clone(), settings.output_topic.clone()];
+    names.extend(settings.dead_letter_topic.clone());
+    let producer = settings.producer.clone();
+    let topics = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        access::topics(&producer, &names, WAIT)
+    })
+    .await;
+    let topics = match topics {
+        Ok(Ok(topics)) => topics,
+        Ok(Err(e)) => return line(false, "kafka topics", e.message),
+        Err(e) => return line(false, "kafka topics", format!("the check failed: {e}")),
+    };
+    let mut ok = true;
+    for (name, state) in topics {
+        ok &= match state {
+            TopicState::Partitions(n) => {
+                line(true, &format!("topic {name}"), format!("{n} partitions"))
+            }
+            TopicState::Refused(reason) => line(
+                false,
+                &format!("topic {name}"),
+                format!("{reason} (the service creates no topics)"),
+            ),
+        };
+    }
+    ok
+}
+
+async fn check_postgres(settings: &Settings, create_schema: bool) -> bool {
+    let client = match postgres::connect(&settings.postgres, "check").await {
+        Ok(client) => client,
+        Err(e) => return line(false, "postgres", format!("cannot connect: {e}")),
+    };
+    let about = client
+        .query_one(
+            "SELECT current_user::text, version(), coalesce((SELECT ssl FROM pg_stat_ssl \
+             WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await;
+    let (user, version, tls) = match about {
+        Ok(row) => (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, bool>(2),
+        ),
+        Err(e) => {
+            return line(
+                false,
+                "postgres",
+                format!("connected, then: {}", describe(&e)),
+            )
+        }
+    };
+    let version = version.split(" on ").next().unwrap_or(&version).to_string();
+    let tls = if tls { "TLS" } else { "no TLS" };
+    let mut ok = line(
+        true,
+        "postgres",
+        format!("connected as {user} ({version}, {tls})"),
+    );
+    for (table, privileges) in TABLES {
+        let exists = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("public.{table}")],
+            )
+            .await
+            .map(|row| row.get::<_, bool>(0));
+        match exists {
+            Ok(true) => {}
+            Ok(false) if create_schema => {
+                line(
+                    true,
+                    &format!("table {table}"),
+                    "missing: created at start (needs CREATE on schema public)",
+                );
+                continue;
+            }
+            Ok(false) => {
+                ok &= line(
+                    false,
+                    &format!("table {table}"),
+                    "missing, and postgres.create_schema is off",
+                );
+                continue;
+            }
+            Err(e) => {
+                ok &= line(false, &format!("table {table}"), describe(&e));
+                continue;
+            }
+        }
+        let mut lacking = Vec::new();
+        for privilege in privileges.iter() {
+            let held = client
+                .query_one(
+                    "SELECT has_table_privilege($1, $2)",
+                    &[&format!("public.{table}"), privilege],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0));
+            if !matches!(held, Ok(true)) {
+                lacking.push(*privilege);
+            }
+        }
+        ok &= match lacking.is_empty() {
+            true => line(true, &format!("table {table}"), privileges.join(", ")),
+            false => line(
+                false,
+                &format!("table {table}"),
+                format!("{user} lacks {}", lacking.join(", ")),
+            ),
+        };
+    }
+    ok
+}
