@@ -1028,53 +1028,54 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
     );
 }
 
-/// The Dockerfile's dependency stage, replayed here without a Docker engine: the files its `COPY`
-/// lines take before `COPY . .`, then its `RUN` line's stub sources, must make a workspace cargo
-/// can load (every member's manifest present, every member with a target). A member added to the
-/// workspace and not to the Dockerfile breaks `docker build` at this step.
+/// What can be checked of the image without a Docker engine: the build stage copies the whole
+/// workspace before it builds (so no member can be missed), and `.dockerignore` leaves out no
+/// member and nothing cargo needs; the build is `--locked` with BuildKit cache mounts; the
+/// runtime image runs as a non-root user, with labels that agree with Cargo.toml.
 #[test]
-fn the_dockerfile_dependency_stage_loads_the_whole_workspace() {
+fn the_image_builds_from_the_whole_workspace() {
     let dockerfile = read_repo_file("Dockerfile").replace("\\\n", " ");
-    let builder = dockerfile
-        .split("COPY . .")
-        .next()
-        .expect("a COPY . . line");
-    let stage = std::env::temp_dir().join(format!("cn-docker-stage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).expect("stage dir");
-    let mut stubbed = false;
-    for line in builder.lines().map(str::trim) {
-        if let Some(args) = line.strip_prefix("COPY ") {
-            let parts: Vec<&str> = args.split_whitespace().collect();
-            let (to, from) = parts.split_last().expect("COPY with a destination");
-            for file in from {
-                let dest = if to.ends_with('/') {
-                    stage
-                        .join(to)
-                        .join(Path::new(file).file_name().expect("a file"))
-                } else {
-                    stage.join(to).join(file)
-                };
-                std::fs::create_dir_all(dest.parent().expect("a parent")).expect("mkdir");
-                std::fs::copy(repo_path(file), &dest)
-                    .unwrap_or_else(|e| panic!("COPY {file}: {e}"));
-            }
-        } else if let Some(command) = line.strip_prefix("RUN ") {
-            if let Some((stubs, _)) = command.split_once("&& cargo build") {
-                let made = run(
-                    Command::new("sh").args(["-c", stubs]).current_dir(&stage),
-                    b"",
-                );
-                assert!(made.status.success(), "{stubs}:\n{}", printed(&made));
-                stubbed = true;
-            }
-        }
-    }
     assert!(
-        stubbed,
-        "no RUN line of stubs before `cargo build` in the Dockerfile"
+        dockerfile.starts_with("# syntax=docker/dockerfile:1\n"),
+        "cache mounts need BuildKit's syntax line first"
     );
-    let loaded = run(
+    let (builder, runtime) = dockerfile
+        .split_once("\nFROM debian:bookworm-slim")
+        .expect("a runtime stage");
+    let build_at = builder.find("cargo build").expect("a cargo build");
+    let copies: Vec<&str> = builder[..build_at]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("COPY "))
+        .collect();
+    assert_eq!(
+        copies,
+        ["COPY . ."],
+        "the build stage must copy the whole workspace"
+    );
+    for needed in [
+        "--mount=type=cache,target=/usr/local/cargo/registry",
+        "--mount=type=cache,target=/src/target",
+        "cargo build --release --locked",
+    ] {
+        assert!(
+            builder.contains(needed),
+            "{needed} missing from the build stage"
+        );
+    }
+
+    // Nothing the workspace needs is ignored: every member's directory, Cargo.toml, Cargo.lock.
+    let ignored: Vec<String> = read_repo_file(".dockerignore")
+        .lines()
+        .map(|l| {
+            l.trim()
+                .trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let metadata = run(
         Command::new(env!("CARGO"))
             .args([
                 "metadata",
@@ -1083,13 +1084,55 @@ fn the_dockerfile_dependency_stage_loads_the_whole_workspace() {
                 "1",
                 "--offline",
             ])
-            .current_dir(&stage),
+            .current_dir(repo_path(".")),
         b"",
     );
-    let _ = std::fs::remove_dir_all(&stage);
+    assert!(metadata.status.success(), "{}", printed(&metadata));
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&metadata.stdout).expect("cargo metadata JSON");
+    let root = metadata["workspace_root"].as_str().expect("workspace_root");
+    let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".to_string()];
+    for package in metadata["packages"].as_array().expect("packages") {
+        let manifest = package["manifest_path"].as_str().expect("manifest_path");
+        let relative = manifest
+            .strip_prefix(root)
+            .unwrap_or(manifest)
+            .trim_start_matches('/');
+        needed.push(relative.to_string());
+    }
+    assert!(needed.len() >= 5, "{needed:?}");
+    for path in &needed {
+        for pattern in &ignored {
+            let hit = path == pattern || path.starts_with(&format!("{pattern}/")) || pattern == "*";
+            assert!(!hit, ".dockerignore's {pattern:?} leaves out {path}");
+        }
+    }
+
+    // The runtime image: non-root, and labels that say what it is.
     assert!(
-        loaded.status.success(),
-        "cargo cannot load the workspace the Dockerfile's dependency stage builds:\n{}",
-        printed(&loaded)
+        runtime.contains("\nUSER campaign-notifier:campaign-notifier"),
+        "runs as root"
     );
+    let cargo = read_repo_file("Cargo.toml");
+    let field = |name: &str| {
+        cargo
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{name} in Cargo.toml"))
+            .to_string()
+    };
+    for (label, value) in [
+        ("org.opencontainers.image.version", field("version")),
+        ("org.opencontainers.image.licenses", field("license")),
+        (
+            "org.opencontainers.image.title",
+            "campaign-notifier".to_string(),
+        ),
+    ] {
+        assert!(
+            runtime.contains(&format!("{label}=\"{value}\"")),
+            "LABEL {label}=\"{value}\" missing"
+        );
+    }
 }
