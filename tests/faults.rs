@@ -101,7 +101,7 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
     // it at a random moment while it works through them.
     let config = "[writers]\nbatch_max_rows = 500\n";
     // Tansu 0.6.0 leaves a killed member's partitions to nobody when the restarted instance joins
-    // before the dead one's session has expired (README, "Limits"): the orphan watch rejoins.
+    // before the dead one's session has expired (docs/design.md, "Limits"): the orphan watch rejoins.
     let slow = [
         ("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "8"),
         ("CAMPAIGN_NOTIFIER__KAFKA__ORPHANED_PARTITION_SECS", "10"),
