@@ -67,55 +67,27 @@ fn authority(dir: &Path, name: &str) {
     );
 }
 
+/// In `dir`: the authority `ca.pem`, a server certificate `server.pem` (key `server.key`) it
+/// signed for the names `san` (`IP:127.0.0.1,DNS:localhost`), and `other-ca.pem`, an authority
+/// that signed nothing.
+fn certificates(dir: &Path, san: &str) {
+    authority(dir, "ca");
+    authority(dir, "other-ca");
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName={san}\n")).expect("san.ext");
+    let request = "-newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1";
+    let sign = "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -out server.pem -extfile san.ext";
+    let request: Vec<&str> = std::iter::once("req").chain(request.split(' ')).collect();
+    run(dir, "openssl", &request);
+    run(dir, "openssl", &sign.split_whitespace().collect::<Vec<_>>());
+}
+
 impl SecureBroker {
     pub fn start(dir: PathBuf) -> SecureBroker {
         // A fresh broker: no users, topics or certificates of an earlier run.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("broker dir");
-        authority(&dir, "ca");
-        authority(&dir, "other-ca");
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .expect("write san.ext");
-        run(
-            &dir,
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        );
-        run(
-            &dir,
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                "server.pem",
-                "-extfile",
-                "san.ext",
-            ],
-        );
+        certificates(&dir, "IP:127.0.0.1,DNS:localhost");
         let mut broker = SecureBroker {
             tls_port: free_port(),
             plain_port: free_port(),
@@ -281,46 +253,7 @@ impl TlsPostgres {
     pub fn start(dir: PathBuf) -> TlsPostgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("postgres dir");
-        authority(&dir, "ca");
-        authority(&dir, "other-ca");
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
-        run(
-            &dir,
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        );
-        run(
-            &dir,
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                "server.pem",
-                "-extfile",
-                "san.ext",
-            ],
-        );
+        certificates(&dir, "IP:127.0.0.1");
         run(&dir, "chmod", &["0600", "server.key"]);
         run(&dir, "chmod", &["0755", "."]);
         let data = dir.join("data");

@@ -42,6 +42,18 @@ impl ProducerContext for Heard {
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }
 
+/// A client of the brokers that connects as the service's producers do: the same brokers and
+/// `[kafka.security]`, and nothing else of theirs.
+fn connect_as_producers(settings: &ProducerSettings) -> Result<BaseProducer<Heard>, KafkaFailure> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &settings.brokers);
+    for (k, v) in settings.connection_overrides() {
+        cc.set(k, v);
+    }
+    cc.create_with_context(Heard::default())
+        .map_err(|e| KafkaFailure::configuration(format!("invalid Kafka client config: {e}")))
+}
+
 /// Failures no retry cures: the credentials or the certificates.
 fn refused(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -55,14 +67,7 @@ fn refused(code: RDKafkaErrorCode) -> bool {
 /// Connects as the service's producers do (the same brokers and `[kafka.security]`) and reads
 /// the cluster's metadata, for at most `wait`. Blocking: call it from a blocking thread.
 pub fn check(settings: &ProducerSettings, wait: Duration) -> Result<Access, KafkaFailure> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &settings.brokers);
-    for (k, v) in settings.connection_overrides() {
-        cc.set(k, v);
-    }
-    let client: BaseProducer<Heard> = cc
-        .create_with_context(Heard::default())
-        .map_err(|e| KafkaFailure::configuration(format!("invalid Kafka client config: {e}")))?;
+    let client = connect_as_producers(settings)?;
     let deadline = Instant::now() + wait;
     loop {
         let answered = client
@@ -112,14 +117,7 @@ pub fn topics(
     names: &[&str],
     timeout: Duration,
 ) -> Result<Vec<(String, TopicState)>, KafkaFailure> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &settings.brokers);
-    for (k, v) in settings.connection_overrides() {
-        cc.set(k, v);
-    }
-    let client: BaseProducer<Heard> = cc
-        .create_with_context(Heard::default())
-        .map_err(|e| KafkaFailure::configuration(format!("invalid Kafka client config: {e}")))?;
+    let client = connect_as_producers(settings)?;
     let mut states = Vec::new();
     for name in names {
         let metadata = client
