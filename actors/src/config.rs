@@ -1399,6 +1399,9 @@ mod tests {
         let shared: Vec<_> = settings.producer.connection_overrides().collect();
         assert!(shared.contains(&("sasl.password", "12345")));
         assert!(!format!("{c:?}").contains("12345"));
+        assert!(!format!("{:?}", settings.producer).contains("12345"));
+        assert!(!format!("{:?}", settings.reader).contains("12345"));
+        assert!(format!("{:?}", settings.reader).contains(r#"("sasl.password", "***")"#));
         assert!(!c.kafka.security.describe().contains("12345"));
         assert!(c.kafka.security.describe().contains("password=***"));
         let _ = std::fs::remove_file(ca);

@@ -22,14 +22,37 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 pub use producer::Producer;
 
+/// librdkafka properties as `Debug` shows them: every password as `***`.
+pub struct ShownProperties<'a>(pub &'a [(String, String)]);
+
+impl std::fmt::Debug for ShownProperties<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0.iter().map(|(k, v)| match k.ends_with("password") {
+            true => (k.as_str(), "***"),
+            false => (k.as_str(), v.as_str()),
+        });
+        f.debug_list().entries(shown).finish()
+    }
+}
+
 /// The settings every producer of the service shares.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProducerSettings {
     pub brokers: String,
     pub message_timeout_ms: u64,
     /// librdkafka properties applied after the service's own, so an operator can tune anything
     /// the config check allows.
     pub overrides: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ProducerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerSettings")
+            .field("brokers", &self.brokers)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("overrides", &ShownProperties(&self.overrides))
+            .finish()
+    }
 }
 
 impl ProducerSettings {

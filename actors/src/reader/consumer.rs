@@ -68,7 +68,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
 
 pub type ReaderConsumer = StreamConsumer<ReaderContext>;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReaderSettings {
     pub brokers: String,
     pub topic: String,
@@ -78,6 +78,20 @@ pub struct ReaderSettings {
     /// See [`super::orphan_watch`]; `None` turns the watch off.
     pub orphan_stall: Option<Duration>,
     pub overrides: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ReaderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderSettings")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("orphan_stall", &self.orphan_stall)
+            .field("overrides", &crate::kafka::ShownProperties(&self.overrides))
+            .finish()
+    }
 }
 
 impl ReaderSettings {
