@@ -284,6 +284,18 @@ async fn missing(
     row.try_get(0)
 }
 
+/// Whether the session was lost rather than a statement failing: the connection closed, a
+/// connection exception (class 08), or the server ending the session (57P01 terminated by an
+/// administrator, 57P02 crash shutdown, 57P03 cannot connect now). Says nothing about what was
+/// being written.
+pub fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        })
+}
+
 /// Whether an error is the data's fault and fails the same way every time: data errors (class
 /// 22), constraint violations (class 23) and program limits such as an index entry too large
 /// (class 54). Anything else (connection lost, server shutting down, out of resources) may pass.

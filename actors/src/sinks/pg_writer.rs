@@ -198,10 +198,13 @@ struct Statements {
 }
 
 fn classify(e: &tokio_postgres::Error) -> SinkError {
+    let described = crate::postgres::describe(e);
     if crate::postgres::is_permanent(e) {
-        SinkError::Permanent(crate::postgres::describe(e))
+        SinkError::Permanent(described)
+    } else if crate::postgres::is_connection_lost(e) {
+        SinkError::Disconnected(described)
     } else {
-        SinkError::Retriable(crate::postgres::describe(e))
+        SinkError::Retriable(described)
     }
 }
 

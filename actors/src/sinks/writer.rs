@@ -53,6 +53,11 @@ pub enum SinkError {
     /// The connection or the server failed: reconnect and write the same batches again.
     #[error("retriable: {0}")]
     Retriable(String),
+    /// The connection was lost (cut from outside, the server shutting down): retried like
+    /// [`SinkError::Retriable`], but it says nothing about the jobs being written, so it counts
+    /// against none of them.
+    #[error("retriable: connection lost: {0}")]
+    Disconnected(String),
     /// The data itself was refused: writing it again would fail again.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -78,7 +83,9 @@ impl From<crate::kafka::KafkaFailure> for SinkError {
 impl SinkError {
     fn class(&self) -> ErrorClass {
         match self {
-            SinkError::Retriable(_) | SinkError::Canceled => ErrorClass::Retriable,
+            SinkError::Retriable(_) | SinkError::Disconnected(_) | SinkError::Canceled => {
+                ErrorClass::Retriable
+            }
             SinkError::Permanent(_) => ErrorClass::Permanent,
         }
     }
@@ -413,7 +420,7 @@ impl<S: Sink> Writer<S> {
                         self.reconcile_then_flush(ctx);
                         return;
                     }
-                    SinkError::Retriable(_) | SinkError::Canceled => {
+                    SinkError::Retriable(_) | SinkError::Disconnected(_) | SinkError::Canceled => {
                         self.restarts.failed();
                         self.retry_later(jobs, &e);
                         ctx.stop();
@@ -510,6 +517,11 @@ impl<S: Sink> Writer<S> {
     /// waits among the suspects so that the others go first; one that keeps failing while others
     /// go through is refused for good (and delivery dead-letters it).
     fn retry_later(&mut self, jobs: Vec<Job<S>>, error: &SinkError) {
+        // A lost connection is no evidence against the jobs: tried again as they were.
+        if matches!(error, SinkError::Disconnected(_)) {
+            self.requeue_front(jobs.into_iter());
+            return;
+        }
         let count = jobs.len();
         let mut again = Vec::with_capacity(count);
         for mut job in jobs {
@@ -814,6 +826,9 @@ mod tests {
         refuse_all: bool,
         /// Ids whose writes fail with a retriable error, every time (a poison the sink misreports).
         failing: HashSet<u32>,
+        /// Ids whose next writes lose their connection, this many times each (a server whose
+        /// sessions are cut from outside while this job happens to be written).
+        cut: std::collections::HashMap<u32, u32>,
         /// A refusal lands the rest of the group (as a broker acknowledges the other records of
         /// a produce request it refuses one record of).
         refusal_lands_the_rest: bool,
@@ -884,6 +899,13 @@ mod tests {
                     }
                     if ids.iter().any(|id| s.failing.contains(id)) {
                         return Err(SinkError::Retriable("statement failed".into()));
+                    }
+                    let cut = ids.iter().find(|id| s.cut.get(id).is_some_and(|n| *n > 0));
+                    if let Some(id) = cut.copied() {
+                        *s.cut.get_mut(&id).expect("found") -= 1;
+                        return Err(SinkError::Disconnected(
+                            "terminating connection due to administrator command".into(),
+                        ));
                     }
                     match s.write_faults.pop_front() {
                         Some(Fault::Fail) => Err(SinkError::Retriable("connection reset".into())),
@@ -1096,6 +1118,27 @@ mod tests {
             "isolated before the restart limit"
         );
         assert!(restarts(&metrics) <= 4, "{} restarts", restarts(&metrics));
+    }
+
+    #[actix_rt::test]
+    async fn a_job_whose_connection_is_cut_again_and_again_while_others_go_through_is_written() {
+        let handle = Handle::default();
+        handle.with(|s| {
+            s.cut.insert(40, 5);
+            s.write_delay = Duration::from_millis(50);
+        });
+        let (addr, _metrics, fatal) = start(&handle, settings());
+        let answers = write_all_within(&addr, &[&[1], &[2], &[30, 40], &[5], &[6]], 20).await;
+        assert_eq!(
+            answers[2],
+            Ok(2),
+            "a lost connection says nothing about the job"
+        );
+        assert_eq!(
+            handle.with(|s| sorted(s.stored.clone())),
+            vec![1, 2, 5, 6, 30, 40]
+        );
+        assert!(fatal.borrow().is_none());
     }
 
     #[actix_rt::test]
