@@ -255,18 +255,7 @@ async fn a_postgres_that_stops_answering_stops_the_service_with_exit_code_3() {
     );
     service.wait_ready();
     proxy.blackhole();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = service.try_exit() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 30 s after Postgres stopped answering:\n{}",
-            service.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = service.wait_exit(Duration::from_secs(30), "after Postgres stopped answering");
     let log = service.log_text();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("without a success"), "{log}");
@@ -540,17 +529,7 @@ async fn a_stop_with_postgres_gone_silent_takes_one_grace_period() {
     }
     let stopping = std::time::Instant::now();
     service.signal("TERM");
-    let status = loop {
-        if let Some(status) = service.try_exit() {
-            break status;
-        }
-        assert!(
-            stopping.elapsed() < Duration::from_secs(30),
-            "still running 30 s after SIGTERM:\n{}",
-            service.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = service.wait_exit(Duration::from_secs(30), "after SIGTERM");
     let took = stopping.elapsed();
     println!("stopped in {took:?} with a grace period of 3 s");
     assert!(status.success(), "{}", service.log_text());

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::secure::{SecureBroker, USER};
@@ -26,43 +26,23 @@ async fn fixture(tag: &str, broker: &SecureBroker) -> Fixture {
     Fixture::new_secured(tag, 1, &broker.address(), broker.client_properties()).await
 }
 
-/// Runs the service on `config` until it exits by itself; fails the test if it has not within
-/// 60 s (a start-up that hangs is the failure this guards against).
-fn exit_within_a_minute(fixture: &Fixture, config: &str) -> (Option<i32>, String, Duration) {
-    let path = fixture.dir.join("config-exit.toml");
-    std::fs::write(&path, fixture.config(common::free_port(), config)).expect("write config");
-    let log = fixture.dir.join("exit.log");
+/// Starts the service with `password` (in a file) and the authority `ca_file`, expecting it to
+/// stop by itself: its exit code, its log and how long it ran.
+fn start_refused(
+    fixture: &Fixture,
+    password: &str,
+    ca_file: &std::path::Path,
+) -> (Option<i32>, String, Duration) {
+    let password_file = fixture.dir.join("kafka-password");
+    std::fs::write(&password_file, password).expect("password file");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start the service");
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return (status.code(), text, started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after 60 s:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (status, log) = Service::run_to_exit(fixture, &security(&password_file, ca_file));
+    (status.code(), log, started.elapsed())
 }
 
 #[actix_rt::test]
 async fn over_sasl_ssl_with_scram_sha_512_the_sample_reaches_both_sinks() {
-    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
-        "cn-test-{}-secure-ok",
-        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
-    )));
+    let broker = SecureBroker::start(run_dir("secure-ok"));
     let fixture = fixture("secure_ok", &broker).await;
     fixture
         .subscribe(SAMPLE_RESTAURANT, &["client-a", "client-b"])
@@ -110,15 +90,9 @@ async fn over_sasl_ssl_with_scram_sha_512_the_sample_reaches_both_sinks() {
 
 #[actix_rt::test]
 async fn a_wrong_password_stops_the_start_with_exit_code_2() {
-    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
-        "cn-test-{}-secure-password",
-        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
-    )));
+    let broker = SecureBroker::start(run_dir("secure-password"));
     let fixture = fixture("secure_password", &broker).await;
-    let password_file = fixture.dir.join("kafka-password");
-    std::fs::write(&password_file, "not-the-password").expect("password file");
-    let (code, log, took) =
-        exit_within_a_minute(&fixture, &security(&password_file, &broker.ca_file));
+    let (code, log, took) = start_refused(&fixture, "not-the-password", &broker.ca_file);
     assert_eq!(code, Some(2), "{log}");
     assert!(
         log.contains("Kafka: the brokers refused the connection"),
@@ -131,15 +105,9 @@ async fn a_wrong_password_stops_the_start_with_exit_code_2() {
 
 #[actix_rt::test]
 async fn a_certificate_from_an_untrusted_authority_stops_the_start_with_exit_code_2() {
-    let broker = SecureBroker::start(std::env::temp_dir().join(format!(
-        "cn-test-{}-secure-ca",
-        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
-    )));
+    let broker = SecureBroker::start(run_dir("secure-ca"));
     let fixture = fixture("secure_ca", &broker).await;
-    let password_file = fixture.dir.join("kafka-password");
-    std::fs::write(&password_file, &broker.password).expect("password file");
-    let (code, log, took) =
-        exit_within_a_minute(&fixture, &security(&password_file, &broker.other_ca_file));
+    let (code, log, took) = start_refused(&fixture, &broker.password, &broker.other_ca_file);
     assert_eq!(code, Some(2), "{log}");
     assert!(
         log.contains("Kafka: the brokers refused the connection"),

@@ -501,6 +501,19 @@ level = "info"
     }
 }
 
+/// Waits up to 30 s for something (`what`, logging to `log`) to listen on `port`.
+pub fn wait_listening(port: u16, what: &str, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} in 30s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -579,19 +592,35 @@ impl Service {
         }
     }
 
-    /// Starts the service and waits for it to exit by itself (for start-up failures).
+    /// Starts the service and waits for it to exit by itself (for start-up failures); fails the
+    /// test if it is still running after 60 s (a start-up that hangs is what such tests guard
+    /// against).
     pub fn run_to_exit(fixture: &Fixture, extra_config: &str) -> (ExitStatus, String) {
         let config = fixture.dir.join("config-exit.toml");
         std::fs::write(&config, fixture.config(free_port(), extra_config)).expect("write config");
-        let out = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+        let log = fixture.dir.join("service-exit.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
             .args(["run", "--config"])
             .arg(&config)
-            .output()
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
             .expect("run the service");
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the service") {
+                return (status, std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "still running after 60 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The exit status, if the service has exited.
@@ -690,14 +719,20 @@ impl Service {
     /// SIGTERM, then the exit status (waits up to 60 s).
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_exit(Duration::from_secs(60), "after SIGTERM")
+    }
+
+    /// Waits for the service to exit; fails the test if it is still running after `within`
+    /// (`when` says after what, in the failure).
+    pub fn wait_exit(&mut self, within: Duration, when: &str) -> ExitStatus {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "service did not stop within 60s of SIGTERM:\n{}",
+                "service still running {within:?} {when}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -761,11 +796,7 @@ impl OwnBroker {
             .spawn()
             .expect("start tansu (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen in 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(self.port, "tansu", &self.dir.join("tansu.log"));
     }
 
     pub fn stop(&mut self) {

@@ -2,12 +2,10 @@
 //! the test's own that requires SCRAM, with TLS put in front of it by stunnel (Tansu 0.6.0's own
 //! TLS does not come up), and certificates made by openssl for the occasion.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{free_port, wait_listening};
 
 pub const USER: &str = "notifier";
 
@@ -39,18 +37,6 @@ fn run(dir: &Path, program: &str, args: &[&str]) {
         "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn wait_listening(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {port} in 30s:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A self-signed authority `name`.pem (and its key) in `dir`.
