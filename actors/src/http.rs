@@ -38,8 +38,7 @@ pub enum Stage {
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     // Readiness as a series, for alerts: computed now, as /readyz would answer.
-    let ready = not_ready_reason(&state).await.is_none();
-    state.metrics.ready.set(i64::from(ready));
+    readiness(&state).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
@@ -49,17 +48,52 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
 }
 
+/// Why the service is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// A start-up step is under way.
+    Starting(&'static str),
+    /// Started, but a sink is not usable now.
+    Unhealthy(String),
+}
+
+impl NotReady {
+    /// `/readyz`'s `status`.
+    fn status(&self) -> &'static str {
+        match self {
+            NotReady::Starting(_) => "starting",
+            NotReady::Unhealthy(_) => "not ready",
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Starting(step) => write!(f, "starting: {step}"),
+            NotReady::Unhealthy(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Why the service is not ready (`None` when it is), also set as the `ready` gauge.
+async fn readiness(state: &HttpState) -> Option<NotReady> {
+    let reason = not_ready_reason(state).await;
+    state.metrics.ready.set(i64::from(reason.is_none()));
+    reason
+}
+
 /// Why the service is not ready, or `None` when it is.
-pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
+pub async fn not_ready_reason(state: &HttpState) -> Option<NotReady> {
     let (kafka_writer, pg_writer) = match &*state.stage.borrow() {
-        Stage::Starting(step) => return Some(format!("starting: {step}")),
+        Stage::Starting(step) => return Some(NotReady::Starting(step)),
         Stage::Running {
             kafka_writer,
             pg_writer,
         } => (kafka_writer.clone(), pg_writer.clone()),
     };
     if state.snapshot.borrow().is_none() {
-        return Some("starting: subscriber snapshot not loaded yet".into());
+        return Some(NotReady::Starting("subscriber snapshot not loaded yet"));
     }
     // A writer that is reconnecting processes no messages, so no answer in time means not
     // connected.
@@ -72,10 +106,10 @@ pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
                 fault: Some(reason),
                 ..
             })) => {
-                return Some(format!(
+                return Some(NotReady::Unhealthy(format!(
                     "{sink} sink refuses every write (a configuration fault; campaigns are held, \
                      none is committed): {reason}"
-                ))
+                )))
             }
             Ok(Ok(WriterHealth {
                 connected: true,
@@ -87,30 +121,22 @@ pub async fn not_ready_reason(state: &HttpState) -> Option<String> {
                 stalled: Some((waited, rows)),
                 ..
             })) => {
-                return Some(format!(
+                return Some(NotReady::Unhealthy(format!(
                     "{sink} sink has had {rows} notifications waiting and confirmed none for {}s",
                     waited.as_secs()
-                ))
+                )))
             }
-            _ => return Some(format!("{sink} sink not connected")),
+            _ => return Some(NotReady::Unhealthy(format!("{sink} sink not connected"))),
         }
     }
     None
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
-    let reason = not_ready_reason(&state).await;
-    state.metrics.ready.set(i64::from(reason.is_none()));
-    match reason {
+    match readiness(&state).await {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Some(reason) => {
-            let status = match reason.starts_with("starting: ") {
-                true => "starting",
-                false => "not ready",
-            };
-            HttpResponse::ServiceUnavailable()
-                .json(serde_json::json!({"status": status, "reason": reason}))
-        }
+        Some(why) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": why.status(), "reason": why.to_string()})),
     }
 }
 
