@@ -8,20 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn clients(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("0c000000-0000-4000-8000-{i:012}"))
-        .collect()
-}
-
-/// Subscribes `n` clients to `restaurant`; returns their ids.
-async fn subscribe_clients(f: &Fixture, restaurant: &str, n: usize) -> Vec<String> {
-    let subscribers = clients(n);
-    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    f.subscribe(restaurant, &refs).await;
-    subscribers
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn campaign_delivered_twice_notifies_each_client_once() {
     let f = Fixture::new("twice", 1).await;
@@ -275,84 +261,6 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
     );
     drop(service);
     f.cleanup().await;
-}
-
-/// Every expected (campaign, client) pair exactly once in Postgres and once in the output topic.
-async fn assert_exactly_once(f: &Fixture, expected: &BTreeMap<(String, String), u32>) {
-    assert_eq!(
-        &row_pairs(f).await,
-        expected,
-        "each pair exactly once in Postgres"
-    );
-    assert_eq!(
-        &output_pairs(f),
-        expected,
-        "each pair exactly once in Kafka"
-    );
-}
-
-/// Waits until both sinks hold `total` notifications and no outbox mark is left.
-async fn wait_complete(f: &Fixture, total: usize, timeout: Duration, logs: &dyn Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = f.feedback_rows().await.len();
-        let messages = f.output_count() as usize;
-        let marks: i64 = f.outbox_marks().await;
-        if rows >= total && messages >= total && marks == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{rows} rows, {messages} messages of {total}, {marks} marks left:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Subscribes `per_restaurant` clients to each of `restaurants` restaurants, then produces
-/// `campaigns` campaigns over them; returns the expected (campaign, client) pairs.
-async fn seed(
-    f: &Fixture,
-    tag: &str,
-    restaurants: usize,
-    per_restaurant: usize,
-    campaigns: usize,
-) -> BTreeMap<(String, String), u32> {
-    let subscribers = clients(per_restaurant);
-    let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    for r in 0..restaurants {
-        f.subscribe(&seeded_restaurant(r), &refs).await;
-    }
-    produce_campaigns(f, tag, restaurants, per_restaurant, campaigns).await
-}
-
-fn seeded_restaurant(r: usize) -> String {
-    format!("74000000-0000-0000-0000-{r:012}")
-}
-
-/// The campaigns of [`seed`], alone (for a test that subscribes first and produces later).
-async fn produce_campaigns(
-    f: &Fixture,
-    tag: &str,
-    restaurants: usize,
-    per_restaurant: usize,
-    campaigns: usize,
-) -> BTreeMap<(String, String), u32> {
-    let subscribers = clients(per_restaurant);
-    let mut expected = BTreeMap::new();
-    for i in 0..campaigns {
-        let id = format!("c-{tag}-{i:04}");
-        f.produce(
-            &i.to_string(),
-            active_campaign(&seeded_restaurant(i % restaurants), &id).as_bytes(),
-        )
-        .await;
-        for s in &subscribers {
-            expected.insert((id.clone(), s.clone()), 1);
-        }
-    }
-    expected
 }
 
 const SLOW: [(&str, &str); 1] = [("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "4")];

@@ -235,7 +235,7 @@ async fn the_service_runs_on_postgres_over_verify_full_with_every_connection_enc
             .db
             .query_one(
                 "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
-                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'campaign-notifier'",
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name LIKE 'campaign-notifier %'",
                 &[],
             )
             .await

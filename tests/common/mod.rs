@@ -18,7 +18,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::Client;
 
+pub mod load;
 pub mod secure;
+
+#[allow(unused_imports)]
+pub use load::*;
 
 /// The brief's sample input (in the brief's `key:json` form), its restaurant, and the contract's
 /// output example (`client_id` and `trigger_datetime_created` vary).
@@ -223,6 +227,39 @@ impl Fixture {
             .expect("produce campaign");
     }
 
+    /// Produces a campaign to one partition of the input topic.
+    pub async fn produce_to(&self, partition: i32, key: &str, value: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.input_topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce campaign");
+    }
+
+    /// Creates one more topic of this test's (`cn-<test>-<suffix>`); returns its name.
+    pub async fn create_topic(&self, suffix: &str, partitions: i32) -> String {
+        let name = format!("cn-{}-{suffix}", self.name);
+        let admin: AdminClient<DefaultClientContext> =
+            client_of(&self.brokers, &self.client_properties)
+                .create()
+                .expect("admin client");
+        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        for result in admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .expect("create topic")
+        {
+            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        name
+    }
+
     /// Messages in the output topic right now, by the partitions' watermarks: exact, no waiting.
     pub fn output_count(&self) -> i64 {
         self.count(&self.output_topic)
@@ -406,7 +443,7 @@ impl Fixture {
             format!(
                 "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
                  SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = '{db}' AND application_name = 'campaign-notifier';",
+                 WHERE datname = '{db}' AND application_name LIKE 'campaign-notifier %';",
                 db = self.db_name
             )
         };
@@ -416,12 +453,41 @@ impl Fixture {
             .expect("change reachability");
     }
 
+    /// Lets new connections to this test's database in, or keeps them out while the open ones
+    /// go on (as a DNS failure, a pooler or a connection limit would).
+    pub async fn allow_new_connections(&self, allowed: bool) {
+        let admin = connect(&self.admin_url).await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}",
+                self.db_name
+            ))
+            .await
+            .expect("change ALLOW_CONNECTIONS");
+    }
+
+    /// Cuts the Postgres sessions of the service process `pid` whose part (the name it connects
+    /// with, `ledger`, `postgres writer`, ...) starts with `part`; returns how many there were.
+    pub async fn terminate_sessions_of(&self, pid: u32, part: &str) -> usize {
+        self.db
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() \
+                   AND application_name LIKE 'campaign-notifier ' || $1 || '%' \
+                   AND application_name LIKE '% pid ' || $2 || ')'",
+                &[&part, &pid.to_string()],
+            )
+            .await
+            .expect("terminate sessions")
+            .len()
+    }
+
     /// Cuts every Postgres connection the service holds; returns how many there were.
     pub async fn terminate_service_connections(&self) -> usize {
         self.db
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name = 'campaign-notifier'",
+                 WHERE datname = current_database() AND application_name LIKE 'campaign-notifier %'",
                 &[],
             )
             .await
@@ -621,6 +687,11 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The exit status, if the service has exited.

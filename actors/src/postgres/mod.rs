@@ -188,7 +188,12 @@ pub async fn connect(
     settings: &PostgresSettings,
     who: &'static str,
 ) -> Result<Client, ConnectError> {
-    let (config, tls) = settings.client_config()?;
+    let (mut config, tls) = settings.client_config()?;
+    // Which part of which process a session is, as pg_stat_activity shows it.
+    config.application_name(&format!(
+        "campaign-notifier {who} (pid {})",
+        std::process::id()
+    ));
     let timeout = config
         .get_connect_timeout()
         .copied()
