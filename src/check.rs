@@ -11,7 +11,7 @@ use campaign_actors::postgres::{self, describe};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The tables the service reads or writes, with the privileges it needs on each.
-const TABLES: [(&str, &[&str]); 5] = [
+const TABLES: [(&str, &[&str]); 7] = [
     ("subscribers_restaurants", &["SELECT"]),
     ("subscribers_feedback", &["SELECT", "INSERT", "DELETE"]),
     (
@@ -26,7 +26,18 @@ const TABLES: [(&str, &[&str]); 5] = [
         "campaign_notifier_feed",
         &["SELECT", "INSERT", "UPDATE", "DELETE"],
     ),
+    (
+        "campaign_notifier_owners",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "campaign_notifier_leaders",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
 ];
+
+/// The sequences the service takes ids from.
+const SEQUENCES: [(&str, &[&str]); 1] = [("campaign_notifier_owner_seq", &["USAGE"])];
 
 /// Prints one line per check; true when every one passed.
 pub fn reachable(settings: Settings, create_schema: bool) -> bool {
@@ -122,58 +133,67 @@ async fn check_postgres(settings: &Settings, create_schema: bool) -> bool {
         "postgres",
         format!("connected as {user} ({version}, {tls})"),
     );
-    for (table, privileges) in TABLES {
-        let exists = client
+    let relations = TABLES
+        .iter()
+        .map(|(name, privileges)| ("table", *name, *privileges))
+        .chain(
+            SEQUENCES
+                .iter()
+                .map(|(name, privileges)| ("sequence", *name, *privileges)),
+        );
+    for (kind, name, privileges) in relations {
+        ok &= check_relation(&client, &user, kind, name, privileges, create_schema).await;
+    }
+    ok
+}
+
+/// One line for a table or sequence: it exists (or is created at start) and `user` holds
+/// `privileges` on it.
+async fn check_relation(
+    client: &tokio_postgres::Client,
+    user: &str,
+    kind: &str,
+    name: &str,
+    privileges: &[&str],
+    create_schema: bool,
+) -> bool {
+    let what = format!("{kind} {name}");
+    let relation = format!("public.{name}");
+    let exists = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&relation])
+        .await
+        .map(|row| row.get::<_, bool>(0));
+    match exists {
+        Ok(true) => {}
+        Ok(false) if create_schema => {
+            return line(
+                true,
+                &what,
+                "missing: created at start (needs CREATE on schema public)",
+            );
+        }
+        Ok(false) => return line(false, &what, "missing, and postgres.create_schema is off"),
+        Err(e) => return line(false, &what, describe(&e)),
+    }
+    let function = match kind {
+        "sequence" => "has_sequence_privilege",
+        _ => "has_table_privilege",
+    };
+    let mut lacking = Vec::new();
+    for privilege in privileges {
+        let held = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("public.{table}")],
+                &format!("SELECT {function}($1, $2)"),
+                &[&relation, privilege],
             )
             .await
             .map(|row| row.get::<_, bool>(0));
-        match exists {
-            Ok(true) => {}
-            Ok(false) if create_schema => {
-                line(
-                    true,
-                    &format!("table {table}"),
-                    "missing: created at start (needs CREATE on schema public)",
-                );
-                continue;
-            }
-            Ok(false) => {
-                ok &= line(
-                    false,
-                    &format!("table {table}"),
-                    "missing, and postgres.create_schema is off",
-                );
-                continue;
-            }
-            Err(e) => {
-                ok &= line(false, &format!("table {table}"), describe(&e));
-                continue;
-            }
+        if !matches!(held, Ok(true)) {
+            lacking.push(*privilege);
         }
-        let mut lacking = Vec::new();
-        for privilege in privileges.iter() {
-            let held = client
-                .query_one(
-                    "SELECT has_table_privilege($1, $2)",
-                    &[&format!("public.{table}"), privilege],
-                )
-                .await
-                .map(|row| row.get::<_, bool>(0));
-            if !matches!(held, Ok(true)) {
-                lacking.push(*privilege);
-            }
-        }
-        ok &= match lacking.is_empty() {
-            true => line(true, &format!("table {table}"), privileges.join(", ")),
-            false => line(
-                false,
-                &format!("table {table}"),
-                format!("{user} lacks {}", lacking.join(", ")),
-            ),
-        };
     }
-    ok
+    match lacking.is_empty() {
+        true => line(true, &what, privileges.join(", ")),
+        false => line(false, &what, format!("{user} lacks {}", lacking.join(", "))),
+    }
 }

@@ -111,6 +111,12 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     logging::init(&config.log.level, config.log.format);
+    if config.ledger.takeover_after_secs.is_some() {
+        log::warn!(
+            "config key ledger.takeover_after_secs is no longer used: a stopped instance's work is \
+             taken over once its lease (ledger.lease_ttl_secs) has expired and its sends settled"
+        );
+    }
     log::info!(
         "campaign-notifier {} starting: {} -> {} (group {})",
         env!("CARGO_PKG_VERSION"),

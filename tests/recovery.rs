@@ -62,7 +62,9 @@ async fn leave_backlog(f: &Fixture, campaign: &Campaign, trigger: i32, clients: 
     .expect("backlog rows");
     f.db.execute(
         "INSERT INTO campaign_notifier_outbox (token, owner, feedback_ids) \
-         SELECT ($1::int4::int8 << 32) + k, $1::int4, array_agg(id ORDER BY id) \
+         SELECT ($1::int4::int8 << 32) + k + (SELECT count(*) FROM campaign_notifier_outbox \
+                                             WHERE owner = $1), \
+                $1::int4, array_agg(id ORDER BY id) \
          FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 10000 AS k \
                FROM subscribers_feedback WHERE adv_campaign_id = $2) r \
          GROUP BY k",
@@ -231,5 +233,207 @@ async fn a_read_back_longer_than_its_stall_limit_finishes_while_it_progresses() 
         took > stall,
         "the read took {took:?}: too short to show anything about a {stall:?} limit"
     );
+    f.cleanup().await;
+}
+
+/// The instance recovering a dead owner's backlog has its ledger's Postgres sessions cut in the
+/// middle of the sends (its ledger restarts), and later another instance is killed with work of
+/// its own in flight: the first goes on with the backlog where it stopped, and finishes the second
+/// one's work too, each notification exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovered_too() {
+    const CLIENTS: usize = 120_000;
+    let f = Fixture::new("cuttakeover", 2).await;
+    let campaign = backlog_campaign("c-cut-backlog");
+    leave_backlog(&f, &campaign, unix_now() as i32, CLIENTS).await;
+    // The recovering instance reads a topic nobody writes to: the campaigns below are the other
+    // instance's alone.
+    let idle = f.create_topic("idle", 1).await;
+    let idle_input = [("CAMPAIGN_NOTIFIER__KAFKA__INPUT_TOPIC", idle.as_str())];
+    let survivor = Service::spawn_with_env(&f, CONFIG, 1, &idle_input);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while f.output_count() < 10_000 {
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not get going:\n{}",
+            survivor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = f.terminate_sessions_of(survivor.pid(), "ledger").await;
+    let sent_at_cut = f.output_count();
+    eprintln!("cut {cut} ledger sessions with {sent_at_cut} of {CLIENTS} sent");
+    assert!(cut >= 1, "the ledger's sessions were found");
+    assert!(
+        (sent_at_cut as usize) < CLIENTS,
+        "the cut came after recovery had finished"
+    );
+
+    // Another instance, whose notifications linger in librdkafka, dies with them in Postgres
+    // and not yet in Kafka.
+    let restaurant = "73000000-0000-0000-0000-000000000002";
+    let audience: Vec<String> = (0..200).map(|n| format!("late-{n:03}")).collect();
+    let refs: Vec<&str> = audience.iter().map(String::as_str).collect();
+    f.subscribe(restaurant, &refs).await;
+    let lingering = format!("{CONFIG}[kafka.producer]\n\"linger.ms\" = \"2500\"\n");
+    let mut other = Service::start_numbered(&f, &lingering, 2);
+    for i in 0..5 {
+        f.produce(
+            &i.to_string(),
+            active_campaign(restaurant, &format!("c-cut-{i}")).as_bytes(),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: i64 =
+            f.db.query_one(
+                "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id LIKE 'c-cut-%' \
+                 AND adv_campaign_id <> 'c-cut-backlog'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows == 1000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows:\n{}",
+            other.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    other.kill_hard();
+    let killed_at = Instant::now();
+
+    // Its lease, the settle time of its producer (3 s plus 5 s) and a minute.
+    let deadline = killed_at + Duration::from_secs(10 + 8 + 60);
+    loop {
+        let pairs = output_pairs(&f);
+        let done = pairs.len() == CLIENTS + 1000 && f.outbox_marks().await == 0;
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} pairs in Kafka, {} marks left:\n{}",
+            pairs.len(),
+            CLIENTS + 1000,
+            f.outbox_marks().await,
+            survivor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    eprintln!(
+        "both recovered {:.1} s after the second death",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let pairs = output_pairs(&f);
+    let twice: Vec<_> = pairs.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    for i in 0..5 {
+        for c in &audience {
+            assert!(pairs.contains_key(&(format!("c-cut-{i}"), c.clone())));
+        }
+    }
+    f.cleanup().await;
+}
+
+/// Among a dead owner's marks, a notification Kafka refuses for good (larger than the producer
+/// takes): it is withdrawn from Postgres and its campaign dead-lettered, and the rest of the
+/// backlog is recovered, instead of the recovery failing on it at every sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_kafka_refuses_during_recovery_is_dead_lettered_and_the_rest_recovered() {
+    let f = Fixture::new("poisonbacklog", 1).await;
+    let ordinary = backlog_campaign("c-ordinary");
+    leave_backlog(&f, &ordinary, unix_now() as i32, 50).await;
+    let mut poison = backlog_campaign("c-oversized");
+    poison.adv_campaign_content = "x".repeat(30_000);
+    leave_backlog(&f, &poison, unix_now() as i32, 2).await;
+    let config = format!("{CONFIG}[kafka.producer]\n\"message.max.bytes\" = \"20000\"\n");
+
+    let service = Service::start(&f, &config);
+    wait_no_marks(&f, &service, Duration::from_secs(60)).await;
+    let pairs = output_pairs(&f);
+    assert_eq!(
+        pairs.len(),
+        50,
+        "the ordinary campaign recovered: {pairs:?}"
+    );
+    assert!(pairs.keys().all(|(c, _)| c == "c-ordinary"));
+    let left: i64 =
+        f.db.query_one(
+            "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id = 'c-oversized'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, 0,
+        "the refused notifications are withdrawn from Postgres"
+    );
+    let letters = f.read_topic(&f.dead_letter_topic);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]
+            .headers
+            .get("dlq.reason.code")
+            .map(String::as_str),
+        Some("sink_refused")
+    );
+    f.cleanup().await;
+}
+
+/// A dead owner whose clock ran a minute behind Postgres': the notifications it had sent carry
+/// its producer's timestamps, a minute before the marks' `created_at`. Its row says how far off
+/// its clock was (it reports that at every renewal), so the read-back starts early enough to find
+/// them and sends none of them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_owner_whose_clock_ran_behind_is_recovered_without_sending_twice() {
+    const CLIENTS: usize = 300;
+    const BEHIND_MS: i64 = 60_000;
+    let f = Fixture::new("skew", 1).await;
+    let campaign = backlog_campaign("c-skew");
+    let trigger = unix_now() as i32;
+    leave_backlog(&f, &campaign, trigger, CLIENTS).await;
+    f.db.execute(
+        "INSERT INTO campaign_notifier_owners \
+             (owner, host, pid, input_topic, expires_at, clock_offset_ms, settle_ms) \
+         VALUES ($1, 'skewed-host', 1, '', now() - interval '1 minute', $2, 3000)",
+        &[&DEAD_OWNER, &BEHIND_MS],
+    )
+    .await
+    .expect("the dead owner's row");
+    let stamped = campaign_actors::clock::unix_ms() - BEHIND_MS;
+    for n in 0..CLIENTS {
+        let mut payload = Vec::new();
+        let c = client(n);
+        OutputEncoder::new(&campaign, i64::from(trigger)).encode(ClientId::Text(&c), &mut payload);
+        f.producer
+            .send(
+                FutureRecord::to(&f.output_topic)
+                    .key(&c)
+                    .payload(&payload)
+                    .timestamp(stamped),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce notification");
+    }
+
+    // Others went on writing to the topic since, on clocks that are right.
+    let other = backlog_campaign("c-skew-other");
+    produce_notification(&f, &other, i64::from(trigger), "someone-else").await;
+
+    let service = Service::start(&f, CONFIG);
+    wait_no_marks(&f, &service, Duration::from_secs(60)).await;
+    let pairs = output_pairs(&f);
+    let twice: Vec<_> = pairs.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(pairs.len(), CLIENTS + 1);
     f.cleanup().await;
 }

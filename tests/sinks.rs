@@ -63,6 +63,7 @@ async fn pg_sink(f: &Fixture) -> PgSink {
     PgSink::connect(PgSinkConfig {
         postgres: PostgresSettings::for_url(&f.db_url),
         owner: 7,
+        lease: campaign_actors::ledger::Lease::unbounded(),
     })
     .await
     .expect("connect")
@@ -280,5 +281,85 @@ async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_table
         let plan = f.generic_plan(name, statement, args).await;
         assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
     }
+    f.cleanup().await;
+}
+
+/// A fence that lands while an owner's transaction is open waits for it; one that landed before
+/// rolls the next transaction back with nothing written, and the owner's lease ends. This is
+/// what keeps a thawed or cut-off instance from writing once a peer took its work over.
+#[actix_rt::test]
+async fn the_postgres_sink_of_a_fenced_owner_writes_nothing_and_its_lease_ends() {
+    use campaign_actors::ledger::lease::{self, OwnerRow};
+    use campaign_actors::ledger::Lease;
+    use campaign_actors::shared::{Fatal, FatalReason};
+    use std::time::{Duration, Instant};
+
+    let f = Fixture::new("pgfence", 1).await;
+    let row = OwnerRow {
+        host: "test".into(),
+        pid: 1,
+        input_topic: "in".into(),
+        ttl: Duration::from_secs(10),
+        settle: Duration::from_secs(5),
+    };
+    let owner = lease::acquire(&f.db, &row).await.expect("acquire");
+    let (fatal, failed) = Fatal::channel();
+    let lease = Lease::pending(fatal);
+    lease.acquired(owner);
+    lease.renewed(Instant::now(), row.ttl);
+    let sink = PgSink::connect(PgSinkConfig {
+        postgres: PostgresSettings::for_url(&f.db_url),
+        owner,
+        lease: lease.clone(),
+    })
+    .await
+    .expect("connect");
+
+    let written = sink
+        .write(vec![job_of("c-live", 10)])
+        .await
+        .expect("live owner writes");
+    assert_eq!(written[0].clients.len(), 3);
+
+    // A peer fences it (its lease had expired, as the ledger's sweep does).
+    f.db.execute(
+        "UPDATE campaign_notifier_owners SET expires_at = now() - interval '1 second' \
+         WHERE owner = $1",
+        &[&owner],
+    )
+    .await
+    .unwrap();
+    let fenced: Vec<i32> = campaign_actors::ledger::recovery::fence_expired(&f.db, owner + 1000)
+        .await
+        .expect("fence")
+        .iter()
+        .map(|o| o.owner)
+        .collect();
+    assert_eq!(fenced, vec![owner]);
+
+    // Its local lease is still valid (it does not know yet): Postgres refuses the write anyway.
+    assert!(lease.is_valid());
+    let refused = sink.write(vec![job_of("c-after-fence", 20)]).await;
+    assert!(matches!(refused, Err(SinkError::Lapsed(_))), "{refused:?}");
+    let rows: i64 =
+        f.db.query_one(
+            "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id = 'c-after-fence'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing of the fenced owner's transaction is left");
+    assert_eq!(f.outbox_marks().await, 1, "only the live write's mark");
+    assert!(lease.is_fenced());
+    assert_eq!(
+        *failed.borrow(),
+        Some(FatalReason::LeaseFenced {
+            by: Some(owner + 1000)
+        })
+    );
+    // And it hands nothing more to Postgres at all.
+    let again = sink.write(vec![job_of("c-after-fence", 30)]).await;
+    assert!(matches!(again, Err(SinkError::Lapsed(_))), "{again:?}");
     f.cleanup().await;
 }

@@ -507,17 +507,22 @@ impl Default for WritersConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
-    /// Notifications left unsent by an instance that died (its Postgres lock is gone) are sent by
-    /// a live instance once they are this old. Must exceed the longest time a live instance
-    /// needs to get a notification acknowledged by Kafka.
-    #[serde(default = "default_takeover_after_secs")]
-    pub takeover_after_secs: u64,
+    /// How long this instance's lease lasts without a renewal (renewed every third of it). A
+    /// frozen, dead or cut-off instance is fenced this long after its last renewal, and its work
+    /// taken over once its producer's sends have settled.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// No longer used: takeover follows the lease. Accepted, with a warning, so that an older
+    /// config still starts.
+    #[serde(default)]
+    pub takeover_after_secs: Option<u64>,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            takeover_after_secs: default_takeover_after_secs(),
+            lease_ttl_secs: default_lease_ttl_secs(),
+            takeover_after_secs: None,
         }
     }
 }
@@ -553,12 +558,18 @@ pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free port.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// `/healthz` answers 503 once one of the pipeline's loops (the reader, the lease keeper, the
+    /// ledger, the lifecycle, a writer) has not turned for this long: the process is wedged and
+    /// only a restart cures it. A dependency that is down stops no loop.
+    #[serde(default = "default_liveness_timeout_secs")]
+    pub liveness_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_http_listen(),
+            liveness_timeout_secs: default_liveness_timeout_secs(),
         }
     }
 }
@@ -678,8 +689,11 @@ fn default_stall_secs() -> u64 {
 fn default_max_notifications_in_flight() -> usize {
     200_000
 }
-fn default_takeover_after_secs() -> u64 {
-    120
+fn default_lease_ttl_secs() -> u64 {
+    10
+}
+fn default_liveness_timeout_secs() -> u64 {
+    60
 }
 fn default_http_listen() -> String {
     "0.0.0.0:9898".into()
@@ -819,6 +833,18 @@ impl Config {
                 return Err(ConfigError::key(key, "must not be empty"));
             }
         }
+        if self
+            .settings()
+            .producer
+            .effective_message_timeout()
+            .is_some_and(|t| t.is_zero())
+        {
+            return Err(ConfigError::key(
+                "kafka.producer.\"message.timeout.ms\"",
+                "0 (no limit) would let a stopped instance's sends arrive at any time, so no \
+                 other instance could ever take its work over safely",
+            ));
+        }
         if self.kafka.input_topic == self.kafka.output_topic {
             return Err(ConfigError::key(
                 "kafka.output_topic",
@@ -913,10 +939,9 @@ impl Config {
                 "writers.restart_limit and writers.restart_window_secs must be at least 1",
             ),
             (
-                ledger.takeover_after_secs.saturating_mul(1000) <= w.kafka_message_timeout_ms,
-                "ledger.takeover_after_secs",
-                "must be longer than writers.kafka_message_timeout_ms, or a live instance's \
-                 notifications could be taken over while it still sends them",
+                !(3..=300).contains(&ledger.lease_ttl_secs),
+                "ledger.lease_ttl_secs",
+                "must be between 3 and 300",
             ),
             (
                 self.lifecycle.clock_skew_secs > 3_600,
@@ -937,6 +962,15 @@ impl Config {
                 self.http.listen.parse::<SocketAddr>().is_err(),
                 "http.listen",
                 "must be an address such as 0.0.0.0:9898",
+            ),
+            (
+                self.http.liveness_timeout_secs
+                    < self.postgres.connect_timeout_secs
+                        + w.restart_backoff_max_ms.div_ceil(1000)
+                        + 10,
+                "http.liveness_timeout_secs",
+                "must be at least postgres.connect_timeout_secs plus writers.restart_backoff_max_ms \
+                 plus 10 s: a loop that is reconnecting does not turn for that long",
             ),
             (
                 !matches!(
@@ -981,6 +1015,7 @@ impl Config {
                     p.idle_in_transaction_timeout_secs,
                 ),
                 keepalive_idle: Duration::from_secs(p.keepalive_idle_secs),
+                owner: None,
             },
             create_schema: self.postgres.create_schema,
             reader: ReaderSettings {
@@ -1009,7 +1044,7 @@ impl Config {
                 stall_after: Duration::from_secs(w.stall_secs),
                 restart: restart.clone(),
             },
-            ledger_takeover_after: Duration::from_secs(self.ledger.takeover_after_secs),
+            lease_ttl: Duration::from_secs(self.ledger.lease_ttl_secs),
             ledger_restart: restart.clone(),
             lifecycle: LifecycleSettings {
                 window: Window {
@@ -1030,6 +1065,7 @@ impl Config {
                 window: Duration::from_secs(w.restart_window_secs),
             },
             http_listen: self.http.listen.clone(),
+            liveness_timeout: Duration::from_secs(self.http.liveness_timeout_secs),
             grace_period: Duration::from_secs(self.shutdown.grace_period_secs),
         }
     }
@@ -1052,13 +1088,16 @@ pub struct Settings {
     pub max_notifications_in_flight: usize,
     /// The Kafka, Postgres and dead-letter writers'.
     pub writers: WriterSettings,
-    pub ledger_takeover_after: Duration,
+    /// This instance's lease: how long it lasts without a renewal.
+    pub lease_ttl: Duration,
     pub ledger_restart: RestartPolicy,
     pub lifecycle: LifecycleSettings,
     pub lifecycle_restart: RestartPolicy,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
+    /// A loop that has not turned for this long makes `/healthz` fail.
+    pub liveness_timeout: Duration,
     pub grace_period: Duration,
 }
 
@@ -1511,6 +1550,62 @@ mod tests {
                 "{section}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_settle_time_follows_the_producer_timeout_in_force_and_no_limit_is_refused() {
+        let timeout_of = |producer: &str| {
+            load(&format!("{MINIMAL}\n[kafka.producer]\n{producer}"), &[])
+                .map(|c| c.settings().producer.effective_message_timeout())
+        };
+        assert_eq!(timeout_of("").unwrap(), Some(Duration::from_secs(30)));
+        // librdkafka's other name of the same property counts, and the last one set wins.
+        assert_eq!(
+            timeout_of("\"delivery.timeout.ms\" = \"90000\"\n").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            timeout_of("\"delivery.timeout.ms\" = \"90000\"\n\"message.timeout.ms\" = \"45000\"\n")
+                .unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        let err = timeout_of("\"message.timeout.ms\" = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no limit"), "{err}");
+    }
+
+    #[test]
+    fn the_lease_is_bounded_and_the_old_takeover_key_is_accepted() {
+        let c = load(
+            &format!("{MINIMAL}\n[ledger]\ntakeover_after_secs = 120\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.settings().lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.ledger.takeover_after_secs, Some(120));
+        for ttl in [0, 2, 301] {
+            let err = load(
+                &format!("{MINIMAL}\n[ledger]\nlease_ttl_secs = {ttl}\n"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("config key ledger.lease_ttl_secs:"),
+                "{err}"
+            );
+        }
+        let err = load(
+            &format!("{MINIMAL}\n[http]\nliveness_timeout_secs = 15\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("config key http.liveness_timeout_secs:"),
+            "{err}"
+        );
     }
 
     #[test]

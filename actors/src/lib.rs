@@ -21,7 +21,9 @@
 //!
 //! A campaign's offset is stored for commit only after both writers confirmed all of its
 //! notifications, so a stop at any moment loses nothing; Postgres is the ledger that keeps a
-//! redelivery or a crash from notifying anyone twice (see [`ledger`]). The cache, the writers and
+//! redelivery or a crash from notifying anyone twice (see [`ledger`]). Every write is fenced by
+//! the process's lease, so an instance that froze or was cut off writes nothing once a peer has
+//! taken its work over. The cache, the writers and
 //! the ledger run under actix `Supervisor` with one restart policy ([`supervision`]); a writer
 //! that fails keeps the jobs it held across the restart.
 //!
@@ -33,11 +35,13 @@
 //! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks; a large
 //!   campaign a slice at a time, within the budget of notifications in flight.
 //! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
-//! - [`ledger`]: outbox marks and tokens, recovery of dead owners, the `Ledger` actor.
+//! - [`ledger`]: this process's lease and the `LeaseKeeper` that renews it, outbox marks and
+//!   tokens, fencing and recovery of dead owners, the `Ledger` actor.
 //! - [`lifecycle`]: the durable table of campaigns; scheduled ones fired at their start, newer
 //!   versions replacing or cancelling them, the `Lifecycle` actor.
 //! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`liveness`]: the heartbeats of the loops
+//!   `/healthz` watches.
 //! - [`kafka`]: the one producer path, error classification, the read-back scan.
 //! - [`postgres`]: connections, error description and class, the schema step.
 //! - [`campaign`], [`notification`]: the input parsed and validated; the join result and the one
@@ -63,6 +67,7 @@ pub mod http;
 pub mod kafka;
 pub mod ledger;
 pub mod lifecycle;
+pub mod liveness;
 pub mod messages;
 pub mod metrics;
 pub mod notification;

@@ -9,8 +9,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "campaign_notifier";
@@ -43,6 +43,7 @@ macro_rules! label_values {
         }
     };
 }
+pub(crate) use label_values;
 
 label_values! {
     /// What became of a campaign (`campaigns_processed_total{outcome}`).
@@ -204,6 +205,7 @@ label_values! {
         DeadLetterWriter => "dead_letter_writer",
         SubscriberCache => "subscriber_cache",
         Ledger => "ledger",
+        LeaseKeeper => "lease_keeper",
         Lifecycle => "lifecycle",
     }
 }
@@ -217,6 +219,7 @@ impl ActorKind {
             ActorKind::DeadLetterWriter => "dead_letter writer",
             ActorKind::SubscriberCache => "subscriber cache",
             ActorKind::Ledger => "ledger",
+            ActorKind::LeaseKeeper => "lease keeper",
             ActorKind::Lifecycle => "lifecycle",
         }
     }
@@ -293,6 +296,14 @@ pub struct Metrics {
     /// On the instance that follows the change feed: seconds since everything subscribed before
     /// then had been followed and its notifications confirmed (0 elsewhere).
     pub change_feed_lag: Gauge,
+    /// 1 while this instance's lease is valid (it may write), 0 while it is lapsed or fenced.
+    pub lease_valid: IntGauge,
+    /// Other instances this one fenced (their lease had expired), before taking their work over.
+    pub owners_fenced: IntCounter,
+    /// Seconds since each loop `/healthz` watches last turned ([`crate::liveness::Loop`]).
+    pub loop_heartbeat_age: GaugeVec,
+    /// Campaigns a stop left unfinished at the end of its grace period (read again next time).
+    pub drain_abandoned_campaigns: IntCounter,
     /// Build information, value always 1.
     pub build_info: IntGaugeVec,
 }
@@ -349,6 +360,10 @@ impl Registrar {
 
     fn float_gauge(&self, what: &str, help: &str) -> Gauge {
         self.add(Gauge::with_opts(Self::opts(what, help)))
+    }
+
+    fn float_gauges(&self, what: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Self::opts(what, help), labels))
     }
 
     fn gauges(&self, what: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -451,6 +466,14 @@ impl Metrics {
                 "Notifications of active campaigns to clients who subscribed after the campaign was delivered"),
             change_feed_lag: r.float_gauge("change_feed_lag_seconds",
                 "Seconds since every subscription added before then was followed and notified (on the instance following the feed)"),
+            lease_valid: r.gauge("lease_valid",
+                "1 while this instance's lease is valid and it may write, 0 while lapsed or fenced"),
+            owners_fenced: r.counter("owners_fenced_total",
+                "Other instances this one fenced after their lease expired"),
+            loop_heartbeat_age: r.float_gauges("loop_heartbeat_age_seconds",
+                "Seconds since a loop /healthz watches last turned", &["loop"]),
+            drain_abandoned_campaigns: r.counter("drain_abandoned_campaigns_total",
+                "Campaigns a stop left unfinished at the end of its grace period"),
             build_info: r.gauges("build_info",
                 "Build information; the value is always 1", &["version"]),
             registry: r.0,
@@ -490,6 +513,9 @@ impl Metrics {
         }
         for event in LifecycleEvent::ALL {
             self.lifecycle_events.with_label_values(&[event.as_str()]);
+        }
+        for l in crate::liveness::Loop::ALL {
+            self.loop_heartbeat_age.with_label_values(&[l.as_str()]);
         }
     }
 

@@ -1,10 +1,13 @@
 //! Starts the actors in the right order and stops them in the right order.
 //!
-//! Start: schema -> writers and ledger -> enricher -> cache (first snapshot) -> HTTP -> reader, so
-//! that the reader pulls nothing before there is somewhere to put it. What stopped instances left
-//! half-sent is finished by the ledger in the background, once their produce requests have settled
-//! (see [`crate::ledger::recovery`]); until then their campaigns, read again, insert nothing new. Stop: the reader drains and commits, then the writers flush and close. Shared by
-//! `run`, `demo`, the tests and the benchmark.
+//! Start: HTTP -> schema -> the Kafka check -> this process's lease -> writers and ledger ->
+//! enricher -> cache (first snapshot) -> reader, so that the reader pulls nothing before there is
+//! somewhere to put it and nothing is written before the lease says this process may. What
+//! stopped instances left half-sent is finished by the ledger in the background, once their
+//! lease expired and their produce requests have settled (see [`crate::ledger::recovery`]);
+//! until then their campaigns, read again, insert nothing new. Stop: the reader drains and
+//! commits, the writers flush and close, the ledger finishes its sweep, and the lease is released.
+//! Shared by `run`, `demo`, the tests and the benchmark.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +21,8 @@ use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
 use crate::enricher::Enricher;
 use crate::http::Stage;
-use crate::ledger::{Ledger, OutputTarget};
+use crate::ledger::lease::{self, OwnerRow};
+use crate::ledger::{Lease, LeaseKeeper, Ledger, OutputTarget, Recoverer, Release};
 use crate::lifecycle::Lifecycle;
 use crate::messages::{Close, Drain, DrainReport};
 use crate::metrics::Metrics;
@@ -42,6 +46,8 @@ pub enum StartError {
     CacheGone,
     #[error("Kafka: {0}")]
     Kafka(String),
+    #[error("cannot take this instance's lease: {0}")]
+    Lease(String),
 }
 
 /// How long the start-up check waits for a broker to answer before going on without one.
@@ -74,6 +80,8 @@ pub struct Pipeline {
     cache: Addr<SubscriberCache>,
     writers: Writers,
     lifecycle: Addr<Lifecycle>,
+    lease_keeper: Addr<LeaseKeeper>,
+    lease: Lease,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
     settings: Settings,
@@ -92,8 +100,8 @@ impl Pipeline {
     /// Starts everything and returns once the first subscriber snapshot is loaded and the reader
     /// is consuming. Must run inside an actix `System`.
     pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
-        let settings = config.settings();
-        let (shared, failed) = Shared::new(metrics, Clock::system());
+        let mut settings = config.settings();
+        let (shared, failed) = Shared::with_lease(metrics, Clock::system());
         // HTTP first: alive from the start, and /readyz says which step is under way.
         let (published, mut snapshot) = watch::channel(None);
         let (stage, staged) = watch::channel(Stage::Starting("preparing the Postgres schema"));
@@ -103,9 +111,14 @@ impl Pipeline {
         }
         stage.send_replace(Stage::Starting("checking the Kafka brokers"));
         check_kafka_access(&settings).await?;
-        let owner = crate::ledger::new_owner();
+        stage.send_replace(Stage::Starting("taking this instance's lease"));
+        let owner = acquire_lease(&settings, &shared.lease).await?;
+        // Every session of this process says whose it is (pg_stat_activity, and the peer that
+        // ends a fenced owner's sessions).
+        settings.postgres.owner = Some(owner);
 
         let arbiters = Arbiters::new();
+        let lease_keeper = start_lease_keeper(&settings, &shared, &arbiters);
         let writers = Writers::start(&settings, owner, &shared, &arbiters);
         stage.send_replace(Stage::Running {
             kafka_writer: writers.kafka.clone(),
@@ -138,6 +151,8 @@ impl Pipeline {
             cache,
             writers,
             lifecycle,
+            lease_keeper,
+            lease: shared.lease.clone(),
             http,
             arbiters: arbiters.into_vec(),
             settings,
@@ -177,9 +192,12 @@ impl Pipeline {
         // again by the next instance once this one is gone. Not awaited: a lifecycle that is
         // connecting answers nothing until it is connected.
         self.lifecycle.do_send(Close);
-        let drain = self.reader.send(Drain {
-            grace: grace.mul_f64(0.75),
-        });
+        // A fenced instance may write nothing: its campaigns in flight are not waited for.
+        let drain_grace = match self.lease.is_fenced() {
+            true => Duration::ZERO,
+            false => grace.mul_f64(0.75),
+        };
+        let drain = self.reader.send(Drain { grace: drain_grace });
         let report = match tokio::time::timeout_at(deadline, drain).await {
             Ok(report) => report.unwrap_or_default(),
             Err(_) => {
@@ -197,9 +215,21 @@ impl Pipeline {
                 }
             },
         );
-        if tokio::time::timeout(left(), close).await.is_err() {
+        let closed = tokio::time::timeout(left(), close).await.is_ok();
+        if !closed {
             log::warn!("writers did not close within the grace period ({grace:?})");
         }
+        // A sweep under way may be sending a dead owner's notifications: it ends first.
+        let ledger_idle = matches!(
+            tokio::time::timeout(left(), self.writers.ledger.send(Close)).await,
+            Ok(Ok(()))
+        );
+        // Nothing of this process can be on its way to the broker once its writers and the
+        // ledger's sends are done: a peer may then take what it left over at once.
+        let release = self.lease_keeper.send(Release {
+            flushed: closed && ledger_idle,
+        });
+        let _ = tokio::time::timeout(left(), release).await;
         let _ = tokio::time::timeout(left(), self.http.stop(true)).await;
         // Joining drops the writers' producers and connections before this returns, so nothing
         // of the pipeline outlives it.
@@ -215,6 +245,67 @@ impl Pipeline {
         }
         report
     }
+}
+
+/// Inserts this process's row in `campaign_notifier_owners` with a fresh owner id, valid for a
+/// lease from the moment it was sent.
+async fn acquire_lease(settings: &Settings, lease: &Lease) -> Result<i32, StartError> {
+    let failed = |e: String| StartError::Lease(e);
+    let client = crate::postgres::connect(&settings.postgres, "ledger lease")
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let settle = settings
+        .producer
+        .effective_message_timeout()
+        .unwrap_or(Duration::from_millis(settings.producer.message_timeout_ms))
+        + lease::SETTLE_MARGIN;
+    let row = OwnerRow {
+        host: hostname(),
+        pid: std::process::id() as i32,
+        input_topic: settings.reader.topic.clone(),
+        ttl: settings.lease_ttl,
+        settle,
+    };
+    let sent = std::time::Instant::now();
+    let owner = lease::acquire(&client, &row)
+        .await
+        .map_err(|e| failed(crate::postgres::describe(&e)))?;
+    lease.acquired(owner);
+    lease.renewed(sent, settings.lease_ttl);
+    log::info!(
+        "lease: this instance is owner {owner} (lease {:?}, renewed every {:?}; a peer takes its \
+         work over {:?} after the lease ends)",
+        settings.lease_ttl,
+        settings.lease_ttl / 3,
+        settle
+    );
+    Ok(owner)
+}
+
+/// This host's name, for the owners table (an operator's way from an owner id to a machine).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn start_lease_keeper(
+    settings: &Settings,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> Addr<LeaseKeeper> {
+    let (postgres, ttl, topic) = (
+        settings.postgres.clone(),
+        settings.lease_ttl,
+        settings.reader.topic.clone(),
+    );
+    let (restart, s) = (settings.ledger_restart.clone(), shared.clone());
+    Supervisor::start_in_arbiter(&arbiters.ledger.handle(), move |_| {
+        LeaseKeeper::new(postgres, ttl, topic, restart, s)
+    })
 }
 
 async fn prepare_schema(settings: &Settings) -> Result<(), StartError> {
@@ -272,6 +363,7 @@ impl Writers {
         let kafka_settings = KafkaSinkSettings {
             producer: settings.producer.clone(),
             topic: settings.output_topic.clone(),
+            lease: shared.lease.clone(),
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         let kafka = Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
@@ -280,6 +372,7 @@ impl Writers {
         let pg_config = PgSinkConfig {
             postgres: settings.postgres.clone(),
             owner,
+            lease: shared.lease.clone(),
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         let postgres = Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {
@@ -289,20 +382,31 @@ impl Writers {
             let dlq_settings = KafkaSinkSettings {
                 producer: settings.producer.clone(),
                 topic,
+                lease: shared.lease.clone(),
             };
             let (w, s) = (settings.writers.clone(), shared.clone());
             Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
                 DeadLetterWriter::new(dlq_settings, w, s)
             })
         });
-        let (url, output) = (settings.postgres.clone(), output_target(settings));
-        let (takeover, restart) = (
-            settings.ledger_takeover_after,
+        let recoverer = Recoverer {
+            output: output_target(settings),
+            lease: shared.lease.clone(),
+            dead_letters: dead_letters.clone().map(Addr::recipient),
+            metrics: shared.metrics.clone(),
+        };
+        // Versions before leases took an owner over once its lock had been free for the message
+        // timeout and 5 s.
+        let legacy_settle =
+            Duration::from_millis(settings.producer.message_timeout_ms) + lease::SETTLE_MARGIN;
+        let (url, ttl, restart) = (
+            settings.postgres.clone(),
+            settings.lease_ttl,
             settings.ledger_restart.clone(),
         );
         let s = shared.clone();
         let ledger = Supervisor::start_in_arbiter(&arbiters.ledger.handle(), move |_| {
-            Ledger::new(url, owner, output, takeover, restart, s)
+            Ledger::new(url, recoverer, ttl, legacy_settle, restart, s)
         });
         Writers {
             kafka,
@@ -388,6 +492,9 @@ fn start_http(
         metrics: shared.metrics.clone(),
         snapshot: snapshot.clone(),
         stage,
+        lease: shared.lease.clone(),
+        liveness: shared.liveness.clone(),
+        liveness_timeout: settings.liveness_timeout,
     };
     let (addr, handle) =
         crate::http::start(&settings.http_listen, state).map_err(|source| StartError::Http {

@@ -1,5 +1,5 @@
 //! What every component is handed at construction: the metrics, the channel that stops the
-//! service, and the clock.
+//! service, the clock, this process's lease and the heartbeats of its loops.
 //!
 //! A component that fails in a way no restart cures raises a [`FatalReason`]; the service stops
 //! with exit code 3 and the reason in its last log line.
@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::ledger::Lease;
+use crate::liveness::Liveness;
 use crate::metrics::{ActorKind, Metrics};
 
 #[derive(Clone)]
@@ -16,10 +18,14 @@ pub struct Shared {
     pub metrics: Metrics,
     pub fatal: Fatal,
     pub clock: Clock,
+    /// Whether this process may write; every write asks.
+    pub lease: Lease,
+    pub liveness: Liveness,
 }
 
 impl Shared {
-    /// The context of a running service, and the receiver that learns of a fatal failure.
+    /// The context of components that run without owners (unit tests): a lease that is always
+    /// valid. The service's pipeline uses [`Shared::with_lease`].
     pub fn new(metrics: Metrics, clock: Clock) -> (Shared, watch::Receiver<Option<FatalReason>>) {
         let (fatal, failed) = Fatal::channel();
         (
@@ -27,9 +33,22 @@ impl Shared {
                 metrics,
                 fatal,
                 clock,
+                lease: Lease::unbounded(),
+                liveness: Liveness::default(),
             },
             failed,
         )
+    }
+
+    /// The context of a running service: its lease is not valid until acquired and renewed, and
+    /// a fence stops the service.
+    pub fn with_lease(
+        metrics: Metrics,
+        clock: Clock,
+    ) -> (Shared, watch::Receiver<Option<FatalReason>>) {
+        let (mut shared, failed) = Shared::new(metrics, clock);
+        shared.lease = Lease::pending(shared.fatal.clone());
+        (shared, failed)
     }
 }
 
@@ -50,6 +69,12 @@ pub enum FatalReason {
     ConsumerCreation(String),
     #[error("cannot subscribe to {topic}: {error}")]
     Subscription { topic: String, error: String },
+    #[error(
+        "this instance's lease was fenced by {}: it was frozen or cut off from Postgres for longer \
+         than ledger.lease_ttl_secs, and another instance takes its work over",
+        by.map_or("another instance".to_string(), |o| format!("owner {o}"))
+    )]
+    LeaseFenced { by: Option<i32> },
 }
 
 /// The sending side of the fatal channel.

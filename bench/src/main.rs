@@ -667,6 +667,7 @@ impl Bench<'_> {
                 overrides: self.args.producer_properties.clone(),
             },
             topic: self.topic(what),
+            lease: campaign_actors::ledger::Lease::unbounded(),
         }
     }
 
@@ -838,7 +839,7 @@ impl Bench<'_> {
         let mut reader = self.config()?.settings().reader;
         reader.group_id = format!("cn-bench-{}-hop", self.run_id);
         let consumer = reader
-            .create_consumer(Metrics::new())
+            .create_consumer(Metrics::new(), campaign_actors::ledger::Lease::unbounded())
             .map_err(err("hop consumer"))?;
         let mut partitions = TopicPartitionList::new();
         for p in 0..args.partitions {
@@ -1295,6 +1296,7 @@ async fn latency_floor(
         PgSink::connect(PgSinkConfig {
             postgres: PostgresSettings::for_url(db_url),
             owner: 0,
+            lease: campaign_actors::ledger::Lease::unbounded(),
         })
         .await
         .map_err(err("postgres sink"))?,

@@ -72,6 +72,22 @@ impl ProducerSettings {
         cc
     }
 
+    /// The message timeout librdkafka will use: the service's, unless an override sets
+    /// `message.timeout.ms` or its other name `delivery.timeout.ms` (set in order, the last
+    /// wins). `None` when an override is not a number (librdkafka's own check refuses it). No
+    /// produce request of this producer lands later than this after its record was handed over
+    /// (librdkafka gives a request the deadline of its first message), which is what a peer
+    /// waits for before it takes a dead owner's work over.
+    pub fn effective_message_timeout(&self) -> Option<Duration> {
+        let mut ms = self.message_timeout_ms;
+        for (k, v) in &self.overrides {
+            if k == "message.timeout.ms" || k == "delivery.timeout.ms" {
+                ms = v.trim().parse().ok()?;
+            }
+        }
+        Some(Duration::from_millis(ms))
+    }
+
     /// The overrides that say how to reach and authenticate to the cluster, for the other clients
     /// the service creates against the same brokers (the read-back scan).
     pub fn connection_overrides(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -93,6 +109,9 @@ pub enum FailureClass {
     Permanent,
     /// The client, the topic or the credentials are wrong: nothing passes until an operator acts.
     Configuration,
+    /// Nothing was handed to librdkafka: this process's lease is not valid (see
+    /// [`crate::ledger::lease`]). The same records go once it is renewed, or never, if fenced.
+    Lapsed,
 }
 
 /// A Kafka error, classified, with librdkafka's code when there is one.
@@ -110,6 +129,14 @@ impl KafkaFailure {
             class: FailureClass::Retriable,
             code: None,
             message: message.into(),
+        }
+    }
+
+    pub fn lapsed(lapsed: crate::ledger::lease::Lapsed) -> KafkaFailure {
+        KafkaFailure {
+            class: FailureClass::Lapsed,
+            code: None,
+            message: lapsed.to_string(),
         }
     }
 

@@ -8,6 +8,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use super::{classify, partition_ids, KafkaFailure, ProducerSettings};
+use crate::ledger::Lease;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing producer waits for what it still holds to be acknowledged.
@@ -19,6 +20,8 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
+    /// Asked before every record is handed over: a process that lost its lease sends nothing.
+    fence: Option<Lease>,
 }
 
 impl Producer {
@@ -35,7 +38,15 @@ impl Producer {
         let inner: FutureProducer = cc
             .create()
             .map_err(|e| KafkaFailure::configuration(format!("invalid producer config: {e}")))?;
-        Ok(Producer { inner })
+        Ok(Producer { inner, fence: None })
+    }
+
+    /// The same producer, handing nothing to librdkafka while `lease` is not valid.
+    pub fn fenced_by(self, lease: Lease) -> Producer {
+        Producer {
+            fence: Some(lease),
+            ..self
+        }
     }
 
     /// The partition count of `topic`, asked of the brokers: the first contact, which tells an
@@ -57,8 +68,10 @@ impl Producer {
         Ok(ids.len() as i32)
     }
 
-    /// Hands one record to librdkafka, waiting while its queue is full. The returned future
-    /// resolves once the broker acknowledged or refused the record; see [`Producer::confirm`].
+    /// Hands one record to librdkafka, waiting while its queue is full, unless the lease it is
+    /// fenced by is not valid (checked right before each hand-over, so that a process thawed after
+    /// its lease ended sends nothing more). The returned future resolves once the broker
+    /// acknowledged or refused the record; see [`Producer::confirm`].
     pub async fn enqueue<K, P>(
         &self,
         mut record: FutureRecord<'_, K, P>,
@@ -68,6 +81,9 @@ impl Producer {
         P: ToBytes + ?Sized,
     {
         loop {
+            if let Some(lease) = &self.fence {
+                lease.check().map_err(KafkaFailure::lapsed)?;
+            }
             match self.inner.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {

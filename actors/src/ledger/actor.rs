@@ -1,78 +1,128 @@
-//! The `Ledger` actor: holds this process's owner lock, clears acknowledged marks in batches off
-//! the data path, and sweeps for owners that died.
+//! The `Ledger` actor: clears acknowledged marks in batches off the data path, withdraws what
+//! Kafka will never have, and sweeps for owners whose lease expired.
 //!
-//! Every `SWEEP_INTERVAL` the ledger looks for owners that died (this process's predecessor, or a
-//! peer in the same consumer group) and takes over their marks ([`recover`]): marks made before
-//! this process started, or older than `[ledger] takeover_after_secs` (a peer whose connection to
-//! Postgres dropped for a moment loses its lock but is still sending, and must be given time to
-//! finish), and only once the owner's lock has been free for the settle time
-//! ([`Takeover`]: the producer's message timeout and a margin).
+//! Every `SWEEP_INTERVAL` the ledger fences the owners whose lease has expired (once this
+//! process's own lease has been valid for a whole TTL, so that after an outage every owner gets
+//! the chance to renew first), gives owners of versions before leases whose advisory lock has
+//! been free for their settle time a fenced row, and recovers every fenced owner whose settle
+//! time has passed ([`Recoverer`]). Nothing of a sweep lives in the future that runs it but the
+//! connection: what it found is in Postgres, and the legacy owners' watch is applied by the actor
+//! when the sweep returns, so a restart in the middle of a sweep loses nothing.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::channel::oneshot;
 use tokio_postgres::Client;
 
 use super::outbox;
-use super::recovery::{recover, OutputTarget, Takeover};
+use super::recovery::{self, Recoverer, RecoveryReport, Takeover};
 use crate::hand_off::Batch;
-use crate::messages::{ClearOutbox, Withdraw};
+use crate::liveness::Loop;
+use crate::messages::{ClearOutbox, Close, Withdraw};
 use crate::metrics::{ActorKind, WithdrawReason};
-use crate::postgres::{ConnectError, PostgresSettings};
+use crate::postgres::{describe, PostgresSettings};
 use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Added to the producer's message timeout: how long a dead owner's lock must have been free
-/// before its marks are taken over.
-const SETTLE_MARGIN: Duration = Duration::from_secs(5);
-
-/// Holds this process's owner lock, clears acknowledged marks in batches, and sweeps for dead
-/// owners. Supervised: a lost connection restarts it (after the restart policy's backoff), which
-/// takes the lock again; past the policy's limit the service stops.
+/// Clears acknowledged marks in batches, withdraws rows, and sweeps for expired owners.
+/// Supervised: a lost connection restarts it (after the restart policy's backoff); past the
+/// policy's limit the service stops.
 pub struct Ledger {
     postgres: PostgresSettings,
-    owner: i32,
-    output: OutputTarget,
+    recoverer: Recoverer,
+    /// This process's lease TTL: how long its own lease must have been valid before it fences
+    /// anyone.
+    ttl: Duration,
     client: Option<Rc<Client>>,
     to_clear: Vec<i64>,
     to_withdraw: Vec<(Withdraw, oneshot::Sender<()>)>,
-    clearing: bool,
+    /// The marks being cleared and the withdrawals under way.
+    clearing: Option<Pending>,
     sweeping: bool,
-    takeover_after: Duration,
-    /// Owners seen without their lock, and since when; `None` while a sweep has it.
-    takeover: Option<Takeover>,
-    /// When this process started (ms since the epoch): marks made before are a predecessor's.
-    started_ms: i64,
+    /// Owners of versions before leases seen without their lock, and since when.
+    legacy: Takeover,
+    /// Of them, those due for a fenced row at the next sweep.
+    legacy_due: Vec<i32>,
+    /// Set by [`Close`]: no sweep starts any more.
+    closing: bool,
+    /// Who waits for the sweep under way to end.
+    close_waiters: Vec<oneshot::Sender<()>>,
     shared: Shared,
     restarts: Restarts,
 }
 
+/// Marks to clear, and withdrawals with who waits for each.
+type Pending = (Vec<i64>, Vec<(Withdraw, oneshot::Sender<()>)>);
+
+/// What one sweep found and did.
+#[derive(Default)]
+struct Swept {
+    fenced: Vec<recovery::Fenced>,
+    legacy_looks: Vec<(i32, bool)>,
+    legacy_fenced: Vec<i32>,
+    recovered: RecoveryReport,
+}
+
+impl Swept {
+    /// Fences expired owners (when this process may), gives due legacy owners a fenced row,
+    /// looks at the legacy owners' locks, and recovers every settled owner.
+    async fn run(
+        &mut self,
+        client: &Client,
+        recoverer: &Recoverer,
+        me: i32,
+        may_fence: bool,
+        legacy_due: Vec<i32>,
+    ) -> Result<(), String> {
+        if may_fence {
+            self.fenced = recovery::fence_expired(client, me)
+                .await
+                .map_err(|e| describe(&e))?;
+        }
+        for owner in legacy_due {
+            if recovery::fence_legacy(client, owner, me)
+                .await
+                .map_err(|e| describe(&e))?
+            {
+                self.legacy_fenced.push(owner);
+            }
+        }
+        self.legacy_looks = recovery::legacy_owners(client)
+            .await
+            .map_err(|e| describe(&e))?;
+        self.recovered = recoverer.recover_settled(client).await?;
+        Ok(())
+    }
+}
+
 impl Ledger {
+    /// `legacy_settle`: how long an owner of a version before leases must have been seen without
+    /// its lock (that version's producer message timeout and a margin, taken as this one's).
     pub fn new(
         postgres: PostgresSettings,
-        owner: i32,
-        output: OutputTarget,
-        takeover_after: Duration,
+        recoverer: Recoverer,
+        ttl: Duration,
+        legacy_settle: Duration,
         restart: RestartPolicy,
         shared: Shared,
     ) -> Ledger {
-        let settle = Duration::from_millis(output.producer.message_timeout_ms) + SETTLE_MARGIN;
         Ledger {
-            takeover: Some(Takeover::new(settle)),
-            started_ms: shared.clock.now_ms(),
             postgres,
-            owner,
-            output,
+            recoverer,
+            ttl,
             client: None,
             to_clear: Vec::new(),
             to_withdraw: Vec::new(),
-            clearing: false,
+            clearing: None,
             sweeping: false,
-            takeover_after,
+            legacy: Takeover::new(legacy_settle),
+            legacy_due: Vec::new(),
+            closing: false,
+            close_waiters: Vec::new(),
             shared,
             restarts: Restarts::new(ActorKind::Ledger, restart),
         }
@@ -83,105 +133,148 @@ impl Ledger {
         let Some(client) = self.client.clone() else {
             return;
         };
-        if self.clearing || (self.to_clear.is_empty() && self.to_withdraw.is_empty()) {
+        if self.clearing.is_some() || (self.to_clear.is_empty() && self.to_withdraw.is_empty()) {
             return;
         }
-        self.clearing = true;
         let ids = std::mem::take(&mut self.to_clear);
-        let withdrawals = std::mem::take(&mut self.to_withdraw);
+        // Rows are withdrawn only under a valid lease; they wait for it (or for the peer that
+        // takes this owner over, which finds them with their marks).
+        let withdrawals = match self.shared.lease.is_valid() {
+            true => std::mem::take(&mut self.to_withdraw),
+            false => Vec::new(),
+        };
+        let work: Vec<(Vec<i64>, Option<Vec<String>>)> = withdrawals
+            .iter()
+            .map(|(w, _)| (w.marks.clone(), w.only.clone()))
+            .collect();
+        let to_clear = ids.clone();
+        // Kept here while the statements run: a restart puts them back instead of dropping who
+        // waits for a withdrawal.
+        self.clearing = Some((ids, withdrawals));
+        let me = self.shared.lease.owner();
         let fut = async move {
             let mut withdrawn = Ok(0);
-            for (w, _) in &withdrawals {
+            for (marks, only) in &work {
                 let Ok(rows) = withdrawn else { break };
-                withdrawn = outbox::withdraw(&client, &w.marks, w.only.as_deref())
+                withdrawn = outbox::withdraw(&client, marks, only.as_deref(), me)
                     .await
                     .map(|n| rows + n);
             }
-            let cleared = match ids.is_empty() {
+            let cleared = match to_clear.is_empty() {
                 true => Ok(0),
-                false => outbox::clear_marks(&client, &ids).await,
+                false => outbox::clear_marks(&client, &to_clear).await,
             };
-            (ids, withdrawals, withdrawn, cleared)
+            (withdrawn, cleared)
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|(ids, withdrawals, withdrawn, cleared), act, ctx| {
-                    act.clearing = false;
-                    let mut failed = None;
-                    match withdrawn {
-                        Ok(rows) if !withdrawals.is_empty() => {
-                            log::warn!(
-                                "ledger: withdrew {rows} notifications Kafka refused or that \
-                                 reached their campaign's end before Kafka had them"
-                            );
-                            withdrawals.into_iter().for_each(|(_, done)| {
-                                let _ = done.send(());
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            act.to_withdraw.extend(withdrawals);
-                            failed = Some(e);
-                        }
-                    }
-                    if let Err(e) = cleared {
-                        // Not lost: kept to clear after the reconnect. A mark left behind is only
-                        // work for the next recovery, which finds its notifications already in Kafka.
-                        act.to_clear.extend(ids);
-                        failed = Some(e);
-                    }
-                    if let Some(e) = failed {
-                        log::warn!(
-                            "ledger: cannot update outbox marks: {}",
-                            crate::postgres::describe(&e)
-                        );
-                        act.restarts.failed();
-                        ctx.stop();
-                    }
-                }),
-        );
+        ctx.spawn(fut.into_actor(self).map(|(withdrawn, cleared), act, ctx| {
+            let (ids, withdrawals) = act.clearing.take().unwrap_or_default();
+            let mut failed = None;
+            match withdrawn {
+                Ok(rows) if !withdrawals.is_empty() => {
+                    log::warn!(
+                        "ledger: withdrew {rows} notifications Kafka refused or that reached their \
+                         campaign's end before Kafka had them"
+                    );
+                    withdrawals.into_iter().for_each(|(_, done)| {
+                        let _ = done.send(());
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    act.to_withdraw.extend(withdrawals);
+                    failed = Some(e);
+                }
+            }
+            if let Err(e) = cleared {
+                // Not lost: kept to clear after the reconnect. A mark left behind is only work
+                // for a later recovery, which finds its notifications already in Kafka.
+                act.to_clear.extend(ids);
+                failed = Some(e);
+            }
+            if let Some(e) = failed {
+                log::warn!("ledger: cannot update outbox marks: {}", describe(&e));
+                act.restarts.failed();
+                ctx.stop();
+            }
+        }));
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let Some(client) = self.client.clone() else {
             return;
         };
-        if self.sweeping {
+        let lease = self.shared.lease.clone();
+        if self.sweeping || self.closing || !lease.is_valid() {
             return;
         }
-        let Some(mut takeover) = self.takeover.take() else {
-            return;
-        };
         self.sweeping = true;
-        let (output, owner) = (self.output.clone(), self.owner);
-        let which = (self.started_ms, self.takeover_after.as_secs_f64());
+        let recoverer = self.recoverer.clone();
+        let me = lease.owner();
+        let may_fence = lease.valid_for() >= self.ttl;
+        // Taken here, and given back by the next sweep's looks: lost with a dropped sweep, they
+        // are only found due again one sweep later.
+        let legacy_due = std::mem::take(&mut self.legacy_due);
         let fut = async move {
-            let result = recover(&client, &output, owner, which, &mut takeover).await;
-            (result, takeover)
+            let mut swept = Swept::default();
+            // What was done before a step failed is reported all the same.
+            let failed = swept
+                .run(&client, &recoverer, me, may_fence, legacy_due)
+                .await
+                .err();
+            (swept, failed)
         };
-        ctx.spawn(fut.into_actor(self).map(|(result, takeover), act, _| {
-            act.sweeping = false;
-            act.takeover = Some(takeover);
-            match result {
-                Ok(r) if r.owners > 0 => {
-                    log::info!(
-                        "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were \
-                         already in Kafka, {} withdrawn from Postgres (their campaign had ended)",
-                        r.owners,
-                        r.resent,
-                        r.already_sent,
-                        r.expired
-                    );
-                    act.shared
-                        .metrics
-                        .notifications_withdrawn
-                        .with_label_values(&[WithdrawReason::Ended.as_str()])
-                        .inc_by(r.expired as u64);
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("ledger: recovery sweep failed, will retry: {e}"),
+        ctx.spawn(fut.into_actor(self).map(|(swept, failed), act, _| {
+            act.sweep_ended();
+            act.swept(swept);
+            if let Some(e) = failed {
+                log::warn!("ledger: recovery sweep failed, will retry: {e}");
             }
         }));
+    }
+
+    fn sweep_ended(&mut self) {
+        self.sweeping = false;
+        for done in self.close_waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+
+    fn swept(&mut self, swept: Swept) {
+        for f in &swept.fenced {
+            log::warn!(
+                "ledger: fenced owner {} ({} pid {}): its lease expired {:.1} s ago; its work is \
+                 taken over once its sends have settled",
+                f.owner,
+                f.host,
+                f.pid,
+                f.expired_secs
+            );
+            self.shared.metrics.owners_fenced.inc();
+        }
+        for owner in &swept.legacy_fenced {
+            log::warn!("ledger: fenced owner {owner} (a version before leases, its lock free)");
+            self.legacy.taken_over(*owner);
+            self.shared.metrics.owners_fenced.inc();
+        }
+        self.legacy_due = self.legacy.observe(&swept.legacy_looks, Instant::now());
+        let r = swept.recovered;
+        if r.owners > 0 {
+            log::info!(
+                "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were \
+                 already in Kafka, {} withdrawn from Postgres (their campaign had ended), {} \
+                 refused by the broker",
+                r.owners,
+                r.resent,
+                r.already_sent,
+                r.expired,
+                r.refused
+            );
+            self.shared
+                .metrics
+                .notifications_withdrawn
+                .with_label_values(&[WithdrawReason::Ended.as_str()])
+                .inc_by(r.expired as u64);
+        }
     }
 }
 
@@ -189,16 +282,12 @@ impl Actor for Ledger {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (postgres, owner) = (self.postgres.clone(), self.owner);
+        let postgres = self.postgres.clone();
         let delay = self.restarts.delay();
         ctx.wait(
             async move {
                 actix_rt::time::sleep(delay).await;
-                let client = crate::postgres::connect(&postgres, "ledger").await?;
-                outbox::hold_owner_lock(&client, owner)
-                    .await
-                    .map_err(ConnectError::from)?;
-                Ok::<_, ConnectError>(client)
+                crate::postgres::connect(&postgres, "ledger").await
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
@@ -206,6 +295,7 @@ impl Actor for Ledger {
                     act.restarts.succeeded();
                     act.client = Some(Rc::new(client));
                     ctx.run_interval(Duration::from_millis(200), |act, ctx| {
+                        act.shared.liveness.beat(Loop::Ledger);
                         if act.client.as_ref().is_some_and(|c| c.is_closed()) {
                             act.restarts.failed();
                             ctx.stop();
@@ -229,8 +319,12 @@ impl Supervised for Ledger {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.restarts.restarting(&self.shared);
         self.client = None;
-        self.clearing = false;
-        self.sweeping = false;
+        if let Some((ids, withdrawals)) = self.clearing.take() {
+            self.to_clear.extend(ids);
+            self.to_withdraw.extend(withdrawals);
+        }
+        // A sweep under way went with the old context; its progress is in Postgres.
+        self.sweep_ended();
     }
 }
 
@@ -255,5 +349,25 @@ impl Handler<Batch<ClearOutbox, ()>> for Ledger {
         for (ClearOutbox(marks), _) in msg.0 {
             self.to_clear.extend(marks);
         }
+    }
+}
+
+impl Handler<Close> for Ledger {
+    type Result = ResponseFuture<()>;
+
+    /// Starts no more sweeps; answers once the one under way (which may be sending a dead owner's
+    /// notifications) is over.
+    fn handle(&mut self, _: Close, _: &mut Context<Self>) -> Self::Result {
+        self.closing = true;
+        let (done, idle) = oneshot::channel();
+        match self.sweeping {
+            true => self.close_waiters.push(done),
+            false => {
+                let _ = done.send(());
+            }
+        }
+        Box::pin(async move {
+            let _ = idle.await;
+        })
     }
 }

@@ -1,5 +1,6 @@
-//! Outbox marks and who owns them: owner ids, the tokens that make a retried chunk find its first
-//! attempt, and the advisory locks that tell live owners from dead ones.
+//! Outbox marks and who owns them: the tokens that make a retried chunk find its first attempt,
+//! the statements that clear and withdraw marks, and the advisory locks versions before leases
+//! told live owners from dead ones by.
 //!
 //! The Postgres writer inserts a campaign's new rows and one `campaign_notifier_outbox` row (a
 //! mark) listing their ids in one transaction; the mark is deleted once Kafka acknowledged them.
@@ -8,17 +9,6 @@ use tokio_postgres::Client;
 
 /// First key of every advisory lock the service takes ("cn").
 pub const LOCK_CLASS: i32 = 0x636e;
-
-/// A random owner id for this process.
-pub fn new_owner() -> i32 {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let id = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if id == 0 {
-        1
-    } else {
-        id
-    }
-}
 
 /// Hands out outbox tokens: unique per process (the owner in the high half) and never reused.
 #[derive(Debug)]
@@ -40,17 +30,8 @@ impl Tokens {
     }
 }
 
-/// Takes the lock that tells other instances this owner is alive; held while the connection
-/// lives.
-pub async fn hold_owner_lock(client: &Client, owner: i32) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("SELECT pg_advisory_lock($1, $2)", &[&LOCK_CLASS, &owner])
-        .await
-        .map(|_| ())
-}
-
-/// Takes `owner`'s lock if nobody holds it: true when that owner is dead and its marks are ours
-/// to finish (release with [`release_owner_lock`]).
+/// Takes `owner`'s advisory lock if nobody holds it (release with [`release_owner_lock`]):
+/// versions before leases held it while they lived.
 pub async fn try_owner_lock(client: &Client, owner: i32) -> Result<bool, tokio_postgres::Error> {
     Ok(client
         .query_one(
@@ -78,71 +59,69 @@ pub async fn clear_marks(client: &Client, ids: &[i64]) -> Result<u64, tokio_post
         .await
 }
 
+/// True, in a statement, while owner `$n` may write: its row is not fenced (owner 0 has no row:
+/// a process without owners).
+fn unfenced(n: usize) -> String {
+    format!(
+        "(${n}::int4 = 0 OR EXISTS (SELECT 1 FROM public.campaign_notifier_owners \
+          WHERE owner = ${n} AND fenced_at IS NULL))"
+    )
+}
+
 /// Deletes marks and the feedback rows they list (all of them, or only those of the clients in
 /// `only`), in one statement: a notification Kafka will never have (refused for good, or its
 /// campaign ended first) leaves no row behind; the marks' other rows were acknowledged and stay.
-/// Returns how many rows were deleted.
+/// Nothing is deleted once owner `me` is fenced. Returns how many rows were deleted.
 pub async fn withdraw(
     client: &Client,
     ids: &[i64],
     only: Option<&[String]>,
+    me: i32,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "WITH marks AS (
-                 DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1)
-                 RETURNING feedback_ids
-             )
-             DELETE FROM public.subscribers_feedback
-             WHERE id IN (SELECT unnest(feedback_ids) FROM marks)
-               AND ($2::text[] IS NULL OR client_id = ANY($2))",
-            &[&ids, &only],
+            &format!(
+                "WITH marks AS (
+                     DELETE FROM public.campaign_notifier_outbox WHERE id = ANY($1) AND {}
+                     RETURNING feedback_ids
+                 )
+                 DELETE FROM public.subscribers_feedback
+                 WHERE id IN (SELECT unnest(feedback_ids) FROM marks)
+                   AND ($2::text[] IS NULL OR client_id = ANY($2))",
+                unfenced(3)
+            ),
+            &[&ids, &only, &me],
         )
         .await
 }
 
 /// Deletes, of the feedback rows `feedback_ids`, those of `campaign` for `clients`: notifications
-/// recovery did not send because the campaign's end had passed (the marks are cleared after).
+/// recovery did not send because the campaign's end had passed, or the broker refused them (the
+/// marks are cleared after). Nothing is deleted once owner `me` is fenced.
 pub async fn delete_rows(
     client: &Client,
     feedback_ids: &[i32],
     campaign: &crate::campaign::Campaign,
     clients: &[String],
+    me: i32,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "DELETE FROM public.subscribers_feedback
-             WHERE id = ANY($1) AND restaurant_id = $2 AND adv_campaign_id = $3
-               AND client_id = ANY($4)",
+            &format!(
+                "DELETE FROM public.subscribers_feedback
+                 WHERE id = ANY($1) AND restaurant_id = $2 AND adv_campaign_id = $3
+                   AND client_id = ANY($4) AND {}",
+                unfenced(5)
+            ),
             &[
                 &feedback_ids,
                 &campaign.restaurant_id,
                 &campaign.adv_campaign_id,
                 &clients,
+                &me,
             ],
         )
         .await
-}
-
-/// Owners other than `me` with marks made before `before_ms` (ms since the epoch) or at least
-/// `min_age_secs` old.
-pub async fn owners_with_marks(
-    client: &Client,
-    me: i32,
-    before_ms: i64,
-    min_age_secs: f64,
-) -> Result<Vec<i32>, tokio_postgres::Error> {
-    Ok(client
-        .query(
-            "SELECT DISTINCT owner FROM public.campaign_notifier_outbox \
-             WHERE owner <> $1 AND (created_at < to_timestamp($2::float8 / 1000) \
-                                    OR created_at < now() - make_interval(secs => $3))",
-            &[&me, &(before_ms as f64), &min_age_secs],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
 }
 
 /// Some of an owner's marks: their ids, the feedback rows they list, and when the oldest was made

@@ -1,28 +1,43 @@
-//! Recovery: finishing the work of owners that died with marks in the outbox.
+//! Recovery: fencing owners whose lease expired, and finishing the work of fenced owners that
+//! left marks in the outbox (see "One owner at a time" in docs/design.md).
 //!
-//! Recovery takes over only owners whose lock is free, and only once it has been free for the
-//! settle time ([`Takeover`]): a dead owner's last produce requests have landed or failed by then,
-//! so the read-back sees every notification it will ever have of them. It goes through an owner's
-//! marks a window at a time (up to [`SCAN_WINDOW`] notifications): it reads the marked rows a page
-//! at a time (one row per campaign, its clients aggregated) and keeps only their fingerprints
-//! (16 bytes each), reads the output topic back once from the window's oldest mark, then reads the
-//! rows again a page at a time and sends only the notifications the topic lacks (encoded by the
-//! data path's own encoder, with backpressure from the producer's queue, confirmed a chunk at a
+//! A sweep fences every owner whose lease has expired ([`fence_expired`]), then claims the
+//! owners whose settle time has passed since their fence, one at a time ([`claim`]): their last
+//! produce requests have landed or failed by then, so the read-back sees every notification they
+//! will ever have sent. It ends the claimed owner's remaining sessions (a frozen process's are
+//! still open), then goes through its marks a window at a time (up to [`SCAN_WINDOW`]
+//! notifications): it reads the marked rows a page at a time (one row per campaign, its clients
+//! aggregated) and keeps only their fingerprints (16 bytes each), reads the output topic back
+//! once from the window's oldest mark (in the dead owner's clock), then reads the rows again a
+//! page at a time and sends only the notifications the topic lacks (encoded by the data path's
+//! own encoder, through the producer path fenced by this process's lease, confirmed a chunk at a
 //! time), and deletes the window's marks. Its memory is bounded by the window and the page,
-//! whatever the backlog.
+//! whatever the backlog. Its progress is in Postgres (the marks left, `recovered_by`), so a
+//! restart goes on where it stopped.
+//!
+//! Owners with marks and no row (instances of a version before leases) are judged by their
+//! advisory lock, as those versions judged each other ([`Takeover`]), and given a fenced row once
+//! it has been free for their settle time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Recipient;
 use rdkafka::producer::FutureRecord;
 use tokio_postgres::Client;
 
+use super::lease::Lease;
 use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
-use crate::kafka::{scan, KafkaFailure, Producer, ProducerSettings};
-use crate::notification::{fingerprint_of, OutputEncoder, Wanted};
+use crate::events::{DeadLettered, Event};
+use crate::kafka::{scan, FailureClass, KafkaFailure, Producer, ProducerSettings};
+use crate::metrics::{DeadLetterReason, Metrics, WithdrawReason};
+use crate::notification::{fingerprint_of, OutputEncoder, SourceRef, Wanted};
 use crate::postgres::describe;
+use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
+use crate::sinks::Write;
 
 /// One read-back of the output topic looks for the notifications of at most about this many
 /// marks' worth (a window ends with the mark that reaches it; a mark lists at most 10 000), by
@@ -54,6 +69,8 @@ pub struct RecoveryReport {
     pub resent: usize,
     /// Not sent, and withdrawn from Postgres: their campaign's end (plus the grace) had passed.
     pub expired: usize,
+    /// Refused by the broker for good: withdrawn from Postgres, their campaign dead-lettered.
+    pub refused: usize,
 }
 
 impl std::ops::AddAssign for RecoveryReport {
@@ -63,16 +80,13 @@ impl std::ops::AddAssign for RecoveryReport {
         self.already_sent += r.already_sent;
         self.resent += r.resent;
         self.expired += r.expired;
+        self.refused += r.refused;
     }
 }
 
-/// Which owners' locks have been seen free, and since when: an owner is taken over only once its
-/// lock has been free at every look for `settle`.
-///
-/// An owner's lock is free when its process died, and also for a moment when a live process lost
-/// its connection to Postgres. A dead owner may have had produce requests on their way when it
-/// died; once its lock has been free for longer than the producer's message timeout, every one of
-/// them has landed or failed, and the read-back sees all that landed.
+/// Owners of a version before leases (marks, no row), seen with their advisory lock free, and
+/// since when: one is given a fenced row only once its lock has been free at every look for
+/// `settle`, as those versions judged each other. Kept by the ledger actor across its restarts.
 #[derive(Debug)]
 pub struct Takeover {
     settle: Duration,
@@ -96,17 +110,24 @@ impl Takeover {
         let settle = self.settle;
         let since = *self.free_since.entry(owner).or_insert_with(|| {
             log::info!(
-                "ledger: owner {owner} left marks and holds no lock; taking them over once it has \
-                 been gone for {settle:?}"
+                "ledger: owner {owner} (a version before leases) left marks and holds no lock; \
+                 taking them over once it has been gone for {settle:?}"
             );
             now
         });
         now.duration_since(since) >= settle
     }
 
-    /// Forgets owners that no longer have marks to take over.
-    pub fn keep_only(&mut self, owners: &[i32]) {
-        self.free_since.retain(|o, _| owners.contains(o));
+    /// Records a sweep's looks (owner, lock free) and returns the owners now due. Owners not
+    /// seen are forgotten.
+    pub fn observe(&mut self, looks: &[(i32, bool)], now: Instant) -> Vec<i32> {
+        let seen: Vec<i32> = looks.iter().map(|(o, _)| *o).collect();
+        self.free_since.retain(|o, _| seen.contains(o));
+        looks
+            .iter()
+            .filter(|&&(owner, free)| self.due(owner, free, now))
+            .map(|&(owner, _)| owner)
+            .collect()
     }
 
     pub fn taken_over(&mut self, owner: i32) {
@@ -114,39 +135,197 @@ impl Takeover {
     }
 }
 
-/// Looks at every owner other than `me` with marks made before `started_ms` (this process's
-/// start) or at least `min_age_secs` old, and finishes the work of those [`Takeover`] says are
-/// due: sends what the output topic lacks, then clears the marks.
-pub async fn recover(
-    client: &Client,
-    output: &OutputTarget,
-    me: i32,
-    (started_ms, min_age_secs): (i64, f64),
-    takeover: &mut Takeover,
-) -> Result<RecoveryReport, String> {
-    let owners = outbox::owners_with_marks(client, me, started_ms, min_age_secs)
-        .await
-        .map_err(|e| describe(&e))?;
-    takeover.keep_only(&owners);
-    let mut report = RecoveryReport::default();
+/// An owner whose lease had expired, as this process fenced it.
+#[derive(Debug, Clone)]
+pub struct Fenced {
+    pub owner: i32,
+    pub host: String,
+    pub pid: i32,
+    /// How long ago its lease expired.
+    pub expired_secs: f64,
+}
+
+/// Fences every owner other than `me` whose lease has expired: from now on none of its writes
+/// goes through (see `sinks::pg_writer::FENCE`).
+pub async fn fence_expired(client: &Client, me: i32) -> Result<Vec<Fenced>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "UPDATE public.campaign_notifier_owners
+             SET fenced_at = now(), fenced_by = $1
+             WHERE fenced_at IS NULL AND expires_at < now() AND owner <> $1
+             RETURNING owner, host, pid, extract(epoch FROM now() - expires_at)::float8",
+            &[&me],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Fenced {
+                owner: r.try_get(0)?,
+                host: r.try_get(1)?,
+                pid: r.try_get(2)?,
+                expired_secs: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Owners with marks and no row (a version before leases), and whether their advisory lock is
+/// free now.
+pub async fn legacy_owners(client: &Client) -> Result<Vec<(i32, bool)>, tokio_postgres::Error> {
+    let owners: Vec<i32> = client
+        .query(
+            "SELECT DISTINCT m.owner FROM public.campaign_notifier_outbox m
+             WHERE NOT EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
+                               WHERE o.owner = m.owner)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut looks = Vec::with_capacity(owners.len());
     for owner in owners {
-        let free = outbox::try_owner_lock(client, owner)
-            .await
-            .map_err(|e| describe(&e))?;
-        if !takeover.due(owner, free, Instant::now()) {
-            if free {
-                outbox::release_owner_lock(client, owner)
-                    .await
-                    .map_err(|e| describe(&e))?;
-            }
-            continue;
+        let free = outbox::try_owner_lock(client, owner).await?;
+        if free {
+            outbox::release_owner_lock(client, owner).await?;
         }
-        let result = recover_owner(client, output, owner).await;
-        let _ = outbox::release_owner_lock(client, owner).await;
-        report += result?;
-        takeover.taken_over(owner);
+        looks.push((owner, free));
     }
-    Ok(report)
+    Ok(looks)
+}
+
+/// Gives a legacy owner whose lock is still free a fenced row (its settle time already waited),
+/// so that it is recovered like any other. False when its lock is held again.
+pub async fn fence_legacy(
+    client: &Client,
+    owner: i32,
+    me: i32,
+) -> Result<bool, tokio_postgres::Error> {
+    if !outbox::try_owner_lock(client, owner).await? {
+        return Ok(false);
+    }
+    let inserted = client
+        .execute(
+            "INSERT INTO public.campaign_notifier_owners
+                 (owner, host, pid, input_topic, expires_at, settle_ms, fenced_at, fenced_by)
+             VALUES ($1, '(a version before leases)', 0, '', now(), 0, now(), $2)
+             ON CONFLICT (owner) DO NOTHING",
+            &[&owner, &me],
+        )
+        .await;
+    outbox::release_owner_lock(client, owner).await?;
+    Ok(inserted? == 1)
+}
+
+/// An owner this process has claimed to recover.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed {
+    pub owner: i32,
+    /// Postgres' clock minus the owner's, in milliseconds, as it last reported.
+    pub clock_offset_ms: i64,
+}
+
+/// Settled: fenced, and its settle time passed since. SQL over the owners row `o`.
+const SETTLED: &str =
+    "(o.fenced_at IS NOT NULL AND o.fenced_at + o.settle_ms * interval '1 millisecond' <= now())";
+
+/// Claims one settled owner other than `me` whose recovery nobody else is doing (nobody, this
+/// process already, or an owner that is itself settled), oldest fence first.
+pub async fn claim(client: &Client, me: i32) -> Result<Option<Claimed>, tokio_postgres::Error> {
+    let recoverer_settled = SETTLED.replace("o.", "r.");
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE public.campaign_notifier_owners c SET recovered_by = $1
+                 WHERE c.owner = (
+                     SELECT o.owner FROM public.campaign_notifier_owners o
+                     WHERE {SETTLED} AND o.owner <> $1
+                       AND (o.recovered_by IS NULL OR o.recovered_by = $1 OR NOT EXISTS (
+                            SELECT 1 FROM public.campaign_notifier_owners r
+                            WHERE r.owner = o.recovered_by AND NOT {recoverer_settled}))
+                     ORDER BY o.fenced_at LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING c.owner, c.clock_offset_ms"
+            ),
+            &[&me],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(Claimed {
+            owner: r.try_get(0)?,
+            clock_offset_ms: r.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// Ends the sessions a fenced owner still has (a frozen process keeps them open: its kernel
+/// answers the server's keepalives), which ends its open transactions and frees its locks at
+/// once instead of after `idle_in_transaction_timeout_secs`. Returns how many there were.
+pub async fn end_sessions(client: &Client, owner: i32) -> Result<usize, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database()
+               AND application_name LIKE 'campaign-notifier %(owner ' || $1::int4 || ',%'",
+            &[&owner],
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// Done with an owner: its marks are gone, and so is its row.
+pub async fn forget(client: &Client, owner: i32, me: i32) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM public.campaign_notifier_owners o
+             WHERE owner = $1 AND recovered_by = $2
+               AND NOT EXISTS (SELECT 1 FROM public.campaign_notifier_outbox WHERE owner = $1)",
+            &[&owner, &me],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// What recovery needs besides the connection: where notifications go, this process's lease
+/// (every send is fenced by it), where refused campaigns go, and the counters.
+#[derive(Clone)]
+pub struct Recoverer {
+    pub output: OutputTarget,
+    pub lease: Lease,
+    pub dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
+    pub metrics: Metrics,
+}
+
+impl Recoverer {
+    /// Claims and finishes settled owners, one after another, until none is left; the sessions
+    /// they still have are ended first.
+    pub async fn recover_settled(&self, client: &Client) -> Result<RecoveryReport, String> {
+        let me = self.lease.owner();
+        let mut report = RecoveryReport::default();
+        loop {
+            self.lease.check().map_err(|e| e.to_string())?;
+            let Some(claimed) = claim(client, me).await.map_err(|e| describe(&e))? else {
+                return Ok(report);
+            };
+            match end_sessions(client, claimed.owner).await {
+                Ok(0) => {}
+                Ok(n) => log::info!(
+                    "ledger: ended {n} Postgres session(s) owner {} still had",
+                    claimed.owner
+                ),
+                Err(e) => log::warn!(
+                    "ledger: cannot end the sessions of owner {}: {}",
+                    claimed.owner,
+                    describe(&e)
+                ),
+            }
+            report += self.recover_owner(client, claimed).await?;
+            forget(client, claimed.owner, me)
+                .await
+                .map_err(|e| describe(&e))?;
+        }
+    }
 }
 
 /// One campaign's marked rows of a page: the campaign as it was written, and its clients.
@@ -156,98 +335,222 @@ struct MarkedCampaign {
     clients: Vec<String>,
 }
 
-/// Finishes one dead owner's marks, a window at a time; the caller holds the owner's lock.
-async fn recover_owner(
-    client: &Client,
-    output: &OutputTarget,
-    owner: i32,
-) -> Result<RecoveryReport, String> {
-    let mut report = RecoveryReport {
-        owners: 1,
-        ..RecoveryReport::default()
-    };
-    let mut producer = None;
-    loop {
-        let window = outbox::marks_page(client, owner, SCAN_WINDOW)
-            .await
-            .map_err(|e| describe(&e))?;
-        if window.ids.is_empty() {
-            break;
-        }
-        let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
-        for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
-            for m in marked_campaigns(client, page).await? {
-                wanted.extend(m.clients.iter().map(|c| fingerprint_of(&m.campaign, c)));
+impl Recoverer {
+    /// Finishes one claimed owner's marks, a window at a time.
+    async fn recover_owner(
+        &self,
+        client: &Client,
+        claimed: Claimed,
+    ) -> Result<RecoveryReport, String> {
+        let (output, owner) = (&self.output, claimed.owner);
+        let mut report = RecoveryReport {
+            owners: 1,
+            ..RecoveryReport::default()
+        };
+        let mut producer = None;
+        loop {
+            let window = outbox::marks_page(client, owner, SCAN_WINDOW)
+                .await
+                .map_err(|e| describe(&e))?;
+            if window.ids.is_empty() {
+                break;
             }
-        }
-        let marked = wanted.len();
-        let (settings, topic, since_ms) = (
-            output.producer.clone(),
-            output.topic.clone(),
-            window.since_ms,
-        );
-        let found = tokio::task::spawn_blocking(move || {
-            scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
-        })
-        .await
-        .map_err(|e| format!("scan task failed: {e}"))??;
-        let mut expired = 0;
-        if found.len() < marked {
-            if producer.is_none() {
-                producer = Some(
-                    Producer::create(&output.producer, &[])
-                        .map_err(|e| format!("recovery producer: {e}"))?,
-                );
-            }
-            let producer = producer.as_ref().expect("created above");
-            let deadline_ms = |c: &Campaign| {
-                let last = c
-                    .adv_campaign_datetime_end
-                    .saturating_add(output.end_grace_secs);
-                last.saturating_add(1).saturating_mul(1000)
-            };
+            let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
             for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
                 for m in marked_campaigns(client, page).await? {
-                    let deadline = deadline_ms(&m.campaign);
-                    let unsent = send_missing(producer, &output.topic, &m, &found, deadline)
-                        .await
-                        .map_err(|e| format!("recovery send: {e}"))?;
-                    if !unsent.is_empty() {
-                        outbox::delete_rows(client, page, &m.campaign, &unsent)
+                    wanted.extend(m.clients.iter().map(|c| fingerprint_of(&m.campaign, c)));
+                }
+            }
+            let marked = wanted.len();
+            // The topic's timestamps are the dead producer's clock; the marks', Postgres'.
+            let since_ms = window.since_ms - claimed.clock_offset_ms.max(0);
+            let (settings, topic) = (output.producer.clone(), output.topic.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
+            })
+            .await
+            .map_err(|e| format!("scan task failed: {e}"))??;
+            let (mut expired, mut refused) = (0, 0);
+            if found.len() < marked {
+                if producer.is_none() {
+                    let created = Producer::create(&output.producer, &[])
+                        .map_err(|e| format!("recovery producer: {e}"))?;
+                    producer = Some(created.fenced_by(self.lease.clone()));
+                }
+                let producer = producer.as_ref().expect("created above");
+                for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
+                    for m in marked_campaigns(client, page).await? {
+                        let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
+                        let unsent = send_missing(producer, &output.topic, &m, &found, deadline)
                             .await
-                            .map_err(|e| describe(&e))?;
-                        expired += unsent.len();
+                            .map_err(|e| format!("recovery send: {e}"))?;
+                        if !unsent.expired.is_empty() {
+                            self.delete_rows(client, page, &m.campaign, &unsent.expired)
+                                .await?;
+                            expired += unsent.expired.len();
+                        }
+                        if let Some(reason) = &unsent.reason {
+                            self.refuse(client, page, &m, &unsent.refused, reason)
+                                .await?;
+                            refused += unsent.refused.len();
+                        }
                     }
                 }
             }
+            outbox::clear_marks(client, &window.ids)
+                .await
+                .map_err(|e| describe(&e))?;
+            let resent = marked - found.len() - expired - refused;
+            report.marked += marked;
+            report.already_sent += found.len();
+            report.resent += resent;
+            report.expired += expired;
+            report.refused += refused;
+            log::info!(
+                "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, \
+                 {resent} sent now, {expired} withdrawn: their campaign had ended, {refused} \
+                 withdrawn: refused by the broker)",
+                window.ids.len(),
+                found.len(),
+                output.topic,
+            );
         }
-        outbox::clear_marks(client, &window.ids)
+        if let Some(producer) = producer {
+            producer.close("ledger recovery").await;
+        }
+        log::info!(
+            "ledger: recovered owner {owner}: {} notifications were marked, {} already in {}, {} sent now",
+            report.marked,
+            report.already_sent,
+            output.topic,
+            report.resent
+        );
+        Ok(report)
+    }
+
+    /// Deletes the rows of `campaign` for `clients`, fenced by this process's lease.
+    async fn delete_rows(
+        &self,
+        client: &Client,
+        feedback_ids: &[i32],
+        campaign: &Campaign,
+        clients: &[String],
+    ) -> Result<(), String> {
+        outbox::delete_rows(client, feedback_ids, campaign, clients, self.lease.owner())
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Notifications the broker refused for good: the campaign goes to the dead-letter topic
+    /// (its original message, when the lifecycle still has it), then its refused rows are
+    /// withdrawn from Postgres, as on the data path.
+    async fn refuse(
+        &self,
+        client: &Client,
+        feedback_ids: &[i32],
+        marked: &MarkedCampaign,
+        clients: &[String],
+        reason: &str,
+    ) -> Result<(), String> {
+        let campaign = &marked.campaign;
+        log::warn!(
+            "ledger: the broker refused {} notifications of campaign {} of restaurant {} for good \
+             ({reason}); withdrawing them and dead-lettering the campaign",
+            clients.len(),
+            campaign.adv_campaign_id,
+            campaign.restaurant_id
+        );
+        if let Some(dead_letters) = &self.dead_letters {
+            let letter = self.letter(client, campaign, clients.len(), reason).await?;
+            let code = letter.code;
+            match dead_letters.send(Write(Arc::new(letter))).await {
+                Ok(Ok(())) => DeadLettered { reason: code }.emit(&self.metrics),
+                Ok(Err(e)) => return Err(format!("dead letter: {e}")),
+                Err(e) => return Err(format!("dead letter: {e}")),
+            }
+        }
+        self.delete_rows(client, feedback_ids, campaign, clients)
+            .await?;
+        self.metrics
+            .notifications_withdrawn
+            .with_label_values(&[WithdrawReason::Refused.as_str()])
+            .inc_by(clients.len() as u64);
+        Ok(())
+    }
+
+    /// The dead letter of a campaign refused during recovery: its original message and where it
+    /// came from, as the lifecycle kept them; else the campaign as the rows have it.
+    async fn letter(
+        &self,
+        client: &Client,
+        campaign: &Campaign,
+        refused: usize,
+        reason: &str,
+    ) -> Result<DeadLetter, String> {
+        let kept = client
+            .query_opt(
+                "SELECT source_topic, source_partition, source_offset, message_key, message
+                 FROM public.campaign_notifier_campaigns
+                 WHERE restaurant_id = $1 AND adv_campaign_id = $2",
+                &[&campaign.restaurant_id, &campaign.adv_campaign_id],
+            )
             .await
             .map_err(|e| describe(&e))?;
-        report.marked += marked;
-        report.already_sent += found.len();
-        report.resent += marked - found.len() - expired;
-        report.expired += expired;
-        log::info!(
-            "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, {} sent \
-             now, {expired} withdrawn: their campaign had ended)",
-            window.ids.len(),
-            found.len(),
-            output.topic,
-            marked - found.len() - expired
+        let reason = format!(
+            "refused by the kafka sink during recovery: {reason} ({refused} notifications)"
         );
+        let (source, key, payload) = match kept {
+            Some(row) => (
+                SourceRef {
+                    topic: Arc::from(row.get::<_, String>(0)),
+                    partition: row.get(1),
+                    offset: row.get(2),
+                    timestamp_ms: None,
+                },
+                row.get::<_, Option<Vec<u8>>>(3),
+                row.get::<_, Vec<u8>>(4),
+            ),
+            None => (
+                SourceRef {
+                    topic: Arc::from(""),
+                    partition: -1,
+                    offset: -1,
+                    timestamp_ms: None,
+                },
+                None,
+                campaign_json(campaign).into_bytes(),
+            ),
+        };
+        Ok(DeadLetter {
+            source,
+            key,
+            payload: Some(payload),
+            code: DeadLetterReason::SinkRefused,
+            reason,
+        })
     }
-    if let Some(producer) = producer {
-        producer.close("ledger recovery").await;
-    }
-    log::info!(
-        "ledger: recovered owner {owner}: {} notifications were marked, {} already in {}, {} sent now",
-        report.marked,
-        report.already_sent,
-        output.topic,
-        report.resent
-    );
-    Ok(report)
+}
+
+/// The campaign as the input carries it (for a dead letter whose original message is gone).
+fn campaign_json(c: &Campaign) -> String {
+    serde_json::json!({
+        "restaurant_id": c.restaurant_id,
+        "adv_campaign_id": c.adv_campaign_id,
+        "adv_campaign_content": c.adv_campaign_content,
+        "adv_campaign_owner": c.adv_campaign_owner,
+        "adv_campaign_owner_contact": c.adv_campaign_owner_contact,
+        "adv_campaign_datetime_start": c.adv_campaign_datetime_start,
+        "adv_campaign_datetime_end": c.adv_campaign_datetime_end,
+        "datetime_created": c.datetime_created,
+    })
+    .to_string()
+}
+
+/// When nothing of `campaign` may be sent any more (ms since the epoch).
+fn deadline_ms(c: &Campaign, end_grace_secs: i64) -> i64 {
+    let last = c.adv_campaign_datetime_end.saturating_add(end_grace_secs);
+    last.saturating_add(1).saturating_mul(1000)
 }
 
 /// The marked rows, one entry per campaign and trigger time (the campaign's text is read once,
@@ -289,29 +592,43 @@ async fn marked_campaigns(
         .map_err(|e| describe(&e))
 }
 
+/// What [`send_missing`] could not send.
+#[derive(Debug, Default)]
+struct Unsent {
+    /// Not sent: the campaign's deadline came first.
+    expired: Vec<String>,
+    /// Refused by the broker for good.
+    refused: Vec<String>,
+    /// Why they were refused (the first refusal).
+    reason: Option<String>,
+}
+
 /// Sends the campaign's notifications the topic lacks through the service's one producer path,
 /// keyed by client, placed by librdkafka's default partitioner (where the Kafka writer places
 /// them too), a chunk at a time, none at or after `deadline_ms` (the campaign's end plus the
-/// grace). Returns the clients not sent because the deadline came first.
+/// grace). A notification the broker refuses for good is left out and reported; any other
+/// failure fails the send (retried at the next sweep).
 async fn send_missing(
     producer: &Producer,
     topic: &str,
     marked: &MarkedCampaign,
     found: &Wanted,
     deadline_ms: i64,
-) -> Result<Vec<String>, KafkaFailure> {
+) -> Result<Unsent, KafkaFailure> {
     let encoder = OutputEncoder::new(&marked.campaign, marked.trigger_datetime_created);
     let mut missing = marked
         .clients
         .iter()
         .filter(|c| !found.contains(&fingerprint_of(&marked.campaign, c)));
-    let mut deliveries = Vec::with_capacity(SEND_CHUNK);
+    let mut unsent = Unsent::default();
+    let mut chunk: Vec<(&String, rdkafka::producer::DeliveryFuture)> =
+        Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
-    for client in missing.by_ref() {
-        if deliveries.is_empty() && crate::clock::unix_ms() >= deadline_ms {
-            let mut unsent = vec![client.clone()];
-            unsent.extend(missing.cloned());
-            return Ok(unsent);
+    while let Some(client) = missing.next() {
+        if chunk.is_empty() && crate::clock::unix_ms() >= deadline_ms {
+            unsent.expired.push(client.clone());
+            unsent.expired.extend(missing.cloned());
+            break;
         }
         payload.clear();
         encoder.encode(ClientId::Text(client), &mut payload);
@@ -319,20 +636,47 @@ async fn send_missing(
             .payload(&payload)
             .key(client.as_bytes());
         match producer.enqueue(record).await {
-            Ok(delivery) => deliveries.push(delivery),
-            Err(refused) => {
+            Ok(delivery) => chunk.push((client, delivery)),
+            Err(e) if e.class == FailureClass::Permanent => {
+                unsent.reason.get_or_insert_with(|| e.message.clone());
+                unsent.refused.push(client.clone());
+            }
+            Err(e) => {
                 // What was handed over must have landed or failed before the next sweep reads
                 // the topic back.
-                let _ = Producer::confirm(deliveries).await;
-                return Err(refused);
+                let _ = confirm_chunk(std::mem::take(&mut chunk), &mut unsent).await;
+                return Err(e);
             }
         }
-        if deliveries.len() == SEND_CHUNK {
-            Producer::confirm(deliveries.drain(..)).await?;
+        if chunk.len() == SEND_CHUNK {
+            confirm_chunk(std::mem::take(&mut chunk), &mut unsent).await?;
         }
     }
-    Producer::confirm(deliveries).await?;
-    Ok(Vec::new())
+    confirm_chunk(chunk, &mut unsent).await?;
+    Ok(unsent)
+}
+
+/// Waits for every acknowledgement of a chunk; refusals for good go to `unsent`, the first other
+/// failure is the answer (after every one was awaited).
+async fn confirm_chunk(
+    chunk: Vec<(&String, rdkafka::producer::DeliveryFuture)>,
+    unsent: &mut Unsent,
+) -> Result<(), KafkaFailure> {
+    let mut first = None;
+    for (client, delivery) in chunk {
+        let failure = match delivery.await {
+            Ok(Ok(_)) => continue,
+            Ok(Err((e, _))) => crate::kafka::classify(&e),
+            Err(_) => KafkaFailure::retriable("producer was dropped"),
+        };
+        if failure.class == FailureClass::Permanent {
+            unsent.reason.get_or_insert_with(|| failure.message.clone());
+            unsent.refused.push(client.clone());
+        } else {
+            first.get_or_insert(failure);
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -356,7 +700,9 @@ mod tests {
         assert!(!t.due(8, true, at(65)));
         t.taken_over(7);
         assert!(!t.due(7, true, at(100)), "a new loss is a new wait");
-        t.keep_only(&[]);
+        assert_eq!(t.observe(&[(8, true)], at(70)), Vec::<i32>::new());
+        assert_eq!(t.observe(&[(8, true)], at(100)), vec![8]);
+        assert!(t.observe(&[], at(150)).is_empty());
         assert!(!t.due(8, true, at(200)), "forgotten owners start over");
     }
 }

@@ -50,14 +50,20 @@ const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 const FORGET_INTERVAL: Duration = Duration::from_secs(600);
 const RETAIN_ENDED_SECS: i64 = 86_400;
 
+/// How often an instance looks whether the change feed's follower role is free (or, following it,
+/// whether it still has it).
+const LEAD_LOOK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// New subscriptions read from the change feed at once, at most.
 const FEED_PAGE: i64 = 5_000;
 
 /// Where this instance stands with the change feed.
 #[derive(Debug, Default)]
 struct Feed {
-    /// It holds the feed's lock (on the current connection).
+    /// It is the feed's follower (as of the last look).
     leading: bool,
+    /// When it last looked at who follows the feed.
+    looked_at: Option<Instant>,
     /// The highest subscription id followed, once read.
     position: Option<i64>,
     busy: bool,
@@ -320,7 +326,7 @@ impl Lifecycle {
 
     /// Claims what is due and fires it.
     fn claim(&mut self, ctx: &mut Context<Self>) {
-        if self.claiming || self.closing {
+        if self.claiming || self.closing || !self.shared.lease.is_valid() {
             return;
         }
         let Some(client) = self.client.clone() else {
@@ -473,18 +479,41 @@ impl Lifecycle {
     /// Reads the subscriptions added since the last it followed (if this instance leads the
     /// feed) and fires the campaigns active at their restaurants for them.
     fn follow(&mut self, ctx: &mut Context<Self>) {
-        if self.feed.busy || self.feed.disabled || self.closing {
+        if self.feed.busy || self.feed.disabled || self.closing || !self.shared.lease.is_valid() {
             return;
         }
         let Some(client) = self.client.clone() else {
             return;
         };
+        // Who follows the feed is looked at every few seconds, not at every poll: by the others,
+        // whether the role is free; by the follower, whether it still has it.
+        if self
+            .feed
+            .looked_at
+            .is_some_and(|t| t.elapsed() < LEAD_LOOK_INTERVAL)
+            && !self.feed.leading
+        {
+            return;
+        }
+        let look = self
+            .feed
+            .looked_at
+            .is_none_or(|t| t.elapsed() >= LEAD_LOOK_INTERVAL);
+        if look {
+            self.feed.looked_at = Some(Instant::now());
+        }
         self.feed.busy = true;
         let (leading, position) = (self.feed.leading, self.feed.position);
         let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
+        let me = self.owner;
         let read_at = Instant::now();
         let fut = async move {
-            if !leading && !store::try_lead_feed(&client).await? {
+            let leads = match (leading, look) {
+                (false, _) => store::try_lead_feed(&client, me).await?,
+                (true, true) => store::leads_feed(&client, me).await?,
+                (true, false) => true,
+            };
+            if !leads {
                 return Ok((FeedRead::NotLeading, None));
             }
             let position = match position {
@@ -529,7 +558,13 @@ impl Lifecycle {
             };
             act.feed.position = position.or(act.feed.position);
             match read {
-                FeedRead::NotLeading => act.feed.busy = false,
+                FeedRead::NotLeading => {
+                    if act.feed.leading {
+                        log::info!("lifecycle: another instance follows new subscriptions now");
+                    }
+                    act.feed.leading = false;
+                    act.feed.busy = false;
+                }
                 FeedRead::Nothing => {
                     if !act.feed.leading {
                         log::info!(
@@ -571,6 +606,7 @@ impl Lifecycle {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
+        let me = self.owner;
         let Some(client) = self.client.clone() else {
             if position.is_some() {
                 self.feed.busy = false;
@@ -597,21 +633,27 @@ impl Lifecycle {
                     Ok(_) => {}
                 }
             }
+            let mut still_leading = true;
             if let (true, Some(position)) = (confirmed, position) {
-                store::advance_feed(&client, position).await?;
+                still_leading = store::advance_feed(&client, position, me).await?;
             }
-            Ok::<_, tokio_postgres::Error>((confirmed, notified))
+            Ok::<_, tokio_postgres::Error>((confirmed && still_leading, notified, still_leading))
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             if position.is_some() {
                 act.feed.busy = false;
             }
             match result {
-                Ok((confirmed, notified)) => {
+                Ok((confirmed, notified, still_leading)) => {
                     act.shared
                         .metrics
                         .late_subscriber_notifications
                         .inc_by(notified as u64);
+                    if !still_leading {
+                        log::info!("lifecycle: another instance follows new subscriptions now");
+                        act.feed.leading = false;
+                        act.feed.position = None;
+                    }
                     if confirmed {
                         if let Some(p) = position {
                             act.feed.position = Some(p);
@@ -734,6 +776,7 @@ impl Actor for Lifecycle {
                     act.record(ctx);
                     let poll = act.settings.poll_interval;
                     ctx.run_interval(poll, |act, ctx| {
+                        act.shared.liveness.beat(crate::liveness::Loop::Lifecycle);
                         let closed = |c: Option<&Client>| c.is_some_and(Client::is_closed);
                         if closed(act.client.as_deref()) || closed(act.recorder.as_deref()) {
                             act.restarts.failed();
@@ -778,8 +821,9 @@ impl Supervised for Lifecycle {
         self.pending.extend(later);
         self.claiming = false;
         self.settling = false;
-        // The feed's lock went with the connection.
+        // Looked at again after the reconnect.
         self.feed.leading = false;
+        self.feed.looked_at = None;
         self.feed.busy = false;
         self.feed.position = None;
     }

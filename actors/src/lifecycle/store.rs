@@ -8,7 +8,7 @@
 //! The change feed of `subscribers_restaurants` reads the rows whose `id` (the table's serial
 //! key) is above the position kept in `campaign_notifier_feed`: it works on any Postgres, with no
 //! `wal_level` change, trigger or other DDL on the app's table. One instance at a time follows it
-//! (the holder of an advisory lock). A row whose id was taken by a transaction that committed
+//! (the owner named in `campaign_notifier_leaders`, while its lease is live). A row whose id was taken by a transaction that committed
 //! after a higher one was read is missed by the feed; the next full reload of the cache finds it.
 
 use std::collections::HashMap;
@@ -218,8 +218,8 @@ pub struct Claimed {
 
 /// Claims up to `limit` campaigns to fire, oldest start first, and marks them `firing` by `me`:
 /// those scheduled to start at or before `now`, and those another instance was firing when it
-/// died (its owner lock is free). Rows another instance is claiming at the same moment are
-/// skipped, so each goes to one instance.
+/// was fenced (its lease expired) or died. Rows another instance is claiming at the same moment
+/// are skipped, so each goes to one instance. A fenced `me` claims nothing.
 pub async fn claim_due(
     client: &Client,
     now: i64,
@@ -236,13 +236,24 @@ pub async fn claim_due(
                      -- however many campaigns wait (a campaign being fired is due too).
                      WHERE state IN ('scheduled', 'firing') AND adv_campaign_datetime_start <= $1
                        AND (state = 'scheduled'
-                            OR (owner IS DISTINCT FROM $2 AND NOT EXISTS (
-                             SELECT 1 FROM pg_locks l
-                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                               AND l.database = (SELECT oid FROM pg_database
-                                                 WHERE datname = current_database())
-                               AND l.classid = ($4::int8 & 4294967295)::oid
-                               AND l.objid = (c.owner::int8 & 4294967295)::oid)))
+                            OR (owner IS DISTINCT FROM $2 AND (
+                             -- Its owner was fenced...
+                             EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
+                                     WHERE o.owner = c.owner AND o.fenced_at IS NOT NULL)
+                             -- ...or has no row (recovered, or a version before leases) and
+                             -- no session holds its advisory lock.
+                             OR (NOT EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
+                                             WHERE o.owner = c.owner)
+                                 AND NOT EXISTS (
+                                 SELECT 1 FROM pg_locks l
+                                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                                   AND l.database = (SELECT oid FROM pg_database
+                                                     WHERE datname = current_database())
+                                   AND l.classid = ($4::int8 & 4294967295)::oid
+                                   AND l.objid = (c.owner::int8 & 4294967295)::oid)))))
+                       -- A fenced owner claims nothing.
+                       AND EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
+                                   WHERE o.owner = $2 AND o.fenced_at IS NULL)
                      ORDER BY adv_campaign_datetime_start
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)
@@ -274,7 +285,8 @@ pub async fn claim_due(
 
 /// Moves campaigns this instance is firing to `state` (`active` once fired, `refused`,
 /// `expired`, or back to `scheduled` to be claimed again). Rows changed meanwhile (a newer version
-/// stored, another instance's claim) are left as they are.
+/// stored, another instance's claim) are left as they are, and so is everything once `me` is
+/// fenced (the instance that takes its campaigns over settles them).
 pub async fn settle(
     client: &Client,
     keys: &[Key],
@@ -290,7 +302,9 @@ pub async fn settle(
                  fired_at = CASE WHEN $3 = 'active' THEN now() ELSE fired_at END,
                  updated_at = now()
              WHERE (restaurant_id, adv_campaign_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-               AND state = 'firing' AND owner = $4",
+               AND state = 'firing' AND owner = $4
+               AND EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
+                           WHERE o.owner = $4 AND o.fenced_at IS NULL)",
             &[&restaurants, &campaigns, &state.as_str(), &me],
         )
         .await
@@ -361,19 +375,36 @@ pub async fn subscribers_of(
     Ok(builder.build())
 }
 
-/// The advisory lock (class, key) held by the one instance that follows the change feed.
-const FEED_LOCK: (i32, i32) = (0x636f, 1);
+/// The role, in `campaign_notifier_leaders`, of the one instance that follows the change feed.
+const FEED_ROLE: &str = "change_feed";
 const FEED_NAME: &str = "subscribers_restaurants";
 
-/// Takes the change feed's lock if no other session holds it (kept while the connection lives).
-pub async fn try_lead_feed(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&FEED_LOCK.0, &FEED_LOCK.1],
+/// Makes `me` the follower of the change feed if nobody is, or its follower's lease is not
+/// live; true when `me` follows it now.
+pub async fn try_lead_feed(client: &Client, me: i32) -> Result<bool, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO public.campaign_notifier_leaders (role, owner) VALUES ($1, $2)
+             ON CONFLICT (role) DO UPDATE SET owner = EXCLUDED.owner, since = now()
+             WHERE campaign_notifier_leaders.owner <> EXCLUDED.owner AND NOT EXISTS (
+                 SELECT 1 FROM public.campaign_notifier_owners o
+                 WHERE o.owner = campaign_notifier_leaders.owner
+                   AND o.fenced_at IS NULL AND o.expires_at > now())",
+            &[&FEED_ROLE, &me],
         )
         .await?;
-    row.try_get(0)
+    leads_feed(client, me).await
+}
+
+/// Whether `me` is the change feed's follower.
+pub async fn leads_feed(client: &Client, me: i32) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT owner = $2 FROM public.campaign_notifier_leaders WHERE role = $1",
+            &[&FEED_ROLE, &me],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
 }
 
 /// Where the feed stands: the highest `subscribers_restaurants.id` already followed. The first
@@ -415,16 +446,23 @@ pub async fn subscriptions_after(
         .collect()
 }
 
-/// Records that the feed has been followed up to `position`.
-pub async fn advance_feed(client: &Client, position: i64) -> Result<(), tokio_postgres::Error> {
-    client
+/// Records that the feed has been followed up to `position`, if `me` still follows it; false
+/// when it does not any more.
+pub async fn advance_feed(
+    client: &Client,
+    position: i64,
+    me: i32,
+) -> Result<bool, tokio_postgres::Error> {
+    let advanced = client
         .execute(
             "UPDATE public.campaign_notifier_feed
-             SET last_id = greatest(last_id, $2), updated_at = now() WHERE name = $1",
-            &[&FEED_NAME, &position],
+             SET last_id = greatest(last_id, $2), updated_at = now()
+             WHERE name = $1 AND EXISTS (SELECT 1 FROM public.campaign_notifier_leaders
+                                         WHERE role = $3 AND owner = $4)",
+            &[&FEED_NAME, &position, &FEED_ROLE, &me],
         )
         .await?;
-    Ok(())
+    Ok(advanced == 1)
 }
 
 /// The campaigns active at `now` (fired or being fired, started, not over), of `restaurants`

@@ -69,6 +69,38 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_feed (
 );
 ";
 
+/// The owners (one per process) and their leases (see `ledger::lease`). Owner ids come from the
+/// sequence and are never reused.
+const OWNER_SEQ_DDL: &str = "
+CREATE SEQUENCE IF NOT EXISTS public.campaign_notifier_owner_seq AS int4 MINVALUE 1;
+";
+const OWNERS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.campaign_notifier_owners (
+    owner int4 PRIMARY KEY,
+    host text NOT NULL,
+    pid int4 NOT NULL,
+    input_topic text NOT NULL,
+    partitions int4[] NOT NULL DEFAULT '{}',
+    started_at timestamptz NOT NULL DEFAULT now(),
+    renewed_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    clock_offset_ms int8 NOT NULL DEFAULT 0,
+    settle_ms int8 NOT NULL,
+    fenced_at timestamptz,
+    fenced_by int4,
+    recovered_by int4
+);
+";
+
+/// Which owner holds a role only one instance plays at a time (the change feed's).
+const LEADERS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS public.campaign_notifier_leaders (
+    role text PRIMARY KEY,
+    owner int4 NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+";
+
 /// One notification per (restaurant, campaign, client), ever. Created apart from the DDL above
 /// so that existing duplicates give their own clear error.
 const UNIQUE_KEY: &str = "
@@ -106,6 +138,9 @@ pub struct PostgresSettings {
     /// TCP keepalives, on both ends: a peer that vanished is noticed after about three times
     /// this.
     pub keepalive_idle: Duration,
+    /// The owner id of this process, once it has one: its sessions carry it in their
+    /// `application_name`, so that the peer that fences it can end them.
+    pub owner: Option<i32>,
 }
 
 impl PostgresSettings {
@@ -118,6 +153,7 @@ impl PostgresSettings {
             statement_timeout: Duration::from_secs(120),
             idle_in_transaction_timeout: Duration::from_secs(60),
             keepalive_idle: Duration::from_secs(30),
+            owner: None,
         }
     }
 
@@ -189,11 +225,13 @@ pub async fn connect(
     who: &'static str,
 ) -> Result<Client, ConnectError> {
     let (mut config, tls) = settings.client_config()?;
-    // Which part of which process a session is, as pg_stat_activity shows it.
-    config.application_name(&format!(
-        "campaign-notifier {who} (pid {})",
-        std::process::id()
-    ));
+    // Which part of which process a session is, as pg_stat_activity shows it (and the peer that
+    // ends a fenced owner's sessions finds them).
+    let pid = std::process::id();
+    config.application_name(&match settings.owner {
+        Some(owner) => format!("campaign-notifier {who} (owner {owner}, pid {pid})"),
+        None => format!("campaign-notifier {who} (pid {pid})"),
+    });
     let timeout = config
         .get_connect_timeout()
         .copied()
@@ -236,8 +274,8 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Creates the two tables, the index, the notification key, the outbox and the lifecycle's
-/// campaigns if they are missing.
+/// Creates the two tables, the index, the notification key, the outbox, the lifecycle's
+/// campaigns and feed, and the owners' leases if they are missing.
 pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
@@ -261,6 +299,9 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
         ("public.campaign_notifier_outbox", OUTBOX_DDL),
         ("public.campaign_notifier_campaigns", CAMPAIGNS_DDL),
         ("public.campaign_notifier_feed", FEED_DDL),
+        ("public.campaign_notifier_owner_seq", OWNER_SEQ_DDL),
+        ("public.campaign_notifier_owners", OWNERS_DDL),
+        ("public.campaign_notifier_leaders", LEADERS_DDL),
     ];
     for (relation, ddl) in steps {
         if missing(&tx, relation).await? {

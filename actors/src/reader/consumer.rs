@@ -8,12 +8,15 @@ use rdkafka::consumer::{ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::ledger::Lease;
 use crate::metrics::Metrics;
 
-/// Logs the group's decisions (the lines an operator looks for when partitions move) and turns
+/// Logs the group's decisions (the lines an operator looks for when partitions move), tells the
+/// lease which partitions this process holds (peers read them from its row), and turns
 /// librdkafka's statistics into the lag gauge.
 pub struct ReaderContext {
     metrics: Metrics,
+    lease: Lease,
 }
 
 impl ClientContext for ReaderContext {
@@ -40,8 +43,15 @@ impl ConsumerContext for ReaderContext {
         rebalance: &Rebalance<'_>,
     ) {
         match rebalance {
-            Rebalance::Assign(tpl) => log::info!("kafka reader: assigned {}", describe(tpl)),
-            Rebalance::Revoke(tpl) => log::info!("kafka reader: revoked {}", describe(tpl)),
+            Rebalance::Assign(tpl) => {
+                log::info!("kafka reader: assigned {}", describe(tpl));
+                self.lease
+                    .set_partitions(tpl.elements().iter().map(|e| e.partition()).collect());
+            }
+            Rebalance::Revoke(tpl) => {
+                log::info!("kafka reader: revoked {}", describe(tpl));
+                self.lease.set_partitions(Default::default());
+            }
             Rebalance::Error(e) => log::warn!("kafka reader: rebalance failed: {e}"),
         }
     }
@@ -95,9 +105,10 @@ impl std::fmt::Debug for ReaderSettings {
 }
 
 impl ReaderSettings {
-    pub fn create_consumer(&self, metrics: Metrics) -> KafkaResult<ReaderConsumer> {
+    /// The consumer; its rebalances are told to `lease`.
+    pub fn create_consumer(&self, metrics: Metrics, lease: Lease) -> KafkaResult<ReaderConsumer> {
         self.client_config()
-            .create_with_context(ReaderContext { metrics })
+            .create_with_context(ReaderContext { metrics, lease })
     }
 
     /// The consumer's librdkafka properties: the service's own, then the config's.

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use super::consumer::{ReaderConsumer, ReaderSettings};
 use super::offsets::OffsetTracker;
 use crate::events::{CampaignFinished, Event};
+use crate::liveness::Loop;
 use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaign};
 use crate::notification::SourceRef;
 use crate::shared::{FatalReason, Shared};
@@ -58,7 +59,10 @@ impl Actor for KafkaReader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let consumer = match self.config.create_consumer(self.shared.metrics.clone()) {
+        let consumer = match self
+            .config
+            .create_consumer(self.shared.metrics.clone(), self.shared.lease.clone())
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 let reason = FatalReason::ConsumerCreation(e.to_string());
@@ -85,6 +89,7 @@ impl Actor for KafkaReader {
                 consumer.clone(),
                 self.config.topic.clone(),
                 stall,
+                self.shared.lease.clone(),
                 self.stop.subscribe(),
             ));
         }
@@ -157,6 +162,11 @@ async fn read_loop(
         log::warn!(
             "kafka reader: {abandoned} campaigns were not finished; they will be read again at the next start"
         );
+        state
+            .shared
+            .metrics
+            .drain_abandoned_campaigns
+            .inc_by(abandoned as u64);
     }
     let ReadLoop {
         consumer,
@@ -185,10 +195,12 @@ impl ReadLoop {
         max_in_flight: usize,
         stop: &mut watch::Receiver<Option<Duration>>,
     ) -> bool {
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return true,
+                _ = heartbeat.tick() => self.shared.liveness.beat(Loop::Reader),
                 Some((source, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     if !self.complete(source, outcome) {
                         return false;

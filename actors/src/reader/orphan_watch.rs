@@ -1,14 +1,16 @@
-//! Notices input partitions that no member of the group is consuming, and rejoins the group so
-//! the coordinator hands them out again.
+//! Notices input partitions that no live member of the group is consuming, and rejoins the group
+//! so the coordinator hands them out again.
 //!
 //! A broker is supposed to give a dead member's partitions to the survivors once its session
 //! times out. Some Kafka-protocol brokers do not (Tansu 0.6.0 lets the survivor rejoin with its
 //! own partitions only, until a new member joins), and then those partitions wait forever. This
 //! watch sees it from the outside: a partition that is not ours, has messages after its committed
-//! offset, and whose committed offset has not moved for `stall` is orphaned (or its owner is stuck;
-//! either way a rebalance is the cure). Leaving and joining again makes this instance a new
-//! member, which makes the coordinator assign every partition afresh. On Apache Kafka the watch
-//! never fires unless an owner is stuck.
+//! offset, whose committed offset has not moved for `stall`, and that no live owner lists in its
+//! lease row is orphaned. Leaving and joining again makes this instance a new member, which makes
+//! the coordinator assign every partition afresh. A partition a live owner holds is left alone,
+//! however long it is busy (one campaign to millions of subscribers keeps its offset still for
+//! minutes); an owner that is alive but stuck fails its own liveness probe instead. On Apache
+//! Kafka the watch never fires.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::consumer::ReaderConsumer;
+use crate::ledger::Lease;
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,11 +60,15 @@ impl StallTracker {
     }
 }
 
+/// How fresh what the lease keeper read of the peers' partitions must be to be trusted.
+const PEERS_FRESH: Duration = Duration::from_secs(30);
+
 /// Runs until `stop` is set.
 pub async fn run(
     consumer: Arc<ReaderConsumer>,
     topic: String,
     stall: Duration,
+    lease: Lease,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let mut tracker = StallTracker::default();
@@ -91,6 +98,22 @@ pub async fn run(
                 }
                 None => tracker.forget(partition),
             }
+        }
+        if stalled.is_empty() {
+            continue;
+        }
+        // Busy is not orphaned: a partition a live owner holds stays with it.
+        let Some(held) = lease.held_by_peers(PEERS_FRESH) else {
+            log::debug!("orphan watch: what peers hold is not known lately; not rejoining");
+            continue;
+        };
+        let held_stalled: BTreeSet<i32> = stalled.intersection(&held).copied().collect();
+        stalled.retain(|p| !held.contains(p));
+        if !held_stalled.is_empty() {
+            log::debug!(
+                "orphan watch: partitions {held_stalled:?} of {topic} show no progress for \
+                 {stall:?} but are held by live owners; leaving them"
+            );
         }
         if stalled.is_empty() {
             continue;

@@ -96,7 +96,8 @@ impl Sink for DeadLetterSink {
     fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<Self, SinkError>> {
         Box::pin(async move {
             let extra = [("message.max.bytes", MAX_MESSAGE_BYTES.to_string())];
-            let producer = Producer::create(&settings.producer, &extra)?;
+            let producer =
+                Producer::create(&settings.producer, &extra)?.fenced_by(settings.lease.clone());
             producer.partitions(&settings.topic).await?;
             Ok(DeadLetterSink {
                 producer,
@@ -239,6 +240,7 @@ mod tests {
                 overrides: vec![],
             },
             topic: "dlq".into(),
+            lease: crate::ledger::Lease::unbounded(),
         })
         .await
         .unwrap();

@@ -31,6 +31,7 @@ use rdkafka::producer::FutureRecord;
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::kafka::{partition_for, scan, Producer, ProducerSettings};
+use crate::ledger::Lease;
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
 
@@ -66,11 +67,12 @@ pub type KafkaWriter = Writer<KafkaSink>;
 pub const CHUNK_MESSAGES: usize = 5_000;
 pub const CHUNK_BYTES: usize = 900_000;
 
-/// Where the notifications go.
-#[derive(Debug, Clone)]
+/// Where the notifications go, and the lease every record is handed over under.
+#[derive(Clone)]
 pub struct KafkaSinkSettings {
     pub producer: ProducerSettings,
     pub topic: String,
+    pub lease: Lease,
 }
 
 pub struct KafkaSink {
@@ -168,7 +170,8 @@ impl Sink for KafkaSink {
 
     fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<KafkaSink, SinkError>> {
         Box::pin(async move {
-            let producer = Producer::create(&settings.producer, &[])?;
+            let producer =
+                Producer::create(&settings.producer, &[])?.fenced_by(settings.lease.clone());
             let partitions = producer.partitions(&settings.topic).await?;
             Ok(KafkaSink {
                 producer,
@@ -298,6 +301,7 @@ mod tests {
                 ],
             },
             topic: "out".into(),
+            lease: Lease::unbounded(),
         })
         .await
         .unwrap();

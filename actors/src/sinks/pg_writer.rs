@@ -26,7 +26,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
-use crate::ledger::Tokens;
+use crate::ledger::lease::{self, Lapsed};
+use crate::ledger::{Lease, Tokens};
 use crate::metrics::SinkKind;
 use crate::notification::{cut, NotificationBatch};
 use crate::postgres::PostgresSettings;
@@ -178,24 +179,36 @@ pub struct Inserted {
     pub outbox_ids: Vec<i64>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PgSinkConfig {
     pub postgres: PostgresSettings,
     /// This process's ledger owner id.
     pub owner: i32,
+    /// Every transaction is fenced by it (see [`FENCE`]).
+    pub lease: Lease,
 }
 
 pub struct PgSink {
     client: Arc<Client>,
     statements: Arc<Statements>,
     owner: i32,
+    lease: Lease,
 }
 
-/// The two inserts, prepared once per connection.
+/// The two inserts and the fence, prepared once per connection.
 struct Statements {
     group: Statement,
     single: Statement,
+    fence: Statement,
 }
+
+/// Runs first in every transaction: no row means the owner was fenced, and the transaction rolls
+/// back. The lock makes a peer's fence (an update of the row, see `ledger::recovery`) wait for
+/// this transaction, so a transaction either commits before the fence, and its marks are there
+/// for the peer, or sees the fence and writes nothing. `KEY SHARE` does not conflict with the
+/// owner's own renewals, which leave the key alone.
+pub const FENCE: &str = "SELECT 1 FROM public.campaign_notifier_owners \
+     WHERE owner = $1 AND fenced_at IS NULL FOR KEY SHARE";
 
 fn classify(e: &tokio_postgres::Error) -> SinkError {
     let described = crate::postgres::describe(e);
@@ -223,13 +236,16 @@ impl Sink for PgSink {
                 .map_err(|e| SinkError::Retriable(e.to_string()))?;
             let group = client.prepare(GROUP_INSERT).await;
             let single = client.prepare(INSERT).await;
+            let fence = client.prepare(FENCE).await;
             Ok(PgSink {
                 client: Arc::new(client),
                 statements: Arc::new(Statements {
                     group: group.map_err(|e| classify(&e))?,
                     single: single.map_err(|e| classify(&e))?,
+                    fence: fence.map_err(|e| classify(&e))?,
                 }),
                 owner: config.owner,
+                lease: config.lease,
             })
         })
     }
@@ -237,15 +253,39 @@ impl Sink for PgSink {
     fn write(&self, jobs: Vec<Arc<PgJob>>) -> LocalFuture<Result<Vec<Inserted>, SinkError>> {
         let client = self.client.clone();
         let statements = self.statements.clone();
-        let owner = self.owner;
+        let (owner, lease) = (self.owner, self.lease.clone());
         Box::pin(async move {
+            lease
+                .check()
+                .map_err(|e| SinkError::Lapsed(e.to_string()))?;
             client
                 .batch_execute("BEGIN")
                 .await
                 .map_err(|e| classify(&e))?;
-            let result = insert_all(&client, &statements, owner, &jobs).await;
+            // The fence first, the inserts behind it on the same connection (pipelined): if it
+            // finds the owner fenced, the transaction rolls back with whatever they did.
+            let fence = async {
+                match lease.fences() {
+                    true => client
+                        .query_opt(&statements.fence, &[&owner])
+                        .await
+                        .map(|r| r.is_some()),
+                    false => Ok(true),
+                }
+            };
+            let inserts = insert_all(&client, &statements, owner, &jobs);
+            let (unfenced, inserted) = futures::join!(fence, inserts);
+            let fenced = matches!(unfenced, Ok(false));
+            let result = match unfenced.map_err(|e| classify(&e)) {
+                Ok(true) => inserted,
+                Ok(false) => Err(SinkError::Lapsed(Lapsed::Fenced.to_string())),
+                Err(e) => Err(e),
+            };
             let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
             let ended = client.batch_execute(end).await.map_err(|e| classify(&e));
+            if fenced {
+                lease.fenced(lease::fenced_by(&client, owner).await.ok().flatten());
+            }
             match (result, ended) {
                 (Ok(inserted), Ok(())) => Ok(inserted),
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
@@ -280,6 +320,20 @@ impl Sink for PgSink {
 
     fn is_connected(&self) -> bool {
         !self.client.is_closed()
+    }
+
+    fn probe_fence(&self) -> LocalFuture<()> {
+        let (client, owner, lease) = (self.client.clone(), self.owner, self.lease.clone());
+        Box::pin(async move {
+            match lease::is_fenced(&client, owner).await {
+                Ok(true) => lease.fenced(lease::fenced_by(&client, owner).await.ok().flatten()),
+                Ok(false) => {}
+                Err(e) => log::debug!(
+                    "postgres writer: cannot look at the lease: {}",
+                    crate::postgres::describe(&e)
+                ),
+            }
+        })
     }
 }
 

@@ -61,6 +61,10 @@ pub enum SinkError {
     /// The data itself was refused: writing it again would fail again.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Nothing was written because this process's lease is not valid: the writer holds its jobs
+    /// until the lease is renewed (the service stops if it was fenced).
+    #[error("held: {0}")]
+    Lapsed(String),
     /// The writer went away before answering (only during shutdown).
     #[error("writer stopped before confirming")]
     Canceled,
@@ -76,6 +80,7 @@ impl From<crate::kafka::KafkaFailure> for SinkError {
             FailureClass::Retriable | FailureClass::Configuration => {
                 SinkError::Retriable(e.message)
             }
+            FailureClass::Lapsed => SinkError::Lapsed(e.message),
         }
     }
 }
@@ -83,9 +88,10 @@ impl From<crate::kafka::KafkaFailure> for SinkError {
 impl SinkError {
     fn class(&self) -> ErrorClass {
         match self {
-            SinkError::Retriable(_) | SinkError::Disconnected(_) | SinkError::Canceled => {
-                ErrorClass::Retriable
-            }
+            SinkError::Retriable(_)
+            | SinkError::Disconnected(_)
+            | SinkError::Canceled
+            | SinkError::Lapsed(_) => ErrorClass::Retriable,
             SinkError::Permanent(_) => ErrorClass::Permanent,
         }
     }
@@ -133,6 +139,12 @@ pub trait Sink: Sized + 'static {
     /// itself (librdkafka's), whose failures show in its writes instead.
     fn is_connected(&self) -> bool {
         true
+    }
+    /// Called every second while this process's lease is lapsed (its keeper cannot renew it): a
+    /// sink whose own connection still works looks whether the lease was fenced meanwhile, and
+    /// tells the lease, which stops the service. The default looks nowhere.
+    fn probe_fence(&self) -> LocalFuture<()> {
+        Box::pin(async {})
     }
 }
 
@@ -245,6 +257,11 @@ pub struct Writer<S: Sink> {
     /// `PROBE_EVERY`, nothing is refused, readiness says why.
     fault: Option<String>,
     probe_at: Instant,
+    /// Set while this process's lease is lapsed: nothing is written, the jobs wait (and are
+    /// reconciled once it is renewed).
+    paused: bool,
+    /// A look at whether the lapsed lease was fenced is under way.
+    probing_fence: bool,
 }
 
 impl<S: Sink> Writer<S> {
@@ -268,6 +285,8 @@ impl<S: Sink> Writer<S> {
             refusals_in_a_row: 0,
             fault: None,
             probe_at: Instant::now(),
+            paused: false,
+            probing_fence: false,
             shared,
             settings,
         }
@@ -301,6 +320,10 @@ impl<S: Sink> Writer<S> {
         let Some(sink) = self.sink.clone() else {
             return;
         };
+        if self.paused {
+            self.update_gauges();
+            return;
+        }
         if self.fault.is_some() {
             self.probe(ctx, &sink);
             self.update_gauges();
@@ -405,6 +428,13 @@ impl<S: Sink> Writer<S> {
                 }
                 .emit(&self.shared.metrics);
                 match e {
+                    // Nothing of it was written after the lease lapsed; what was handed over
+                    // before is reconciled when the writes go on.
+                    SinkError::Lapsed(_) => {
+                        self.requeue_front(jobs.into_iter());
+                        self.pause(ctx);
+                        return;
+                    }
                     SinkError::Permanent(_) if jobs.len() == 1 => {
                         for job in jobs {
                             self.refused_alone(job, e.clone());
@@ -431,6 +461,44 @@ impl<S: Sink> Writer<S> {
                 self.finish_close_if_idle(ctx);
             }
         }
+    }
+
+    /// Holds every job until the lease is valid again, then checks what the interrupted writes
+    /// left in the sink and goes on. No restart: the sink is fine, this process may not write.
+    fn pause(&mut self, ctx: &mut Context<Self>) {
+        if self.paused {
+            return;
+        }
+        self.paused = true;
+        log::warn!(
+            "{}: holding {} notifications until this instance's lease is renewed",
+            S::KIND.writer().name(),
+            self.waiting_rows()
+        );
+        let lease = self.shared.lease.clone();
+        ctx.spawn(
+            async move { lease.wait_valid().await }
+                .into_actor(self)
+                .map(|(), act, ctx| {
+                    act.paused = false;
+                    log::info!("{}: writing again", S::KIND.writer().name());
+                    act.reconcile_then_flush(ctx);
+                }),
+        );
+    }
+
+    /// While the lease is lapsed, looks (through the sink's own session) whether it was fenced.
+    fn probe_fence(&mut self, ctx: &mut Context<Self>) {
+        if self.probing_fence || self.shared.lease.is_valid() || self.shared.lease.is_fenced() {
+            return;
+        }
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        self.probing_fence = true;
+        ctx.spawn(sink.probe_fence().into_actor(self).map(|(), act, _| {
+            act.probing_fence = false;
+        }));
     }
 
     /// A job the sink refused for good, alone: held until the refusal is known to be the job's
@@ -685,6 +753,10 @@ impl<S: Sink> Actor for Writer<S> {
                     // A connection can die while idle; notice it without waiting for the next
                     // write to fail, so readiness tells the truth and the reconnect starts early.
                     ctx.run_interval(CONNECTION_CHECK_INTERVAL, |act, ctx| {
+                        act.shared
+                            .liveness
+                            .beat(crate::liveness::Loop::writer(S::KIND));
+                        act.probe_fence(ctx);
                         if act.sink.as_ref().is_some_and(|s| !s.is_connected()) {
                             act.restarts.failed();
                             log::warn!("{}: connection lost, restarting", S::KIND.writer().name());
@@ -726,6 +798,9 @@ impl<S: Sink> Supervised for Writer<S> {
         self.restarts.restarting(&self.shared);
         self.sink = None;
         self.linger_armed = false;
+        // The wait for the lease went with the old context; the next write finds out again.
+        self.paused = false;
+        self.probing_fence = false;
         // The writes under way were dropped with the old context: their jobs go first.
         let in_flight = std::mem::take(&mut self.in_flight);
         self.in_flight_rows = 0;
@@ -772,6 +847,19 @@ impl<S: Sink> Handler<Close> for Writer<S> {
 
     fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        if self.shared.lease.is_fenced() {
+            // Nothing may be written any more: the jobs it holds are the peer's now, and what
+            // librdkafka still queues is dropped with the producer, not flushed.
+            log::info!(
+                "{}: closing without writing the {} notifications it holds (the lease was fenced)",
+                S::KIND.writer().name(),
+                self.waiting_rows()
+            );
+            let _ = tx.send(());
+            return Box::pin(async move {
+                let _ = rx.await;
+            });
+        }
         self.closing.get_or_insert_with(Vec::new).push(tx);
         if self.sink.is_some() {
             self.flush(ctx, true);
@@ -836,6 +924,8 @@ mod tests {
         reconciled: Vec<Vec<u32>>,
         groups: Vec<Vec<u32>>,
         write_delay: Duration,
+        /// Asked before every write, as the real sinks ask theirs.
+        lease: Option<crate::ledger::Lease>,
     }
 
     #[derive(Clone, Default)]
@@ -885,6 +975,9 @@ mod tests {
                 let delay = shared.with(|s| s.write_delay);
                 actix_rt::time::sleep(delay).await;
                 shared.with(|s| {
+                    if let Some(Err(lapsed)) = s.lease.as_ref().map(|l| l.check()) {
+                        return Err(SinkError::Lapsed(lapsed.to_string()));
+                    }
                     let ids: Vec<u32> = items.iter().flat_map(|i| i.0.iter().copied()).collect();
                     s.groups.push(ids.clone());
                     if s.refuse_all {
@@ -973,6 +1066,15 @@ mod tests {
         settings: WriterSettings,
     ) -> (Addr<Writer<MemorySink>>, Metrics, Fatal) {
         let (shared, fatal) = Shared::new(Metrics::new(), crate::clock::Clock::system());
+        start_with(handle, settings, shared, fatal)
+    }
+
+    fn start_with(
+        handle: &Handle,
+        settings: WriterSettings,
+        shared: Shared,
+        fatal: Fatal,
+    ) -> (Addr<Writer<MemorySink>>, Metrics, Fatal) {
         let metrics = shared.metrics.clone();
         let handle = handle.clone();
         let addr = Supervisor::start(move |_| Writer::<MemorySink>::new(handle, settings, shared));
@@ -1276,5 +1378,36 @@ mod tests {
             .map(|r| r.to_string())
             .unwrap_or_default();
         assert!(reason.contains("restarted more than 2 times"), "{reason}");
+    }
+
+    #[actix_rt::test]
+    async fn a_writer_whose_lease_lapses_holds_its_jobs_and_writes_them_once_it_is_renewed() {
+        let handle = Handle::default();
+        let (shared, fatal) = Shared::with_lease(Metrics::new(), crate::clock::Clock::system());
+        let lease = shared.lease.clone();
+        lease.acquired(1);
+        // Valid for half a second (the renewal's end less the margin).
+        let ttl = crate::ledger::lease::MARGIN + Duration::from_millis(500);
+        lease.renewed(Instant::now(), ttl);
+        handle.with(|s| s.lease = Some(lease.clone()));
+        let (addr, metrics, _fatal) = start_with(&handle, settings(), shared, fatal);
+        assert_eq!(write_all(&addr, &[&[1]]).await, vec![Ok(1)]);
+
+        actix_rt::time::sleep(Duration::from_millis(600)).await;
+        assert!(!lease.is_valid());
+        let held = addr.send(Write::<MemorySink>(Arc::new(Ids(vec![2]))));
+        let held = actix_rt::spawn(held);
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !held.is_finished(),
+            "a job is held, not refused, while the lease is lapsed"
+        );
+        assert_eq!(handle.with(|s| s.stored.clone()), vec![1]);
+
+        lease.renewed(Instant::now(), Duration::from_secs(10));
+        let answer = held.await.expect("joined").expect("writer alive");
+        assert_eq!(answer, Ok(1));
+        assert_eq!(handle.with(|s| s.stored.clone()), vec![1, 2]);
+        assert_eq!(restarts(&metrics), 0, "a lapse restarts nothing");
     }
 }
