@@ -64,6 +64,7 @@ enum Command {
 const EXIT_CONFIG: u8 = 1;
 const EXIT_START: u8 = 2;
 const EXIT_FATAL: u8 = 3;
+const EXIT_DRAIN_INCOMPLETE: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -152,7 +153,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     log::info!("ready");
-    let mut exit = ExitCode::SUCCESS;
+    let (mut exit, mut broke) = (ExitCode::SUCCESS, false);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -172,7 +173,7 @@ async fn serve(config: Config) -> ExitCode {
             }
             reason = pipeline.failed() => {
                 log::error!("fatal: {reason}; stopping");
-                exit = ExitCode::from(EXIT_FATAL);
+                (exit, broke) = (ExitCode::from(EXIT_FATAL), true);
                 break;
             }
         }
@@ -192,11 +193,19 @@ async fn serve(config: Config) -> ExitCode {
         }
         Some(report) => {
             log::warn!(
-                "stopped with {} campaigns unfinished (committed: {}); they will be read again",
+                "drain incomplete: {} campaigns unfinished at the end of the grace period{}; \
+                 nothing is lost, they will be read again",
                 report.abandoned,
-                report.committed
+                match report.committed {
+                    true => "",
+                    false => ", and the final offset commit failed",
+                }
             );
-            exit
+            // A stop that broke down first says so; a stop by a signal says what it left.
+            match broke {
+                false => ExitCode::from(EXIT_DRAIN_INCOMPLETE),
+                true => exit,
+            }
         }
         None => ExitCode::from(130),
     }

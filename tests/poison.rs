@@ -497,7 +497,8 @@ async fn a_subscriber_id_too_long_for_the_key_is_left_out_and_the_others_notifie
 
 /// The whole stop takes one grace period, whatever hangs: here Postgres stops answering with a
 /// campaign in flight, so the reader's drain, the writers' close and the threads' stop would
-/// each wait their full time.
+/// each wait their full time. The campaign it leaves unfinished is logged, and the exit code (4)
+/// says the drain was incomplete.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_with_postgres_gone_silent_takes_one_grace_period() {
     let f = Fixture::new("one_grace", 1).await;
@@ -531,8 +532,16 @@ async fn a_stop_with_postgres_gone_silent_takes_one_grace_period() {
     service.signal("TERM");
     let status = service.wait_exit(Duration::from_secs(30), "after SIGTERM");
     let took = stopping.elapsed();
-    println!("stopped in {took:?} with a grace period of 3 s");
-    assert!(status.success(), "{}", service.log_text());
+    println!("stopped in {took:?} with a grace period of 3 s, exit {status}");
+    // The campaign was left unfinished: the exit code says the drain was incomplete.
+    assert_eq!(status.code(), Some(4), "{}", service.log_text());
+    assert!(
+        service
+            .log_text()
+            .contains("drain incomplete: 1 campaigns unfinished"),
+        "{}",
+        service.log_text()
+    );
     assert!(
         took < Duration::from_millis(4_500),
         "the stop took {took:?}, more than the 3 s grace period:\n{}",
