@@ -5,6 +5,11 @@
 #   start_tansu DIR           start it on a free port with sqlite storage in DIR; sets
 #                             tansu_pid and broker (127.0.0.1:PORT)
 #   stop_tansu                stop it
+#   ensure_noida              install the noida-db broker from PyPI when it is missing (seconds)
+#   start_noida DIR           start its Kafka service (which has Kafka transactions, as Tansu 0.6.0
+#                             has not) on a free port with its data in DIR; sets noida_pid and
+#                             txn_broker (127.0.0.1:PORT)
+#   stop_noida                stop it
 
 TANSU_VERSION=0.6.0
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -53,16 +58,23 @@ start_tansu() {
       --storage-engine "sqlite://broker.db"
   ) >"$dir/tansu.log" 2>&1 &
   tansu_pid=$!
+  wait_listening "$port" "$tansu_pid" "$dir/tansu.log" tansu
+}
+
+# wait_listening PORT PID LOG NAME: until PORT accepts connections; fails if PID exits first
+# (printing LOG) or after 10 s.
+wait_listening() {
+  local port=$1 pid=$2 log=$3 name=$4
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$tansu_pid" 2>/dev/null; then
-      echo "tansu exited at start:" >&2
-      cat "$dir/tansu.log" >&2
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited at start:" >&2
+      cat "$log" >&2
       return 1
     fi
     sleep 0.1
   done
-  echo "tansu did not listen on $broker" >&2
+  echo "$name did not listen on 127.0.0.1:$port" >&2
   return 1
 }
 
@@ -70,5 +82,41 @@ stop_tansu() {
   if [ -n "$tansu_pid" ] && kill -0 "$tansu_pid" 2>/dev/null; then
     kill "$tansu_pid" 2>/dev/null || true
     wait "$tansu_pid" 2>/dev/null || true
+  fi
+}
+
+# noida-db: a Kafka-protocol broker whose transactions commit, abort and fence (Tansu 0.6.0 has no
+# EndTxn; nisshi 0.8 refuses transactional ids; 0.7 shows aborted records to read_committed
+# readers). Used by tests/transactions.rs only.
+NOIDA_VERSION=0.2.3
+noida_home=${NOIDA_HOME:-$HOME/.cache/campaign-notifier/noida-db-$NOIDA_VERSION}
+noida_bin="$noida_home/noida_db/noida-db"
+noida_pid=""
+txn_broker=""
+
+ensure_noida() {
+  if [ -x "$noida_bin" ]; then
+    return
+  fi
+  printf '== installing noida-db %s from PyPI\n' "$NOIDA_VERSION" >&2
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$noida_home" \
+    "noida-db==$NOIDA_VERSION"
+}
+
+start_noida() {
+  local dir=$1 port
+  mkdir -p "$dir/data"
+  port=$(free_port)
+  txn_broker="127.0.0.1:$port"
+  "$noida_bin" start --data-dir "$dir/data" --host 127.0.0.1 --only kafka --kafka-port "$port" \
+    >"$dir/noida.log" 2>&1 &
+  noida_pid=$!
+  wait_listening "$port" "$noida_pid" "$dir/noida.log" noida-db
+}
+
+stop_noida() {
+  if [ -n "$noida_pid" ] && kill -0 "$noida_pid" 2>/dev/null; then
+    kill -INT "$noida_pid" 2>/dev/null || true
+    wait "$noida_pid" 2>/dev/null || true
   fi
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, with everything it needs.
 #
-# - installs the Kafka-protocol broker Tansu 0.6.0 when it is missing (about 10 minutes, once);
+# - installs the Kafka-protocol broker Tansu 0.6.0 when it is missing (about 10 minutes, once),
+#   and noida-db from PyPI, a broker whose Kafka transactions work, for tests/transactions.rs;
 # - makes sure the local Postgres is up;
-# - starts Tansu on a free port with sqlite storage in a directory of this run, so runs never
-#   share a broker;
+# - starts Tansu on a free port with sqlite storage in a directory of this run, and noida-db
+#   beside it, so runs never share a broker;
 # - runs `cargo test --workspace` (every test makes its own database and topics);
 # - stops the broker and drops any database a failed test left behind.
 #
@@ -21,6 +22,7 @@ pg_url=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 log() { printf '== %s\n' "$*" >&2; }
 
 ensure_tansu
+ensure_noida
 ensure_postgres
 "$root/scripts/ensure-test-tools.sh"
 
@@ -30,6 +32,7 @@ run_dir="$root/.test-run/$run_id"
 cleanup() {
   local status=$?
   stop_tansu
+  stop_noida
   # Databases of this run that a failed test left behind: dropped after a green run, kept for
   # a look after a red one.
   leftovers=$(psql "$pg_url" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'cn_test_${run_id}_%'" 2>/dev/null || true)
@@ -48,8 +51,11 @@ trap cleanup EXIT
 
 start_tansu "$run_dir/tansu"
 log "tansu on $broker"
+start_noida "$run_dir/noida"
+log "noida-db (Kafka transactions) on $txn_broker"
 
 export CN_TEST_BROKERS="$broker"
+export CN_TEST_TXN_BROKERS="$txn_broker"
 export CN_TEST_POSTGRES_URL="$pg_url"
 export CN_TEST_RUN_ID="$run_id"
 export CN_TEST_TANSU_DIR="$run_dir/tansu"

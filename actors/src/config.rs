@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::kafka::ProducerSettings;
+use crate::kafka::{ProducerSettings, TransactionalIds};
 use crate::lifecycle::{LifecycleSettings, Window};
 use crate::postgres::PostgresSettings;
 use crate::reader::ReaderSettings;
@@ -94,6 +94,13 @@ pub struct KafkaConfig {
     /// Where a new consumer group starts: `earliest` or `latest`.
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
+    /// Write the output topic in Kafka transactions (brokers that have them: Apache Kafka,
+    /// Redpanda, the managed services). The broker then fences a stopped instance's producer
+    /// when a peer takes its work over, and readers of the output with `isolation.level =
+    /// read_committed` never see what it had not committed. Off: the idempotent producer, fenced
+    /// by the lease alone (see docs/design.md).
+    #[serde(default)]
+    pub transactions: bool,
     /// Extra librdkafka properties for the consumer, applied last.
     #[serde(default)]
     pub consumer: BTreeMap<String, String>,
@@ -882,7 +889,12 @@ impl Config {
                 ));
             }
         }
-        for key in ["enable.idempotence", "acks", "bootstrap.servers"] {
+        for key in [
+            "enable.idempotence",
+            "acks",
+            "bootstrap.servers",
+            "transactional.id",
+        ] {
             if self.kafka.producer.contains_key(key) {
                 return Err(ConfigError::key(
                     &format!("kafka.producer.\"{key}\""),
@@ -1045,6 +1057,9 @@ impl Config {
                 restart: restart.clone(),
             },
             lease_ttl: Duration::from_secs(self.ledger.lease_ttl_secs),
+            transactional_ids: k
+                .transactions
+                .then(|| TransactionalIds::for_group(&k.group_id)),
             ledger_restart: restart.clone(),
             lifecycle: LifecycleSettings {
                 window: Window {
@@ -1090,6 +1105,9 @@ pub struct Settings {
     pub writers: WriterSettings,
     /// This instance's lease: how long it lasts without a renewal.
     pub lease_ttl: Duration,
+    /// Set with `kafka.transactions`: the output is written in transactions, each owner's
+    /// producer with its own id.
+    pub transactional_ids: Option<TransactionalIds>,
     pub ledger_restart: RestartPolicy,
     pub lifecycle: LifecycleSettings,
     pub lifecycle_restart: RestartPolicy,
@@ -1606,6 +1624,31 @@ mod tests {
             err.starts_with("config key http.liveness_timeout_secs:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transactions_give_each_owner_its_own_id_which_no_override_may_set() {
+        let c = load(
+            MINIMAL,
+            &[("CAMPAIGN_NOTIFIER__KAFKA__TRANSACTIONS", "true")],
+        )
+        .unwrap();
+        let ids = c.settings().transactional_ids.expect("transactional");
+        assert_eq!(
+            ids.of(7),
+            format!("campaign-notifier-{}-owner-7", c.kafka.group_id)
+        );
+        assert_eq!(
+            load(MINIMAL, &[]).unwrap().settings().transactional_ids,
+            None
+        );
+        let err = load(
+            &format!("{MINIMAL}\n[kafka.producer]\n\"transactional.id\" = \"mine\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set by the service"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,9 @@ impl Pipeline {
         // Every session of this process says whose it is (pg_stat_activity, and the peer that
         // ends a fenced owner's sessions).
         settings.postgres.owner = Some(owner);
+        if let Some(ids) = &settings.transactional_ids {
+            check_transactions(&settings, &ids.of(owner)).await?;
+        }
 
         let arbiters = Arbiters::new();
         let lease_keeper = start_lease_keeper(&settings, &shared, &arbiters);
@@ -247,6 +250,19 @@ impl Pipeline {
     }
 }
 
+/// With `kafka.transactions`, brokers that refuse transactions stop the start (exit code 2)
+/// instead of a writer retrying for ever.
+async fn check_transactions(settings: &Settings, id: &str) -> Result<(), StartError> {
+    crate::kafka::Producer::transactional(&settings.producer, id, KAFKA_ACCESS_WAIT)
+        .await
+        .map(drop)
+        .map_err(|e| {
+            StartError::Kafka(format!(
+                "the brokers do not take Kafka transactions (kafka.transactions = true): {e}"
+            ))
+        })
+}
+
 /// Inserts this process's row in `campaign_notifier_owners` with a fresh owner id, valid for a
 /// lease from the moment it was sent.
 async fn acquire_lease(settings: &Settings, lease: &Lease) -> Result<i32, StartError> {
@@ -254,11 +270,18 @@ async fn acquire_lease(settings: &Settings, lease: &Lease) -> Result<i32, StartE
     let client = crate::postgres::connect(&settings.postgres, "ledger lease")
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let settle = settings
-        .producer
-        .effective_message_timeout()
-        .unwrap_or(Duration::from_millis(settings.producer.message_timeout_ms))
-        + lease::SETTLE_MARGIN;
+    // With transactions the broker fences this owner's producer when a peer takes it over:
+    // nothing of it needs to settle. Without, its last produce requests must have landed.
+    let settle = match settings.transactional_ids {
+        Some(_) => Duration::ZERO,
+        None => {
+            settings
+                .producer
+                .effective_message_timeout()
+                .unwrap_or(Duration::from_millis(settings.producer.message_timeout_ms))
+                + lease::SETTLE_MARGIN
+        }
+    };
     let row = OwnerRow {
         host: hostname(),
         pid: std::process::id() as i32,
@@ -364,6 +387,7 @@ impl Writers {
             producer: settings.producer.clone(),
             topic: settings.output_topic.clone(),
             lease: shared.lease.clone(),
+            transactional_id: settings.transactional_ids.as_ref().map(|t| t.of(owner)),
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         let kafka = Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
@@ -379,10 +403,12 @@ impl Writers {
             PgWriter::new(pg_config, w, s)
         });
         let dead_letters = settings.dead_letter_topic.clone().map(|topic| {
+            // Dead letters are not part of what "exactly once" counts: the idempotent producer.
             let dlq_settings = KafkaSinkSettings {
                 producer: settings.producer.clone(),
                 topic,
                 lease: shared.lease.clone(),
+                transactional_id: None,
             };
             let (w, s) = (settings.writers.clone(), shared.clone());
             Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
@@ -391,6 +417,7 @@ impl Writers {
         });
         let recoverer = Recoverer {
             output: output_target(settings),
+            transactional_ids: settings.transactional_ids.clone(),
             lease: shared.lease.clone(),
             dead_letters: dead_letters.clone().map(Addr::recipient),
             metrics: shared.metrics.clone(),

@@ -668,6 +668,7 @@ impl Bench<'_> {
             },
             topic: self.topic(what),
             lease: campaign_actors::ledger::Lease::unbounded(),
+            transactional_id: None,
         }
     }
 

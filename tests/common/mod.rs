@@ -36,7 +36,7 @@ pub fn unix_now() -> i64 {
     campaign_actors::clock::unix_secs()
 }
 
-fn env(name: &str) -> String {
+pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the suite with ./scripts/test.sh, which starts the broker")
     })
@@ -342,33 +342,12 @@ impl Fixture {
             #[serde(borrow)]
             client_id: std::borrow::Cow<'a, str>,
         }
-        let expected = self.output_count() as usize;
-        let consumer = self.consumer();
-        let metadata = consumer
-            .fetch_metadata(Some(&self.output_topic), Duration::from_secs(10))
-            .expect("metadata");
-        let mut tpl = TopicPartitionList::new();
-        for p in metadata.topics()[0].partitions() {
-            tpl.add_partition_offset(&self.output_topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut counts = HashMap::with_capacity(expected);
-        let mut read = 0;
-        let deadline = Instant::now() + Duration::from_secs(60 + expected as u64 / 2000);
-        while read < expected {
-            assert!(
-                Instant::now() < deadline,
-                "read {read} of {expected} output messages in time"
-            );
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.expect("consume");
-                let c: Client<'_> = serde_json::from_slice(m.payload().unwrap_or_default())
-                    .expect("output JSON with a client_id");
-                *counts.entry(c.client_id.into_owned()).or_insert(0) += 1;
-                read += 1;
-            }
-        }
+        let mut counts = HashMap::with_capacity(self.output_count() as usize);
+        self.read_to_end(&self.output_topic, |m| {
+            let c: Client<'_> = serde_json::from_slice(m.payload().unwrap_or_default())
+                .expect("output JSON with a client_id");
+            *counts.entry(c.client_id.into_owned()).or_insert(0) += 1;
+        });
         counts
     }
 
@@ -388,49 +367,77 @@ impl Fixture {
     /// Every message of `topic`, in partition and offset order.
     pub fn read_topic(&self, topic: &str) -> Vec<Received> {
         use rdkafka::message::Headers;
-        let expected = self.count(topic) as usize;
-        let consumer = self.consumer();
+        let mut out = Vec::new();
+        self.read_to_end(topic, |m| {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Received {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        });
+        out
+    }
+
+    /// Hands `each` every message of `topic` a reader that reads committed sees now, from the
+    /// start of every partition to its end (transaction markers and aborted records, which the
+    /// offsets count, are not messages to it).
+    fn read_to_end(
+        &self,
+        topic: &str,
+        mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    ) {
+        let offsets = self.count(topic) as u64;
+        let consumer: BaseConsumer = client_of(&self.brokers, &self.client_properties)
+            .set("group.id", format!("{}-verify", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.partition.eof", "true")
+            .create()
+            .expect("consumer");
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
         let mut tpl = TopicPartitionList::new();
+        let mut left = std::collections::BTreeSet::new();
         for p in metadata.topics()[0].partitions() {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .unwrap();
+            left.insert(p.id());
         }
         consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30 + expected as u64 / 1000);
-        while out.len() < expected {
+        let mut read = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60 + offsets / 2000);
+        while !left.is_empty() {
             assert!(
                 Instant::now() < deadline,
-                "read {} of {expected} messages of {topic} in time",
-                out.len()
+                "read {read} messages of {topic} ({offsets} offsets); partitions {left:?} not \
+                 read to their end in time"
             );
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.expect("consume");
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Received {
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    read += 1;
+                    each(&m);
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    left.remove(&p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
             }
         }
-        out
     }
 
     /// Makes this test's database unreachable for the service (no new connections, the service's

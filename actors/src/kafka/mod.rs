@@ -112,6 +112,9 @@ pub enum FailureClass {
     /// Nothing was handed to librdkafka: this process's lease is not valid (see
     /// [`crate::ledger::lease`]). The same records go once it is renewed, or never, if fenced.
     Lapsed,
+    /// The broker fenced this producer: another instance took its transactional id over (it took
+    /// this owner's work over). Nothing of its open transaction will ever be read committed.
+    Fenced,
 }
 
 /// A Kafka error, classified, with librdkafka's code when there is one.
@@ -150,12 +153,15 @@ impl KafkaFailure {
 }
 
 /// Classifies a librdkafka error: errors about the record are permanent, errors about the setup
-/// are configuration, anything else (connections, timeouts, leaders moving) is retriable.
+/// are configuration, a producer fenced by the broker is fenced, anything else (connections,
+/// timeouts, leaders moving, a transaction to abort) is retriable.
 pub fn classify(e: &KafkaError) -> KafkaFailure {
     use RDKafkaErrorCode as C;
     let code = e.rdkafka_error_code();
     let class = match (e, code) {
         (KafkaError::ClientCreation(_), _) => FailureClass::Configuration,
+        (_, Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)) => FailureClass::Fenced,
+        (KafkaError::Transaction(t), _) if t.is_fatal() => FailureClass::Configuration,
         (
             _,
             Some(
@@ -187,6 +193,27 @@ pub fn classify(e: &KafkaError) -> KafkaFailure {
         class,
         code,
         message: e.to_string(),
+    }
+}
+
+/// The transactional ids of a deployment's owners, when its output is written in transactions:
+/// one per owner, so that a peer that takes an owner's work over can fence that owner's producer
+/// by initialising the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionalIds {
+    prefix: String,
+}
+
+impl TransactionalIds {
+    /// The ids of the instances of consumer group `group_id`.
+    pub fn for_group(group_id: &str) -> TransactionalIds {
+        TransactionalIds {
+            prefix: format!("campaign-notifier-{group_id}-owner-"),
+        }
+    }
+
+    pub fn of(&self, owner: i32) -> String {
+        format!("{}{owner}", self.prefix)
     }
 }
 

@@ -41,6 +41,52 @@ impl Producer {
         Ok(Producer { inner, fence: None })
     }
 
+    /// A producer that writes in transactions as `id`, its transactions initialised: the broker
+    /// fences any earlier producer with the same id and ends the transaction it had open (its
+    /// records are never read committed). Blocks a thread, not the arbiter, while it waits.
+    pub async fn transactional(
+        settings: &ProducerSettings,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Producer, KafkaFailure> {
+        let producer = Producer::create(settings, &[("transactional.id", id.to_string())])?;
+        producer
+            .blocking("init transactions", move |p| p.init_transactions(timeout))
+            .await?;
+        Ok(producer)
+    }
+
+    /// Starts a transaction (of a [`Producer::transactional`]).
+    pub fn begin(&self) -> Result<(), KafkaFailure> {
+        self.inner.begin_transaction().map_err(|e| classify(&e))
+    }
+
+    /// Commits the transaction under way: every record handed over since [`Producer::begin`] is
+    /// then read committed, or (on an error) none is.
+    pub async fn commit(&self, timeout: Duration) -> Result<(), KafkaFailure> {
+        self.blocking("commit", move |p| p.commit_transaction(timeout))
+            .await
+    }
+
+    /// Aborts the transaction under way; its records are never read committed.
+    pub async fn abort(&self, timeout: Duration) -> Result<(), KafkaFailure> {
+        self.blocking("abort", move |p| p.abort_transaction(timeout))
+            .await
+    }
+
+    /// Runs one of librdkafka's blocking calls on a blocking thread, never on an arbiter.
+    async fn blocking(
+        &self,
+        what: &str,
+        call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+    ) -> Result<(), KafkaFailure> {
+        let producer = self.inner.clone();
+        tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .map_err(|e| KafkaFailure::retriable(format!("{what} task failed: {e}")))?
+            .map_err(|e| classify(&e))
+    }
+
     /// The same producer, handing nothing to librdkafka while `lease` is not valid.
     pub fn fenced_by(self, lease: Lease) -> Producer {
         Producer {
@@ -116,11 +162,7 @@ impl Producer {
     /// Waits up to `timeout` for everything queued to be acknowledged. librdkafka's flush blocks,
     /// so it runs on a blocking thread and never holds up an arbiter.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaFailure> {
-        let producer = self.inner.clone();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .map_err(|e| KafkaFailure::retriable(format!("flush task failed: {e}")))?
-            .map_err(|e| classify(&e))
+        self.blocking("flush", move |p| p.flush(timeout)).await
     }
 
     /// Flushes before the producer is dropped (dropping purges what librdkafka still holds);

@@ -32,11 +32,14 @@ use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
 use crate::events::{DeadLettered, Event};
-use crate::kafka::{scan, FailureClass, KafkaFailure, Producer, ProducerSettings};
+use crate::kafka::{
+    scan, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
+};
 use crate::metrics::{DeadLetterReason, Metrics, WithdrawReason};
 use crate::notification::{fingerprint_of, OutputEncoder, SourceRef, Wanted};
 use crate::postgres::describe;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
+use crate::sinks::kafka_writer::TRANSACTION_TIMEOUT;
 use crate::sinks::Write;
 
 /// One read-back of the output topic looks for the notifications of at most about this many
@@ -292,6 +295,10 @@ pub async fn forget(client: &Client, owner: i32, me: i32) -> Result<(), tokio_po
 #[derive(Clone)]
 pub struct Recoverer {
     pub output: OutputTarget,
+    /// Set when the output is written in transactions: recovery first fences the dead owner's
+    /// producer by initialising its transactional id (its open transaction is ended and never read
+    /// committed), then sends what the topic lacks in transactions of that id.
+    pub transactional_ids: Option<TransactionalIds>,
     pub lease: Lease,
     pub dead_letters: Option<Recipient<Write<DeadLetterSink>>>,
     pub metrics: Metrics,
@@ -347,7 +354,18 @@ impl Recoverer {
             owners: 1,
             ..RecoveryReport::default()
         };
-        let mut producer = None;
+        // With transactions the broker fences the dead owner's producer now: what it had not
+        // committed is never read committed, and nothing of it can come later.
+        let mut producer = match &self.transactional_ids {
+            Some(ids) => {
+                let fenced =
+                    Producer::transactional(&output.producer, &ids.of(owner), TRANSACTION_TIMEOUT)
+                        .await
+                        .map_err(|e| format!("fencing owner {owner}'s producer: {e}"))?;
+                Some(fenced.fenced_by(self.lease.clone()))
+            }
+            None => None,
+        };
         loop {
             let window = outbox::marks_page(client, owner, SCAN_WINDOW)
                 .await
@@ -378,6 +396,12 @@ impl Recoverer {
                     producer = Some(created.fenced_by(self.lease.clone()));
                 }
                 let producer = producer.as_ref().expect("created above");
+                let transactional = self.transactional_ids.is_some();
+                if transactional {
+                    producer
+                        .begin()
+                        .map_err(|e| format!("recovery transaction: {e}"))?;
+                }
                 for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
                     for m in marked_campaigns(client, page).await? {
                         let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
@@ -395,6 +419,12 @@ impl Recoverer {
                             refused += unsent.refused.len();
                         }
                     }
+                }
+                if transactional {
+                    producer
+                        .commit(TRANSACTION_TIMEOUT)
+                        .await
+                        .map_err(|e| format!("recovery transaction: {e}"))?;
                 }
             }
             outbox::clear_marks(client, &window.ids)

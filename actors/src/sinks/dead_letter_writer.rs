@@ -241,6 +241,7 @@ mod tests {
             },
             topic: "dlq".into(),
             lease: crate::ledger::Lease::unbounded(),
+            transactional_id: None,
         })
         .await
         .unwrap();

@@ -73,7 +73,12 @@ pub struct KafkaSinkSettings {
     pub producer: ProducerSettings,
     pub topic: String,
     pub lease: Lease,
+    /// Set: every write is one Kafka transaction of the producer with this id (`kafka.transactions`).
+    pub transactional_id: Option<String>,
 }
+
+/// How long a transaction's initialisation, commit or abort may take.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct KafkaSink {
     producer: Producer,
@@ -81,6 +86,8 @@ pub struct KafkaSink {
     settings: KafkaSinkSettings,
     /// One per partition: held while a chunk of that partition is with librdkafka.
     gates: Rc<Vec<Mutex<()>>>,
+    /// Transactional: held by the write whose transaction is open (one at a time per producer).
+    transaction: Option<Rc<Mutex<()>>>,
 }
 
 /// Sends one partition's share of a write, a chunk at a time, each chunk acknowledged before the
@@ -161,28 +168,9 @@ async fn confirm_before(
     }
 }
 
-impl Sink for KafkaSink {
-    const KIND: SinkKind = SinkKind::Kafka;
-    const MAX_CONCURRENT_WRITES: usize = 2;
-    type Config = KafkaSinkSettings;
-    type Item = KafkaJob;
-    type Output = Sent;
-
-    fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<KafkaSink, SinkError>> {
-        Box::pin(async move {
-            let producer =
-                Producer::create(&settings.producer, &[])?.fenced_by(settings.lease.clone());
-            let partitions = producer.partitions(&settings.topic).await?;
-            Ok(KafkaSink {
-                producer,
-                topic: settings.topic.clone().into(),
-                settings,
-                gates: Rc::new((0..partitions).map(|_| Mutex::new(())).collect()),
-            })
-        })
-    }
-
-    fn write(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<Sent>, SinkError>> {
+impl KafkaSink {
+    /// Sends every job's notifications, each partition a chunk at a time, all partitions at once.
+    fn send(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<Sent>, SinkError>> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let gates = self.gates.clone();
@@ -208,6 +196,70 @@ impl Sink for KafkaSink {
                 sent[j].expired.push(jobs[j].clients[c].clone());
             }
             Ok(sent)
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    const KIND: SinkKind = SinkKind::Kafka;
+    const MAX_CONCURRENT_WRITES: usize = 2;
+    type Config = KafkaSinkSettings;
+    type Item = KafkaJob;
+    type Output = Sent;
+
+    fn connect(settings: KafkaSinkSettings) -> LocalFuture<Result<KafkaSink, SinkError>> {
+        Box::pin(async move {
+            let producer = match &settings.transactional_id {
+                // Initialising the id ends whatever an earlier producer of this owner left open.
+                Some(id) => {
+                    Producer::transactional(&settings.producer, id, TRANSACTION_TIMEOUT).await?
+                }
+                None => Producer::create(&settings.producer, &[])?,
+            };
+            let producer = producer.fenced_by(settings.lease.clone());
+            let partitions = producer.partitions(&settings.topic).await?;
+            Ok(KafkaSink {
+                producer,
+                topic: settings.topic.clone().into(),
+                transaction: settings
+                    .transactional_id
+                    .as_ref()
+                    .map(|_| Rc::new(Mutex::new(()))),
+                settings,
+                gates: Rc::new((0..partitions).map(|_| Mutex::new(())).collect()),
+            })
+        })
+    }
+
+    fn write(&self, jobs: Vec<Arc<KafkaJob>>) -> LocalFuture<Result<Vec<Sent>, SinkError>> {
+        let Some(transaction) = self.transaction.clone() else {
+            return self.send(jobs);
+        };
+        let (producer, lease) = (self.producer.clone(), self.settings.lease.clone());
+        let sent = self.send(jobs);
+        Box::pin(async move {
+            let _open = transaction.lock().await;
+            let fenced = |e: crate::kafka::KafkaFailure| {
+                if e.class == crate::kafka::FailureClass::Fenced {
+                    lease.fenced(None);
+                }
+                SinkError::from(e)
+            };
+            producer.begin().map_err(fenced)?;
+            match sent.await {
+                Ok(sent) => {
+                    producer.commit(TRANSACTION_TIMEOUT).await.map_err(|e| {
+                        log::warn!("kafka writer: the transaction did not commit: {e}");
+                        fenced(e)
+                    })?;
+                    Ok(sent)
+                }
+                Err(e) => {
+                    // Nothing of it is read committed; the writer restarts and sends it again.
+                    let _ = producer.abort(TRANSACTION_TIMEOUT).await;
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -302,6 +354,7 @@ mod tests {
             },
             topic: "out".into(),
             lease: Lease::unbounded(),
+            transactional_id: None,
         })
         .await
         .unwrap();

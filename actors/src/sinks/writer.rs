@@ -80,7 +80,7 @@ impl From<crate::kafka::KafkaFailure> for SinkError {
             FailureClass::Retriable | FailureClass::Configuration => {
                 SinkError::Retriable(e.message)
             }
-            FailureClass::Lapsed => SinkError::Lapsed(e.message),
+            FailureClass::Lapsed | FailureClass::Fenced => SinkError::Lapsed(e.message),
         }
     }
 }
