@@ -161,6 +161,26 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
         ),
         (format!("{}1", "[".repeat(10_000)).into_bytes(), "not_json"),
         (vec![], "not_json"),
+        // The `key:json` form: the limit is on the whole value, key part included...
+        (
+            format!(
+                "{}:{}",
+                "k".repeat(64 * 1024),
+                active_campaign(restaurant, "c-big-key")
+            )
+            .into_bytes(),
+            "too_large",
+        ),
+        // ...and the key part is an id, not a payload.
+        (
+            format!(
+                "{}:{}",
+                "k".repeat(300),
+                active_campaign(restaurant, "c-long-key")
+            )
+            .into_bytes(),
+            "too_long",
+        ),
     ];
     let mut good = Vec::new();
     for (i, (b, _)) in bad.iter().enumerate() {

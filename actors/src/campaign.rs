@@ -96,6 +96,36 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// Longest key part of the `key:json` form accepted, in bytes: it names the message (the brief's
+/// sample has `first_message`), it is not a payload.
+pub const MAX_INLINE_KEY_BYTES: usize = MAX_ID_BYTES;
+
+/// Parses and validates one message as it came from Kafka: its record key and its value, plain
+/// JSON or the `key:json` form. The size limit counts everything the service holds of the
+/// message (the record key and the whole value, inline key included), so no part of it can
+/// carry more than `max_bytes` past the check.
+pub fn parse_message(
+    key: Option<&[u8]>,
+    value: &[u8],
+    max_bytes: usize,
+) -> Result<Campaign, Rejection> {
+    let bytes = key.map_or(0, <[u8]>::len).saturating_add(value.len());
+    if bytes > max_bytes {
+        return Err(Rejection::TooLarge {
+            bytes,
+            limit: max_bytes,
+        });
+    }
+    let (inline_key, json) = split_inline_key(value);
+    if let Some(inline_key) = inline_key.filter(|k| k.len() > MAX_INLINE_KEY_BYTES) {
+        return Err(Rejection::TooLong {
+            field: "key (of the key:json form)",
+            bytes: inline_key.len(),
+        });
+    }
+    parse_campaign(json, max_bytes)
+}
+
 /// Splits the `key:json` form the brief uses for its sample (what `kcat -K:` would have sent as
 /// one value). A value that already starts with `{` is returned whole.
 pub fn split_inline_key(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
@@ -134,7 +164,8 @@ struct RawCampaign<'a> {
     datetime_created: Option<&'a serde_json::value::RawValue>,
 }
 
-/// Parses and validates one message value (the JSON, after any inline key was split off).
+/// Parses and validates the JSON of a message (after any inline key was split off; see
+/// [`parse_message`], which bounds the whole message).
 pub fn parse_campaign(json: &[u8], max_bytes: usize) -> Result<Campaign, Rejection> {
     if json.len() > max_bytes {
         return Err(Rejection::TooLarge {
@@ -435,6 +466,44 @@ mod tests {
             parse_campaign(deep.as_bytes(), 1 << 20).unwrap_err().code(),
             RejectCode::NotJson
         );
+    }
+
+    #[test]
+    fn the_size_limit_counts_the_record_key_and_the_inline_key_too() {
+        let json = sample_json();
+        let limit = json.len() + 64;
+        assert!(parse_message(None, json, limit).is_ok());
+        assert!(parse_message(Some(&[b'k'; 64]), json, limit).is_ok());
+        let reason = parse_message(Some(&[b'k'; 65]), json, limit).unwrap_err();
+        assert_eq!(
+            reason,
+            Rejection::TooLarge {
+                bytes: json.len() + 65,
+                limit
+            }
+        );
+        let inline = [&[b'k'; 64][..], b":", json].concat();
+        assert_eq!(
+            parse_message(None, &inline, limit).unwrap_err().code(),
+            RejectCode::TooLarge,
+            "the inline key and its colon count"
+        );
+        let big_key = [&vec![b'k'; 900_000][..], b":", json].concat();
+        assert_eq!(
+            parse_message(None, &big_key, 65536).unwrap_err().code(),
+            RejectCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn an_inline_key_longer_than_an_id_is_rejected() {
+        let at_limit = [&[b'k'; MAX_INLINE_KEY_BYTES][..], b":", sample_json()].concat();
+        assert!(parse_message(None, &at_limit, 65536).is_ok());
+        let over = [&[b'k'; MAX_INLINE_KEY_BYTES + 1][..], b":", sample_json()].concat();
+        let reason = parse_message(None, &over, 65536).unwrap_err();
+        assert_eq!(reason.code(), RejectCode::TooLong);
+        assert!(reason.to_string().contains("key:json"), "{reason}");
+        assert!(parse_message(None, SAMPLE.as_bytes(), 65536).is_ok());
     }
 
     #[test]

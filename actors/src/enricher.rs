@@ -16,7 +16,7 @@ use actix::prelude::*;
 
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
-use crate::campaign::{parse_campaign, split_inline_key};
+use crate::campaign::parse_message;
 use crate::clock::Clock;
 use crate::delivery::{Delivery, Origin};
 use crate::events::{CampaignRejected, Event};
@@ -69,8 +69,7 @@ impl Enricher {
         record: CampaignRecord,
     ) -> Result<Arrival, Box<(CampaignOutcome, DeadLetter)>> {
         let payload = record.payload.as_deref().unwrap_or_default();
-        let (_inline_key, json) = split_inline_key(payload);
-        match parse_campaign(json, self.max_campaign_bytes) {
+        match parse_message(record.key.as_deref(), payload, self.max_campaign_bytes) {
             Ok(campaign) => Ok(Arrival {
                 campaign,
                 source: record.source,
@@ -645,8 +644,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_fired_campaign_is_joined_with_the_subscribers_it_is_given() {
         let (enricher, log) = enricher(START, Sinks::default());
-        let (_, json) = split_inline_key(BRIEF_SAMPLE.as_bytes());
-        let campaign = parse_campaign(json, 65536).unwrap();
+        let campaign = parse_message(None, BRIEF_SAMPLE.as_bytes(), 65536).unwrap();
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-c");
         let arrival = Arrival {
