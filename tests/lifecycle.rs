@@ -617,3 +617,391 @@ async fn the_kept_versions_are_read_by_key_even_by_a_plan_made_on_an_empty_table
     );
     f.cleanup().await;
 }
+
+/// A producer that does not key by campaign and keeps `datetime_created` as the creation time
+/// when it edits or cancels: v1 lands at offset 500 of partition 0, the edit and the cancellation
+/// a moment later at offsets 0 and 1 of partition 1. The later message is the newer version, so
+/// the cancelled campaign notifies nobody and the edited one goes out with its new text.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_and_a_cancellation_sent_to_another_partition_win_over_an_earlier_version_at_a_higher_offset(
+) {
+    let f = Fixture::new("xpartition", 2).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000021";
+    let subscribers = clients("xp", 10);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    // Other campaigns ahead of v1 on partition 0 (of a restaurant nobody follows).
+    for i in 0..500 {
+        let other = version(
+            "5c000000-0000-0000-0000-0000000000ff",
+            &format!("c-other-{i}"),
+            "x",
+            (now - 60, now + 3600),
+            1,
+        );
+        f.produce_to(0, &format!("o{i}"), other.as_bytes()).await;
+    }
+    let window = (now + 8, now + 3600);
+    let created = 1_659_131_516;
+    f.produce_to(
+        0,
+        "v1-cancel",
+        version(restaurant, "c-cancelled", "soon", window, created).as_bytes(),
+    )
+    .await;
+    f.produce_to(
+        0,
+        "v1-edit",
+        version(restaurant, "c-edited", "old text", window, created).as_bytes(),
+    )
+    .await;
+    // A moment later, the same creation time, on the other partition.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.produce_to(
+        1,
+        "cancel",
+        version(
+            restaurant,
+            "c-cancelled",
+            "soon",
+            (now - 120, now - 60),
+            created,
+        )
+        .as_bytes(),
+    )
+    .await;
+    f.produce_to(
+        1,
+        "edit",
+        version(restaurant, "c-edited", "new text", window, created).as_bytes(),
+    )
+    .await;
+    service.wait_processed(504, Duration::from_secs(60));
+    let expected = once_each(&["c-edited"], &subscribers);
+    wait_both_sinks(&f, 10, Duration::from_secs(40), || service.log_text()).await;
+    // Time for a wrongly fired cancellation to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        state_of(&f, "c-cancelled").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    let texts: BTreeMap<String, usize> =
+        f.read_output()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, (_, v)| {
+                *m.entry(v["adv_campaign_content"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+                m
+            });
+    assert_eq!(texts, BTreeMap::from([("new text".to_string(), 10)]));
+    drop(service);
+    f.cleanup().await;
+}
+
+/// The store replaces a version only by a newer one, whichever instance writes, and a campaign
+/// being fired or fired never goes back to scheduled: what two instances that decided on the same
+/// kept version write, in either order, leaves the newer one.
+#[actix_rt::test]
+async fn the_store_replaces_a_version_only_by_a_newer_one_and_never_unfires_a_campaign() {
+    use campaign_actors::campaign::Campaign;
+    use campaign_actors::lifecycle::rules::State;
+    use campaign_actors::lifecycle::store::{self, Arrival};
+    use campaign_actors::notification::SourceRef;
+
+    let f = Fixture::new("storecas", 1).await;
+    let arrival = |text: &str, partition: i32, offset: i64, ts: i64| Arrival {
+        campaign: Campaign {
+            restaurant_id: "r".into(),
+            adv_campaign_id: "c".into(),
+            adv_campaign_content: text.into(),
+            adv_campaign_owner: "o".into(),
+            adv_campaign_owner_contact: "o@r".into(),
+            adv_campaign_datetime_start: 100,
+            adv_campaign_datetime_end: 200,
+            datetime_created: 10,
+        },
+        source: SourceRef {
+            topic: "in".into(),
+            partition,
+            offset,
+            timestamp_ms: Some(ts),
+        },
+        key: None,
+        payload: b"{}".to_vec(),
+    };
+    let other = connect(&f.db_url).await;
+    let prepared = store::Prepared::new(&f.db, &other).await.unwrap();
+    let newer = arrival("newer", 1, 3, 2_000);
+    let older = arrival("older", 0, 500, 1_000);
+    store::store(&other, &prepared, &[(&newer, State::Scheduled)])
+        .await
+        .unwrap();
+    // The other instance, which decided on the empty table, writes the older version after.
+    store::store(&other, &prepared, &[(&older, State::Scheduled)])
+        .await
+        .unwrap();
+    assert_eq!(
+        content_and_state(&f).await,
+        ("newer".into(), "scheduled".into())
+    );
+    // Claimed and being fired: a still newer version stored as scheduled leaves it firing.
+    f.db.execute(
+        "UPDATE campaign_notifier_campaigns SET state = 'firing', owner = 7",
+        &[],
+    )
+    .await
+    .unwrap();
+    let newest = arrival("newest", 0, 501, 3_000);
+    store::store(&other, &prepared, &[(&newest, State::Scheduled)])
+        .await
+        .unwrap();
+    store::store(&other, &prepared, &[(&newest, State::Cancelled)])
+        .await
+        .unwrap();
+    assert_eq!(
+        content_and_state(&f).await,
+        ("newer".into(), "firing".into())
+    );
+    // A newer end of a fired campaign is stored.
+    store::store(&other, &prepared, &[(&newest, State::Active)])
+        .await
+        .unwrap();
+    assert_eq!(
+        content_and_state(&f).await,
+        ("newest".into(), "active".into())
+    );
+    // After a campaign ended unsent, any version is a new campaign.
+    f.db.execute(
+        "UPDATE campaign_notifier_campaigns SET state = 'expired'",
+        &[],
+    )
+    .await
+    .unwrap();
+    store::store(&other, &prepared, &[(&older, State::Scheduled)])
+        .await
+        .unwrap();
+    assert_eq!(
+        content_and_state(&f).await,
+        ("older".into(), "scheduled".into())
+    );
+    f.cleanup().await;
+}
+
+async fn content_and_state(f: &Fixture) -> (String, String) {
+    let row =
+        f.db.query_one(
+            "SELECT adv_campaign_content, state FROM campaign_notifier_campaigns",
+            &[],
+        )
+        .await
+        .expect("the campaign's row");
+    (row.get(0), row.get(1))
+}
+
+/// The wall-clock instant (unix seconds, on this host) at which the first notification of each of
+/// `campaigns` is in Postgres, polled every 50 ms until all have one or `timeout` passes.
+async fn first_seen(f: &Fixture, campaigns: &[&str], timeout: Duration) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = BTreeMap::new();
+    while seen.len() < campaigns.len() && Instant::now() < deadline {
+        for campaign in campaigns {
+            if seen.contains_key(*campaign) {
+                continue;
+            }
+            let rows: i64 =
+                f.db.query_one(
+                    "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id = $1",
+                    &[campaign],
+                )
+                .await
+                .expect("count rows")
+                .get(0);
+            if rows > 0 {
+                seen.insert(campaign.to_string(), unix_now_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+/// An instance whose host's clock runs 30 s fast: it keeps Postgres' time, so a campaign that
+/// arrives 10 s before its start is not delivered on arrival, and one scheduled 40 s ahead is not
+/// claimed 30 s early; each goes out at its start, and the notifications are stamped with
+/// Postgres' time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_whose_clock_runs_fast_fires_each_campaign_at_its_start_by_postgres_clock() {
+    const SKEW_SECS: i64 = 30;
+    let f = Fixture::new("fastclock", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000022";
+    let subscribers = clients("fast", 5);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    let mut service = Service::spawn_with_skewed_clock(&f, "", 0, SKEW_SECS);
+    service.wait_ready();
+    let now = unix_now();
+    let soon = now + 10;
+    let later = now + 40;
+    f.produce(
+        "soon",
+        version(restaurant, "c-soon", "soon", (soon, soon + 3600), 1).as_bytes(),
+    )
+    .await;
+    f.produce(
+        "later",
+        version(restaurant, "c-later", "later", (later, later + 3600), 1).as_bytes(),
+    )
+    .await;
+    let seen = first_seen(&f, &["c-soon", "c-later"], Duration::from_secs(60)).await;
+    let at = |c: &str| {
+        *seen
+            .get(c)
+            .unwrap_or_else(|| panic!("{c} never fired:\n{}", service.log_text()))
+    };
+    for (campaign, start) in [("c-soon", soon), ("c-later", later)] {
+        let early = start as f64 - at(campaign);
+        assert!(
+            early <= 0.0,
+            "{campaign} went out {early:.1} s before its start:\n{}",
+            service.log_text()
+        );
+        assert!(
+            -early < 10.0,
+            "{campaign} went out {:.1} s after its start",
+            -early
+        );
+    }
+    let log = service.log_text();
+    assert!(
+        log.contains("clock is 30.0 s ahead of Postgres'"),
+        "the skew is not reported:\n{log}"
+    );
+    assert!((service.metric("campaign_notifier_clock_offset_seconds") + 30.0).abs() < 1.0);
+    wait_both_sinks(&f, 10, Duration::from_secs(30), || service.log_text()).await;
+    let expected = once_each(&["c-soon", "c-later"], &subscribers);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    for (_, message) in f.read_output() {
+        let trigger = message["trigger_datetime_created"].as_i64().unwrap();
+        let start = message["adv_campaign_datetime_start"].as_i64().unwrap();
+        assert!(
+            (start..start + 10).contains(&trigger),
+            "stamped {trigger}, started {start}: {message}"
+        );
+    }
+    drop(service);
+    f.cleanup().await;
+}
+
+/// No reload in these tests' time: what the change feed alone does.
+const NO_RELOAD: &str = "[cache]\nrefresh_interval_secs = 3600\n";
+
+/// A subscription whose id was taken by a transaction that commits after a later one was
+/// followed (serial ids commit out of order) is followed too, within seconds, not at the next
+/// reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_committed_after_a_later_one_was_followed_is_notified_within_seconds() {
+    let f = Fixture::new("feedorder", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000023";
+    let first = clients("order", 1);
+    subscribe_all(&f, restaurant, &first).await;
+    let service = Service::start(&f, NO_RELOAD);
+    let now = unix_now();
+    let c = version(restaurant, "c-order", "all day", (now - 60, now + 3600), 1);
+    f.produce("1", c.as_bytes()).await;
+    wait_campaign(&f, "c-order", 1, Duration::from_secs(30), || {
+        service.log_text()
+    })
+    .await;
+    // The slow transaction takes its id first and commits last.
+    let slow = connect(&f.db_url).await;
+    slow.batch_execute("BEGIN").await.unwrap();
+    slow.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, 'slow')",
+        &[&restaurant],
+    )
+    .await
+    .unwrap();
+    subscribe_all(&f, restaurant, &["quick".to_string()]).await;
+    wait_campaign(&f, "c-order", 2, Duration::from_secs(10), || {
+        service.log_text()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    slow.batch_execute("COMMIT").await.unwrap();
+    let took = wait_campaign(&f, "c-order", 3, Duration::from_secs(10), || {
+        service.log_text()
+    })
+    .await;
+    println!("committed late -> both sinks: {:.3} s", took.as_secs_f64());
+    let mut everyone = first.clone();
+    everyone.extend(["quick".to_string(), "slow".to_string()]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = once_each(&["c-order"], &everyone);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    drop(service);
+    f.cleanup().await;
+}
+
+/// `TRUNCATE ... RESTART IDENTITY` and a refill: the ids start again below the feed's position.
+/// The feed sees that the table was truncated and follows it again from its first row: a new
+/// client among the refilled rows is notified within seconds, those notified before are not
+/// notified again, and later subscriptions are followed as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_table_is_truncated_and_refilled_the_feed_follows_the_new_rows() {
+    let f = Fixture::new("feedtrunc", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000024";
+    let before = clients("trunc", 3);
+    subscribe_all(&f, restaurant, &before).await;
+    let service = Service::start(&f, NO_RELOAD);
+    let now = unix_now();
+    let c = version(restaurant, "c-trunc", "all day", (now - 60, now + 3600), 1);
+    f.produce("1", c.as_bytes()).await;
+    wait_campaign(&f, "c-trunc", 3, Duration::from_secs(30), || {
+        service.log_text()
+    })
+    .await;
+    // Followed once, so that the feed's position is past the first rows.
+    subscribe_all(&f, restaurant, &["extra".to_string()]).await;
+    wait_campaign(&f, "c-trunc", 4, Duration::from_secs(10), || {
+        service.log_text()
+    })
+    .await;
+    f.db.batch_execute("TRUNCATE subscribers_restaurants RESTART IDENTITY")
+        .await
+        .unwrap();
+    // Fewer rows than before, the new client first: every id is at or below the old position.
+    let refill = [
+        "refilled-new".to_string(),
+        before[0].clone(),
+        before[1].clone(),
+    ];
+    subscribe_all(&f, restaurant, &refill).await;
+    let mut everyone = before.clone();
+    everyone.extend(["extra".to_string(), "refilled-new".to_string()]);
+    let took = wait_campaign(&f, "c-trunc", 5, Duration::from_secs(10), || {
+        service.log_text()
+    })
+    .await;
+    println!(
+        "truncated and refilled -> the new client in both sinks: {:.3} s",
+        took.as_secs_f64()
+    );
+    subscribe_all(&f, restaurant, &["after".to_string()]).await;
+    everyone.push("after".to_string());
+    wait_campaign(&f, "c-trunc", 6, Duration::from_secs(10), || {
+        service.log_text()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = once_each(&["c-trunc"], &everyone);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    let log = service.log_text();
+    assert!(log.contains("truncated"), "the reset is not logged:\n{log}");
+    drop(service);
+    f.cleanup().await;
+}

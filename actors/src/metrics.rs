@@ -282,6 +282,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Seconds since the subscriber snapshot in use was loaded; updated at each scrape.
     pub cache_snapshot_age: IntGauge,
+    /// Postgres' clock minus this host's, which the service follows (see [`crate::clock`]);
+    /// updated at each scrape.
+    pub clock_offset: Gauge,
     /// Notifications written to Postgres and deleted again, by [`WithdrawReason`].
     pub notifications_withdrawn: IntCounterVec,
     /// Campaigns kept to fire at their start.
@@ -454,6 +457,8 @@ impl Metrics {
                 "Messages in the input partition after the last offset confirmed by both sinks", &["partition"]),
             cache_snapshot_age: r.gauge("cache_snapshot_age_seconds",
                 "Seconds since the subscriber snapshot in use was loaded"),
+            clock_offset: r.float_gauge("clock_offset_seconds",
+                "Postgres' clock minus this host's, as last measured; the service keeps Postgres' time"),
             notifications_withdrawn: r.counters("notifications_withdrawn_total",
                 "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]),
             campaigns_scheduled: r.gauge("campaigns_scheduled",
@@ -523,9 +528,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         let loaded = self.cache_loaded_timestamp.get();
         if loaded > 0 {
-            let now = crate::clock::unix_secs();
+            let now = crate::clock::Clock::system().now_secs();
             self.cache_snapshot_age.set((now - loaded).max(0));
         }
+        self.clock_offset
+            .set(crate::clock::postgres_offset_ms() as f64 / 1000.0);
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {

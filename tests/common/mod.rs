@@ -665,6 +665,34 @@ impl Service {
         }
     }
 
+    /// Starts instance `n` with its wall clock `skew_secs` ahead of the host's (behind, if
+    /// negative): `tests/common/skewed_clock.c`, built with the system's C compiler, preloaded.
+    pub fn spawn_with_skewed_clock(
+        fixture: &Fixture,
+        extra_config: &str,
+        n: usize,
+        skew_secs: i64,
+    ) -> Service {
+        let shim = fixture.dir.join("skewed_clock.so");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/skewed_clock.c");
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(source)
+            .arg("-ldl")
+            .status()
+            .expect("run cc");
+        assert!(built.success(), "cannot build {source}");
+        let skew = skew_secs.to_string();
+        let preload = shim.to_string_lossy().into_owned();
+        Service::spawn_with_env(
+            fixture,
+            extra_config,
+            n,
+            &[("LD_PRELOAD", &preload), ("CN_TEST_CLOCK_SKEW_SECS", &skew)],
+        )
+    }
+
     /// Starts the service and waits for it to exit by itself (for start-up failures); fails the
     /// test if it is still running after 60 s (a start-up that hangs is what such tests guard
     /// against).

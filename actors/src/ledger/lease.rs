@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use super::outbox::LOCK_CLASS;
+use crate::clock::follow_postgres;
 use crate::shared::{Fatal, FatalReason};
 
 /// Taken off the end of every renewal: covers the drift of this clock against Postgres' over one
@@ -247,7 +248,9 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// The clock offset an owner reports: Postgres' clock minus its own, in milliseconds.
+/// The clock offset an owner reports: Postgres' clock minus its own, in milliseconds. Each
+/// acquisition and renewal hands it to the service's clock as well, which so follows Postgres'
+/// (see [`crate::clock`]).
 const OFFSET: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8 - $3::int8";
 
 /// Inserts this process's row with a fresh owner id, never one with marks in the outbox (an
@@ -259,7 +262,7 @@ pub async fn acquire(client: &Client, row: &OwnerRow) -> Result<i32, tokio_postg
          SELECT n.id, $1, $2, $4, now() + make_interval(secs => $5), {OFFSET}, $6
          FROM (SELECT nextval('public.campaign_notifier_owner_seq')::int4 AS id) n
          WHERE NOT EXISTS (SELECT 1 FROM public.campaign_notifier_outbox WHERE owner = n.id)
-         RETURNING owner"
+         RETURNING owner, clock_offset_ms"
     );
     loop {
         let rows = client
@@ -276,6 +279,7 @@ pub async fn acquire(client: &Client, row: &OwnerRow) -> Result<i32, tokio_postg
             )
             .await?;
         if let Some(r) = rows.first() {
+            follow_postgres(r.try_get(1)?);
             return r.try_get(0);
         }
     }
@@ -298,17 +302,19 @@ pub async fn renew(
     partitions: &[i32],
 ) -> Result<Renewal, tokio_postgres::Error> {
     let renewed = client
-        .execute(
+        .query_opt(
             &format!(
                 "UPDATE public.campaign_notifier_owners
                  SET renewed_at = now(), expires_at = now() + make_interval(secs => $2),
                      clock_offset_ms = {OFFSET}, partitions = $4
-                 WHERE owner = $1 AND fenced_at IS NULL"
+                 WHERE owner = $1 AND fenced_at IS NULL
+                 RETURNING clock_offset_ms"
             ),
             &[&owner, &secs(ttl), &crate::clock::unix_ms(), &partitions],
         )
         .await?;
-    if renewed == 1 {
+    if let Some(row) = renewed {
+        follow_postgres(row.try_get(0)?);
         return Ok(Renewal::Renewed);
     }
     fenced_by(client, owner).await.map(Renewal::Fenced)

@@ -655,7 +655,7 @@ async fn send_missing(
         Vec::with_capacity(SEND_CHUNK);
     let mut payload = Vec::with_capacity(512);
     while let Some(client) = missing.next() {
-        if chunk.is_empty() && crate::clock::unix_ms() >= deadline_ms {
+        if chunk.is_empty() && crate::clock::Clock::system().now_ms() >= deadline_ms {
             unsent.expired.push(client.clone());
             unsent.expired.extend(missing.cloned());
             break;

@@ -30,8 +30,9 @@ use actix::prelude::*;
 use futures::channel::oneshot;
 use tokio_postgres::Client;
 
+use super::feed::Cursor;
 use super::rules::{decide, Decision, Kept, State, Window};
-use super::store::{self, key_of, Arrival, Claimed, Key};
+use super::store::{self, key_of, Arrival, Claimed, FeedMark, Key};
 use super::{Fire, RecordAll, Recorded, Stored};
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::cache::SnapshotLoaded;
@@ -64,8 +65,10 @@ struct Feed {
     leading: bool,
     /// When it last looked at who follows the feed.
     looked_at: Option<Instant>,
-    /// The highest subscription id followed, once read.
-    position: Option<i64>,
+    /// How far it has followed, and which ids it still waits for, once read.
+    cursor: Option<Cursor>,
+    /// The storage id of `subscribers_restaurants` the cursor is about.
+    filenode: Option<i64>,
     busy: bool,
     /// When a read that found the end of the table started, all of whose campaigns were then
     /// confirmed: everything subscribed before that moment has been followed.
@@ -87,13 +90,33 @@ struct Pending {
 /// What one read of the change feed found.
 enum FeedRead {
     NotLeading,
-    Nothing,
+    /// Nothing new; the cursor as it stands now (a gap may have been given up).
+    Nothing {
+        next: FeedAdvance,
+        reset: bool,
+    },
     New {
-        last: i64,
+        next: FeedAdvance,
+        reset: bool,
         full: bool,
         active: Vec<Arrival>,
         subscribers: Arc<Snapshot>,
     },
+}
+
+/// Where the feed stands once a read has been followed.
+struct FeedAdvance {
+    cursor: Cursor,
+    filenode: i64,
+}
+
+impl FeedAdvance {
+    fn mark(&self) -> FeedMark {
+        FeedMark {
+            last_id: self.cursor.mark(),
+            filenode: Some(self.filenode),
+        }
+    }
 }
 
 /// The lifecycle's settings, from `[lifecycle]`.
@@ -503,7 +526,8 @@ impl Lifecycle {
             self.feed.looked_at = Some(Instant::now());
         }
         self.feed.busy = true;
-        let (leading, position) = (self.feed.leading, self.feed.position);
+        let leading = self.feed.leading;
+        let known = self.feed.cursor.clone().zip(self.feed.filenode);
         let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
         let me = self.owner;
         let read_at = Instant::now();
@@ -514,33 +538,56 @@ impl Lifecycle {
                 (true, false) => true,
             };
             if !leads {
-                return Ok((FeedRead::NotLeading, None));
+                return Ok(FeedRead::NotLeading);
             }
-            let position = match position {
-                Some(p) => p,
-                None => store::feed_position(&client).await?,
+            let filenode = store::table_filenode(&client).await?;
+            let (cursor, reset, record) = match known {
+                Some((cursor, known)) => (cursor, known != filenode, false),
+                None => {
+                    let mark = store::feed_position(&client).await?;
+                    let reset = mark.filenode.is_some_and(|f| f != filenode);
+                    (Cursor::at(mark.last_id), reset, mark.filenode.is_none())
+                }
             };
-            let rows = store::subscriptions_after(&client, position, FEED_PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.0) else {
-                return Ok((FeedRead::Nothing, Some(position)));
+            // Truncated (or rewritten) since it was read: its ids may have started again.
+            let cursor = if reset { Cursor::at(0) } else { cursor };
+            if reset || record {
+                let at = FeedAdvance { cursor, filenode };
+                store::advance_feed(&client, at.mark(), me).await?;
+                return Ok(FeedRead::Nothing { next: at, reset });
+            }
+            let rows = store::subscriptions_after(&client, cursor.position, FEED_PAGE).await?;
+            let found = store::subscriptions_in(&client, &cursor.gaps()).await?;
+            let read: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let found_ids: Vec<i64> = found.iter().map(|r| r.0).collect();
+            let next = FeedAdvance {
+                cursor: cursor.advanced(&read, &found_ids, Instant::now()),
+                filenode,
             };
-            let restaurants: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+            if rows.is_empty() && found.is_empty() {
+                if next.cursor.mark() != cursor.mark() {
+                    store::advance_feed(&client, next.mark(), me).await?;
+                }
+                return Ok(FeedRead::Nothing { next, reset });
+            }
+            let restaurants: BTreeSet<&str> =
+                rows.iter().chain(&found).map(|r| r.1.as_str()).collect();
             let restaurants: Vec<&str> = restaurants.into_iter().collect();
             let active = store::active_campaigns(&client, Some(&restaurants), now, &window).await?;
             let mut subscribers = SnapshotBuilder::new();
-            for (_, restaurant, client_id) in &rows {
+            for (_, restaurant, client_id) in rows.iter().chain(&found) {
                 subscribers.push(restaurant, client_id);
             }
-            let read = FeedRead::New {
-                last,
+            Ok::<_, tokio_postgres::Error>(FeedRead::New {
+                next,
+                reset,
                 full: rows.len() as i64 >= FEED_PAGE,
                 active,
                 subscribers: Arc::new(subscribers.build()),
-            };
-            Ok::<_, tokio_postgres::Error>((read, Some(position)))
+            })
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            let (read, position) = match result {
+            let read = match result {
                 Ok(read) => read,
                 Err(e) => {
                     act.feed.busy = false;
@@ -556,7 +603,6 @@ impl Lifecycle {
                     return act.failed("follow new subscriptions", &e, ctx);
                 }
             };
-            act.feed.position = position.or(act.feed.position);
             match read {
                 FeedRead::NotLeading => {
                     if act.feed.leading {
@@ -565,25 +611,35 @@ impl Lifecycle {
                     act.feed.leading = false;
                     act.feed.busy = false;
                 }
-                FeedRead::Nothing => {
-                    if !act.feed.leading {
+                FeedRead::Nothing { next, reset } => {
+                    if reset {
+                        Self::log_reset();
+                    } else if !act.feed.leading {
                         log::info!(
                             "lifecycle: this instance follows new subscriptions (from id {})",
-                            position.unwrap_or_default()
+                            next.cursor.mark()
                         );
                     }
                     act.feed.leading = true;
                     act.feed.busy = false;
-                    act.feed.caught_up = Some(read_at);
+                    act.feed.cursor = Some(next.cursor);
+                    act.feed.filenode = Some(next.filenode);
+                    if !reset {
+                        act.feed.caught_up = Some(read_at);
+                    }
                 }
                 FeedRead::New {
-                    last,
+                    next,
+                    reset,
                     full,
                     active,
                     subscribers,
                 } => {
+                    if reset {
+                        Self::log_reset();
+                    }
                     act.feed.leading = true;
-                    act.notify_late(active, subscribers, Some(last), ctx, move |act, ctx| {
+                    act.notify_late(active, subscribers, Some(next), ctx, move |act, ctx| {
                         if !full {
                             act.feed.caught_up = Some(read_at);
                         } else {
@@ -595,20 +651,29 @@ impl Lifecycle {
         }));
     }
 
+    fn log_reset() {
+        log::warn!(
+            "lifecycle: subscribers_restaurants was truncated or rewritten since the change feed \
+             last read it (its storage changed, so its ids may have started again): following it \
+             again from its first row; who has a campaign's notification gets nothing new"
+        );
+    }
+
     /// Fires each of `active` for `subscribers` (its restaurant's new ones); once every one is
-    /// confirmed, records the feed's new position (if any) and calls `then`. If one is not
-    /// confirmed, the same subscriptions are read again next time.
+    /// confirmed, records where the feed then stands (if it is a read of the feed) and calls
+    /// `then`. If one is not confirmed, the same subscriptions are read again next time.
     fn notify_late(
         &mut self,
         active: Vec<Arrival>,
         subscribers: Arc<Snapshot>,
-        position: Option<i64>,
+        feed: Option<FeedAdvance>,
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
         let me = self.owner;
+        let of_feed = feed.is_some();
         let Some(client) = self.client.clone() else {
-            if position.is_some() {
+            if of_feed {
                 self.feed.busy = false;
             }
             return;
@@ -634,17 +699,18 @@ impl Lifecycle {
                 }
             }
             let mut still_leading = true;
-            if let (true, Some(position)) = (confirmed, position) {
-                still_leading = store::advance_feed(&client, position, me).await?;
+            if let (true, Some(next)) = (confirmed, &feed) {
+                still_leading = store::advance_feed(&client, next.mark(), me).await?;
             }
-            Ok::<_, tokio_postgres::Error>((confirmed && still_leading, notified, still_leading))
+            let result = (confirmed && still_leading, notified, still_leading);
+            Ok::<_, tokio_postgres::Error>((result, feed))
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            if position.is_some() {
+            if of_feed {
                 act.feed.busy = false;
             }
             match result {
-                Ok((confirmed, notified, still_leading)) => {
+                Ok(((confirmed, notified, still_leading), feed)) => {
                     act.shared
                         .metrics
                         .late_subscriber_notifications
@@ -652,11 +718,13 @@ impl Lifecycle {
                     if !still_leading {
                         log::info!("lifecycle: another instance follows new subscriptions now");
                         act.feed.leading = false;
-                        act.feed.position = None;
+                        act.feed.cursor = None;
+                        act.feed.filenode = None;
                     }
                     if confirmed {
-                        if let Some(p) = position {
-                            act.feed.position = Some(p);
+                        if let Some(next) = feed {
+                            act.feed.cursor = Some(next.cursor);
+                            act.feed.filenode = Some(next.filenode);
                         }
                         then(act, ctx);
                     }
@@ -825,7 +893,8 @@ impl Supervised for Lifecycle {
         self.feed.leading = false;
         self.feed.looked_at = None;
         self.feed.busy = false;
-        self.feed.position = None;
+        self.feed.cursor = None;
+        self.feed.filenode = None;
     }
 }
 

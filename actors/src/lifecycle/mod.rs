@@ -17,6 +17,7 @@
 //! lifecycle only keeps the table and says when.
 
 mod actor;
+pub mod feed;
 pub mod rules;
 pub mod store;
 

@@ -4,6 +4,7 @@
 //! clock, and says what to answer and what to store. Every rule README states is a test here.
 
 use crate::campaign::Campaign;
+use crate::notification::SourceRef;
 
 /// Where a campaign is in its life, as the durable table keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,19 +49,36 @@ impl State {
     }
 }
 
-/// Which of two versions of a campaign is newer: the later `datetime_created`, then the later
-/// input offset.
+/// Which of two versions of a campaign is newer: the later `datetime_created`; between versions
+/// with the same `datetime_created` (a producer that keeps the creation time when it edits or
+/// cancels), the later Kafka timestamp (the producer's send time, or the broker's append time on
+/// a topic with `LogAppendTime`); then, within one partition, the later offset. Offsets are
+/// ordered within a partition only, so they never decide between two partitions: versions of
+/// the same millisecond on two partitions are ordered by partition number, which is arbitrary but
+/// the same on every instance. A version without a timestamp (a message format older than Kafka
+/// 0.10, or a row stored before versions had one) is older than any with one.
+///
+/// The fields are compared in this order (the derived `Ord`), and the store's compare-and-set
+/// compares the same columns in the same order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
     pub datetime_created: i64,
+    /// Milliseconds since the epoch; [`Version::NO_TIMESTAMP`] when the message had none.
+    pub timestamp_ms: i64,
+    pub partition: i32,
     pub offset: i64,
 }
 
 impl Version {
-    pub fn of(campaign: &Campaign, offset: i64) -> Version {
+    /// Stands for a missing timestamp: before every real one.
+    pub const NO_TIMESTAMP: i64 = -1;
+
+    pub fn of(campaign: &Campaign, source: &SourceRef) -> Version {
         Version {
             datetime_created: campaign.datetime_created,
-            offset,
+            timestamp_ms: source.timestamp_ms.unwrap_or(Version::NO_TIMESTAMP),
+            partition: source.partition,
+            offset: source.offset,
         }
     }
 }
@@ -216,16 +234,61 @@ mod tests {
         }
     }
 
-    fn kept(c: Campaign, offset: i64, state: State) -> Kept {
+    fn kept(c: Campaign, sent_ms: i64, state: State) -> Kept {
         Kept {
-            version: Version::of(&c, offset),
+            version: v(&c, sent_ms),
             campaign: c,
             state,
         }
     }
 
-    fn v(c: &Campaign, offset: i64) -> Version {
-        Version::of(c, offset)
+    /// The version of `c` sent at `sent_ms` (as the `sent_ms`-th message of partition 0).
+    fn v(c: &Campaign, sent_ms: i64) -> Version {
+        at(c, 0, sent_ms, Some(sent_ms))
+    }
+
+    fn at(c: &Campaign, partition: i32, offset: i64, timestamp_ms: Option<i64>) -> Version {
+        let source = SourceRef {
+            topic: "campaigns".into(),
+            partition,
+            offset,
+            timestamp_ms,
+        };
+        Version::of(c, &source)
+    }
+
+    #[test]
+    fn versions_of_the_same_creation_time_are_ordered_by_timestamp_never_by_offsets_of_two_partitions(
+    ) {
+        let c = campaign(100, 200, 10);
+        // v1 at offset 500 of partition 0; the edit a second later at offset 3 of partition 1.
+        let v1 = at(&c, 0, 500, Some(1_000));
+        let edit = at(&c, 1, 3, Some(2_000));
+        assert!(
+            edit > v1,
+            "the later timestamp is newer, whatever the offsets"
+        );
+        // Within a partition, the same millisecond: the later offset.
+        assert!(at(&c, 0, 501, Some(1_000)) > v1);
+        // The same millisecond on two partitions: decided the same way everywhere.
+        assert!(at(&c, 1, 0, Some(1_000)) > v1);
+        assert!(at(&c, 0, 0, Some(1_000)) < at(&c, 1, 0, Some(1_000)));
+        // No timestamp: older than any with one.
+        assert!(at(&c, 0, 900, None) < v1);
+        // A later datetime_created is newer whatever the timestamps.
+        let recreated = campaign(100, 200, 11);
+        assert!(at(&recreated, 0, 1, Some(0)) > edit);
+        // The scheduled v1 is cancelled by a cancellation on the other partition.
+        let k = Kept {
+            campaign: c.clone(),
+            version: v1,
+            state: State::Scheduled,
+        };
+        let cancel = campaign(40, 45, 10);
+        assert_eq!(
+            decide(Some(&k), &cancel, at(&cancel, 1, 3, Some(2_000)), 50, &W),
+            (Decision::Cancel, Some(State::Cancelled))
+        );
     }
 
     #[test]
@@ -292,13 +355,13 @@ mod tests {
                 Some(State::Scheduled)
             )
         );
-        // Same datetime_created: the later offset wins.
+        // Same datetime_created: the later timestamp wins.
         let same_created = campaign(120, 200, 10);
         assert_eq!(
             decide(Some(&k), &same_created, v(&same_created, 9), 50, &W).0,
             Decision::Schedule { replaced: true }
         );
-        // An older version (earlier created, or same created and an earlier offset) is ignored.
+        // An older version (earlier created, or same created and an earlier timestamp) is ignored.
         let older = campaign(120, 200, 9);
         assert_eq!(
             decide(Some(&k), &older, v(&older, 99), 50, &W),

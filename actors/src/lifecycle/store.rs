@@ -6,10 +6,10 @@
 //! firing instance died (its owner lock is free) is claimed again by another.
 //!
 //! The change feed of `subscribers_restaurants` reads the rows whose `id` (the table's serial
-//! key) is above the position kept in `campaign_notifier_feed`: it works on any Postgres, with no
+//! key) is above the mark kept in `campaign_notifier_feed`: it works on any Postgres, with no
 //! `wal_level` change, trigger or other DDL on the app's table. One instance at a time follows it
-//! (the owner named in `campaign_notifier_leaders`, while its lease is live). A row whose id was taken by a transaction that committed
-//! after a higher one was read is missed by the feed; the next full reload of the cache finds it.
+//! (the owner named in `campaign_notifier_leaders`, while its lease is live). How it waits for ids
+//! that commit out of order, and notices a truncated table, is [`super::feed`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub struct Arrival {
 
 impl Arrival {
     pub fn version(&self) -> Version {
-        Version::of(&self.campaign, self.source.offset)
+        Version::of(&self.campaign, &self.source)
     }
 }
 
@@ -48,7 +48,8 @@ pub fn key_of(c: &Campaign) -> Key {
 
 const COLUMNS: &str = "restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
     adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end, \
-    datetime_created, source_topic, source_partition, source_offset, message_key, message, state";
+    datetime_created, source_topic, source_partition, source_offset, source_timestamp_ms, \
+    message_key, message, state";
 
 fn campaign_of(row: &Row) -> Result<Campaign, tokio_postgres::Error> {
     Ok(Campaign {
@@ -77,7 +78,7 @@ fn arrival_of(row: &Row) -> Result<Arrival, tokio_postgres::Error> {
             topic: Arc::from(topic),
             partition: row.try_get("source_partition")?,
             offset: row.try_get("source_offset")?,
-            timestamp_ms: None,
+            timestamp_ms: row.try_get("source_timestamp_ms")?,
         },
         key: row.try_get("message_key")?,
         payload: row.try_get("message")?,
@@ -99,6 +100,46 @@ pub fn kept_statement() -> String {
     )
 }
 
+/// Stores versions: one row per (restaurant, campaign), replaced only by what [`decide`] may
+/// have put in its place, so that a decision made on a version another instance has replaced
+/// since (or on a row it has claimed since) changes nothing: an existing row is replaced by a
+/// newer version only (the columns of [`Version`], in its order; a row of a campaign that ended
+/// unsent, `expired` or `refused`, by any version, since an arrival then is a new campaign), and
+/// a row that is being fired or has fired never goes back to `scheduled` or `cancelled`.
+///
+/// [`decide`]: super::rules::decide
+pub fn store_statement() -> String {
+    format!(
+        "INSERT INTO public.campaign_notifier_campaigns AS c ({COLUMNS})
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+             $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
+             $12::int8[], $13::bytea[], $14::bytea[], $15::text[])
+         ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
+             adv_campaign_content = EXCLUDED.adv_campaign_content,
+             adv_campaign_owner = EXCLUDED.adv_campaign_owner,
+             adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
+             adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
+             adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
+             datetime_created = EXCLUDED.datetime_created,
+             source_topic = EXCLUDED.source_topic,
+             source_partition = EXCLUDED.source_partition,
+             source_offset = EXCLUDED.source_offset,
+             source_timestamp_ms = EXCLUDED.source_timestamp_ms,
+             message_key = EXCLUDED.message_key,
+             message = EXCLUDED.message,
+             state = EXCLUDED.state,
+             owner = NULL,
+             updated_at = now()
+         WHERE (c.state IN ('expired', 'refused')
+                OR (EXCLUDED.datetime_created, coalesce(EXCLUDED.source_timestamp_ms, {none}),
+                    EXCLUDED.source_partition, EXCLUDED.source_offset)
+                   >= (c.datetime_created, coalesce(c.source_timestamp_ms, {none}),
+                       c.source_partition, c.source_offset))
+           AND NOT (c.state IN ('firing', 'active') AND EXCLUDED.state IN ('scheduled', 'cancelled'))",
+        none = Version::NO_TIMESTAMP,
+    )
+}
+
 /// The recorder's two statements, prepared once per connection (reading the kept versions on
 /// one, storing on the other, so that a read never waits behind a commit): a group of arrivals
 /// costs two round trips, not a parse of each statement as well.
@@ -110,29 +151,7 @@ pub struct Prepared {
 impl Prepared {
     pub async fn new(reads: &Client, writes: &Client) -> Result<Prepared, tokio_postgres::Error> {
         let kept = reads.prepare(&kept_statement()).await?;
-        let store = writes
-            .prepare(&format!(
-                "INSERT INTO public.campaign_notifier_campaigns ({COLUMNS})
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
-                     $12::bytea[], $13::bytea[], $14::text[])
-                 ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
-                     adv_campaign_content = EXCLUDED.adv_campaign_content,
-                     adv_campaign_owner = EXCLUDED.adv_campaign_owner,
-                     adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
-                     adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
-                     adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
-                     datetime_created = EXCLUDED.datetime_created,
-                     source_topic = EXCLUDED.source_topic,
-                     source_partition = EXCLUDED.source_partition,
-                     source_offset = EXCLUDED.source_offset,
-                     message_key = EXCLUDED.message_key,
-                     message = EXCLUDED.message,
-                     state = EXCLUDED.state,
-                     owner = NULL,
-                     updated_at = now()"
-            ))
-            .await?;
+        let store = writes.prepare(&store_statement()).await?;
         Ok(Prepared { kept, store })
     }
 }
@@ -151,8 +170,13 @@ pub async fn kept(
     let mut kept = HashMap::with_capacity(rows.len());
     for row in rows {
         let campaign = campaign_of(&row)?;
-        let offset: i64 = row.try_get("source_offset")?;
-        let version = Version::of(&campaign, offset);
+        let source = SourceRef {
+            topic: Arc::from(""),
+            partition: row.try_get("source_partition")?,
+            offset: row.try_get("source_offset")?,
+            timestamp_ms: row.try_get("source_timestamp_ms")?,
+        };
+        let version = Version::of(&campaign, &source);
         kept.insert(
             key_of(&campaign),
             Kept {
@@ -181,6 +205,7 @@ pub async fn store(
     let topics: Vec<&str> = rows.iter().map(|(a, _)| &*a.source.topic).collect();
     let partitions: Vec<i32> = rows.iter().map(|(a, _)| a.source.partition).collect();
     let offsets: Vec<i64> = rows.iter().map(|(a, _)| a.source.offset).collect();
+    let timestamps: Vec<Option<i64>> = rows.iter().map(|(a, _)| a.source.timestamp_ms).collect();
     let keys: Vec<Option<&[u8]>> = rows.iter().map(|(a, _)| a.key.as_deref()).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|(a, _)| a.payload.as_slice()).collect();
     let states: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
@@ -199,6 +224,7 @@ pub async fn store(
                 &topics,
                 &partitions,
                 &offsets,
+                &timestamps,
                 &keys,
                 &payloads,
                 &states,
@@ -407,22 +433,46 @@ pub async fn leads_feed(client: &Client, me: i32) -> Result<bool, tokio_postgres
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
-/// Where the feed stands: the highest `subscribers_restaurants.id` already followed. The first
-/// time, the table's current highest id: subscriptions from before the service existed are no
-/// one's late subscriptions.
-pub async fn feed_position(client: &Client) -> Result<i64, tokio_postgres::Error> {
+/// Where the feed stands, as recorded: every subscription whose id is at or below `last_id` has
+/// been followed, in the table whose storage was `filenode` then (`None`: recorded by a version
+/// of the service that did not keep it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedMark {
+    pub last_id: i64,
+    pub filenode: Option<i64>,
+}
+
+/// The feed's recorded mark. The first time, the table's current highest id: subscriptions
+/// from before the service existed are no one's late subscriptions.
+pub async fn feed_position(client: &Client) -> Result<FeedMark, tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO public.campaign_notifier_feed (name, last_id)
-             SELECT $1, coalesce(max(id), 0)::int8 FROM public.subscribers_restaurants
+            "INSERT INTO public.campaign_notifier_feed (name, last_id, table_filenode)
+             SELECT $1, coalesce(max(id), 0)::int8,
+                    pg_relation_filenode('public.subscribers_restaurants')::int8
+             FROM public.subscribers_restaurants
              ON CONFLICT (name) DO NOTHING",
             &[&FEED_NAME],
         )
         .await?;
     let row = client
         .query_one(
-            "SELECT last_id FROM public.campaign_notifier_feed WHERE name = $1",
+            "SELECT last_id, table_filenode FROM public.campaign_notifier_feed WHERE name = $1",
             &[&FEED_NAME],
+        )
+        .await?;
+    Ok(FeedMark {
+        last_id: row.try_get(0)?,
+        filenode: row.try_get(1)?,
+    })
+}
+
+/// The storage id of `subscribers_restaurants` now; `TRUNCATE` changes it.
+pub async fn table_filenode(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_relation_filenode('public.subscribers_restaurants')::int8",
+            &[],
         )
         .await?;
     row.try_get(0)
@@ -446,20 +496,40 @@ pub async fn subscriptions_after(
         .collect()
 }
 
-/// Records that the feed has been followed up to `position`, if `me` still follows it; false
-/// when it does not any more.
+/// The subscriptions among `ids` that exist now (the feed's gaps that showed up).
+pub async fn subscriptions_in(
+    client: &Client,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, String)>, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT id::int8, restaurant_id, client_id FROM public.subscribers_restaurants
+             WHERE id = ANY($1::int8[]) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// Records the feed's mark, if `me` still follows it; false when it does not any more. The mark
+/// may move back (a gap waited for, a truncated table followed again from its start).
 pub async fn advance_feed(
     client: &Client,
-    position: i64,
+    mark: FeedMark,
     me: i32,
 ) -> Result<bool, tokio_postgres::Error> {
     let advanced = client
         .execute(
             "UPDATE public.campaign_notifier_feed
-             SET last_id = greatest(last_id, $2), updated_at = now()
+             SET last_id = $2, table_filenode = $5, updated_at = now()
              WHERE name = $1 AND EXISTS (SELECT 1 FROM public.campaign_notifier_leaders
                                          WHERE role = $3 AND owner = $4)",
-            &[&FEED_NAME, &position, &FEED_ROLE, &me],
+            &[&FEED_NAME, &mark.last_id, &FEED_ROLE, &me, &mark.filenode],
         )
         .await?;
     Ok(advanced == 1)

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_campaigns (
     source_topic text NOT NULL,
     source_partition int4 NOT NULL,
     source_offset int8 NOT NULL,
+    source_timestamp_ms int8,
     message_key bytea,
     message bytea NOT NULL,
     state text NOT NULL CHECK (state IN
@@ -59,12 +60,29 @@ CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_due_idx
     WHERE state IN ('scheduled', 'firing');
 ";
 
+/// Columns added to the service's own tables after their first release: added when missing
+/// (`ADD COLUMN` without a default changes only the catalogue, so it takes its lock for an
+/// instant), each with the relation it belongs to.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    (
+        "campaign_notifier_campaigns",
+        "source_timestamp_ms",
+        "ALTER TABLE public.campaign_notifier_campaigns ADD COLUMN IF NOT EXISTS source_timestamp_ms int8",
+    ),
+    (
+        "campaign_notifier_feed",
+        "table_filenode",
+        "ALTER TABLE public.campaign_notifier_feed ADD COLUMN IF NOT EXISTS table_filenode int8",
+    ),
+];
+
 /// How far the change feed of `subscribers_restaurants` has been followed (see
 /// `lifecycle::store`).
 const FEED_DDL: &str = "
 CREATE TABLE IF NOT EXISTS public.campaign_notifier_feed (
     name text PRIMARY KEY,
     last_id int8 NOT NULL,
+    table_filenode int8,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 ";
@@ -305,6 +323,18 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     ];
     for (relation, ddl) in steps {
         if missing(&tx, relation).await? {
+            tx.batch_execute(ddl).await?;
+        }
+    }
+    for (table, column, ddl) in ADDED_COLUMNS {
+        let row = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2)",
+                &[&table, &column],
+            )
+            .await?;
+        if row.try_get(0)? {
             tx.batch_execute(ddl).await?;
         }
     }

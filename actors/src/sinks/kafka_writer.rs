@@ -106,7 +106,7 @@ async fn send_partition(
     let mut rest = notifications;
     let mut expired = Vec::new();
     while !rest.is_empty() {
-        let now = crate::clock::unix_ms();
+        let now = crate::clock::Clock::system().now_ms();
         let mut deliveries = Vec::with_capacity(rest.len().min(CHUNK_MESSAGES));
         let (mut bytes, mut taken, mut deadline) = (0, 0, i64::MAX);
         for &(j, c) in rest {
@@ -157,7 +157,8 @@ async fn confirm_before(
     if deadline == i64::MAX {
         return Ok(confirm.await?);
     }
-    let left = Duration::from_millis((deadline - crate::clock::unix_ms()).max(0) as u64);
+    let left =
+        Duration::from_millis((deadline - crate::clock::Clock::system().now_ms()).max(0) as u64);
     tokio::select! {
         confirmed = confirm => Ok(confirmed?),
         _ = actix_rt::time::sleep(left) => Err(SinkError::Retriable(
