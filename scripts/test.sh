@@ -72,7 +72,7 @@ cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
   --matrix 10,zipf --notifications 5000 --restaurants 100 --latency-secs 2
 log "lifecycle benchmark smoke run"
 cargo run -q -p campaign-bench --example lifecycle -- --brokers "$broker" --postgres-url "$pg_url" \
-  --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2
+  --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2 --on-record 2000
 
 # --no-fail-fast: one red test binary must not hide the results of the others.
 log "cargo test --workspace --no-fail-fast $*"

@@ -1005,3 +1005,201 @@ async fn after_the_table_is_truncated_and_refilled_the_feed_follows_the_new_rows
     drop(service);
     f.cleanup().await;
 }
+
+/// What the table keeps does not grow with how far ahead campaigns end: a campaign fired long
+/// ago (its end in 2054, as the brief's sample) is forgotten once `lifecycle.retain_days` passed
+/// since it last changed, while one fired recently and one still scheduled stay; a cancelled
+/// campaign, which never fires, keeps no message.
+#[tokio::test(flavor = "multi_thread")]
+async fn campaigns_nothing_needs_are_forgotten_whatever_their_end_and_cancelled_ones_keep_no_message(
+) {
+    let f = Fixture::new("retain", 1).await;
+    let restaurant = "5c000000-0000-0000-0000-000000000025";
+    let far = 2_659_207_116_i64;
+    for (campaign, state, age_days) in [
+        ("c-fired-long-ago", "active", 31),
+        ("c-fired-lately", "active", 29),
+        ("c-waiting", "scheduled", 40),
+    ] {
+        let start = if state == "scheduled" {
+            far - 10
+        } else {
+            1_659_203_516
+        };
+        f.db.execute(
+            "INSERT INTO campaign_notifier_campaigns (restaurant_id, adv_campaign_id,
+                 adv_campaign_content, adv_campaign_owner, adv_campaign_owner_contact,
+                 adv_campaign_datetime_start, adv_campaign_datetime_end, datetime_created,
+                 source_topic, source_partition, source_offset, message, state, updated_at)
+             VALUES ($1, $2, 'x', 'o', 'o@r', $3, $4, 1, 'in', 0, 0, 'payload', $5,
+                     now() - make_interval(days => $6))",
+            &[&restaurant, &campaign, &start, &far, &state, &age_days],
+        )
+        .await
+        .expect("a campaign on record");
+    }
+    let service = Service::start(&f, "");
+    let now = unix_now();
+    f.produce(
+        "v1",
+        version(
+            restaurant,
+            "c-cancelled",
+            "soon",
+            (now + 600, now + 3600),
+            10,
+        )
+        .as_bytes(),
+    )
+    .await;
+    f.produce(
+        "cancel",
+        version(restaurant, "c-cancelled", "soon", (now - 120, now - 60), 11).as_bytes(),
+    )
+    .await;
+    service.wait_processed(2, Duration::from_secs(30));
+    let kept = || async {
+        let rows =
+            f.db.query(
+                "SELECT adv_campaign_id, state, octet_length(message)::int8
+                 FROM campaign_notifier_campaigns ORDER BY adv_campaign_id",
+                &[],
+            )
+            .await
+            .expect("the campaigns on record");
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let expected = vec![
+        ("c-cancelled".to_string(), "cancelled".to_string(), 0),
+        ("c-fired-lately".to_string(), "active".to_string(), 7),
+        ("c-waiting".to_string(), "scheduled".to_string(), 7),
+    ];
+    loop {
+        let now_kept = kept().await;
+        if now_kept == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept {now_kept:?}, expected {expected:?}:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(service);
+    f.cleanup().await;
+}
+
+/// A lunchtime burst: 200 campaigns of 500 subscribers each start in the same second, with room
+/// for 5 000 notifications in flight. Each instance claims only what its budget can take (ten
+/// campaigns, and one beyond), so the campaigns being fired at once stay within the budget, the
+/// two instances take the burst in turn, and everything goes out once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_campaigns_starting_together_is_claimed_within_the_budget_by_both_instances() {
+    const CAMPAIGNS: i32 = 200;
+    const AUDIENCE: i32 = 500;
+    const BUDGET: i64 = 5_000;
+    let f = Fixture::new("burst", 2).await;
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+         SELECT 'burst-' || r, 'burst-client-' || c
+         FROM generate_series(1, $1) r, generate_series(1, $2) c",
+        &[&CAMPAIGNS, &AUDIENCE],
+    )
+    .await
+    .expect("subscribe");
+    let config = format!("[writers]\nmax_notifications_in_flight = {BUDGET}\n");
+    let a = Service::start_numbered(&f, &config, 0);
+    let b = Service::start_numbered(&f, &config, 1);
+    let start = unix_now() + 8;
+    for r in 1..=CAMPAIGNS {
+        let restaurant = format!("burst-{r}");
+        let c = version(
+            &restaurant,
+            &format!("c-burst-{r}"),
+            "lunch",
+            (start, start + 3600),
+            1,
+        );
+        f.produce(&restaurant, c.as_bytes()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let total = i64::from(CAMPAIGNS * AUDIENCE);
+    let (mut most_firing, mut most_notifications) = (0, [0.0_f64; 2]);
+    loop {
+        let row =
+            f.db.query_one(
+                "SELECT count(*) FILTER (WHERE state = 'firing'),
+                        count(*) FILTER (WHERE state = 'active')
+                 FROM campaign_notifier_campaigns",
+                &[],
+            )
+            .await
+            .expect("count the states");
+        let (firing, active): (i64, i64) = (row.get(0), row.get(1));
+        most_firing = most_firing.max(firing);
+        for (i, s) in [&a, &b].into_iter().enumerate() {
+            most_notifications[i] =
+                most_notifications[i].max(s.metric("campaign_notifier_notifications_firing"));
+        }
+        if active == i64::from(CAMPAIGNS) && feedback_count(&f).await >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{active} of {CAMPAIGNS} fired after 180 s:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "most campaigns being fired at once: {most_firing}; most notifications claimed by each \
+         instance: {most_notifications:?}"
+    );
+    // Each instance fires at most the budget's worth (ten campaigns) and one beyond it; a
+    // campaign confirmed stays `firing` in the table until its state is settled, a moment later,
+    // hence the room for a third.
+    let bound = 3 * (BUDGET / i64::from(AUDIENCE) + 1);
+    assert!(
+        most_firing <= bound,
+        "{most_firing} campaigns were being fired at once; the budget allows {bound}"
+    );
+    for most in most_notifications {
+        assert!(
+            most > 0.0 && most <= (BUDGET + i64::from(AUDIENCE)) as f64,
+            "{most}"
+        );
+    }
+    let fired = |s: &Service| {
+        s.metric_with(
+            "campaign_notifier_lifecycle_events_total",
+            "event=\"fired\"",
+        )
+    };
+    let (by_a, by_b) = (fired(&a), fired(&b));
+    println!("fired by the first instance: {by_a}, by the second: {by_b}");
+    assert_eq!(by_a + by_b, f64::from(CAMPAIGNS));
+    assert!(
+        by_a > 0.0 && by_b > 0.0,
+        "one instance took the whole burst"
+    );
+    wait_both_sinks(&f, total, Duration::from_secs(60), || a.log_text()).await;
+    let pairs = output_pairs(&f);
+    assert_eq!(pairs.len() as i64, total);
+    assert!(
+        pairs.values().all(|&n| n == 1),
+        "a notification went out twice"
+    );
+    assert_eq!(row_pairs(&f).await.len() as i64, total);
+    drop((a, b));
+    f.cleanup().await;
+}

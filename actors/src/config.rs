@@ -547,6 +547,11 @@ pub struct LifecycleConfig {
     /// How often scheduled campaigns that are due are looked for.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A campaign that has fired, was cancelled or ended unsent is forgotten this many days after
+    /// it last changed, however far in the future its end is (and a day after its end, if that
+    /// comes first).
+    #[serde(default = "default_retain_days")]
+    pub retain_days: u64,
 }
 
 impl Default for LifecycleConfig {
@@ -555,6 +560,7 @@ impl Default for LifecycleConfig {
             clock_skew_secs: default_clock_skew_secs(),
             end_grace_secs: 0,
             poll_interval_ms: default_poll_interval_ms(),
+            retain_days: default_retain_days(),
         }
     }
 }
@@ -627,11 +633,14 @@ impl Default for ShutdownConfig {
 }
 
 /// The most due campaigns one instance claims at once (it claims again at once when it got that
-/// many).
-const CLAIM_LIMIT: i64 = 1_000;
+/// many and the in-flight budget has room).
+const CLAIM_LIMIT: i64 = 250;
 
 fn default_clock_skew_secs() -> u64 {
     3
+}
+fn default_retain_days() -> u64 {
+    30
 }
 fn default_poll_interval_ms() -> u64 {
     250
@@ -971,6 +980,11 @@ impl Config {
                 "must be between 10 and 10000",
             ),
             (
+                !(1..=3_650).contains(&self.lifecycle.retain_days),
+                "lifecycle.retain_days",
+                "must be between 1 and 3650",
+            ),
+            (
                 self.http.listen.parse::<SocketAddr>().is_err(),
                 "http.listen",
                 "must be an address such as 0.0.0.0:9898",
@@ -1068,6 +1082,8 @@ impl Config {
                 },
                 poll_interval: Duration::from_millis(self.lifecycle.poll_interval_ms),
                 claim_limit: CLAIM_LIMIT,
+                fire_budget: w.max_notifications_in_flight,
+                retain: Duration::from_secs(self.lifecycle.retain_days * 86_400),
             },
             lifecycle_restart: restart,
             cache_refresh_interval: Duration::from_secs(self.cache.refresh_interval_secs),

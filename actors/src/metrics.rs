@@ -289,6 +289,8 @@ pub struct Metrics {
     pub notifications_withdrawn: IntCounterVec,
     /// Campaigns kept to fire at their start.
     pub campaigns_scheduled: IntGauge,
+    /// Notifications of the scheduled campaigns this instance claimed and is firing.
+    pub notifications_firing: IntGauge,
     /// Events of the campaigns' lifecycle ([`LifecycleEvent`]).
     pub lifecycle_events: IntCounterVec,
     /// From a scheduled campaign's start until both sinks confirmed its last notification.
@@ -463,6 +465,8 @@ impl Metrics {
                 "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]),
             campaigns_scheduled: r.gauge("campaigns_scheduled",
                 "Campaigns kept to fire at their start"),
+            notifications_firing: r.gauge("notifications_firing",
+                "Notifications of the scheduled campaigns this instance claimed and is firing (bounded by writers.max_notifications_in_flight)"),
             lifecycle_events: r.counters("lifecycle_events_total",
                 "Events of the campaigns' lifecycle", &["event"]),
             fire_delay: r.histogram("fire_delay_seconds",

@@ -8,7 +8,13 @@
 //!   the service's CPU seconds meanwhile;
 //! - change feed: `--feed-rate` subscriptions a second for `--feed-secs` seconds to restaurants
 //!   with an active campaign: p50/p99/max of subscribed (the INSERT committed) -> the
-//!   notification seen in both sinks (Postgres polled, the output topic consumed, every 10 ms).
+//!   notification seen in both sinks (Postgres polled, the output topic consumed, every 10 ms);
+//! - campaigns on record: `--on-record` active campaigns of restaurants nobody follows are put in
+//!   the table, and the subscriber snapshot is reloaded three times: the peak resident memory the
+//!   reloads (and the comparison each makes) added.
+//!
+//! Resident memory is sampled every 20 ms: the peak phase reports its peak above what the process
+//! held before it.
 //!
 //! Prints one JSON line, progress on stderr. `scripts/bench.sh --example lifecycle` runs it
 //! against a broker of its own and the local Postgres.
@@ -20,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use campaign_actors::{Metrics, Pipeline};
-use campaign_bench::measure::{cpu_seconds, histogram_buckets, processed, quantile};
+use campaign_bench::measure::{
+    cpu_seconds, histogram_buckets, processed, quantile, resident_bytes,
+};
 use campaign_bench::setup::{
     connect, create_topics, database_url, err, service_config, BenchResult,
 };
@@ -57,6 +65,33 @@ struct Args {
     feed_secs: usize,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Active campaigns of restaurants without subscribers put on record before the reloads.
+    #[arg(long, default_value_t = 300_000)]
+    on_record: usize,
+}
+
+/// The highest resident memory seen since the last [`RssPeak::take`], sampled every 20 ms.
+struct RssPeak(Arc<std::sync::atomic::AtomicU64>);
+
+impl RssPeak {
+    fn start() -> RssPeak {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(resident_bytes()));
+        let p = peak.clone();
+        std::thread::spawn(move || loop {
+            p.fetch_max(resident_bytes(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        RssPeak(peak)
+    }
+
+    /// The peak since the last take; starts the next window at what is resident now.
+    fn take(&self) -> u64 {
+        self.0.swap(resident_bytes(), Ordering::Relaxed)
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    round(bytes as f64 / (1024.0 * 1024.0), 1)
 }
 
 fn main() -> ExitCode {
@@ -208,6 +243,7 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
         .await
         .map_err(err("start the pipeline"))?;
     let metrics = pipeline.metrics.clone();
+    let rss = RssPeak::start();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "5")
@@ -268,6 +304,8 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
     let wait = start * 1000 - campaign_actors::clock::unix_ms();
     actix_rt::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
     let cpu_before = cpu_seconds();
+    let rss_before_peak = resident_bytes();
+    rss.take();
     let notifications = (args.peak * args.fanout) as u64;
     progress("waiting for the peak's notifications");
     wait_for("the peak", Duration::from_secs(300), || {
@@ -278,10 +316,14 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
     .await?;
     let peak_secs = (campaign_actors::clock::unix_ms() - start * 1000) as f64 / 1000.0;
     let peak_cpu = cpu_seconds() - cpu_before;
+    let peak_rss = rss.take();
     let delays = histogram_buckets(&metrics.fire_delay);
 
     // The change feed.
     let feed = follow_feed(args, &db, &output, &metrics).await?;
+
+    // Campaigns on record, and reloads.
+    let reloads = reload_with_campaigns_on_record(args, &db, &pipeline, &metrics, &rss).await?;
 
     let report = pipeline.shutdown().await;
     Ok(serde_json::json!({
@@ -295,12 +337,18 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
         "peak_start_to_last_confirmed_p99_seconds": round(quantile(&delays, 0.99), 3),
         "peak_start_to_all_in_both_sinks_seconds": round(peak_secs, 3),
         "peak_service_cpu_seconds": round(peak_cpu, 2),
+        "peak_resident_before_mib": mib(rss_before_peak),
+        "peak_resident_added_mib": mib(peak_rss.saturating_sub(rss_before_peak)),
         "feed_subscriptions_per_second": args.feed_rate,
         "feed_subscriptions": feed.count,
         "feed_subscribe_to_both_sinks_p50_seconds": round(feed.p50, 3),
         "feed_subscribe_to_both_sinks_p99_seconds": round(feed.p99, 3),
         "feed_subscribe_to_both_sinks_max_seconds": round(feed.max, 3),
         "late_subscriber_notifications": metrics.late_subscriber_notifications.get(),
+        "campaigns_on_record": args.on_record,
+        "reloads": 3,
+        "reloads_resident_before_mib": mib(reloads.before),
+        "reloads_resident_added_mib": mib(reloads.peak.saturating_sub(reloads.before)),
         "drained": report.abandoned == 0,
     }))
 }
@@ -434,5 +482,58 @@ async fn follow_feed(
         p50: exact_quantile(&mut lags, 0.5),
         p99: exact_quantile(&mut lags, 0.99),
         max: exact_quantile(&mut lags, 1.0),
+    })
+}
+
+struct ReloadFigures {
+    before: u64,
+    peak: u64,
+}
+
+/// Puts `--on-record` active campaigns of restaurants nobody follows in the table (as a
+/// deployment collects them when campaigns run for years, as the brief's sample does), then
+/// reloads the subscriber snapshot three times, each reload compared with the one before.
+async fn reload_with_campaigns_on_record(
+    args: &Args,
+    db: &Client,
+    pipeline: &Pipeline,
+    metrics: &Metrics,
+    rss: &RssPeak,
+) -> BenchResult<ReloadFigures> {
+    progress(&format!(
+        "putting {} active campaigns on record",
+        args.on_record
+    ));
+    db.execute(
+        "INSERT INTO campaign_notifier_campaigns (restaurant_id, adv_campaign_id,
+             adv_campaign_content, adv_campaign_owner, adv_campaign_owner_contact,
+             adv_campaign_datetime_start, adv_campaign_datetime_end, datetime_created,
+             source_topic, source_partition, source_offset, message, state, fired_at)
+         SELECT 'quiet-' || i, 'quiet-c-' || i, repeat('promo ', 40), 'Petrova Anna',
+                'apetrova@restaurant.ru', 1659203516, 2659207116, 1659131516, 'in', 0, i,
+                convert_to(repeat('{\"promo\": 1} ', 30), 'UTF8'), 'active', now()
+         FROM generate_series(1, $1::int8) i",
+        &[&(args.on_record as i64)],
+    )
+    .await
+    .map_err(err("campaigns on record"))?;
+    // Settled first: the snapshot loaded and compared before the reloads are measured.
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let before = resident_bytes();
+    rss.take();
+    for n in 1..=3 {
+        let loads = metrics.cache_refresh_duration.get_sample_count();
+        progress(&format!("reload {n} of 3"));
+        pipeline.refresh_cache();
+        wait_for("a reload", Duration::from_secs(120), || {
+            metrics.cache_refresh_duration.get_sample_count() > loads
+        })
+        .await?;
+        // The comparison runs after the load.
+        actix_rt::time::sleep(Duration::from_secs(3)).await;
+    }
+    Ok(ReloadFigures {
+        before,
+        peak: rss.take(),
     })
 }

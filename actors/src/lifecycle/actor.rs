@@ -46,10 +46,14 @@ use crate::supervision::{RestartPolicy, Restarts};
 /// How often the count of scheduled campaigns is refreshed.
 const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often campaigns long over are deleted from the table, and how long after their end
-/// (plus the grace) they are kept.
+/// How often campaigns nothing needs any more are deleted from the table, and how long after
+/// their end (plus the grace) they are kept at most (`LifecycleSettings::retain` bounds it
+/// however far ahead the end is).
 const FORGET_INTERVAL: Duration = Duration::from_secs(600);
 const RETAIN_ENDED_SECS: i64 = 86_400;
+
+/// Restaurants with active campaigns read at once by a reload's comparison.
+const COMPARE_PAGE: i64 = 5_000;
 
 /// How often an instance looks whether the change feed's follower role is free (or, following it,
 /// whether it still has it).
@@ -127,6 +131,12 @@ pub struct LifecycleSettings {
     pub poll_interval: Duration,
     /// The most campaigns claimed at once.
     pub claim_limit: i64,
+    /// The notifications of the campaigns it fires, at most (one campaign may take it over):
+    /// `writers.max_notifications_in_flight`.
+    pub fire_budget: usize,
+    /// A campaign that fired, was cancelled or ended unsent is forgotten this long after it last
+    /// changed (`lifecycle.retain_days`).
+    pub retain: Duration,
 }
 
 pub struct Lifecycle {
@@ -155,6 +165,8 @@ pub struct Lifecycle {
     groups: u64,
     to_settle: Vec<(Key, State)>,
     claiming: bool,
+    /// Notifications of the campaigns claimed and not yet confirmed (their subscribers held).
+    firing: usize,
     settling: bool,
     closing: bool,
     counted_at: Option<Instant>,
@@ -191,6 +203,7 @@ impl Lifecycle {
             groups: 0,
             to_settle: Vec::new(),
             claiming: false,
+            firing: 0,
             settling: false,
             closing: false,
             counted_at: None,
@@ -347,9 +360,14 @@ impl Lifecycle {
         .emit(&self.shared.metrics);
     }
 
-    /// Claims what is due and fires it.
+    /// Claims what is due and fires it, as much as the notifications of what it fires already
+    /// leave room for in the budget.
     fn claim(&mut self, ctx: &mut Context<Self>) {
-        if self.claiming || self.closing || !self.shared.lease.is_valid() {
+        let room = self.settings.fire_budget.saturating_sub(self.firing);
+        // Claims in batches: once a quarter of the budget is free (or nothing is being fired),
+        // not each time one campaign is confirmed.
+        let worth_it = self.firing == 0 || room >= self.settings.fire_budget / 4;
+        if self.claiming || self.closing || !self.shared.lease.is_valid() || !worth_it {
             return;
         }
         let Some(client) = self.client.clone() else {
@@ -363,7 +381,7 @@ impl Lifecycle {
         );
         let window = self.settings.window;
         let fut = async move {
-            let claimed = store::claim_due(&client, now, me, limit).await?;
+            let claimed = store::claim_due(&client, now, me, limit, room as i64).await?;
             let restaurants: BTreeSet<&str> = claimed
                 .iter()
                 .map(|c| &c.arrival.campaign)
@@ -384,6 +402,7 @@ impl Lifecycle {
                     let full = claimed.len() as i64 >= limit;
                     act.fire_all(claimed, subscribers, now, ctx);
                     if full {
+                        // Claims again if the budget still has room.
                         act.claim(ctx);
                     }
                 }
@@ -414,17 +433,28 @@ impl Lifecycle {
                 continue;
             }
             let start = arrival.campaign.adv_campaign_datetime_start;
+            let audience = subscribers
+                .lookup(&arrival.campaign.restaurant_id)
+                .map_or(0, |entry| entry.len());
+            self.firing += audience;
+            self.shared
+                .metrics
+                .notifications_firing
+                .add(audience as i64);
             let fire = Fire {
                 arrival,
                 subscribers: subscribers.clone(),
             };
             let sent = self.fire.send(fire);
-            ctx.spawn(sent.into_actor(self).map(move |outcome, act, _| {
+            ctx.spawn(sent.into_actor(self).map(move |outcome, act, ctx| {
+                act.firing = act.firing.saturating_sub(audience);
+                act.shared.metrics.notifications_firing.sub(audience as i64);
                 let outcome = outcome.unwrap_or_else(|e| CampaignOutcome::Unconfirmed {
                     sink: "enricher",
                     reason: e.to_string(),
                 });
                 act.fired(key, start, outcome);
+                act.claim(ctx);
             }));
         }
         self.settle(ctx);
@@ -735,30 +765,52 @@ impl Lifecycle {
     }
 
     /// The safety net at each reload: the clients the new snapshot has and the previous one did
-    /// not, notified of every active campaign of their restaurant.
+    /// not, notified of every active campaign of their restaurant. The restaurants with active
+    /// campaigns are read a page at a time, without the campaigns; only the campaigns of those
+    /// that gained clients are read in full. So a reload costs memory in proportion to what it
+    /// found new, not to the campaigns on record.
     fn compare(&mut self, older: Arc<Snapshot>, newer: Arc<Snapshot>, ctx: &mut Context<Self>) {
         let Some(client) = self.client.clone() else {
             return;
         };
         let (now, window) = (self.shared.clock.now_secs(), self.settings.window);
-        let fut = async move { store::active_campaigns(&client, None, now, &window).await };
-        ctx.spawn(fut.into_actor(self).map(move |active, act, ctx| {
-            let active = match active {
-                Ok(active) => active,
-                Err(e) => return act.failed("read the active campaigns", &e, ctx),
-            };
+        let fut = async move {
             let mut added = SnapshotBuilder::new();
-            let mut count = 0;
-            let restaurants: BTreeSet<&str> = active
-                .iter()
-                .map(|a| a.campaign.restaurant_id.as_str())
-                .collect();
-            for restaurant in restaurants {
-                for client_id in newer.added_since(&older, restaurant) {
-                    added.push(restaurant, &client_id);
-                    count += 1;
+            let (mut count, mut gained) = (0, Vec::new());
+            let mut after = String::new();
+            loop {
+                let page =
+                    store::active_restaurants(&client, &after, COMPARE_PAGE, now, &window).await?;
+                for restaurant in &page {
+                    let mut any = false;
+                    for client_id in newer.added_since(&older, restaurant) {
+                        added.push(restaurant, &client_id);
+                        count += 1;
+                        any = true;
+                    }
+                    if any {
+                        gained.push(restaurant.clone());
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() as i64 >= COMPARE_PAGE => after = last.clone(),
+                    _ => break,
                 }
             }
+            let mut active = Vec::new();
+            for restaurants in gained.chunks(COMPARE_PAGE as usize) {
+                let restaurants: Vec<&str> = restaurants.iter().map(String::as_str).collect();
+                active.extend(
+                    store::active_campaigns(&client, Some(&restaurants), now, &window).await?,
+                );
+            }
+            Ok::<_, tokio_postgres::Error>((active, count, added.build()))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let (active, count, added) = match result {
+                Ok(found) => found,
+                Err(e) => return act.failed("read the active campaigns", &e, ctx),
+            };
             if count == 0 {
                 return;
             }
@@ -766,7 +818,7 @@ impl Lifecycle {
                 "lifecycle: the new snapshot has {count} subscriptions to restaurants with active \
                  campaigns that the previous one lacked"
             );
-            act.notify_late(active, Arc::new(added.build()), None, ctx, |_, _| {});
+            act.notify_late(active, Arc::new(added), None, ctx, |_, _| {});
         }));
     }
 
@@ -797,20 +849,31 @@ impl Lifecycle {
             .is_none_or(|t| now.duration_since(t) >= FORGET_INTERVAL)
         {
             self.forgotten_at = Some(now);
-            let (secs, grace) = (
+            let (secs, grace, retain) = (
                 self.shared.clock.now_secs(),
                 self.settings.window.end_grace_secs,
+                self.settings.retain.as_secs_f64(),
             );
             ctx.spawn(
-                async move { store::forget_ended(&client, secs, grace, RETAIN_ENDED_SECS).await }
-                    .into_actor(self)
-                    .map(|forgotten, _, _| match forgotten {
-                        Ok(0) => {}
-                        Ok(n) => log::info!("lifecycle: forgot {n} campaigns over for a day"),
-                        Err(e) => {
-                            log::warn!("lifecycle: cannot forget ended campaigns: {}", describe(&e))
+                async move {
+                    let mut forgotten = 0;
+                    loop {
+                        let n =
+                            store::forget(&client, secs, grace, RETAIN_ENDED_SECS, retain).await?;
+                        forgotten += n;
+                        if n < store::FORGET_PAGE as u64 {
+                            return Ok::<_, tokio_postgres::Error>(forgotten);
                         }
-                    }),
+                    }
+                }
+                .into_actor(self)
+                .map(|forgotten, _, _| match forgotten {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("lifecycle: forgot {n} campaigns nothing needs any more"),
+                    Err(e) => {
+                        log::warn!("lifecycle: cannot forget ended campaigns: {}", describe(&e))
+                    }
+                }),
             );
         }
     }
@@ -889,6 +952,12 @@ impl Supervised for Lifecycle {
         self.pending.extend(later);
         self.claiming = false;
         self.settling = false;
+        // The fires went with the old context's futures; what they claimed is claimed again.
+        self.shared
+            .metrics
+            .notifications_firing
+            .sub(self.firing as i64);
+        self.firing = 0;
         // Looked at again after the reconnect.
         self.feed.leading = false;
         self.feed.looked_at = None;

@@ -111,9 +111,14 @@ pub fn kept_statement() -> String {
 pub fn store_statement() -> String {
     format!(
         "INSERT INTO public.campaign_notifier_campaigns AS c ({COLUMNS})
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+         SELECT r, c, content, o, contact, start, ends, created, topic, part, off, ts,
+                -- A cancelled campaign never fires: its message is not kept.
+                CASE WHEN st = 'cancelled' THEN NULL ELSE k END,
+                CASE WHEN st = 'cancelled' THEN ''::bytea ELSE m END, st
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
              $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
              $12::int8[], $13::bytea[], $14::bytea[], $15::text[])
+             AS u(r, c, content, o, contact, start, ends, created, topic, part, off, ts, k, m, st)
          ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
              adv_campaign_content = EXCLUDED.adv_campaign_content,
              adv_campaign_owner = EXCLUDED.adv_campaign_owner,
@@ -246,17 +251,25 @@ pub struct Claimed {
 /// those scheduled to start at or before `now`, and those another instance was firing when it
 /// was fenced (its lease expired) or died. Rows another instance is claiming at the same moment
 /// are skipped, so each goes to one instance. A fenced `me` claims nothing.
+///
+/// It claims only what `budget` notifications can take: each due campaign's audience is counted
+/// (through the index on `subscribers_restaurants.restaurant_id`), and campaigns are taken in
+/// order while the audiences of those before stay below the budget, so at least one and at most
+/// one campaign beyond the budget. The rest stay due for this instance's next claim, once what it
+/// fires is confirmed, or for another instance's: a burst is spread over the instances.
 pub async fn claim_due(
     client: &Client,
     now: i64,
     me: i32,
     limit: i64,
+    budget: i64,
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let rows = client
         .query(
             &format!(
                 "WITH due AS (
-                     SELECT restaurant_id, adv_campaign_id, state AS was
+                     SELECT restaurant_id, adv_campaign_id, state AS was,
+                            adv_campaign_datetime_start AS start
                      FROM public.campaign_notifier_campaigns c
                      -- A range of the partial index on the start: only what is due is read,
                      -- however many campaigns wait (a campaign being fired is due too).
@@ -282,20 +295,30 @@ pub async fn claim_due(
                                    WHERE o.owner = $2 AND o.fenced_at IS NULL)
                      ORDER BY adv_campaign_datetime_start
                      LIMIT $3
-                     FOR UPDATE SKIP LOCKED)
+                     FOR UPDATE SKIP LOCKED),
+                 sized AS (
+                     SELECT due.*, (SELECT count(*) FROM public.subscribers_restaurants s
+                                    WHERE s.restaurant_id = due.restaurant_id) AS audience
+                     FROM due),
+                 taken AS (
+                     SELECT * FROM (
+                         SELECT sized.*, sum(audience) OVER (
+                             ORDER BY start, restaurant_id, adv_campaign_id) - audience AS before
+                         FROM sized) s
+                     WHERE before < $5::int8)
                  UPDATE public.campaign_notifier_campaigns c
                  SET state = 'firing', owner = $2, updated_at = now()
-                 FROM due
-                 WHERE c.restaurant_id = due.restaurant_id
-                   AND c.adv_campaign_id = due.adv_campaign_id
-                 RETURNING {}, due.was",
+                 FROM taken
+                 WHERE c.restaurant_id = taken.restaurant_id
+                   AND c.adv_campaign_id = taken.adv_campaign_id
+                 RETURNING {}, taken.was",
                 COLUMNS
                     .split(", ")
                     .map(|col| format!("c.{}", col.trim()))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            &[&now, &me, &limit, &i64::from(LOCK_CLASS)],
+            &[&now, &me, &limit, &i64::from(LOCK_CLASS), &budget.max(1)],
         )
         .await?;
     rows.iter()
@@ -326,6 +349,10 @@ pub async fn settle(
             "UPDATE public.campaign_notifier_campaigns
              SET state = $3, owner = CASE WHEN $3 = 'scheduled' THEN NULL ELSE owner END,
                  fired_at = CASE WHEN $3 = 'active' THEN now() ELSE fired_at END,
+                 -- Ended unsent, or in the dead-letter topic: it never fires, nothing of its
+                 -- message is needed.
+                 message = CASE WHEN $3 IN ('expired', 'refused') THEN ''::bytea ELSE message END,
+                 message_key = CASE WHEN $3 IN ('expired', 'refused') THEN NULL ELSE message_key END,
                  updated_at = now()
              WHERE (restaurant_id, adv_campaign_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                AND state = 'firing' AND owner = $4
@@ -360,19 +387,36 @@ pub async fn count_scheduled(client: &Client) -> Result<i64, tokio_postgres::Err
     row.try_get(0)
 }
 
-/// Deletes campaigns whose end (plus `grace_secs`) is more than `retain_secs` before `now`:
-/// nothing of them can be sent any more, and a late re-send of one is dead-lettered as ended.
-pub async fn forget_ended(
+/// Rows deleted at once by [`forget`], so that no statement holds many row locks or runs long.
+pub const FORGET_PAGE: i64 = 10_000;
+
+/// Deletes up to [`FORGET_PAGE`] campaigns that nothing needs any more: those whose end (plus
+/// `grace_secs`) is more than `retain_ended_secs` before `now` (nothing of them can be sent any
+/// more, and a late re-send is dead-lettered as ended), and those that fired, were cancelled or
+/// ended unsent and have not changed for `retain_secs`, however far ahead their end is. Scheduled
+/// campaigns (they have yet to fire) and those being fired are kept. Returns how many went.
+pub async fn forget(
     client: &Client,
     now: i64,
     grace_secs: i64,
-    retain_secs: i64,
+    retain_ended_secs: i64,
+    retain_secs: f64,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "DELETE FROM public.campaign_notifier_campaigns
-             WHERE adv_campaign_datetime_end + $2::int8 < $1::int8 - $3::int8 AND state <> 'firing'",
-            &[&now, &grace_secs, &retain_secs],
+            "DELETE FROM public.campaign_notifier_campaigns WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM public.campaign_notifier_campaigns
+                 WHERE state NOT IN ('scheduled', 'firing')
+                   AND (adv_campaign_datetime_end + $2::int8 < $1::int8 - $3::int8
+                        OR updated_at < now() - make_interval(secs => $4))
+                 LIMIT $5))",
+            &[
+                &now,
+                &grace_secs,
+                &retain_ended_secs,
+                &retain_secs,
+                &FORGET_PAGE,
+            ],
         )
         .await
 }
@@ -533,6 +577,35 @@ pub async fn advance_feed(
         )
         .await?;
     Ok(advanced == 1)
+}
+
+/// Up to `limit` restaurants with campaigns active at `now`, in their order, after `after`: a page
+/// of what the reload's comparison looks at, read without the campaigns themselves.
+pub async fn active_restaurants(
+    client: &Client,
+    after: &str,
+    limit: i64,
+    now: i64,
+    window: &Window,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT restaurant_id FROM public.campaign_notifier_campaigns
+             WHERE state IN ('active', 'firing')
+               AND adv_campaign_datetime_start <= $1::int8 + $2::int8
+               AND adv_campaign_datetime_end + $3::int8 >= $1::int8
+               AND restaurant_id > $4
+             ORDER BY restaurant_id LIMIT $5",
+            &[
+                &now,
+                &window.clock_skew_secs,
+                &window.end_grace_secs,
+                &after,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// The campaigns active at `now` (fired or being fired, started, not over), of `restaurants`
