@@ -574,6 +574,50 @@ level = "info"
     }
 }
 
+/// One test's own database and nothing else, for tests that need only Postgres: no tables are
+/// created (the test sets up what it needs).
+pub struct Database {
+    pub name: String,
+    pub url: String,
+    pub admin_url: String,
+    pub db: Client,
+}
+
+impl Database {
+    pub async fn new(tag: &str) -> Database {
+        let run = env("CN_TEST_RUN_ID");
+        let admin_url = env("CN_TEST_POSTGRES_URL");
+        let name = format!("cn_test_{run}_{tag}");
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = format!(
+            "{}/{name}",
+            admin_url.rsplit_once('/').expect("URL with a database").0
+        );
+        let db = connect(&url).await;
+        Database {
+            name,
+            url,
+            admin_url,
+            db,
+        }
+    }
+
+    pub async fn cleanup(self) {
+        drop(self.db);
+        let admin = connect(&self.admin_url).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
 /// Waits up to 30 s for something (`what`, logging to `log`) to listen on `port`.
 pub fn wait_listening(port: u16, what: &str, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(30);

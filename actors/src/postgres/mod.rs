@@ -1,11 +1,14 @@
 //! Postgres as the service meets it: connections (with TLS as the URL's `sslmode` says, see
 //! [`tls`]), how errors are described and classed, and the schema step run at start-up.
 //!
-//! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never drops, alters or
-//! rewrites a table the app owns. It holds an advisory lock so that several instances starting at
-//! once do not race each other's `CREATE TABLE`.
+//! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never alters or
+//! rewrites a table the app owns, and the only thing it drops is an index of its own that an
+//! earlier build left INVALID. It holds an advisory lock so that several instances starting at
+//! once do not race each other's `CREATE TABLE`. The two indexes it adds to the app's tables are
+//! built with `CREATE INDEX CONCURRENTLY` when their table already existed (see
+//! [`ensure_schema`]), so that the app's writes never wait for the build.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
@@ -15,11 +18,55 @@ use crate::contract;
 
 const SCHEMA_LOCK_KEY: i64 = 0x6361_6d70_6169_676e; // "campaign"
 
-/// The service's own additions to the brief's tables: the index the cache's reload and the
-/// writers' lookups rely on, and the ledger's outbox.
-const RESTAURANT_INDEX: &str = "
-CREATE INDEX IF NOT EXISTS subscribers_restaurants_restaurant_id_idx
-    ON public.subscribers_restaurants (restaurant_id)";
+/// Held (at session level) by the instance building an index of [`APP_INDEXES`] concurrently,
+/// so that instances starting together build it once.
+const INDEX_BUILD_LOCK_KEY: i64 = SCHEMA_LOCK_KEY + 1;
+
+/// An index the service adds to a table of the app's.
+#[derive(Debug)]
+struct AppIndex {
+    name: &'static str,
+    table: &'static str,
+    unique: bool,
+    columns: &'static str,
+}
+
+impl AppIndex {
+    fn create(&self, concurrently: bool) -> String {
+        format!(
+            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} {}",
+            if self.unique { "UNIQUE " } else { "" },
+            if concurrently { "CONCURRENTLY " } else { "" },
+            self.name,
+            self.table,
+            self.columns
+        )
+    }
+
+    fn qualified(&self) -> String {
+        format!("public.{}", self.name)
+    }
+}
+
+/// The service's additions to the brief's tables: the index the cache's reload and the writers'
+/// lookups rely on, and the key that keeps notifications unique (one per (restaurant, campaign,
+/// client), ever), whose build refused by existing duplicates gives its own clear error.
+const APP_INDEXES: [AppIndex; 2] = [
+    AppIndex {
+        name: "subscribers_restaurants_restaurant_id_idx",
+        table: "public.subscribers_restaurants",
+        unique: false,
+        columns: "(restaurant_id)",
+    },
+    AppIndex {
+        name: "subscribers_feedback_notification_key",
+        table: "public.subscribers_feedback",
+        unique: true,
+        columns: "(restaurant_id, adv_campaign_id, client_id)",
+    },
+];
+
+/// The ledger's outbox.
 const OUTBOX_DDL: &str = "
 CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
     id bigserial PRIMARY KEY,
@@ -119,12 +166,6 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_leaders (
 );
 ";
 
-/// One notification per (restaurant, campaign, client), ever. Created apart from the DDL above
-/// so that existing duplicates give their own clear error.
-const UNIQUE_KEY: &str = "
-CREATE UNIQUE INDEX IF NOT EXISTS subscribers_feedback_notification_key
-    ON public.subscribers_feedback (restaurant_id, adv_campaign_id, client_id)";
-
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("{}", describe(.0))]
@@ -136,6 +177,8 @@ pub enum SchemaError {
          count(*) FROM public.subscribers_feedback GROUP BY 1, 2, 3 HAVING count(*) > 1"
     )]
     DuplicateNotifications,
+    #[error("the index {index} was built, yet the catalog says it is {state}")]
+    NotBuilt { index: &'static str, state: String },
 }
 
 /// How the service connects to Postgres: the URL, and the limits every session runs with, so
@@ -294,14 +337,29 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Creates the two tables, the index, the notification key, the outbox, the lifecycle's
 /// campaigns and feed, and the owners' leases if they are missing.
+///
+/// Everything but the two indexes on the app's tables is created in one transaction under an
+/// advisory lock. An index whose table this transaction created (empty) is created with it; one
+/// on a table that already existed, which may hold millions of rows the app keeps writing, is
+/// built afterwards with `CREATE INDEX CONCURRENTLY` (see [`build_concurrently`]): a plain
+/// `CREATE INDEX` would hold every write of the table for the whole build.
 pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
+    let later = create_missing(client).await?;
+    for index in later {
+        build_concurrently(client, index).await?;
+    }
+    Ok(())
+}
+
+/// The transaction part of [`ensure_schema`]; returns the indexes left to build concurrently.
+async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, SchemaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
         .await?;
     // Only what is missing is created: `CREATE INDEX IF NOT EXISTS` takes a lock that waits for
     // every open write of its table, and holds up every write after it, even when the index
     // exists, so an instance starting beside busy (or frozen) peers must not run it.
-    let steps = [
+    let app_tables = [
         (
             "public.subscribers_restaurants",
             contract::SUBSCRIBERS_RESTAURANTS_DDL,
@@ -310,10 +368,29 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
             "public.subscribers_feedback",
             contract::SUBSCRIBERS_FEEDBACK_DDL,
         ),
-        (
-            "public.subscribers_restaurants_restaurant_id_idx",
-            RESTAURANT_INDEX,
-        ),
+    ];
+    let mut created = Vec::new();
+    for (relation, ddl) in app_tables {
+        if missing(&tx, relation).await? {
+            tx.batch_execute(ddl).await?;
+            created.push(relation);
+        }
+    }
+    let mut later = Vec::new();
+    for index in &APP_INDEXES {
+        if index_state(&tx, index).await? == IndexState::Valid {
+            continue;
+        }
+        if !created.contains(&index.table) {
+            later.push(index);
+            continue;
+        }
+        // Its table is new and empty: built at once, in this transaction.
+        if let Err(e) = tx.batch_execute(&index.create(false)).await {
+            return Err(refused_build(e));
+        }
+    }
+    let own = [
         ("public.campaign_notifier_outbox", OUTBOX_DDL),
         ("public.campaign_notifier_campaigns", CAMPAIGNS_DDL),
         ("public.campaign_notifier_feed", FEED_DDL),
@@ -321,7 +398,7 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
         ("public.campaign_notifier_owners", OWNERS_DDL),
         ("public.campaign_notifier_leaders", LEADERS_DDL),
     ];
-    for (relation, ddl) in steps {
+    for (relation, ddl) in own {
         if missing(&tx, relation).await? {
             tx.batch_execute(ddl).await?;
         }
@@ -338,16 +415,194 @@ pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
             tx.batch_execute(ddl).await?;
         }
     }
-    if missing(&tx, "public.subscribers_feedback_notification_key").await? {
-        if let Err(e) = tx.batch_execute(UNIQUE_KEY).await {
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                return Err(SchemaError::DuplicateNotifications);
+    tx.commit().await?;
+    Ok(later)
+}
+
+/// A build the database refused: duplicates in the table of the unique key have their own
+/// message.
+fn refused_build(e: tokio_postgres::Error) -> SchemaError {
+    match e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        true => SchemaError::DuplicateNotifications,
+        false => e.into(),
+    }
+}
+
+/// What the catalog says of an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexState {
+    Missing,
+    Valid,
+    /// `pg_index.indisvalid` false: a concurrent build that failed or was interrupted left it.
+    /// The planner does not use it, yet it may be maintained on every write.
+    Invalid,
+}
+
+async fn index_state(
+    client: &impl tokio_postgres::GenericClient,
+    index: &AppIndex,
+) -> Result<IndexState, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass($1)",
+            &[&index.qualified()],
+        )
+        .await?;
+    Ok(match row.map(|r| r.try_get::<_, bool>(0)).transpose()? {
+        None => IndexState::Missing,
+        Some(true) => IndexState::Valid,
+        Some(false) => IndexState::Invalid,
+    })
+}
+
+/// How often an instance waiting for another's build looks again.
+const BUILD_POLL: Duration = Duration::from_secs(1);
+
+/// Builds `index` on a table that already existed with `CREATE INDEX CONCURRENTLY`, outside any
+/// transaction: the app's reads and writes of the table go on while it is built.
+///
+/// One instance builds at a time (a session-level advisory lock, taken by polling, so that an
+/// instance waiting for another's build also sees when it is done). The build runs with no
+/// `statement_timeout` and no `lock_timeout`: it takes as long as the table needs, and what it
+/// waits for (transactions that were open on the table when it began, a VACUUM or another
+/// session's DDL) it must wait for; nothing the app does waits for it, and a timeout would only
+/// leave an invalid index after the whole scan, to be built again at the next start. An INVALID
+/// index left by an earlier build that failed or was interrupted is dropped (concurrently) and
+/// built again. A build that fails drops what it left, so the next start finds the same state
+/// (and, for duplicates, gives the same message).
+async fn build_concurrently(client: &Client, index: &AppIndex) -> Result<(), SchemaError> {
+    let mut waiting_since = None;
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&INDEX_BUILD_LOCK_KEY])
+            .await?
+            .try_get(0)?;
+        if locked {
+            break;
+        }
+        if index_state(client, index).await? == IndexState::Valid {
+            log::info!("{}: built by another instance", index.name);
+            return Ok(());
+        }
+        let since = *waiting_since.get_or_insert_with(|| {
+            log::info!(
+                "{}: another instance is building an index of the schema; waiting for it",
+                index.name
+            );
+            Instant::now()
+        });
+        if since.elapsed() > Duration::from_secs(600) {
+            // Still waiting: say so now and then (the holder may be stuck; see docs).
+            log::warn!(
+                "{}: still waiting for another instance's index build after {:?}",
+                index.name,
+                since.elapsed()
+            );
+            waiting_since = Some(Instant::now());
+        }
+        tokio::time::sleep(BUILD_POLL).await;
+    }
+    let built = build_holding_lock(client, index).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&INDEX_BUILD_LOCK_KEY])
+        .await;
+    built?;
+    unlocked?;
+    Ok(())
+}
+
+async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), SchemaError> {
+    // A build of it by a session other than the service's (an operator's) is left to finish.
+    loop {
+        match index_state(client, index).await? {
+            IndexState::Valid => return Ok(()),
+            IndexState::Missing => break,
+            IndexState::Invalid if !being_built(client, index).await? => {
+                log::warn!(
+                    "{}: an earlier concurrent build failed or was interrupted and left it                      INVALID (unused, yet maintained on every write); dropping it and building                      it again",
+                    index.name
+                );
+                unlimited(client, true).await?;
+                let dropped = drop_concurrently(client, index).await;
+                unlimited(client, false).await?;
+                dropped?;
+                break;
             }
-            return Err(e.into());
+            IndexState::Invalid => {
+                log::info!("{}: another session is building it; waiting", index.name);
+                tokio::time::sleep(BUILD_POLL).await;
+            }
         }
     }
-    tx.commit().await?;
-    Ok(())
+    let rows: i64 = client
+        .query_one(
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class              WHERE oid = to_regclass($1)",
+            &[&index.table],
+        )
+        .await?
+        .try_get(0)?;
+    log::info!(
+        "{}: building it on {} (about {rows} rows) with CREATE INDEX CONCURRENTLY; the app's          reads and writes go on meanwhile",
+        index.name,
+        index.table
+    );
+    let started = Instant::now();
+    unlimited(client, true).await?;
+    let built = client.batch_execute(&index.create(true)).await;
+    if built.is_err() {
+        // The failed build left an invalid index: gone, the next start sees what this one saw.
+        if let Err(e) = drop_concurrently(client, index).await {
+            log::warn!(
+                "{}: cannot drop what the failed build left ({}); the next start drops it",
+                index.name,
+                describe(&e)
+            );
+        }
+    }
+    unlimited(client, false).await?;
+    built.map_err(refused_build)?;
+    match index_state(client, index).await? {
+        IndexState::Valid => {
+            log::info!("{}: built in {:?}", index.name, started.elapsed());
+            Ok(())
+        }
+        state => Err(SchemaError::NotBuilt {
+            index: index.name,
+            state: format!("{state:?}"),
+        }),
+    }
+}
+
+/// Whether a session is building `index` right now.
+async fn being_built(client: &Client, index: &AppIndex) -> Result<bool, tokio_postgres::Error> {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_progress_create_index \
+             WHERE index_relid = to_regclass($1) AND pid <> pg_backend_pid())",
+            &[&index.qualified()],
+        )
+        .await?
+        .try_get(0)
+}
+
+async fn drop_concurrently(client: &Client, index: &AppIndex) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}",
+            index.qualified()
+        ))
+        .await
+}
+
+/// Lifts this session's statement and lock timeouts for a concurrent build (`on`), or puts
+/// back the ones it connected with.
+async fn unlimited(client: &Client, on: bool) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(match on {
+            true => "SET statement_timeout = 0; SET lock_timeout = 0",
+            false => "RESET statement_timeout; RESET lock_timeout",
+        })
+        .await
 }
 
 async fn missing(
