@@ -37,13 +37,13 @@ fn backlog_campaign(id: &str) -> Campaign {
 
 /// What a dead owner leaves: `clients` rows of `campaign` in `subscribers_feedback`, and outbox
 /// marks of at most 10 000 of them each (as the Postgres writer makes them), all in its name.
-async fn leave_backlog(f: &Fixture, campaign: &Campaign, trigger: i32, clients: usize) {
+async fn leave_backlog(f: &Fixture, campaign: &Campaign, trigger: i64, clients: usize) {
     let [r, c, content, owner, contact, start, end, created] = campaign_params(campaign);
     f.db.execute(
         "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content, \
              adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
              adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'client-' || lpad(n::text, 7, '0'), $9 \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'client-' || lpad(n::text, 7, '0'), $9::int8 \
          FROM generate_series(0, $10 - 1) AS n",
         &[
             r,
@@ -128,13 +128,13 @@ fn assert_each_once(f: &Fixture, campaign: &str, clients: usize) {
 async fn a_send_still_on_its_way_when_the_owner_died_is_not_sent_again() {
     let f = Fixture::new("late", 1).await;
     let campaign = backlog_campaign("c-late");
-    let trigger = unix_now() as i32;
+    let trigger = unix_now();
     leave_backlog(&f, &campaign, trigger, 1).await;
 
     let service = Service::start(&f, CONFIG);
     // The dead owner's request lands now, after the new instance has started.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    produce_notification(&f, &campaign, i64::from(trigger), &client(0)).await;
+    produce_notification(&f, &campaign, trigger, &client(0)).await;
 
     wait_no_marks(&f, &service, Duration::from_secs(60)).await;
     let log = service.log_text();
@@ -150,7 +150,7 @@ async fn kill_9_during_recovery_of_a_large_backlog_sends_each_notification_once(
     const CLIENTS: usize = 120_000;
     let f = Fixture::new("bigbacklog", 2).await;
     let campaign = backlog_campaign("c-backlog");
-    leave_backlog(&f, &campaign, unix_now() as i32, CLIENTS).await;
+    leave_backlog(&f, &campaign, unix_now(), CLIENTS).await;
 
     let mut first = Service::spawn(&f, CONFIG, 1);
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -245,7 +245,7 @@ async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovere
     const CLIENTS: usize = 120_000;
     let f = Fixture::new("cuttakeover", 2).await;
     let campaign = backlog_campaign("c-cut-backlog");
-    leave_backlog(&f, &campaign, unix_now() as i32, CLIENTS).await;
+    leave_backlog(&f, &campaign, unix_now(), CLIENTS).await;
     // The recovering instance reads a topic nobody writes to: the campaigns below are the other
     // instance's alone.
     let idle = f.create_topic("idle", 1).await;
@@ -348,10 +348,10 @@ async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovere
 async fn a_notification_kafka_refuses_during_recovery_is_dead_lettered_and_the_rest_recovered() {
     let f = Fixture::new("poisonbacklog", 1).await;
     let ordinary = backlog_campaign("c-ordinary");
-    leave_backlog(&f, &ordinary, unix_now() as i32, 50).await;
+    leave_backlog(&f, &ordinary, unix_now(), 50).await;
     let mut poison = backlog_campaign("c-oversized");
     poison.adv_campaign_content = "x".repeat(30_000);
-    leave_backlog(&f, &poison, unix_now() as i32, 2).await;
+    leave_backlog(&f, &poison, unix_now(), 2).await;
     let config = format!("{CONFIG}[kafka.producer]\n\"message.max.bytes\" = \"20000\"\n");
 
     let service = Service::start(&f, &config);
@@ -397,7 +397,7 @@ async fn a_dead_owner_whose_clock_ran_behind_is_recovered_without_sending_twice(
     const BEHIND_MS: i64 = 60_000;
     let f = Fixture::new("skew", 1).await;
     let campaign = backlog_campaign("c-skew");
-    let trigger = unix_now() as i32;
+    let trigger = unix_now();
     leave_backlog(&f, &campaign, trigger, CLIENTS).await;
     f.db.execute(
         "INSERT INTO campaign_notifier_owners \
@@ -411,7 +411,7 @@ async fn a_dead_owner_whose_clock_ran_behind_is_recovered_without_sending_twice(
     for n in 0..CLIENTS {
         let mut payload = Vec::new();
         let c = client(n);
-        OutputEncoder::new(&campaign, i64::from(trigger)).encode(ClientId::Text(&c), &mut payload);
+        OutputEncoder::new(&campaign, trigger).encode(ClientId::Text(&c), &mut payload);
         f.producer
             .send(
                 FutureRecord::to(&f.output_topic)
@@ -427,7 +427,7 @@ async fn a_dead_owner_whose_clock_ran_behind_is_recovered_without_sending_twice(
 
     // Others went on writing to the topic since, on clocks that are right.
     let other = backlog_campaign("c-skew-other");
-    produce_notification(&f, &other, i64::from(trigger), "someone-else").await;
+    produce_notification(&f, &other, trigger, "someone-else").await;
 
     let service = Service::start(&f, CONFIG);
     wait_no_marks(&f, &service, Duration::from_secs(60)).await;
@@ -435,5 +435,34 @@ async fn a_dead_owner_whose_clock_ran_behind_is_recovered_without_sending_twice(
     let twice: Vec<_> = pairs.iter().filter(|(_, &n)| n > 1).take(5).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     assert_eq!(pairs.len(), CLIENTS + 1);
+    f.cleanup().await;
+}
+
+/// A dead owner's notifications triggered after 2038-01-19T03:14:07Z, in a
+/// `trigger_datetime_created` migrated to int8, are recovered with their trigger as it was
+/// (recovery read the column as int4 and failed at every sweep).
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_triggered_past_2038_in_an_int8_column_are_recovered_as_they_were() {
+    const CLIENTS: usize = 3;
+    let f = Fixture::new("trig8", 1).await;
+    f.db.batch_execute(
+        "ALTER TABLE public.subscribers_feedback \
+         ALTER COLUMN trigger_datetime_created TYPE bigint",
+    )
+    .await
+    .expect("migrate the column");
+    let campaign = backlog_campaign("c-2038");
+    let trigger = (1_i64 << 31) + 77;
+    leave_backlog(&f, &campaign, trigger, CLIENTS).await;
+
+    let service = Service::start(&f, CONFIG);
+    wait_no_marks(&f, &service, Duration::from_secs(60)).await;
+    assert_each_once(&f, "c-2038", CLIENTS);
+    let triggers: Vec<i64> = f
+        .read_output()
+        .iter()
+        .map(|(_, v)| v["trigger_datetime_created"].as_i64().unwrap_or_default())
+        .collect();
+    assert_eq!(triggers, vec![trigger; CLIENTS], "{}", service.log_text());
     f.cleanup().await;
 }

@@ -593,8 +593,8 @@ async fn marked_campaigns(
         .query(
             "SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
                     adv_campaign_owner_contact, adv_campaign_datetime_start, \
-                    adv_campaign_datetime_end, datetime_created, trigger_datetime_created, \
-                    array_agg(client_id) \
+                    adv_campaign_datetime_end, datetime_created, \
+                    trigger_datetime_created::int8, array_agg(client_id) \
              FROM public.subscribers_feedback WHERE id = ANY($1) \
              GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
             &[&feedback_ids],
@@ -614,7 +614,8 @@ async fn marked_campaigns(
                     adv_campaign_datetime_end: row.try_get(6)?,
                     datetime_created: row.try_get(7)?,
                 },
-                trigger_datetime_created: i64::from(row.try_get::<_, i32>(8)?),
+                // int8 in the statement, whether the column is the brief's int4 or migrated.
+                trigger_datetime_created: row.try_get(8)?,
                 clients: row.try_get(9)?,
             })
         })
