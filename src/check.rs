@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
+use campaign_actors::clock::Clock;
 use campaign_actors::config::Settings;
 use campaign_actors::kafka::access::{self, Access, TopicState};
-use campaign_actors::postgres::{self, describe};
+use campaign_actors::postgres::trigger_column::{
+    TriggerColumnError, INT4_LAST_DATE, MIGRATION, MIGRATION_NOTE,
+};
+use campaign_actors::postgres::{self, describe, TriggerColumn};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -51,8 +55,49 @@ pub fn reachable(settings: Settings, create_schema: bool) -> bool {
 }
 
 fn line(ok: bool, what: &str, said: impl std::fmt::Display) -> bool {
-    println!("{} {what}: {said}", if ok { "ok    " } else { "FAILED" });
-    ok
+    status_line(if ok { Status::Ok } else { Status::Failed }, what, said)
+}
+
+/// How a line ends the check: `warn` is something to act on that works today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Failed,
+}
+
+/// Prints the line; false only for a failure.
+fn status_line(status: Status, what: &str, said: impl std::fmt::Display) -> bool {
+    let mark = match status {
+        Status::Ok => "ok    ",
+        Status::Warn => "warn  ",
+        Status::Failed => "FAILED",
+    };
+    println!("{mark} {what}: {said}");
+    status != Status::Failed
+}
+
+/// The line about `subscribers_feedback.trigger_datetime_created` for what was read of it, at
+/// `now_secs`: int8 is fine; int4 works until 2038-01-19T03:14:07Z (a warning with the
+/// migration) and fails the check from then on, as it stops the service's start.
+fn trigger_column_line(
+    read: Result<TriggerColumn, TriggerColumnError>,
+    now_secs: i64,
+    create_schema: bool,
+) -> (Status, String) {
+    let until = format!(
+        "works until {INT4_LAST_DATE}, then the service stops (exit code 3) rather than \
+         store a notification; migrate it before then: {MIGRATION} ({MIGRATION_NOTE})"
+    );
+    match read.and_then(|column| column.usable_at(now_secs)) {
+        Ok(TriggerColumn::Int8) => (Status::Ok, "int8".into()),
+        Ok(TriggerColumn::Int4) => (Status::Warn, format!("int4: {until}")),
+        Err(TriggerColumnError::Missing) if create_schema => (
+            Status::Warn,
+            format!("missing: created at start as int4 (the brief's DDL), which {until}"),
+        ),
+        Err(e) => (Status::Failed, e.to_string()),
+    }
 }
 
 async fn check_kafka(settings: &Settings) -> bool {
@@ -144,6 +189,13 @@ async fn check_postgres(settings: &Settings, create_schema: bool) -> bool {
     for (kind, name, privileges) in relations {
         ok &= check_relation(&client, &user, kind, name, privileges, create_schema).await;
     }
+    let column = TriggerColumn::read(&client).await;
+    let (status, said) = trigger_column_line(column, Clock::system().now_secs(), create_schema);
+    ok &= status_line(
+        status,
+        "column subscribers_feedback.trigger_datetime_created",
+        said,
+    );
     ok
 }
 
@@ -195,5 +247,37 @@ async fn check_relation(
     match lacking.is_empty() {
         true => line(true, &what, privileges.join(", ")),
         false => line(false, &what, format!("{user} lacks {}", lacking.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use campaign_actors::postgres::trigger_column::INT4_LAST_SECOND;
+
+    #[test]
+    fn an_int4_column_is_a_warning_until_2038_and_a_failure_after() {
+        let today = 1_764_700_000;
+        let (status, said) = trigger_column_line(Ok(TriggerColumn::Int8), today, true);
+        assert_eq!((status, said.as_str()), (Status::Ok, "int8"));
+        for now in [today, INT4_LAST_SECOND] {
+            let (status, said) = trigger_column_line(Ok(TriggerColumn::Int4), now, true);
+            assert_eq!(status, Status::Warn, "{now}: {said}");
+            assert!(said.contains("works until 2038-01-19T03:14:07Z"), "{said}");
+            assert!(said.contains(MIGRATION), "{said}");
+        }
+        let (status, said) =
+            trigger_column_line(Ok(TriggerColumn::Int4), INT4_LAST_SECOND + 1, true);
+        assert_eq!(status, Status::Failed, "{said}");
+        assert!(said.contains(MIGRATION), "{said}");
+        let (status, _) = trigger_column_line(Err(TriggerColumnError::Missing), today, true);
+        assert_eq!(status, Status::Warn, "created at start, as int4");
+        let (status, _) = trigger_column_line(Err(TriggerColumnError::Missing), today, false);
+        assert_eq!(status, Status::Failed);
+        let unsupported = Err(TriggerColumnError::Unsupported("numeric".into()));
+        assert_eq!(
+            trigger_column_line(unsupported, today, true).0,
+            Status::Failed
+        );
     }
 }

@@ -64,6 +64,7 @@ async fn pg_sink(f: &Fixture) -> PgSink {
         postgres: PostgresSettings::for_url(&f.db_url),
         owner: 7,
         lease: campaign_actors::ledger::Lease::unbounded(),
+        trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
     })
     .await
     .expect("connect")
@@ -262,7 +263,7 @@ async fn a_group_of_campaigns_is_written_at_once_and_each_gets_its_own_rows_and_
 /// cleared and `subscribers_feedback` every notification ever sent.
 #[actix_rt::test]
 async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_tables() {
-    use campaign_actors::sinks::pg_writer::{GROUP_INSERT, INSERT};
+    use campaign_actors::sinks::pg_writer::{GROUP_INSERT, GROUP_INSERT_INT8, INSERT};
     let f = Fixture::new("pgplans", 1).await;
     for (name, statement, args) in [
         (
@@ -275,6 +276,13 @@ async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_table
             GROUP_INSERT,
             "ARRAY['r'], ARRAY['c'], ARRAY['x'], ARRAY['o'], ARRAY['k'], ARRAY[1::int8], \
              ARRAY[2::int8], ARRAY[3::int8], ARRAY[4], ARRAY[5::int8], ARRAY[1], ARRAY[1], \
+             ARRAY['a'], 6",
+        ),
+        (
+            "grouped_int8",
+            GROUP_INSERT_INT8,
+            "ARRAY['r'], ARRAY['c'], ARRAY['x'], ARRAY['o'], ARRAY['k'], ARRAY[1::int8], \
+             ARRAY[2::int8], ARRAY[3::int8], ARRAY[4::int8], ARRAY[5::int8], ARRAY[1], ARRAY[1], \
              ARRAY['a'], 6",
         ),
     ] {
@@ -311,6 +319,7 @@ async fn the_postgres_sink_of_a_fenced_owner_writes_nothing_and_its_lease_ends()
         postgres: PostgresSettings::for_url(&f.db_url),
         owner,
         lease: lease.clone(),
+        trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
     })
     .await
     .expect("connect");

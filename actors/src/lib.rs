@@ -43,7 +43,8 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`liveness`]: the heartbeats of the loops
 //!   `/healthz` watches.
 //! - [`kafka`]: the one producer path, error classification, the read-back scan.
-//! - [`postgres`]: connections, error description and class, the schema step.
+//! - [`postgres`]: connections, error description and class, the schema step, the type of
+//!   `trigger_datetime_created` read at start.
 //! - [`campaign`], [`notification`]: the input parsed and validated; the join result and the one
 //!   encoder of the output JSON.
 //! - [`contract`]: what the brief fixes (samples, tables, the notification columns).

@@ -26,6 +26,8 @@ use crate::ledger::{Lease, LeaseKeeper, Ledger, OutputTarget, Recoverer, Release
 use crate::lifecycle::Lifecycle;
 use crate::messages::{Close, Drain, DrainReport};
 use crate::metrics::Metrics;
+use crate::postgres::trigger_column::{self, TriggerColumnError};
+use crate::postgres::TriggerColumn;
 use crate::reader::KafkaReader;
 use crate::shared::{FatalReason, Shared};
 use crate::sinks::dead_letter_writer::DeadLetterWriter;
@@ -37,6 +39,8 @@ use crate::sinks::Writer;
 pub enum StartError {
     #[error("cannot prepare the Postgres schema: {0}")]
     Schema(String),
+    #[error(transparent)]
+    TriggerColumn(#[from] TriggerColumnError),
     #[error("cannot serve HTTP on {listen}: {source}")]
     Http {
         listen: String,
@@ -100,15 +104,22 @@ impl Pipeline {
     /// Starts everything and returns once the first subscriber snapshot is loaded and the reader
     /// is consuming. Must run inside an actix `System`.
     pub async fn start(config: Config, metrics: Metrics) -> Result<Pipeline, StartError> {
+        Pipeline::start_with_clock(config, metrics, Clock::system()).await
+    }
+
+    /// [`Pipeline::start`] with the service's "now" taken from `clock`.
+    pub async fn start_with_clock(
+        config: Config,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Result<Pipeline, StartError> {
         let mut settings = config.settings();
-        let (shared, failed) = Shared::with_lease(metrics, Clock::system());
+        let (shared, failed) = Shared::with_lease(metrics, clock);
         // HTTP first: alive from the start, and /readyz says which step is under way.
         let (published, mut snapshot) = watch::channel(None);
         let (stage, staged) = watch::channel(Stage::Starting("preparing the Postgres schema"));
         let (http_addr, http) = start_http(&settings, &shared, &snapshot, staged)?;
-        if settings.create_schema {
-            prepare_schema(&settings).await?;
-        }
+        let trigger_column = prepare_schema(&settings, shared.clock.now_secs()).await?;
         stage.send_replace(Stage::Starting("checking the Kafka brokers"));
         check_kafka_access(&settings).await?;
         stage.send_replace(Stage::Starting("taking this instance's lease"));
@@ -122,7 +133,7 @@ impl Pipeline {
 
         let arbiters = Arbiters::new();
         let lease_keeper = start_lease_keeper(&settings, &shared, &arbiters);
-        let writers = Writers::start(&settings, owner, &shared, &arbiters);
+        let writers = Writers::start(&settings, owner, trigger_column, &shared, &arbiters);
         stage.send_replace(Stage::Running {
             kafka_writer: writers.kafka.clone(),
             pg_writer: writers.postgres.clone(),
@@ -331,13 +342,19 @@ fn start_lease_keeper(
     })
 }
 
-async fn prepare_schema(settings: &Settings) -> Result<(), StartError> {
+/// The schema step (unless `create_schema` is off), then the type of
+/// `subscribers_feedback.trigger_datetime_created`: int4 or int8, and an int4 column refused once
+/// `now_secs` is past what it holds.
+async fn prepare_schema(settings: &Settings, now_secs: i64) -> Result<TriggerColumn, StartError> {
     let mut client = crate::postgres::connect(&settings.postgres, "schema")
         .await
         .map_err(|e| StartError::Schema(e.to_string()))?;
-    crate::postgres::ensure_schema(&mut client)
-        .await
-        .map_err(|e| StartError::Schema(e.to_string()))
+    if settings.create_schema {
+        crate::postgres::ensure_schema(&mut client)
+            .await
+            .map_err(|e| StartError::Schema(e.to_string()))?;
+    }
+    Ok(trigger_column::check_at_start(&client, now_secs).await?)
 }
 
 fn output_target(settings: &Settings) -> OutputTarget {
@@ -382,7 +399,13 @@ impl Arbiters {
 impl Writers {
     /// The Kafka and dead-letter writers share an arbiter (librdkafka does its work on threads of
     /// its own); the Postgres writer and the ledger have one each.
-    fn start(settings: &Settings, owner: i32, shared: &Shared, arbiters: &Arbiters) -> Writers {
+    fn start(
+        settings: &Settings,
+        owner: i32,
+        trigger_column: TriggerColumn,
+        shared: &Shared,
+        arbiters: &Arbiters,
+    ) -> Writers {
         let kafka_settings = KafkaSinkSettings {
             producer: settings.producer.clone(),
             topic: settings.output_topic.clone(),
@@ -397,6 +420,7 @@ impl Writers {
             postgres: settings.postgres.clone(),
             owner,
             lease: shared.lease.clone(),
+            trigger_column,
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         let postgres = Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {

@@ -69,6 +69,10 @@ pub enum FatalReason {
     ConsumerCreation(String),
     #[error("cannot subscribe to {topic}: {error}")]
     Subscription { topic: String, error: String },
+    /// A sink can store nothing until an operator acts (an int4 `trigger_datetime_created`
+    /// past 2038-01-19T03:14:07Z): the reason says what to do.
+    #[error("the {} cannot write anything: {reason}", actor.name())]
+    SinkUnusable { actor: ActorKind, reason: String },
     #[error(
         "this instance's lease was fenced by {}: it was frozen or cut off from Postgres for longer \
          than ledger.lease_ttl_secs, and another instance takes its work over",

@@ -1298,6 +1298,8 @@ async fn latency_floor(
             postgres: PostgresSettings::for_url(db_url),
             owner: 0,
             lease: campaign_actors::ledger::Lease::unbounded(),
+            // The brief's DDL, as the benchmark's schema step creates it.
+            trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
         })
         .await
         .map_err(err("postgres sink"))?,

@@ -1,5 +1,6 @@
 //! Postgres as the service meets it: connections (with TLS as the URL's `sslmode` says, see
-//! [`tls`]), how errors are described and classed, and the schema step run at start-up.
+//! [`tls`]), how errors are described and classed, the schema step run at start-up, and the
+//! type of `subscribers_feedback.trigger_datetime_created` read at start ([`trigger_column`]).
 //!
 //! The schema step only ever creates what is missing (`IF NOT EXISTS`); it never alters or
 //! rewrites a table the app owns, and the only thing it drops is an index of its own that an
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 pub mod tls;
+pub mod trigger_column;
+
+pub use trigger_column::TriggerColumn;
 
 use crate::contract;
 
@@ -341,7 +345,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// Everything but the two indexes on the app's tables is created in one transaction under an
 /// advisory lock. An index whose table this transaction created (empty) is created with it; one
 /// on a table that already existed, which may hold millions of rows the app keeps writing, is
-/// built afterwards with `CREATE INDEX CONCURRENTLY` (see [`build_concurrently`]): a plain
+/// built afterwards with `CREATE INDEX CONCURRENTLY` (one instance at a time): a plain
 /// `CREATE INDEX` would hold every write of the table for the whole build.
 pub async fn ensure_schema(client: &mut Client) -> Result<(), SchemaError> {
     let later = create_missing(client).await?;
@@ -519,7 +523,9 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
             IndexState::Missing => break,
             IndexState::Invalid if !being_built(client, index).await? => {
                 log::warn!(
-                    "{}: an earlier concurrent build failed or was interrupted and left it                      INVALID (unused, yet maintained on every write); dropping it and building                      it again",
+                    "{}: an earlier concurrent build failed or was interrupted and left it \
+                     INVALID (unused, yet maintained on every write); dropping it and building \
+                     it again",
                     index.name
                 );
                 unlimited(client, true).await?;
@@ -536,13 +542,15 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
     }
     let rows: i64 = client
         .query_one(
-            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class              WHERE oid = to_regclass($1)",
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class \
+             WHERE oid = to_regclass($1)",
             &[&index.table],
         )
         .await?
         .try_get(0)?;
     log::info!(
-        "{}: building it on {} (about {rows} rows) with CREATE INDEX CONCURRENTLY; the app's          reads and writes go on meanwhile",
+        "{}: building it on {} (about {rows} rows) with CREATE INDEX CONCURRENTLY; the app's \
+         reads and writes go on meanwhile",
         index.name,
         index.table
     );

@@ -30,6 +30,7 @@ use crate::ledger::lease::{self, Lapsed};
 use crate::ledger::{Lease, Tokens};
 use crate::metrics::SinkKind;
 use crate::notification::{cut, NotificationBatch};
+use crate::postgres::trigger_column::{self, TriggerColumn};
 use crate::postgres::PostgresSettings;
 
 pub type PgWriter = Writer<PgSink>;
@@ -38,7 +39,9 @@ pub const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// One row: the outbox mark (NULL when nothing was new) and the clients inserted, NULL when that
 /// is every client sent (the common case, which spares sending them back). A retried chunk whose
-/// token is already in the outbox gets its first attempt's mark and clients instead.
+/// token is already in the outbox gets its first attempt's mark and clients instead. `$9` takes
+/// the type of `trigger_datetime_created` (int4 as the brief has it, int8 once migrated) and is
+/// bound as such.
 /// (Those are read one primary-key lookup at a time: the statement is prepared once and runs a
 /// generic plan, and one made while `subscribers_feedback` was empty would otherwise scan it.)
 pub const INSERT: &str = concat!(
@@ -70,22 +73,22 @@ SELECT p.id,
 FROM prior p"
 );
 
-/// Every chunk of a group at once (the campaigns of a statement are distinct). Parameters: per
-/// chunk the campaign's fields, `trigger_datetime_created`, the token and the number of clients
-/// (`$1` to `$11`); per row the chunk's position (from 1) and the client (`$12`, `$13`); the owner
-/// (`$14`). One row per chunk, in order: its token, its outbox mark (NULL when nothing was new)
-/// and the clients inserted, NULL when that is every client sent.
-pub const GROUP_INSERT: &str = concat!(
-    "
+/// The text of [`GROUP_INSERT`] with the array type of `$9`.
+macro_rules! group_insert_sql {
+    ($trigger_array:literal) => {
+        concat!(
+            "
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::int8[], $11::int4[])
+                         $6::int8[], $7::int8[], $8::int8[], $9::",
+            $trigger_array,
+            ", $10::int8[], $11::int4[])
         WITH ORDINALITY AS u(restaurant_id, adv_campaign_id, content, owner_name, contact,
                              start_at, end_at, created, trig, token, unit_rows, n)
 ), ins AS (
     INSERT INTO public.subscribers_feedback (",
-    crate::notification_columns!(),
-    ")
+            crate::notification_columns!(),
+            ")
     SELECT u.restaurant_id, u.adv_campaign_id, u.content, u.owner_name, u.contact,
            u.start_at, u.end_at, x.client_id, u.created, u.trig
     FROM unnest($12::int4[], $13::text[]) AS x(unit, client_id) JOIN u ON u.n = x.unit
@@ -107,7 +110,28 @@ SELECT u.token, mark.id,
 FROM u LEFT JOIN per USING (restaurant_id, adv_campaign_id)
        LEFT JOIN mark ON mark.token = u.token
 ORDER BY u.n"
-);
+        )
+    };
+}
+
+/// Every chunk of a group at once (the campaigns of a statement are distinct). Parameters: per
+/// chunk the campaign's fields, `trigger_datetime_created`, the token and the number of clients
+/// (`$1` to `$11`); per row the chunk's position (from 1) and the client (`$12`, `$13`); the owner
+/// (`$14`). One row per chunk, in order: its token, its outbox mark (NULL when nothing was new)
+/// and the clients inserted, NULL when that is every client sent. `$9` is of the column's type
+/// (see [`group_insert`]); this text is for the brief's int4.
+pub const GROUP_INSERT: &str = group_insert_sql!("int4[]");
+
+/// [`GROUP_INSERT`] for a `trigger_datetime_created` migrated to int8.
+pub const GROUP_INSERT_INT8: &str = group_insert_sql!("int8[]");
+
+/// The grouped statement for the column's type, chosen once, when the statements are prepared.
+pub fn group_insert(column: TriggerColumn) -> &'static str {
+    match column {
+        TriggerColumn::Int4 => GROUP_INSERT,
+        TriggerColumn::Int8 => GROUP_INSERT_INT8,
+    }
+}
 
 /// A campaign's fields as statement parameters, in the order of
 /// [`crate::notification_columns!`] without `client_id` and `trigger_datetime_created`.
@@ -186,6 +210,8 @@ pub struct PgSinkConfig {
     pub owner: i32,
     /// Every transaction is fenced by it (see [`FENCE`]).
     pub lease: Lease,
+    /// The type of `subscribers_feedback.trigger_datetime_created`, read at start.
+    pub trigger_column: TriggerColumn,
 }
 
 pub struct PgSink {
@@ -193,6 +219,7 @@ pub struct PgSink {
     statements: Arc<Statements>,
     owner: i32,
     lease: Lease,
+    trigger_column: TriggerColumn,
 }
 
 /// The two inserts and the fence, prepared once per connection.
@@ -234,7 +261,7 @@ impl Sink for PgSink {
             let client = crate::postgres::connect(&config.postgres, "postgres writer")
                 .await
                 .map_err(|e| SinkError::Retriable(e.to_string()))?;
-            let group = client.prepare(GROUP_INSERT).await;
+            let group = client.prepare(group_insert(config.trigger_column)).await;
             let single = client.prepare(INSERT).await;
             let fence = client.prepare(FENCE).await;
             Ok(PgSink {
@@ -246,6 +273,7 @@ impl Sink for PgSink {
                 }),
                 owner: config.owner,
                 lease: config.lease,
+                trigger_column: config.trigger_column,
             })
         })
     }
@@ -253,8 +281,11 @@ impl Sink for PgSink {
     fn write(&self, jobs: Vec<Arc<PgJob>>) -> LocalFuture<Result<Vec<Inserted>, SinkError>> {
         let client = self.client.clone();
         let statements = self.statements.clone();
-        let (owner, lease) = (self.owner, self.lease.clone());
+        let (owner, lease, column) = (self.owner, self.lease.clone(), self.trigger_column);
         Box::pin(async move {
+            // Before anything is sent: an int4 column past 2038-01-19T03:14:07Z refuses every
+            // write, which no retry or refusal of the campaign cures.
+            let triggers = Triggers::of(column, &jobs)?;
             lease
                 .check()
                 .map_err(|e| SinkError::Lapsed(e.to_string()))?;
@@ -273,7 +304,7 @@ impl Sink for PgSink {
                     false => Ok(true),
                 }
             };
-            let inserts = insert_all(&client, &statements, owner, &jobs);
+            let inserts = insert_all(&client, &statements, owner, &jobs, &triggers);
             let (unfenced, inserted) = futures::join!(fence, inserts);
             let fenced = matches!(unfenced, Ok(false));
             let result = match unfenced.map_err(|e| classify(&e)) {
@@ -370,7 +401,7 @@ struct GroupParams<'a> {
     starts: Vec<i64>,
     ends: Vec<i64>,
     created: Vec<i64>,
-    triggers: Vec<i32>,
+    triggers: Triggers,
     tokens: Vec<i64>,
     unit_rows: Vec<i32>,
     units: Vec<i32>,
@@ -378,8 +409,11 @@ struct GroupParams<'a> {
 }
 
 impl<'a> GroupParams<'a> {
-    fn new(jobs: &'a [Arc<PgJob>], chunks: &[&Chunk], triggers: &[i32]) -> GroupParams<'a> {
-        let mut p = GroupParams::default();
+    fn new(jobs: &'a [Arc<PgJob>], chunks: &[&Chunk], triggers: &Triggers) -> GroupParams<'a> {
+        let mut p = GroupParams {
+            triggers: triggers.pick(chunks.iter().map(|c| c.job)),
+            ..GroupParams::default()
+        };
         for (k, chunk) in chunks.iter().enumerate() {
             let batch = &jobs[chunk.job].batch;
             let c = &batch.campaign;
@@ -391,7 +425,6 @@ impl<'a> GroupParams<'a> {
             p.starts.push(c.adv_campaign_datetime_start);
             p.ends.push(c.adv_campaign_datetime_end);
             p.created.push(c.datetime_created);
-            p.triggers.push(triggers[chunk.job]);
             p.tokens.push(chunk.token);
             p.unit_rows.push(chunk.clients.len() as i32);
             let unit = k as i32 + 1;
@@ -413,7 +446,7 @@ impl<'a> GroupParams<'a> {
             &self.starts,
             &self.ends,
             &self.created,
-            &self.triggers,
+            self.triggers.array(),
             &self.tokens,
             &self.unit_rows,
             &self.units,
@@ -481,24 +514,72 @@ fn added(row: &tokio_postgres::Row, first: usize, sent: Vec<String>) -> Result<A
     })
 }
 
+/// The jobs' `trigger_datetime_created`, one per job, of the column's type.
+#[derive(Debug)]
+enum Triggers {
+    Int4(Vec<i32>),
+    Int8(Vec<i64>),
+}
+
+impl Default for Triggers {
+    fn default() -> Triggers {
+        Triggers::Int4(Vec::new())
+    }
+}
+
+impl Triggers {
+    /// Fails as [`SinkError::Fatal`] when one does not fit an int4 column: the time has passed
+    /// 2038-01-19T03:14:07Z, and every write from now on would fail the same way.
+    fn of(column: TriggerColumn, jobs: &[Arc<PgJob>]) -> Result<Triggers, SinkError> {
+        let secs = jobs.iter().map(|j| j.batch.trigger_datetime_created);
+        match column {
+            TriggerColumn::Int8 => Ok(Triggers::Int8(secs.collect())),
+            TriggerColumn::Int4 => secs
+                .map(|t| {
+                    i32::try_from(t).map_err(|_| SinkError::Fatal(trigger_column::exhausted(t)))
+                })
+                .collect::<Result<_, _>>()
+                .map(Triggers::Int4),
+        }
+    }
+
+    /// The ones of `jobs`, in that order.
+    fn pick(&self, jobs: impl Iterator<Item = usize>) -> Triggers {
+        match self {
+            Triggers::Int4(t) => Triggers::Int4(jobs.map(|j| t[j]).collect()),
+            Triggers::Int8(t) => Triggers::Int8(jobs.map(|j| t[j]).collect()),
+        }
+    }
+
+    /// Job `job`'s, as a parameter.
+    fn one(&self, job: usize) -> &(dyn ToSql + Sync) {
+        match self {
+            Triggers::Int4(t) => &t[job],
+            Triggers::Int8(t) => &t[job],
+        }
+    }
+
+    /// All of them, as an array parameter.
+    fn array(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Triggers::Int4(t) => t,
+            Triggers::Int8(t) => t,
+        }
+    }
+}
+
 async fn insert_all(
     client: &Client,
     statements: &Statements,
     owner: i32,
     jobs: &[Arc<PgJob>],
+    triggers: &Triggers,
 ) -> Result<Vec<Inserted>, SinkError> {
-    let triggers: Vec<i32> = jobs
-        .iter()
-        .map(|j| i32::try_from(j.batch.trigger_datetime_created))
-        .collect::<Result<_, _>>()
-        .map_err(|_| {
-            SinkError::Permanent("trigger_datetime_created does not fit the int4 column".into())
-        })?;
     let chunks = chunks_of(jobs);
     let (groups, singles) = plan(jobs, &chunks);
     let group_params: Vec<GroupParams> = groups
         .iter()
-        .map(|g| GroupParams::new(jobs, g, &triggers))
+        .map(|g| GroupParams::new(jobs, g, triggers))
         .collect();
     let single_clients: Vec<Vec<String>> = singles
         .iter()
@@ -516,7 +597,7 @@ async fn insert_all(
         .map(|(chunk, ids)| {
             let [r, c, content, owner_name, contact, start, end, created] =
                 campaign_params(&jobs[chunk.job].batch.campaign);
-            let (trigger, token) = (&triggers[chunk.job], &chunk.token);
+            let (trigger, token) = (triggers.one(chunk.job), &chunk.token);
             [
                 r, c, content, owner_name, contact, start, end, created, trigger, ids, token,
                 &owner,

@@ -23,7 +23,7 @@ use crate::events::{Event, SinkWriteFailed, SinkWritten};
 use crate::hand_off::Batch;
 use crate::messages::{Close, Health, WriterHealth};
 use crate::metrics::{ErrorClass, SinkKind};
-use crate::shared::Shared;
+use crate::shared::{FatalReason, Shared};
 use crate::supervision::{RestartPolicy, Restarts};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -61,6 +61,11 @@ pub enum SinkError {
     /// The data itself was refused: writing it again would fail again.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The sink can take no write at all until an operator acts (a column that cannot hold the
+    /// time any more): the service stops with the reason. The jobs are not refused (that would
+    /// dead-letter every campaign) but left unconfirmed, to be read again after the fix.
+    #[error("fatal: {0}")]
+    Fatal(String),
     /// Nothing was written because this process's lease is not valid: the writer holds its jobs
     /// until the lease is renewed (the service stops if it was fenced).
     #[error("held: {0}")]
@@ -92,7 +97,7 @@ impl SinkError {
             | SinkError::Disconnected(_)
             | SinkError::Canceled
             | SinkError::Lapsed(_) => ErrorClass::Retriable,
-            SinkError::Permanent(_) => ErrorClass::Permanent,
+            SinkError::Permanent(_) | SinkError::Fatal(_) => ErrorClass::Permanent,
         }
     }
 }
@@ -262,6 +267,9 @@ pub struct Writer<S: Sink> {
     paused: bool,
     /// A look at whether the lapsed lease was fenced is under way.
     probing_fence: bool,
+    /// Set once the sink answered [`SinkError::Fatal`]: the service is stopping, and every job,
+    /// held or new, is answered with it.
+    unusable: Option<SinkError>,
 }
 
 impl<S: Sink> Writer<S> {
@@ -287,6 +295,7 @@ impl<S: Sink> Writer<S> {
             probe_at: Instant::now(),
             paused: false,
             probing_fence: false,
+            unusable: None,
             shared,
             settings,
         }
@@ -320,6 +329,9 @@ impl<S: Sink> Writer<S> {
         let Some(sink) = self.sink.clone() else {
             return;
         };
+        if self.unusable.is_some() {
+            return;
+        }
         if self.paused {
             self.update_gauges();
             return;
@@ -428,6 +440,10 @@ impl<S: Sink> Writer<S> {
                 }
                 .emit(&self.shared.metrics);
                 match e {
+                    SinkError::Fatal(reason) => {
+                        self.unusable_for_good(ctx, jobs, reason);
+                        return;
+                    }
                     // Nothing of it was written after the lease lapsed; what was handed over
                     // before is reconciled when the writes go on.
                     SinkError::Lapsed(_) => {
@@ -461,6 +477,29 @@ impl<S: Sink> Writer<S> {
                 self.finish_close_if_idle(ctx);
             }
         }
+    }
+
+    /// The sink can store nothing until an operator acts: the service is told to stop with the
+    /// reason, and every job is answered unconfirmed (so that no campaign is refused for it).
+    fn unusable_for_good(&mut self, ctx: &mut Context<Self>, jobs: Vec<Job<S>>, reason: String) {
+        log::error!("{}: {reason}", S::KIND.writer().name());
+        self.shared.fatal.raise(FatalReason::SinkUnusable {
+            actor: S::KIND.writer(),
+            reason: reason.clone(),
+        });
+        self.set_fault(Some(reason.clone()));
+        let error = SinkError::Fatal(reason);
+        let held = std::mem::take(&mut self.pending)
+            .into_iter()
+            .chain(self.suspects.drain(..).map(|(job, _)| job))
+            .chain(self.refused.drain(..).map(|(job, _, _)| job));
+        for job in jobs.into_iter().chain(held) {
+            let _ = job.done.send(Err(error.clone()));
+        }
+        self.pending_rows = 0;
+        self.unusable = Some(error);
+        self.update_gauges();
+        self.finish_close_if_idle(ctx);
     }
 
     /// Holds every job until the lease is valid again, then checks what the interrupted writes
@@ -812,6 +851,10 @@ impl<S: Sink> Supervised for Writer<S> {
 
 impl<S: Sink> Writer<S> {
     fn queue(&mut self, item: Arc<S::Item>, done: oneshot::Sender<Result<S::Output, SinkError>>) {
+        if let Some(error) = &self.unusable {
+            let _ = done.send(Err(error.clone()));
+            return;
+        }
         if !self.has_work() {
             self.progress_at = Instant::now();
         }
