@@ -898,6 +898,26 @@ async fn an_instance_whose_clock_runs_fast_fires_each_campaign_at_its_start_by_p
 /// No reload in these tests' time: what the change feed alone does.
 const NO_RELOAD: &str = "[cache]\nrefresh_interval_secs = 3600\n";
 
+/// Subscribes `clients` to `restaurant`, starts the service with no reload in the test's time,
+/// and waits until `campaign`, active all day, has reached them in both sinks.
+async fn start_with_an_active_campaign(
+    f: &Fixture,
+    restaurant: &str,
+    clients: &[String],
+    campaign: &str,
+) -> Service {
+    subscribe_all(f, restaurant, clients).await;
+    let service = Service::start(f, NO_RELOAD);
+    let now = unix_now();
+    let c = version(restaurant, campaign, "all day", (now - 60, now + 3600), 1);
+    f.produce("1", c.as_bytes()).await;
+    wait_campaign(f, campaign, clients.len(), Duration::from_secs(30), || {
+        service.log_text()
+    })
+    .await;
+    service
+}
+
 /// A subscription whose id was taken by a transaction that commits after a later one was
 /// followed (serial ids commit out of order) is followed too, within seconds, not at the next
 /// reload.
@@ -906,15 +926,7 @@ async fn a_subscription_committed_after_a_later_one_was_followed_is_notified_wit
     let f = Fixture::new("feedorder", 1).await;
     let restaurant = "5c000000-0000-0000-0000-000000000023";
     let first = clients("order", 1);
-    subscribe_all(&f, restaurant, &first).await;
-    let service = Service::start(&f, NO_RELOAD);
-    let now = unix_now();
-    let c = version(restaurant, "c-order", "all day", (now - 60, now + 3600), 1);
-    f.produce("1", c.as_bytes()).await;
-    wait_campaign(&f, "c-order", 1, Duration::from_secs(30), || {
-        service.log_text()
-    })
-    .await;
+    let service = start_with_an_active_campaign(&f, restaurant, &first, "c-order").await;
     // The slow transaction takes its id first and commits last.
     let slow = connect(&f.db_url).await;
     slow.batch_execute("BEGIN").await.unwrap();
@@ -955,15 +967,7 @@ async fn after_the_table_is_truncated_and_refilled_the_feed_follows_the_new_rows
     let f = Fixture::new("feedtrunc", 1).await;
     let restaurant = "5c000000-0000-0000-0000-000000000024";
     let before = clients("trunc", 3);
-    subscribe_all(&f, restaurant, &before).await;
-    let service = Service::start(&f, NO_RELOAD);
-    let now = unix_now();
-    let c = version(restaurant, "c-trunc", "all day", (now - 60, now + 3600), 1);
-    f.produce("1", c.as_bytes()).await;
-    wait_campaign(&f, "c-trunc", 3, Duration::from_secs(30), || {
-        service.log_text()
-    })
-    .await;
+    let service = start_with_an_active_campaign(&f, restaurant, &before, "c-trunc").await;
     // Followed once, so that the feed's position is past the first rows.
     subscribe_all(&f, restaurant, &["extra".to_string()]).await;
     wait_campaign(&f, "c-trunc", 4, Duration::from_secs(10), || {
