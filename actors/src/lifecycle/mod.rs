@@ -13,13 +13,27 @@
 //!  Enricher <──Fire─────────┘ ... outcome ──> state settled (active, expired, refused)
 //! ```
 //!
+//! Its rooms, each with its own state, deciding without I/O, and its unit tests:
+//!
+//! - [`recording`]: arrivals decided against the kept version and stored, a group at a time;
+//! - [`scheduler`]: due campaigns claimed within the budget, fired and settled;
+//! - [`subscriptions`]: the change feed of new subscriptions, and the comparison at each reload;
+//! - [`housekeeping`]: the gauge of scheduled campaigns, and forgetting what nothing needs;
+//!
+//! beside [`rules`] (what an arrival means), [`feed`] (the change feed's cursor) and [`store`]
+//! (every statement). The [`Lifecycle`] actor holds the connections and wires them together.
+//!
 //! Must not touch: how a campaign is joined or written (the enricher's and delivery's). The
 //! lifecycle only keeps the table and says when.
 
 mod actor;
 pub mod feed;
+mod housekeeping;
+mod recording;
 pub mod rules;
+mod scheduler;
 pub mod store;
+mod subscriptions;
 
 use std::sync::Arc;
 

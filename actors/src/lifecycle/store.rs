@@ -245,6 +245,8 @@ pub struct Claimed {
     pub arrival: Arrival,
     /// Another instance had claimed it and died before it was done.
     pub taken_over: bool,
+    /// Its restaurant's subscribers when it was claimed.
+    pub audience: usize,
 }
 
 /// Claims up to `limit` campaigns to fire, oldest start first, and marks them `firing` by `me`:
@@ -311,7 +313,7 @@ pub async fn claim_due(
                  FROM taken
                  WHERE c.restaurant_id = taken.restaurant_id
                    AND c.adv_campaign_id = taken.adv_campaign_id
-                 RETURNING {}, taken.was",
+                 RETURNING {}, taken.was, taken.audience",
                 COLUMNS
                     .split(", ")
                     .map(|col| format!("c.{}", col.trim()))
@@ -324,9 +326,11 @@ pub async fn claim_due(
     rows.iter()
         .map(|row| {
             let was: &str = row.try_get("was")?;
+            let audience: i64 = row.try_get("audience")?;
             Ok(Claimed {
                 arrival: arrival_of(row)?,
                 taken_over: was == "firing",
+                audience: audience.max(0) as usize,
             })
         })
         .collect()
