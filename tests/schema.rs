@@ -183,7 +183,7 @@ async fn instances_starting_together_build_each_index_once_and_both_start() {
     }
     for index in [
         "subscribers_feedback_notification_key",
-        "subscribers_restaurants_restaurant_id_idx",
+        "subscribers_restaurants_restaurant_id_id_idx",
     ] {
         assert_eq!(index_valid(&db, index).await, Some(true), "{index}");
     }

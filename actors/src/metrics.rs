@@ -295,6 +295,9 @@ pub struct Metrics {
     pub lifecycle_events: IntCounterVec,
     /// From a scheduled campaign's start until both sinks confirmed its last notification.
     pub fire_delay: Histogram,
+    /// Subscribers read from Postgres at once for scheduled campaigns being fired (a large
+    /// audience is read a slice at a time, within `writers.max_notifications_in_flight`).
+    pub fire_audience_read: Histogram,
     /// Notifications of active campaigns to clients who subscribed after the campaign was
     /// delivered (found by the change feed or a reload).
     pub late_subscriber_notifications: IntCounter,
@@ -325,6 +328,19 @@ const LATENCY_SECONDS: &[f64] = &[
 ];
 /// From a scheduled campaign's start until its last notification is confirmed: a tenth of a second
 /// to minutes, finest around the second the target is.
+/// Subscribers read at once for campaigns being fired.
+const AUDIENCE_READ: &[f64] = &[
+    10.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    200_000.0,
+    500_000.0,
+    1_000_000.0,
+    10_000_000.0,
+];
+
 const FIRE_SECONDS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
     30.0, 60.0, 120.0, 300.0,
@@ -471,6 +487,8 @@ impl Metrics {
                 "Events of the campaigns' lifecycle", &["event"]),
             fire_delay: r.histogram("fire_delay_seconds",
                 "From a scheduled campaign's start until both sinks confirmed its last notification", FIRE_SECONDS),
+            fire_audience_read: r.histogram("fire_audience_read_subscribers",
+                "Subscribers read from Postgres at once for scheduled campaigns being fired (a large audience a slice at a time)", AUDIENCE_READ),
             late_subscriber_notifications: r.counter("late_subscriber_notifications_total",
                 "Notifications of active campaigns to clients who subscribed after the campaign was delivered"),
             change_feed_lag: r.float_gauge("change_feed_lag_seconds",

@@ -217,9 +217,13 @@ impl Lifecycle {
             for arrival in &plan.expired {
                 act.emit(LifecycleEvent::Expired, arrival);
             }
-            let audience: usize = plan.together.iter().map(|f| f.audience).sum();
+            let firing = plan.together.iter().chain(&plan.sliced);
+            let audience: usize = firing.map(|f| f.audience).sum();
             act.shared.metrics.notifications_firing.add(audience as i64);
             act.fire_together(plan.together, ctx);
+            for campaign in plan.sliced {
+                act.fire_in_slices(campaign, ctx);
+            }
             act.settle(ctx);
             if full {
                 // Claims again if the budget still has room.
@@ -245,6 +249,8 @@ impl Lifecycle {
                 Ok(subscribers) => subscribers,
                 Err(e) => return act.failed("read the subscribers of due campaigns", &e, ctx),
             };
+            let read = subscribers.pairs() as f64;
+            act.shared.metrics.fire_audience_read.observe(read);
             for ToFire {
                 arrival,
                 key,
@@ -265,6 +271,23 @@ impl Lifecycle {
                 act.watch_fire(key, audience, start, fut, ctx);
             }
         }));
+    }
+
+    /// Fires one large campaign a slice of its audience at a time.
+    fn fire_in_slices(&mut self, campaign: ToFire, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let ToFire {
+            arrival,
+            key,
+            audience,
+        } = campaign;
+        let start = arrival.campaign.adv_campaign_datetime_start;
+        let (fire, slice) = (self.fire.clone(), self.scheduler.slice());
+        let reads = self.shared.metrics.fire_audience_read.clone();
+        let fut = scheduler::fire_in_slices(client, fire, arrival, slice, reads);
+        self.watch_fire(key, audience, start, fut, ctx);
     }
 
     /// Settles campaign `key` (of `audience` subscribers, starting at `start`) from the outcome

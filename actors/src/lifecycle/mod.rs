@@ -16,7 +16,8 @@
 //! Its rooms, each with its own state, deciding without I/O, and its unit tests:
 //!
 //! - [`recording`]: arrivals decided against the kept version and stored, a group at a time;
-//! - [`scheduler`]: due campaigns claimed within the budget, fired and settled;
+//! - [`scheduler`]: due campaigns claimed within the budget, fired (a large audience a slice at
+//!   a time) and settled;
 //! - [`subscriptions`]: the change feed of new subscriptions, and the comparison at each reload;
 //! - [`housekeeping`]: the gauge of scheduled campaigns, and forgetting what nothing needs;
 //!

@@ -4,20 +4,27 @@
 //! firing) as far as the notifications of what it fires already leave room for in the budget
 //! (`writers.max_notifications_in_flight`): the claim counts each campaign's audience in Postgres
 //! and takes campaigns while the audiences before stay below the room, so a burst is spread over
-//! the instances. The claimed campaigns' subscribers are read fresh at that moment, together (who
-//! unsubscribed since the cache's last reload is not notified). A campaign's state is settled from its outcome: `active` once fired,
+//! the instances. Each claimed campaign's subscribers are read fresh at that moment (who
+//! unsubscribed since the cache's last reload is not notified): the small ones together, in one
+//! statement; one whose audience is larger than a slice (the budget) a slice at a time, each slice
+//! fired and confirmed before the next is read, so that a campaign of millions holds one slice of
+//! subscribers, not all. A campaign's state is settled from its outcome: `active` once fired,
 //! `expired`, `refused`, or back to `scheduled` when it was not confirmed (claimed again).
 //!
-//! [`Scheduler`] is the bookkeeping alone, no I/O; [`read_together`] reads the audiences. Memory:
-//! the subscribers of what is being fired, the room of the budget plus one campaign.
+//! [`Scheduler`] is the bookkeeping alone, no I/O; [`read_together`] and [`fire_in_slices`] read
+//! the audiences. Memory: the subscribers of what is being fired, within about twice the budget
+//! (the campaigns read together stay below it, plus one slice).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use actix::Recipient;
+use prometheus::Histogram;
 use tokio_postgres::Client;
 
 use super::rules::{State, Window};
 use super::store::{self, key_of, Arrival, Claimed, Key};
+use super::Fire;
 use crate::cache::snapshot::Snapshot;
 use crate::messages::CampaignOutcome;
 
@@ -35,6 +42,8 @@ pub struct ToFire {
 pub struct Plan {
     /// Fired with their subscribers read together.
     pub together: Vec<ToFire>,
+    /// Fired a slice of subscribers at a time.
+    pub sliced: Vec<ToFire>,
     /// Over already: settled as expired, fired for nobody.
     pub expired: Vec<Arrival>,
 }
@@ -62,6 +71,11 @@ impl Scheduler {
             settling: false,
             closing: false,
         }
+    }
+
+    /// The subscribers read and fired at once, at most, for one campaign.
+    pub fn slice(&self) -> usize {
+        self.budget
     }
 
     /// Notifications of the campaigns claimed and not yet confirmed.
@@ -112,7 +126,10 @@ impl Scheduler {
                 key,
                 audience,
             };
-            plan.together.push(fire);
+            match audience > self.slice() {
+                true => plan.sliced.push(fire),
+                false => plan.together.push(fire),
+            }
         }
         plan
     }
@@ -204,6 +221,48 @@ pub async fn read_together(
     Ok(Arc::new(store::subscribers_of(client, &restaurants).await?))
 }
 
+/// Fires `arrival` for its restaurant's subscribers as they are now, `slice` at a time: each
+/// slice is read, fired and confirmed before the next is read. Stops at the first slice that is
+/// not delivered (refused, over, unconfirmed) with its outcome; otherwise answers for all of them.
+pub async fn fire_in_slices(
+    client: Arc<Client>,
+    fire: Recipient<Fire>,
+    arrival: Arrival,
+    slice: usize,
+    reads: Histogram,
+) -> Result<CampaignOutcome, tokio_postgres::Error> {
+    let restaurant = arrival.campaign.restaurant_id.clone();
+    let (mut after, mut notified, mut read) = (i64::MIN, 0, 0);
+    loop {
+        let (subscribers, last) =
+            store::subscribers_slice(&client, &restaurant, after, slice as i64).await?;
+        let Some(last) = last else { break };
+        read += 1;
+        reads.observe(subscribers.pairs() as f64);
+        let sent = fire.send(Fire {
+            arrival: arrival.clone(),
+            subscribers: Arc::new(subscribers),
+        });
+        match sent.await {
+            Ok(CampaignOutcome::Delivered { notifications }) => notified += notifications,
+            Ok(CampaignOutcome::AlreadyNotified | CampaignOutcome::NoSubscribers) => {}
+            Ok(other) => return Ok(other),
+            Err(e) => {
+                return Ok(CampaignOutcome::Unconfirmed {
+                    sink: "enricher",
+                    reason: e.to_string(),
+                })
+            }
+        }
+        after = last;
+    }
+    Ok(match (notified, read) {
+        (0, 0) => CampaignOutcome::NoSubscribers,
+        (0, _) => CampaignOutcome::AlreadyNotified,
+        (notifications, _) => CampaignOutcome::Delivered { notifications },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,20 +327,28 @@ mod tests {
     }
 
     #[test]
-    fn a_campaign_over_already_is_expired_and_holds_nothing() {
+    fn a_campaign_larger_than_a_slice_is_fired_in_slices_and_one_over_is_expired() {
         let mut s = Scheduler::new(1_000);
         s.claim(true);
         let plan = s.claimed(
             vec![
                 claimed("small", NOW + 60, 10),
+                claimed("budget", NOW + 60, 1_000),
+                claimed("large", NOW + 60, 1_001),
                 claimed("over", NOW - 10, 5_000),
             ],
             NOW,
             &W,
         );
-        assert_eq!(plan.together.len(), 1);
+        let ids = |f: &[ToFire]| -> Vec<String> {
+            f.iter()
+                .map(|f| f.arrival.campaign.adv_campaign_id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&plan.together), ["small", "budget"]);
+        assert_eq!(ids(&plan.sliced), ["large"]);
         assert_eq!(plan.expired.len(), 1);
-        assert_eq!(s.firing(), 10, "the expired one holds nothing");
+        assert_eq!(s.firing(), 2_011, "the expired one holds nothing");
         let settle = s.next_settle().expect("the expired one is settled");
         assert_eq!(settle, vec![(State::Expired, vec![key("over")])]);
     }

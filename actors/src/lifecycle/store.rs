@@ -449,6 +449,33 @@ pub async fn subscribers_of(
     Ok(builder.build())
 }
 
+/// A slice of one restaurant's subscribers as they are now: at most `limit` rows of
+/// `subscribers_restaurants` with an `id` above `after`, in `id` order (a range of the index on
+/// `(restaurant_id, id)`), with the last id read (`None` once none is left).
+pub async fn subscribers_slice(
+    client: &Client,
+    restaurant: &str,
+    after: i64,
+    limit: i64,
+) -> Result<(Snapshot, Option<i64>), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id::int8, client_id FROM public.subscribers_restaurants
+             WHERE restaurant_id = $1 AND id > $2::int8
+             ORDER BY id
+             LIMIT $3",
+            &[&restaurant, &after, &limit],
+        )
+        .await?;
+    let mut builder = SnapshotBuilder::new();
+    let mut last = None;
+    for row in &rows {
+        last = Some(row.try_get::<_, i64>(0)?);
+        builder.push(restaurant, row.try_get(1)?);
+    }
+    Ok((builder.build(), last))
+}
+
 /// The role, in `campaign_notifier_leaders`, of the one instance that follows the change feed.
 const FEED_ROLE: &str = "change_feed";
 const FEED_NAME: &str = "subscribers_restaurants";
