@@ -4,6 +4,9 @@
 #   scripts/bench.sh --pairs 1000000 --restaurants 5000 --campaigns 5000
 # or the fan-out matrix (fan-out 1, 10, 100, 1 000 and the Zipf mix; one JSON line per shape):
 #   scripts/bench.sh --matrix
+# With --baseline anywhere, the plain Python pipeline of bench/baseline/pipeline.py runs on the
+# same workload beside the service (its packages installed once in a virtual environment):
+#   scripts/bench.sh --matrix --baseline --chart docs/fanout.svg
 # or, with `--example NAME` first, to one of bench/examples instead:
 #   scripts/bench.sh --example producer_chunking
 set -euo pipefail
@@ -17,6 +20,16 @@ ensure_postgres
 dir=$(mktemp -d)
 trap 'stop_tansu; rm -rf "$dir"' EXIT
 start_tansu "$dir"
+args=()
+for a in "$@"; do
+  if [ "$a" = "--baseline" ]; then
+    ensure_baseline_python
+    args+=(--baseline-python "$baseline_python")
+  else
+    args+=("$a")
+  fi
+done
+set -- ${args[@]+"${args[@]}"}
 if [ "${1:-}" = "--example" ]; then
   example=$2
   shift 2

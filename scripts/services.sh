@@ -10,6 +10,9 @@
 #                             has not) on a free port with its data in DIR; sets noida_pid and
 #                             txn_broker (127.0.0.1:PORT)
 #   stop_noida                stop it
+#   ensure_baseline_python    a virtual environment with confluent-kafka and psycopg for the
+#                             benchmark's plain Python pipeline (seconds, once); sets
+#                             baseline_python to its interpreter
 
 TANSU_VERSION=0.6.0
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -119,4 +122,20 @@ stop_noida() {
     kill -INT "$noida_pid" 2>/dev/null || true
     wait "$noida_pid" 2>/dev/null || true
   fi
+}
+
+# The benchmark's baseline (bench/baseline/pipeline.py): its own virtual environment, pinned.
+BASELINE_REQUIREMENTS="confluent-kafka==2.16.1 psycopg[binary]==3.3.9"
+baseline_home=${BASELINE_HOME:-$HOME/.cache/campaign-notifier/baseline-venv-2.16.1-3.3.9}
+baseline_python="$baseline_home/bin/python"
+
+ensure_baseline_python() {
+  if [ -x "$baseline_python" ] && "$baseline_python" -c 'import confluent_kafka, psycopg' 2>/dev/null; then
+    return
+  fi
+  printf '== installing the baseline pipeline'"'"'s packages (%s)\n' "$BASELINE_REQUIREMENTS" >&2
+  rm -rf "$baseline_home"
+  python3 -m venv "$baseline_home"
+  # shellcheck disable=SC2086
+  "$baseline_home/bin/pip" install -q --disable-pip-version-check $BASELINE_REQUIREMENTS
 }

@@ -1,4 +1,6 @@
 //! What the `campaign-bench` binary and its examples share.
 
+pub mod baseline;
+pub mod chart;
 pub mod measure;
 pub mod setup;

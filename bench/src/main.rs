@@ -42,6 +42,7 @@ use campaign_actors::sinks::kafka_writer::{KafkaJob, KafkaSink, KafkaSinkSetting
 use campaign_actors::sinks::pg_writer::{campaign_params, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_actors::{Metrics, Pipeline};
+use campaign_bench::baseline::{self, BaselineRun, BaselineTarget};
 use campaign_bench::measure::{
     cpu_seconds, histogram_buckets, others_cpu_seconds, processed, quantile, resident_bytes,
 };
@@ -121,6 +122,16 @@ struct Args {
     /// Skips the backlog, reload and cache phases (set for each shape of `--matrix`).
     #[arg(skip)]
     pipeline_only: bool,
+    /// Also run the plain Python pipeline of bench/baseline/pipeline.py with this interpreter (it
+    /// needs confluent-kafka and psycopg; `scripts/bench.sh --baseline` installs them in a
+    /// virtual environment of its own) on the same broker, Postgres and workload as (d), and
+    /// report its rate and CPU next to the service's.
+    #[arg(long)]
+    baseline_python: Option<String>,
+    /// With `--baseline-python`: write an SVG chart of every shape's rate and CPU, service
+    /// beside baseline, to this file at the end.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
     /// Internal: produce the `--campaigns` campaigns of (d), made at `--now`, to this topic and
     /// exit. (d) runs this in a child process, so that producing the input is not counted as the
     /// service's CPU.
@@ -162,6 +173,8 @@ impl Args {
             producer_properties: self.producer_properties.clone(),
             brokers: self.brokers.clone(),
             postgres_url: self.postgres_url.clone(),
+            baseline_python: self.baseline_python.clone(),
+            chart: None,
             produce_campaigns: None,
             ..*self
         };
@@ -215,6 +228,8 @@ fn main() -> ExitCode {
             }
         };
     }
+    let chart = args.chart.clone();
+    let mut reports = Vec::new();
     let runs: Vec<Args> = match args.matrix.is_empty() {
         true => vec![args],
         false => args.matrix.iter().map(|s| args.for_shape(*s)).collect(),
@@ -222,12 +237,26 @@ fn main() -> ExitCode {
     for (k, args) in runs.into_iter().enumerate() {
         progress(&format!("shape {}", args.shape()));
         match system.block_on(run(args, k)) {
-            Ok(report) => println!("{report}"),
+            Ok(report) => {
+                println!("{report}");
+                reports.push(report);
+            }
             Err(e) => {
                 eprintln!("benchmark failed: {e}");
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if let Some(path) = chart {
+        let Some(svg) = campaign_bench::chart::draw(&reports) else {
+            eprintln!("no chart: the baseline did not run (--baseline-python)");
+            return ExitCode::FAILURE;
+        };
+        if let Err(e) = std::fs::write(&path, svg) {
+            eprintln!("cannot write the chart to {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        progress(&format!("chart written to {}", path.display()));
     }
     ExitCode::SUCCESS
 }
@@ -559,6 +588,8 @@ struct Figures {
     floor: Vec<FloorTimes>,
     /// Seconds each campaign of the input hop's floor took from its Kafka timestamp to a reader.
     hop: Vec<f64>,
+    /// The plain Python pipeline on the same workload, with `--baseline-python`.
+    baseline: Option<BaselineRun>,
     d: PipelineRun,
     latency: Latency,
     /// The backlog and reload phases, unless the run is `pipeline_only`.
@@ -611,6 +642,10 @@ async fn run_in(
     let rate = latency_rate(args, &ceilings, w.notifications);
     let floor = bench.floor(&cache.snapshot, rate).await?;
     let hop = bench.input_hop(rate).await?;
+    let baseline = match &args.baseline_python {
+        Some(python) => Some(bench.baseline(python, &w).await?),
+        None => None,
+    };
     let (mut service, d) = bench.pipeline(&w).await?;
     let latency = bench.latency(&mut service, rate).await?;
     let mut expected = w.notifications + latency.total_latency * args.latency_fanout;
@@ -635,6 +670,7 @@ async fn run_in(
             ceilings,
             floor,
             hop,
+            baseline,
             d,
             latency,
             rest,
@@ -770,6 +806,8 @@ impl Bench<'_> {
                 (&topic("in"), args.partitions),
                 (&topic("out"), args.partitions),
                 (&topic("dlq"), 1),
+                (&topic("py-in"), args.partitions),
+                (&topic("py-out"), args.partitions),
             ],
         )
         .await?;
@@ -907,6 +945,41 @@ impl Bench<'_> {
             .map_err(|_| "the input hop's campaigns did not all arrive".to_string())?;
         written?;
         secs
+    }
+
+    /// The baseline: the plain Python pipeline over the campaigns of (d), produced the same way
+    /// to a topic of its own, writing to a topic and a table of its own.
+    async fn baseline(&self, python: &str, w: &Workload) -> BenchResult<BaselineRun> {
+        progress("baseline: the plain Python pipeline");
+        let table = "baseline_feedback";
+        baseline::create_table(&self.db, table).await?;
+        let (input, output) = (self.topic("py-in"), self.topic("py-out"));
+        let group = format!("cn-bench-{}-py", self.run_id);
+        let target = BaselineTarget {
+            python,
+            brokers: &self.args.brokers,
+            input: &input,
+            output: &output,
+            group: &group,
+            db_url: self.db_url,
+            table,
+        };
+        // Blocking: nothing else of the benchmark runs meanwhile.
+        let run = baseline::run(&target, w.notifications, || self.produce_in_child(&input))?;
+        let rows: i64 = self
+            .db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .map_err(err("baseline rows"))?
+            .get(0);
+        if run.written != w.notifications as u64 || rows != w.notifications as i64 {
+            return Err(format!(
+                "the baseline wrote {} notifications ({rows} rows), expected {}",
+                run.written, w.notifications
+            ));
+        }
+        settle(&self.db, table).await;
+        Ok(run)
     }
 
     /// (d): the pipeline, guarantees on; returns the running service for the phases after it.
@@ -1192,6 +1265,29 @@ fn report(args: &Args, f: &Figures) -> serde_json::Value {
         "input_hop_floor_max_seconds": round(exact_quantile(&f.hop, 1.0), 4),
         "latency_p99_over_both_floors_p99_ms": round((latency_p99 - floor_p99 - hop_p99) * 1000.0, 1),
     });
+    if let (Some(b), Some(all)) = (&f.baseline, report.as_object_mut()) {
+        let service_total = f.d.cpu + f.d.others.0 + f.d.others.1;
+        let baseline_total = b.cpu + b.others.0 + b.others.1;
+        let more = serde_json::json!({
+            "baseline_per_s": per_s(b.secs),
+            "baseline_seconds": round(b.secs, 3),
+            "baseline_cpu_seconds_per_million": {
+                "script": per_million(b.cpu),
+                "broker": per_million(b.others.0),
+                "postgres": per_million(b.others.1),
+            },
+            "service_rate_over_baseline": round(b.secs / f.d.secs, 2),
+            "baseline_cpu_over_service_cpu": round(b.cpu / f.d.cpu, 2),
+            "system_cpu_seconds_per_million": {
+                "service": per_million(service_total),
+                "baseline": per_million(baseline_total),
+            },
+            "baseline_system_cpu_over_service_system_cpu": round(baseline_total / service_total, 2),
+        });
+        if let serde_json::Value::Object(more) = more {
+            all.extend(more);
+        }
+    }
     let Some(rest) = &f.rest else {
         return report;
     };

@@ -4,7 +4,16 @@ use prometheus::core::Collector;
 
 /// User + system CPU seconds of this process so far.
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    proc_cpu_seconds("self")
+}
+
+/// User + system CPU seconds of process `pid` so far (0 once it is gone).
+pub fn pid_cpu_seconds(pid: u32) -> f64 {
+    proc_cpu_seconds(&pid.to_string())
+}
+
+fn proc_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or_default();
     stat_cpu_seconds(after)
