@@ -238,7 +238,7 @@ async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::V
         ],
     )
     .await?;
-    let config = service_config(&args.brokers, &prefix, db_url, &[])?;
+    let config = service_config(&args.brokers, &prefix, db_url, &[], &[])?;
     let pipeline = Pipeline::start(config, Metrics::new())
         .await
         .map_err(err("start the pipeline"))?;

@@ -104,6 +104,9 @@ struct Args {
     /// (repeatable).
     #[arg(long = "producer-property", value_parser = parse_property)]
     producer_properties: Vec<(String, String)>,
+    /// Extra librdkafka consumer property KEY=VALUE for the service's reader (repeatable).
+    #[arg(long = "consumer-property", value_parser = parse_property)]
+    consumer_properties: Vec<(String, String)>,
     /// Every restaurant with exactly this many subscribers instead of the Zipf mix: `--pairs`
     /// rounded down to a multiple of it, one campaign per restaurant, and the latency phases at
     /// this fan-out.
@@ -171,6 +174,7 @@ impl Args {
             cache_pairs: 0,
             pairs: n,
             producer_properties: self.producer_properties.clone(),
+            consumer_properties: self.consumer_properties.clone(),
             brokers: self.brokers.clone(),
             postgres_url: self.postgres_url.clone(),
             baseline_python: self.baseline_python.clone(),
@@ -1036,8 +1040,9 @@ impl Bench<'_> {
     /// The service's config in this run: its topics and database.
     fn config(&self) -> BenchResult<campaign_actors::Config> {
         let prefix = format!("cn-bench-{}", self.run_id);
-        let (brokers, properties) = (&self.args.brokers, &self.args.producer_properties);
-        service_config(brokers, &prefix, self.db_url, properties)
+        let args = self.args;
+        let (producer, consumer) = (&args.producer_properties, &args.consumer_properties);
+        service_config(&args.brokers, &prefix, self.db_url, producer, consumer)
     }
 
     /// The service on this run's topics and database, and a producer of campaigns for it.

@@ -52,17 +52,21 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult
 
 /// The service's config in a benchmark: topics `{prefix}-in`, `-out` and `-dlq`, group `prefix`,
 /// a cache that reloads only when asked, a free HTTP port, warnings only, and `producer`
-/// properties on top of the service's own.
+/// properties on top of the service's own (and `consumer` properties on top of the reader's).
 pub fn service_config(
     brokers: &str,
     prefix: &str,
     db_url: &str,
     producer: &[(String, String)],
+    consumer: &[(String, String)],
 ) -> BenchResult<Config> {
-    let producer: String = producer
-        .iter()
-        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-        .collect();
+    let toml = |properties: &[(String, String)]| -> String {
+        properties
+            .iter()
+            .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+            .collect()
+    };
+    let (producer, consumer) = (toml(producer), toml(consumer));
     let text = format!(
         r#"
 [kafka]
@@ -73,7 +77,7 @@ dead_letter_topic = "{prefix}-dlq"
 group_id = "{prefix}"
 [kafka.consumer]
 "fetch.wait.max.ms" = "10"
-[kafka.producer]
+{consumer}[kafka.producer]
 {producer}
 [postgres]
 url = "{db_url}"
