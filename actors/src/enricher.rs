@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
@@ -23,7 +24,7 @@ use crate::events::{CampaignRejected, Event};
 use crate::hand_off::HandOff;
 use crate::lifecycle::rules::Phase;
 use crate::lifecycle::{Arrival, Decision, Fire, RecordAll, Recorded, Window};
-use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign};
+use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, ProcessCampaigns};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;
@@ -165,7 +166,38 @@ impl Handler<ProcessCampaign> for Enricher {
     type Result = ResponseFuture<CampaignOutcome>;
 
     fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
-        let arrival = match self.validate(msg.0) {
+        self.process(msg.0)
+    }
+}
+
+/// A poll's campaigns: each goes its own way (validated, recorded, joined, delivered) and is
+/// answered on its own; they run as one task of the enricher, which sends what they hand to the
+/// lifecycle and the writers in the same turn as one message to each.
+impl Handler<ProcessCampaigns> for Enricher {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessCampaigns, ctx: &mut Context<Self>) {
+        let mut running: FuturesUnordered<_> = msg
+            .0
+            .into_iter()
+            .map(|(record, answer)| {
+                let outcome = self.process(record);
+                async move {
+                    // A reader that stopped waiting needs no answer.
+                    let _ = answer.send(outcome.await);
+                }
+            })
+            .collect();
+        // Bound to the enricher: if it stops, the campaigns' answers are dropped and each reads
+        // as unconfirmed at the reader.
+        ctx.spawn(async move { while running.next().await.is_some() {} }.into_actor(self));
+    }
+}
+
+impl Enricher {
+    /// One campaign, from its message to its outcome.
+    fn process(&mut self, record: CampaignRecord) -> Outcome {
+        let arrival = match self.validate(record) {
             Ok(arrival) => Arc::new(arrival),
             Err(unusable) => {
                 let (outcome, letter) = *unusable;

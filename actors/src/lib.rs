@@ -4,7 +4,7 @@
 //!                      SnapshotLoaded
 //!  Postgres ──COPY──> cache::SubscriberCache ─────────┐
 //!                                                     v
-//!  Kafka ──> reader::KafkaReader ──ProcessCampaign──> Enricher ── validate, join
+//!  Kafka ──> reader::KafkaReader ─ProcessCampaigns─> Enricher ── validate, join
 //!  input        ^   stores offsets                    │  ^ Record ──> lifecycle::Lifecycle (decide,
 //!               │                                     │  └ Fire ───── keep the version; at a start
 //!               │                                     │               or for new subscribers)

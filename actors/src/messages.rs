@@ -26,6 +26,10 @@ pub struct CampaignRecord {
 #[rtype(result = "CampaignOutcome")]
 pub struct ProcessCampaign(pub CampaignRecord);
 
+/// What one poll of the reader found: [`ProcessCampaign`] for each, as one message, each with
+/// the channel its own outcome goes back on.
+pub type ProcessCampaigns = crate::hand_off::Batch<CampaignRecord, CampaignOutcome>;
+
 /// What became of a campaign. Every outcome but `Unconfirmed` lets the reader store the
 /// campaign's offset.
 #[derive(Debug, Clone, PartialEq, Eq)]

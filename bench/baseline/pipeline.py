@@ -91,7 +91,13 @@ def main():
                 continue
             for client in subscribers.get(restaurant, ()):
                 out = dict(c, client_id=client, trigger_datetime_created=now)
-                producer.produce(a.output, json.dumps(out), key=client)
+                value = json.dumps(out)
+                while True:
+                    try:
+                        producer.produce(a.output, value, key=client)
+                        break
+                    except BufferError:  # the local queue is full: let it drain
+                        producer.poll(0.05)
                 rows.append(tuple(out.get(k) for k in COLUMNS))
             producer.poll(0)
         if rows:

@@ -8,6 +8,10 @@
 //!
 //! At most `max_in_flight_campaigns` campaigns are in flight; at the limit the reader stops
 //! pulling, so a slow or reconnecting sink bounds memory instead of growing a queue.
+//!
+//! What one poll finds (up to [`POLL_CAMPAIGNS`], within the limit) goes to the enricher as one
+//! message, each campaign still with its own answer; the offsets freed by the answers ready
+//! together are stored in one call.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
@@ -23,15 +27,16 @@ use tokio::sync::{oneshot, watch};
 use super::consumer::{ReaderConsumer, ReaderSettings};
 use super::offsets::OffsetTracker;
 use crate::events::{CampaignFinished, Event};
+use crate::hand_off::HandOff;
 use crate::liveness::Loop;
-use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaign};
+use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaigns};
 use crate::notification::SourceRef;
 use crate::shared::{FatalReason, Shared};
 
 pub struct KafkaReader {
     config: ReaderSettings,
-    /// Where each campaign goes; it answers once the campaign is finished.
-    processor: Recipient<ProcessCampaign>,
+    /// Where the campaigns go; it answers each once it is finished.
+    processor: Recipient<ProcessCampaigns>,
     shared: Shared,
     stop: watch::Sender<Option<Duration>>,
     report: Option<oneshot::Receiver<DrainReport>>,
@@ -42,7 +47,7 @@ impl KafkaReader {
     /// stop.
     pub fn new(
         config: ReaderSettings,
-        processor: Recipient<ProcessCampaign>,
+        processor: Recipient<ProcessCampaigns>,
         shared: Shared,
     ) -> KafkaReader {
         KafkaReader {
@@ -99,7 +104,7 @@ impl Actor for KafkaReader {
             ReadLoop {
                 consumer,
                 topic: self.config.topic.clone().into(),
-                processor: self.processor.clone(),
+                processor: HandOff::new(self.processor.clone()),
                 shared: self.shared.clone(),
                 tracker: OffsetTracker::default(),
                 in_flight: FuturesUnordered::new(),
@@ -131,11 +136,15 @@ impl Handler<Drain> for KafkaReader {
 
 type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (SourceRef, CampaignOutcome)>>>;
 
+/// The most campaigns one poll hands to the enricher at once.
+pub const POLL_CAMPAIGNS: usize = 500;
+
 /// What the read loop works on: the consumer, the campaigns in flight and their offsets.
 struct ReadLoop {
     consumer: Arc<ReaderConsumer>,
     topic: Arc<str>,
-    processor: Recipient<ProcessCampaign>,
+    /// A poll's campaigns go as one message.
+    processor: HandOff<CampaignRecord, CampaignOutcome>,
     shared: Shared,
     tracker: OffsetTracker,
     in_flight: FuturesUnordered<InFlight>,
@@ -196,23 +205,50 @@ impl ReadLoop {
         stop: &mut watch::Receiver<Option<Duration>>,
     ) -> bool {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        let consumer = self.consumer.clone();
+        let mut messages = consumer.stream();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return true,
                 _ = heartbeat.tick() => self.shared.liveness.beat(Loop::Reader),
-                Some((source, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if !self.complete(source, outcome) {
+                Some(first) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    // With the answers that are ready too: their offsets are stored at once.
+                    let mut finished = vec![first];
+                    while let Some(Some(next)) = self.in_flight.next().now_or_never() {
+                        finished.push(next);
+                    }
+                    if !self.complete(finished) {
                         return false;
                     }
                     self.shared.metrics.campaigns_in_flight.set(self.in_flight.len() as i64);
                 }
-                message = self.consumer.recv(), if self.in_flight.len() < max_in_flight => {
+                Some(message) = messages.next(), if self.in_flight.len() < max_in_flight => {
                     match message {
                         Ok(m) => {
                             let record = self.record(&m);
                             drop(m);
                             self.start(record);
+                            // The rest of what this poll has, within the limit, goes with it.
+                            let room = max_in_flight.saturating_sub(self.in_flight.len());
+                            for _ in 0..room.min(POLL_CAMPAIGNS - 1) {
+                                match messages.next().now_or_never() {
+                                    Some(Some(Ok(m))) => {
+                                        let record = self.record(&m);
+                                        drop(m);
+                                        self.start(record);
+                                    }
+                                    Some(Some(Err(e))) => {
+                                        log::warn!("kafka reader: receive failed: {e}");
+                                        break;
+                                    }
+                                    Some(None) | None => break,
+                                }
+                            }
+                            self.shared
+                                .metrics
+                                .campaigns_in_flight
+                                .set(self.in_flight.len() as i64);
                         }
                         Err(e) => {
                             log::warn!("kafka reader: receive failed: {e}");
@@ -242,20 +278,16 @@ impl ReadLoop {
         let source = record.source.clone();
         self.shared.metrics.campaigns_received.inc();
         self.tracker.started(source.partition, source.offset);
-        let request = self.processor.send(ProcessCampaign(record));
+        let answer = self.processor.send(record);
         self.in_flight.push(Box::pin(async move {
-            let outcome = request
+            let outcome = answer
                 .await
-                .unwrap_or_else(|e| CampaignOutcome::Unconfirmed {
+                .unwrap_or_else(|_| CampaignOutcome::Unconfirmed {
                     sink: "enricher",
-                    reason: e.to_string(),
+                    reason: "the enricher stopped before answering".into(),
                 });
             (source, outcome)
         }));
-        self.shared
-            .metrics
-            .campaigns_in_flight
-            .set(self.in_flight.len() as i64);
     }
 
     /// Waits up to `grace` for the campaigns in flight; returns how many did not finish.
@@ -270,8 +302,8 @@ impl ReadLoop {
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.in_flight.next()).await {
-                Ok(Some((source, outcome))) => {
-                    if !self.complete(source, outcome) {
+                Ok(Some(finished)) => {
+                    if !self.complete(vec![finished]) {
                         break;
                     }
                 }
@@ -281,30 +313,47 @@ impl ReadLoop {
         self.in_flight.len()
     }
 
-    /// Records an outcome and stores the offset it frees. Returns false when the outcome means
-    /// the pipeline is broken and reading must stop.
-    fn complete(&mut self, source: SourceRef, outcome: CampaignOutcome) -> bool {
-        CampaignFinished {
-            source: &source,
-            outcome: &outcome,
-            now_ms: self.shared.clock.now_ms(),
-        }
-        .emit(&self.shared.metrics);
-        if matches!(outcome, CampaignOutcome::Unconfirmed { .. }) {
-            return false;
-        }
-        if let Some(next) = self.tracker.finished(source.partition, source.offset) {
-            // `store_offset` (librdkafka's legacy rd_kafka_offset_store) would store `next + 1`;
-            // `store_offsets` stores exactly the next offset to read.
-            let mut tpl = TopicPartitionList::with_capacity(1);
-            let stored = tpl
-                .add_partition_offset(&self.topic, source.partition, Offset::Offset(next))
-                .and_then(|()| self.consumer.store_offsets(&tpl));
-            match stored {
-                Ok(()) => self.shared.metrics.offsets_stored.inc(),
-                // The partition was revoked meanwhile; its new owner reads from the last commit.
-                Err(e) => log::debug!("kafka reader: cannot store offset {next} of {source}: {e}"),
+    /// Records outcomes and stores the offsets they free, one store for them all. Returns false
+    /// when an outcome means the pipeline is broken and reading must stop (nothing is stored
+    /// then).
+    fn complete(&mut self, finished: Vec<(SourceRef, CampaignOutcome)>) -> bool {
+        let now_ms = self.shared.clock.now_ms();
+        // Per partition, the furthest offset freed.
+        let mut freed: Vec<(i32, i64)> = Vec::new();
+        for (source, outcome) in &finished {
+            CampaignFinished {
+                source,
+                outcome,
+                now_ms,
             }
+            .emit(&self.shared.metrics);
+            if matches!(outcome, CampaignOutcome::Unconfirmed { .. }) {
+                return false;
+            }
+            if let Some(next) = self.tracker.finished(source.partition, source.offset) {
+                match freed.iter_mut().find(|(p, _)| *p == source.partition) {
+                    Some((_, offset)) => *offset = next,
+                    None => freed.push((source.partition, next)),
+                }
+            }
+        }
+        if freed.is_empty() {
+            return true;
+        }
+        // `store_offset` (librdkafka's legacy rd_kafka_offset_store) would store `next + 1`;
+        // `store_offsets` stores exactly the next offset to read.
+        let mut tpl = TopicPartitionList::with_capacity(freed.len());
+        let stored = freed.iter().try_for_each(|&(partition, next)| {
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+        });
+        match stored.and_then(|()| self.consumer.store_offsets(&tpl)) {
+            Ok(()) => self
+                .shared
+                .metrics
+                .offsets_stored
+                .inc_by(freed.len() as u64),
+            // A partition was revoked meanwhile; its new owner reads from the last commit.
+            Err(e) => log::debug!("kafka reader: cannot store offsets {freed:?}: {e}"),
         }
         true
     }
@@ -405,6 +454,104 @@ fn ahead(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
+    use crate::hand_off::Batch;
+    use crate::metrics::Metrics;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::Mutex;
+
+    /// Answers every campaign as delivered; records the size of each message it got.
+    struct Processor(Arc<Mutex<Vec<usize>>>);
+
+    impl Actor for Processor {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ProcessCampaigns> for Processor {
+        type Result = ();
+        fn handle(&mut self, msg: ProcessCampaigns, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(msg.0.len());
+            let Batch(requests) = msg;
+            for (_, answer) in requests {
+                let _ = answer.send(CampaignOutcome::Delivered { notifications: 1 });
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn what_a_poll_finds_goes_to_the_enricher_as_one_message_and_every_offset_is_committed() {
+        const CAMPAIGNS: usize = 300;
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("in", 2, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("producer");
+        for i in 0..CAMPAIGNS {
+            let key = format!("c{i}");
+            producer
+                .send(
+                    FutureRecord::to("in").key(&key).payload("{}"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("produce");
+        }
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let processor = Processor(batches.clone()).start();
+        let (shared, _failed) = Shared::new(Metrics::new(), Clock::system());
+        let settings = ReaderSettings {
+            brokers: brokers.clone(),
+            topic: "in".into(),
+            group_id: "readers".into(),
+            auto_offset_reset: "earliest".into(),
+            max_in_flight: 2048,
+            orphan_stall: None,
+            overrides: vec![("fetch.wait.max.ms".into(), "10".into())],
+        };
+        let reader = KafkaReader::new(settings, processor.recipient(), shared.clone()).start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while batches.lock().unwrap().iter().sum::<usize>() < CAMPAIGNS {
+            assert!(Instant::now() < deadline, "{:?}", batches.lock().unwrap());
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let report = reader
+            .send(Drain {
+                grace: Duration::from_secs(5),
+            })
+            .await
+            .expect("drain");
+        assert!(report.committed && report.abandoned == 0, "{report:?}");
+        let sizes = batches.lock().unwrap().clone();
+        // The messages were all waiting: polls find many at a time, never more than the bound.
+        assert!(
+            sizes.len() * 5 <= CAMPAIGNS && sizes.iter().all(|n| *n <= POLL_CAMPAIGNS),
+            "{} messages for {CAMPAIGNS} campaigns: {sizes:?}",
+            sizes.len()
+        );
+        let committed = shared.metrics.offsets_stored.get();
+        assert!(committed >= 2, "offsets stored {committed} times");
+        // What the group committed: every campaign of both partitions.
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "readers")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        tpl.add_partition("in", 1);
+        let offsets = consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .expect("committed");
+        let total: i64 = offsets
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(0))
+            .sum();
+        assert_eq!(total, CAMPAIGNS as i64);
+    }
 
     #[test]
     fn the_final_commit_never_moves_an_offset_back_nor_touches_another_owners_partition() {

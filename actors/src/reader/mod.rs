@@ -4,8 +4,8 @@
 //! the campaign is finished ([`offsets`]); [`orphan_watch`] rejoins the group when partitions are
 //! left to nobody. Both use the consumer [`consumer`] creates.
 //!
-//! Must not touch: the sinks or the ledger. The reader hands each campaign to a
-//! `Recipient<ProcessCampaign>` and learns only its outcome.
+//! Must not touch: the sinks or the ledger. The reader hands what each poll finds to a
+//! `Recipient<ProcessCampaigns>` and learns only each campaign's outcome.
 
 pub mod consumer;
 pub mod kafka_reader;
