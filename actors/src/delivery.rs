@@ -130,6 +130,14 @@ impl Delivery {
         drop(tokens);
         let routes = self.routes.clone();
         async move {
+            // Most campaigns are one slice: no set of slices to run.
+            if slices.len() == 1 {
+                let mut progress = Progress::default();
+                if let Some(job) = slices.into_iter().next() {
+                    progress.add(routes.clone().deliver_slice(job).await);
+                }
+                return progress.finish(&routes, &batch, origin).await;
+            }
             let mut slices = slices.into_iter();
             let mut running = FuturesUnordered::new();
             let mut progress = Progress::default();
@@ -244,12 +252,13 @@ impl Progress {
 struct InFlight {
     _permit: OwnedSemaphorePermit,
     notifications: i64,
-    metrics: Metrics,
+    /// `notifications_in_flight` (one handle, not a clone of every metric).
+    gauge: prometheus::IntGauge,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.metrics.notifications_in_flight.sub(self.notifications);
+        self.gauge.sub(self.notifications);
     }
 }
 
@@ -268,7 +277,7 @@ impl Routes {
         let _in_flight = InFlight {
             _permit: permit,
             notifications: rows as i64,
-            metrics: self.metrics.clone(),
+            gauge: self.metrics.notifications_in_flight.clone(),
         };
         let batch = job.batch.clone();
         let to_postgres = self.postgres.send(Arc::new(job));

@@ -258,7 +258,7 @@ mod tests {
     use crate::delivery::DeliveryTargets;
     use crate::hand_off::Batch;
     use crate::lifecycle::rules::{decide, Kept};
-    use crate::lifecycle::store::{key_of, Key};
+    use crate::lifecycle::store::{key_of, KeyMap};
     use crate::lifecycle::{Recorded, Stored};
     use crate::messages::{ClearOutbox, Withdraw};
     use crate::metrics::Metrics;
@@ -268,7 +268,6 @@ mod tests {
     use crate::sinks::kafka_writer::{KafkaJob, KafkaSink, Sent};
     use crate::sinks::pg_writer::{Inserted, PgJob, PgSink};
     use crate::sinks::{SinkError, Write, WriteAll};
-    use std::collections::HashMap;
     use std::sync::Mutex;
 
     const W: Window = Window {
@@ -280,7 +279,7 @@ mod tests {
     /// records what reached it, in order.
     #[derive(Default)]
     struct Sinks {
-        kept: HashMap<Key, Kept>,
+        kept: KeyMap<Kept>,
         log: Arc<Mutex<Vec<String>>>,
         /// Clients Postgres says were new; `None`: every client of the job.
         inserted: Option<Vec<String>>,

@@ -16,7 +16,6 @@
 //! and what the rooms hold (arrivals not yet answered, states not yet settled) is kept across the
 //! restart.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use super::housekeeping::{self, Housekeeping};
 use super::recording::Recording;
 use super::rules::{Decision, Kept, State, Window};
 use super::scheduler::{self, Scheduler, ToFire};
-use super::store::{self, Arrival, Key};
+use super::store::{self, Arrival, Key, KeyMap};
 use super::subscriptions::{self, FeedAdvance, FeedRead, Follower};
 use super::{Fire, RecordAll};
 use crate::cache::snapshot::Snapshot;
@@ -146,7 +145,7 @@ impl Lifecycle {
 
     /// Decides group `id` (each arrival is answered at once), stores its versions, and reads the
     /// next group meanwhile.
-    fn decide_and_store(&mut self, id: u64, kept: HashMap<Key, Kept>, ctx: &mut Context<Self>) {
+    fn decide_and_store(&mut self, id: u64, kept: KeyMap<Kept>, ctx: &mut Context<Self>) {
         let (now, window) = self.now_and_window();
         let to_store = self.recording.decide(id, kept, now, &window);
         let (Some(recorder), Some(prepared)) = (self.recorder.clone(), self.prepared.clone())

@@ -11,13 +11,13 @@
 //! runs the statements (`store::kept`, `store::store`) and tells it how they went. Memory: the
 //! arrivals not yet stored, which the enricher's hand-off bounds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::channel::oneshot;
 
 use super::rules::{decide, Decision, Kept, State, Window};
-use super::store::{key_of, Arrival, Key};
+use super::store::{key_of, Arrival, Key, KeyMap};
 use super::{Recorded, Stored};
 
 /// An arrival waiting to be recorded, and who waits for its decision and for it to be stored.
@@ -66,7 +66,7 @@ pub struct Recording {
     /// whether that store has finished: a later arrival is decided against these, not against the
     /// table. A stored one is dropped only when the next read of the table starts, since a read
     /// that started before the store finished may not see it.
-    unstored: HashMap<Key, (u64, bool, Kept)>,
+    unstored: KeyMap<(u64, bool, Kept)>,
     groups: u64,
 }
 
@@ -111,14 +111,14 @@ impl Recording {
     pub fn decide(
         &mut self,
         id: u64,
-        mut kept: HashMap<Key, Kept>,
+        mut kept: KeyMap<Kept>,
         now: i64,
         window: &Window,
     ) -> ToStore {
         self.deciding = false;
         self.groups += 1;
         let group = self.groups;
-        let mut to_store: HashMap<Key, (usize, State)> = HashMap::new();
+        let mut to_store: KeyMap<(usize, State)> = KeyMap::default();
         let Some(held) = self.under_way.get_mut(&id) else {
             return ToStore { rows: Vec::new() };
         };
@@ -273,7 +273,7 @@ mod tests {
             r.next_read().is_none(),
             "the next group waits for this one's decisions"
         );
-        r.decide(read.id, HashMap::new(), NOW, &W);
+        r.decide(read.id, KeyMap::default(), NOW, &W);
         let next = r.next_read().expect("decided: the next group is read");
         assert_eq!(next.keys, vec![("r".to_string(), "c".to_string())]);
     }
@@ -284,7 +284,7 @@ mod tests {
         let mut rx = push(&mut r, arrival("a", "x", 1, 1));
         let read = r.next_read().unwrap();
         assert!(answer(&mut rx).is_none(), "not decided yet");
-        let to_store = r.decide(read.id, HashMap::new(), NOW, &W);
+        let to_store = r.decide(read.id, KeyMap::default(), NOW, &W);
         assert_eq!(to_store.rows.len(), 1);
         assert_eq!(to_store.rows[0].1, State::Scheduled);
         let recorded = answer(&mut rx).expect("answered before it is stored");
@@ -302,11 +302,11 @@ mod tests {
         let mut r = Recording::default();
         let _v1 = push(&mut r, arrival("a", "v1", 1, 1));
         let first = r.next_read().unwrap();
-        r.decide(first.id, HashMap::new(), NOW, &W);
+        r.decide(first.id, KeyMap::default(), NOW, &W);
         // v2 arrives while v1 is being stored: the table, read again, does not have v1 yet.
         let mut v2 = push(&mut r, arrival("a", "v2", 2, 2));
         let second = r.next_read().unwrap();
-        r.decide(second.id, HashMap::new(), NOW, &W);
+        r.decide(second.id, KeyMap::default(), NOW, &W);
         assert_eq!(
             answer(&mut v2).unwrap().decision,
             Decision::Schedule { replaced: true }
@@ -315,7 +315,10 @@ mod tests {
         r.stored(first.id);
         let mut late = push(&mut r, arrival("a", "v1", 1, 1));
         let third = r.next_read().unwrap();
-        assert!(r.decide(third.id, HashMap::new(), NOW, &W).rows.is_empty());
+        assert!(r
+            .decide(third.id, KeyMap::default(), NOW, &W)
+            .rows
+            .is_empty());
         assert_eq!(answer(&mut late).unwrap().decision, Decision::Superseded);
         r.stored(second.id);
     }
@@ -342,7 +345,7 @@ mod tests {
         let mut r = Recording::default();
         let mut a = push(&mut r, arrival("a", "x", 1, 1));
         let read = r.next_read().unwrap();
-        r.decide(read.id, HashMap::new(), NOW, &W);
+        r.decide(read.id, KeyMap::default(), NOW, &W);
         let recorded = answer(&mut a).expect("answered");
         let mut b = push(&mut r, arrival("b", "x", 1, 2));
         // The store's future went with the restart.
@@ -350,7 +353,7 @@ mod tests {
         assert_eq!(r.len(), 2, "nothing dropped");
         let again = r.next_read().unwrap();
         assert_eq!(again.keys.len(), 2);
-        let stored_again = r.decide(again.id, HashMap::new(), NOW, &W);
+        let stored_again = r.decide(again.id, KeyMap::default(), NOW, &W);
         assert_eq!(stored_again.rows.len(), 2, "a's version is stored again");
         assert!(answer(&mut b).is_some(), "b answered once");
         r.stored(again.id);

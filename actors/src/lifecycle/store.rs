@@ -11,7 +11,6 @@
 //! (the owner named in `campaign_notifier_leaders`, while its lease is live). How it waits for ids
 //! that commit out of order, and notices a truncated table, is [`super::feed`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{pin_mut, TryStreamExt};
@@ -41,6 +40,10 @@ impl Arrival {
 
 /// A campaign's key in the table.
 pub type Key = (String, String);
+
+/// A map by campaign key, with a fast hasher: the keys are the service's own (campaign ids read
+/// from the input), looked up for every arrival.
+pub type KeyMap<V> = std::collections::HashMap<Key, V, foldhash::fast::RandomState>;
 
 pub fn key_of(c: &Campaign) -> Key {
     (c.restaurant_id.clone(), c.adv_campaign_id.clone())
@@ -166,13 +169,13 @@ pub async fn kept(
     client: &Client,
     prepared: &Prepared,
     keys: &[Key],
-) -> Result<HashMap<Key, Kept>, tokio_postgres::Error> {
+) -> Result<KeyMap<Kept>, tokio_postgres::Error> {
     let (restaurants, campaigns): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(r, c)| (r.as_str(), c.as_str())).unzip();
     let rows = client
         .query(&prepared.kept, &[&restaurants, &campaigns])
         .await?;
-    let mut kept = HashMap::with_capacity(rows.len());
+    let mut kept = KeyMap::with_capacity_and_hasher(rows.len(), Default::default());
     for row in rows {
         let campaign = campaign_of(&row)?;
         let source = SourceRef {

@@ -485,19 +485,21 @@ mod tests {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("in", 2, 1).expect("topic");
         let brokers = cluster.bootstrap_servers();
+        // In a few record batches, so that a fetch brings many campaigns at once.
         let producer: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "200")
             .create()
             .expect("producer");
-        for i in 0..CAMPAIGNS {
-            let key = format!("c{i}");
-            producer
-                .send(
-                    FutureRecord::to("in").key(&key).payload("{}"),
-                    Duration::from_secs(5),
-                )
-                .await
-                .expect("produce");
+        let keys: Vec<String> = (0..CAMPAIGNS).map(|i| format!("c{i}")).collect();
+        let sends = keys.iter().map(|key| {
+            producer.send(
+                FutureRecord::to("in").key(key).payload("{}"),
+                Duration::from_secs(5),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.expect("produce");
         }
         let batches = Arc::new(Mutex::new(Vec::new()));
         let processor = Processor(batches.clone()).start();
@@ -509,7 +511,12 @@ mod tests {
             auto_offset_reset: "earliest".into(),
             max_in_flight: 2048,
             orphan_stall: None,
-            overrides: vec![("fetch.wait.max.ms".into(), "10".into())],
+            // Every campaign fetched at once, so that what a poll finds does not depend on how
+            // the fetches and the test's threads interleave.
+            overrides: vec![
+                ("fetch.wait.max.ms".into(), "10".into()),
+                ("queued.min.messages".into(), "100000".into()),
+            ],
         };
         let reader = KafkaReader::new(settings, processor.recipient(), shared.clone()).start();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -17,7 +17,6 @@
 //! token in the outbox and returns the rows that attempt inserted instead of inserting nothing,
 //! so no notification is dropped on the way to Kafka.
 
-use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -469,7 +468,7 @@ pub const GROUPED_ROWS: usize = 32;
 /// hold one chunk, one [`INSERT`] each.
 fn plan<'c>(jobs: &[Arc<PgJob>], chunks: &'c [Chunk]) -> (Vec<Vec<&'c Chunk>>, Vec<&'c Chunk>) {
     // Each statement's campaigns (restaurant, campaign) and chunks.
-    type Statement<'k, 'c> = (HashSet<(&'k str, &'k str)>, Vec<&'c Chunk>);
+    type Statement<'k, 'c> = (foldhash::HashSet<(&'k str, &'k str)>, Vec<&'c Chunk>);
     let mut groups: Vec<Statement> = Vec::new();
     let mut singles = Vec::new();
     for chunk in chunks {
@@ -482,7 +481,7 @@ fn plan<'c>(jobs: &[Arc<PgJob>], chunks: &'c [Chunk]) -> (Vec<Vec<&'c Chunk>>, V
         let key = (c.restaurant_id.as_str(), c.adv_campaign_id.as_str());
         let free = groups.iter().position(|(keys, _)| !keys.contains(&key));
         let k = free.unwrap_or_else(|| {
-            groups.push((HashSet::new(), Vec::new()));
+            groups.push((foldhash::HashSet::default(), Vec::new()));
             groups.len() - 1
         });
         groups[k].0.insert(key);
@@ -616,7 +615,8 @@ async fn insert_all(
         .into_iter();
     drop((group_calls, single_params));
 
-    let mut by_token: HashMap<i64, Added> = HashMap::with_capacity(chunks.len());
+    let mut by_token: foldhash::HashMap<i64, Added> =
+        foldhash::HashMap::with_capacity_and_hasher(chunks.len(), Default::default());
     for (group, params) in groups.iter().zip(group_params) {
         let rows = results.next().unwrap_or_default();
         if rows.len() != group.len() {
