@@ -3,6 +3,8 @@
 #
 # - installs the Kafka-protocol broker Tansu 0.6.0 when it is missing (about 10 minutes, once),
 #   and noida-db from PyPI, a broker whose Kafka transactions work, for tests/transactions.rs;
+# - installs the benchmark's plain Python baseline's packages in a virtual environment of their
+#   own when they are missing (seconds, once), for the matrix smoke run;
 # - makes sure the local Postgres is up;
 # - starts Tansu on a free port with sqlite storage in a directory of this run, and noida-db
 #   beside it, so runs never share a broker;
@@ -24,6 +26,7 @@ log() { printf '== %s\n' "$*" >&2; }
 ensure_tansu
 ensure_noida
 ensure_postgres
+ensure_baseline_python
 "$root/scripts/ensure-test-tools.sh"
 
 run_id="$(date +%s)_$$"
@@ -67,9 +70,10 @@ log "benchmark smoke run"
 cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
   --restaurants 100 --pairs 5000 --campaigns 100 --latency-secs 2 --latency-fanout 10 \
   --backlog-campaigns 20 --cache-pairs 20000
-log "fan-out matrix smoke run (two shapes)"
+log "fan-out matrix smoke run (two shapes, beside the plain Python baseline)"
 cargo run -q -p campaign-bench -- --brokers "$broker" --postgres-url "$pg_url" \
-  --matrix 10,zipf --notifications 5000 --restaurants 100 --latency-secs 2
+  --matrix 10,zipf --notifications 5000 --restaurants 100 --latency-secs 2 \
+  --baseline-python "$baseline_python" --chart "$run_dir/fanout.svg"
 log "lifecycle benchmark smoke run"
 cargo run -q -p campaign-bench --example lifecycle -- --brokers "$broker" --postgres-url "$pg_url" \
   --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2 --on-record 2000

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use campaign_actors::campaign::Campaign;
 use campaign_actors::lifecycle::rules::State;
 use campaign_actors::lifecycle::store::{self, Prepared};
 use campaign_actors::lifecycle::Arrival;
@@ -29,6 +28,7 @@ use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::Sink;
 use campaign_bench::measure::{others_cpu_seconds, pid_cpu_seconds};
 use campaign_bench::setup::{connect, database_url, err, BenchResult};
+use campaign_bench::workload::{campaign, campaign_json};
 use clap::Parser;
 use futures::{pin_mut, SinkExt};
 use tokio_postgres::Client;
@@ -122,34 +122,6 @@ impl Meter {
     }
 }
 
-fn campaign(i: usize, now: i64) -> Campaign {
-    Campaign {
-        restaurant_id: format!("10000000-0000-4000-8000-{i:012}"),
-        adv_campaign_id: format!("30000000-0000-4000-8000-{i:012}"),
-        adv_campaign_content: "New dish, 70% off until 14:00! Every comment on it matters to us."
-            .into(),
-        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
-        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
-        adv_campaign_datetime_start: now - 3600,
-        adv_campaign_datetime_end: now + 3600,
-        datetime_created: now - 7200,
-    }
-}
-
-fn message(c: &Campaign) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "restaurant_id": c.restaurant_id,
-        "adv_campaign_id": c.adv_campaign_id,
-        "adv_campaign_content": c.adv_campaign_content,
-        "adv_campaign_owner": c.adv_campaign_owner,
-        "adv_campaign_owner_contact": c.adv_campaign_owner_contact,
-        "adv_campaign_datetime_start": c.adv_campaign_datetime_start,
-        "adv_campaign_datetime_end": c.adv_campaign_datetime_end,
-        "datetime_created": c.datetime_created,
-    }))
-    .unwrap_or_default()
-}
-
 async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde_json::Value> {
     let now = campaign_actors::clock::unix_secs();
     let mut db = connect(url).await?;
@@ -182,9 +154,9 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
     );
     let arrivals: Vec<Arrival> = (0..campaigns)
         .map(|i| {
-            let c = campaign(i, now);
+            let c = campaign(i, &format!("10000000-0000-4000-8000-{i:012}"), now);
             Arrival {
-                payload: message(&c),
+                payload: campaign_json(&c).into_bytes(),
                 key: None,
                 source: SourceRef {
                     topic: "bench-in".into(),

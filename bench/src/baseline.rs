@@ -39,25 +39,13 @@ pub struct BaselineRun {
     pub written: u64,
 }
 
-/// The brief's `subscribers_feedback`, under another name: what the script writes into.
+/// The brief's `subscribers_feedback` (its DDL, no unique key), under another name: what the
+/// script writes into.
 pub async fn create_table(db: &Client, table: &str) -> BenchResult<()> {
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (
-            id serial4 PRIMARY KEY,
-            restaurant_id text NOT NULL,
-            adv_campaign_id text NOT NULL,
-            adv_campaign_content text NOT NULL,
-            adv_campaign_owner text NOT NULL,
-            adv_campaign_owner_contact text NOT NULL,
-            adv_campaign_datetime_start int8 NOT NULL,
-            adv_campaign_datetime_end int8 NOT NULL,
-            datetime_created int8 NOT NULL,
-            client_id text NOT NULL,
-            trigger_datetime_created int8 NOT NULL,
-            feedback varchar NULL)"
-    ))
-    .await
-    .map_err(err("baseline table"))
+    let ddl = campaign_actors::contract::SUBSCRIBERS_FEEDBACK_DDL
+        .replace("public.subscribers_feedback", table)
+        .replace("CONSTRAINT id_pk", &format!("CONSTRAINT {table}_pk"));
+    db.batch_execute(&ddl).await.map_err(err("baseline table"))
 }
 
 /// The running script and the lines it prints.

@@ -4,3 +4,4 @@ pub mod baseline;
 pub mod chart;
 pub mod measure;
 pub mod setup;
+pub mod workload;

@@ -49,6 +49,7 @@ use campaign_bench::measure::{
 use campaign_bench::setup::{
     connect, create_topics, database_url, err, service_config, BenchResult,
 };
+use campaign_bench::workload::{campaign, campaign_json};
 use clap::Parser;
 use futures::{pin_mut, StreamExt, TryStreamExt};
 use rdkafka::consumer::Consumer;
@@ -285,34 +286,6 @@ fn restaurant_id(r: usize) -> String {
 
 fn client_id(n: usize) -> String {
     format!("20000000-0000-4000-8000-{n:012}")
-}
-
-fn campaign(i: usize, restaurant: &str, now: i64) -> Campaign {
-    Campaign {
-        restaurant_id: restaurant.to_string(),
-        adv_campaign_id: format!("30000000-0000-4000-8000-{i:012}"),
-        adv_campaign_content: "New dish, 70% off until 14:00! Every comment on it matters to us."
-            .into(),
-        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
-        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
-        adv_campaign_datetime_start: now - 3600,
-        adv_campaign_datetime_end: now + 3600,
-        datetime_created: now - 7200,
-    }
-}
-
-fn campaign_json(c: &Campaign) -> String {
-    serde_json::json!({
-        "restaurant_id": c.restaurant_id,
-        "adv_campaign_id": c.adv_campaign_id,
-        "adv_campaign_content": c.adv_campaign_content,
-        "adv_campaign_owner": c.adv_campaign_owner,
-        "adv_campaign_owner_contact": c.adv_campaign_owner_contact,
-        "adv_campaign_datetime_start": c.adv_campaign_datetime_start,
-        "adv_campaign_datetime_end": c.adv_campaign_datetime_end,
-        "datetime_created": c.datetime_created,
-    })
-    .to_string()
 }
 
 /// The campaigns of (d): one per restaurant in turn.
