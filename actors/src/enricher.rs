@@ -24,7 +24,7 @@ use crate::events::{CampaignRejected, Event};
 use crate::hand_off::HandOff;
 use crate::lifecycle::rules::Phase;
 use crate::lifecycle::{Arrival, Decision, Fire, RecordAll, Recorded, Window};
-use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaign, ProcessCampaigns};
+use crate::messages::{CampaignOutcome, CampaignRecord, ProcessCampaigns};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::notification::NotificationBatch;
 use crate::shared::Shared;
@@ -159,14 +159,6 @@ impl Handler<SnapshotLoaded> for Enricher {
 
     fn handle(&mut self, msg: SnapshotLoaded, _: &mut Context<Self>) {
         self.snapshot = Some(msg.0);
-    }
-}
-
-impl Handler<ProcessCampaign> for Enricher {
-    type Result = ResponseFuture<CampaignOutcome>;
-
-    fn handle(&mut self, msg: ProcessCampaign, _: &mut Context<Self>) -> Self::Result {
-        self.process(msg.0)
     }
 }
 
@@ -470,7 +462,10 @@ mod tests {
             key: None,
             payload: Some(payload.as_bytes().to_vec()),
         };
-        enricher.send(ProcessCampaign(record)).await.unwrap()
+        // As the reader hands it over: one campaign of a poll, answered on its own channel.
+        let (answer, answered) = futures::channel::oneshot::channel();
+        enricher.send(Batch(vec![(record, answer)])).await.unwrap();
+        answered.await.unwrap()
     }
 
     #[actix_rt::test]

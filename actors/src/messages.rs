@@ -2,7 +2,7 @@
 //! the reader, closing a writer. A wing's own messages live in it (the cache's `SnapshotLoaded`
 //! and `RefreshCache`, the writers' `Write`).
 //!
-//! Commands are imperative (`ProcessCampaign`, `Drain`), events past tense (`SnapshotLoaded`). The
+//! Commands are imperative (`ProcessCampaigns`, `Drain`), events past tense (`SnapshotLoaded`). The
 //! data path uses `send()` and awaits it, so a full mailbox slows the sender down; only control
 //! messages use `do_send`.
 
@@ -20,14 +20,9 @@ pub struct CampaignRecord {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Validate, join and write one campaign. Answered once both sinks confirmed every notification,
-/// or as soon as it is clear there is nothing to write.
-#[derive(Message)]
-#[rtype(result = "CampaignOutcome")]
-pub struct ProcessCampaign(pub CampaignRecord);
-
-/// What one poll of the reader found: [`ProcessCampaign`] for each, as one message, each with
-/// the channel its own outcome goes back on.
+/// What one poll of the reader found, as one message: validate, join and write each campaign.
+/// Each is answered on its own channel, once both sinks confirmed every notification, or as soon
+/// as it is clear there is nothing to write.
 pub type ProcessCampaigns = crate::hand_off::Batch<CampaignRecord, CampaignOutcome>;
 
 /// What became of a campaign. Every outcome but `Unconfirmed` lets the reader store the
