@@ -62,6 +62,17 @@ async fn state_of(f: &Fixture, campaign: &str) -> Option<String> {
     .map(|row| row.get(0))
 }
 
+/// Both sinks hold exactly `total` distinct notifications, and the output topic each once.
+async fn assert_each_once_in_both_sinks(f: &Fixture, total: i64) {
+    let pairs = output_pairs(f);
+    assert_eq!(pairs.len() as i64, total);
+    assert!(
+        pairs.values().all(|&n| n == 1),
+        "a notification went out twice"
+    );
+    assert_eq!(row_pairs(f).await.len() as i64, total);
+}
+
 /// Waits until both sinks hold `n` notifications; returns when that was seen.
 async fn wait_both_sinks(f: &Fixture, n: i64, timeout: Duration, log: impl Fn() -> String) {
     let deadline = Instant::now() + timeout;
@@ -1197,13 +1208,7 @@ async fn a_burst_of_campaigns_starting_together_is_claimed_within_the_budget_by_
         "one instance took the whole burst"
     );
     wait_both_sinks(&f, total, Duration::from_secs(60), || a.log_text()).await;
-    let pairs = output_pairs(&f);
-    assert_eq!(pairs.len() as i64, total);
-    assert!(
-        pairs.values().all(|&n| n == 1),
-        "a notification went out twice"
-    );
-    assert_eq!(row_pairs(&f).await.len() as i64, total);
+    assert_each_once_in_both_sinks(&f, total).await;
     drop((a, b));
     f.cleanup().await;
 }
@@ -1260,13 +1265,7 @@ async fn a_large_audience_is_read_and_fired_a_slice_at_a_time_and_notified_once(
         "{reads} reads: the large audience was not read in slices of {BUDGET}"
     );
     assert_eq!(within, reads, "a read was larger than the budget");
-    let pairs = output_pairs(&f);
-    assert_eq!(pairs.len() as i64, total);
-    assert!(
-        pairs.values().all(|&n| n == 1),
-        "a notification went out twice"
-    );
-    assert_eq!(row_pairs(&f).await.len() as i64, total);
+    assert_each_once_in_both_sinks(&f, total).await;
     let fired = service.metric_with(
         "campaign_notifier_lifecycle_events_total",
         "event=\"fired\"",

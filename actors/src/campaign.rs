@@ -31,6 +31,23 @@ pub struct Campaign {
     pub datetime_created: i64,
 }
 
+impl Campaign {
+    /// The campaign as the input carries it: the brief's eight fields.
+    pub fn input_json(&self) -> String {
+        serde_json::json!({
+            "restaurant_id": self.restaurant_id,
+            "adv_campaign_id": self.adv_campaign_id,
+            "adv_campaign_content": self.adv_campaign_content,
+            "adv_campaign_owner": self.adv_campaign_owner,
+            "adv_campaign_owner_contact": self.adv_campaign_owner_contact,
+            "adv_campaign_datetime_start": self.adv_campaign_datetime_start,
+            "adv_campaign_datetime_end": self.adv_campaign_datetime_end,
+            "datetime_created": self.datetime_created,
+        })
+        .to_string()
+    }
+}
+
 /// Why a message was not used. The label is a bounded metric label; the detail goes to the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {

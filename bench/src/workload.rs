@@ -19,15 +19,5 @@ pub fn campaign(i: usize, restaurant: &str, now: i64) -> Campaign {
 
 /// The campaign as a producer writes it to the input topic.
 pub fn campaign_json(c: &Campaign) -> String {
-    serde_json::json!({
-        "restaurant_id": c.restaurant_id,
-        "adv_campaign_id": c.adv_campaign_id,
-        "adv_campaign_content": c.adv_campaign_content,
-        "adv_campaign_owner": c.adv_campaign_owner,
-        "adv_campaign_owner_contact": c.adv_campaign_owner_contact,
-        "adv_campaign_datetime_start": c.adv_campaign_datetime_start,
-        "adv_campaign_datetime_end": c.adv_campaign_datetime_end,
-        "datetime_created": c.datetime_created,
-    })
-    .to_string()
+    c.input_json()
 }

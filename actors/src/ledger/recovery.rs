@@ -549,7 +549,8 @@ impl Recoverer {
                     timestamp_ms: None,
                 },
                 None,
-                campaign_json(campaign).into_bytes(),
+                // The original message is gone: the campaign as the input carries it.
+                campaign.input_json().into_bytes(),
             ),
         };
         Ok(DeadLetter {
@@ -560,21 +561,6 @@ impl Recoverer {
             reason,
         })
     }
-}
-
-/// The campaign as the input carries it (for a dead letter whose original message is gone).
-fn campaign_json(c: &Campaign) -> String {
-    serde_json::json!({
-        "restaurant_id": c.restaurant_id,
-        "adv_campaign_id": c.adv_campaign_id,
-        "adv_campaign_content": c.adv_campaign_content,
-        "adv_campaign_owner": c.adv_campaign_owner,
-        "adv_campaign_owner_contact": c.adv_campaign_owner_contact,
-        "adv_campaign_datetime_start": c.adv_campaign_datetime_start,
-        "adv_campaign_datetime_end": c.adv_campaign_datetime_end,
-        "datetime_created": c.datetime_created,
-    })
-    .to_string()
 }
 
 /// When nothing of `campaign` may be sent any more (ms since the epoch).
