@@ -20,7 +20,7 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-pub use producer::Producer;
+pub use producer::{Chunk, Producer};
 
 /// librdkafka properties as `Debug` shows them: every password as `***`.
 pub struct ShownProperties<'a>(pub &'a [(String, String)]);

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
-use rdkafka::producer::FutureRecord;
 use tokio_postgres::Client;
 
 use super::lease::Lease;
@@ -33,7 +32,7 @@ use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
 use crate::events::{DeadLettered, Event};
 use crate::kafka::{
-    scan, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
+    scan, Chunk, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
 };
 use crate::metrics::{DeadLetterReason, Metrics, WithdrawReason};
 use crate::notification::{fingerprint_of, OutputEncoder, SourceRef, Wanted};
@@ -638,8 +637,7 @@ async fn send_missing(
         .iter()
         .filter(|c| !found.contains(&fingerprint_of(&marked.campaign, c)));
     let mut unsent = Unsent::default();
-    let mut chunk: Vec<(&String, rdkafka::producer::DeliveryFuture)> =
-        Vec::with_capacity(SEND_CHUNK);
+    let mut chunk = Chunk::new();
     let mut payload = Vec::with_capacity(512);
     while let Some(client) = missing.next() {
         if chunk.is_empty() && crate::clock::Clock::system().now_ms() >= deadline_ms {
@@ -649,11 +647,12 @@ async fn send_missing(
         }
         payload.clear();
         encoder.encode(ClientId::Text(client), &mut payload);
-        let record = FutureRecord::to(topic)
-            .payload(&payload)
+        let record = chunk
+            .record(topic)
+            .payload(&payload[..])
             .key(client.as_bytes());
-        match producer.enqueue(record).await {
-            Ok(delivery) => chunk.push((client, delivery)),
+        match producer.hand_over(&mut chunk, record).await {
+            Ok(()) => {}
             Err(e) if e.class == FailureClass::Permanent => {
                 unsent.reason.get_or_insert_with(|| e.message.clone());
                 unsent.refused.push(client.clone());
@@ -661,34 +660,30 @@ async fn send_missing(
             Err(e) => {
                 // What was handed over must have landed or failed before the next sweep reads
                 // the topic back.
-                let _ = confirm_chunk(std::mem::take(&mut chunk), &mut unsent).await;
+                let _ = settle(chunk, &mut unsent).await;
                 return Err(e);
             }
         }
         if chunk.len() == SEND_CHUNK {
-            confirm_chunk(std::mem::take(&mut chunk), &mut unsent).await?;
+            settle(std::mem::take(&mut chunk), &mut unsent).await?;
         }
     }
-    confirm_chunk(chunk, &mut unsent).await?;
+    settle(chunk, &mut unsent).await?;
     Ok(unsent)
 }
 
-/// Waits for every acknowledgement of a chunk; refusals for good go to `unsent`, the first other
-/// failure is the answer (after every one was awaited).
-async fn confirm_chunk(
-    chunk: Vec<(&String, rdkafka::producer::DeliveryFuture)>,
-    unsent: &mut Unsent,
-) -> Result<(), KafkaFailure> {
+/// Waits for every acknowledgement of a chunk; refusals for good go to `unsent` (a record's key is
+/// its client), the first other failure is the answer (after every one was awaited).
+async fn settle(chunk: Chunk, unsent: &mut Unsent) -> Result<(), KafkaFailure> {
     let mut first = None;
-    for (client, delivery) in chunk {
-        let failure = match delivery.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err((e, _))) => crate::kafka::classify(&e),
-            Err(_) => KafkaFailure::retriable("producer was dropped"),
-        };
+    for refusal in chunk.settled().await {
+        let failure = refusal.failure;
         if failure.class == FailureClass::Permanent {
             unsent.reason.get_or_insert_with(|| failure.message.clone());
-            unsent.refused.push(client.clone());
+            let client = refusal.key.unwrap_or_default();
+            unsent
+                .refused
+                .push(String::from_utf8_lossy(&client).into_owned());
         } else {
             first.get_or_insert(failure);
         }

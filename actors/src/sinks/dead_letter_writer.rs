@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use super::kafka_writer::KafkaSinkSettings;
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
-use crate::kafka::{FailureClass, Producer};
+use crate::kafka::producer::Record;
+use crate::kafka::{Chunk, FailureClass, Producer};
 use crate::metrics::{DeadLetterReason, SinkKind};
 use crate::notification::SourceRef;
 
@@ -110,27 +110,28 @@ impl Sink for DeadLetterSink {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         Box::pin(async move {
-            let mut deliveries = Vec::with_capacity(letters.len());
+            // A chunk a letter: each one's refusal is its own.
+            let mut handed = Vec::with_capacity(letters.len());
             for letter in &letters {
-                deliveries.push(enqueue(&producer, &topic, letter).await?);
+                handed.push(hand_over(&producer, &topic, letter).await?);
             }
             // A letter the broker refuses for good (larger than the topic takes) is sent again
             // without its payload: the headers still say where the message is.
-            let mut again = Vec::new();
-            for (letter, (delivery, omitted)) in letters.iter().zip(deliveries) {
-                match Producer::confirm([delivery]).await {
+            let mut again = Chunk::new();
+            for (letter, (chunk, omitted)) in letters.iter().zip(handed) {
+                match chunk.confirmed().await {
                     Err(e) if e.class == FailureClass::Permanent && !omitted => {
                         log::warn!(
                             "dead-letter writer: {} refused with its payload ({e}); writing it without",
                             letter.source
                         );
-                        let record = record(&topic, letter, true);
-                        again.push(producer.enqueue(record).await?);
+                        let record = record(&topic, letter, true, &again);
+                        producer.hand_over(&mut again, record).await?;
                     }
                     result => result?,
                 }
             }
-            Producer::confirm(again).await?;
+            again.confirmed().await?;
             Ok(vec![(); letters.len()])
         })
     }
@@ -141,13 +142,14 @@ impl Sink for DeadLetterSink {
     }
 }
 
-/// The record of a letter, with or without its payload.
+/// The record of a letter, with or without its payload, as one of `chunk`'s.
 fn record<'a>(
     topic: &'a str,
     letter: &'a DeadLetter,
     omitted: bool,
-) -> FutureRecord<'a, [u8], [u8]> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers(letter, omitted));
+    chunk: &Chunk,
+) -> Record<'a, [u8], [u8]> {
+    let mut record = chunk.record(topic).headers(headers(letter, omitted));
     if let Some(key) = &letter.key {
         record = record.key(key.as_slice());
     }
@@ -157,18 +159,25 @@ fn record<'a>(
     record
 }
 
-/// Hands one letter to the producer; a payload too large for the producer is left out at once.
-/// Returns the delivery and whether the payload was left out.
-async fn enqueue(
+/// Hands one letter to the producer, as a chunk of its own; a payload too large for the producer
+/// is left out at once. Returns the chunk and whether the payload was left out.
+async fn hand_over(
     producer: &Producer,
     topic: &str,
     letter: &DeadLetter,
-) -> Result<(DeliveryFuture, bool), SinkError> {
-    match producer.enqueue(record(topic, letter, false)).await {
+) -> Result<(Chunk, bool), SinkError> {
+    let mut chunk = Chunk::new();
+    let whole = record(topic, letter, false, &chunk);
+    match producer.hand_over(&mut chunk, whole).await {
         Err(e) if e.code == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            Ok((producer.enqueue(record(topic, letter, true)).await?, true))
+            let without = record(topic, letter, true, &chunk);
+            producer.hand_over(&mut chunk, without).await?;
+            Ok((chunk, true))
         }
-        other => Ok((other?, letter.payload.is_none())),
+        other => {
+            other?;
+            Ok((chunk, letter.payload.is_none()))
+        }
     }
 }
 

@@ -27,10 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::lock::Mutex;
-use rdkafka::producer::FutureRecord;
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
-use crate::kafka::{partition_for, scan, Producer, ProducerSettings};
+use crate::kafka::{partition_for, scan, Chunk, Producer, ProducerSettings};
 use crate::ledger::Lease;
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
@@ -107,10 +106,10 @@ async fn send_partition(
     let mut expired = Vec::new();
     while !rest.is_empty() {
         let now = crate::clock::Clock::system().now_ms();
-        let mut deliveries = Vec::with_capacity(rest.len().min(CHUNK_MESSAGES));
+        let mut chunk = Chunk::new();
         let (mut bytes, mut taken, mut deadline) = (0, 0, i64::MAX);
         for &(j, c) in rest {
-            if deliveries.len() == CHUNK_MESSAGES || bytes >= CHUNK_BYTES {
+            if chunk.len() == CHUNK_MESSAGES || bytes >= CHUNK_BYTES {
                 break;
             }
             taken += 1;
@@ -125,35 +124,30 @@ async fn send_partition(
             job.batch.write_json_for(client, &mut payload);
             bytes += payload.len() + client.len();
             // librdkafka copies key and payload, so the buffer is reused.
-            let record = FutureRecord::to(topic)
-                .payload(&payload)
+            let record = chunk
+                .record(topic)
+                .payload(&payload[..])
                 .key(client.as_bytes())
                 .partition(partition);
-            match producer.enqueue(record).await {
-                Ok(delivery) => deliveries.push(delivery),
-                Err(refused) => {
-                    // What this chunk handed over before must have landed or failed before the
-                    // writer reads the topic back to see what is there.
-                    let _ = Producer::confirm(deliveries).await;
-                    return Err(refused.into());
-                }
+            if let Err(refused) = producer.hand_over(&mut chunk, record).await {
+                // What this chunk handed over before must have landed or failed before the
+                // writer reads the topic back to see what is there.
+                chunk.settled().await;
+                return Err(refused.into());
             }
         }
         rest = &rest[taken..];
-        confirm_before(deliveries, deadline).await?;
+        confirm_before(chunk, deadline).await?;
     }
     Ok(expired)
 }
 
 /// Waits for a chunk's acknowledgements, but not past `deadline` (ms since the epoch).
-async fn confirm_before(
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
-    deadline: i64,
-) -> Result<(), SinkError> {
-    if deliveries.is_empty() {
+async fn confirm_before(chunk: Chunk, deadline: i64) -> Result<(), SinkError> {
+    if chunk.is_empty() {
         return Ok(());
     }
-    let confirm = Producer::confirm(deliveries);
+    let confirm = chunk.confirmed();
     if deadline == i64::MAX {
         return Ok(confirm.await?);
     }
