@@ -344,13 +344,7 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
     b.wait_ready();
     // Campaigns only once the group has settled with partitions on both, so both get work.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let settled = |s: &Service| {
-        s.log_text()
-            .lines()
-            .rev()
-            .find(|l| l.contains("kafka reader: assigned"))
-            .is_some_and(|l| l.matches(", ").count() == 1)
-    };
+    let settled = |s: &Service| s.assigned_partitions() == Some(2);
     while !(settled(&a) && settled(&b)) {
         assert!(
             Instant::now() < deadline,

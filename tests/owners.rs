@@ -153,6 +153,14 @@ async fn a_live_instance_cut_off_from_the_ledger_is_fenced_before_its_work_is_ta
     let mut b = Service::spawn_with_env(&f, &config, 2, &env);
     a.wait_ready();
     b.wait_ready();
+    // Campaigns only once the group has settled with a partition each: an instance that held
+    // both for the first second could otherwise take all 300 before the other had any.
+    wait_until(
+        "one partition each",
+        Duration::from_secs(60),
+        &|| format!("{}\n{}", a.log_text(), b.log_text()),
+        || a.assigned_partitions() == Some(1) && b.assigned_partitions() == Some(1),
+    );
     let expected = produce_campaigns(&f, "cutoff", 20, 40, 300).await;
     wait_until(
         "both instances working",
@@ -229,13 +237,7 @@ async fn a_campaign_longer_than_the_orphan_limit_stays_with_its_live_owner_and_i
     let mut b = Service::spawn_with_env(&f, config, 2, &[ORPHAN]);
     a.wait_ready();
     b.wait_ready();
-    let one_each = |s: &Service| {
-        s.log_text()
-            .lines()
-            .rev()
-            .find(|l| l.contains("kafka reader: assigned"))
-            .is_some_and(|l| l.matches(", ").count() == 0 && !l.contains("no partitions"))
-    };
+    let one_each = |s: &Service| s.assigned_partitions() == Some(1);
     wait_until(
         "one partition each",
         Duration::from_secs(60),

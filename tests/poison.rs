@@ -322,16 +322,6 @@ async fn an_instance_frozen_mid_transaction_does_not_stop_the_other_and_nothing_
     f.cleanup().await;
 }
 
-/// The partitions of the input topic `service` was last assigned, from its log.
-fn assigned(service: &Service) -> Option<usize> {
-    service
-        .log_text()
-        .lines()
-        .rev()
-        .find(|l| l.contains("kafka reader: assigned"))
-        .map(|l| l.matches("-in/").count())
-}
-
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !done() {
@@ -362,7 +352,7 @@ async fn a_rolling_restart_of_two_instances_reads_nothing_confirmed_again() {
     wait_for(
         "A assigned both partitions",
         Duration::from_secs(30),
-        || assigned(&a) == Some(2),
+        || a.assigned_partitions() == Some(2),
     );
     produce(0).await;
     a.wait_processed(20, Duration::from_secs(30));
@@ -371,7 +361,7 @@ async fn a_rolling_restart_of_two_instances_reads_nothing_confirmed_again() {
     wait_for(
         "A and B sharing the partitions",
         Duration::from_secs(60),
-        || assigned(&a) == Some(1) && assigned(&b) == Some(1),
+        || a.assigned_partitions() == Some(1) && b.assigned_partitions() == Some(1),
     );
     produce(20).await;
     wait_for(

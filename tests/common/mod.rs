@@ -800,6 +800,20 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many partitions of the input topic the service was last assigned, from its log
+    /// (`None` before its first assignment).
+    pub fn assigned_partitions(&self) -> Option<usize> {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("kafka reader: assigned"))?;
+        Some(match line.contains("no partitions") {
+            true => 0,
+            false => line.matches(", ").count() + 1,
+        })
+    }
+
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
