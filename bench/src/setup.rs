@@ -36,7 +36,7 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(err("admin client"))?;
-    let new: Vec<NewTopic> = topics
+    let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
         .collect();

@@ -469,7 +469,7 @@ pub const GROUPED_ROWS: usize = 32;
 fn plan<'c>(jobs: &[Arc<PgJob>], chunks: &'c [Chunk]) -> (Vec<Vec<&'c Chunk>>, Vec<&'c Chunk>) {
     // Each statement's campaigns (restaurant, campaign) and chunks.
     type Statement<'k, 'c> = (foldhash::HashSet<(&'k str, &'k str)>, Vec<&'c Chunk>);
-    let mut groups: Vec<Statement> = Vec::new();
+    let mut groups: Vec<Statement<'_, 'c>> = Vec::new();
     let mut singles = Vec::new();
     for chunk in chunks {
         let job = &jobs[chunk.job];
@@ -576,7 +576,7 @@ async fn insert_all(
 ) -> Result<Vec<Inserted>, SinkError> {
     let chunks = chunks_of(jobs);
     let (groups, singles) = plan(jobs, &chunks);
-    let group_params: Vec<GroupParams> = groups
+    let group_params: Vec<GroupParams<'_>> = groups
         .iter()
         .map(|g| GroupParams::new(jobs, g, triggers))
         .collect();
