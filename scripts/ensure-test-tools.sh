@@ -7,7 +7,7 @@
 #                          (`config` reads and checks the file; it needs no Docker engine);
 # - PyYAML for /usr/bin/python3 (Debian package python3-yaml, which docker-compose depends on):
 #                          reads docker-compose.yml into JSON for the test's own checks;
-# - stunnel4, openssl      (Debian packages stunnel4, openssl): tests/security.rs puts TLS in
+# - stunnel4, openssl      (Debian packages stunnel4, openssl): tests/it/security.rs puts TLS in
 #                          front of a Tansu broker (whose own TLS does not come up) and makes
 #                          the certificates.
 #

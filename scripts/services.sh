@@ -90,7 +90,7 @@ stop_tansu() {
 
 # noida-db: a Kafka-protocol broker whose transactions commit, abort and fence (Tansu 0.6.0 has no
 # EndTxn; nisshi 0.8 refuses transactional ids; 0.7 shows aborted records to read_committed
-# readers). Used by tests/transactions.rs only.
+# readers). Used by tests/it/transactions.rs only.
 NOIDA_VERSION=0.2.3
 noida_home=${NOIDA_HOME:-$HOME/.cache/campaign-notifier/noida-db-$NOIDA_VERSION}
 noida_bin="$noida_home/noida_db/noida-db"

@@ -2,13 +2,14 @@
 # The whole test suite, with everything it needs.
 #
 # - installs the Kafka-protocol broker Tansu 0.6.0 when it is missing (about 10 minutes, once),
-#   and noida-db from PyPI, a broker whose Kafka transactions work, for tests/transactions.rs;
+#   and noida-db from PyPI, a broker whose Kafka transactions work, for tests/it/transactions.rs;
 # - installs the benchmark's plain Python baseline's packages in a virtual environment of their
 #   own when they are missing (seconds, once), for the matrix smoke run;
 # - makes sure the local Postgres is up;
 # - starts Tansu on a free port with sqlite storage in a directory of this run, and noida-db
 #   beside it, so runs never share a broker;
-# - runs `cargo test --workspace` (every test makes its own database and topics);
+# - runs `cargo test --workspace` with the integration suite (every test makes its own database
+#   and topics);
 # - stops the broker and drops any database a failed test left behind.
 #
 # Environment: TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres) names the
@@ -78,6 +79,7 @@ log "lifecycle benchmark smoke run"
 cargo run -q -p campaign-bench --example lifecycle -- --brokers "$broker" --postgres-url "$pg_url" \
   --held 2000 --peak 50 --fanout 10 --lead-secs 8 --feed-rate 100 --feed-secs 2 --on-record 2000
 
+# The unit tests of every crate and the integration suite (tests/it, behind the feature);
 # --no-fail-fast: one red test binary must not hide the results of the others.
-log "cargo test --workspace --no-fail-fast $*"
-cargo test --workspace --no-fail-fast "$@"
+log "cargo test --workspace --features campaign-notifier/integration --no-fail-fast $*"
+cargo test --workspace --features campaign-notifier/integration --no-fail-fast "$@"

@@ -200,7 +200,6 @@ impl Drop for SecureBroker {
 /// server is never reconfigured). Its certificate names 127.0.0.1 only, so `localhost` is a host
 /// name it does not match.
 pub struct TlsPostgres {
-    pub dir: PathBuf,
     pub port: u16,
     pub ca_file: PathBuf,
     pub other_ca_file: PathBuf,
@@ -289,7 +288,6 @@ impl TlsPostgres {
         TlsPostgres {
             ca_file: dir.join("ca.pem"),
             other_ca_file: dir.join("other-ca.pem"),
-            dir,
             port,
             data,
         }

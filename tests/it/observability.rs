@@ -8,8 +8,6 @@
 //! prometheus, docker-compose and PyYAML; `scripts/ensure-test-tools.sh` installs them. A missing
 //! tool fails the test with the name of the Debian package that provides it.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
@@ -19,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
-use common::*;
+use crate::common::*;
 
 const CLIENTS: [&str; 3] = [
     "023e4567-e89b-12d3-a456-426614174000",

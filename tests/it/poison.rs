@@ -2,12 +2,10 @@
 //! it is half-written. Against the run's Tansu broker and the local Postgres; every test counts
 //! each (campaign, client) pair in both sinks. Run with `./scripts/test.sh`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const CLIENTS: [&str; 2] = [
     "0d000000-0000-4000-8000-000000000001",

@@ -1,14 +1,13 @@
 //! The schema step and the `trigger_datetime_created` column against real Postgres, without a
 //! broker: index builds on a large existing table, an index left invalid by an earlier build,
 //! and what happens with an int4 column at and after 2038-01-19T03:14:08Z.
-//! Run with `./scripts/test.sh --test schema` (needs only `CN_TEST_POSTGRES_URL` and
+//! Run with `./scripts/test.sh schema::` (needs only `CN_TEST_POSTGRES_URL` and
 //! `CN_TEST_RUN_ID`; no broker is reached).
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use actix::prelude::*;
 use campaign_actors::cache::snapshot::SnapshotBuilder;
 use campaign_actors::campaign::Campaign;
@@ -18,7 +17,6 @@ use campaign_actors::postgres::trigger_column::{self, TriggerColumnError};
 use campaign_actors::postgres::{self, PostgresSettings, SchemaError, TriggerColumn};
 use campaign_actors::sinks::pg_writer::{PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::{Sink, SinkError, Write};
-use common::*;
 
 /// The first second an int4 column cannot hold: 2038-01-19T03:14:08Z.
 const PAST_2038: i64 = 1 << 31;

@@ -1,12 +1,10 @@
 //! Nothing lost, nothing twice: the service broken on purpose, against the run's Tansu broker and
 //! the local Postgres. Every test ends by counting each (campaign, client) pair in both sinks.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn campaign_delivered_twice_notifies_each_client_once() {

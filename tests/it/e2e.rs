@@ -1,12 +1,10 @@
 //! End-to-end: the service binary against the run's Tansu broker and the local Postgres.
 //! Run with `./scripts/test.sh`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const CLIENTS: [&str; 3] = [
     "023e4567-e89b-12d3-a456-426614174000",

@@ -6,11 +6,9 @@
 //! The bounds follow from the defaults: a lease of `ledger.lease_ttl_secs` (10 s), a settle time
 //! of the dead owner's `message.timeout.ms` plus 5 s, and a minute for the rest.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The producer's message timeout in these tests: a dead owner's sends settle 15 s after its
 /// lease was fenced.
@@ -297,7 +295,7 @@ async fn a_campaign_longer_than_the_orphan_limit_stays_with_its_live_owner_and_i
     // Postgres holds each pair once (its unique key), and Kafka as many notifications: the big
     // campaign was read and delivered once, by one instance. (Reading two million notifications
     // back from Tansu takes minutes; `a_million_subscriber_campaign_with_a_kill_inside_...` in
-    // tests/faults.rs reads a million back client by client.)
+    // tests/it/faults.rs reads a million back client by client.)
     let rows: i64 =
         f.db.query_one("SELECT count(*) FROM subscribers_feedback", &[])
             .await

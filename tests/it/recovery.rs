@@ -3,16 +3,14 @@
 //! middle of its recovery, and a read-back longer than the stall limit. Run with
 //! `./scripts/test.sh`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use campaign_actors::cache::snapshot::ClientId;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::kafka::{scan, ProducerSettings};
 use campaign_actors::notification::{fingerprint_of, OutputEncoder, Wanted};
 use campaign_actors::sinks::pg_writer::campaign_params;
-use common::*;
 use rdkafka::producer::FutureRecord;
 
 /// The owner id of the instance that "died" in these tests: nobody holds its lock.

@@ -3,11 +3,9 @@
 //! Postgres. Readers here read committed, as librdkafka does by default and as a reader of the
 //! output should in this mode.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const TRANSACTIONS: (&str, &str) = ("CAMPAIGN_NOTIFIER__KAFKA__TRANSACTIONS", "true");
 

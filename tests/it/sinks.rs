@@ -1,18 +1,16 @@
 //! The two sinks on their own, against the local Postgres and the run's broker.
 //! Run with `./scripts/test.sh`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::common::*;
 use campaign_actors::cache::snapshot::SnapshotBuilder;
 use campaign_actors::campaign::Campaign;
 use campaign_actors::notification::{NotificationBatch, SourceRef};
 use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::sinks::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::{Sink, SinkError};
-use common::*;
 
 const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 const CLIENTS: [&str; 3] = [

@@ -2,8 +2,6 @@
 //! `scripts/test.sh`), a fixture per test with its own database and topics, and the service
 //! binary started as an operator would start it.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -710,7 +708,7 @@ impl Service {
     }
 
     /// Starts instance `n` with its wall clock `skew_secs` ahead of the host's (behind, if
-    /// negative): `tests/common/skewed_clock.c`, built with the system's C compiler, preloaded.
+    /// negative): `tests/it/common/skewed_clock.c`, built with the system's C compiler, preloaded.
     pub fn spawn_with_skewed_clock(
         fixture: &Fixture,
         extra_config: &str,
@@ -718,7 +716,10 @@ impl Service {
         skew_secs: i64,
     ) -> Service {
         let shim = fixture.dir.join("skewed_clock.so");
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/skewed_clock.c");
+        let source = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/common/skewed_clock.c"
+        );
         let built = Command::new("cc")
             .args(["-shared", "-fPIC", "-O2", "-o"])
             .arg(&shim)

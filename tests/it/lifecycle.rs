@@ -2,12 +2,10 @@
 //! campaigns published before their start fire at their start (across a `kill -9`, with two
 //! instances), newer versions replace or cancel them, a changed campaign notifies nobody again.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A campaign JSON with its content and `datetime_created` given.
 fn version(restaurant: &str, id: &str, content: &str, window: (i64, i64), created: i64) -> String {

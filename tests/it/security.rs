@@ -1,15 +1,13 @@
 //! The service against a broker reached as a managed cluster is: SASL_SSL with SCRAM-SHA-512
-//! (see `common::secure`). Every client of the service connects through `[kafka.security]`; a
+//! (see `crate::common::secure`). Every client of the service connects through `[kafka.security]`; a
 //! wrong password or a certificate signed by an authority the service does not trust stops the
 //! start with exit code 2 and librdkafka's reason, instead of a service that retries for ever.
-
-mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::secure::{SecureBroker, USER};
-use common::{Fixture, Service, CONTRACT_OUTPUT, SAMPLE, SAMPLE_RESTAURANT};
+use crate::common::secure::{SecureBroker, USER};
+use crate::common::{Fixture, Service, CONTRACT_OUTPUT, SAMPLE, SAMPLE_RESTAURANT};
 
 /// The `[kafka.security]` section for `broker`, the password read from `password_file` and the
 /// broker's certificate checked against `ca_file`.
@@ -53,7 +51,7 @@ async fn over_sasl_ssl_with_scram_sha_512_the_sample_reaches_both_sinks() {
 
     // check-config shows the section with the password masked.
     let path = fixture.dir.join("check.toml");
-    std::fs::write(&path, fixture.config(common::free_port(), &config)).expect("config");
+    std::fs::write(&path, fixture.config(crate::common::free_port(), &config)).expect("config");
     let out = Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
         .args(["check-config", "--config"])
         .arg(&path)
@@ -140,7 +138,7 @@ fn run_dir(name: &str) -> std::path::PathBuf {
 #[actix_rt::test]
 async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
     use campaign_actors::postgres::{connect, PostgresSettings};
-    let server = common::secure::TlsPostgres::start(run_dir("pg-tls-modes"));
+    let server = crate::common::secure::TlsPostgres::start(run_dir("pg-tls-modes"));
     let ca = server.ca_file.display().to_string();
     let other = server.other_ca_file.display().to_string();
     let session = |url: String| async move {
@@ -207,7 +205,7 @@ async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
 
 #[actix_rt::test]
 async fn the_service_runs_on_postgres_over_verify_full_with_every_connection_encrypted() {
-    let server = common::secure::TlsPostgres::start(run_dir("pg-tls-service"));
+    let server = crate::common::secure::TlsPostgres::start(run_dir("pg-tls-service"));
     let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
     let brokers = std::env::var("CN_TEST_BROKERS").expect("CN_TEST_BROKERS");
     let fixture = Fixture::new_on_postgres("pg_tls", 1, &brokers, Vec::new(), &admin).await;
