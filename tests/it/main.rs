@@ -6,32 +6,31 @@
 //! without the feature, `cargo test` runs the unit tests and lists this suite as ignored, with
 //! that command as the reason. docs/testing.md says what each module shows.
 
-#[cfg(feature = "integration")]
-mod common;
-#[cfg(feature = "integration")]
-mod demo;
-#[cfg(feature = "integration")]
-mod e2e;
-#[cfg(feature = "integration")]
-mod faults;
-#[cfg(feature = "integration")]
-mod lifecycle;
-#[cfg(feature = "integration")]
-mod observability;
-#[cfg(feature = "integration")]
-mod owners;
-#[cfg(feature = "integration")]
-mod poison;
-#[cfg(feature = "integration")]
-mod recovery;
-#[cfg(feature = "integration")]
-mod schema;
-#[cfg(feature = "integration")]
-mod security;
-#[cfg(feature = "integration")]
-mod sinks;
-#[cfg(feature = "integration")]
-mod transactions;
+/// The suite's modules, compiled only with the `integration` feature.
+macro_rules! suite {
+    ($($module:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "integration")]
+            mod $module;
+        )*
+    };
+}
+
+suite!(
+    common,
+    demo,
+    e2e,
+    faults,
+    lifecycle,
+    observability,
+    owners,
+    poison,
+    recovery,
+    schema,
+    security,
+    sinks,
+    transactions,
+);
 
 #[cfg(not(feature = "integration"))]
 #[test]
