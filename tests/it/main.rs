@@ -35,5 +35,6 @@ suite!(
 #[cfg(not(feature = "integration"))]
 #[test]
 #[ignore = "the integration suite needs a broker and Postgres: run ./scripts/test.sh, which \
-            starts them and runs it (cargo test --workspace --features integration)"]
+            starts them and runs it (cargo test --workspace --features \
+            campaign-notifier/integration)"]
 fn integration_suite() {}
