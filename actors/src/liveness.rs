@@ -10,35 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{Metrics, SinkKind};
+use crate::metrics::Metrics;
 
-crate::metrics::label_values! {
-    /// A loop whose heartbeat `/healthz` watches (`loop_heartbeat_age_seconds{loop}`).
-    pub enum Loop {
-        /// The reader's loop: pulls campaigns, collects their outcomes.
-        Reader => "kafka_reader",
-        /// Renews this instance's lease.
-        LeaseKeeper => "lease_keeper",
-        /// Clears marks and takes over dead owners.
-        Ledger => "ledger",
-        /// Records campaigns and fires scheduled ones.
-        Lifecycle => "lifecycle",
-        KafkaWriter => "kafka_writer",
-        PostgresWriter => "postgres_writer",
-        DeadLetterWriter => "dead_letter_writer",
-    }
-}
-
-impl Loop {
-    /// The loop of the writer of `sink`.
-    pub fn writer(sink: SinkKind) -> Loop {
-        match sink {
-            SinkKind::Kafka => Loop::KafkaWriter,
-            SinkKind::Postgres => Loop::PostgresWriter,
-            SinkKind::DeadLetter => Loop::DeadLetterWriter,
-        }
-    }
-}
+/// The loops watched; a label enum, so it lives with the others in [`crate::metrics`].
+pub use crate::metrics::Loop;
 
 /// When each loop last turned. Cheap to clone and to beat (one atomic store).
 #[derive(Clone)]

@@ -43,7 +43,6 @@ macro_rules! label_values {
         }
     };
 }
-pub(crate) use label_values;
 
 label_values! {
     /// What became of a campaign (`campaigns_processed_total{outcome}`).
@@ -225,6 +224,34 @@ impl ActorKind {
     }
 }
 
+label_values! {
+    /// A loop whose heartbeat `/healthz` watches (`loop_heartbeat_age_seconds{loop}`).
+    pub enum Loop {
+        /// The reader's loop: pulls campaigns, collects their outcomes.
+        Reader => "kafka_reader",
+        /// Renews this instance's lease.
+        LeaseKeeper => "lease_keeper",
+        /// Clears marks and takes over dead owners.
+        Ledger => "ledger",
+        /// Records campaigns and fires scheduled ones.
+        Lifecycle => "lifecycle",
+        KafkaWriter => "kafka_writer",
+        PostgresWriter => "postgres_writer",
+        DeadLetterWriter => "dead_letter_writer",
+    }
+}
+
+impl Loop {
+    /// The loop of the writer of `sink`.
+    pub fn writer(sink: SinkKind) -> Loop {
+        match sink {
+            SinkKind::Kafka => Loop::KafkaWriter,
+            SinkKind::Postgres => Loop::PostgresWriter,
+            SinkKind::DeadLetter => Loop::DeadLetterWriter,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -308,7 +335,7 @@ pub struct Metrics {
     pub lease_valid: IntGauge,
     /// Other instances this one fenced (their lease had expired), before taking their work over.
     pub owners_fenced: IntCounter,
-    /// Seconds since each loop `/healthz` watches last turned ([`crate::liveness::Loop`]).
+    /// Seconds since each loop `/healthz` watches last turned ([`Loop`]).
     pub loop_heartbeat_age: GaugeVec,
     /// Campaigns a stop left unfinished at the end of its grace period (read again next time).
     pub drain_abandoned_campaigns: IntCounter,
@@ -541,7 +568,7 @@ impl Metrics {
         for event in LifecycleEvent::ALL {
             self.lifecycle_events.with_label_values(&[event.as_str()]);
         }
-        for l in crate::liveness::Loop::ALL {
+        for l in Loop::ALL {
             self.loop_heartbeat_age.with_label_values(&[l.as_str()]);
         }
     }
