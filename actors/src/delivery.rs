@@ -35,7 +35,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
-use crate::events::{DeadLettered, Event};
+use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
 use crate::hand_off::{Batch, HandOff};
 use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
@@ -357,10 +357,11 @@ impl Routes {
         let withdrawn = self.targets.withdraw.send(withdraw).await;
         match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
             Ok(()) => {
-                self.metrics
-                    .notifications_withdrawn
-                    .with_label_values(&[reason.as_str()])
-                    .inc_by(notifications as u64);
+                NotificationsWithdrawn {
+                    reason,
+                    notifications,
+                }
+                .emit(&self.metrics);
                 Ok(())
             }
             Err(e) => Err(CampaignOutcome::Unconfirmed {

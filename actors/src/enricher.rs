@@ -20,7 +20,7 @@ use crate::cache::SnapshotLoaded;
 use crate::campaign::parse_message;
 use crate::clock::Clock;
 use crate::delivery::{Delivery, Origin};
-use crate::events::{CampaignRejected, Event};
+use crate::events::{CampaignRejected, Event, NotificationsBuilt};
 use crate::hand_off::HandOff;
 use crate::lifecycle::rules::Phase;
 use crate::lifecycle::{Arrival, Decision, Fire, RecordAll, Recorded, Window};
@@ -121,7 +121,10 @@ impl Joiner {
         );
         // The end is inclusive: its whole last second may still be used.
         batch.deadline_ms = (self.window.deadline(campaign).saturating_add(1)).saturating_mul(1000);
-        self.metrics.notifications_built.inc_by(batch.len() as u64);
+        NotificationsBuilt {
+            notifications: batch.len(),
+        }
+        .emit(&self.metrics);
         let origin = Origin {
             key: arrival.key.clone(),
             payload: Some(arrival.payload.clone()),

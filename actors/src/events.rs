@@ -5,6 +5,11 @@
 //! Label values come from the enums in [`crate::metrics`]. Events on the hot path (one per
 //! campaign or per write) log nothing at `info` or above unless something went wrong.
 //!
+//! Every counter and histogram is bumped here, by an event. Gauges are not events but state:
+//! each is set where the state it shows lives (campaigns and notifications in flight or being
+//! fired, a writer's pending rows, fault and connection, readiness, the change feed's lag, the
+//! heartbeats, the consumer lag).
+//!
 //! Must not touch: anything but metrics and logs.
 
 use std::fmt::Display;
@@ -12,7 +17,9 @@ use std::time::Duration;
 
 use crate::campaign::Rejection;
 use crate::messages::CampaignOutcome;
-use crate::metrics::{ActorKind, DeadLetterReason, ErrorClass, LifecycleEvent, Metrics, SinkKind};
+use crate::metrics::{
+    ActorKind, DeadLetterReason, ErrorClass, LifecycleEvent, Metrics, SinkKind, WithdrawReason,
+};
 use crate::notification::SourceRef;
 
 /// Something that happened, to be reported.
@@ -116,6 +123,151 @@ impl Event for CampaignLifecycle<'_> {
                 log::info!("campaign {c} of restaurant {r}: the instance firing it is gone; firing it again")
             }
         }
+    }
+}
+
+/// A campaign was taken from the input topic (counted before it is parsed).
+pub struct CampaignReceived;
+
+impl Event for CampaignReceived {
+    fn emit(self, metrics: &Metrics) {
+        metrics.campaigns_received.inc();
+    }
+}
+
+/// The join of a campaign gave `notifications` notifications.
+pub struct NotificationsBuilt {
+    pub notifications: usize,
+}
+
+impl Event for NotificationsBuilt {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .notifications_built
+            .inc_by(self.notifications as u64);
+    }
+}
+
+/// A fire read `subscribers` subscribers of due campaigns from Postgres (one slice or several
+/// campaigns).
+pub struct FireAudienceRead {
+    pub subscribers: usize,
+}
+
+impl Event for FireAudienceRead {
+    fn emit(self, metrics: &Metrics) {
+        metrics.fire_audience_read.observe(self.subscribers as f64);
+    }
+}
+
+/// A scheduled campaign's fire settled: it went out (`delay_secs` after its start) or its end
+/// passed first.
+pub struct FireSettled {
+    pub event: LifecycleEvent,
+    pub delay_secs: Option<f64>,
+}
+
+impl Event for FireSettled {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .lifecycle_events
+            .with_label_values(&[self.event.as_str()])
+            .inc();
+        if let Some(delay) = self.delay_secs {
+            metrics.fire_delay.observe(delay.max(0.0));
+        }
+    }
+}
+
+/// Rows written to Postgres were deleted again because Kafka will never have them.
+pub struct NotificationsWithdrawn {
+    pub reason: WithdrawReason,
+    pub notifications: usize,
+}
+
+impl Event for NotificationsWithdrawn {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .notifications_withdrawn
+            .with_label_values(&[self.reason.as_str()])
+            .inc_by(self.notifications as u64);
+    }
+}
+
+/// A dead owner was fenced: its work is taken over once its sends have settled.
+pub enum OwnerFenced<'a> {
+    /// An owner whose lease expired `expired_secs` ago.
+    Lease {
+        owner: i32,
+        host: &'a str,
+        pid: i32,
+        expired_secs: f64,
+    },
+    /// An owner of a version before leases, whose advisory lock is free.
+    Legacy { owner: i32 },
+}
+
+impl Event for OwnerFenced<'_> {
+    fn emit(self, metrics: &Metrics) {
+        match self {
+            OwnerFenced::Lease {
+                owner,
+                host,
+                pid,
+                expired_secs,
+            } => log::warn!(
+                "ledger: fenced owner {owner} ({host} pid {pid}): its lease expired \
+                 {expired_secs:.1} s ago; its work is taken over once its sends have settled"
+            ),
+            OwnerFenced::Legacy { owner } => {
+                log::warn!("ledger: fenced owner {owner} (a version before leases, its lock free)")
+            }
+        }
+        metrics.owners_fenced.inc();
+    }
+}
+
+/// The reader stopped with `campaigns` campaigns not finished: they are read again at the next
+/// start.
+pub struct DrainAbandoned {
+    pub campaigns: usize,
+}
+
+impl Event for DrainAbandoned {
+    fn emit(self, metrics: &Metrics) {
+        log::warn!(
+            "kafka reader: {} campaigns were not finished; they will be read again at the next start",
+            self.campaigns
+        );
+        metrics
+            .drain_abandoned_campaigns
+            .inc_by(self.campaigns as u64);
+    }
+}
+
+/// The reader stored `offsets` offsets for commit (one per partition whose finished campaigns
+/// freed one).
+pub struct OffsetsStored {
+    pub offsets: usize,
+}
+
+impl Event for OffsetsStored {
+    fn emit(self, metrics: &Metrics) {
+        metrics.offsets_stored.inc_by(self.offsets as u64);
+    }
+}
+
+/// Clients who subscribed while a campaign was active were sent it (the change feed or a
+/// reload's comparison).
+pub struct LateSubscribersNotified {
+    pub notifications: usize,
+}
+
+impl Event for LateSubscribersNotified {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .late_subscriber_notifications
+            .inc_by(self.notifications as u64);
     }
 }
 
@@ -313,5 +465,42 @@ mod tests {
         let text = metrics.render();
         assert!(!text.contains(r#"notifications_written_total{sink="dead_letter"}"#));
         assert!(text.contains(r#"campaign_notifier_sink_batch_rows_count{sink="dead_letter"} 1"#));
+    }
+
+    /// Every `.rs` file below `dir`.
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn counters_are_bumped_only_by_events() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        let mut bypasses = Vec::new();
+        for file in files {
+            let name = file.strip_prefix(&root).unwrap().display().to_string();
+            if name == "events.rs" || name == "metrics.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.contains(".inc()") || line.contains(".inc_by(") {
+                    bypasses.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            bypasses.is_empty(),
+            "counters bumped outside an event:\n{}",
+            bypasses.join("\n")
+        );
     }
 }

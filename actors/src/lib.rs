@@ -1,22 +1,26 @@
 //! The actors of `campaign-notifier` and everything they exchange.
 //!
+//! The pipeline, drawn here once (docs/design.md and the module docs link to it):
+//!
 //! ```text
-//!                      SnapshotLoaded
-//!  Postgres ──COPY──> cache::SubscriberCache ─────────┐
-//!                                                     v
-//!  Kafka ──> reader::KafkaReader ─ProcessCampaigns─> Enricher ── validate, join
-//!  input        ^   stores offsets                    │  ^ Record ──> lifecycle::Lifecycle (decide,
-//!               │                                     │  └ Fire ───── keep the version; at a start
-//!               │                                     │               or for new subscribers)
-//!               │                                     v
-//!               │                               delivery::Delivery
-//!               │                       1. Write(PgJob) ──> sinks::PgWriter ──> feedback rows
-//!               │                                                               + outbox mark
-//!               │                       2. Write(KafkaJob) ──> sinks::KafkaWriter ──> output
-//!               │                          (only the rows Postgres inserted)
-//!               │                       3. ClearOutbox ──> ledger::Ledger
-//!               │                       or Write(DeadLetter) ──> sinks::DeadLetterWriter ──> DLQ
-//!               └──────────── CampaignOutcome ◀───┘
+//!                         SnapshotLoaded (every refresh_interval_secs)
+//!  Postgres ──COPY──> cache::SubscriberCache ────────────┐
+//!  subscribers_restaurants                               v
+//!  Kafka ────> reader::KafkaReader ─ProcessCampaigns──> Enricher: validate, join
+//!  input topic   ^  stores offsets                       │  ^ Record ─> lifecycle::Lifecycle: decide,
+//!                │                                       │  │   keep the version in campaign_notifier_campaigns;
+//!                │                                       │  └ Fire ─── at a start, or for new subscribers
+//!                │                                       │ one NotificationBatch
+//!                │                                       v
+//!                │                               delivery::Delivery
+//!                │                     1. Write(PgJob) ───> sinks::PgWriter ──> subscribers_feedback
+//!                │                                             + outbox mark, same transaction
+//!                │                     2. Write(KafkaJob) ─> sinks::KafkaWriter ──> output topic
+//!                │                        (only the rows Postgres inserted)
+//!                │                     3. ClearOutbox ──> ledger::Ledger (mark clean-up,
+//!                │                                           takeover of dead owners)
+//!                │                     or Write(DeadLetter) ──> sinks::DeadLetterWriter ──> DLQ
+//!                └────── CampaignOutcome ◀───────────────┘
 //! ```
 //!
 //! A campaign's offset is stored for commit only after both writers confirmed all of its

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use super::outbox;
 use super::recovery::{self, Recoverer, RecoveryReport, Takeover};
+use crate::events::{Event, NotificationsWithdrawn, OwnerFenced};
 use crate::hand_off::Batch;
 use crate::liveness::Loop;
 use crate::messages::{ClearOutbox, Close, Withdraw};
@@ -240,21 +241,19 @@ impl Ledger {
     }
 
     fn swept(&mut self, swept: Swept) {
+        let metrics = &self.shared.metrics;
         for f in &swept.fenced {
-            log::warn!(
-                "ledger: fenced owner {} ({} pid {}): its lease expired {:.1} s ago; its work is \
-                 taken over once its sends have settled",
-                f.owner,
-                f.host,
-                f.pid,
-                f.expired_secs
-            );
-            self.shared.metrics.owners_fenced.inc();
+            OwnerFenced::Lease {
+                owner: f.owner,
+                host: &f.host,
+                pid: f.pid,
+                expired_secs: f.expired_secs,
+            }
+            .emit(metrics);
         }
         for owner in &swept.legacy_fenced {
-            log::warn!("ledger: fenced owner {owner} (a version before leases, its lock free)");
+            OwnerFenced::Legacy { owner: *owner }.emit(metrics);
             self.legacy.taken_over(*owner);
-            self.shared.metrics.owners_fenced.inc();
         }
         self.legacy_due = self.legacy.observe(&swept.legacy_looks, Instant::now());
         let r = swept.recovered;
@@ -269,11 +268,11 @@ impl Ledger {
                 r.expired,
                 r.refused
             );
-            self.shared
-                .metrics
-                .notifications_withdrawn
-                .with_label_values(&[WithdrawReason::Ended.as_str()])
-                .inc_by(r.expired as u64);
+            NotificationsWithdrawn {
+                reason: WithdrawReason::Ended,
+                notifications: r.expired,
+            }
+            .emit(&self.shared.metrics);
         }
     }
 }

@@ -30,7 +30,7 @@ use super::lease::Lease;
 use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
-use crate::events::{DeadLettered, Event};
+use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
 use crate::kafka::{
     scan, Chunk, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
 };
@@ -501,10 +501,11 @@ impl Recoverer {
         }
         self.delete_rows(client, feedback_ids, campaign, clients)
             .await?;
-        self.metrics
-            .notifications_withdrawn
-            .with_label_values(&[WithdrawReason::Refused.as_str()])
-            .inc_by(clients.len() as u64);
+        NotificationsWithdrawn {
+            reason: WithdrawReason::Refused,
+            notifications: clients.len(),
+        }
+        .emit(&self.metrics);
         Ok(())
     }
 

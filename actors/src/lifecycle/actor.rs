@@ -32,7 +32,9 @@ use super::subscriptions::{self, FeedAdvance, FeedRead, Follower};
 use super::{Fire, RecordAll};
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
-use crate::events::{CampaignLifecycle, Event};
+use crate::events::{
+    CampaignLifecycle, Event, FireAudienceRead, FireSettled, LateSubscribersNotified,
+};
 use crate::messages::{CampaignOutcome, Close};
 use crate::metrics::{ActorKind, LifecycleEvent};
 use crate::postgres::{describe, PostgresSettings};
@@ -248,8 +250,10 @@ impl Lifecycle {
                 Ok(subscribers) => subscribers,
                 Err(e) => return act.failed("read the subscribers of due campaigns", &e, ctx),
             };
-            let read = subscribers.pairs() as f64;
-            act.shared.metrics.fire_audience_read.observe(read);
+            FireAudienceRead {
+                subscribers: subscribers.pairs(),
+            }
+            .emit(&act.shared.metrics);
             for ToFire {
                 arrival,
                 key,
@@ -284,8 +288,8 @@ impl Lifecycle {
         } = campaign;
         let start = arrival.campaign.adv_campaign_datetime_start;
         let (fire, slice) = (self.fire.clone(), self.scheduler.slice());
-        let reads = self.shared.metrics.fire_audience_read.clone();
-        let fut = scheduler::fire_in_slices(client, fire, arrival, slice, reads);
+        let metrics = self.shared.metrics.clone();
+        let fut = scheduler::fire_in_slices(client, fire, arrival, slice, metrics);
         self.watch_fire(key, audience, start, fut, ctx);
     }
 
@@ -307,20 +311,19 @@ impl Lifecycle {
             };
             act.shared.metrics.notifications_firing.sub(audience as i64);
             let state = act.scheduler.fired(key, audience, &outcome);
-            let metrics = &act.shared.metrics;
-            let event = match state {
-                State::Active => LifecycleEvent::Fired,
-                State::Expired => LifecycleEvent::Expired,
+            let delay_ms = act.shared.clock.now_ms() - start.saturating_mul(1000);
+            let settled = match state {
+                State::Active => FireSettled {
+                    event: LifecycleEvent::Fired,
+                    delay_secs: Some(delay_ms as f64 / 1000.0),
+                },
+                State::Expired => FireSettled {
+                    event: LifecycleEvent::Expired,
+                    delay_secs: None,
+                },
                 _ => return act.claim(ctx),
             };
-            metrics
-                .lifecycle_events
-                .with_label_values(&[event.as_str()])
-                .inc();
-            if event == LifecycleEvent::Fired {
-                let delay_ms = act.shared.clock.now_ms() - start.saturating_mul(1000);
-                metrics.fire_delay.observe(delay_ms.max(0) as f64 / 1000.0);
-            }
+            settled.emit(&act.shared.metrics);
             act.claim(ctx);
         }));
     }
@@ -472,10 +475,10 @@ impl Lifecycle {
                 Ok(notified) => notified,
                 Err(e) => return act.failed("record the change feed's position", &e, ctx),
             };
-            act.shared
-                .metrics
-                .late_subscriber_notifications
-                .inc_by(notified.notifications as u64);
+            LateSubscribersNotified {
+                notifications: notified.notifications,
+            }
+            .emit(&act.shared.metrics);
             if !notified.still_leading {
                 log::info!("lifecycle: another instance follows new subscriptions now");
                 act.follower.not_leading();

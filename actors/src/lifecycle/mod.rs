@@ -7,11 +7,9 @@
 //! `FOR UPDATE SKIP LOCKED`), one that is active is delivered at once, a newer version replaces or
 //! cancels a scheduled one, and one that changes a campaign already fired notifies nobody.
 //!
-//! ```text
-//!  Enricher ──Record──> Lifecycle ──(read kept, decide; then store, a group at a time)──> Postgres
-//!           <─Decision─┘    │ every poll_interval: claim due, read their subscribers fresh
-//!  Enricher <──Fire─────────┘ ... outcome ──> state settled (active, expired, refused)
-//! ```
+//! Where it stands in the pipeline (the enricher sends it `Record`, it answers with a
+//! `Decision` and later hands due campaigns back as `Fire`) is drawn in the crate docs
+//! ([`crate`]).
 //!
 //! Its rooms, each with its own state, deciding without I/O, and its unit tests:
 //!

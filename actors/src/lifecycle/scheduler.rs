@@ -19,14 +19,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::Recipient;
-use prometheus::Histogram;
 use tokio_postgres::Client;
 
 use super::rules::{State, Window};
 use super::store::{self, key_of, Arrival, Claimed, Key};
 use super::Fire;
 use crate::cache::snapshot::Snapshot;
+use crate::events::{Event, FireAudienceRead};
 use crate::messages::CampaignOutcome;
+use crate::metrics::Metrics;
 
 /// A claimed campaign to fire.
 #[derive(Debug)]
@@ -229,7 +230,7 @@ pub async fn fire_in_slices(
     fire: Recipient<Fire>,
     arrival: Arrival,
     slice: usize,
-    reads: Histogram,
+    metrics: Metrics,
 ) -> Result<CampaignOutcome, tokio_postgres::Error> {
     let restaurant = arrival.campaign.restaurant_id.clone();
     let (mut after, mut notified, mut read) = (i64::MIN, 0, 0);
@@ -238,7 +239,10 @@ pub async fn fire_in_slices(
             store::subscribers_slice(&client, &restaurant, after, slice as i64).await?;
         let Some(last) = last else { break };
         read += 1;
-        reads.observe(subscribers.pairs() as f64);
+        FireAudienceRead {
+            subscribers: subscribers.pairs(),
+        }
+        .emit(&metrics);
         let sent = fire.send(Fire {
             arrival: arrival.clone(),
             subscribers: Arc::new(subscribers),

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::consumer::{ReaderConsumer, ReaderSettings};
 use super::offsets::OffsetTracker;
-use crate::events::{CampaignFinished, Event};
+use crate::events::{CampaignFinished, CampaignReceived, DrainAbandoned, Event, OffsetsStored};
 use crate::hand_off::HandOff;
 use crate::liveness::Loop;
 use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaigns};
@@ -168,14 +168,10 @@ async fn read_loop(
         .campaigns_in_flight
         .set(abandoned as i64);
     if abandoned > 0 {
-        log::warn!(
-            "kafka reader: {abandoned} campaigns were not finished; they will be read again at the next start"
-        );
-        state
-            .shared
-            .metrics
-            .drain_abandoned_campaigns
-            .inc_by(abandoned as u64);
+        DrainAbandoned {
+            campaigns: abandoned,
+        }
+        .emit(&state.shared.metrics);
     }
     let ReadLoop {
         consumer,
@@ -276,7 +272,7 @@ impl ReadLoop {
 
     fn start(&mut self, record: CampaignRecord) {
         let source = record.source.clone();
-        self.shared.metrics.campaigns_received.inc();
+        CampaignReceived.emit(&self.shared.metrics);
         self.tracker.started(source.partition, source.offset);
         let answer = self.processor.send(record);
         self.in_flight.push(Box::pin(async move {
@@ -347,11 +343,10 @@ impl ReadLoop {
             tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
         });
         match stored.and_then(|()| self.consumer.store_offsets(&tpl)) {
-            Ok(()) => self
-                .shared
-                .metrics
-                .offsets_stored
-                .inc_by(freed.len() as u64),
+            Ok(()) => OffsetsStored {
+                offsets: freed.len(),
+            }
+            .emit(&self.shared.metrics),
             // A partition was revoked meanwhile; its new owner reads from the last commit.
             Err(e) => log::debug!("kafka reader: cannot store offsets {freed:?}: {e}"),
         }

@@ -4,8 +4,9 @@
 //! the campaign is finished ([`offsets`]); [`orphan_watch`] rejoins the group when partitions are
 //! left to nobody. Both use the consumer [`consumer`] creates.
 //!
-//! Must not touch: the sinks or the ledger. The reader hands what each poll finds to a
-//! `Recipient<ProcessCampaigns>` and learns only each campaign's outcome.
+//! Must not touch: the sinks, or the ledger beyond telling this process's lease which partitions
+//! it holds (peers read them from its row; see [`crate::ledger::lease`]). The reader hands what
+//! each poll finds to a `Recipient<ProcessCampaigns>` and learns only each campaign's outcome.
 
 pub mod consumer;
 pub mod kafka_reader;
