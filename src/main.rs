@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                 println!("kafka.security: {}", c.kafka.security.describe());
                 println!(
                     "cache: refresh_interval_secs={}",
-                    c.cache.refresh_interval_secs
+                    c.cache.refresh_interval_secs.as_secs()
                 );
                 println!("http: listen={}", c.http.listen);
                 if connect {

@@ -3,14 +3,18 @@
 //!
 //! Every section rejects unknown keys, so a typo is an error at start-up instead of a silently
 //! ignored setting. Errors name the key (`kafka.brokers: missing field`), because the operator
-//! reading them has the file open, not this code.
+//! reading them has the file open, not this code. A duration is a `Duration` from the file on
+//! (its key still says the unit: `_secs`, `_ms`); each default is written once, in the section's
+//! `Default` (or, for the two sections with required keys, its field's `default_*`), and a test
+//! holds `config.toml` and docs/configuration.md to them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 
 use crate::kafka::{ProducerSettings, TransactionalIds};
 use crate::lifecycle::{LifecycleSettings, Window};
@@ -47,7 +51,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -70,7 +74,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
@@ -90,7 +95,8 @@ pub struct KafkaConfig {
     /// offset has not moved for this many seconds makes the instance rejoin the group, so the
     /// coordinator assigns it again (a dead member's partitions left to nobody). 0: off.
     #[serde(default = "default_orphaned_partition_secs")]
-    pub orphaned_partition_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub orphaned_partition_secs: Duration,
     /// Where a new consumer group starts: `earliest` or `latest`.
     #[serde(default = "default_auto_offset_reset")]
     pub auto_offset_reset: String,
@@ -114,35 +120,25 @@ pub struct KafkaConfig {
 
 /// How every Kafka client of the service (the reader, the writers, recovery's scan, the start-up
 /// check) connects and authenticates, given once.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSecurityConfig {
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    #[serde(default)]
     pub protocol: SecurityProtocol,
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `sasl_*` protocol.
-    #[serde(default)]
     pub sasl_mechanism: Option<SaslMechanism>,
-    #[serde(default)]
     pub username: String,
     /// The password itself (best set from the environment, `..._KAFKA__SECURITY__PASSWORD`)...
-    #[serde(default)]
     pub password: Secret,
     /// ...or a file that holds it (a mounted secret; a final newline is not part of it).
-    #[serde(default)]
     pub password_file: String,
     /// PEM file of the authorities that signed the brokers' certificates; empty: the system's.
-    #[serde(default)]
     pub ca_file: String,
     /// PEM client certificate and key, for brokers that authenticate clients by certificate.
-    #[serde(default)]
     pub certificate_file: String,
-    #[serde(default)]
     pub key_file: String,
-    #[serde(default)]
     pub key_password: Secret,
     /// Check that a broker's certificate names the host connected to.
-    #[serde(default = "default_true")]
     pub verify_hostname: bool,
 }
 
@@ -163,7 +159,7 @@ impl Default for KafkaSecurityConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityProtocol {
     #[default]
@@ -200,7 +196,7 @@ impl SecurityProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN")]
     Plain,
@@ -236,6 +232,13 @@ impl Secret {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Shown as `Debug` shows it: a written config never holds the secret.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
     }
 }
 
@@ -401,7 +404,8 @@ impl KafkaSecurityConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// `postgres://user:password@host:port/database`; key=value form is accepted too.
@@ -411,195 +415,201 @@ pub struct PostgresConfig {
     pub create_schema: bool,
     /// How long a connection attempt may take (unless the URL sets `connect_timeout`).
     #[serde(default = "default_connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub connect_timeout_secs: Duration,
     /// A statement waiting longer than this for a lock another session holds fails and is
     /// retried, so a stopped peer cannot block the writers for longer.
     #[serde(default = "default_lock_timeout_secs")]
-    pub lock_timeout_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub lock_timeout_secs: Duration,
     #[serde(default = "default_statement_timeout_secs")]
-    pub statement_timeout_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub statement_timeout_secs: Duration,
     /// The server ends a session whose transaction stays open and idle this long (an instance
     /// stopped mid-transaction), releasing its locks.
     #[serde(default = "default_idle_in_transaction_timeout_secs")]
-    pub idle_in_transaction_timeout_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub idle_in_transaction_timeout_secs: Duration,
     /// TCP keepalives on both ends of every connection; a vanished peer is noticed after about
     /// three times this.
     #[serde(default = "default_keepalive_idle_secs")]
-    pub keepalive_idle_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub keepalive_idle_secs: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+// The sections below take every key's default from their one `Default` impl (`#[serde(default)]`
+// on the struct): a default is written once, here; config.toml and docs/configuration.md are
+// checked against these by `tests::the_shipped_config_and_the_docs_say_the_defaults`.
+
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// How often the subscriber snapshot is reloaded from `subscribers_restaurants`.
-    #[serde(default = "default_refresh_interval_secs")]
-    pub refresh_interval_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub refresh_interval_secs: Duration,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            refresh_interval_secs: default_refresh_interval_secs(),
+            refresh_interval_secs: Duration::from_secs(60),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EnricherConfig {
     /// A campaign message larger than this is rejected: its text is copied into every
     /// subscriber's notification, so a huge one multiplies into gigabytes downstream.
-    #[serde(default = "default_max_campaign_bytes")]
     pub max_campaign_bytes: usize,
 }
 
 impl Default for EnricherConfig {
     fn default() -> Self {
         EnricherConfig {
-            max_campaign_bytes: default_max_campaign_bytes(),
+            max_campaign_bytes: 64 * 1024,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WritersConfig {
     /// A writer flushes once this many notifications are waiting...
-    #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
     /// ...or once the oldest has waited this long.
-    #[serde(default = "default_linger_ms")]
-    pub linger_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub linger_ms: Duration,
     /// Delay before the first reconnect after a failure; doubled on each further failure.
-    #[serde(default = "default_restart_backoff_initial_ms")]
-    pub restart_backoff_initial_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub restart_backoff_initial_ms: Duration,
     /// Upper bound of the reconnect delay.
-    #[serde(default = "default_restart_backoff_max_ms")]
-    pub restart_backoff_max_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub restart_backoff_max_ms: Duration,
     /// How long librdkafka keeps retrying one notification before the Kafka writer restarts.
-    #[serde(default = "default_kafka_message_timeout_ms")]
-    pub kafka_message_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub kafka_message_timeout_ms: Duration,
     /// A writer restarting more often than this within `restart_window_secs` stops the service
     /// with exit code 3: a supervisor above (systemd, Kubernetes) can do more than a retry loop.
-    #[serde(default = "default_restart_limit")]
     pub restart_limit: u32,
-    #[serde(default = "default_restart_window_secs")]
-    pub restart_window_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub restart_window_secs: Duration,
     /// A writer that has had notifications waiting and confirmed none for this long makes
     /// `/readyz` answer 503 until it moves again.
-    #[serde(default = "default_stall_secs")]
-    pub stall_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub stall_secs: Duration,
     /// Notifications between the join and both sinks' confirmation, at most: what bounds the
     /// service's memory beyond the subscriber snapshot, however large a campaign's audience.
-    #[serde(default = "default_max_notifications_in_flight")]
     pub max_notifications_in_flight: usize,
 }
 
 impl Default for WritersConfig {
     fn default() -> Self {
         WritersConfig {
-            batch_max_rows: default_batch_max_rows(),
-            linger_ms: default_linger_ms(),
-            restart_backoff_initial_ms: default_restart_backoff_initial_ms(),
-            restart_backoff_max_ms: default_restart_backoff_max_ms(),
-            kafka_message_timeout_ms: default_kafka_message_timeout_ms(),
-            restart_limit: default_restart_limit(),
-            restart_window_secs: default_restart_window_secs(),
-            stall_secs: default_stall_secs(),
-            max_notifications_in_flight: default_max_notifications_in_flight(),
+            batch_max_rows: 5_000,
+            linger_ms: Duration::from_millis(5),
+            restart_backoff_initial_ms: Duration::from_millis(100),
+            restart_backoff_max_ms: Duration::from_millis(10_000),
+            kafka_message_timeout_ms: Duration::from_millis(30_000),
+            restart_limit: 30,
+            restart_window_secs: Duration::from_secs(300),
+            stall_secs: Duration::from_secs(30),
+            max_notifications_in_flight: 200_000,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
     /// How long this instance's lease lasts without a renewal (renewed every third of it). A
     /// frozen, dead or cut-off instance is fenced this long after its last renewal, and its work
     /// taken over once its producer's sends have settled.
-    #[serde(default = "default_lease_ttl_secs")]
-    pub lease_ttl_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub lease_ttl_secs: Duration,
     /// No longer used: takeover follows the lease. Accepted, with a warning, so that an older
     /// config still starts.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub takeover_after_secs: Option<u64>,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            lease_ttl_secs: default_lease_ttl_secs(),
+            lease_ttl_secs: Duration::from_secs(10),
             takeover_after_secs: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
-    /// A campaign whose start is at most this many seconds ahead of the service's clock when it
-    /// arrives counts as started (the producer's clock may run ahead of ours).
-    #[serde(default = "default_clock_skew_secs")]
-    pub clock_skew_secs: u64,
-    /// Nothing of a campaign is sent later than this many seconds after its end.
-    #[serde(default)]
-    pub end_grace_secs: u64,
+    /// A campaign whose start is at most this far ahead of the service's clock when it arrives
+    /// counts as started (the producer's clock may run ahead of ours).
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub clock_skew_secs: Duration,
+    /// Nothing of a campaign is sent later than this after its end.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub end_grace_secs: Duration,
     /// How often scheduled campaigns that are due are looked for.
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub poll_interval_ms: Duration,
     /// A campaign that has fired, was cancelled or ended unsent is forgotten this many days after
     /// it last changed, however far in the future its end is (and a day after its end, if that
     /// comes first).
-    #[serde(default = "default_retain_days")]
     pub retain_days: u64,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
-            clock_skew_secs: default_clock_skew_secs(),
-            end_grace_secs: 0,
-            poll_interval_ms: default_poll_interval_ms(),
-            retain_days: default_retain_days(),
+            clock_skew_secs: Duration::from_secs(3),
+            end_grace_secs: Duration::ZERO,
+            poll_interval_ms: Duration::from_millis(250),
+            retain_days: 30,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free port.
-    #[serde(default = "default_http_listen")]
     pub listen: String,
     /// `/healthz` answers 503 once one of the pipeline's loops (the reader, the lease keeper, the
     /// ledger, the lifecycle, a writer) has not turned for this long: the process is wedged and
     /// only a restart cures it. A dependency that is down stops no loop.
-    #[serde(default = "default_liveness_timeout_secs")]
-    pub liveness_timeout_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub liveness_timeout_secs: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: default_http_listen(),
-            liveness_timeout_secs: default_liveness_timeout_secs(),
+            listen: "0.0.0.0:9898".into(),
+            liveness_timeout_secs: Duration::from_secs(60),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG`, when set, wins.
-    #[serde(default = "default_log_level")]
     pub level: String,
     /// `text` (one readable line per event) or `json` (one JSON object per line, for a log
     /// collector).
-    #[serde(default)]
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -610,24 +620,25 @@ pub enum LogFormat {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: default_log_level(),
+            level: "info".into(),
             format: LogFormat::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long a stop waits for in-flight campaigns to reach both sinks.
-    #[serde(default = "default_grace_period_secs")]
-    pub grace_period_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub grace_period_secs: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace_period_secs: default_grace_period_secs(),
+            grace_period_secs: Duration::from_secs(30),
         }
     }
 }
@@ -636,89 +647,34 @@ impl Default for ShutdownConfig {
 /// many and the in-flight budget has room).
 const CLAIM_LIMIT: i64 = 250;
 
-fn default_clock_skew_secs() -> u64 {
-    3
-}
-fn default_retain_days() -> u64 {
-    30
-}
-fn default_poll_interval_ms() -> u64 {
-    250
-}
+// `[kafka]` and `[postgres]` have required keys, so their other keys take their defaults one
+// by one, from these.
 fn default_true() -> bool {
     true
 }
 fn default_max_in_flight_campaigns() -> usize {
     2048
 }
-fn default_orphaned_partition_secs() -> u64 {
-    60
+fn default_orphaned_partition_secs() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_auto_offset_reset() -> String {
     "earliest".into()
 }
-fn default_connect_timeout_secs() -> u64 {
-    10
+fn default_connect_timeout_secs() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_lock_timeout_secs() -> u64 {
-    10
+fn default_lock_timeout_secs() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_statement_timeout_secs() -> u64 {
-    120
+fn default_statement_timeout_secs() -> Duration {
+    Duration::from_secs(120)
 }
-fn default_idle_in_transaction_timeout_secs() -> u64 {
-    60
+fn default_idle_in_transaction_timeout_secs() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_keepalive_idle_secs() -> u64 {
-    30
-}
-fn default_refresh_interval_secs() -> u64 {
-    60
-}
-fn default_max_campaign_bytes() -> usize {
-    64 * 1024
-}
-fn default_batch_max_rows() -> usize {
-    5_000
-}
-fn default_linger_ms() -> u64 {
-    5
-}
-fn default_restart_backoff_initial_ms() -> u64 {
-    100
-}
-fn default_restart_backoff_max_ms() -> u64 {
-    10_000
-}
-fn default_kafka_message_timeout_ms() -> u64 {
-    30_000
-}
-fn default_restart_limit() -> u32 {
-    30
-}
-fn default_restart_window_secs() -> u64 {
-    300
-}
-fn default_stall_secs() -> u64 {
-    30
-}
-fn default_max_notifications_in_flight() -> usize {
-    200_000
-}
-fn default_lease_ttl_secs() -> u64 {
-    10
-}
-fn default_liveness_timeout_secs() -> u64 {
-    60
-}
-fn default_http_listen() -> String {
-    "0.0.0.0:9898".into()
-}
-fn default_log_level() -> String {
-    "info".into()
-}
-fn default_grace_period_secs() -> u64 {
-    30
+fn default_keepalive_idle_secs() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Config {
@@ -830,7 +786,7 @@ impl Config {
             ),
             (p.keepalive_idle_secs, "postgres.keepalive_idle_secs"),
         ];
-        match limits.into_iter().find(|(secs, _)| *secs == 0) {
+        match limits.into_iter().find(|(timeout, _)| timeout.is_zero()) {
             Some((_, key)) => Err(ConfigError::key(key, "must be at least 1")),
             None => Ok(()),
         }
@@ -924,7 +880,7 @@ impl Config {
                 "must be at least 1",
             ),
             (
-                self.cache.refresh_interval_secs == 0,
+                self.cache.refresh_interval_secs.is_zero(),
                 "cache.refresh_interval_secs",
                 "must be at least 1",
             ),
@@ -939,7 +895,7 @@ impl Config {
                 "must be at least 1",
             ),
             (
-                w.stall_secs == 0,
+                w.stall_secs.is_zero(),
                 "writers.stall_secs",
                 "must be at least 1",
             ),
@@ -949,33 +905,33 @@ impl Config {
                 "must be at least 1000",
             ),
             (
-                w.restart_backoff_initial_ms == 0
+                w.restart_backoff_initial_ms.is_zero()
                     || w.restart_backoff_initial_ms > w.restart_backoff_max_ms,
                 "writers.restart_backoff_initial_ms",
                 "must be at least 1 and not above writers.restart_backoff_max_ms",
             ),
             (
-                w.restart_limit == 0 || w.restart_window_secs == 0,
+                w.restart_limit == 0 || w.restart_window_secs.is_zero(),
                 "writers.restart_limit",
                 "writers.restart_limit and writers.restart_window_secs must be at least 1",
             ),
             (
-                !(3..=300).contains(&ledger.lease_ttl_secs),
+                !(3..=300).contains(&ledger.lease_ttl_secs.as_secs()),
                 "ledger.lease_ttl_secs",
                 "must be between 3 and 300",
             ),
             (
-                self.lifecycle.clock_skew_secs > 3_600,
+                self.lifecycle.clock_skew_secs > Duration::from_secs(3_600),
                 "lifecycle.clock_skew_secs",
                 "must be at most 3600",
             ),
             (
-                self.lifecycle.end_grace_secs > 86_400,
+                self.lifecycle.end_grace_secs > Duration::from_secs(86_400),
                 "lifecycle.end_grace_secs",
                 "must be at most 86400",
             ),
             (
-                !(10..=10_000).contains(&self.lifecycle.poll_interval_ms),
+                !(10..=10_000).contains(&self.lifecycle.poll_interval_ms.as_millis()),
                 "lifecycle.poll_interval_ms",
                 "must be between 10 and 10000",
             ),
@@ -992,8 +948,8 @@ impl Config {
             (
                 self.http.liveness_timeout_secs
                     < self.postgres.connect_timeout_secs
-                        + w.restart_backoff_max_ms.div_ceil(1000)
-                        + 10,
+                        + w.restart_backoff_max_ms
+                        + Duration::from_secs(10),
                 "http.liveness_timeout_secs",
                 "must be at least postgres.connect_timeout_secs plus writers.restart_backoff_max_ms \
                  plus 10 s: a loop that is reconnecting does not turn for that long",
@@ -1022,25 +978,23 @@ impl Config {
             let own = m.iter().map(|(k, v)| (k.clone(), v.clone()));
             k.security.properties().into_iter().chain(own).collect()
         };
-        let backoff_initial = Duration::from_millis(w.restart_backoff_initial_ms);
-        let backoff_max = Duration::from_millis(w.restart_backoff_max_ms);
+        let (backoff_initial, backoff_max) =
+            (w.restart_backoff_initial_ms, w.restart_backoff_max_ms);
         let restart = RestartPolicy {
             backoff_initial,
             backoff_max,
             limit: Some(w.restart_limit),
-            window: Duration::from_secs(w.restart_window_secs),
+            window: w.restart_window_secs,
         };
         let p = &self.postgres;
         Settings {
             postgres: PostgresSettings {
                 url: p.url.clone(),
-                connect_timeout: Duration::from_secs(p.connect_timeout_secs),
-                lock_timeout: Duration::from_secs(p.lock_timeout_secs),
-                statement_timeout: Duration::from_secs(p.statement_timeout_secs),
-                idle_in_transaction_timeout: Duration::from_secs(
-                    p.idle_in_transaction_timeout_secs,
-                ),
-                keepalive_idle: Duration::from_secs(p.keepalive_idle_secs),
+                connect_timeout: p.connect_timeout_secs,
+                lock_timeout: p.lock_timeout_secs,
+                statement_timeout: p.statement_timeout_secs,
+                idle_in_transaction_timeout: p.idle_in_transaction_timeout_secs,
+                keepalive_idle: p.keepalive_idle_secs,
                 owner: None,
             },
             create_schema: self.postgres.create_schema,
@@ -1050,13 +1004,13 @@ impl Config {
                 group_id: k.group_id.clone(),
                 auto_offset_reset: k.auto_offset_reset.clone(),
                 max_in_flight: k.max_in_flight_campaigns,
-                orphan_stall: (k.orphaned_partition_secs > 0)
-                    .then(|| Duration::from_secs(k.orphaned_partition_secs)),
+                orphan_stall: (!k.orphaned_partition_secs.is_zero())
+                    .then_some(k.orphaned_partition_secs),
                 overrides: pairs(&k.consumer),
             },
             producer: ProducerSettings {
                 brokers: k.brokers.clone(),
-                message_timeout_ms: w.kafka_message_timeout_ms,
+                message_timeout_ms: w.kafka_message_timeout_ms.as_millis() as u64,
                 overrides: pairs(&k.producer),
             },
             output_topic: k.output_topic.clone(),
@@ -1066,38 +1020,38 @@ impl Config {
             max_notifications_in_flight: w.max_notifications_in_flight,
             writers: WriterSettings {
                 batch_max_rows: w.batch_max_rows,
-                linger: Duration::from_millis(w.linger_ms),
-                stall_after: Duration::from_secs(w.stall_secs),
+                linger: w.linger_ms,
+                stall_after: w.stall_secs,
                 restart: restart.clone(),
             },
-            lease_ttl: Duration::from_secs(self.ledger.lease_ttl_secs),
+            lease_ttl: self.ledger.lease_ttl_secs,
             transactional_ids: k
                 .transactions
                 .then(|| TransactionalIds::for_group(&k.group_id)),
             ledger_restart: restart.clone(),
             lifecycle: LifecycleSettings {
                 window: Window {
-                    clock_skew_secs: self.lifecycle.clock_skew_secs as i64,
-                    end_grace_secs: self.lifecycle.end_grace_secs as i64,
+                    clock_skew_secs: self.lifecycle.clock_skew_secs.as_secs() as i64,
+                    end_grace_secs: self.lifecycle.end_grace_secs.as_secs() as i64,
                 },
-                poll_interval: Duration::from_millis(self.lifecycle.poll_interval_ms),
+                poll_interval: self.lifecycle.poll_interval_ms,
                 claim_limit: CLAIM_LIMIT,
                 fire_budget: w.max_notifications_in_flight,
                 retain: Duration::from_secs(self.lifecycle.retain_days * 86_400),
             },
             lifecycle_restart: restart,
-            cache_refresh_interval: Duration::from_secs(self.cache.refresh_interval_secs),
+            cache_refresh_interval: self.cache.refresh_interval_secs,
             // Stale beats empty: a cache that cannot reload keeps serving, and never stops the
             // service (readiness and the snapshot age tell the operator).
             cache_restart: RestartPolicy {
                 backoff_initial,
                 backoff_max,
                 limit: None,
-                window: Duration::from_secs(w.restart_window_secs),
+                window: w.restart_window_secs,
             },
             http_listen: self.http.listen.clone(),
-            liveness_timeout: Duration::from_secs(self.http.liveness_timeout_secs),
-            grace_period: Duration::from_secs(self.shutdown.grace_period_secs),
+            liveness_timeout: self.http.liveness_timeout_secs,
+            grace_period: self.shutdown.grace_period_secs,
         }
     }
 }
@@ -1250,10 +1204,122 @@ mod tests {
         )
     }
 
+    /// Every value of `value` under its dotted key (sections flattened).
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (k, v) in table {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+
+    /// A value as docs/configuration.md writes it in its default column.
+    fn as_documented(value: &toml::Value) -> String {
+        match value {
+            toml::Value::String(s) if s.is_empty() => "empty".into(),
+            toml::Value::String(s) => format!("`{s}`"),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_and_the_docs_say_the_defaults() {
+        // Keys whose shipped value is an example rather than a default.
+        const EXAMPLES: [&str; 7] = [
+            "kafka.brokers",
+            "kafka.input_topic",
+            "kafka.output_topic",
+            "kafka.group_id",
+            "kafka.dead_letter_topic",
+            "kafka.consumer.fetch.wait.max.ms",
+            "postgres.url",
+        ];
+        let defaults = toml::Value::try_from(load(MINIMAL, &[]).unwrap()).unwrap();
+        let mut default_of = BTreeMap::new();
+        flatten("", &defaults, &mut default_of);
+        let shipped: toml::Table = include_str!("../../config.toml").parse().unwrap();
+        let shipped = toml::Value::Table(shipped);
+        let mut shipped_of = BTreeMap::new();
+        flatten("", &shipped, &mut shipped_of);
+
+        let mut wrong = Vec::new();
+        for (key, value) in &shipped_of {
+            if EXAMPLES.contains(&key.as_str()) {
+                continue;
+            }
+            match default_of.get(key) {
+                Some(default) if default == value => {}
+                Some(default) => {
+                    wrong.push(format!("config.toml {key} = {value}, default {default}"))
+                }
+                None => wrong.push(format!("config.toml {key}: no such key with a default")),
+            }
+        }
+
+        let docs = include_str!("../../docs/configuration.md");
+        // A row's keys (`kafka.security.username`, `.password`: the others share the first's
+        // section) and its default column.
+        let mut rows: BTreeMap<String, &str> = BTreeMap::new();
+        for line in docs.lines() {
+            let Some(row) = line.strip_prefix("| `") else {
+                continue;
+            };
+            let mut cells = row.splitn(3, " | ");
+            let (Some(keys), Some(default)) = (cells.next(), cells.next()) else {
+                continue;
+            };
+            let keys: Vec<&str> = keys.split(", ").map(|k| k.trim_matches('`')).collect();
+            let section = keys[0].rsplit_once('.').map_or("", |(s, _)| s);
+            for k in &keys {
+                let key = match k.strip_prefix('.') {
+                    Some(last) => format!("{section}.{last}"),
+                    None => k.to_string(),
+                };
+                // A row of several keys gives the default of none of them.
+                rows.insert(key, if keys.len() > 1 { "" } else { default.trim() });
+            }
+        }
+        for (key, default) in &default_of {
+            let Some(documented) = rows.get(key) else {
+                wrong.push(format!("docs/configuration.md: no row for {key}"));
+                continue;
+            };
+            let expected = as_documented(default);
+            let shown = match *documented {
+                "" => continue,
+                "required" if EXAMPLES.contains(&key.as_str()) => continue,
+                d => d,
+            };
+            if shown != expected && !(expected == "empty" && shown == "the system's") {
+                wrong.push(format!(
+                    "docs/configuration.md {key}: {shown}, default {expected}"
+                ));
+            }
+        }
+        for (key, documented) in &rows {
+            if *documented == "required" && !EXAMPLES.contains(&key.as_str()) {
+                wrong.push(format!(
+                    "docs/configuration.md {key}: required, but it has a default"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = load(MINIMAL, &[]).unwrap();
-        assert_eq!(c.cache.refresh_interval_secs, 60);
+        assert_eq!(c.cache.refresh_interval_secs, Duration::from_secs(60));
         assert_eq!(c.http.listen, "0.0.0.0:9898");
         assert_eq!(c.kafka.max_in_flight_campaigns, 2048);
     }
@@ -1305,7 +1371,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.kafka.brokers, "kafka-1:9092,kafka-2:9092");
-        assert_eq!(c.cache.refresh_interval_secs, 5);
+        assert_eq!(c.cache.refresh_interval_secs, Duration::from_secs(5));
         assert_eq!(c.postgres.url, "postgres://app:s3cret@db:5432/app");
     }
 
@@ -1326,7 +1392,7 @@ mod tests {
         assert_eq!(c.kafka.input_topic, "true");
         assert_eq!(c.kafka.output_topic, "1.5");
         assert!(!c.postgres.create_schema);
-        assert_eq!(c.postgres.connect_timeout_secs, 7);
+        assert_eq!(c.postgres.connect_timeout_secs, Duration::from_secs(7));
     }
 
     #[test]

@@ -959,7 +959,7 @@ async fn deploy_files_are_valid_and_agree_with_each_other() {
         .unwrap_or_else(|| panic!("stop_grace_period {stop:?}: write it in seconds"));
     let shipped = campaign_actors::Config::load(&repo_path("config.toml")).expect("config.toml");
     assert!(
-        stop_secs > shipped.shutdown.grace_period_secs,
+        stop_secs > shipped.shutdown.grace_period_secs.as_secs(),
         "stop_grace_period {stop} is not longer than shutdown.grace_period_secs"
     );
 
