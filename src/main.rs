@@ -8,6 +8,7 @@ mod logging;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use campaign_actors::error_chain::Chain;
 use campaign_actors::{Config, Metrics, Pipeline};
 use clap::{Parser, Subcommand};
 
@@ -141,7 +142,7 @@ async fn serve(config: Config) -> ExitCode {
         started = Pipeline::start(config, Metrics::new()) => match started {
             Ok(p) => p,
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{}", Chain(&e));
                 actix_rt::System::current().stop();
                 return ExitCode::from(EXIT_START);
             }

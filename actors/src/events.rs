@@ -16,6 +16,7 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use crate::campaign::Rejection;
+use crate::error_chain::Chain;
 use crate::messages::CampaignOutcome;
 use crate::metrics::{
     ActorKind, DeadLetterReason, ErrorClass, LifecycleEvent, Metrics, SinkKind, WithdrawReason,
@@ -410,7 +411,7 @@ impl Event for CacheLoaded {
 
 /// A load of the subscriber snapshot failed; `serving` says whether an older one is in use.
 pub struct CacheLoadFailed<'a> {
-    pub error: &'a str,
+    pub error: &'a (dyn std::error::Error + 'static),
     pub serving: bool,
 }
 
@@ -420,10 +421,10 @@ impl Event for CacheLoadFailed<'_> {
         if self.serving {
             log::warn!(
                 "subscriber cache: reload failed, keeping the previous snapshot: {}",
-                self.error
+                Chain(self.error)
             );
         } else {
-            log::warn!("subscriber cache: first load failed: {}", self.error);
+            log::warn!("subscriber cache: first load failed: {}", Chain(self.error));
         }
     }
 }

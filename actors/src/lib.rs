@@ -55,6 +55,7 @@
 //! - [`messages`]: every message that crosses an actor boundary; [`hand_off`]: what a turn of a
 //!   thread sends to one actor elsewhere, as one message.
 //! - [`config`]: the file, its checks, and its translation into component settings.
+//! - [`error_chain`]: an error and its causes as one line, where an error is finally reported.
 //! - [`supervision`], [`shared`], [`events`], [`metrics`], [`clock`]: restart policy, the context
 //!   every component is handed (metrics, fatal reasons, clock), what is logged and counted, the
 //!   label values, the one clock.
@@ -66,6 +67,7 @@ pub mod config;
 pub mod contract;
 pub mod delivery;
 pub mod enricher;
+pub mod error_chain;
 pub mod events;
 pub mod hand_off;
 pub mod http;

@@ -37,8 +37,10 @@ use crate::sinks::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot prepare the Postgres schema: {0}")]
-    Schema(String),
+    #[error("cannot connect to Postgres for the schema step")]
+    SchemaConnect(#[source] crate::postgres::ConnectError),
+    #[error("cannot prepare the Postgres schema")]
+    Schema(#[source] crate::postgres::SchemaError),
     #[error(transparent)]
     TriggerColumn(#[from] TriggerColumnError),
     #[error("cannot serve HTTP on {listen}: {source}")]
@@ -50,8 +52,16 @@ pub enum StartError {
     CacheGone,
     #[error("Kafka: {0}")]
     Kafka(String),
-    #[error("cannot take this instance's lease: {0}")]
-    Lease(String),
+    #[error("Kafka: {what}")]
+    KafkaRefused {
+        what: &'static str,
+        #[source]
+        source: crate::kafka::KafkaFailure,
+    },
+    #[error("cannot connect to Postgres to take this instance's lease")]
+    LeaseConnect(#[source] crate::postgres::ConnectError),
+    #[error("cannot take this instance's lease")]
+    Lease(#[source] tokio_postgres::Error),
 }
 
 /// How long the start-up check waits for a broker to answer before going on without one.
@@ -267,20 +277,18 @@ async fn check_transactions(settings: &Settings, id: &str) -> Result<(), StartEr
     crate::kafka::Producer::transactional(&settings.producer, id, KAFKA_ACCESS_WAIT)
         .await
         .map(drop)
-        .map_err(|e| {
-            StartError::Kafka(format!(
-                "the brokers do not take Kafka transactions (kafka.transactions = true): {e}"
-            ))
+        .map_err(|source| StartError::KafkaRefused {
+            what: "the brokers do not take Kafka transactions (kafka.transactions = true)",
+            source,
         })
 }
 
 /// Inserts this process's row in `campaign_notifier_owners` with a fresh owner id, valid for a
 /// lease from the moment it was sent.
 async fn acquire_lease(settings: &Settings, lease: &Lease) -> Result<i32, StartError> {
-    let failed = |e: String| StartError::Lease(e);
     let client = crate::postgres::connect(&settings.postgres, "ledger lease")
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(StartError::LeaseConnect)?;
     // With transactions the broker fences this owner's producer when a peer takes it over:
     // nothing of it needs to settle. Without, its last produce requests must have landed.
     let settle = match settings.transactional_ids {
@@ -303,7 +311,7 @@ async fn acquire_lease(settings: &Settings, lease: &Lease) -> Result<i32, StartE
     let sent = std::time::Instant::now();
     let owner = lease::acquire(&client, &row)
         .await
-        .map_err(|e| failed(crate::postgres::describe(&e)))?;
+        .map_err(StartError::Lease)?;
     lease.acquired(owner);
     lease.renewed(sent, settings.lease_ttl);
     log::info!(
@@ -348,11 +356,11 @@ fn start_lease_keeper(
 async fn prepare_schema(settings: &Settings, now_secs: i64) -> Result<TriggerColumn, StartError> {
     let mut client = crate::postgres::connect(&settings.postgres, "schema")
         .await
-        .map_err(|e| StartError::Schema(e.to_string()))?;
+        .map_err(StartError::SchemaConnect)?;
     if settings.create_schema {
         crate::postgres::ensure_schema(&mut client)
             .await
-            .map_err(|e| StartError::Schema(e.to_string()))?;
+            .map_err(StartError::Schema)?;
     }
     Ok(trigger_column::check_at_start(&client, now_secs).await?)
 }

@@ -756,8 +756,11 @@ impl Bench<'_> {
         let db_url = self.db_url;
         let rss_before = resident_bytes();
         let load_started = Instant::now();
-        let snapshot =
-            Arc::new(campaign_actors::cache::load(PostgresSettings::for_url(db_url)).await?);
+        let snapshot = Arc::new(
+            campaign_actors::cache::load(PostgresSettings::for_url(db_url))
+                .await
+                .map_err(|e| campaign_actors::error_chain::Chain(&e).to_string())?,
+        );
         let load_secs = load_started.elapsed().as_secs_f64();
         let rss_after = resident_bytes();
         let cache_bytes_per_pair =

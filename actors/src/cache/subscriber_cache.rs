@@ -131,25 +131,27 @@ impl SubscriberCache {
     }
 }
 
+/// Why a load of the snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot connect")]
+    Connect(#[source] crate::postgres::ConnectError),
+    #[error("cannot read subscribers_restaurants")]
+    Read(#[source] tokio_postgres::Error),
+}
+
 /// One full load of `subscribers_restaurants`, as the actor does it (also used by the benchmark).
-pub async fn load(postgres: PostgresSettings) -> Result<Snapshot, String> {
+pub async fn load(postgres: PostgresSettings) -> Result<Snapshot, LoadError> {
     let client = crate::postgres::connect(&postgres, "subscriber cache")
         .await
-        .map_err(|e| e.to_string())?;
-    let stream = client
-        .copy_out(COPY)
-        .await
-        .map_err(|e| crate::postgres::describe(&e))?;
+        .map_err(LoadError::Connect)?;
+    let stream = client.copy_out(COPY).await.map_err(LoadError::Read)?;
     let rows = BinaryCopyOutStream::new(stream, &[Type::VARCHAR, Type::VARCHAR]);
     pin_mut!(rows);
     let mut builder = SnapshotBuilder::new();
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| crate::postgres::describe(&e))?
-    {
-        let restaurant: &str = row.try_get(0).map_err(|e| e.to_string())?;
-        let client: &str = row.try_get(1).map_err(|e| e.to_string())?;
+    while let Some(row) = rows.try_next().await.map_err(LoadError::Read)? {
+        let restaurant: &str = row.try_get(0).map_err(LoadError::Read)?;
+        let client: &str = row.try_get(1).map_err(LoadError::Read)?;
         builder.push(restaurant, client);
     }
     Ok(builder.build())
