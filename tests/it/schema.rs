@@ -347,7 +347,7 @@ async fn triggers_of(db: &Database, campaign_id: &str) -> Vec<i64> {
 /// and read back as they were sent (today's version refused every one of them).
 #[actix_rt::test]
 async fn an_int8_column_takes_triggers_past_2038_and_they_read_back_right() {
-    let db = schema_with_trigger("trig8", "int8").await;
+    let db = schema_with_trigger("trigcol8", "int8").await;
     let sink = PgSink::connect(sink_config(&db).await)
         .await
         .expect("connect");

@@ -13,6 +13,5 @@ pub mod kafka_reader;
 pub mod offsets;
 pub mod orphan_watch;
 
-pub use consumer::{ReaderConsumer, ReaderSettings};
+pub use consumer::ReaderSettings;
 pub use kafka_reader::KafkaReader;
-pub use offsets::OffsetTracker;

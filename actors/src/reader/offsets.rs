@@ -58,6 +58,7 @@ impl OffsetTracker {
             .filter_map(|(&p, o)| o.stored.map(|s| (p, s)))
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.partitions
             .values()

@@ -137,6 +137,7 @@ impl Fixture {
         client_properties: Vec<(String, String)>,
         admin_url: &str,
     ) -> Fixture {
+        claim_tag(tag);
         let run = env("CN_TEST_RUN_ID");
         let brokers = brokers.to_string();
         let admin_url = admin_url.to_string();
@@ -572,6 +573,18 @@ level = "info"
     }
 }
 
+/// Takes `tag` for this test: it names the test's database and topics, so two tests of the suite
+/// (one process, tests running side by side) must never share one.
+fn claim_tag(tag: &str) {
+    static TAGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut tags = TAGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(
+        !tags.iter().any(|t| t == tag),
+        "two tests use the tag {tag:?}: their databases and topics would collide"
+    );
+    tags.push(tag.to_string());
+}
+
 /// One test's own database and nothing else, for tests that need only Postgres: no tables are
 /// created (the test sets up what it needs).
 pub struct Database {
@@ -583,6 +596,7 @@ pub struct Database {
 
 impl Database {
     pub async fn new(tag: &str) -> Database {
+        claim_tag(tag);
         let run = env("CN_TEST_RUN_ID");
         let admin_url = env("CN_TEST_POSTGRES_URL");
         let name = format!("cn_test_{run}_{tag}");
