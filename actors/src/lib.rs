@@ -60,7 +60,6 @@
 //!   every component is handed (metrics, fatal reasons, clock), what is logged and counted, the
 //!   label values, the one clock.
 
-
 // The tour above links to the crate's own rooms, most of them not public: read it with
 // `cargo doc -p campaign-actors --document-private-items --open`.
 #![allow(rustdoc::private_intra_doc_links)]
