@@ -6,6 +6,7 @@
 # - installs the benchmark's plain Python baseline's packages in a virtual environment of their
 #   own when they are missing (seconds, once), for the matrix smoke run;
 # - makes sure the local Postgres is up;
+# - checks the deploy files with their own tools (scripts/check-files.sh);
 # - starts Tansu on a free port with sqlite storage in a directory of this run, and noida-db
 #   beside it, so runs never share a broker;
 # - runs `cargo test --workspace` with the integration suite (every test makes its own database
@@ -57,6 +58,9 @@ start_tansu "$run_dir/tansu"
 log "tansu on $broker"
 start_noida "$run_dir/noida"
 log "noida-db (Kafka transactions) on $txn_broker"
+
+log "deploy files checked by their own tools"
+"$root/scripts/check-files.sh"
 
 export CN_TEST_BROKERS="$broker"
 export CN_TEST_TXN_BROKERS="$txn_broker"
