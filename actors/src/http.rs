@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio::sync::watch;
 
 use crate::cache::SnapshotInfo;
-use crate::ledger::Lease;
+use crate::lease::Lease;
 use crate::liveness::Liveness;
 use crate::messages::{Health, WriterHealth};
 use crate::metrics::Metrics;
@@ -211,8 +211,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::fatal::Fatal;
     use crate::liveness::Loop;
-    use crate::shared::Fatal;
 
     /// With a liveness limit of 50 ms.
     fn state(lease: Lease, liveness: Liveness) -> HttpState {

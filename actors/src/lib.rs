@@ -39,8 +39,9 @@
 //! - [`delivery`]: Postgres first, then exactly those rows to Kafka, then clear the marks; a large
 //!   campaign a slice at a time, within the budget of notifications in flight.
 //! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
-//! - [`ledger`]: this process's lease and the `LeaseKeeper` that renews it, outbox marks and
-//!   tokens, fencing and recovery of dead owners, the `Ledger` actor.
+//! - [`ledger`]: outbox marks and tokens, fencing and recovery of dead owners, the `Ledger` actor.
+//! - [`lease`]: this process's lease, which every write asks first, and the `LeaseKeeper` that
+//!   renews it; [`fatal`]: why the service must stop, and the channel that says so.
 //! - [`lifecycle`]: the durable table of campaigns; scheduled ones fired at their start, newer
 //!   versions replacing or cancelling them, the `Lifecycle` actor.
 //! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
@@ -73,9 +74,11 @@ pub(crate) mod delivery;
 pub(crate) mod enricher;
 pub mod error_chain;
 pub(crate) mod events;
+pub mod fatal;
 pub(crate) mod hand_off;
 pub(crate) mod http;
 pub mod kafka;
+pub mod lease;
 pub mod ledger;
 pub mod lifecycle;
 pub(crate) mod liveness;

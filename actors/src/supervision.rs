@@ -10,8 +10,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::events::{ActorRestarting, Event};
+use crate::fatal::FatalReason;
 use crate::metrics::ActorKind;
-use crate::shared::{FatalReason, Shared};
+use crate::shared::Shared;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartPolicy {

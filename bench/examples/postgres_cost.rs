@@ -236,7 +236,7 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
     let sink = PgSink::connect(PgSinkConfig {
         postgres: PostgresSettings::for_url(url),
         owner: 1,
-        lease: campaign_actors::ledger::Lease::unbounded(),
+        lease: campaign_actors::lease::Lease::unbounded(),
         trigger_column: TriggerColumn::Int4,
     })
     .await

@@ -680,7 +680,7 @@ impl Bench<'_> {
                 overrides: self.args.producer_properties.clone(),
             },
             topic: self.topic(what),
-            lease: campaign_actors::ledger::Lease::unbounded(),
+            lease: campaign_actors::lease::Lease::unbounded(),
             transactional_id: None,
         }
     }
@@ -858,7 +858,7 @@ impl Bench<'_> {
         let mut reader = self.config()?.settings().reader;
         reader.group_id = format!("cn-bench-{}-hop", self.run_id);
         let consumer = reader
-            .create_consumer(Metrics::new(), campaign_actors::ledger::Lease::unbounded())
+            .create_consumer(Metrics::new(), campaign_actors::lease::Lease::unbounded())
             .map_err(err("hop consumer"))?;
         let mut partitions = TopicPartitionList::new();
         for p in 0..args.partitions {
@@ -1374,7 +1374,7 @@ async fn latency_floor(
         PgSink::connect(PgSinkConfig {
             postgres: PostgresSettings::for_url(db_url),
             owner: 0,
-            lease: campaign_actors::ledger::Lease::unbounded(),
+            lease: campaign_actors::lease::Lease::unbounded(),
             // The brief's DDL, as the benchmark's schema step creates it.
             trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
         })

@@ -323,7 +323,7 @@ async fn sink_config(db: &Database) -> PgSinkConfig {
     PgSinkConfig {
         postgres: PostgresSettings::for_url(&db.url),
         owner: 7,
-        lease: campaign_actors::ledger::Lease::unbounded(),
+        lease: campaign_actors::lease::Lease::unbounded(),
         trigger_column,
     }
 }
@@ -372,7 +372,7 @@ async fn an_int8_column_takes_triggers_past_2038_and_they_read_back_right() {
     db.cleanup().await;
 }
 
-type FatalWatch = tokio::sync::watch::Receiver<Option<campaign_actors::shared::FatalReason>>;
+type FatalWatch = tokio::sync::watch::Receiver<Option<campaign_actors::fatal::FatalReason>>;
 
 async fn pg_writer(
     db: &Database,

@@ -61,7 +61,7 @@ async fn pg_sink(f: &Fixture) -> PgSink {
     PgSink::connect(PgSinkConfig {
         postgres: PostgresSettings::for_url(&f.db_url),
         owner: 7,
-        lease: campaign_actors::ledger::Lease::unbounded(),
+        lease: campaign_actors::lease::Lease::unbounded(),
         trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
     })
     .await
@@ -295,9 +295,9 @@ async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_table
 /// what keeps a thawed or cut-off instance from writing once a peer took its work over.
 #[actix_rt::test]
 async fn the_postgres_sink_of_a_fenced_owner_writes_nothing_and_its_lease_ends() {
-    use campaign_actors::ledger::lease::{self, OwnerRow};
-    use campaign_actors::ledger::Lease;
-    use campaign_actors::shared::{Fatal, FatalReason};
+    use campaign_actors::lease::{self, OwnerRow};
+    use campaign_actors::lease::Lease;
+    use campaign_actors::fatal::{Fatal, FatalReason};
     use std::time::{Duration, Instant};
 
     let f = Fixture::new("pgfence", 1).await;

@@ -110,7 +110,7 @@ pub enum FailureClass {
     /// The client, the topic or the credentials are wrong: nothing passes until an operator acts.
     Configuration,
     /// Nothing was handed to librdkafka: this process's lease is not valid (see
-    /// [`crate::ledger::lease`]). The same records go once it is renewed, or never, if fenced.
+    /// [`crate::lease`]). The same records go once it is renewed, or never, if fenced.
     Lapsed,
     /// The broker fenced this producer: another instance took its transactional id over (it took
     /// this owner's work over). Nothing of its open transaction will ever be read committed.
@@ -135,7 +135,7 @@ impl KafkaFailure {
         }
     }
 
-    pub fn lapsed(lapsed: crate::ledger::lease::Lapsed) -> KafkaFailure {
+    pub fn lapsed(lapsed: crate::lease::Lapsed) -> KafkaFailure {
         KafkaFailure {
             class: FailureClass::Lapsed,
             code: None,

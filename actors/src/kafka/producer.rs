@@ -21,7 +21,7 @@ use rdkafka::producer::{
 };
 
 use super::{classify, partition_ids, KafkaFailure, ProducerSettings};
-use crate::ledger::Lease;
+use crate::lease::Lease;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing producer waits for what it still holds to be acknowledged.

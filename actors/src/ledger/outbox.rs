@@ -7,8 +7,7 @@
 
 use tokio_postgres::Client;
 
-/// First key of every advisory lock the service takes ("cn").
-pub const LOCK_CLASS: i32 = 0x636e;
+use crate::lease::LOCK_CLASS;
 
 /// Hands out outbox tokens: unique per process (the owner in the high half) and never reused.
 #[derive(Debug)]

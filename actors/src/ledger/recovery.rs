@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use actix::Recipient;
 use tokio_postgres::Client;
 
-use super::lease::Lease;
 use super::outbox;
 use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
@@ -34,6 +33,7 @@ use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
 use crate::kafka::{
     scan, Chunk, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
 };
+use crate::lease::Lease;
 use crate::metrics::{DeadLetterReason, Metrics, WithdrawReason};
 use crate::notification::{fingerprint_of, OutputEncoder, SourceRef, Wanted};
 use crate::postgres::describe;

@@ -19,7 +19,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::rules::{Kept, State, Version, Window};
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::campaign::Campaign;
-use crate::ledger::outbox::LOCK_CLASS;
+use crate::lease::LOCK_CLASS;
 use crate::notification::SourceRef;
 
 /// A campaign as it arrived: the validated fields and the message they came from (kept to

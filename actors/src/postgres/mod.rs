@@ -141,7 +141,7 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_feed (
 );
 ";
 
-/// The owners (one per process) and their leases (see `ledger::lease`). Owner ids come from the
+/// The owners (one per process) and their leases (see `crate::lease`). Owner ids come from the
 /// sequence and are never reused.
 const OWNER_SEQ_DDL: &str = "
 CREATE SEQUENCE IF NOT EXISTS public.campaign_notifier_owner_seq AS int4 MINVALUE 1;

@@ -8,7 +8,7 @@ use rdkafka::consumer::{ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use crate::ledger::Lease;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 
 /// Logs the group's decisions (the lines an operator looks for when partitions move), tells the

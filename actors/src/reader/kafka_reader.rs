@@ -27,11 +27,12 @@ use tokio::sync::{oneshot, watch};
 use super::consumer::{ReaderConsumer, ReaderSettings};
 use super::offsets::OffsetTracker;
 use crate::events::{CampaignFinished, CampaignReceived, DrainAbandoned, Event, OffsetsStored};
+use crate::fatal::FatalReason;
 use crate::hand_off::HandOff;
 use crate::liveness::Loop;
 use crate::messages::{CampaignOutcome, CampaignRecord, Drain, DrainReport, ProcessCampaigns};
 use crate::notification::SourceRef;
-use crate::shared::{FatalReason, Shared};
+use crate::shared::Shared;
 
 pub struct KafkaReader {
     config: ReaderSettings,

@@ -5,7 +5,7 @@
 //! left to nobody. Both use the consumer [`consumer`] creates.
 //!
 //! Must not touch: the sinks, or the ledger beyond telling this process's lease which partitions
-//! it holds (peers read them from its row; see [`crate::ledger::lease`]). The reader hands what
+//! it holds (peers read them from its row; see [`crate::lease`]). The reader hands what
 //! each poll finds to a `Recipient<ProcessCampaigns>` and learns only each campaign's outcome.
 
 pub mod consumer;

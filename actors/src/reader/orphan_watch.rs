@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::consumer::ReaderConsumer;
-use crate::ledger::Lease;
+use crate::lease::Lease;
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(5);

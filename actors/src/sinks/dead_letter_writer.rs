@@ -249,7 +249,7 @@ mod tests {
                 overrides: vec![],
             },
             topic: "dlq".into(),
-            lease: crate::ledger::Lease::unbounded(),
+            lease: crate::lease::Lease::unbounded(),
             transactional_id: None,
         })
         .await

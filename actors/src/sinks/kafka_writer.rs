@@ -30,7 +30,7 @@ use futures::lock::Mutex;
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::kafka::{partition_for, scan, Chunk, Producer, ProducerSettings};
-use crate::ledger::Lease;
+use crate::lease::Lease;
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
 

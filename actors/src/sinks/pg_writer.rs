@@ -25,8 +25,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
-use crate::ledger::lease::{self, Lapsed};
-use crate::ledger::{Lease, Tokens};
+use crate::lease::{self, Lapsed, Lease};
+use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
 use crate::notification::{cut, NotificationBatch};
 use crate::postgres::trigger_column::{self, TriggerColumn};

@@ -20,10 +20,11 @@ use actix::prelude::*;
 use futures::channel::oneshot;
 
 use crate::events::{Event, SinkWriteFailed, SinkWritten};
+use crate::fatal::FatalReason;
 use crate::hand_off::Batch;
 use crate::messages::{Close, Health, WriterHealth};
 use crate::metrics::{ErrorClass, SinkKind};
-use crate::shared::{FatalReason, Shared};
+use crate::shared::Shared;
 use crate::supervision::{RestartPolicy, Restarts};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -968,7 +969,7 @@ mod tests {
         groups: Vec<Vec<u32>>,
         write_delay: Duration,
         /// Asked before every write, as the real sinks ask theirs.
-        lease: Option<crate::ledger::Lease>,
+        lease: Option<crate::lease::Lease>,
     }
 
     #[derive(Clone, Default)]
@@ -1102,7 +1103,7 @@ mod tests {
         }
     }
 
-    type Fatal = tokio::sync::watch::Receiver<Option<crate::shared::FatalReason>>;
+    type Fatal = tokio::sync::watch::Receiver<Option<crate::fatal::FatalReason>>;
 
     fn start(
         handle: &Handle,
@@ -1430,7 +1431,7 @@ mod tests {
         let lease = shared.lease.clone();
         lease.acquired(1);
         // Valid for half a second (the renewal's end less the margin).
-        let ttl = crate::ledger::lease::MARGIN + Duration::from_millis(500);
+        let ttl = crate::lease::MARGIN + Duration::from_millis(500);
         lease.renewed(Instant::now(), ttl);
         handle.with(|s| s.lease = Some(lease.clone()));
         let (addr, metrics, _fatal) = start_with(&handle, settings(), shared, fatal);

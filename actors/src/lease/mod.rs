@@ -4,10 +4,14 @@
 //!
 //! [`Lease`] is what every writer asks before it hands anything to Postgres or to librdkafka: it
 //! is valid until the end its last renewal earned, on this process's monotonic clock, which keeps
-//! running while the process is frozen. [`LeaseKeeper`](super::LeaseKeeper) renews it; a fence,
+//! running while the process is frozen. [`LeaseKeeper`] ([`keeper`]) renews it; a fence,
 //! found by a renewal or by a writer's transaction, ends it for good and stops the service.
 //!
 //! Must not touch: the outbox marks (the ledger's) or the data path's order of writes.
+
+mod keeper;
+
+pub use keeper::{LeaseKeeper, Release};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -17,9 +21,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
-use super::outbox::LOCK_CLASS;
 use crate::clock::follow_postgres;
-use crate::shared::{Fatal, FatalReason};
+use crate::fatal::{Fatal, FatalReason};
+
+/// First key of every advisory lock the service takes ("cn"): the owners' locks of versions
+/// before leases, and the lifecycle's claims of a dead owner's fires.
+pub const LOCK_CLASS: i32 = 0x636e;
 
 /// Taken off the end of every renewal: covers the drift of this clock against Postgres' over one
 /// lease, and the instant between a writer's check and librdkafka taking the record.
