@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use campaign_actors::error_chain::Chain;
+use campaign_actors::messages::DrainReport;
 use campaign_actors::{Config, Metrics, Pipeline};
 use clap::{Parser, Subcommand};
 
@@ -138,23 +139,14 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    let pipeline = tokio::select! {
-        started = Pipeline::start(config, Metrics::new()) => match started {
-            Ok(p) => p,
-            Err(e) => {
-                log::error!("{}", Chain(&e));
-                actix_rt::System::current().stop();
-                return ExitCode::from(EXIT_START);
-            }
-        },
-        name = signals.next() => {
-            log::info!("{name} before start-up finished; exiting");
+    let pipeline = match start_unless_signalled(config, &mut signals).await {
+        Ok(p) => p,
+        Err(exit) => {
             actix_rt::System::current().stop();
-            return ExitCode::SUCCESS;
+            return exit;
         }
     };
     log::info!("ready");
-    let (mut exit, mut broke) = (ExitCode::SUCCESS, false);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -162,23 +154,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    loop {
-        tokio::select! {
-            name = signals.next() => {
-                log::info!("{name} received: draining (a second signal exits at once)");
-                break;
-            }
-            _ = hangup.recv() => {
-                log::info!("SIGHUP received: reloading the subscriber snapshot now");
-                pipeline.refresh_cache();
-            }
-            reason = pipeline.failed() => {
-                log::error!("fatal: {reason}; stopping");
-                (exit, broke) = (ExitCode::from(EXIT_FATAL), true);
-                break;
-            }
-        }
-    }
+    let broke = serve_until_stopped(&pipeline, &mut signals, &mut hangup).await;
     let drained = tokio::select! {
         report = pipeline.shutdown() => Some(report),
         name = signals.next() => {
@@ -187,6 +163,58 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     actix_rt::System::current().stop();
+    exit_code(drained, broke)
+}
+
+/// Starts the pipeline; a start that fails, or a signal before it is done, gives the exit code.
+async fn start_unless_signalled(
+    config: Config,
+    signals: &mut Signals,
+) -> Result<Pipeline, ExitCode> {
+    tokio::select! {
+        started = Pipeline::start(config, Metrics::new()) => started.map_err(|e| {
+            log::error!("{}", Chain(&e));
+            ExitCode::from(EXIT_START)
+        }),
+        name = signals.next() => {
+            log::info!("{name} before start-up finished; exiting");
+            Err(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, reloading the snapshot at each SIGHUP; true if the pipeline
+/// broke instead.
+async fn serve_until_stopped(
+    pipeline: &Pipeline,
+    signals: &mut Signals,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> bool {
+    loop {
+        tokio::select! {
+            name = signals.next() => {
+                log::info!("{name} received: draining (a second signal exits at once)");
+                return false;
+            }
+            _ = hangup.recv() => {
+                log::info!("SIGHUP received: reloading the subscriber snapshot now");
+                pipeline.refresh_cache();
+            }
+            reason = pipeline.failed() => {
+                log::error!("fatal: {reason}; stopping");
+                return true;
+            }
+        }
+    }
+}
+
+/// The exit code of a stop: what the drain left (`None` when a second signal cut it short), and
+/// whether the pipeline broke first.
+fn exit_code(drained: Option<DrainReport>, broke: bool) -> ExitCode {
+    let exit = match broke {
+        true => ExitCode::from(EXIT_FATAL),
+        false => ExitCode::SUCCESS,
+    };
     match drained {
         Some(report) if report.abandoned == 0 && report.committed => {
             log::info!("stopped cleanly");

@@ -252,95 +252,155 @@ impl Loop {
     }
 }
 
-#[derive(Clone)]
-pub struct Metrics {
-    pub registry: Registry,
+/// Declares [`Metrics`] from one table: each metric's field (its doc and type) beside how it is
+/// registered (the [`Registrar`] method with the name, help, labels and buckets), one metric a
+/// place, as a table reads best.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty = $kind:ident($($arg:expr),+);)+) => {
+        #[derive(Clone)]
+        pub struct Metrics {
+            pub registry: Registry,
+            $($(#[$doc])* pub $field: $ty,)+
+        }
+
+        impl Metrics {
+            fn register(r: Registrar) -> Metrics {
+                Metrics {
+                    $($field: r.$kind($($arg),+),)+
+                    registry: r.0,
+                }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Campaign messages read from the input topic.
-    pub campaigns_received: IntCounter,
+    campaigns_received: IntCounter = counter("campaigns_received_total",
+        "Campaign messages read from the input topic");
     /// Campaigns by what became of them ([`Outcome`]).
-    pub campaigns_processed: IntCounterVec,
+    campaigns_processed: IntCounterVec = counters("campaigns_processed_total",
+        "Campaigns completed, by outcome", &["outcome"]);
     /// Rejected campaign messages by reason code ([`RejectCode`]).
-    pub campaigns_rejected: IntCounterVec,
+    campaigns_rejected: IntCounterVec = counters("campaigns_rejected_total",
+        "Campaign messages rejected as unusable, by reason", &["reason"]);
     /// Messages written to the dead-letter topic, by reason code ([`DeadLetterReason`]).
-    pub dead_letters: IntCounterVec,
+    dead_letters: IntCounterVec = counters("dead_letters_total",
+        "Messages written to the dead-letter topic, by reason", &["reason"]);
     /// Notifications built by the enricher (one per campaign and subscriber).
-    pub notifications_built: IntCounter,
+    notifications_built: IntCounter = counter("notifications_built_total",
+        "Notifications built, one per active campaign and subscriber");
     /// Notifications confirmed written, per sink.
-    pub notifications_written: IntCounterVec,
+    notifications_written: IntCounterVec = counters("notifications_written_total",
+        "Notifications confirmed written, per sink", &["sink"]);
     /// Failed sink writes per sink and class ([`ErrorClass`]).
-    pub sink_write_errors: IntCounterVec,
+    sink_write_errors: IntCounterVec = counters("sink_write_errors_total",
+        "Failed sink writes, per sink and error class", &["sink", "class"]);
     /// Rows per flushed write, per sink.
-    pub sink_batch_rows: HistogramVec,
+    sink_batch_rows: HistogramVec = histograms("sink_batch_rows",
+        "Rows per sink write", &["sink"], ROWS);
     /// Duration of one flushed write, per sink.
-    pub sink_write_duration: HistogramVec,
+    sink_write_duration: HistogramVec = histograms("sink_write_duration_seconds",
+        "Duration of one sink write", &["sink"], SECONDS);
     /// Notifications waiting in or being written by each sink.
-    pub sink_pending_rows: IntGaugeVec,
+    sink_pending_rows: IntGaugeVec = gauges("sink_pending_rows",
+        "Notifications queued in or being written by a sink", &["sink"]);
     /// 1 while the sink has a working connection.
-    pub sink_connected: IntGaugeVec,
+    sink_connected: IntGaugeVec = gauges("sink_connected",
+        "1 while the sink has a working connection", &["sink"]);
     /// 1 while the sink refuses every write (a configuration fault): campaigns are held.
-    pub sink_fault: IntGaugeVec,
+    sink_fault: IntGaugeVec = gauges("sink_fault",
+        "1 while the sink refuses every write (a configuration fault)", &["sink"]);
     /// What `/readyz` says, as of the last scrape or probe: 1 ready, 0 not.
-    pub ready: IntGauge,
+    ready: IntGauge = gauge("ready",
+        "What /readyz says, as of the last scrape or probe: 1 ready, 0 not (its reason is in /readyz)");
     /// Restarts per supervised actor ([`ActorKind`]).
-    pub actor_restarts: IntCounterVec,
+    actor_restarts: IntCounterVec = counters("actor_restarts_total",
+        "Restarts of a supervised actor", &["actor"]);
     /// Campaigns read and not yet completed.
-    pub campaigns_in_flight: IntGauge,
+    campaigns_in_flight: IntGauge = gauge("campaigns_in_flight",
+        "Campaigns read and not yet completed");
     /// Notifications between the join and both sinks' confirmation (at most
     /// `writers.max_notifications_in_flight`).
-    pub notifications_in_flight: IntGauge,
+    notifications_in_flight: IntGauge = gauge("notifications_in_flight",
+        "Notifications between the join and both sinks' confirmation");
     /// Time from the campaign's Kafka timestamp until both sinks confirmed it.
-    pub end_to_end_latency: Histogram,
+    end_to_end_latency: Histogram = histogram("end_to_end_latency_seconds",
+        "From the campaign's Kafka timestamp until both sinks confirmed it", LATENCY_SECONDS);
     /// Pairs of `subscribers_restaurants` the last load left out (an id over the length limit).
-    pub cache_pairs_skipped: IntGauge,
+    cache_pairs_skipped: IntGauge = gauge("cache_pairs_skipped",
+        "Pairs the last load left out for an id longer than the limit");
     /// Subscriber pairs in the loaded snapshot.
-    pub cache_pairs: IntGauge,
+    cache_pairs: IntGauge = gauge("cache_pairs",
+        "Subscriber pairs in the loaded snapshot");
     /// Restaurants with at least one subscriber in the loaded snapshot.
-    pub cache_restaurants: IntGauge,
+    cache_restaurants: IntGauge = gauge("cache_restaurants",
+        "Restaurants with subscribers in the loaded snapshot");
     /// Unix time of the last successful snapshot load.
-    pub cache_loaded_timestamp: IntGauge,
+    cache_loaded_timestamp: IntGauge = gauge("cache_loaded_timestamp_seconds",
+        "Unix time of the last successful snapshot load");
     /// Duration of a full snapshot load.
-    pub cache_refresh_duration: Histogram,
+    cache_refresh_duration: Histogram = histogram("cache_refresh_duration_seconds",
+        "Duration of a full subscriber snapshot load", SECONDS);
     /// Failed snapshot loads.
-    pub cache_refresh_failures: IntCounter,
+    cache_refresh_failures: IntCounter = counter("cache_refresh_failures_total",
+        "Failed subscriber snapshot loads");
     /// Consumer offsets stored for commit.
-    pub offsets_stored: IntCounter,
+    offsets_stored: IntCounter = counter("offsets_stored_total",
+        "Input offsets stored for commit after both sinks confirmed");
     /// Per input partition: messages behind the last offset stored for commit (confirmed by
     /// both sinks), from librdkafka's statistics.
-    pub consumer_lag: IntGaugeVec,
+    consumer_lag: IntGaugeVec = gauges("consumer_lag_messages",
+        "Messages in the input partition after the last offset confirmed by both sinks", &["partition"]);
     /// Seconds since the subscriber snapshot in use was loaded; updated at each scrape.
-    pub cache_snapshot_age: IntGauge,
+    cache_snapshot_age: IntGauge = gauge("cache_snapshot_age_seconds",
+        "Seconds since the subscriber snapshot in use was loaded");
     /// Postgres' clock minus this host's, which the service follows (see [`crate::clock`]);
     /// updated at each scrape.
-    pub clock_offset: Gauge,
+    clock_offset: Gauge = float_gauge("clock_offset_seconds",
+        "Postgres' clock minus this host's, as last measured; the service keeps Postgres' time");
     /// Notifications written to Postgres and deleted again, by [`WithdrawReason`].
-    pub notifications_withdrawn: IntCounterVec,
+    notifications_withdrawn: IntCounterVec = counters("notifications_withdrawn_total",
+        "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]);
     /// Campaigns kept to fire at their start.
-    pub campaigns_scheduled: IntGauge,
+    campaigns_scheduled: IntGauge = gauge("campaigns_scheduled",
+        "Campaigns kept to fire at their start");
     /// Notifications of the scheduled campaigns this instance claimed and is firing.
-    pub notifications_firing: IntGauge,
+    notifications_firing: IntGauge = gauge("notifications_firing",
+        "Notifications of the scheduled campaigns this instance claimed and is firing (bounded by writers.max_notifications_in_flight)");
     /// Events of the campaigns' lifecycle ([`LifecycleEvent`]).
-    pub lifecycle_events: IntCounterVec,
+    lifecycle_events: IntCounterVec = counters("lifecycle_events_total",
+        "Events of the campaigns' lifecycle", &["event"]);
     /// From a scheduled campaign's start until both sinks confirmed its last notification.
-    pub fire_delay: Histogram,
+    fire_delay: Histogram = histogram("fire_delay_seconds",
+        "From a scheduled campaign's start until both sinks confirmed its last notification", FIRE_SECONDS);
     /// Subscribers read from Postgres at once for scheduled campaigns being fired (a large
     /// audience is read a slice at a time, within `writers.max_notifications_in_flight`).
-    pub fire_audience_read: Histogram,
+    fire_audience_read: Histogram = histogram("fire_audience_read_subscribers",
+        "Subscribers read from Postgres at once for scheduled campaigns being fired (a large audience a slice at a time)", AUDIENCE_READ);
     /// Notifications of active campaigns to clients who subscribed after the campaign was
     /// delivered (found by the change feed or a reload).
-    pub late_subscriber_notifications: IntCounter,
+    late_subscriber_notifications: IntCounter = counter("late_subscriber_notifications_total",
+        "Notifications of active campaigns to clients who subscribed after the campaign was delivered");
     /// On the instance that follows the change feed: seconds since everything subscribed before
     /// then had been followed and its notifications confirmed (0 elsewhere).
-    pub change_feed_lag: Gauge,
+    change_feed_lag: Gauge = float_gauge("change_feed_lag_seconds",
+        "Seconds since every subscription added before then was followed and notified (on the instance following the feed)");
     /// 1 while this instance's lease is valid (it may write), 0 while it is lapsed or fenced.
-    pub lease_valid: IntGauge,
+    lease_valid: IntGauge = gauge("lease_valid",
+        "1 while this instance's lease is valid and it may write, 0 while lapsed or fenced");
     /// Other instances this one fenced (their lease had expired), before taking their work over.
-    pub owners_fenced: IntCounter,
+    owners_fenced: IntCounter = counter("owners_fenced_total",
+        "Other instances this one fenced after their lease expired");
     /// Seconds since each loop `/healthz` watches last turned ([`Loop`]).
-    pub loop_heartbeat_age: GaugeVec,
+    loop_heartbeat_age: GaugeVec = float_gauges("loop_heartbeat_age_seconds",
+        "Seconds since a loop /healthz watches last turned", &["loop"]);
     /// Campaigns a stop left unfinished at the end of its grace period (read again next time).
-    pub drain_abandoned_campaigns: IntCounter,
+    drain_abandoned_campaigns: IntCounter = counter("drain_abandoned_campaigns_total",
+        "Campaigns a stop left unfinished at the end of its grace period");
     /// Build information, value always 1.
-    pub build_info: IntGaugeVec,
+    build_info: IntGaugeVec = gauges("build_info",
+        "Build information; the value is always 1", &["version"]);
 }
 
 /// Durations from half a millisecond to a minute.
@@ -353,8 +413,6 @@ const LATENCY_SECONDS: &[f64] = &[
     0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// From a scheduled campaign's start until its last notification is confirmed: a tenth of a second
-/// to minutes, finest around the second the target is.
 /// Subscribers read at once for campaigns being fired.
 const AUDIENCE_READ: &[f64] = &[
     10.0,
@@ -368,6 +426,8 @@ const AUDIENCE_READ: &[f64] = &[
     10_000_000.0,
 ];
 
+/// From a scheduled campaign's start until its last notification is confirmed: a tenth of a second
+/// to minutes, finest around the second the target is.
 const FIRE_SECONDS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
     30.0, 60.0, 120.0, 300.0,
@@ -444,94 +504,6 @@ impl Metrics {
             .set(1);
         metrics.export_known_labels();
         metrics
-    }
-
-    // One metric a line (name, help, labels, buckets), as a table reads best.
-    #[rustfmt::skip]
-    fn register(r: Registrar) -> Metrics {
-        Metrics {
-            campaigns_received: r.counter("campaigns_received_total",
-                "Campaign messages read from the input topic"),
-            campaigns_processed: r.counters("campaigns_processed_total",
-                "Campaigns completed, by outcome", &["outcome"]),
-            campaigns_rejected: r.counters("campaigns_rejected_total",
-                "Campaign messages rejected as unusable, by reason", &["reason"]),
-            dead_letters: r.counters("dead_letters_total",
-                "Messages written to the dead-letter topic, by reason", &["reason"]),
-            notifications_built: r.counter("notifications_built_total",
-                "Notifications built, one per active campaign and subscriber"),
-            notifications_written: r.counters("notifications_written_total",
-                "Notifications confirmed written, per sink", &["sink"]),
-            sink_write_errors: r.counters("sink_write_errors_total",
-                "Failed sink writes, per sink and error class", &["sink", "class"]),
-            sink_batch_rows: r.histograms("sink_batch_rows",
-                "Rows per sink write", &["sink"], ROWS),
-            sink_write_duration: r.histograms("sink_write_duration_seconds",
-                "Duration of one sink write", &["sink"], SECONDS),
-            sink_pending_rows: r.gauges("sink_pending_rows",
-                "Notifications queued in or being written by a sink", &["sink"]),
-            sink_connected: r.gauges("sink_connected",
-                "1 while the sink has a working connection", &["sink"]),
-            sink_fault: r.gauges("sink_fault",
-                "1 while the sink refuses every write (a configuration fault)", &["sink"]),
-            ready: r.gauge("ready",
-                "What /readyz says, as of the last scrape or probe: 1 ready, 0 not (its reason is in /readyz)"),
-            actor_restarts: r.counters("actor_restarts_total",
-                "Restarts of a supervised actor", &["actor"]),
-            campaigns_in_flight: r.gauge("campaigns_in_flight",
-                "Campaigns read and not yet completed"),
-            notifications_in_flight: r.gauge("notifications_in_flight",
-                "Notifications between the join and both sinks' confirmation"),
-            end_to_end_latency: r.histogram("end_to_end_latency_seconds",
-                "From the campaign's Kafka timestamp until both sinks confirmed it", LATENCY_SECONDS),
-            cache_pairs_skipped: r.gauge("cache_pairs_skipped",
-                "Pairs the last load left out for an id longer than the limit"),
-            cache_pairs: r.gauge("cache_pairs",
-                "Subscriber pairs in the loaded snapshot"),
-            cache_restaurants: r.gauge("cache_restaurants",
-                "Restaurants with subscribers in the loaded snapshot"),
-            cache_loaded_timestamp: r.gauge("cache_loaded_timestamp_seconds",
-                "Unix time of the last successful snapshot load"),
-            cache_refresh_duration: r.histogram("cache_refresh_duration_seconds",
-                "Duration of a full subscriber snapshot load", SECONDS),
-            cache_refresh_failures: r.counter("cache_refresh_failures_total",
-                "Failed subscriber snapshot loads"),
-            offsets_stored: r.counter("offsets_stored_total",
-                "Input offsets stored for commit after both sinks confirmed"),
-            consumer_lag: r.gauges("consumer_lag_messages",
-                "Messages in the input partition after the last offset confirmed by both sinks", &["partition"]),
-            cache_snapshot_age: r.gauge("cache_snapshot_age_seconds",
-                "Seconds since the subscriber snapshot in use was loaded"),
-            clock_offset: r.float_gauge("clock_offset_seconds",
-                "Postgres' clock minus this host's, as last measured; the service keeps Postgres' time"),
-            notifications_withdrawn: r.counters("notifications_withdrawn_total",
-                "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]),
-            campaigns_scheduled: r.gauge("campaigns_scheduled",
-                "Campaigns kept to fire at their start"),
-            notifications_firing: r.gauge("notifications_firing",
-                "Notifications of the scheduled campaigns this instance claimed and is firing (bounded by writers.max_notifications_in_flight)"),
-            lifecycle_events: r.counters("lifecycle_events_total",
-                "Events of the campaigns' lifecycle", &["event"]),
-            fire_delay: r.histogram("fire_delay_seconds",
-                "From a scheduled campaign's start until both sinks confirmed its last notification", FIRE_SECONDS),
-            fire_audience_read: r.histogram("fire_audience_read_subscribers",
-                "Subscribers read from Postgres at once for scheduled campaigns being fired (a large audience a slice at a time)", AUDIENCE_READ),
-            late_subscriber_notifications: r.counter("late_subscriber_notifications_total",
-                "Notifications of active campaigns to clients who subscribed after the campaign was delivered"),
-            change_feed_lag: r.float_gauge("change_feed_lag_seconds",
-                "Seconds since every subscription added before then was followed and notified (on the instance following the feed)"),
-            lease_valid: r.gauge("lease_valid",
-                "1 while this instance's lease is valid and it may write, 0 while lapsed or fenced"),
-            owners_fenced: r.counter("owners_fenced_total",
-                "Other instances this one fenced after their lease expired"),
-            loop_heartbeat_age: r.float_gauges("loop_heartbeat_age_seconds",
-                "Seconds since a loop /healthz watches last turned", &["loop"]),
-            drain_abandoned_campaigns: r.counter("drain_abandoned_campaigns_total",
-                "Campaigns a stop left unfinished at the end of its grace period"),
-            build_info: r.gauges("build_info",
-                "Build information; the value is always 1", &["version"]),
-            registry: r.0,
-        }
     }
 
     /// Every known label value starts at 0, so the first event is a step that rate() and alerts

@@ -130,17 +130,7 @@ impl Pipeline {
         let (published, mut snapshot) = watch::channel(None);
         let (stage, staged) = watch::channel(Stage::Starting("preparing the Postgres schema"));
         let (http_addr, http) = start_http(&settings, &shared, &snapshot, staged)?;
-        let trigger_column = prepare_schema(&settings, shared.clock.now_secs()).await?;
-        stage.send_replace(Stage::Starting("checking the Kafka brokers"));
-        check_kafka_access(&settings).await?;
-        stage.send_replace(Stage::Starting("taking this instance's lease"));
-        let owner = acquire_lease(&settings, &shared.lease).await?;
-        // Every session of this process says whose it is (pg_stat_activity, and the peer that
-        // ends a fenced owner's sessions).
-        settings.postgres.owner = Some(owner);
-        if let Some(ids) = &settings.transactional_ids {
-            check_transactions(&settings, &ids.of(owner)).await?;
-        }
+        let (owner, trigger_column) = prepare_to_write(&mut settings, &shared, &stage).await?;
 
         let arbiters = Arbiters::new();
         let lease_keeper = start_lease_keeper(&settings, &shared, &arbiters);
@@ -157,16 +147,8 @@ impl Pipeline {
             &arbiters,
             published,
         );
-        snapshot
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| StartError::CacheGone)?;
-        let reader = KafkaReader::new(
-            settings.reader.clone(),
-            enricher.recipient(),
-            shared.clone(),
-        )
-        .start();
+        let reader =
+            start_reader_after_first_snapshot(&settings, &mut snapshot, enricher, &shared).await?;
 
         Ok(Pipeline {
             metrics: shared.metrics,
@@ -210,43 +192,16 @@ impl Pipeline {
     pub async fn shutdown(self) -> DrainReport {
         // One grace period for the whole stop: three quarters for the campaigns in flight, the
         // rest (and whatever they leave) for the commit, the writers' close and the threads.
-        let grace = self.settings.grace_period;
-        let deadline = tokio::time::Instant::now() + grace;
-        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let grace = StopGrace::from_now(self.settings.grace_period);
         // No more campaigns are fired; those being fired finish with the drain, or are claimed
         // again by the next instance once this one is gone. Not awaited: a lifecycle that is
         // connecting answers nothing until it is connected.
         self.lifecycle.do_send(Close);
-        // A fenced instance may write nothing: its campaigns in flight are not waited for.
-        let drain_grace = match self.lease.is_fenced() {
-            true => Duration::ZERO,
-            false => grace.mul_f64(0.75),
-        };
-        let drain = self.reader.send(Drain { grace: drain_grace });
-        let report = match tokio::time::timeout_at(deadline, drain).await {
-            Ok(report) => report.unwrap_or_default(),
-            Err(_) => {
-                log::warn!("the reader did not drain and commit within {grace:?}");
-                DrainReport::default()
-            }
-        };
-        let dead_letters = self.writers.dead_letters.clone();
-        let close = futures::future::join3(
-            self.writers.kafka.send(Close),
-            self.writers.postgres.send(Close),
-            async move {
-                if let Some(d) = dead_letters {
-                    let _ = d.send(Close).await;
-                }
-            },
-        );
-        let closed = tokio::time::timeout(left(), close).await.is_ok();
-        if !closed {
-            log::warn!("writers did not close within the grace period ({grace:?})");
-        }
+        let report = self.drain_reader(&grace).await;
+        let closed = self.writers.close(&grace).await;
         // A sweep under way may be sending a dead owner's notifications: it ends first.
         let ledger_idle = matches!(
-            tokio::time::timeout(left(), self.writers.ledger.send(Close)).await,
+            tokio::time::timeout(grace.left(), self.writers.ledger.send(Close)).await,
             Ok(Ok(()))
         );
         // Nothing of this process can be on its way to the broker once its writers and the
@@ -254,22 +209,112 @@ impl Pipeline {
         let release = self.lease_keeper.send(Release {
             flushed: closed && ledger_idle,
         });
-        let _ = tokio::time::timeout(left(), release).await;
-        let _ = tokio::time::timeout(left(), self.http.stop(true)).await;
-        // Joining drops the writers' producers and connections before this returns, so nothing
-        // of the pipeline outlives it.
-        let arbiters = self.arbiters;
-        let joined = tokio::task::spawn_blocking(move || {
-            for arbiter in arbiters {
-                arbiter.stop();
-                let _ = arbiter.join();
-            }
-        });
-        if tokio::time::timeout(left(), joined).await.is_err() {
-            log::warn!("actor threads did not stop within the grace period ({grace:?})");
-        }
+        let _ = tokio::time::timeout(grace.left(), release).await;
+        let _ = tokio::time::timeout(grace.left(), self.http.stop(true)).await;
+        join_arbiters(self.arbiters, &grace).await;
         report
     }
+
+    /// Has the reader drain and commit, waiting for the campaigns in flight for three quarters of
+    /// the grace period.
+    async fn drain_reader(&self, grace: &StopGrace) -> DrainReport {
+        // A fenced instance may write nothing: its campaigns in flight are not waited for.
+        let drain_grace = match self.lease.is_fenced() {
+            true => Duration::ZERO,
+            false => grace.period.mul_f64(0.75),
+        };
+        let drain = self.reader.send(Drain { grace: drain_grace });
+        match tokio::time::timeout_at(grace.deadline, drain).await {
+            Ok(report) => report.unwrap_or_default(),
+            Err(_) => {
+                log::warn!(
+                    "the reader did not drain and commit within {grace:?}",
+                    grace = grace.period
+                );
+                DrainReport::default()
+            }
+        }
+    }
+}
+
+/// The one grace period of a stop, and the moment it ends.
+struct StopGrace {
+    period: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl StopGrace {
+    fn from_now(period: Duration) -> StopGrace {
+        StopGrace {
+            period,
+            deadline: tokio::time::Instant::now() + period,
+        }
+    }
+
+    /// What is left of the grace period.
+    fn left(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// Stops the arbiters and waits for their threads. Joining drops the writers' producers and
+/// connections before this returns, so nothing of the pipeline outlives it.
+async fn join_arbiters(arbiters: Vec<Arbiter>, grace: &StopGrace) {
+    let joined = tokio::task::spawn_blocking(move || {
+        for arbiter in arbiters {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+    });
+    if tokio::time::timeout(grace.left(), joined).await.is_err() {
+        log::warn!(
+            "actor threads did not stop within the grace period ({grace:?})",
+            grace = grace.period
+        );
+    }
+}
+
+/// The steps before anything may be written: the schema, the Kafka check, this process's lease
+/// (whose owner id every Postgres session then carries) and, with `kafka.transactions`, the
+/// brokers' support for transactions. Returns the owner id and the trigger column's type.
+async fn prepare_to_write(
+    settings: &mut Settings,
+    shared: &Shared,
+    stage: &watch::Sender<Stage>,
+) -> Result<(i32, TriggerColumn), StartError> {
+    let trigger_column = prepare_schema(settings, shared.clock.now_secs()).await?;
+    stage.send_replace(Stage::Starting("checking the Kafka brokers"));
+    check_kafka_access(settings).await?;
+    stage.send_replace(Stage::Starting("taking this instance's lease"));
+    let owner = acquire_lease(settings, &shared.lease).await?;
+    // Every session of this process says whose it is (pg_stat_activity, and the peer that
+    // ends a fenced owner's sessions).
+    settings.postgres.owner = Some(owner);
+    if let Some(ids) = &settings.transactional_ids {
+        check_transactions(settings, &ids.of(owner)).await?;
+    }
+    Ok((owner, trigger_column))
+}
+
+/// Waits for the cache's first snapshot, then starts the reader: nothing is pulled before there
+/// is somewhere to put it.
+async fn start_reader_after_first_snapshot(
+    settings: &Settings,
+    snapshot: &mut watch::Receiver<Option<SnapshotInfo>>,
+    enricher: Addr<Enricher>,
+    shared: &Shared,
+) -> Result<Addr<KafkaReader>, StartError> {
+    snapshot
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| StartError::CacheGone)?;
+    Ok(KafkaReader::new(
+        settings.reader.clone(),
+        enricher.recipient(),
+        shared.clone(),
+    )
+    .start())
 }
 
 /// With `kafka.transactions`, brokers that refuse transactions stop the start (exit code 2)
@@ -415,59 +460,10 @@ impl Writers {
         shared: &Shared,
         arbiters: &Arbiters,
     ) -> Writers {
-        let kafka_settings = KafkaSinkSettings {
-            producer: settings.producer.clone(),
-            topic: settings.output_topic.clone(),
-            lease: shared.lease.clone(),
-            transactional_id: settings.transactional_ids.as_ref().map(|t| t.of(owner)),
-        };
-        let (w, s) = (settings.writers.clone(), shared.clone());
-        let kafka = Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
-            Writer::<KafkaSink>::new(kafka_settings, w, s)
-        });
-        let pg_config = PgSinkConfig {
-            postgres: settings.postgres.clone(),
-            owner,
-            lease: shared.lease.clone(),
-            trigger_column,
-        };
-        let (w, s) = (settings.writers.clone(), shared.clone());
-        let postgres = Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {
-            PgWriter::new(pg_config, w, s)
-        });
-        let dead_letters = settings.dead_letter_topic.clone().map(|topic| {
-            // Dead letters are not part of what "exactly once" counts: the idempotent producer.
-            let dlq_settings = KafkaSinkSettings {
-                producer: settings.producer.clone(),
-                topic,
-                lease: shared.lease.clone(),
-                transactional_id: None,
-            };
-            let (w, s) = (settings.writers.clone(), shared.clone());
-            Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
-                DeadLetterWriter::new(dlq_settings, w, s)
-            })
-        });
-        let recoverer = Recoverer {
-            output: output_target(settings),
-            transactional_ids: settings.transactional_ids.clone(),
-            lease: shared.lease.clone(),
-            dead_letters: dead_letters.clone().map(Addr::recipient),
-            metrics: shared.metrics.clone(),
-        };
-        // Versions before leases took an owner over once its lock had been free for the message
-        // timeout and 5 s.
-        let legacy_settle =
-            Duration::from_millis(settings.producer.message_timeout_ms) + lease::SETTLE_MARGIN;
-        let (url, ttl, restart) = (
-            settings.postgres.clone(),
-            settings.lease_ttl,
-            settings.ledger_restart.clone(),
-        );
-        let s = shared.clone();
-        let ledger = Supervisor::start_in_arbiter(&arbiters.ledger.handle(), move |_| {
-            Ledger::new(url, recoverer, ttl, legacy_settle, restart, s)
-        });
+        let kafka = start_kafka_writer(settings, owner, shared, arbiters);
+        let postgres = start_pg_writer(settings, owner, trigger_column, shared, arbiters);
+        let dead_letters = start_dead_letter_writer(settings, shared, arbiters);
+        let ledger = start_ledger(settings, dead_letters.clone(), shared, arbiters);
         Writers {
             kafka,
             postgres,
@@ -475,6 +471,116 @@ impl Writers {
             ledger,
         }
     }
+
+    /// Flushes and closes the Kafka, Postgres and dead-letter writers; true if all of them
+    /// closed within the grace period.
+    async fn close(&self, grace: &StopGrace) -> bool {
+        let dead_letters = self.dead_letters.clone();
+        let close = futures::future::join3(
+            self.kafka.send(Close),
+            self.postgres.send(Close),
+            async move {
+                if let Some(d) = dead_letters {
+                    let _ = d.send(Close).await;
+                }
+            },
+        );
+        let closed = tokio::time::timeout(grace.left(), close).await.is_ok();
+        if !closed {
+            log::warn!(
+                "writers did not close within the grace period ({grace:?})",
+                grace = grace.period
+            );
+        }
+        closed
+    }
+}
+
+fn start_kafka_writer(
+    settings: &Settings,
+    owner: i32,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> Addr<KafkaWriter> {
+    let kafka_settings = KafkaSinkSettings {
+        producer: settings.producer.clone(),
+        topic: settings.output_topic.clone(),
+        lease: shared.lease.clone(),
+        transactional_id: settings.transactional_ids.as_ref().map(|t| t.of(owner)),
+    };
+    let (w, s) = (settings.writers.clone(), shared.clone());
+    Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
+        Writer::<KafkaSink>::new(kafka_settings, w, s)
+    })
+}
+
+fn start_pg_writer(
+    settings: &Settings,
+    owner: i32,
+    trigger_column: TriggerColumn,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> Addr<PgWriter> {
+    let pg_config = PgSinkConfig {
+        postgres: settings.postgres.clone(),
+        owner,
+        lease: shared.lease.clone(),
+        trigger_column,
+    };
+    let (w, s) = (settings.writers.clone(), shared.clone());
+    Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {
+        PgWriter::new(pg_config, w, s)
+    })
+}
+
+/// The dead-letter writer, when a dead-letter topic is configured.
+fn start_dead_letter_writer(
+    settings: &Settings,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> Option<Addr<DeadLetterWriter>> {
+    settings.dead_letter_topic.clone().map(|topic| {
+        // Dead letters are not part of what "exactly once" counts: the idempotent producer.
+        let dlq_settings = KafkaSinkSettings {
+            producer: settings.producer.clone(),
+            topic,
+            lease: shared.lease.clone(),
+            transactional_id: None,
+        };
+        let (w, s) = (settings.writers.clone(), shared.clone());
+        Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
+            DeadLetterWriter::new(dlq_settings, w, s)
+        })
+    })
+}
+
+/// The ledger, with what it needs to finish a dead owner's notifications.
+fn start_ledger(
+    settings: &Settings,
+    dead_letters: Option<Addr<DeadLetterWriter>>,
+    shared: &Shared,
+    arbiters: &Arbiters,
+) -> Addr<Ledger> {
+    let recoverer = Recoverer {
+        output: output_target(settings),
+        transactional_ids: settings.transactional_ids.clone(),
+        lease: shared.lease.clone(),
+        dead_letters: dead_letters.map(Addr::recipient),
+        metrics: shared.metrics.clone(),
+    };
+    // Versions before leases took an owner over once its lock had been free for the message
+    // timeout and 5 s.
+    let legacy_settle =
+        Duration::from_millis(settings.producer.message_timeout_ms) + lease::SETTLE_MARGIN;
+    let (url, ttl, restart) = (
+        settings.postgres.clone(),
+        settings.lease_ttl,
+        settings.ledger_restart.clone(),
+    );
+    let s = shared.clone();
+    Supervisor::start_in_arbiter(&arbiters.ledger.handle(), move |_| {
+        Ledger::new(url, recoverer, ttl, legacy_settle, restart, s)
+    })
 }
 
 /// Starts the enricher and the lifecycle, each knowing the other: the enricher has the

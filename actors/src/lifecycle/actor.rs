@@ -370,67 +370,75 @@ impl Lifecycle {
         let (now, window) = self.now_and_window();
         let me = self.owner;
         let fut = async move { subscriptions::read_feed(&client, plan, me, now, &window).await };
-        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            let read = match result {
-                Ok(read) => read,
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => {
-                    log::error!(
-                        "lifecycle: subscribers_restaurants has no id column, so new \
-                         subscriptions are found only at the cache's reloads: {}",
-                        describe(&e)
-                    );
-                    return act.follower.disable();
-                }
-                Err(e) => {
-                    act.follower.idle();
-                    return act.failed("follow new subscriptions", &e, ctx);
-                }
-            };
-            match read {
-                FeedRead::NotLeading => {
-                    if act.follower.not_leading() {
-                        log::info!("lifecycle: another instance follows new subscriptions now");
-                    }
-                }
-                FeedRead::Nothing { next, reset } => {
-                    if reset {
-                        Self::log_reset();
-                    } else if !act.follower.leading() {
-                        log::info!(
-                            "lifecycle: this instance follows new subscriptions (from id {})",
-                            next.cursor.mark()
-                        );
-                    }
-                    act.follower.followed(next, (!reset).then_some(read_at));
-                }
-                FeedRead::New {
-                    next,
-                    reset,
-                    full,
-                    active,
-                    subscribers,
-                } => {
-                    if reset {
-                        Self::log_reset();
-                    }
-                    act.follower.lead();
-                    act.notify_late(
-                        active,
-                        subscribers,
-                        Some(next),
-                        ctx,
-                        move |act, next, ctx| {
-                            if let Some(next) = next {
-                                act.follower.followed(next, (!full).then_some(read_at));
-                            }
-                            if full {
-                                act.follow(ctx);
-                            }
-                        },
-                    );
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(read) => act.feed_read(read, read_at, ctx),
+                    Err(e) => act.feed_failed(&e, ctx),
+                }),
+        );
+    }
+
+    /// Acts on what a read of the change feed found, read at `read_at`.
+    fn feed_read(&mut self, read: FeedRead, read_at: Instant, ctx: &mut Context<Self>) {
+        match read {
+            FeedRead::NotLeading => {
+                if self.follower.not_leading() {
+                    log::info!("lifecycle: another instance follows new subscriptions now");
                 }
             }
-        }));
+            FeedRead::Nothing { next, reset } => {
+                if reset {
+                    Self::log_reset();
+                } else if !self.follower.leading() {
+                    log::info!(
+                        "lifecycle: this instance follows new subscriptions (from id {})",
+                        next.cursor.mark()
+                    );
+                }
+                self.follower.followed(next, (!reset).then_some(read_at));
+            }
+            FeedRead::New {
+                next,
+                reset,
+                full,
+                active,
+                subscribers,
+            } => {
+                if reset {
+                    Self::log_reset();
+                }
+                self.follower.lead();
+                self.notify_late(
+                    active,
+                    subscribers,
+                    Some(next),
+                    ctx,
+                    move |act, next, ctx| {
+                        if let Some(next) = next {
+                            act.follower.followed(next, (!full).then_some(read_at));
+                        }
+                        if full {
+                            act.follow(ctx);
+                        }
+                    },
+                );
+            }
+        }
+    }
+
+    /// A table without the id column switches the feed off; any other error restarts the actor.
+    fn feed_failed(&mut self, e: &tokio_postgres::Error, ctx: &mut Context<Self>) {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
+            log::error!(
+                "lifecycle: subscribers_restaurants has no id column, so new \
+                 subscriptions are found only at the cache's reloads: {}",
+                describe(e)
+            );
+            return self.follower.disable();
+        }
+        self.follower.idle();
+        self.failed("follow new subscriptions", e, ctx);
     }
 
     fn log_reset() {

@@ -1,9 +1,10 @@
 //! The durable table of campaigns, `campaign_notifier_campaigns`: one row per (restaurant,
 //! campaign), the newest version the service has seen, its original message and its [`State`].
 //!
-//! Every statement the lifecycle runs is here. Due campaigns are claimed with
-//! `FOR UPDATE SKIP LOCKED`, so with several instances exactly one fires each; a campaign whose
-//! firing instance died (its owner lock is free) is claimed again by another.
+//! Every statement the lifecycle runs is here (the two longest, the store of versions and the
+//! claim, in `store_versions.sql` and `store_claim_due.sql` beside this file). Due campaigns are
+//! claimed with `FOR UPDATE SKIP LOCKED`, so with several instances exactly one fires each; a
+//! campaign whose firing instance died (its owner lock is free) is claimed again by another.
 //!
 //! The change feed of `subscribers_restaurants` reads the rows whose `id` (the table's serial
 //! key) is above the mark kept in `campaign_notifier_feed`: it works on any Postgres, with no
@@ -112,41 +113,14 @@ pub fn kept_statement() -> String {
 ///
 /// [`decide`]: super::rules::decide
 pub fn store_statement() -> String {
-    format!(
-        "INSERT INTO public.campaign_notifier_campaigns AS c ({COLUMNS})
-         SELECT r, c, content, o, contact, start, ends, created, topic, part, off, ts,
-                -- A cancelled campaign never fires: its message is not kept.
-                CASE WHEN st = 'cancelled' THEN NULL ELSE k END,
-                CASE WHEN st = 'cancelled' THEN ''::bytea ELSE m END, st
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-             $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::int8[],
-             $12::int8[], $13::bytea[], $14::bytea[], $15::text[])
-             AS u(r, c, content, o, contact, start, ends, created, topic, part, off, ts, k, m, st)
-         ON CONFLICT (restaurant_id, adv_campaign_id) DO UPDATE SET
-             adv_campaign_content = EXCLUDED.adv_campaign_content,
-             adv_campaign_owner = EXCLUDED.adv_campaign_owner,
-             adv_campaign_owner_contact = EXCLUDED.adv_campaign_owner_contact,
-             adv_campaign_datetime_start = EXCLUDED.adv_campaign_datetime_start,
-             adv_campaign_datetime_end = EXCLUDED.adv_campaign_datetime_end,
-             datetime_created = EXCLUDED.datetime_created,
-             source_topic = EXCLUDED.source_topic,
-             source_partition = EXCLUDED.source_partition,
-             source_offset = EXCLUDED.source_offset,
-             source_timestamp_ms = EXCLUDED.source_timestamp_ms,
-             message_key = EXCLUDED.message_key,
-             message = EXCLUDED.message,
-             state = EXCLUDED.state,
-             owner = NULL,
-             updated_at = now()
-         WHERE (c.state IN ('expired', 'refused')
-                OR (EXCLUDED.datetime_created, coalesce(EXCLUDED.source_timestamp_ms, {none}),
-                    EXCLUDED.source_partition, EXCLUDED.source_offset)
-                   >= (c.datetime_created, coalesce(c.source_timestamp_ms, {none}),
-                       c.source_partition, c.source_offset))
-           AND NOT (c.state IN ('firing', 'active') AND EXCLUDED.state IN ('scheduled', 'cancelled'))",
-        none = Version::NO_TIMESTAMP,
-    )
+    STORE_VERSIONS_SQL
+        .replace("{COLUMNS}", COLUMNS)
+        .replace("{none}", &Version::NO_TIMESTAMP.to_string())
 }
+
+/// [`store_statement`]'s text, with `{COLUMNS}` and `{none}` (the timestamp of a version that
+/// has none) to fill in.
+const STORE_VERSIONS_SQL: &str = include_str!("store_versions.sql");
 
 /// The recorder's two statements, prepared once per connection (reading the kept versions on
 /// one, storing on the other, so that a read never waits behind a commit): a group of arrivals
@@ -271,58 +245,7 @@ pub async fn claim_due(
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let rows = client
         .query(
-            &format!(
-                "WITH due AS (
-                     SELECT restaurant_id, adv_campaign_id, state AS was,
-                            adv_campaign_datetime_start AS start
-                     FROM public.campaign_notifier_campaigns c
-                     -- A range of the partial index on the start: only what is due is read,
-                     -- however many campaigns wait (a campaign being fired is due too).
-                     WHERE state IN ('scheduled', 'firing') AND adv_campaign_datetime_start <= $1
-                       AND (state = 'scheduled'
-                            OR (owner IS DISTINCT FROM $2 AND (
-                             -- Its owner was fenced...
-                             EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
-                                     WHERE o.owner = c.owner AND o.fenced_at IS NOT NULL)
-                             -- ...or has no row (recovered, or a version before leases) and
-                             -- no session holds its advisory lock.
-                             OR (NOT EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
-                                             WHERE o.owner = c.owner)
-                                 AND NOT EXISTS (
-                                 SELECT 1 FROM pg_locks l
-                                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                                   AND l.database = (SELECT oid FROM pg_database
-                                                     WHERE datname = current_database())
-                                   AND l.classid = ($4::int8 & 4294967295)::oid
-                                   AND l.objid = (c.owner::int8 & 4294967295)::oid)))))
-                       -- A fenced owner claims nothing.
-                       AND EXISTS (SELECT 1 FROM public.campaign_notifier_owners o
-                                   WHERE o.owner = $2 AND o.fenced_at IS NULL)
-                     ORDER BY adv_campaign_datetime_start
-                     LIMIT $3
-                     FOR UPDATE SKIP LOCKED),
-                 sized AS (
-                     SELECT due.*, (SELECT count(*) FROM public.subscribers_restaurants s
-                                    WHERE s.restaurant_id = due.restaurant_id) AS audience
-                     FROM due),
-                 taken AS (
-                     SELECT * FROM (
-                         SELECT sized.*, sum(audience) OVER (
-                             ORDER BY start, restaurant_id, adv_campaign_id) - audience AS before
-                         FROM sized) s
-                     WHERE before < $5::int8)
-                 UPDATE public.campaign_notifier_campaigns c
-                 SET state = 'firing', owner = $2, updated_at = now()
-                 FROM taken
-                 WHERE c.restaurant_id = taken.restaurant_id
-                   AND c.adv_campaign_id = taken.adv_campaign_id
-                 RETURNING {}, taken.was, taken.audience",
-                COLUMNS
-                    .split(", ")
-                    .map(|col| format!("c.{}", col.trim()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            &claim_due_statement(),
             &[&now, &me, &limit, &i64::from(LOCK_CLASS), &budget.max(1)],
         )
         .await?;
@@ -337,6 +260,19 @@ pub async fn claim_due(
             })
         })
         .collect()
+}
+
+/// [`claim_due`]'s text, with `{c.COLUMNS}` (each of [`COLUMNS`] of the claimed row `c`) to fill
+/// in.
+const CLAIM_DUE_SQL: &str = include_str!("store_claim_due.sql");
+
+fn claim_due_statement() -> String {
+    let claimed = COLUMNS
+        .split(", ")
+        .map(|col| format!("c.{}", col.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    CLAIM_DUE_SQL.replace("{c.COLUMNS}", &claimed)
 }
 
 /// Moves campaigns this instance is firing to `state` (`active` once fired, `refused`,

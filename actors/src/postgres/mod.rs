@@ -7,7 +7,8 @@
 //! earlier build left INVALID. It holds an advisory lock so that several instances starting at
 //! once do not race each other's `CREATE TABLE`. The two indexes it adds to the app's tables are
 //! built with `CREATE INDEX CONCURRENTLY` when their table already existed (see
-//! [`ensure_schema`]), so that the app's writes never wait for the build.
+//! [`ensure_schema`]), so that the app's writes never wait for the build. The DDL of the
+//! service's own tables is in `schema/`, one `.sql` file per relation.
 
 use std::time::{Duration, Instant};
 
@@ -74,45 +75,11 @@ const APP_INDEXES: [AppIndex; 2] = [
 ];
 
 /// The ledger's outbox.
-const OUTBOX_DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.campaign_notifier_outbox (
-    id bigserial PRIMARY KEY,
-    token int8 NOT NULL UNIQUE,
-    owner int4 NOT NULL,
-    feedback_ids int4[] NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-";
+const OUTBOX_DDL: &str = include_str!("schema/campaign_notifier_outbox.sql");
 
 /// The lifecycle's campaigns: scheduled ones until they fire, fired ones until their end has long
 /// passed (see `lifecycle::store`).
-const CAMPAIGNS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.campaign_notifier_campaigns (
-    restaurant_id text NOT NULL,
-    adv_campaign_id text NOT NULL,
-    adv_campaign_content text NOT NULL,
-    adv_campaign_owner text NOT NULL,
-    adv_campaign_owner_contact text NOT NULL,
-    adv_campaign_datetime_start int8 NOT NULL,
-    adv_campaign_datetime_end int8 NOT NULL,
-    datetime_created int8 NOT NULL,
-    source_topic text NOT NULL,
-    source_partition int4 NOT NULL,
-    source_offset int8 NOT NULL,
-    source_timestamp_ms int8,
-    message_key bytea,
-    message bytea NOT NULL,
-    state text NOT NULL CHECK (state IN
-        ('scheduled', 'firing', 'active', 'cancelled', 'expired', 'refused')),
-    owner int4,
-    fired_at timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (restaurant_id, adv_campaign_id)
-);
-CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_due_idx
-    ON public.campaign_notifier_campaigns (adv_campaign_datetime_start)
-    WHERE state IN ('scheduled', 'firing');
-";
+const CAMPAIGNS_DDL: &str = include_str!("schema/campaign_notifier_campaigns.sql");
 
 /// Columns added to the service's own tables after their first release: added when missing
 /// (`ADD COLUMN` without a default changes only the catalogue, so it takes its lock for an
@@ -132,46 +99,15 @@ const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
 
 /// How far the change feed of `subscribers_restaurants` has been followed (see
 /// `lifecycle::store`).
-const FEED_DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.campaign_notifier_feed (
-    name text PRIMARY KEY,
-    last_id int8 NOT NULL,
-    table_filenode int8,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-";
+const FEED_DDL: &str = include_str!("schema/campaign_notifier_feed.sql");
 
 /// The owners (one per process) and their leases (see `crate::lease`). Owner ids come from the
 /// sequence and are never reused.
-const OWNER_SEQ_DDL: &str = "
-CREATE SEQUENCE IF NOT EXISTS public.campaign_notifier_owner_seq AS int4 MINVALUE 1;
-";
-const OWNERS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.campaign_notifier_owners (
-    owner int4 PRIMARY KEY,
-    host text NOT NULL,
-    pid int4 NOT NULL,
-    input_topic text NOT NULL,
-    partitions int4[] NOT NULL DEFAULT '{}',
-    started_at timestamptz NOT NULL DEFAULT now(),
-    renewed_at timestamptz NOT NULL DEFAULT now(),
-    expires_at timestamptz NOT NULL,
-    clock_offset_ms int8 NOT NULL DEFAULT 0,
-    settle_ms int8 NOT NULL,
-    fenced_at timestamptz,
-    fenced_by int4,
-    recovered_by int4
-);
-";
+const OWNER_SEQ_DDL: &str = include_str!("schema/campaign_notifier_owner_seq.sql");
+const OWNERS_DDL: &str = include_str!("schema/campaign_notifier_owners.sql");
 
 /// Which owner holds a role only one instance plays at a time (the change feed's).
-const LEADERS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS public.campaign_notifier_leaders (
-    role text PRIMARY KEY,
-    owner int4 NOT NULL,
-    since timestamptz NOT NULL DEFAULT now()
-);
-";
+const LEADERS_DDL: &str = include_str!("schema/campaign_notifier_leaders.sql");
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -366,6 +302,18 @@ async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, S
     // Only what is missing is created: `CREATE INDEX IF NOT EXISTS` takes a lock that waits for
     // every open write of its table, and holds up every write after it, even when the index
     // exists, so an instance starting beside busy (or frozen) peers must not run it.
+    let created = create_missing_app_tables(&tx).await?;
+    let later = create_indexes_of_new_tables(&tx, &created).await?;
+    create_missing_own_relations(&tx).await?;
+    add_missing_columns(&tx).await?;
+    tx.commit().await?;
+    Ok(later)
+}
+
+/// Creates the app's tables that are missing; returns those it created.
+async fn create_missing_app_tables(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<&'static str>, tokio_postgres::Error> {
     let app_tables = [
         (
             "public.subscribers_restaurants",
@@ -378,14 +326,23 @@ async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, S
     ];
     let mut created = Vec::new();
     for (relation, ddl) in app_tables {
-        if missing(&tx, relation).await? {
+        if missing(tx, relation).await? {
             tx.batch_execute(ddl).await?;
             created.push(relation);
         }
     }
+    Ok(created)
+}
+
+/// Creates the indexes of [`APP_INDEXES`] that are not valid yet on the tables in `created`;
+/// returns those on the tables that already existed, to be built concurrently.
+async fn create_indexes_of_new_tables(
+    tx: &tokio_postgres::Transaction<'_>,
+    created: &[&str],
+) -> Result<Vec<&'static AppIndex>, SchemaError> {
     let mut later = Vec::new();
     for index in &APP_INDEXES {
-        if index_state(&tx, index).await? == IndexState::Valid {
+        if index_state(tx, index).await? == IndexState::Valid {
             continue;
         }
         if !created.contains(&index.table) {
@@ -397,6 +354,13 @@ async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, S
             return Err(refused_build(e));
         }
     }
+    Ok(later)
+}
+
+/// Creates the service's own tables and sequence that are missing.
+async fn create_missing_own_relations(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
     let own = [
         ("public.campaign_notifier_outbox", OUTBOX_DDL),
         ("public.campaign_notifier_campaigns", CAMPAIGNS_DDL),
@@ -406,10 +370,17 @@ async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, S
         ("public.campaign_notifier_leaders", LEADERS_DDL),
     ];
     for (relation, ddl) in own {
-        if missing(&tx, relation).await? {
+        if missing(tx, relation).await? {
             tx.batch_execute(ddl).await?;
         }
     }
+    Ok(())
+}
+
+/// Adds the [`ADDED_COLUMNS`] that are missing.
+async fn add_missing_columns(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
     for (table, column, ddl) in ADDED_COLUMNS {
         let row = tx
             .query_one(
@@ -422,8 +393,7 @@ async fn create_missing(client: &mut Client) -> Result<Vec<&'static AppIndex>, S
             tx.batch_execute(ddl).await?;
         }
     }
-    tx.commit().await?;
-    Ok(later)
+    Ok(())
 }
 
 /// A build the database refused: duplicates in the table of the unique key have their own
@@ -518,12 +488,35 @@ async fn build_concurrently(client: &Client, index: &AppIndex) -> Result<(), Sch
     Ok(())
 }
 
+/// The build itself, once this instance holds the build lock: clears the way, builds and checks
+/// that the catalog calls the index valid.
 async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), SchemaError> {
+    if clear_the_way(client, index).await? == IndexState::Valid {
+        return Ok(());
+    }
+    announce_build(client, index).await?;
+    let started = Instant::now();
+    build_or_drop_what_failed(client, index).await?;
+    match index_state(client, index).await? {
+        IndexState::Valid => {
+            log::info!("{}: built in {:?}", index.name, started.elapsed());
+            Ok(())
+        }
+        state => Err(SchemaError::NotBuilt {
+            index: index.name,
+            state: format!("{state:?}"),
+        }),
+    }
+}
+
+/// Waits until `index` is valid (returned as such: nothing to build) or missing, dropping an
+/// INVALID one an earlier build of the service's left.
+async fn clear_the_way(client: &Client, index: &AppIndex) -> Result<IndexState, SchemaError> {
     // A build of it by a session other than the service's (an operator's) is left to finish.
     loop {
         match index_state(client, index).await? {
-            IndexState::Valid => return Ok(()),
-            IndexState::Missing => break,
+            IndexState::Valid => return Ok(IndexState::Valid),
+            IndexState::Missing => return Ok(IndexState::Missing),
             IndexState::Invalid if !being_built(client, index).await? => {
                 log::warn!(
                     "{}: an earlier concurrent build failed or was interrupted and left it \
@@ -535,7 +528,7 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
                 let dropped = drop_concurrently(client, index).await;
                 unlimited(client, false).await?;
                 dropped?;
-                break;
+                return Ok(IndexState::Missing);
             }
             IndexState::Invalid => {
                 log::info!("{}: another session is building it; waiting", index.name);
@@ -543,6 +536,10 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
             }
         }
     }
+}
+
+/// Says what is about to be built, and on about how many rows.
+async fn announce_build(client: &Client, index: &AppIndex) -> Result<(), tokio_postgres::Error> {
     let rows: i64 = client
         .query_one(
             "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class \
@@ -557,7 +554,12 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
         index.name,
         index.table
     );
-    let started = Instant::now();
+    Ok(())
+}
+
+/// `CREATE INDEX CONCURRENTLY` without the session's timeouts; a build that fails drops the
+/// invalid index it left.
+async fn build_or_drop_what_failed(client: &Client, index: &AppIndex) -> Result<(), SchemaError> {
     unlimited(client, true).await?;
     let built = client.batch_execute(&index.create(true)).await;
     if built.is_err() {
@@ -572,16 +574,7 @@ async fn build_holding_lock(client: &Client, index: &AppIndex) -> Result<(), Sch
     }
     unlimited(client, false).await?;
     built.map_err(refused_build)?;
-    match index_state(client, index).await? {
-        IndexState::Valid => {
-            log::info!("{}: built in {:?}", index.name, started.elapsed());
-            Ok(())
-        }
-        state => Err(SchemaError::NotBuilt {
-            index: index.name,
-            state: format!("{state:?}"),
-        }),
-    }
+    Ok(())
 }
 
 /// Whether a session is building `index` right now.

@@ -481,45 +481,17 @@ mod tests {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("in", 2, 1).expect("topic");
         let brokers = cluster.bootstrap_servers();
-        // In a few record batches, so that a fetch brings many campaigns at once.
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("linger.ms", "200")
-            .create()
-            .expect("producer");
-        let keys: Vec<String> = (0..CAMPAIGNS).map(|i| format!("c{i}")).collect();
-        let sends = keys.iter().map(|key| {
-            producer.send(
-                FutureRecord::to("in").key(key).payload("{}"),
-                Duration::from_secs(5),
-            )
-        });
-        for sent in futures::future::join_all(sends).await {
-            sent.expect("produce");
-        }
+        produce_campaigns(&brokers, CAMPAIGNS).await;
         let batches = Arc::new(Mutex::new(Vec::new()));
         let processor = Processor(batches.clone()).start();
         let (shared, _failed) = Shared::new(Metrics::new(), Clock::system());
-        let settings = ReaderSettings {
-            brokers: brokers.clone(),
-            topic: "in".into(),
-            group_id: "readers".into(),
-            auto_offset_reset: "earliest".into(),
-            max_in_flight: 2048,
-            orphan_stall: None,
-            // Every campaign fetched at once, so that what a poll finds does not depend on how
-            // the fetches and the test's threads interleave.
-            overrides: vec![
-                ("fetch.wait.max.ms".into(), "10".into()),
-                ("queued.min.messages".into(), "100000".into()),
-            ],
-        };
-        let reader = KafkaReader::new(settings, processor.recipient(), shared.clone()).start();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while batches.lock().unwrap().iter().sum::<usize>() < CAMPAIGNS {
-            assert!(Instant::now() < deadline, "{:?}", batches.lock().unwrap());
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        let reader = KafkaReader::new(
+            reader_settings(&brokers),
+            processor.recipient(),
+            shared.clone(),
+        )
+        .start();
+        wait_for_campaigns(&batches, CAMPAIGNS).await;
         let report = reader
             .send(Drain {
                 grace: Duration::from_secs(5),
@@ -537,8 +509,60 @@ mod tests {
         let committed = shared.metrics.offsets_stored.get();
         assert!(committed >= 2, "offsets stored {committed} times");
         // What the group committed: every campaign of both partitions.
+        assert_eq!(committed_by_readers(&brokers), CAMPAIGNS as i64);
+    }
+
+    /// `count` campaigns to topic `in`, in a few record batches, so that a fetch brings many
+    /// campaigns at once.
+    async fn produce_campaigns(brokers: &str, count: usize) {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "200")
+            .create()
+            .expect("producer");
+        let keys: Vec<String> = (0..count).map(|i| format!("c{i}")).collect();
+        let sends = keys.iter().map(|key| {
+            producer.send(
+                FutureRecord::to("in").key(key).payload("{}"),
+                Duration::from_secs(5),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.expect("produce");
+        }
+    }
+
+    /// A reader of topic `in` in group `readers`, from the earliest offset.
+    fn reader_settings(brokers: &str) -> ReaderSettings {
+        ReaderSettings {
+            brokers: brokers.to_string(),
+            topic: "in".into(),
+            group_id: "readers".into(),
+            auto_offset_reset: "earliest".into(),
+            max_in_flight: 2048,
+            orphan_stall: None,
+            // Every campaign fetched at once, so that what a poll finds does not depend on how
+            // the fetches and the test's threads interleave.
+            overrides: vec![
+                ("fetch.wait.max.ms".into(), "10".into()),
+                ("queued.min.messages".into(), "100000".into()),
+            ],
+        }
+    }
+
+    /// Waits (30 s at most) until the processor has had `count` campaigns.
+    async fn wait_for_campaigns(batches: &Mutex<Vec<usize>>, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while batches.lock().unwrap().iter().sum::<usize>() < count {
+            assert!(Instant::now() < deadline, "{:?}", batches.lock().unwrap());
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The offsets group `readers` committed on both partitions of `in`, added up.
+    fn committed_by_readers(brokers: &str) -> i64 {
         let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", brokers)
             .set("group.id", "readers")
             .create()
             .expect("consumer");
@@ -548,12 +572,11 @@ mod tests {
         let offsets = consumer
             .committed_offsets(tpl, Duration::from_secs(5))
             .expect("committed");
-        let total: i64 = offsets
+        offsets
             .elements()
             .iter()
             .map(|e| e.offset().to_raw().unwrap_or(0))
-            .sum();
-        assert_eq!(total, CAMPAIGNS as i64);
+            .sum()
     }
 
     #[test]

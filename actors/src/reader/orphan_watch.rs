@@ -51,6 +51,27 @@ impl StallTracker {
         now.duration_since(entry.1) >= stall
     }
 
+    /// Observes every partition of a check; returns those stalled.
+    fn stalled(
+        &mut self,
+        partitions: PartitionStates,
+        now: Instant,
+        stall: Duration,
+    ) -> BTreeSet<i32> {
+        let mut stalled = BTreeSet::new();
+        for (partition, state) in partitions {
+            match state {
+                Some((committed, lag)) => {
+                    if self.observe(partition, committed, lag, now, stall) {
+                        stalled.insert(partition);
+                    }
+                }
+                None => self.forget(partition),
+            }
+        }
+        stalled
+    }
+
     pub fn forget(&mut self, partition: i32) {
         self.seen.remove(&partition);
     }
@@ -77,62 +98,77 @@ pub async fn run(
             _ = stop.changed() => return,
             _ = actix_rt::time::sleep(CHECK_INTERVAL) => {}
         }
-        let (c, t) = (consumer.clone(), topic.clone());
-        let checked = tokio::task::spawn_blocking(move || orphaned(&c, &t)).await;
-        let partitions = match checked {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                log::debug!("orphan watch: check failed: {e}");
-                continue;
-            }
-            Err(_) => continue,
+        let Some(partitions) = check(&consumer, &topic).await else {
+            continue;
         };
-        let now = Instant::now();
-        let mut stalled = BTreeSet::new();
-        for (partition, state) in partitions {
-            match state {
-                Some((committed, lag)) => {
-                    if tracker.observe(partition, committed, lag, now, stall) {
-                        stalled.insert(partition);
-                    }
-                }
-                None => tracker.forget(partition),
-            }
-        }
+        let stalled = tracker.stalled(partitions, Instant::now(), stall);
         if stalled.is_empty() {
             continue;
         }
-        // Busy is not orphaned: a partition a live owner holds stays with it.
-        let Some(held) = lease.held_by_peers(PEERS_FRESH) else {
-            log::debug!("orphan watch: what peers hold is not known lately; not rejoining");
-            continue;
-        };
-        let held_stalled: BTreeSet<i32> = stalled.intersection(&held).copied().collect();
-        stalled.retain(|p| !held.contains(p));
-        if !held_stalled.is_empty() {
-            log::debug!(
-                "orphan watch: partitions {held_stalled:?} of {topic} show no progress for \
-                 {stall:?} but are held by live owners; leaving them"
-            );
-        }
+        let stalled = not_held_by_peers(stalled, &lease, &topic, stall);
         if stalled.is_empty() {
             continue;
         }
         log::warn!(
             "kafka reader: partitions {stalled:?} of {topic} have waiting messages and no progress for {stall:?} and are not ours; rejoining the group so they are assigned again"
         );
-        let (c, t) = (consumer.clone(), topic.clone());
-        let rejoined = tokio::task::spawn_blocking(move || {
-            c.unsubscribe();
-            c.subscribe(&[&t])
-        })
-        .await;
-        match rejoined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("kafka reader: cannot rejoin the group: {e}"),
-            Err(e) => log::error!("kafka reader: rejoin task failed: {e}"),
-        }
+        rejoin(&consumer, &topic).await;
         tracker.clear();
+    }
+}
+
+/// The state of every partition of `topic`, read on a blocking thread; `None` if it could not be
+/// read this time.
+async fn check(consumer: &Arc<ReaderConsumer>, topic: &str) -> Option<PartitionStates> {
+    let (c, t) = (consumer.clone(), topic.to_string());
+    let checked = tokio::task::spawn_blocking(move || orphaned(&c, &t)).await;
+    match checked {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            log::debug!("orphan watch: check failed: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The `stalled` partitions no live owner holds: none while what the peers hold is not known
+/// lately.
+fn not_held_by_peers(
+    mut stalled: BTreeSet<i32>,
+    lease: &Lease,
+    topic: &str,
+    stall: Duration,
+) -> BTreeSet<i32> {
+    // Busy is not orphaned: a partition a live owner holds stays with it.
+    let Some(held) = lease.held_by_peers(PEERS_FRESH) else {
+        log::debug!("orphan watch: what peers hold is not known lately; not rejoining");
+        return BTreeSet::new();
+    };
+    let held_stalled: BTreeSet<i32> = stalled.intersection(&held).copied().collect();
+    stalled.retain(|p| !held.contains(p));
+    if !held_stalled.is_empty() {
+        log::debug!(
+            "orphan watch: partitions {held_stalled:?} of {topic} show no progress for \
+             {stall:?} but are held by live owners; leaving them"
+        );
+    }
+    stalled
+}
+
+/// Leaves the group and joins it again, as a new member: the coordinator assigns every partition
+/// afresh.
+async fn rejoin(consumer: &Arc<ReaderConsumer>, topic: &str) {
+    let (c, t) = (consumer.clone(), topic.to_string());
+    let rejoined = tokio::task::spawn_blocking(move || {
+        c.unsubscribe();
+        c.subscribe(&[&t])
+    })
+    .await;
+    match rejoined {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("kafka reader: cannot rejoin the group: {e}"),
+        Err(e) => log::error!("kafka reader: rejoin task failed: {e}"),
     }
 }
 
