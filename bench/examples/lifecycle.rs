@@ -213,144 +213,261 @@ fn round(v: f64, places: i32) -> f64 {
     (v * f).round() / f
 }
 
-async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::Value> {
-    let mut db = connect(db_url).await?;
-    campaign_actors::postgres::ensure_schema(&mut db)
-        .await
-        .map_err(err("schema"))?;
-    db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+/// `--fanout` subscribers of each of the `--peak` restaurants.
+const SEED_PEAK_SUBSCRIBERS: &str = "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
          SELECT 'peak-' || r, 'client-' || r || '-' || c
-         FROM generate_series(0, $1 - 1) r, generate_series(0, $2 - 1) c",
-        &[&(args.peak as i32), &(args.fanout as i32)],
-    )
-    .await
-    .map_err(err("seed subscribers"))?;
-    let prefix = format!("cn-bench-lifecycle-{id}");
-    let topic = |what: &str| format!("{prefix}-{what}");
-    let (input, output, dlq) = (topic("in"), topic("out"), topic("dlq"));
-    create_topics(
-        &args.brokers,
-        &[
-            (&input, args.partitions),
-            (&output, args.partitions),
-            (&dlq, 1),
-        ],
-    )
-    .await?;
-    let config = service_config(&args.brokers, &prefix, db_url, &[], &[])?;
-    let pipeline = Pipeline::start(config, Metrics::new())
-        .await
-        .map_err(err("start the pipeline"))?;
-    let metrics = pipeline.metrics.clone();
-    let rss = RssPeak::start();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(err("producer"))?;
+         FROM generate_series(0, $1 - 1) r, generate_series(0, $2 - 1) c";
 
-    // Hold.
-    let far = campaign_actors::clock::unix_secs() + 86_400;
-    let later = args.held - args.peak;
-    progress(&format!("publishing {later} campaigns that start tomorrow"));
-    let began = Instant::now();
-    produce_all(
-        &producer,
-        &input,
-        (0..later).map(|i| {
-            let r = format!("held-{i}");
-            (r.clone(), campaign(&r, &format!("held-c-{i}"), far))
-        }),
-    )
-    .await?;
-    wait_for("holding", Duration::from_secs(600), || {
-        processed(&metrics) >= later as u64
-    })
-    .await?;
-    let hold_secs = began.elapsed().as_secs_f64();
+/// Late subscribers: clients `$2` of restaurants `$1`.
+const SUBSCRIBE: &str = "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+                 SELECT * FROM unnest($1::text[], $2::text[])";
 
-    // The peak.
-    let start = campaign_actors::clock::unix_secs() + args.lead_secs;
-    progress(&format!(
-        "publishing {} campaigns that start in the same second, {} s from now",
-        args.peak, args.lead_secs
-    ));
-    produce_all(
-        &producer,
-        &input,
-        (0..args.peak).map(|i| {
-            let r = format!("peak-{i}");
-            (r.clone(), campaign(&r, &format!("peak-c-{i}"), start))
-        }),
-    )
-    .await?;
-    wait_for("holding the peak", Duration::from_secs(120), || {
-        processed(&metrics) >= args.held as u64
-    })
-    .await?;
-    if campaign_actors::clock::unix_secs() >= start {
-        return Err("the peak was not held before its start: raise --lead-secs".into());
-    }
-    let scheduled: i64 = db
-        .query_one(
-            "SELECT count(*) FROM campaign_notifier_campaigns WHERE state = 'scheduled'",
-            &[],
-        )
-        .await
-        .map_err(err("count scheduled"))?
-        .get(0);
-    let wait = start * 1000 - campaign_actors::clock::unix_ms();
-    actix_rt::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
-    let cpu_before = cpu_seconds();
-    let rss_before_peak = resident_bytes();
-    rss.take();
-    let notifications = (args.peak * args.fanout) as u64;
-    progress("waiting for the peak's notifications");
-    wait_for("the peak", Duration::from_secs(300), || {
-        fired(&metrics) >= args.peak as u64
-            && written(&metrics, "kafka") >= notifications
-            && written(&metrics, "postgres") >= notifications
-    })
-    .await?;
-    let peak_secs = (campaign_actors::clock::unix_ms() - start * 1000) as f64 / 1000.0;
-    let peak_cpu = cpu_seconds() - cpu_before;
-    let peak_rss = rss.take();
-    let delays = histogram_buckets(&metrics.fire_delay);
+/// `$1` active campaigns of restaurants nobody follows, each with a message of a few hundred
+/// bytes.
+const PUT_ON_RECORD: &str =
+    "INSERT INTO campaign_notifier_campaigns (restaurant_id, adv_campaign_id,
+             adv_campaign_content, adv_campaign_owner, adv_campaign_owner_contact,
+             adv_campaign_datetime_start, adv_campaign_datetime_end, datetime_created,
+             source_topic, source_partition, source_offset, message, state, fired_at)
+         SELECT 'quiet-' || i, 'quiet-c-' || i, repeat('promo ', 40), 'Petrova Anna',
+                'apetrova@restaurant.ru', 1659203516, 2659207116, 1659131516, 'in', 0, i,
+                convert_to(repeat('{\"promo\": 1} ', 30), 'UTF8'), 'active', now()
+         FROM generate_series(1, $1::int8) i";
 
-    // The change feed.
-    let feed = follow_feed(args, &db, &output, &metrics).await?;
+/// The service under test, in this process, and what the phases feed it through.
+struct Lifecycle<'a> {
+    args: &'a Args,
+    db: Client,
+    pipeline: Pipeline,
+    metrics: Metrics,
+    rss: RssPeak,
+    producer: FutureProducer,
+    input: String,
+    output: String,
+}
 
-    // Campaigns on record, and reloads.
-    let reloads = reload_with_campaigns_on_record(args, &db, &pipeline, &metrics, &rss).await?;
+/// The hold phase: campaigns published a day ahead, and the seconds until all were taken in.
+struct HoldFigures {
+    campaigns: usize,
+    secs: f64,
+}
 
-    let report = pipeline.shutdown().await;
-    Ok(serde_json::json!({
+/// The lunch-time peak.
+struct PeakFigures {
+    /// Campaigns the table held as scheduled before the peak's start.
+    scheduled: i64,
+    /// Start -> every notification of the peak in both sinks.
+    secs: f64,
+    cpu: f64,
+    rss_before: u64,
+    rss_peak: u64,
+    /// The service's `fire_delay_seconds` histogram.
+    delays: Vec<(f64, u64)>,
+}
+
+/// Every phase's figures, for the report.
+struct Figures {
+    hold: HoldFigures,
+    peak: PeakFigures,
+    feed: FeedFigures,
+    reloads: ReloadFigures,
+    /// Notifications built for subscribers who came after their campaign had started.
+    late: u64,
+    drained: bool,
+}
+
+async fn run_in(args: &Args, db_url: &str, id: u32) -> BenchResult<serde_json::Value> {
+    let lifecycle = Lifecycle::start(args, db_url, id).await?;
+    let hold = lifecycle.hold().await?;
+    let peak = lifecycle.peak().await?;
+    let feed = lifecycle.follow_feed().await?;
+    let reloads = lifecycle.reload_with_campaigns_on_record().await?;
+    let Lifecycle {
+        pipeline, metrics, ..
+    } = lifecycle;
+    let shutdown = pipeline.shutdown().await;
+    let figures = Figures {
+        hold,
+        peak,
+        feed,
+        reloads,
+        late: metrics.late_subscriber_notifications.get(),
+        drained: shutdown.abandoned == 0,
+    };
+    Ok(report(args, &figures))
+}
+
+/// The JSON line of every figure.
+fn report(args: &Args, f: &Figures) -> serde_json::Value {
+    let (hold, peak, feed, reloads) = (&f.hold, &f.peak, &f.feed, &f.reloads);
+    serde_json::json!({
         "held": args.held,
-        "held_in_seconds": round(hold_secs, 2),
-        "held_per_second": round(later as f64 / hold_secs, 0),
-        "scheduled_in_table": scheduled,
+        "held_in_seconds": round(hold.secs, 2),
+        "held_per_second": round(hold.campaigns as f64 / hold.secs, 0),
+        "scheduled_in_table": peak.scheduled,
         "peak_campaigns": args.peak,
         "peak_fanout": args.fanout,
-        "peak_start_to_last_confirmed_p50_seconds": round(quantile(&delays, 0.5), 3),
-        "peak_start_to_last_confirmed_p99_seconds": round(quantile(&delays, 0.99), 3),
-        "peak_start_to_all_in_both_sinks_seconds": round(peak_secs, 3),
-        "peak_service_cpu_seconds": round(peak_cpu, 2),
-        "peak_resident_before_mib": mib(rss_before_peak),
-        "peak_resident_added_mib": mib(peak_rss.saturating_sub(rss_before_peak)),
+        "peak_start_to_last_confirmed_p50_seconds": round(quantile(&peak.delays, 0.5), 3),
+        "peak_start_to_last_confirmed_p99_seconds": round(quantile(&peak.delays, 0.99), 3),
+        "peak_start_to_all_in_both_sinks_seconds": round(peak.secs, 3),
+        "peak_service_cpu_seconds": round(peak.cpu, 2),
+        "peak_resident_before_mib": mib(peak.rss_before),
+        "peak_resident_added_mib": mib(peak.rss_peak.saturating_sub(peak.rss_before)),
         "feed_subscriptions_per_second": args.feed_rate,
         "feed_subscriptions": feed.count,
         "feed_subscribe_to_both_sinks_p50_seconds": round(feed.p50, 3),
         "feed_subscribe_to_both_sinks_p99_seconds": round(feed.p99, 3),
         "feed_subscribe_to_both_sinks_max_seconds": round(feed.max, 3),
-        "late_subscriber_notifications": metrics.late_subscriber_notifications.get(),
+        "late_subscriber_notifications": f.late,
         "campaigns_on_record": args.on_record,
         "reloads": 3,
         "reloads_resident_before_mib": mib(reloads.before),
         "reloads_resident_added_mib": mib(reloads.peak.saturating_sub(reloads.before)),
-        "drained": report.abandoned == 0,
-    }))
+        "drained": f.drained,
+    })
+}
+
+impl<'a> Lifecycle<'a> {
+    /// The schema and the peak's subscribers in the database at `db_url`, the topics, the
+    /// pipeline, and a producer of campaigns.
+    async fn start(args: &'a Args, db_url: &str, id: u32) -> BenchResult<Lifecycle<'a>> {
+        let mut db = connect(db_url).await?;
+        campaign_actors::postgres::ensure_schema(&mut db)
+            .await
+            .map_err(err("schema"))?;
+        db.execute(
+            SEED_PEAK_SUBSCRIBERS,
+            &[&(args.peak as i32), &(args.fanout as i32)],
+        )
+        .await
+        .map_err(err("seed subscribers"))?;
+        let prefix = format!("cn-bench-lifecycle-{id}");
+        let topic = |what: &str| format!("{prefix}-{what}");
+        let (input, output, dlq) = (topic("in"), topic("out"), topic("dlq"));
+        create_topics(
+            &args.brokers,
+            &[
+                (&input, args.partitions),
+                (&output, args.partitions),
+                (&dlq, 1),
+            ],
+        )
+        .await?;
+        let config = service_config(&args.brokers, &prefix, db_url, &[], &[])?;
+        let pipeline = Pipeline::start(config, Metrics::new())
+            .await
+            .map_err(err("start the pipeline"))?;
+        let metrics = pipeline.metrics.clone();
+        let rss = RssPeak::start();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(err("producer"))?;
+        Ok(Lifecycle {
+            args,
+            db,
+            pipeline,
+            metrics,
+            rss,
+            producer,
+            input,
+            output,
+        })
+    }
+}
+
+impl Lifecycle<'_> {
+    /// Hold: all campaigns but the peak's published a day ahead, timed until all are taken in.
+    async fn hold(&self) -> BenchResult<HoldFigures> {
+        let far = campaign_actors::clock::unix_secs() + 86_400;
+        let later = self.args.held - self.args.peak;
+        progress(&format!("publishing {later} campaigns that start tomorrow"));
+        let began = Instant::now();
+        produce_all(
+            &self.producer,
+            &self.input,
+            (0..later).map(|i| {
+                let r = format!("held-{i}");
+                (r.clone(), campaign(&r, &format!("held-c-{i}"), far))
+            }),
+        )
+        .await?;
+        wait_for("holding", Duration::from_secs(600), || {
+            processed(&self.metrics) >= later as u64
+        })
+        .await?;
+        Ok(HoldFigures {
+            campaigns: later,
+            secs: began.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The peak: its campaigns held until they start in the same second, then timed until
+    /// every notification is in both sinks.
+    async fn peak(&self) -> BenchResult<PeakFigures> {
+        let start = campaign_actors::clock::unix_secs() + self.args.lead_secs;
+        let scheduled = self.hold_peak(start).await?;
+        let wait = start * 1000 - campaign_actors::clock::unix_ms();
+        actix_rt::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+        let cpu_before = cpu_seconds();
+        let rss_before = resident_bytes();
+        self.rss.take();
+        let notifications = (self.args.peak * self.args.fanout) as u64;
+        progress("waiting for the peak's notifications");
+        let metrics = &self.metrics;
+        wait_for("the peak", Duration::from_secs(300), || {
+            fired(metrics) >= self.args.peak as u64
+                && written(metrics, "kafka") >= notifications
+                && written(metrics, "postgres") >= notifications
+        })
+        .await?;
+        Ok(PeakFigures {
+            scheduled,
+            secs: (campaign_actors::clock::unix_ms() - start * 1000) as f64 / 1000.0,
+            cpu: cpu_seconds() - cpu_before,
+            rss_before,
+            rss_peak: self.rss.take(),
+            delays: histogram_buckets(&metrics.fire_delay),
+        })
+    }
+
+    /// Publishes the peak's campaigns, all starting at `start`, and waits until they are held;
+    /// returns the campaigns the table holds as scheduled.
+    async fn hold_peak(&self, start: i64) -> BenchResult<i64> {
+        let args = self.args;
+        progress(&format!(
+            "publishing {} campaigns that start in the same second, {} s from now",
+            args.peak, args.lead_secs
+        ));
+        produce_all(
+            &self.producer,
+            &self.input,
+            (0..args.peak).map(|i| {
+                let r = format!("peak-{i}");
+                (r.clone(), campaign(&r, &format!("peak-c-{i}"), start))
+            }),
+        )
+        .await?;
+        wait_for("holding the peak", Duration::from_secs(120), || {
+            processed(&self.metrics) >= args.held as u64
+        })
+        .await?;
+        if campaign_actors::clock::unix_secs() >= start {
+            return Err("the peak was not held before its start: raise --lead-secs".into());
+        }
+        let scheduled: i64 = self
+            .db
+            .query_one(
+                "SELECT count(*) FROM campaign_notifier_campaigns WHERE state = 'scheduled'",
+                &[],
+            )
+            .await
+            .map_err(err("count scheduled"))?
+            .get(0);
+        Ok(scheduled)
+    }
 }
 
 struct FeedFigures {
@@ -360,129 +477,179 @@ struct FeedFigures {
     max: f64,
 }
 
-/// Subscribes clients at `feed_rate` a second to the peak's (active) restaurants and times each
-/// to its notification in both sinks.
-async fn follow_feed(
-    args: &Args,
-    db: &Client,
-    output: &str,
-    metrics: &Metrics,
-) -> BenchResult<FeedFigures> {
-    let in_kafka: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", "cn-bench-lifecycle-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(err("consumer"))?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..args.partitions {
-        assignment
-            .add_partition_offset(output, p, Offset::End)
-            .map_err(err("assignment"))?;
-    }
-    consumer.assign(&assignment).map_err(err("assign"))?;
-    let reader = {
-        let (seen, stop) = (in_kafka.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
-                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+/// A thread that reads the output topic from its end and notes when each key is first seen.
+struct FeedReader {
+    in_kafka: Arc<Mutex<HashMap<String, Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl FeedReader {
+    fn start(args: &Args, output: &str) -> BenchResult<FeedReader> {
+        let in_kafka: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .set("group.id", "cn-bench-lifecycle-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(err("consumer"))?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..args.partitions {
+            assignment
+                .add_partition_offset(output, p, Offset::End)
+                .map_err(err("assignment"))?;
+        }
+        consumer.assign(&assignment).map_err(err("assign"))?;
+        let thread = {
+            let (seen, stop) = (in_kafka.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                        seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+                    }
                 }
-            }
+            })
+        };
+        Ok(FeedReader {
+            in_kafka,
+            stop,
+            thread,
         })
-    };
-    // Let the reader find the end of each partition before anything is subscribed.
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
-    let total = args.feed_rate * args.feed_secs;
-    progress(&format!(
-        "subscribing {total} clients, {} a second, to restaurants with an active campaign",
-        args.feed_rate
-    ));
-    let built_before = metrics.late_subscriber_notifications.get();
-    let mut subscribed: HashMap<String, Instant> = HashMap::with_capacity(total);
-    let mut in_postgres: HashMap<String, Instant> = HashMap::with_capacity(total);
-    let mut last_row = 0i32;
-    let tick = Duration::from_millis(50);
-    let per_tick = (args.feed_rate / 20).max(1);
-    let began = Instant::now();
-    let mut n = 0;
-    let deadline = began + Duration::from_secs(args.feed_secs as u64 + 120);
-    loop {
-        if n < total && began.elapsed() >= tick * (n / per_tick) as u32 {
-            let clients: Vec<String> = (n..(n + per_tick).min(total))
-                .map(|i| format!("late-{i}"))
-                .collect();
-            let restaurants: Vec<String> = (n..(n + per_tick).min(total))
-                .map(|i| format!("peak-{}", i % args.peak))
-                .collect();
-            db.execute(
-                "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-                 SELECT * FROM unnest($1::text[], $2::text[])",
-                &[&restaurants, &clients],
-            )
+    }
+}
+
+/// The change feed so far: who subscribed when, and when each was first seen in Postgres.
+struct Feed {
+    total: usize,
+    per_tick: usize,
+    /// Clients subscribed so far.
+    n: usize,
+    subscribed: HashMap<String, Instant>,
+    in_postgres: HashMap<String, Instant>,
+    last_row: i32,
+}
+
+impl Feed {
+    /// Whether the next clients are due: `per_tick` of them every `tick` since `began`.
+    fn due(&self, began: Instant, tick: Duration) -> bool {
+        self.n < self.total && began.elapsed() >= tick * (self.n / self.per_tick) as u32
+    }
+
+    /// Subscribes the next `per_tick` clients to the peak's restaurants.
+    async fn subscribe_next(&mut self, db: &Client, peak: usize) -> BenchResult<()> {
+        let (n, end) = (self.n, (self.n + self.per_tick).min(self.total));
+        let clients: Vec<String> = (n..end).map(|i| format!("late-{i}")).collect();
+        let restaurants: Vec<String> = (n..end).map(|i| format!("peak-{}", i % peak)).collect();
+        db.execute(SUBSCRIBE, &[&restaurants, &clients])
             .await
             .map_err(err("subscribe"))?;
-            let at = Instant::now();
-            n += clients.len();
-            subscribed.extend(clients.into_iter().map(|c| (c, at)));
-        }
+        let at = Instant::now();
+        self.n += clients.len();
+        self.subscribed.extend(clients.into_iter().map(|c| (c, at)));
+        Ok(())
+    }
+
+    /// Notes the late subscribers' rows that have reached `subscribers_feedback` since last time.
+    async fn read_feedback(&mut self, db: &Client) -> BenchResult<()> {
         let rows = db
             .query(
                 "SELECT id, client_id FROM subscribers_feedback
                  WHERE id > $1 AND client_id LIKE 'late-%'",
-                &[&last_row],
+                &[&self.last_row],
             )
             .await
             .map_err(err("read feedback"))?;
         let at = Instant::now();
         for row in rows {
-            last_row = last_row.max(row.get(0));
-            in_postgres.entry(row.get(1)).or_insert(at);
+            self.last_row = self.last_row.max(row.get(0));
+            self.in_postgres.entry(row.get(1)).or_insert(at);
         }
-        let done = n == total && in_postgres.len() >= total && {
+        Ok(())
+    }
+
+    /// Every client subscribed, and each seen in both sinks.
+    fn done(&self, in_kafka: &Mutex<HashMap<String, Instant>>) -> bool {
+        self.n == self.total && self.in_postgres.len() >= self.total && {
             let kafka = in_kafka.lock().unwrap();
-            subscribed.keys().all(|c| kafka.contains_key(c))
-        };
-        if done {
-            break;
+            self.subscribed.keys().all(|c| kafka.contains_key(c))
         }
-        if Instant::now() > deadline {
-            stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Seconds from each subscription to its notification in both sinks.
+    fn lags(&self, in_kafka: &HashMap<String, Instant>) -> Vec<f64> {
+        self.subscribed
+            .iter()
+            .map(|(c, at)| {
+                let both = self.in_postgres[c].max(in_kafka[c]);
+                both.duration_since(*at).as_secs_f64()
+            })
+            .collect()
+    }
+}
+
+impl Lifecycle<'_> {
+    /// Subscribes clients at `feed_rate` a second to the peak's (active) restaurants and times
+    /// each to its notification in both sinks.
+    async fn follow_feed(&self) -> BenchResult<FeedFigures> {
+        let (args, db, metrics) = (self.args, &self.db, &self.metrics);
+        let reader = FeedReader::start(args, &self.output)?;
+        // Let the reader find the end of each partition before anything is subscribed.
+        actix_rt::time::sleep(Duration::from_secs(2)).await;
+        let total = args.feed_rate * args.feed_secs;
+        progress(&format!(
+            "subscribing {total} clients, {} a second, to restaurants with an active campaign",
+            args.feed_rate
+        ));
+        let built_before = metrics.late_subscriber_notifications.get();
+        let mut feed = Feed {
+            total,
+            per_tick: (args.feed_rate / 20).max(1),
+            n: 0,
+            subscribed: HashMap::with_capacity(total),
+            in_postgres: HashMap::with_capacity(total),
+            last_row: 0,
+        };
+        let tick = Duration::from_millis(50);
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(args.feed_secs as u64 + 120);
+        loop {
+            if feed.due(began, tick) {
+                feed.subscribe_next(db, args.peak).await?;
+            }
+            feed.read_feedback(db).await?;
+            if feed.done(&reader.in_kafka) {
+                break;
+            }
+            if Instant::now() > deadline {
+                reader.stop.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "change feed: {} of {total} in Postgres, {} in Kafka after {:?}",
+                    feed.in_postgres.len(),
+                    reader.in_kafka.lock().unwrap().len(),
+                    began.elapsed()
+                ));
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        reader.stop.store(true, Ordering::Relaxed);
+        let _ = reader.thread.join();
+        let mut lags = feed.lags(&reader.in_kafka.lock().unwrap());
+        let notified = metrics.late_subscriber_notifications.get() - built_before;
+        if notified != total as u64 {
             return Err(format!(
-                "change feed: {} of {total} in Postgres, {} in Kafka after {:?}",
-                in_postgres.len(),
-                in_kafka.lock().unwrap().len(),
-                began.elapsed()
+                "change feed: {notified} late-subscriber notifications for {total} subscriptions"
             ));
         }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
-    let kafka = in_kafka.lock().unwrap();
-    let mut lags: Vec<f64> = subscribed
-        .iter()
-        .map(|(c, at)| {
-            let both = in_postgres[c].max(kafka[c]);
-            both.duration_since(*at).as_secs_f64()
+        Ok(FeedFigures {
+            count: total,
+            p50: exact_quantile(&mut lags, 0.5),
+            p99: exact_quantile(&mut lags, 0.99),
+            max: exact_quantile(&mut lags, 1.0),
         })
-        .collect();
-    let notified = metrics.late_subscriber_notifications.get() - built_before;
-    if notified != total as u64 {
-        return Err(format!(
-            "change feed: {notified} late-subscriber notifications for {total} subscriptions"
-        ));
     }
-    Ok(FeedFigures {
-        count: total,
-        p50: exact_quantile(&mut lags, 0.5),
-        p99: exact_quantile(&mut lags, 0.99),
-        max: exact_quantile(&mut lags, 1.0),
-    })
 }
 
 struct ReloadFigures {
@@ -490,50 +657,37 @@ struct ReloadFigures {
     peak: u64,
 }
 
-/// Puts `--on-record` active campaigns of restaurants nobody follows in the table (as a
-/// deployment collects them when campaigns run for years, as the brief's sample does), then
-/// reloads the subscriber snapshot three times, each reload compared with the one before.
-async fn reload_with_campaigns_on_record(
-    args: &Args,
-    db: &Client,
-    pipeline: &Pipeline,
-    metrics: &Metrics,
-    rss: &RssPeak,
-) -> BenchResult<ReloadFigures> {
-    progress(&format!(
-        "putting {} active campaigns on record",
-        args.on_record
-    ));
-    db.execute(
-        "INSERT INTO campaign_notifier_campaigns (restaurant_id, adv_campaign_id,
-             adv_campaign_content, adv_campaign_owner, adv_campaign_owner_contact,
-             adv_campaign_datetime_start, adv_campaign_datetime_end, datetime_created,
-             source_topic, source_partition, source_offset, message, state, fired_at)
-         SELECT 'quiet-' || i, 'quiet-c-' || i, repeat('promo ', 40), 'Petrova Anna',
-                'apetrova@restaurant.ru', 1659203516, 2659207116, 1659131516, 'in', 0, i,
-                convert_to(repeat('{\"promo\": 1} ', 30), 'UTF8'), 'active', now()
-         FROM generate_series(1, $1::int8) i",
-        &[&(args.on_record as i64)],
-    )
-    .await
-    .map_err(err("campaigns on record"))?;
-    // Settled first: the snapshot loaded and compared before the reloads are measured.
-    actix_rt::time::sleep(Duration::from_secs(2)).await;
-    let before = resident_bytes();
-    rss.take();
-    for n in 1..=3 {
-        let loads = metrics.cache_refresh_duration.get_sample_count();
-        progress(&format!("reload {n} of 3"));
-        pipeline.refresh_cache();
-        wait_for("a reload", Duration::from_secs(120), || {
-            metrics.cache_refresh_duration.get_sample_count() > loads
+impl Lifecycle<'_> {
+    /// Puts `--on-record` active campaigns of restaurants nobody follows in the table (as a
+    /// deployment collects them when campaigns run for years, as the brief's sample does), then
+    /// reloads the subscriber snapshot three times, each reload compared with the one before.
+    async fn reload_with_campaigns_on_record(&self) -> BenchResult<ReloadFigures> {
+        let (args, db, metrics, rss) = (self.args, &self.db, &self.metrics, &self.rss);
+        progress(&format!(
+            "putting {} active campaigns on record",
+            args.on_record
+        ));
+        db.execute(PUT_ON_RECORD, &[&(args.on_record as i64)])
+            .await
+            .map_err(err("campaigns on record"))?;
+        // Settled first: the snapshot loaded and compared before the reloads are measured.
+        actix_rt::time::sleep(Duration::from_secs(2)).await;
+        let before = resident_bytes();
+        rss.take();
+        for n in 1..=3 {
+            let loads = metrics.cache_refresh_duration.get_sample_count();
+            progress(&format!("reload {n} of 3"));
+            self.pipeline.refresh_cache();
+            wait_for("a reload", Duration::from_secs(120), || {
+                metrics.cache_refresh_duration.get_sample_count() > loads
+            })
+            .await?;
+            // The comparison runs after the load.
+            actix_rt::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok(ReloadFigures {
+            before,
+            peak: rss.take(),
         })
-        .await?;
-        // The comparison runs after the load.
-        actix_rt::time::sleep(Duration::from_secs(3)).await;
     }
-    Ok(ReloadFigures {
-        before,
-        peak: rss.take(),
-    })
 }

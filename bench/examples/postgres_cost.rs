@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use campaign_actors::cache::snapshot::Snapshot;
 use campaign_actors::lifecycle::rules::State;
 use campaign_actors::lifecycle::store::{self, Prepared};
 use campaign_actors::lifecycle::Arrival;
@@ -31,7 +32,7 @@ use campaign_bench::setup::{connect, database_url, err, BenchResult};
 use campaign_bench::workload::{campaign, campaign_json};
 use clap::Parser;
 use futures::{pin_mut, SinkExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 #[derive(Parser, Debug)]
 #[command(about = "Postgres CPU per campaign of each of the service's statements")]
@@ -122,8 +123,34 @@ impl Meter {
     }
 }
 
+/// Every step in turn, in the database at `url`: one JSON line of microseconds per campaign.
 async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde_json::Value> {
     let now = campaign_actors::clock::unix_secs();
+    let (db, snapshot) = seed(url, campaigns).await?;
+    let mut cost = Cost {
+        url,
+        campaigns,
+        group,
+        arrivals: arrivals(campaigns, now),
+        steps: serde_json::Map::new(),
+    };
+    // What each step opens stays open until the end: a backend that exits, or a statement
+    // closed, during a later step would be counted in that step's figures.
+    let _lifecycle = cost.lifecycle().await?;
+    let written = cost.writer_insert(&db, &snapshot, now).await?;
+    let _fence = cost.writer_fence().await?;
+    let _ledger = cost.ledger_clear(&written.outbox_ids).await?;
+    let _script = cost.script_copy(now).await?;
+    Ok(serde_json::json!({
+        "campaigns": campaigns,
+        "group": group,
+        "microseconds_per_campaign": cost.steps,
+    }))
+}
+
+/// The schema, one subscriber per restaurant, and the owner row the writer's fence reads, in
+/// the database at `url`; a connection to it and the subscriber snapshot.
+async fn seed(url: &str, campaigns: usize) -> BenchResult<(Client, Arc<Snapshot>)> {
     let mut db = connect(url).await?;
     campaign_actors::postgres::ensure_schema(&mut db)
         .await
@@ -152,7 +179,12 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
             .await
             .map_err(err("snapshot"))?,
     );
-    let arrivals: Vec<Arrival> = (0..campaigns)
+    Ok((db, snapshot))
+}
+
+/// `campaigns` new campaigns, one per restaurant, as the reader hands them on.
+fn arrivals(campaigns: usize, now: i64) -> Vec<Arrival> {
+    (0..campaigns)
         .map(|i| {
             let c = campaign(i, &format!("10000000-0000-4000-8000-{i:012}"), now);
             Arrival {
@@ -167,18 +199,151 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
                 campaign: c,
             }
         })
-        .collect();
-    let groups = || arrivals.chunks(group);
-    let mut steps = serde_json::Map::new();
+        .collect()
+}
 
-    // The lifecycle: the read of the kept versions (none yet), then the store.
-    let (reads, reads_pid) = backend(url).await?;
-    let (writes, writes_pid) = backend(url).await?;
-    let prepared = Prepared::new(&reads, &writes)
+/// One group size: its campaigns and the figures so far.
+struct Cost<'a> {
+    url: &'a str,
+    campaigns: usize,
+    group: usize,
+    arrivals: Vec<Arrival>,
+    steps: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the writer step leaves: its outbox marks, for the ledger's step, and the sink that wrote
+/// them, kept open until the end.
+struct WriterRows {
+    outbox_ids: Vec<i64>,
+    _sink: PgSink,
+}
+
+impl Cost<'_> {
+    /// Records `meter`'s figures per campaign as `step`.
+    fn record(&mut self, step: &str, meter: &Meter) {
+        let figures = meter.per_campaign(self.campaigns);
+        self.steps.insert(step.into(), figures);
+    }
+
+    /// The lifecycle: the read of the kept versions (none yet), then the store; then the same
+    /// store again into an empty table, without the message bytes. Returns the connections and
+    /// the prepared statements.
+    async fn lifecycle(&mut self) -> BenchResult<(Client, Client, Prepared)> {
+        let (reads, reads_pid) = backend(self.url).await?;
+        let (writes, writes_pid) = backend(self.url).await?;
+        let prepared = Prepared::new(&reads, &writes)
+            .await
+            .map_err(err("prepare"))?;
+        let meter = Meter::start(reads_pid);
+        read_kept(&reads, &prepared, &self.arrivals, self.group).await?;
+        self.record("lifecycle_read_kept", &meter);
+        let meter = Meter::start(writes_pid);
+        store_all(&writes, &prepared, &self.arrivals, self.group).await?;
+        self.record("lifecycle_store_with_message", &meter);
+        writes
+            .batch_execute("TRUNCATE campaign_notifier_campaigns")
+            .await
+            .map_err(err("truncate"))?;
+        writes.batch_execute("CHECKPOINT").await.ok();
+        let bare = without_messages(&self.arrivals);
+        let meter = Meter::start(writes_pid);
+        store_all(&writes, &prepared, &bare, self.group).await?;
+        self.record("lifecycle_store_without_message", &meter);
+        writes.batch_execute("CHECKPOINT").await.ok();
+        Ok((reads, writes, prepared))
+    }
+
+    /// The Postgres writer's transaction: the notification and its outbox mark.
+    async fn writer_insert(
+        &mut self,
+        db: &Client,
+        snapshot: &Arc<Snapshot>,
+        now: i64,
+    ) -> BenchResult<WriterRows> {
+        let sink = PgSink::connect(PgSinkConfig {
+            postgres: PostgresSettings::for_url(self.url),
+            owner: 1,
+            lease: campaign_actors::lease::Lease::unbounded(),
+            trigger_column: TriggerColumn::Int4,
+        })
         .await
-        .map_err(err("prepare"))?;
-    let meter = Meter::start(reads_pid);
-    for g in groups() {
+        .map_err(err("postgres sink"))?;
+        let sink_pid = sink_backend_pid(db).await?;
+        let mut tokens = campaign_actors::ledger::Tokens::new(1);
+        let mut outbox_ids = Vec::with_capacity(self.campaigns);
+        let meter = Meter::start(sink_pid);
+        for g in self.arrivals.chunks(self.group) {
+            let jobs: Vec<Arc<PgJob>> = g
+                .iter()
+                .map(|a| pg_job(a, snapshot, now, &mut tokens))
+                .collect();
+            for inserted in sink.write(jobs).await.map_err(err("insert"))? {
+                outbox_ids.extend(inserted.outbox_ids);
+            }
+        }
+        self.record("writer_insert_and_mark_unfenced", &meter);
+        Ok(WriterRows {
+            outbox_ids,
+            _sink: sink,
+        })
+    }
+
+    /// The fence the writer runs first in each transaction (with a lease that fences). Returns
+    /// the connection and the prepared statement.
+    async fn writer_fence(&mut self) -> BenchResult<(Client, Statement)> {
+        let (fence, fence_pid) = backend(self.url).await?;
+        let fence_statement = fence
+            .prepare(campaign_actors::sinks::pg_writer::FENCE)
+            .await
+            .map_err(err("prepare fence"))?;
+        let meter = Meter::start(fence_pid);
+        for _ in self.arrivals.chunks(self.group) {
+            fence.batch_execute("BEGIN").await.map_err(err("begin"))?;
+            fence
+                .query_opt(&fence_statement, &[&1i32])
+                .await
+                .map_err(err("fence"))?;
+            fence.batch_execute("COMMIT").await.map_err(err("commit"))?;
+        }
+        self.record("writer_fence", &meter);
+        Ok((fence, fence_statement))
+    }
+
+    /// The ledger clears the marks once Kafka has the notifications. Returns the connection.
+    async fn ledger_clear(&mut self, outbox_ids: &[i64]) -> BenchResult<Client> {
+        let (ledger, ledger_pid) = backend(self.url).await?;
+        let meter = Meter::start(ledger_pid);
+        for ids in outbox_ids.chunks(self.group) {
+            campaign_actors::ledger::outbox::clear_marks(&ledger, ids)
+                .await
+                .map_err(err("clear"))?;
+        }
+        self.record("ledger_clear_marks", &meter);
+        Ok(ledger)
+    }
+
+    /// What a script writes: a text COPY into the brief's table, no unique key, no outbox.
+    /// Returns the connection.
+    async fn script_copy(&mut self, now: i64) -> BenchResult<Client> {
+        let (script, script_pid) = backend(self.url).await?;
+        campaign_bench::baseline::create_table(&script, "script_feedback").await?;
+        let meter = Meter::start(script_pid);
+        for g in self.arrivals.chunks(self.group) {
+            copy_text(&script, g, now).await?;
+        }
+        self.record("script_copy", &meter);
+        Ok(script)
+    }
+}
+
+/// The lifecycle's read of the kept versions of each group's campaigns.
+async fn read_kept(
+    reads: &Client,
+    prepared: &Prepared,
+    arrivals: &[Arrival],
+    group: usize,
+) -> BenchResult<()> {
+    for g in arrivals.chunks(group) {
         let keys: Vec<_> = g
             .iter()
             .map(|a| {
@@ -188,29 +353,32 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
                 )
             })
             .collect();
-        store::kept(&reads, &prepared, &keys)
+        store::kept(reads, prepared, &keys)
             .await
             .map_err(err("kept"))?;
     }
-    steps.insert("lifecycle_read_kept".into(), meter.per_campaign(campaigns));
-    let meter = Meter::start(writes_pid);
-    for g in groups() {
+    Ok(())
+}
+
+/// The lifecycle's store of each group's campaigns, as active.
+async fn store_all(
+    writes: &Client,
+    prepared: &Prepared,
+    arrivals: &[Arrival],
+    group: usize,
+) -> BenchResult<()> {
+    for g in arrivals.chunks(group) {
         let rows: Vec<(&Arrival, State)> = g.iter().map(|a| (a, State::Active)).collect();
-        store::store(&writes, &prepared, &rows)
+        store::store(writes, prepared, &rows)
             .await
             .map_err(err("store"))?;
     }
-    steps.insert(
-        "lifecycle_store_with_message".into(),
-        meter.per_campaign(campaigns),
-    );
-    // The same store again into an empty table, without the message bytes.
-    writes
-        .batch_execute("TRUNCATE campaign_notifier_campaigns")
-        .await
-        .map_err(err("truncate"))?;
-    writes.batch_execute("CHECKPOINT").await.ok();
-    let bare: Vec<Arrival> = arrivals
+    Ok(())
+}
+
+/// The same campaigns without the original message.
+fn without_messages(arrivals: &[Arrival]) -> Vec<Arrival> {
+    arrivals
         .iter()
         .map(|a| Arrival {
             campaign: a.campaign.clone(),
@@ -218,127 +386,60 @@ async fn measure(url: &str, campaigns: usize, group: usize) -> BenchResult<serde
             key: None,
             payload: Vec::new(),
         })
-        .collect();
-    let meter = Meter::start(writes_pid);
-    for g in bare.chunks(group) {
-        let rows: Vec<(&Arrival, State)> = g.iter().map(|a| (a, State::Active)).collect();
-        store::store(&writes, &prepared, &rows)
-            .await
-            .map_err(err("store"))?;
-    }
-    steps.insert(
-        "lifecycle_store_without_message".into(),
-        meter.per_campaign(campaigns),
-    );
-    writes.batch_execute("CHECKPOINT").await.ok();
+        .collect()
+}
 
-    // The Postgres writer's transaction: the notification and its outbox mark.
-    let sink = PgSink::connect(PgSinkConfig {
-        postgres: PostgresSettings::for_url(url),
-        owner: 1,
-        lease: campaign_actors::lease::Lease::unbounded(),
-        trigger_column: TriggerColumn::Int4,
-    })
-    .await
-    .map_err(err("postgres sink"))?;
-    let sink_pid = sink_backend_pid(&db).await?;
-    let mut tokens = campaign_actors::ledger::Tokens::new(1);
-    let mut outbox_ids = Vec::with_capacity(campaigns);
-    let meter = Meter::start(sink_pid);
-    for g in groups() {
-        let jobs: Vec<Arc<PgJob>> = g
-            .iter()
-            .map(|a| {
-                let entry = snapshot
-                    .lookup(&a.campaign.restaurant_id)
-                    .expect("every restaurant has its subscriber");
-                let batch = NotificationBatch::new(
-                    a.campaign.clone(),
-                    now,
-                    a.source.clone(),
-                    snapshot.clone(),
-                    entry,
-                );
-                Arc::new(PgJob::new(Arc::new(batch), &mut tokens))
-            })
-            .collect();
-        for inserted in sink.write(jobs).await.map_err(err("insert"))? {
-            outbox_ids.extend(inserted.outbox_ids);
-        }
-    }
-    steps.insert(
-        "writer_insert_and_mark_unfenced".into(),
-        meter.per_campaign(campaigns),
+/// The writer's job for one campaign: its notification to its one subscriber.
+fn pg_job(
+    a: &Arrival,
+    snapshot: &Arc<Snapshot>,
+    now: i64,
+    tokens: &mut campaign_actors::ledger::Tokens,
+) -> Arc<PgJob> {
+    let entry = snapshot
+        .lookup(&a.campaign.restaurant_id)
+        .expect("every restaurant has its subscriber");
+    let batch = NotificationBatch::new(
+        a.campaign.clone(),
+        now,
+        a.source.clone(),
+        snapshot.clone(),
+        entry,
     );
+    Arc::new(PgJob::new(Arc::new(batch), tokens))
+}
 
-    // The fence the writer runs first in each transaction (with a lease that fences).
-    let (fence, fence_pid) = backend(url).await?;
-    let fence_statement = fence
-        .prepare(campaign_actors::sinks::pg_writer::FENCE)
+/// One text `COPY` of a group's rows, as a script writes them.
+async fn copy_text(script: &Client, g: &[Arrival], now: i64) -> BenchResult<()> {
+    let sink = script
+        .copy_in::<_, Bytes>(
+            "COPY script_feedback (restaurant_id, adv_campaign_id, adv_campaign_content, \
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
+             FROM STDIN",
+        )
         .await
-        .map_err(err("prepare fence"))?;
-    let meter = Meter::start(fence_pid);
-    for _ in groups() {
-        fence.batch_execute("BEGIN").await.map_err(err("begin"))?;
-        fence
-            .query_opt(&fence_statement, &[&1i32])
-            .await
-            .map_err(err("fence"))?;
-        fence.batch_execute("COMMIT").await.map_err(err("commit"))?;
+        .map_err(err("copy"))?;
+    pin_mut!(sink);
+    let mut text = String::new();
+    for (i, a) in g.iter().enumerate() {
+        let c = &a.campaign;
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t20000000-0000-4000-8000-{:012}\t{now}\n",
+            c.restaurant_id,
+            c.adv_campaign_id,
+            c.adv_campaign_content,
+            c.adv_campaign_owner,
+            c.adv_campaign_owner_contact,
+            c.adv_campaign_datetime_start,
+            c.adv_campaign_datetime_end,
+            c.datetime_created,
+            i
+        ));
     }
-    steps.insert("writer_fence".into(), meter.per_campaign(campaigns));
-
-    // The ledger clears the marks once Kafka has the notifications.
-    let (ledger, ledger_pid) = backend(url).await?;
-    let meter = Meter::start(ledger_pid);
-    for ids in outbox_ids.chunks(group) {
-        campaign_actors::ledger::outbox::clear_marks(&ledger, ids)
-            .await
-            .map_err(err("clear"))?;
-    }
-    steps.insert("ledger_clear_marks".into(), meter.per_campaign(campaigns));
-
-    // What a script writes: a text COPY into the brief's table, no unique key, no outbox.
-    let (script, script_pid) = backend(url).await?;
-    campaign_bench::baseline::create_table(&script, "script_feedback").await?;
-    let meter = Meter::start(script_pid);
-    for g in groups() {
-        let sink = script
-            .copy_in::<_, Bytes>(
-                "COPY script_feedback (restaurant_id, adv_campaign_id, adv_campaign_content, \
-                 adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start, \
-                 adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created) \
-                 FROM STDIN",
-            )
-            .await
-            .map_err(err("copy"))?;
-        pin_mut!(sink);
-        let mut text = String::new();
-        for (i, a) in g.iter().enumerate() {
-            let c = &a.campaign;
-            text.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t20000000-0000-4000-8000-{:012}\t{now}\n",
-                c.restaurant_id,
-                c.adv_campaign_id,
-                c.adv_campaign_content,
-                c.adv_campaign_owner,
-                c.adv_campaign_owner_contact,
-                c.adv_campaign_datetime_start,
-                c.adv_campaign_datetime_end,
-                c.datetime_created,
-                i
-            ));
-        }
-        sink.send(Bytes::from(text)).await.map_err(err("copy"))?;
-        sink.finish().await.map_err(err("copy finish"))?;
-    }
-    steps.insert("script_copy".into(), meter.per_campaign(campaigns));
-
-    Ok(serde_json::json!({
-        "campaigns": campaigns,
-        "group": group,
-        "microseconds_per_campaign": steps,
-    }))
+    sink.send(Bytes::from(text)).await.map_err(err("copy"))?;
+    sink.finish().await.map_err(err("copy finish"))?;
+    Ok(())
 }
 
 /// The backend of the sink's connection: the one session named by the service's application

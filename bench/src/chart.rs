@@ -27,17 +27,40 @@ pub fn draw(reports: &[serde_json::Value]) -> Option<String> {
     if with.is_empty() {
         return None;
     }
-    let number = |r: &serde_json::Value, path: &[&str]| {
-        path.iter()
-            .try_fold(r, |v, k| v.get(k))
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-    };
     let shapes: Vec<String> = with
         .iter()
         .map(|r| r["shape"].as_str().unwrap_or("?").to_string())
         .collect();
-    let rates = Panel {
+    let height = TOP + 2.0 * (PANEL_HEIGHT + 90.0);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        svg,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="28" font-size="16" text-anchor="middle">campaign-notifier against a plain Python pipeline, same broker, Postgres and workload</text>"#,
+        WIDTH / 2.0
+    );
+    for (i, panel) in [rates(&with), cpu(&with)].iter().enumerate() {
+        let top = TOP + i as f64 * (PANEL_HEIGHT + 90.0);
+        draw_panel(&mut svg, panel, &shapes, top);
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
+/// The number at `path` in a report, 0 where there is none.
+fn number(r: &serde_json::Value, path: &[&str]) -> f64 {
+    path.iter()
+        .try_fold(r, |v, k| v.get(k))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
+}
+
+/// Notifications per second, service beside script.
+fn rates(with: &[&serde_json::Value]) -> Panel<'static> {
+    Panel {
         title: "notifications per second (higher is better)",
         series: &[("service", "#1f77b4"), ("plain Python pipeline", "#ff7f0e")],
         values: with
@@ -49,8 +72,12 @@ pub fn draw(reports: &[serde_json::Value]) -> Option<String> {
                 ]
             })
             .collect(),
-    };
-    let cpu = Panel {
+    }
+}
+
+/// CPU seconds per million notifications: each process alone, and with the broker and Postgres.
+fn cpu(with: &[&serde_json::Value]) -> Panel<'static> {
+    Panel {
         title: "CPU seconds per million notifications (lower is better)",
         series: &[
             ("service", "#1f77b4"),
@@ -69,55 +96,64 @@ pub fn draw(reports: &[serde_json::Value]) -> Option<String> {
                 ]
             })
             .collect(),
-    };
-    let height = TOP + 2.0 * (PANEL_HEIGHT + 90.0);
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        svg,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="28" font-size="16" text-anchor="middle">campaign-notifier against a plain Python pipeline, same broker, Postgres and workload</text>"#,
-        WIDTH / 2.0
-    );
-    for (i, panel) in [rates, cpu].iter().enumerate() {
-        let top = TOP + i as f64 * (PANEL_HEIGHT + 90.0);
-        draw_panel(&mut svg, panel, &shapes, top);
     }
-    svg.push_str("</svg>\n");
-    Some(svg)
 }
 
+/// Where a panel's plot sits, and the height of a value in it.
+struct Frame {
+    bottom: f64,
+    scale_max: f64,
+    plot_w: f64,
+}
+
+impl Frame {
+    fn y(&self, v: f64) -> f64 {
+        self.bottom - v / self.scale_max * (PANEL_HEIGHT - 30.0)
+    }
+}
+
+/// One panel with its top at `top`: title, scale, a group of bars per shape, legend.
 fn draw_panel(svg: &mut String, panel: &Panel<'_>, shapes: &[String], top: f64) {
     let max = panel
         .values
         .iter()
         .flatten()
         .fold(0.0_f64, |m, v| m.max(*v));
-    let scale_max = nice_ceiling(max);
-    let plot_w = WIDTH - LEFT - 20.0;
-    let bottom = top + PANEL_HEIGHT;
-    let y = |v: f64| bottom - v / scale_max * (PANEL_HEIGHT - 30.0);
+    let frame = Frame {
+        bottom: top + PANEL_HEIGHT,
+        scale_max: nice_ceiling(max),
+        plot_w: WIDTH - LEFT - 20.0,
+    };
     let _ = write!(
         svg,
         r#"<text x="{LEFT}" y="{}" font-size="14">{}</text>"#,
         top + 10.0,
         panel.title
     );
+    draw_scale(svg, &frame);
+    draw_bars(svg, panel, shapes, &frame);
+    draw_legend(svg, panel, frame.bottom);
+}
+
+/// Five grid lines, from 0 to the top of the scale, each with its value.
+fn draw_scale(svg: &mut String, frame: &Frame) {
     for k in 0..=4 {
-        let v = scale_max * f64::from(k) / 4.0;
+        let v = frame.scale_max * f64::from(k) / 4.0;
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#ddd"/><text x="{label_x}" y="{label_y:.1}" text-anchor="end">{label}</text>"##,
-            right = LEFT + plot_w,
-            at = y(v),
+            right = LEFT + frame.plot_w,
+            at = frame.y(v),
             label_x = LEFT - 6.0,
-            label_y = y(v) + 4.0,
+            label_y = frame.y(v) + 4.0,
             label = short(v)
         );
     }
-    let group_w = plot_w / shapes.len().max(1) as f64;
+}
+
+/// For each shape, a bar per series with its value above it, and the shape's name below.
+fn draw_bars(svg: &mut String, panel: &Panel<'_>, shapes: &[String], frame: &Frame) {
+    let group_w = frame.plot_w / shapes.len().max(1) as f64;
     let bar_w = (group_w * 0.8) / panel.series.len() as f64;
     for (s, (shape, values)) in shapes.iter().zip(&panel.values).enumerate() {
         let x0 = LEFT + s as f64 * group_w + group_w * 0.1;
@@ -126,11 +162,11 @@ fn draw_panel(svg: &mut String, panel: &Panel<'_>, shapes: &[String], top: f64) 
             let _ = write!(
                 svg,
                 r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
-                y(*value),
+                frame.y(*value),
                 bar_w - 2.0,
-                bottom - y(*value),
+                frame.bottom - frame.y(*value),
                 x + bar_w / 2.0 - 1.0,
-                y(*value) - 3.0,
+                frame.y(*value) - 3.0,
                 short(*value)
             );
         }
@@ -138,9 +174,13 @@ fn draw_panel(svg: &mut String, panel: &Panel<'_>, shapes: &[String], top: f64) 
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{shape}</text>"#,
             x0 + group_w * 0.4,
-            bottom + 16.0
+            frame.bottom + 16.0
         );
     }
+}
+
+/// A coloured square and the name of each series, in a row below the panel.
+fn draw_legend(svg: &mut String, panel: &Panel<'_>, bottom: f64) {
     let mut x = LEFT;
     for (name, colour) in panel.series {
         let _ = write!(
