@@ -32,3 +32,19 @@ pub fn output_pairs(f: &Fixture) -> BTreeMap<(String, String), u32> {
     pairs
 }
 
+
+/// Every (campaign, client) of `campaigns` x `clients` once: what both sinks hold when each
+/// notification went out exactly once.
+pub fn once_each<C: AsRef<str>, S: AsRef<str>>(
+    campaigns: &[C],
+    clients: &[S],
+) -> BTreeMap<(String, String), u32> {
+    campaigns
+        .iter()
+        .flat_map(|c| {
+            clients
+                .iter()
+                .map(move |s| ((c.as_ref().to_string(), s.as_ref().to_string()), 1))
+        })
+        .collect()
+}

@@ -84,6 +84,27 @@ impl Fixture {
             .expect("query feedback")
     }
 
+    /// Rows in `subscribers_feedback`, counted by Postgres.
+    pub async fn feedback_count(&self) -> i64 {
+        self.db
+            .query_one("SELECT count(*) FROM subscribers_feedback", &[])
+            .await
+            .expect("count feedback")
+            .get(0)
+    }
+
+    /// Rows of `campaign` in `subscribers_feedback`.
+    pub async fn rows_of(&self, campaign: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id = $1",
+                &[&campaign],
+            )
+            .await
+            .expect("count rows")
+            .get(0)
+    }
+
     /// Makes this test's database unreachable for the service (no new connections, the service's
     /// open ones cut) or reachable again, without touching the shared server.
     pub async fn set_postgres_reachable(&self, reachable: bool) {
