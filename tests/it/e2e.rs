@@ -26,9 +26,27 @@ async fn brief_sample_gives_the_contract_output_in_both_sinks() {
 
     let output = f.read_output();
     assert_eq!(output.len(), 3, "one message per subscriber");
+    let seen = assert_each_message_is_the_contracts(&output, (before, after));
+    assert_eq!(seen, CLIENTS.iter().map(|c| c.to_string()).collect());
+
+    let rows = f.feedback_rows().await;
+    assert_eq!(rows.len(), 3);
+    let row_clients = assert_each_row_is_the_samples(&rows, (before, after));
+    assert_eq!(row_clients, seen);
+
+    assert!(service.terminate().success(), "{}", service.log_text());
+    f.cleanup().await;
+}
+
+/// Each message of `output` is the contract's example with its own `client_id` (its key) and a
+/// trigger within `before..=after`; returns the clients notified.
+fn assert_each_message_is_the_contracts(
+    output: &[(String, serde_json::Value)],
+    (before, after): (i64, i64),
+) -> BTreeSet<String> {
     let template: serde_json::Value = serde_json::from_str(CONTRACT_OUTPUT).unwrap();
     let mut seen = BTreeSet::new();
-    for (key, value) in &output {
+    for (key, value) in output {
         let object = value.as_object().expect("a JSON object");
         assert_eq!(
             object.keys().collect::<BTreeSet<_>>(),
@@ -57,12 +75,17 @@ async fn brief_sample_gives_the_contract_output_in_both_sinks() {
         );
         seen.insert(client.to_string());
     }
-    assert_eq!(seen, CLIENTS.iter().map(|c| c.to_string()).collect());
+    seen
+}
 
-    let rows = f.feedback_rows().await;
-    assert_eq!(rows.len(), 3);
+/// Each row holds the sample's campaign, a trigger within `before..=after` and no feedback; returns the
+/// clients of the rows.
+fn assert_each_row_is_the_samples(
+    rows: &[tokio_postgres::Row],
+    (before, after): (i64, i64),
+) -> BTreeSet<String> {
     let mut row_clients = BTreeSet::new();
-    for row in &rows {
+    for row in rows {
         assert_eq!(row.get::<_, String>("restaurant_id"), SAMPLE_RESTAURANT);
         assert_eq!(
             row.get::<_, String>("adv_campaign_id"),
@@ -88,10 +111,7 @@ async fn brief_sample_gives_the_contract_output_in_both_sinks() {
         assert_eq!(row.get::<_, Option<String>>("feedback"), None);
         row_clients.insert(row.get::<_, String>("client_id"));
     }
-    assert_eq!(row_clients, seen);
-
-    assert!(service.terminate().success(), "{}", service.log_text());
-    f.cleanup().await;
+    row_clients
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,8 +160,49 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
     let restaurant = "cccccccc-0000-0000-0000-000000000003";
     f.subscribe(restaurant, &CLIENTS[..2]).await;
     let service = Service::start(&f, "");
-    let now = unix_now();
-    let bad: Vec<(Vec<u8>, &str)> = vec![
+    let bad = malformed_messages(restaurant, unix_now());
+    let good = produce_each_after_a_good_one(&f, restaurant, &bad).await;
+    service.wait_processed((bad.len() + good.len()) as u64, Duration::from_secs(30));
+
+    let output = f.read_output();
+    let mut per_campaign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, v) in &output {
+        per_campaign
+            .entry(v["adv_campaign_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(v["client_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        output.len(),
+        good.len() * 2,
+        "two subscribers per good campaign"
+    );
+    assert_eq!(
+        per_campaign.keys().cloned().collect::<BTreeSet<_>>(),
+        good.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(f.feedback_rows().await.len(), good.len() * 2);
+    assert_eq!(
+        service.metric("campaign_notifier_campaigns_rejected_total"),
+        bad.len() as f64
+    );
+    assert_eq!(
+        service.metric("campaign_notifier_actor_restarts_total"),
+        0.0
+    );
+    let log = service.log_text();
+    assert!(
+        log.contains(&format!("{}/0@1", f.input_topic)),
+        "the warning names topic, partition and offset:\n{log}"
+    );
+    assert_dead_lettered_untouched_with_why_and_where_from(&f, &bad);
+    drop(service);
+    f.cleanup().await;
+}
+
+/// Ten kinds of bad input for `restaurant`, each with the reason code it is rejected with.
+fn malformed_messages(restaurant: &str, now: i64) -> Vec<(Vec<u8>, &'static str)> {
+    vec![
         (b"not json at all".to_vec(), "not_json"),
         (b"\xff\xfe broken utf-8".to_vec(), "not_utf8"),
         (br#"{"restaurant_id": 7}"#.to_vec(), "wrong_type"),
@@ -179,7 +240,16 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
             .into_bytes(),
             "too_long",
         ),
-    ];
+    ]
+}
+
+/// Produces each of `bad` (keyed `bad-<i>`) after a good campaign (`c-good-<i>`), and a last
+/// good one; returns the good campaigns' ids.
+async fn produce_each_after_a_good_one(
+    f: &Fixture,
+    restaurant: &str,
+    bad: &[(Vec<u8>, &str)],
+) -> Vec<String> {
     let mut good = Vec::new();
     for (i, (b, _)) in bad.iter().enumerate() {
         let id = format!("c-good-{i}");
@@ -195,43 +265,14 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
     f.produce("good-last", active_campaign(restaurant, &last).as_bytes())
         .await;
     good.push(last);
-    service.wait_processed((bad.len() + good.len()) as u64, Duration::from_secs(30));
+    good
+}
 
-    let output = f.read_output();
-    let mut per_campaign: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (_, v) in &output {
-        per_campaign
-            .entry(v["adv_campaign_id"].as_str().unwrap().to_string())
-            .or_default()
-            .insert(v["client_id"].as_str().unwrap().to_string());
-    }
-    assert_eq!(
-        output.len(),
-        good.len() * 2,
-        "two subscribers per good campaign"
-    );
-    assert_eq!(
-        per_campaign.keys().cloned().collect::<BTreeSet<_>>(),
-        good.iter().cloned().collect::<BTreeSet<_>>()
-    );
-    assert_eq!(f.feedback_rows().await.len(), good.len() * 2);
-    assert_eq!(
-        service.metric("campaign_notifier_campaigns_rejected_total"),
-        bad.len() as f64
-    );
-    assert_eq!(
-        service.metric("campaign_notifier_actor_restarts_total"),
-        0.0
-    );
-    let log = service.log_text();
-    assert!(
-        log.contains(&format!("{}/0@1", f.input_topic)),
-        "the warning names topic, partition and offset:\n{log}"
-    );
-    // Every bad message is in the dead-letter topic, untouched, with why and where from.
+/// Every bad message is in the dead-letter topic, untouched, with why and where from.
+fn assert_dead_lettered_untouched_with_why_and_where_from(f: &Fixture, bad: &[(Vec<u8>, &str)]) {
     let letters = f.read_topic(&f.dead_letter_topic);
     assert_eq!(letters.len(), bad.len());
-    for (i, (letter, (bytes, code))) in letters.iter().zip(&bad).enumerate() {
+    for (i, (letter, (bytes, code))) in letters.iter().zip(bad).enumerate() {
         assert_eq!(letter.key.as_deref(), Some(format!("bad-{i}").as_bytes()));
         assert_eq!(
             letter.payload.clone().unwrap_or_default(),
@@ -244,8 +285,6 @@ async fn malformed_messages_do_not_stop_or_change_the_good_ones() {
         assert_eq!(letter.headers["dlq.source.partition"], "0");
         assert_eq!(letter.headers["dlq.source.offset"], (2 * i + 1).to_string());
     }
-    drop(service);
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,15 +351,8 @@ async fn restart_after_sigterm_continues_from_committed_offsets() {
         f.subscribe(r, &CLIENTS).await;
     }
     let total = 300;
-    let campaign_of = |i: usize| format!("c-restart-{i:04}");
     let mut service = Service::start_numbered(&f, "", 1);
-    for i in 0..total / 2 {
-        f.produce(
-            &i.to_string(),
-            active_campaign(&restaurants[i % restaurants.len()], &campaign_of(i)).as_bytes(),
-        )
-        .await;
-    }
+    produce_restart_campaigns(&f, &restaurants, 0..total / 2).await;
     // Stop while the first half is still being worked through.
     service.wait_processed(10, Duration::from_secs(60));
     let status = service.terminate();
@@ -329,13 +361,7 @@ async fn restart_after_sigterm_continues_from_committed_offsets() {
     assert!(done_before.contains("offsets committed"), "{done_before}");
 
     // The second half arrives while the service is down.
-    for i in total / 2..total {
-        f.produce(
-            &i.to_string(),
-            active_campaign(&restaurants[i % restaurants.len()], &campaign_of(i)).as_bytes(),
-        )
-        .await;
-    }
+    produce_restart_campaigns(&f, &restaurants, total / 2..total).await;
     let mut service = Service::start_numbered(&f, "", 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while (f.feedback_rows().await.len()) < total * CLIENTS.len() {
@@ -349,37 +375,33 @@ async fn restart_after_sigterm_continues_from_committed_offsets() {
     }
     assert!(service.terminate().success());
 
-    let rows = f.feedback_rows().await;
-    let mut row_pairs = BTreeMap::new();
-    for row in &rows {
-        *row_pairs
-            .entry((
-                row.get::<_, String>("adv_campaign_id"),
-                row.get::<_, String>("client_id"),
-            ))
-            .or_insert(0) += 1;
-    }
-    let output = f.read_output();
-    let mut out_pairs = BTreeMap::new();
-    for (_, v) in &output {
-        *out_pairs
-            .entry((
-                v["adv_campaign_id"].as_str().unwrap().to_string(),
-                v["client_id"].as_str().unwrap().to_string(),
-            ))
-            .or_insert(0) += 1;
-    }
-    let expected: BTreeMap<(String, String), i32> = (0..total)
-        .flat_map(|i| {
-            CLIENTS
-                .iter()
-                .map(move |c| ((campaign_of(i), c.to_string()), 1))
-        })
-        .collect();
+    let row_pairs = row_pairs(&f).await;
+    let out_pairs = output_pairs(&f);
+    let campaigns: Vec<String> = (0..total).map(restart_campaign).collect();
+    let expected = once_each(&campaigns, &CLIENTS);
     assert_eq!(row_pairs.len(), expected.len(), "every pair in Postgres");
     assert_eq!(row_pairs, expected, "each pair exactly once in Postgres");
     assert_eq!(out_pairs, expected, "each pair exactly once in Kafka");
     f.cleanup().await;
+}
+
+fn restart_campaign(i: usize) -> String {
+    format!("c-restart-{i:04}")
+}
+
+/// The restart test's campaigns `numbers`, spread over `restaurants`.
+async fn produce_restart_campaigns(
+    f: &Fixture,
+    restaurants: &[String],
+    numbers: std::ops::Range<usize>,
+) {
+    for i in numbers {
+        f.produce(
+            &i.to_string(),
+            active_campaign(&restaurants[i % restaurants.len()], &restart_campaign(i)).as_bytes(),
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,13 +414,10 @@ async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
         "[writers]\nrestart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 500\n",
     );
     let total = 200;
-    let campaign_of = |i: usize| format!("c-pgdrop-{i:04}");
-    for i in 0..total {
-        f.produce(
-            &i.to_string(),
-            active_campaign(restaurant, &campaign_of(i)).as_bytes(),
-        )
-        .await;
+    let campaigns: Vec<String> = (0..total).map(|i| format!("c-pgdrop-{i:04}")).collect();
+    for (i, campaign) in campaigns.iter().enumerate() {
+        f.produce(&i.to_string(), active_campaign(restaurant, campaign).as_bytes())
+            .await;
         if i == total / 2 {
             assert!(
                 f.terminate_service_connections().await >= 1,
@@ -408,25 +427,9 @@ async fn postgres_writer_reconnects_and_keeps_the_batches_it_held() {
     }
     service.wait_processed(total as u64, Duration::from_secs(60));
 
-    let expected: BTreeSet<(String, String)> = (0..total)
-        .flat_map(|i| CLIENTS.iter().map(move |c| (campaign_of(i), c.to_string())))
-        .collect();
-    let rows: BTreeSet<(String, String)> = f
-        .feedback_rows()
-        .await
-        .iter()
-        .map(|r| (r.get("adv_campaign_id"), r.get("client_id")))
-        .collect();
-    let output: BTreeSet<(String, String)> = f
-        .read_output()
-        .iter()
-        .map(|(_, v)| {
-            (
-                v["adv_campaign_id"].as_str().unwrap().to_string(),
-                v["client_id"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let expected: BTreeSet<(String, String)> = once_each(&campaigns, &CLIENTS).into_keys().collect();
+    let rows: BTreeSet<(String, String)> = row_pairs(&f).await.into_keys().collect();
+    let output: BTreeSet<(String, String)> = output_pairs(&f).into_keys().collect();
     assert_eq!(rows, expected, "every notification reached Postgres");
     assert_eq!(output, expected, "every notification reached Kafka");
     assert!(
@@ -622,17 +625,7 @@ async fn check_config_connect_says_which_part_is_not_usable() {
     let f = Fixture::new("check_connect", 1).await;
     let path = f.dir.join("check.toml");
     std::fs::write(&path, f.config(free_port(), "")).expect("config");
-    let check = |env: &[(&str, &str)]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
-            .args(["check-config", "--connect", "--config"])
-            .arg(&path)
-            .envs(env.iter().copied())
-            .output()
-            .expect("check-config");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
-    };
+    let check = |env: &[(&str, &str)]| check_config_connect(&path, env);
 
     let (code, text) = check(&[]);
     assert_eq!(code, Some(0), "{text}");
@@ -667,20 +660,7 @@ async fn check_config_connect_says_which_part_is_not_usable() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("FAILED postgres: cannot connect"), "{text}");
 
-    // A user that may read the subscribers and nothing else.
-    let role = format!("{}_reader", f.db_name);
-    f.db.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN; GRANT SELECT ON subscribers_restaurants TO {role};"
-    ))
-    .await
-    .expect("create role");
-    let url = f.db_url.replacen("postgres@", &format!("{role}@"), 1);
-    let (code, text) = check(&[("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str())]);
-    f.db.batch_execute(&format!(
-        "REVOKE ALL ON subscribers_restaurants FROM {role}; DROP ROLE {role};"
-    ))
-    .await
-    .expect("drop role");
+    let (role, code, text) = check_as_a_user_who_may_only_read_the_subscribers(&f, &path).await;
     assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("ok     table subscribers_restaurants: SELECT"),
@@ -693,4 +673,40 @@ async fn check_config_connect_says_which_part_is_not_usable() {
         "{text}"
     );
     f.cleanup().await;
+}
+
+/// `check-config --connect` on the config at `path` with `env` set: its exit code and what it
+/// printed.
+fn check_config_connect(path: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-notifier"))
+        .args(["check-config", "--connect", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("check-config");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// The check as a role that may read the subscribers and nothing else (made for it and dropped
+/// after): the role, the exit code and what it printed.
+async fn check_as_a_user_who_may_only_read_the_subscribers(
+    f: &Fixture,
+    path: &std::path::Path,
+) -> (String, Option<i32>, String) {
+    let role = format!("{}_reader", f.db_name);
+    f.db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT SELECT ON subscribers_restaurants TO {role};"
+    ))
+    .await
+    .expect("create role");
+    let url = f.db_url.replacen("postgres@", &format!("{role}@"), 1);
+    let (code, text) = check_config_connect(path, &[("CAMPAIGN_NOTIFIER__POSTGRES__URL", url.as_str())]);
+    f.db.batch_execute(&format!(
+        "REVOKE ALL ON subscribers_restaurants FROM {role}; DROP ROLE {role};"
+    ))
+    .await
+    .expect("drop role");
+    (role, code, text)
 }

@@ -1,7 +1,6 @@
 //! Nothing lost, nothing twice: the service broken on purpose, against the run's Tansu broker and
 //! the local Postgres. Every test ends by counting each (campaign, client) pair in both sinks.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -19,14 +18,7 @@ async fn campaign_delivered_twice_notifies_each_client_once() {
         .await;
     service.wait_processed(3, Duration::from_secs(30));
 
-    let expected: BTreeMap<(String, String), u32> = ["c-twice", "c-other"]
-        .iter()
-        .flat_map(|c| {
-            subscribers
-                .iter()
-                .map(move |s| ((c.to_string(), s.clone()), 1))
-        })
-        .collect();
+    let expected = once_each(&["c-twice", "c-other"], &subscribers);
     assert_eq!(row_pairs(&f).await, expected);
     assert_eq!(output_pairs(&f), expected);
     assert_eq!(
@@ -73,64 +65,103 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
     let campaigns = 300;
     let subscribers = clients(per_restaurant);
     let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
-    let restaurant = |r: usize| format!("72000000-0000-0000-0000-{r:012}");
     for r in 0..restaurants {
-        f.subscribe(&restaurant(r), &refs).await;
+        f.subscribe(&kill9_restaurant(r), &refs).await;
     }
-    let campaign_of = |i: usize| format!("c-kill-{i:04}");
     let total = campaigns * per_restaurant;
     assert!(total >= 10_000);
 
     // Each round adds a fifth of the campaigns, starts the service, lets it get going and kills
     // it at a random moment while it works through them.
-    let config = "[writers]\nbatch_max_rows = 500\n";
-    // Tansu 0.6.0 leaves a killed member's partitions to nobody when the restarted instance joins
-    // before the dead one's session has expired (docs/design.md, "Limits"): the orphan watch rejoins.
-    let slow = [
-        ("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "8"),
-        ("CAMPAIGN_NOTIFIER__KAFKA__ORPHANED_PARTITION_SECS", "10"),
-    ];
     let mut kills = Vec::new();
     let per_round = campaigns / 5;
     for round in 0..5 {
-        for i in round * per_round..(round + 1) * per_round {
-            f.produce(
-                &i.to_string(),
-                active_campaign(&restaurant(i % restaurants), &campaign_of(i)).as_bytes(),
-            )
-            .await;
-        }
-        let mut service = Service::spawn_with_env(&f, config, round, &slow);
-        service.wait_ready();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while service.metric("campaign_notifier_campaigns_processed_total") < 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round} processed nothing:\n{}",
-                service.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let wait_ms = random_below(400);
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        let processed = service.metric("campaign_notifier_campaigns_processed_total");
-        service.kill_hard();
-        kills.push((wait_ms, processed, f.feedback_rows().await.len()));
-        for line in service
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("ledger: recovered owner"))
-        {
-            eprintln!("round {round}: {line}");
-        }
+        let numbers = round * per_round..(round + 1) * per_round;
+        kills.push(produce_start_and_kill_at_random(&f, round, numbers, restaurants).await);
     }
     eprintln!("killed after (ms, campaigns processed in the round, rows so far): {kills:?}");
 
-    let mut service = Service::start_numbered(&f, config, 99);
+    let mut service = Service::start_numbered(&f, KILL9_CONFIG, 99);
+    wait_every_notification_and_no_mark(&f, total, &service).await;
+    assert!(service.terminate().success(), "{}", service.log_text());
+
+    let ids: Vec<String> = (0..campaigns).map(kill9_campaign).collect();
+    let expected = once_each(&ids, &subscribers);
+    let rows = row_pairs(&f).await;
+    let output = output_pairs(&f);
+    assert_eq!(rows.len(), total, "every pair in Postgres");
+    assert_eq!(rows, expected, "each pair exactly once in Postgres");
+    assert_eq!(output.len(), total, "every pair in Kafka");
+    assert_eq!(output, expected, "each pair exactly once in Kafka");
+    let marks: i64 = f.outbox_marks().await;
+    assert_eq!(marks, 0, "every outbox mark cleared");
+    f.cleanup().await;
+}
+
+const KILL9_CONFIG: &str = "[writers]\nbatch_max_rows = 500\n";
+/// Tansu 0.6.0 leaves a killed member's partitions to nobody when the restarted instance joins
+/// before the dead one's session has expired (docs/design.md, "Limits"): the orphan watch rejoins.
+const KILL9_ENV: [(&str, &str); 2] = [
+    ("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "8"),
+    ("CAMPAIGN_NOTIFIER__KAFKA__ORPHANED_PARTITION_SECS", "10"),
+];
+
+fn kill9_restaurant(r: usize) -> String {
+    format!("72000000-0000-0000-0000-{r:012}")
+}
+
+fn kill9_campaign(i: usize) -> String {
+    format!("c-kill-{i:04}")
+}
+
+/// A round of the kill -9 test: produces the campaigns `numbers` (spread over `restaurants`),
+/// starts instance `round`, lets it process one, and kills it after a random wait of less than
+/// 400 ms; returns the wait (ms), the campaigns it had processed and the rows so far.
+async fn produce_start_and_kill_at_random(
+    f: &Fixture,
+    round: usize,
+    numbers: std::ops::Range<usize>,
+    restaurants: usize,
+) -> (u64, f64, usize) {
+    for i in numbers {
+        f.produce(
+            &i.to_string(),
+            active_campaign(&kill9_restaurant(i % restaurants), &kill9_campaign(i)).as_bytes(),
+        )
+        .await;
+    }
+    let mut service = Service::spawn_with_env(f, KILL9_CONFIG, round, &KILL9_ENV);
+    service.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.metric("campaign_notifier_campaigns_processed_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "round {round} processed nothing:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wait_ms = random_below(400);
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    let processed = service.metric("campaign_notifier_campaigns_processed_total");
+    service.kill_hard();
+    let killed = (wait_ms, processed, f.feedback_rows().await.len());
+    for line in service
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("ledger: recovered owner"))
+    {
+        eprintln!("round {round}: {line}");
+    }
+    killed
+}
+
+/// Waits up to 240 s until both sinks hold `total` notifications and the killed instances' marks
+/// are cleared too: when every notification they marked had landed before the kill, both sinks
+/// are complete before recovery (which waits for the dead owners' sends to settle) takes the
+/// marks over.
+async fn wait_every_notification_and_no_mark(f: &Fixture, total: usize, service: &Service) {
     let deadline = Instant::now() + Duration::from_secs(240);
-    // Until the killed instances' marks are cleared too: when every notification they marked had
-    // landed before the kill, both sinks are complete before recovery (which waits for the dead
-    // owners' sends to settle) takes the marks over.
     while f.output_count() < total as i64
         || f.feedback_rows().await.len() < total
         || f.outbox_marks().await > 0
@@ -145,24 +176,6 @@ async fn kill_9_five_times_mid_run_loses_nothing_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(service.terminate().success(), "{}", service.log_text());
-
-    let expected: BTreeMap<(String, String), u32> = (0..campaigns)
-        .flat_map(|i| {
-            subscribers
-                .iter()
-                .map(move |s| ((campaign_of(i), s.clone()), 1))
-        })
-        .collect();
-    let rows = row_pairs(&f).await;
-    let output = output_pairs(&f);
-    assert_eq!(rows.len(), total, "every pair in Postgres");
-    assert_eq!(rows, expected, "each pair exactly once in Postgres");
-    assert_eq!(output.len(), total, "every pair in Kafka");
-    assert_eq!(output, expected, "each pair exactly once in Kafka");
-    let marks: i64 = f.outbox_marks().await;
-    assert_eq!(marks, 0, "every outbox mark cleared");
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,9 +184,47 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
     let restaurant = "73000000-0000-0000-0000-000000000001";
     let subscribers = subscribe_clients(&f, restaurant, 2).await;
     let service = Service::start(&f, "");
-    let now = unix_now();
+    let hostile = hostile_messages(restaurant, unix_now());
     let sql = "'; DROP TABLE subscribers_feedback; --";
-    let hostile: Vec<(Vec<u8>, &str)> = vec![
+    let good = produce_each_before_a_good_one_that_reads_as_sql(&f, restaurant, &hostile, sql).await;
+    service.wait_processed((hostile.len() + good.len()) as u64, Duration::from_secs(60));
+
+    let expected = once_each(&good, &subscribers);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
+    let contents: Vec<String> =
+        f.db.query(
+            "SELECT DISTINCT adv_campaign_content FROM subscribers_feedback",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(contents, vec![sql.to_string()], "stored as text, verbatim");
+
+    assert_dead_lettered_in_source_order(&f, &hostile);
+    for code in ["not_utf8", "too_large", "out_of_range", "ended"] {
+        assert!(
+            service.metric_with(
+                "campaign_notifier_dead_letters_total",
+                &format!("reason=\"{code}\"")
+            ) >= 1.0,
+            "{code} counted"
+        );
+    }
+    assert_eq!(
+        service.metric("campaign_notifier_actor_restarts_total"),
+        0.0
+    );
+    drop(service);
+    f.cleanup().await;
+}
+
+/// Eight hostile messages for `restaurant`, each with the reason code it is dead-lettered with.
+fn hostile_messages(restaurant: &str, now: i64) -> Vec<(Vec<u8>, &'static str)> {
+    vec![
         (b"\xc3\x28\xa0\xa1 not utf-8".to_vec(), "not_utf8"),
         (
             format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000)).into_bytes(),
@@ -194,7 +245,17 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
             br#"{"restaurant_id":"r","adv_campaign_id":"c","adv_campaign_content":"a\u0000b","adv_campaign_owner":"o","adv_campaign_owner_contact":"e","adv_campaign_datetime_start":1,"adv_campaign_datetime_end":2,"datetime_created":1}"#.to_vec(),
             "invalid_char",
         ),
-    ];
+    ]
+}
+
+/// Produces each of `hostile` (keyed `bad-<i>`), each followed by a valid campaign (`c-good-<i>`)
+/// whose text is `sql`, which is just text; returns the valid campaigns' ids.
+async fn produce_each_before_a_good_one_that_reads_as_sql(
+    f: &Fixture,
+    restaurant: &str,
+    hostile: &[(Vec<u8>, &str)],
+    sql: &str,
+) -> Vec<String> {
     let mut good = Vec::new();
     for (i, (bytes, _)) in hostile.iter().enumerate() {
         f.produce(&format!("bad-{i}"), bytes).await;
@@ -207,32 +268,16 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
             .await;
         good.push(id);
     }
-    service.wait_processed((hostile.len() + good.len()) as u64, Duration::from_secs(60));
+    good
+}
 
-    let expected: BTreeMap<(String, String), u32> = good
-        .iter()
-        .flat_map(|c| subscribers.iter().map(move |s| ((c.clone(), s.clone()), 1)))
-        .collect();
-    assert_eq!(row_pairs(&f).await, expected);
-    assert_eq!(output_pairs(&f), expected);
-    let contents: Vec<String> =
-        f.db.query(
-            "SELECT DISTINCT adv_campaign_content FROM subscribers_feedback",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(contents, vec![sql.to_string()], "stored as text, verbatim");
-
-    // A campaign over already is dead-lettered after the lifecycle's answer, a malformed message
-    // at once: the topic's order is not the input's, each letter names its source offset.
+/// A campaign over already is dead-lettered after the lifecycle's answer, a malformed message
+/// at once: the topic's order is not the input's, each letter names its source offset.
+fn assert_dead_lettered_in_source_order(f: &Fixture, hostile: &[(Vec<u8>, &str)]) {
     let mut letters = f.read_topic(&f.dead_letter_topic);
     letters.sort_by_key(|l| l.headers["dlq.source.offset"].parse::<i64>().unwrap());
     assert_eq!(letters.len(), hostile.len());
-    for (i, (letter, (bytes, code))) in letters.iter().zip(&hostile).enumerate() {
+    for (i, (letter, (bytes, code))) in letters.iter().zip(hostile).enumerate() {
         assert_eq!(letter.headers["dlq.reason.code"], *code, "message {i}");
         let omitted = letter.headers.contains_key("dlq.payload.omitted");
         if !omitted {
@@ -244,21 +289,6 @@ async fn hostile_stream_good_ones_delivered_bad_ones_dead_lettered_no_restart() 
         }
         assert_eq!(letter.headers["dlq.source.offset"], (2 * i).to_string());
     }
-    for code in ["not_utf8", "too_large", "out_of_range", "ended"] {
-        assert!(
-            service.metric_with(
-                "campaign_notifier_dead_letters_total",
-                &format!("reason=\"{code}\"")
-            ) >= 1.0,
-            "{code} counted"
-        );
-    }
-    assert_eq!(
-        service.metric("campaign_notifier_actor_restarts_total"),
-        0.0
-    );
-    drop(service);
-    f.cleanup().await;
 }
 
 const SLOW: [(&str, &str); 1] = [("CAMPAIGN_NOTIFIER__KAFKA__MAX_IN_FLIGHT_CAMPAIGNS", "4")];
@@ -342,8 +372,30 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
     b.wait_ready();
     // Campaigns only once the group has settled with partitions on both, so both get work.
     let deadline = Instant::now() + Duration::from_secs(60);
+    wait_two_partitions_each(&a, &b, deadline);
+    let expected = produce_campaigns(&f, "twoinst", 20, 40, 300).await;
+    // Both must have work before one dies.
+    wait_both_working(&a, &b, deadline);
+    a.kill_hard();
+    // What the dead instance had written to Postgres but not confirmed in Kafka is finished by
+    // the survivor's ledger once it is older than takeover_after_secs: no mark is left.
+    wait_no_mark_left(&f, &b).await;
+    // The survivor ends up consuming every partition (with Tansu 0.6.0 through its orphan
+    // watch, which rejoins the group) and finishes the stream alone.
+    wait_complete(&f, expected.len(), Duration::from_secs(180), &|| {
+        b.log_text()
+    })
+    .await;
+    let log = b.log_text();
+    assert_the_survivor_holds_all_four_partitions(&log);
+    assert!(b.terminate().success(), "{log}");
+    assert_exactly_once(&f, &expected).await;
+    f.cleanup().await;
+}
+
+fn wait_two_partitions_each(a: &Service, b: &Service, deadline: Instant) {
     let settled = |s: &Service| s.assigned_partitions() == Some(2);
-    while !(settled(&a) && settled(&b)) {
+    while !(settled(a) && settled(b)) {
         assert!(
             Instant::now() < deadline,
             "the group did not settle with two partitions each:\n{}\n{}",
@@ -352,8 +404,9 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let expected = produce_campaigns(&f, "twoinst", 20, 40, 300).await;
-    // Both must have work before one dies.
+}
+
+fn wait_both_working(a: &Service, b: &Service, deadline: Instant) {
     while a.metric("campaign_notifier_campaigns_processed_total") < 5.0
         || b.metric("campaign_notifier_campaigns_processed_total") < 5.0
     {
@@ -365,33 +418,32 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    a.kill_hard();
-    // What the dead instance had written to Postgres but not confirmed in Kafka is finished by
-    // the survivor's ledger once it is older than takeover_after_secs: no mark is left.
+}
+
+/// Waits up to 60 s until no outbox mark is left; says whether the survivor took the dead
+/// instance's over.
+async fn wait_no_mark_left(f: &Fixture, survivor: &Service) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let marks: i64 = f.outbox_marks().await;
         // Marks of the dead instance can only be cleared by the survivor's takeover (or there
         // were none at the moment of the kill).
         if marks == 0 {
-            let took_over = b.log_text().contains("ledger: recovered owner");
+            let took_over = survivor.log_text().contains("ledger: recovered owner");
             eprintln!("no marks left; the survivor took over the dead one's: {took_over}");
             break;
         }
         assert!(
             Instant::now() < deadline,
             "{marks} marks left:\n{}",
-            b.log_text()
+            survivor.log_text()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The survivor ends up consuming every partition (with Tansu 0.6.0 through its orphan
-    // watch, which rejoins the group) and finishes the stream alone.
-    wait_complete(&f, expected.len(), Duration::from_secs(180), &|| {
-        b.log_text()
-    })
-    .await;
-    let log = b.log_text();
+}
+
+/// The survivor's last assignment, in its `log`, is all four partitions.
+fn assert_the_survivor_holds_all_four_partitions(log: &str) {
     for line in log
         .lines()
         .filter(|l| l.contains("rejoining") || l.contains("assigned"))
@@ -409,9 +461,6 @@ async fn two_instances_one_killed_the_other_takes_over_its_partitions_and_work()
         3,
         "the survivor holds all four partitions: {last_assignment}"
     );
-    assert!(b.terminate().success(), "{log}");
-    assert_exactly_once(&f, &expected).await;
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -521,42 +570,20 @@ async fn a_million_subscriber_campaign_with_a_kill_inside_goes_through_once_in_b
     const ALLOWED_GROWTH_MIB: f64 = BUDGET as f64 / 1024.0;
     let f = Fixture::new("million", 4).await;
     let restaurant = "74000000-0000-0000-0000-000000000001";
-    f.db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) \
-         SELECT $1, 'm-' || lpad(n::text, 7, '0') FROM generate_series(0, $2::int8 - 1) AS n",
-        &[&restaurant, &SUBSCRIBERS],
-    )
-    .await
-    .expect("a million subscribers");
+    subscribe_a_million(&f, restaurant, SUBSCRIBERS).await;
     // No reload during the run: a reload holds two snapshots for a moment, which is the cache's
     // memory, not the campaign's.
     let config = format!(
         "[writers]\nmax_notifications_in_flight = {BUDGET}\n[cache]\nrefresh_interval_secs = 3600\n"
     );
-    let rows = || async {
-        let row =
-            f.db.query_one("SELECT count(*) FROM subscribers_feedback", &[])
-                .await
-                .expect("count rows");
-        row.get::<_, i64>(0)
-    };
 
     let mut first = Service::start_numbered(&f, &config, 1);
     let ready_mib = first.memory_mib("VmRSS");
     f.produce("m", active_campaign(restaurant, "c-million").as_bytes())
         .await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while rows().await < SUBSCRIBERS * 3 / 10 {
-        assert!(
-            Instant::now() < deadline,
-            "{} rows after 300 s:\n{}",
-            rows().await,
-            first.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rows_for_300_s(&f, SUBSCRIBERS * 3 / 10, &first).await;
     let peak_mib = first.memory_mib("VmHWM");
-    let (rows_at_kill, sent_at_kill) = (rows().await, f.output_count());
+    let (rows_at_kill, sent_at_kill) = (f.feedback_count().await, f.output_count());
     first.kill_hard();
     eprintln!(
         "first instance: {ready_mib:.0} MiB resident with the snapshot loaded, peak {peak_mib:.0} MiB; \
@@ -565,44 +592,14 @@ async fn a_million_subscriber_campaign_with_a_kill_inside_goes_through_once_in_b
 
     let second = Service::start_numbered(&f, &config, 2);
     let second_ready_mib = second.memory_mib("VmRSS");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while rows().await < SUBSCRIBERS || f.output_count() < SUBSCRIBERS || f.outbox_marks().await > 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} rows, {} messages, {} marks after 600 s:\n{}",
-            rows().await,
-            f.output_count(),
-            f.outbox_marks().await,
-            second.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_in_both_sinks_and_no_mark_for_600_s(&f, SUBSCRIBERS, &second).await;
     let second_peak_mib = second.memory_mib("VmHWM");
     eprintln!(
         "second instance: {second_ready_mib:.0} MiB resident with the snapshot loaded, peak \
          {second_peak_mib:.0} MiB, budget {BUDGET} notifications in flight"
     );
 
-    let distinct: i64 =
-        f.db.query_one(
-            "SELECT count(DISTINCT client_id) FROM subscribers_feedback \
-             WHERE adv_campaign_id = 'c-million'",
-            &[],
-        )
-        .await
-        .expect("distinct clients")
-        .get(0);
-    assert_eq!(rows().await, SUBSCRIBERS, "rows in subscribers_feedback");
-    assert_eq!(distinct, SUBSCRIBERS, "clients in subscribers_feedback");
-    let counts = f.output_client_counts();
-    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
-    assert_eq!(
-        counts.len() as i64,
-        SUBSCRIBERS,
-        "clients in the output topic"
-    );
+    assert_each_of_the_million_once_in_both_sinks(&f, SUBSCRIBERS).await;
     for (instance, ready, peak) in [
         ("first", ready_mib, peak_mib),
         ("second", second_ready_mib, second_peak_mib),
@@ -614,4 +611,72 @@ async fn a_million_subscriber_campaign_with_a_kill_inside_goes_through_once_in_b
         );
     }
     f.cleanup().await;
+}
+
+async fn subscribe_a_million(f: &Fixture, restaurant: &str, subscribers: i64) {
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) \
+         SELECT $1, 'm-' || lpad(n::text, 7, '0') FROM generate_series(0, $2::int8 - 1) AS n",
+        &[&restaurant, &subscribers],
+    )
+    .await
+    .expect("a million subscribers");
+}
+
+/// Waits up to 300 s until Postgres holds `rows` notifications.
+async fn wait_rows_for_300_s(f: &Fixture, rows: i64, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while f.feedback_count().await < rows {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows after 300 s:\n{}",
+            f.feedback_count().await,
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to 600 s until both sinks hold `n` notifications and no outbox mark is left.
+async fn wait_in_both_sinks_and_no_mark_for_600_s(f: &Fixture, n: i64, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while f.feedback_count().await < n || f.output_count() < n || f.outbox_marks().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows, {} messages, {} marks after 600 s:\n{}",
+            f.feedback_count().await,
+            f.output_count(),
+            f.outbox_marks().await,
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `subscribers` rows of as many clients in Postgres, and as many clients in the output topic,
+/// none of them twice.
+async fn assert_each_of_the_million_once_in_both_sinks(f: &Fixture, subscribers: i64) {
+    let distinct: i64 =
+        f.db.query_one(
+            "SELECT count(DISTINCT client_id) FROM subscribers_feedback \
+             WHERE adv_campaign_id = 'c-million'",
+            &[],
+        )
+        .await
+        .expect("distinct clients")
+        .get(0);
+    assert_eq!(
+        f.feedback_count().await,
+        subscribers,
+        "rows in subscribers_feedback"
+    );
+    assert_eq!(distinct, subscribers, "clients in subscribers_feedback");
+    let counts = f.output_client_counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(
+        counts.len() as i64,
+        subscribers,
+        "clients in the output topic"
+    );
 }

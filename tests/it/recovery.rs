@@ -119,6 +119,19 @@ fn assert_each_once(f: &Fixture, campaign: &str, clients: usize) {
     assert_eq!(pairs.len(), clients);
 }
 
+/// Waits up to 90 s until recovery has sent `sent` notifications, polling every `poll`.
+async fn wait_recovery_under_way(f: &Fixture, sent: i64, poll: Duration, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while f.output_count() < sent {
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not get going:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// A dead owner's produce request may land after its process is gone (the broker had it, or
 /// librdkafka on another path was still retrying). Recovery that read the topic back at once
 /// missed it and sent the notification again.
@@ -151,15 +164,7 @@ async fn kill_9_during_recovery_of_a_large_backlog_sends_each_notification_once(
     leave_backlog(&f, &campaign, unix_now(), CLIENTS).await;
 
     let mut first = Service::spawn(&f, CONFIG, 1);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while f.output_count() < 20_000 {
-        assert!(
-            Instant::now() < deadline,
-            "recovery did not get going:\n{}",
-            first.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_recovery_under_way(&f, 20_000, Duration::from_millis(50), &first).await;
     first.kill_hard();
     let (sent, marks) = (f.output_count(), f.outbox_marks().await);
     eprintln!("killed with {sent} of {CLIENTS} sent and {marks} marks left");
@@ -249,15 +254,7 @@ async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovere
     let idle = f.create_topic("idle", 1).await;
     let idle_input = [("CAMPAIGN_NOTIFIER__KAFKA__INPUT_TOPIC", idle.as_str())];
     let survivor = Service::spawn_with_env(&f, CONFIG, 1, &idle_input);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while f.output_count() < 10_000 {
-        assert!(
-            Instant::now() < deadline,
-            "recovery did not get going:\n{}",
-            survivor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_recovery_under_way(&f, 10_000, Duration::from_millis(20), &survivor).await;
     let cut = f.terminate_sessions_of(survivor.pid(), "ledger").await;
     let sent_at_cut = f.output_count();
     eprintln!("cut {cut} ledger sessions with {sent_at_cut} of {CLIENTS} sent");
@@ -282,48 +279,11 @@ async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovere
         )
         .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows: i64 =
-            f.db.query_one(
-                "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id LIKE 'c-cut-%' \
-                 AND adv_campaign_id <> 'c-cut-backlog'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if rows == 1000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{rows} rows:\n{}",
-            other.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_the_five_campaigns_in_postgres(&f, &other).await;
     other.kill_hard();
     let killed_at = Instant::now();
 
-    // Its lease, the settle time of its producer (3 s plus 5 s) and a minute.
-    let deadline = killed_at + Duration::from_secs(10 + 8 + 60);
-    loop {
-        let pairs = output_pairs(&f);
-        let done = pairs.len() == CLIENTS + 1000 && f.outbox_marks().await == 0;
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} pairs in Kafka, {} marks left:\n{}",
-            pairs.len(),
-            CLIENTS + 1000,
-            f.outbox_marks().await,
-            survivor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
+    wait_both_recovered(&f, CLIENTS + 1000, killed_at, &survivor).await;
     eprintln!(
         "both recovered {:.1} s after the second death",
         killed_at.elapsed().as_secs_f64()
@@ -337,6 +297,54 @@ async fn a_takeover_whose_sessions_are_cut_goes_on_and_a_later_death_is_recovere
         }
     }
     f.cleanup().await;
+}
+
+/// Waits up to 60 s until Postgres holds the 1 000 rows of the five `c-cut-<i>` campaigns.
+async fn wait_the_five_campaigns_in_postgres(f: &Fixture, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: i64 =
+            f.db.query_one(
+                "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id LIKE 'c-cut-%' \
+                 AND adv_campaign_id <> 'c-cut-backlog'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows == 1000 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the output topic holds `pairs` distinct pairs and no mark is left, within the
+/// dead instance's lease, the settle time of its producer (3 s plus 5 s) and a minute after
+/// `killed_at`.
+async fn wait_both_recovered(f: &Fixture, pairs: usize, killed_at: Instant, service: &Service) {
+    let deadline = killed_at + Duration::from_secs(10 + 8 + 60);
+    loop {
+        let sent = output_pairs(f);
+        let done = sent.len() == pairs && f.outbox_marks().await == 0;
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} pairs in Kafka, {} marks left:\n{}",
+            sent.len(),
+            pairs,
+            f.outbox_marks().await,
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
 }
 
 /// Among a dead owner's marks, a notification Kafka refuses for good (larger than the producer

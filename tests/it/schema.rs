@@ -100,29 +100,7 @@ async fn the_app_writes_to_a_large_table_while_the_schema_step_builds_its_key() 
         let result = postgres::ensure_schema(&mut client).await;
         (result, started.elapsed())
     });
-    // The build of the key is under way (Postgres reports its progress).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let building: i64 = db
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_progress_create_index \
-                 WHERE relid = 'public.subscribers_feedback'::regclass",
-                &[],
-            )
-            .await
-            .expect("progress")
-            .get(0);
-        if building > 0 {
-            break;
-        }
-        assert!(
-            !step.is_finished(),
-            "the step ended before a build was seen"
-        );
-        assert!(Instant::now() < deadline, "no index build seen within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_the_key_is_being_built(&db, || step.is_finished()).await;
     let building_since = started.elapsed();
 
     // The app's insert, from another session, while it builds.
@@ -155,6 +133,30 @@ async fn the_app_writes_to_a_large_table_while_the_schema_step_builds_its_key() 
     let again = app.execute(ONE_MORE, &[]).await;
     assert!(again.is_err(), "the key holds the row inserted meanwhile");
     db.cleanup().await;
+}
+
+/// Waits up to 60 s until the build of the key is under way (Postgres reports its progress);
+/// fails the test if the schema step ends first (`step_finished`).
+async fn wait_until_the_key_is_being_built(db: &Database, step_finished: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let building: i64 = db
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_progress_create_index \
+                 WHERE relid = 'public.subscribers_feedback'::regclass",
+                &[],
+            )
+            .await
+            .expect("progress")
+            .get(0);
+        if building > 0 {
+            return;
+        }
+        assert!(!step_finished(), "the step ended before a build was seen");
+        assert!(Instant::now() < deadline, "no index build seen within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Two instances starting together on a large table: one builds each index, the other waits for
@@ -429,11 +431,7 @@ async fn an_int4_column_past_2038_stops_the_service_with_the_reason_instead_of_h
         )))
     }));
     let mut sends = Box::pin(sends);
-    let stopped = tokio::time::timeout(Duration::from_secs(20), fatal.wait_for(Option::is_some))
-        .await
-        .ok()
-        .and_then(|r| r.ok().map(|reason| reason.clone()))
-        .flatten();
+    let stopped = fatal_reason_within_20_s(&mut fatal).await;
     let health = writer.send(campaign_actors::messages::Health).await;
     println!(
         "after {:?}: fatal reason {:?}; writer health {:?}",
@@ -442,13 +440,7 @@ async fn an_int4_column_past_2038_stops_the_service_with_the_reason_instead_of_h
         health.as_ref().map(|h| h.fault.clone())
     );
     let reason = stopped.expect("the service is told to stop").to_string();
-    for needed in [
-        "trigger_datetime_created",
-        "2038-01-19T03:14:07Z",
-        "ALTER TABLE public.subscribers_feedback ALTER COLUMN trigger_datetime_created TYPE bigint",
-    ] {
-        assert!(reason.contains(needed), "{needed:?} in: {reason}");
-    }
+    assert_names_the_column_the_date_and_the_migration(&reason);
     // Their campaigns are not refused (they would be dead-lettered): not confirmed, read again
     // once the column is migrated.
     let answers = tokio::time::timeout(Duration::from_secs(10), &mut sends)
@@ -472,6 +464,28 @@ async fn an_int4_column_past_2038_stops_the_service_with_the_reason_instead_of_h
         .get(0);
     assert_eq!(rows, 0);
     db.cleanup().await;
+}
+
+/// The reason the writer tells the service to stop with, if it does within 20 s.
+async fn fatal_reason_within_20_s(
+    fatal: &mut FatalWatch,
+) -> Option<campaign_actors::fatal::FatalReason> {
+    tokio::time::timeout(Duration::from_secs(20), fatal.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().map(|reason| reason.clone()))
+        .flatten()
+}
+
+/// The stop's reason says which column, until when int4 holds it, and the migration.
+fn assert_names_the_column_the_date_and_the_migration(reason: &str) {
+    for needed in [
+        "trigger_datetime_created",
+        "2038-01-19T03:14:07Z",
+        "ALTER TABLE public.subscribers_feedback ALTER COLUMN trigger_datetime_created TYPE bigint",
+    ] {
+        assert!(reason.contains(needed), "{needed:?} in: {reason}");
+    }
 }
 
 /// The start reads the column's type: int4 and int8 are taken (int4 until 2038-01-19T03:14:07Z),

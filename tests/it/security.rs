@@ -137,17 +137,35 @@ fn run_dir(name: &str) -> std::path::PathBuf {
 
 #[actix_rt::test]
 async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
-    use campaign_actors::postgres::{connect, PostgresSettings};
     let server = crate::common::secure::TlsPostgres::start(run_dir("pg-tls-modes"));
     let ca = server.ca_file.display().to_string();
     let other = server.other_ca_file.display().to_string();
-    let session = |url: String| async move {
-        match connect(&PostgresSettings::for_url(&url), "test").await {
-            Ok(client) => Ok(encrypted(&client).await),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    let cases = [
+    for (host, params, expected) in sslmodes_that_connect(&ca) {
+        assert_eq!(
+            session(server.url(host, &params)).await,
+            expected,
+            "{host} {params}"
+        );
+    }
+    for (host, params, reason) in sslmodes_that_refuse(&ca, &other) {
+        let err = session(server.url(host, &params)).await.expect_err(&params);
+        assert!(err.contains(reason), "{host} {params}: {err}");
+    }
+}
+
+/// A session of the service's own connect to `url`: whether it is encrypted, or why it failed.
+async fn session(url: String) -> Result<bool, String> {
+    use campaign_actors::postgres::{connect, PostgresSettings};
+    match connect(&PostgresSettings::for_url(&url), "test").await {
+        Ok(client) => Ok(encrypted(&client).await),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Hosts and `sslmode` parameters that connect to the server whose authority is `ca`, each with
+/// whether the session is encrypted.
+fn sslmodes_that_connect(ca: &str) -> [(&'static str, String, Result<bool, String>); 6] {
+    [
         ("127.0.0.1", "sslmode=disable".to_string(), Ok(false)),
         ("127.0.0.1", "sslmode=prefer".to_string(), Ok(true)),
         ("127.0.0.1", "sslmode=require".to_string(), Ok(true)),
@@ -167,15 +185,13 @@ async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
             format!("sslmode=verify-ca&sslrootcert={ca}"),
             Ok(true),
         ),
-    ];
-    for (host, params, expected) in cases {
-        assert_eq!(
-            session(server.url(host, &params)).await,
-            expected,
-            "{host} {params}"
-        );
-    }
-    let refused = [
+    ]
+}
+
+/// Hosts and `sslmode` parameters refused by the server whose authority is `ca` (`other` signed
+/// nothing of it), each with why.
+fn sslmodes_that_refuse(ca: &str, other: &str) -> [(&'static str, String, &'static str); 4] {
+    [
         (
             "127.0.0.1",
             format!("sslmode=verify-full&sslrootcert={other}"),
@@ -196,11 +212,7 @@ async fn postgres_sslmode_is_honoured_as_libpq_reads_it() {
             format!("sslmode=verify-full&sslrootcert={ca}"),
             "certificate verify failed",
         ),
-    ];
-    for (host, params, reason) in refused {
-        let err = session(server.url(host, &params)).await.expect_err(&params);
-        assert!(err.contains(reason), "{host} {params}: {err}");
-    }
+    ]
 }
 
 #[actix_rt::test]

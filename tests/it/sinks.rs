@@ -295,40 +295,88 @@ async fn the_writer_statements_scan_no_table_even_with_plans_made_on_empty_table
 /// what keeps a thawed or cut-off instance from writing once a peer took its work over.
 #[actix_rt::test]
 async fn the_postgres_sink_of_a_fenced_owner_writes_nothing_and_its_lease_ends() {
-    use campaign_actors::lease::{self, OwnerRow};
-    use campaign_actors::lease::Lease;
-    use campaign_actors::fatal::{Fatal, FatalReason};
-    use std::time::{Duration, Instant};
+    use campaign_actors::fatal::FatalReason;
 
     let f = Fixture::new("pgfence", 1).await;
-    let row = OwnerRow {
-        host: "test".into(),
-        pid: 1,
-        input_topic: "in".into(),
-        ttl: Duration::from_secs(10),
-        settle: Duration::from_secs(5),
-    };
-    let owner = lease::acquire(&f.db, &row).await.expect("acquire");
-    let (fatal, failed) = Fatal::channel();
-    let lease = Lease::pending(fatal);
-    lease.acquired(owner);
-    lease.renewed(Instant::now(), row.ttl);
-    let sink = PgSink::connect(PgSinkConfig {
-        postgres: PostgresSettings::for_url(&f.db_url),
-        owner,
-        lease: lease.clone(),
-        trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
-    })
-    .await
-    .expect("connect");
-
-    let written = sink
+    let live = LiveOwner::acquire(&f).await;
+    let written = live
+        .sink
         .write(vec![job_of("c-live", 10)])
         .await
         .expect("live owner writes");
     assert_eq!(written[0].clients.len(), 3);
 
     // A peer fences it (its lease had expired, as the ledger's sweep does).
+    let fenced = expire_and_fence(&f, live.owner).await;
+    assert_eq!(fenced, vec![live.owner]);
+
+    // Its local lease is still valid (it does not know yet): Postgres refuses the write anyway.
+    assert!(live.lease.is_valid());
+    let refused = live.sink.write(vec![job_of("c-after-fence", 20)]).await;
+    assert!(matches!(refused, Err(SinkError::Lapsed(_))), "{refused:?}");
+    let rows = f.rows_of("c-after-fence").await;
+    assert_eq!(rows, 0, "nothing of the fenced owner's transaction is left");
+    assert_eq!(f.outbox_marks().await, 1, "only the live write's mark");
+    assert!(live.lease.is_fenced());
+    assert_eq!(
+        *live.failed.borrow(),
+        Some(FatalReason::LeaseFenced {
+            by: Some(live.owner + 1000)
+        })
+    );
+    // And it hands nothing more to Postgres at all.
+    let again = live.sink.write(vec![job_of("c-after-fence", 30)]).await;
+    assert!(matches!(again, Err(SinkError::Lapsed(_))), "{again:?}");
+    f.cleanup().await;
+}
+
+/// An owner with a lease of 10 s just renewed, and the Postgres sink it writes with.
+struct LiveOwner {
+    owner: i32,
+    lease: campaign_actors::lease::Lease,
+    /// What the owner is told to stop with.
+    failed: tokio::sync::watch::Receiver<Option<campaign_actors::fatal::FatalReason>>,
+    sink: PgSink,
+}
+
+impl LiveOwner {
+    async fn acquire(f: &Fixture) -> LiveOwner {
+        use campaign_actors::fatal::Fatal;
+        use campaign_actors::lease::{self, Lease, OwnerRow};
+        use std::time::{Duration, Instant};
+
+        let row = OwnerRow {
+            host: "test".into(),
+            pid: 1,
+            input_topic: "in".into(),
+            ttl: Duration::from_secs(10),
+            settle: Duration::from_secs(5),
+        };
+        let owner = lease::acquire(&f.db, &row).await.expect("acquire");
+        let (fatal, failed) = Fatal::channel();
+        let lease = Lease::pending(fatal);
+        lease.acquired(owner);
+        lease.renewed(Instant::now(), row.ttl);
+        let sink = PgSink::connect(PgSinkConfig {
+            postgres: PostgresSettings::for_url(&f.db_url),
+            owner,
+            lease: lease.clone(),
+            trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
+        })
+        .await
+        .expect("connect");
+        LiveOwner {
+            owner,
+            lease,
+            failed,
+            sink,
+        }
+    }
+}
+
+/// Expires `owner`'s lease and fences it as a peer, owner `owner + 1000`, does; returns the
+/// owners fenced.
+async fn expire_and_fence(f: &Fixture, owner: i32) -> Vec<i32> {
     f.db.execute(
         "UPDATE campaign_notifier_owners SET expires_at = now() - interval '1 second' \
          WHERE owner = $1",
@@ -336,37 +384,10 @@ async fn the_postgres_sink_of_a_fenced_owner_writes_nothing_and_its_lease_ends()
     )
     .await
     .unwrap();
-    let fenced: Vec<i32> = campaign_actors::ledger::recovery::fence_expired(&f.db, owner + 1000)
+    campaign_actors::ledger::recovery::fence_expired(&f.db, owner + 1000)
         .await
         .expect("fence")
         .iter()
         .map(|o| o.owner)
-        .collect();
-    assert_eq!(fenced, vec![owner]);
-
-    // Its local lease is still valid (it does not know yet): Postgres refuses the write anyway.
-    assert!(lease.is_valid());
-    let refused = sink.write(vec![job_of("c-after-fence", 20)]).await;
-    assert!(matches!(refused, Err(SinkError::Lapsed(_))), "{refused:?}");
-    let rows: i64 =
-        f.db.query_one(
-            "SELECT count(*) FROM subscribers_feedback WHERE adv_campaign_id = 'c-after-fence'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "nothing of the fenced owner's transaction is left");
-    assert_eq!(f.outbox_marks().await, 1, "only the live write's mark");
-    assert!(lease.is_fenced());
-    assert_eq!(
-        *failed.borrow(),
-        Some(FatalReason::LeaseFenced {
-            by: Some(owner + 1000)
-        })
-    );
-    // And it hands nothing more to Postgres at all.
-    let again = sink.write(vec![job_of("c-after-fence", 30)]).await;
-    assert!(matches!(again, Err(SinkError::Lapsed(_))), "{again:?}");
-    f.cleanup().await;
+        .collect()
 }

@@ -67,12 +67,19 @@ pub async fn seed(
     per_restaurant: usize,
     campaigns: usize,
 ) -> BTreeMap<(String, String), u32> {
+    subscribe_seeded(f, restaurants, per_restaurant).await;
+    produce_campaigns(f, tag, restaurants, per_restaurant, campaigns).await
+}
+
+/// The subscriptions of [`seed`], alone: `per_restaurant` clients to each of `restaurants`
+/// restaurants; returns the clients.
+pub async fn subscribe_seeded(f: &Fixture, restaurants: usize, per_restaurant: usize) -> Vec<String> {
     let subscribers = clients(per_restaurant);
     let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
     for r in 0..restaurants {
         f.subscribe(&seeded_restaurant(r), &refs).await;
     }
-    produce_campaigns(f, tag, restaurants, per_restaurant, campaigns).await
+    subscribers
 }
 
 pub fn seeded_restaurant(r: usize) -> String {
