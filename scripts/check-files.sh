@@ -4,7 +4,7 @@
 # series that should fire it, not before its `for`, not on the healthy series beside it), and the
 # compose file against the compose schema (no Docker engine needed). scripts/test.sh runs it;
 # scripts/ensure-test-tools.sh installs promtool and docker-compose. What the files must say to
-# agree with each other and with the service is checked by tests/it/observability.rs.
+# agree with each other and with the service is checked by tests/it/observability/deploy.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "promtool check config deploy/prometheus.yml" >&2
