@@ -353,18 +353,7 @@ impl Recoverer {
             owners: 1,
             ..RecoveryReport::default()
         };
-        // With transactions the broker fences the dead owner's producer now: what it had not
-        // committed is never read committed, and nothing of it can come later.
-        let mut producer = match &self.transactional_ids {
-            Some(ids) => {
-                let fenced =
-                    Producer::transactional(&output.producer, &ids.of(owner), TRANSACTION_TIMEOUT)
-                        .await
-                        .map_err(|e| format!("fencing owner {owner}'s producer: {e}"))?;
-                Some(fenced.fenced_by(self.lease.clone()))
-            }
-            None => None,
-        };
+        let mut producer = self.fence_producer(owner).await?;
         loop {
             let window = outbox::marks_page(client, owner, SCAN_WINDOW)
                 .await
@@ -372,77 +361,9 @@ impl Recoverer {
             if window.ids.is_empty() {
                 break;
             }
-            let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
-            for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
-                for m in marked_campaigns(client, page).await? {
-                    wanted.extend(m.clients.iter().map(|c| fingerprint_of(&m.campaign, c)));
-                }
-            }
-            let marked = wanted.len();
-            // The topic's timestamps are the dead producer's clock; the marks', Postgres'.
-            let since_ms = window.since_ms - claimed.clock_offset_ms.max(0);
-            let (settings, topic) = (output.producer.clone(), output.topic.clone());
-            let found = tokio::task::spawn_blocking(move || {
-                scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
-            })
-            .await
-            .map_err(|e| format!("scan task failed: {e}"))??;
-            let (mut expired, mut refused) = (0, 0);
-            if found.len() < marked {
-                if producer.is_none() {
-                    let created = Producer::create(&output.producer, &[])
-                        .map_err(|e| format!("recovery producer: {e}"))?;
-                    producer = Some(created.fenced_by(self.lease.clone()));
-                }
-                let producer = producer.as_ref().expect("created above");
-                let transactional = self.transactional_ids.is_some();
-                if transactional {
-                    producer
-                        .begin()
-                        .map_err(|e| format!("recovery transaction: {e}"))?;
-                }
-                for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
-                    for m in marked_campaigns(client, page).await? {
-                        let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
-                        let unsent = send_missing(producer, &output.topic, &m, &found, deadline)
-                            .await
-                            .map_err(|e| format!("recovery send: {e}"))?;
-                        if !unsent.expired.is_empty() {
-                            self.delete_rows(client, page, &m.campaign, &unsent.expired)
-                                .await?;
-                            expired += unsent.expired.len();
-                        }
-                        if let Some(reason) = &unsent.reason {
-                            self.refuse(client, page, &m, &unsent.refused, reason)
-                                .await?;
-                            refused += unsent.refused.len();
-                        }
-                    }
-                }
-                if transactional {
-                    producer
-                        .commit(TRANSACTION_TIMEOUT)
-                        .await
-                        .map_err(|e| format!("recovery transaction: {e}"))?;
-                }
-            }
-            outbox::clear_marks(client, &window.ids)
-                .await
-                .map_err(|e| describe(&e))?;
-            let resent = marked - found.len() - expired - refused;
-            report.marked += marked;
-            report.already_sent += found.len();
-            report.resent += resent;
-            report.expired += expired;
-            report.refused += refused;
-            log::info!(
-                "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, \
-                 {resent} sent now, {expired} withdrawn: their campaign had ended, {refused} \
-                 withdrawn: refused by the broker)",
-                window.ids.len(),
-                found.len(),
-                output.topic,
-            );
+            report += self
+                .recover_window(client, claimed, &window, &mut producer)
+                .await?;
         }
         if let Some(producer) = producer {
             producer.close("ledger recovery").await;
@@ -455,6 +376,133 @@ impl Recoverer {
             report.resent
         );
         Ok(report)
+    }
+
+    /// With transactions the broker fences the dead owner's producer now: what it had not
+    /// committed is never read committed, and nothing of it can come later. The producer
+    /// returned sends what the topic lacks in transactions of the owner's id.
+    async fn fence_producer(&self, owner: i32) -> Result<Option<Producer>, String> {
+        match &self.transactional_ids {
+            Some(ids) => {
+                let fenced = Producer::transactional(
+                    &self.output.producer,
+                    &ids.of(owner),
+                    TRANSACTION_TIMEOUT,
+                )
+                .await
+                .map_err(|e| format!("fencing owner {owner}'s producer: {e}"))?;
+                Ok(Some(fenced.fenced_by(self.lease.clone())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One window of the owner's marks: the output topic read back for their notifications, what
+    /// it lacks sent (`producer` is made on first need), then the marks deleted.
+    async fn recover_window(
+        &self,
+        client: &Client,
+        claimed: Claimed,
+        window: &outbox::Marks,
+        producer: &mut Option<Producer>,
+    ) -> Result<RecoveryReport, String> {
+        let (output, owner) = (&self.output, claimed.owner);
+        let wanted = fingerprints(client, window).await?;
+        let marked = wanted.len();
+        let found = self.find_sent(claimed, window, wanted).await?;
+        let (expired, refused) = match found.len() < marked {
+            true => self.send_lacking(client, window, &found, producer).await?,
+            false => (0, 0),
+        };
+        outbox::clear_marks(client, &window.ids)
+            .await
+            .map_err(|e| describe(&e))?;
+        let resent = marked - found.len() - expired - refused;
+        log::info!(
+            "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, \
+             {resent} sent now, {expired} withdrawn: their campaign had ended, {refused} \
+             withdrawn: refused by the broker)",
+            window.ids.len(),
+            found.len(),
+            output.topic,
+        );
+        Ok(RecoveryReport {
+            owners: 0,
+            marked,
+            already_sent: found.len(),
+            resent,
+            expired,
+            refused,
+        })
+    }
+
+    /// Which of `wanted` the output topic has, read back once from the window's oldest mark.
+    async fn find_sent(
+        &self,
+        claimed: Claimed,
+        window: &outbox::Marks,
+        wanted: Wanted,
+    ) -> Result<Wanted, String> {
+        // The topic's timestamps are the dead producer's clock; the marks', Postgres'.
+        let since_ms = window.since_ms - claimed.clock_offset_ms.max(0);
+        let (settings, topic) = (self.output.producer.clone(), self.output.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
+        })
+        .await
+        .map_err(|e| format!("scan task failed: {e}"))?
+    }
+
+    /// Sends the window's notifications that `found` lacks, a page of rows at a time (in one
+    /// transaction when the output has them); the rows of those not sent, their campaign ended or
+    /// the broker refused them, are withdrawn. Returns how many were withdrawn for each reason:
+    /// (expired, refused).
+    async fn send_lacking(
+        &self,
+        client: &Client,
+        window: &outbox::Marks,
+        found: &Wanted,
+        producer: &mut Option<Producer>,
+    ) -> Result<(usize, usize), String> {
+        let output = &self.output;
+        if producer.is_none() {
+            let created = Producer::create(&output.producer, &[])
+                .map_err(|e| format!("recovery producer: {e}"))?;
+            *producer = Some(created.fenced_by(self.lease.clone()));
+        }
+        let producer = producer.as_ref().expect("created above");
+        let transactional = self.transactional_ids.is_some();
+        if transactional {
+            producer
+                .begin()
+                .map_err(|e| format!("recovery transaction: {e}"))?;
+        }
+        let (mut expired, mut refused) = (0, 0);
+        for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
+            for m in marked_campaigns(client, page).await? {
+                let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
+                let unsent = send_missing(producer, &output.topic, &m, found, deadline)
+                    .await
+                    .map_err(|e| format!("recovery send: {e}"))?;
+                if !unsent.expired.is_empty() {
+                    self.delete_rows(client, page, &m.campaign, &unsent.expired)
+                        .await?;
+                    expired += unsent.expired.len();
+                }
+                if let Some(reason) = &unsent.reason {
+                    self.refuse(client, page, &m, &unsent.refused, reason)
+                        .await?;
+                    refused += unsent.refused.len();
+                }
+            }
+        }
+        if transactional {
+            producer
+                .commit(TRANSACTION_TIMEOUT)
+                .await
+                .map_err(|e| format!("recovery transaction: {e}"))?;
+        }
+        Ok((expired, refused))
     }
 
     /// Deletes the rows of `campaign` for `clients`, fenced by this process's lease.
@@ -561,6 +609,18 @@ impl Recoverer {
             reason,
         })
     }
+}
+
+/// The fingerprints of the notifications the window's marks list, their rows read a page at a
+/// time.
+async fn fingerprints(client: &Client, window: &outbox::Marks) -> Result<Wanted, String> {
+    let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
+    for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
+        for m in marked_campaigns(client, page).await? {
+            wanted.extend(m.clients.iter().map(|c| fingerprint_of(&m.campaign, c)));
+        }
+    }
+    Ok(wanted)
 }
 
 /// When nothing of `campaign` may be sent any more (ms since the epoch).
