@@ -266,28 +266,11 @@ impl Routes {
     /// Waits for room in the budget, then writes the slice to Postgres, its new rows to Kafka, and
     /// clears the marks (or withdraws the rows Kafka refused).
     async fn deliver_slice(self: Rc<Self>, job: PgJob) -> SliceOutcome {
-        let rows = job.range.len();
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(rows as u32)
-            .await
-            .expect("the budget is never closed");
-        self.metrics.notifications_in_flight.add(rows as i64);
-        let _in_flight = InFlight {
-            _permit: permit,
-            notifications: rows as i64,
-            gauge: self.metrics.notifications_in_flight.clone(),
-        };
+        let _in_flight = self.take_budget(job.range.len()).await;
         let batch = job.batch.clone();
-        let to_postgres = self.postgres.send(Arc::new(job));
-        let inserted = match confirmed(SinkKind::Postgres, to_postgres.await) {
+        let inserted = match self.to_postgres(job).await {
             Ok(inserted) => inserted,
-            // Its transaction was rolled back: nothing of the slice was written.
-            Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                return SliceOutcome::Refused { sink, reason }
-            }
-            Err(outcome) => return SliceOutcome::Unconfirmed(outcome),
+            Err(outcome) => return outcome,
         };
         if inserted.clients.is_empty() {
             return SliceOutcome::Written {
@@ -295,6 +278,41 @@ impl Routes {
                 expired: 0,
             };
         }
+        self.to_kafka(batch, inserted).await
+    }
+
+    /// The slice's share of the budget, once there is room for it.
+    async fn take_budget(&self, rows: usize) -> InFlight {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(rows as u32)
+            .await
+            .expect("the budget is never closed");
+        self.metrics.notifications_in_flight.add(rows as i64);
+        InFlight {
+            _permit: permit,
+            notifications: rows as i64,
+            gauge: self.metrics.notifications_in_flight.clone(),
+        }
+    }
+
+    /// Writes the slice to Postgres: the rows that were new, or what became of the slice.
+    async fn to_postgres(&self, job: PgJob) -> Result<Inserted, SliceOutcome> {
+        let to_postgres = self.postgres.send(Arc::new(job));
+        match confirmed(SinkKind::Postgres, to_postgres.await) {
+            Ok(inserted) => Ok(inserted),
+            // Its transaction was rolled back: nothing of the slice was written.
+            Err(CampaignOutcome::SinkFailed { sink, reason }) => {
+                Err(SliceOutcome::Refused { sink, reason })
+            }
+            Err(outcome) => Err(SliceOutcome::Unconfirmed(outcome)),
+        }
+    }
+
+    /// Sends the rows Postgres inserted to Kafka, then clears their marks, or withdraws from
+    /// Postgres what Kafka will not have.
+    async fn to_kafka(&self, batch: Arc<NotificationBatch>, inserted: Inserted) -> SliceOutcome {
         let notifications = inserted.clients.len();
         let job = KafkaJob {
             batch,

@@ -100,6 +100,32 @@ impl Swept {
     }
 }
 
+/// Runs the withdrawals of `work` (marks, and the clients whose rows go, or all of them) one after
+/// another until one fails, nothing withdrawn once owner `me` is fenced; then clears the marks
+/// `to_clear`. Returns the rows withdrawn and the marks cleared.
+async fn update_outbox(
+    client: Rc<Client>,
+    work: Vec<(Vec<i64>, Option<Vec<String>>)>,
+    to_clear: Vec<i64>,
+    me: i32,
+) -> (
+    Result<u64, tokio_postgres::Error>,
+    Result<u64, tokio_postgres::Error>,
+) {
+    let mut withdrawn = Ok(0);
+    for (marks, only) in &work {
+        let Ok(rows) = withdrawn else { break };
+        withdrawn = outbox::withdraw(&client, marks, only.as_deref(), me)
+            .await
+            .map(|n| rows + n);
+    }
+    let cleared = match to_clear.is_empty() {
+        true => Ok(0),
+        false => outbox::clear_marks(&client, &to_clear).await,
+    };
+    (withdrawn, cleared)
+}
+
 impl Ledger {
     /// `legacy_settle`: how long an owner of a version before leases must have been seen without
     /// its lock (that version's producer message timeout and a margin, taken as this one's).
@@ -153,51 +179,50 @@ impl Ledger {
         // waits for a withdrawal.
         self.clearing = Some((ids, withdrawals));
         let me = self.shared.lease.owner();
-        let fut = async move {
-            let mut withdrawn = Ok(0);
-            for (marks, only) in &work {
-                let Ok(rows) = withdrawn else { break };
-                withdrawn = outbox::withdraw(&client, marks, only.as_deref(), me)
-                    .await
-                    .map(|n| rows + n);
+        let fut = update_outbox(client, work, to_clear, me);
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(withdrawn, cleared), act, ctx| act.outbox_updated(ctx, withdrawn, cleared)),
+        );
+    }
+
+    /// The withdrawals are answered, or, if they failed, kept to run again; marks that could not
+    /// be cleared are kept too; either failure restarts the ledger.
+    fn outbox_updated(
+        &mut self,
+        ctx: &mut Context<Self>,
+        withdrawn: Result<u64, tokio_postgres::Error>,
+        cleared: Result<u64, tokio_postgres::Error>,
+    ) {
+        let (ids, withdrawals) = self.clearing.take().unwrap_or_default();
+        let mut failed = None;
+        match withdrawn {
+            Ok(rows) if !withdrawals.is_empty() => {
+                log::warn!(
+                    "ledger: withdrew {rows} notifications Kafka refused or that reached their \
+                     campaign's end before Kafka had them"
+                );
+                withdrawals.into_iter().for_each(|(_, done)| {
+                    let _ = done.send(());
+                });
             }
-            let cleared = match to_clear.is_empty() {
-                true => Ok(0),
-                false => outbox::clear_marks(&client, &to_clear).await,
-            };
-            (withdrawn, cleared)
-        };
-        ctx.spawn(fut.into_actor(self).map(|(withdrawn, cleared), act, ctx| {
-            let (ids, withdrawals) = act.clearing.take().unwrap_or_default();
-            let mut failed = None;
-            match withdrawn {
-                Ok(rows) if !withdrawals.is_empty() => {
-                    log::warn!(
-                        "ledger: withdrew {rows} notifications Kafka refused or that reached their \
-                         campaign's end before Kafka had them"
-                    );
-                    withdrawals.into_iter().for_each(|(_, done)| {
-                        let _ = done.send(());
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    act.to_withdraw.extend(withdrawals);
-                    failed = Some(e);
-                }
-            }
-            if let Err(e) = cleared {
-                // Not lost: kept to clear after the reconnect. A mark left behind is only work
-                // for a later recovery, which finds its notifications already in Kafka.
-                act.to_clear.extend(ids);
+            Ok(_) => {}
+            Err(e) => {
+                self.to_withdraw.extend(withdrawals);
                 failed = Some(e);
             }
-            if let Some(e) = failed {
-                log::warn!("ledger: cannot update outbox marks: {}", describe(&e));
-                act.restarts.failed();
-                ctx.stop();
-            }
-        }));
+        }
+        if let Err(e) = cleared {
+            // Not lost: kept to clear after the reconnect. A mark left behind is only work
+            // for a later recovery, which finds its notifications already in Kafka.
+            self.to_clear.extend(ids);
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
+            log::warn!("ledger: cannot update outbox marks: {}", describe(&e));
+            self.restarts.failed();
+            ctx.stop();
+        }
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
