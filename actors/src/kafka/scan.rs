@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::{partition_ids, ProducerSettings};
+use super::{partition_ids, KafkaFailure, ProducerSettings};
 use crate::notification::{fingerprint, Wanted};
 
 /// Broker timestamps are the producer's clock; allow for a little skew between hosts.
@@ -21,6 +22,49 @@ const SCAN_MARGIN_MS: i64 = 5_000;
 pub const STALL_LIMIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a read-back failed: what it was doing, with the client's error as the source (shown by
+/// [`crate::error_chain::Chain`]). Its callers retry it.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("scan consumer")]
+    Consumer(#[source] KafkaError),
+    #[error("metadata of {topic}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaFailure,
+    },
+    #[error("start of partition {partition} of {topic}")]
+    Start {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("offsets for times")]
+    OffsetsForTimes(#[source] KafkaError),
+    #[error("watermarks")]
+    Watermarks(#[source] KafkaError),
+    #[error("assign")]
+    Assign(#[source] KafkaError),
+    #[error("reading back {topic}")]
+    Read {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error(
+        "reading back {topic}: nothing received for {stall:?} with {partitions} partition(s) \
+         left ({read} messages read)"
+    )]
+    Stalled {
+        topic: String,
+        stall: Duration,
+        partitions: usize,
+        read: u64,
+    },
+}
 
 #[derive(serde::Deserialize)]
 struct KeyFields<'a> {
@@ -41,7 +85,7 @@ pub fn find_sent(
     since_ms: i64,
     wanted: &Wanted,
     stall: Duration,
-) -> Result<Wanted, String> {
+) -> Result<Wanted, ScanError> {
     if wanted.is_empty() {
         return Ok(Wanted::new());
     }
@@ -50,7 +94,7 @@ pub fn find_sent(
     read_to_ends(&consumer, topic, ends, wanted, stall)
 }
 
-fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, String> {
+fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, ScanError> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &settings.brokers)
         .set(
@@ -64,7 +108,7 @@ fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, String> {
     for (k, v) in settings.connection_overrides() {
         cc.set(k, v);
     }
-    cc.create().map_err(|e| format!("scan consumer: {e}"))
+    cc.create().map_err(ScanError::Consumer)
 }
 
 /// Assigns every partition of `topic` that has messages from `from_ms` on, at the first of them;
@@ -73,37 +117,47 @@ fn assign_from(
     consumer: &BaseConsumer,
     topic: &str,
     from_ms: i64,
-) -> Result<HashMap<i32, i64>, String> {
-    let partitions = partition_ids(consumer.client(), topic, REQUEST_TIMEOUT)
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+) -> Result<HashMap<i32, i64>, ScanError> {
+    let partitions =
+        partition_ids(consumer.client(), topic, REQUEST_TIMEOUT).map_err(|source| {
+            ScanError::Metadata {
+                topic: topic.to_string(),
+                source,
+            }
+        })?;
+    let start_failed = |partition| {
+        move |source| ScanError::Start {
+            topic: topic.to_string(),
+            partition,
+            source,
+        }
+    };
     let mut by_time = TopicPartitionList::new();
     for p in partitions {
         by_time
             .add_partition_offset(topic, p, Offset::Offset(from_ms))
-            .map_err(|e| e.to_string())?;
+            .map_err(start_failed(p))?;
     }
     let starts = consumer
         .offsets_for_times(by_time, REQUEST_TIMEOUT)
-        .map_err(|e| format!("offsets for times: {e}"))?;
+        .map_err(ScanError::OffsetsForTimes)?;
     let mut assign = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for e in starts.elements() {
         let (_, high) = consumer
             .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
-            .map_err(|e| format!("watermarks: {e}"))?;
+            .map_err(ScanError::Watermarks)?;
         if let Offset::Offset(start) = e.offset() {
             if start < high {
                 assign
                     .add_partition_offset(topic, e.partition(), Offset::Offset(start))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(start_failed(e.partition()))?;
                 ends.insert(e.partition(), high);
             }
         }
     }
     if !ends.is_empty() {
-        consumer
-            .assign(&assign)
-            .map_err(|e| format!("assign: {e}"))?;
+        consumer.assign(&assign).map_err(ScanError::Assign)?;
     }
     Ok(ends)
 }
@@ -114,17 +168,18 @@ fn read_to_ends(
     mut ends: HashMap<i32, i64>,
     wanted: &Wanted,
     stall: Duration,
-) -> Result<Wanted, String> {
+) -> Result<Wanted, ScanError> {
     let mut found = Wanted::new();
     let (started, mut last_progress, mut read) = (Instant::now(), Instant::now(), 0u64);
     let mut next_report = started + PROGRESS_EVERY;
     while !ends.is_empty() {
         if last_progress.elapsed() > stall {
-            return Err(format!(
-                "reading back {topic}: nothing received for {stall:?} with {} partition(s) left \
-                 ({read} messages read)",
-                ends.len()
-            ));
+            return Err(ScanError::Stalled {
+                topic: topic.to_string(),
+                stall,
+                partitions: ends.len(),
+                read,
+            });
         }
         if Instant::now() > next_report {
             next_report += PROGRESS_EVERY;
@@ -137,7 +192,10 @@ fn read_to_ends(
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message.map_err(|e| format!("reading back {topic}: {e}"))?;
+        let message = message.map_err(|source| ScanError::Read {
+            topic: topic.to_string(),
+            source,
+        })?;
         last_progress = Instant::now();
         read += 1;
         // Anything in the topic that is not one of our messages is simply not a match.
@@ -162,4 +220,35 @@ fn read_to_ends(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_chain::Chain;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn a_failed_read_back_says_what_it_was_doing_and_keeps_the_clients_error() {
+        let read = ScanError::Read {
+            topic: "notifications".into(),
+            source: KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure),
+        };
+        assert_eq!(
+            Chain(&read).to_string(),
+            "reading back notifications: Message consumption error: BrokerTransportFailure \
+             (Local: Broker transport failure)"
+        );
+        let stalled = ScanError::Stalled {
+            topic: "notifications".into(),
+            stall: Duration::from_secs(30),
+            partitions: 2,
+            read: 7,
+        };
+        assert_eq!(
+            Chain(&stalled).to_string(),
+            "reading back notifications: nothing received for 30s with 2 partition(s) left \
+             (7 messages read)"
+        );
+    }
 }

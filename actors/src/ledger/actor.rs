@@ -17,7 +17,8 @@ use futures::channel::oneshot;
 use tokio_postgres::Client;
 
 use super::outbox;
-use super::recovery::{self, Recoverer, RecoveryReport, Takeover};
+use super::recovery::{self, Recoverer, RecoveryError, RecoveryReport, Takeover};
+use crate::error_chain::Chain;
 use crate::events::{Event, NotificationsWithdrawn, OwnerFenced};
 use crate::hand_off::Batch;
 use crate::liveness::Loop;
@@ -78,23 +79,22 @@ impl Swept {
         me: i32,
         may_fence: bool,
         legacy_due: Vec<i32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecoveryError> {
         if may_fence {
             self.fenced = recovery::fence_expired(client, me)
                 .await
-                .map_err(|e| describe(&e))?;
+                .map_err(RecoveryError::postgres("fencing expired owners"))?;
         }
         for owner in legacy_due {
             if recovery::fence_legacy(client, owner, me)
                 .await
-                .map_err(|e| describe(&e))?
+                .map_err(RecoveryError::postgres("fencing a legacy owner"))?
             {
                 self.legacy_fenced.push(owner);
             }
         }
-        self.legacy_looks = recovery::legacy_owners(client)
-            .await
-            .map_err(|e| describe(&e))?;
+        let looking = RecoveryError::postgres("looking at the legacy owners' locks");
+        self.legacy_looks = recovery::legacy_owners(client).await.map_err(looking)?;
         self.recovered = recoverer.recover_settled(client).await?;
         Ok(())
     }
@@ -253,7 +253,7 @@ impl Ledger {
             act.sweep_ended();
             act.swept(swept);
             if let Some(e) = failed {
-                log::warn!("ledger: recovery sweep failed, will retry: {e}");
+                log::warn!("ledger: recovery sweep failed, will retry: {}", Chain(&e));
             }
         }));
     }

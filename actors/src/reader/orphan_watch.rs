@@ -17,10 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::consumer::ReaderConsumer;
+use crate::error_chain::Chain;
+use crate::kafka::KafkaFailure;
 use crate::lease::Lease;
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -125,7 +128,7 @@ async fn check(consumer: &Arc<ReaderConsumer>, topic: &str) -> Option<PartitionS
     match checked {
         Ok(Ok(p)) => Some(p),
         Ok(Err(e)) => {
-            log::debug!("orphan watch: check failed: {e}");
+            log::debug!("orphan watch: check failed: {}", Chain(&e));
             None
         }
         Err(_) => None,
@@ -175,31 +178,59 @@ async fn rejoin(consumer: &Arc<ReaderConsumer>, topic: &str) {
 /// Per partition: `None` when it is ours, otherwise its committed offset and the messages after it.
 type PartitionStates = Vec<(i32, Option<(i64, i64)>)>;
 
+/// What a check could not read, with the client's error.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("assignment")]
+    Assignment(#[source] KafkaError),
+    #[error("metadata of {topic}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaFailure,
+    },
+    #[error("committed offsets")]
+    Committed(#[source] KafkaError),
+    #[error("watermarks of partition {partition}")]
+    Watermarks {
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+}
+
 /// The state of every partition of `topic`. Blocking.
-fn orphaned(consumer: &ReaderConsumer, topic: &str) -> Result<PartitionStates, String> {
+fn orphaned(consumer: &ReaderConsumer, topic: &str) -> Result<PartitionStates, CheckError> {
     // An instance with nothing assigned is judged too: it may have joined while a killed member's
     // session was still open, and such a broker then gives it nothing, ever. A short rebalance
     // (nothing assigned for a moment) cannot look like `stall` without progress.
-    let assignment = consumer.assignment().map_err(|e| e.to_string())?;
+    let assignment = consumer.assignment().map_err(CheckError::Assignment)?;
     let ours: BTreeSet<i32> = assignment
         .elements()
         .iter()
         .map(|e| e.partition())
         .collect();
-    let all = crate::kafka::partition_ids(consumer.client(), topic, TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let all = crate::kafka::partition_ids(consumer.client(), topic, TIMEOUT).map_err(|source| {
+        CheckError::Metadata {
+            topic: topic.to_string(),
+            source,
+        }
+    })?;
     let mut tpl = TopicPartitionList::new();
     for &p in all.iter().filter(|p| !ours.contains(p)) {
         tpl.add_partition(topic, p);
     }
     let committed = consumer
         .committed_offsets(tpl, TIMEOUT)
-        .map_err(|e| e.to_string())?;
+        .map_err(CheckError::Committed)?;
     let mut out: PartitionStates = ours.iter().map(|&p| (p, None)).collect();
     for e in committed.elements() {
         let (low, high) = consumer
             .fetch_watermarks(topic, e.partition(), TIMEOUT)
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| CheckError::Watermarks {
+                partition: e.partition(),
+                source,
+            })?;
         let committed = match e.offset() {
             Offset::Offset(o) => o,
             _ => low,

@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures::lock::Mutex;
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::error_chain::Chain;
 use crate::kafka::{partition_for, scan, Chunk, Producer, ProducerSettings};
 use crate::lease::Lease;
 use crate::metrics::SinkKind;
@@ -283,8 +284,8 @@ impl Sink for KafkaSink {
                 )
             })
             .await
-            .map_err(|e| SinkError::Retriable(format!("scan task failed: {e}")))?
-            .map_err(SinkError::Retriable)?;
+            .map_err(|e| SinkError::Retriable(format!("scan task failed: {}", Chain(&e))))?
+            .map_err(|e| SinkError::Retriable(Chain(&e).to_string()))?;
             if !found.is_empty() {
                 log::info!(
                     "kafka writer: {} notifications of the retried jobs were already in the topic; not sending them again",

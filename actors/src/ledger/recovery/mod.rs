@@ -20,8 +20,8 @@
 //! it has been free for their settle time.
 //!
 //! Its parts: [`owners`] (the statements over the owners' rows: fence, claim, end the sessions,
-//! forget; and [`Takeover`]) and this file (the [`Recoverer`]: an owner's marks read, the topic
-//! read back, what it lacks sent).
+//! forget; and [`Takeover`]), [`error`] (why a sweep stopped: [`RecoveryError`]) and this file
+//! (the [`Recoverer`]: an owner's marks read, the topic read back, what it lacks sent).
 
 use std::sync::Arc;
 
@@ -43,8 +43,10 @@ use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::TRANSACTION_TIMEOUT;
 use crate::sinks::Write;
 
+mod error;
 mod owners;
 
+pub use error::RecoveryError;
 pub use owners::{
     claim, end_sessions, fence_expired, fence_legacy, forget, legacy_owners, Claimed, Fenced,
     Takeover,
@@ -112,12 +114,15 @@ pub struct Recoverer {
 impl Recoverer {
     /// Claims and finishes settled owners, one after another, until none is left; the sessions
     /// they still have are ended first.
-    pub async fn recover_settled(&self, client: &Client) -> Result<RecoveryReport, String> {
+    pub async fn recover_settled(&self, client: &Client) -> Result<RecoveryReport, RecoveryError> {
         let me = self.lease.owner();
         let mut report = RecoveryReport::default();
         loop {
-            self.lease.check().map_err(|e| e.to_string())?;
-            let Some(claimed) = claim(client, me).await.map_err(|e| describe(&e))? else {
+            self.lease.check()?;
+            let claimed = claim(client, me)
+                .await
+                .map_err(RecoveryError::postgres("claiming a settled owner"))?;
+            let Some(claimed) = claimed else {
                 return Ok(report);
             };
             match end_sessions(client, claimed.owner).await {
@@ -132,10 +137,13 @@ impl Recoverer {
                     describe(&e)
                 ),
             }
-            report += self.recover_owner(client, claimed).await?;
+            report += self
+                .recover_owner(client, claimed)
+                .await
+                .map_err(RecoveryError::recovering(claimed.owner))?;
             forget(client, claimed.owner, me)
                 .await
-                .map_err(|e| describe(&e))?;
+                .map_err(RecoveryError::postgres("forgetting a recovered owner"))?;
         }
     }
 }
@@ -153,7 +161,7 @@ impl Recoverer {
         &self,
         client: &Client,
         claimed: Claimed,
-    ) -> Result<RecoveryReport, String> {
+    ) -> Result<RecoveryReport, RecoveryError> {
         let (output, owner) = (&self.output, claimed.owner);
         let mut report = RecoveryReport {
             owners: 1,
@@ -163,7 +171,7 @@ impl Recoverer {
         loop {
             let window = outbox::marks_page(client, owner, SCAN_WINDOW)
                 .await
-                .map_err(|e| describe(&e))?;
+                .map_err(RecoveryError::postgres("reading the marks"))?;
             if window.ids.is_empty() {
                 break;
             }
@@ -187,7 +195,7 @@ impl Recoverer {
     /// With transactions the broker fences the dead owner's producer now: what it had not
     /// committed is never read committed, and nothing of it can come later. The producer
     /// returned sends what the topic lacks in transactions of the owner's id.
-    async fn fence_producer(&self, owner: i32) -> Result<Option<Producer>, String> {
+    async fn fence_producer(&self, owner: i32) -> Result<Option<Producer>, RecoveryError> {
         match &self.transactional_ids {
             Some(ids) => {
                 let fenced = Producer::transactional(
@@ -196,7 +204,7 @@ impl Recoverer {
                     TRANSACTION_TIMEOUT,
                 )
                 .await
-                .map_err(|e| format!("fencing owner {owner}'s producer: {e}"))?;
+                .map_err(|source| RecoveryError::FenceProducer { owner, source })?;
                 Ok(Some(fenced.fenced_by(self.lease.clone())))
             }
             None => Ok(None),
@@ -211,7 +219,7 @@ impl Recoverer {
         claimed: Claimed,
         window: &outbox::Marks,
         producer: &mut Option<Producer>,
-    ) -> Result<RecoveryReport, String> {
+    ) -> Result<RecoveryReport, RecoveryError> {
         let (output, owner) = (&self.output, claimed.owner);
         let wanted = fingerprints(client, window).await?;
         let marked = wanted.len();
@@ -222,7 +230,7 @@ impl Recoverer {
         };
         outbox::clear_marks(client, &window.ids)
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(RecoveryError::postgres("clearing the recovered marks"))?;
         let resent = marked - found.len() - expired - refused;
         log::info!(
             "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, \
@@ -248,7 +256,7 @@ impl Recoverer {
         claimed: Claimed,
         window: &outbox::Marks,
         wanted: Wanted,
-    ) -> Result<Wanted, String> {
+    ) -> Result<Wanted, RecoveryError> {
         // The topic's timestamps are the dead producer's clock; the marks', Postgres'.
         let since_ms = window.since_ms - claimed.clock_offset_ms.max(0);
         let (settings, topic) = (self.output.producer.clone(), self.output.topic.clone());
@@ -256,7 +264,8 @@ impl Recoverer {
             scan::find_sent(&settings, &topic, since_ms, &wanted, scan::STALL_LIMIT)
         })
         .await
-        .map_err(|e| format!("scan task failed: {e}"))?
+        .map_err(RecoveryError::ScanTask)?
+        .map_err(RecoveryError::Scan)
     }
 
     /// Sends the window's notifications that `found` lacks, a page of rows at a time (in one
@@ -269,19 +278,17 @@ impl Recoverer {
         window: &outbox::Marks,
         found: &Wanted,
         producer: &mut Option<Producer>,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), RecoveryError> {
         let output = &self.output;
         if producer.is_none() {
-            let created = Producer::create(&output.producer, &[])
-                .map_err(|e| format!("recovery producer: {e}"))?;
+            let created =
+                Producer::create(&output.producer, &[]).map_err(RecoveryError::Producer)?;
             *producer = Some(created.fenced_by(self.lease.clone()));
         }
         let producer = producer.as_ref().expect("created above");
         let transactional = self.transactional_ids.is_some();
         if transactional {
-            producer
-                .begin()
-                .map_err(|e| format!("recovery transaction: {e}"))?;
+            producer.begin().map_err(RecoveryError::Transaction)?;
         }
         let (mut expired, mut refused) = (0, 0);
         for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
@@ -289,7 +296,7 @@ impl Recoverer {
                 let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
                 let unsent = send_missing(producer, &output.topic, &m, found, deadline)
                     .await
-                    .map_err(|e| format!("recovery send: {e}"))?;
+                    .map_err(RecoveryError::Send)?;
                 if !unsent.expired.is_empty() {
                     self.delete_rows(client, page, &m.campaign, &unsent.expired)
                         .await?;
@@ -306,7 +313,7 @@ impl Recoverer {
             producer
                 .commit(TRANSACTION_TIMEOUT)
                 .await
-                .map_err(|e| format!("recovery transaction: {e}"))?;
+                .map_err(RecoveryError::Transaction)?;
         }
         Ok((expired, refused))
     }
@@ -318,11 +325,11 @@ impl Recoverer {
         feedback_ids: &[i32],
         campaign: &Campaign,
         clients: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), RecoveryError> {
         outbox::delete_rows(client, feedback_ids, campaign, clients, self.lease.owner())
             .await
             .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(RecoveryError::postgres("withdrawing rows"))
     }
 
     /// Notifications the broker refused for good: the campaign goes to the dead-letter topic
@@ -335,7 +342,7 @@ impl Recoverer {
         marked: &MarkedCampaign,
         clients: &[String],
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecoveryError> {
         let campaign = &marked.campaign;
         log::warn!(
             "ledger: the broker refused {} notifications of campaign {} of restaurant {} for good \
@@ -349,8 +356,8 @@ impl Recoverer {
             let code = letter.code;
             match dead_letters.send(Write(Arc::new(letter))).await {
                 Ok(Ok(())) => DeadLettered { reason: code }.emit(&self.metrics),
-                Ok(Err(e)) => return Err(format!("dead letter: {e}")),
-                Err(e) => return Err(format!("dead letter: {e}")),
+                Ok(Err(e)) => return Err(RecoveryError::DeadLetter(e)),
+                Err(e) => return Err(RecoveryError::DeadLetterUnsent(e)),
             }
         }
         self.delete_rows(client, feedback_ids, campaign, clients)
@@ -371,7 +378,7 @@ impl Recoverer {
         campaign: &Campaign,
         refused: usize,
         reason: &str,
-    ) -> Result<DeadLetter, String> {
+    ) -> Result<DeadLetter, RecoveryError> {
         let kept = client
             .query_opt(
                 "SELECT source_topic, source_partition, source_offset, message_key, message
@@ -380,7 +387,9 @@ impl Recoverer {
                 &[&campaign.restaurant_id, &campaign.adv_campaign_id],
             )
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(RecoveryError::postgres(
+                "reading the original message of a refused campaign",
+            ))?;
         let reason = format!(
             "refused by the kafka sink during recovery: {reason} ({refused} notifications)"
         );
@@ -419,7 +428,7 @@ impl Recoverer {
 
 /// The fingerprints of the notifications the window's marks list, their rows read a page at a
 /// time.
-async fn fingerprints(client: &Client, window: &outbox::Marks) -> Result<Wanted, String> {
+async fn fingerprints(client: &Client, window: &outbox::Marks) -> Result<Wanted, RecoveryError> {
     let mut wanted = Wanted::with_capacity(window.feedback_ids.len());
     for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
         for m in marked_campaigns(client, page).await? {
@@ -440,7 +449,7 @@ fn deadline_ms(c: &Campaign, end_grace_secs: i64) -> i64 {
 async fn marked_campaigns(
     client: &Client,
     feedback_ids: &[i32],
-) -> Result<Vec<MarkedCampaign>, String> {
+) -> Result<Vec<MarkedCampaign>, RecoveryError> {
     let rows = client
         .query(
             "SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
@@ -452,7 +461,7 @@ async fn marked_campaigns(
             &[&feedback_ids],
         )
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(RecoveryError::postgres("reading the marked rows"))?;
     rows.iter()
         .map(|row| {
             Ok(MarkedCampaign {
@@ -472,7 +481,7 @@ async fn marked_campaigns(
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(|e| describe(&e))
+        .map_err(RecoveryError::postgres("reading the marked rows"))
 }
 
 /// What [`send_missing`] could not send.

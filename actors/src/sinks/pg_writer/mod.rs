@@ -30,6 +30,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
+use crate::error_chain::Chain;
 use crate::lease::{self, Lapsed, Lease};
 use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
@@ -167,7 +168,7 @@ impl Sink for PgSink {
         Box::pin(async move {
             let client = crate::postgres::connect(&config.postgres, "postgres writer")
                 .await
-                .map_err(|e| SinkError::Retriable(e.to_string()))?;
+                .map_err(|e| SinkError::Retriable(Chain(&e).to_string()))?;
             let group = client.prepare(group_insert(config.trigger_column)).await;
             let single = client.prepare(INSERT).await;
             let fence = client.prepare(FENCE).await;
@@ -195,7 +196,7 @@ impl Sink for PgSink {
             let triggers = Triggers::of(column, &jobs)?;
             lease
                 .check()
-                .map_err(|e| SinkError::Lapsed(e.to_string()))?;
+                .map_err(|e| SinkError::Lapsed(Chain(&e).to_string()))?;
             client
                 .batch_execute("BEGIN")
                 .await

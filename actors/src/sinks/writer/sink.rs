@@ -13,6 +13,11 @@ use crate::metrics::{ErrorClass, SinkKind};
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// How a sink error is handled.
+///
+/// It keeps text, not the error it came from: one failure of a group answers every job of the
+/// group (so it is `Clone`), and its text becomes a dead letter's reason. So that no cause is
+/// lost, the text is made from the whole chain: [`crate::error_chain::Chain`] of the error (or
+/// [`crate::postgres::describe`] of a Postgres error), never its `to_string()` alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
     /// The connection or the server failed: reconnect and write the same batches again.
