@@ -4,12 +4,15 @@
 mod check;
 mod demo;
 mod logging;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use campaign_actors::error_chain::Chain;
 use campaign_actors::messages::DrainReport;
+use campaign_actors::ops::replay::ReplayRequest;
+use campaign_actors::ops::status::State;
 use campaign_actors::{Config, Metrics, Pipeline};
 use clap::{Parser, Subcommand};
 
@@ -49,6 +52,35 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// What became of a campaign, read from Postgres (the service may run or not).
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
+    /// Every campaign on record (kept lifecycle.retain_days after it last changed), one JSON line
+    /// each, in order of start.
+    Campaigns {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Only those in this state: scheduled, active, over, cancelled or refused.
+        #[arg(long)]
+        state: Option<State>,
+    },
+    /// Publish the original messages of the dead-letter topic to the input topic again (once the
+    /// cause is fixed), each once, and print how many per reason.
+    ReplayDeadLetters {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Only letters with this dlq.reason.code (sink_refused, ended, not_json, ...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only letters written to the dead-letter topic at or after this time (unix seconds).
+        #[arg(long)]
+        since: Option<i64>,
+        /// Say what would be replayed; send and record nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The whole pipeline on an embedded Kafka-protocol broker and a throwaway Postgres database:
     /// seeds subscribers, publishes sample campaigns, prints what both sinks received.
     Demo {
@@ -59,6 +91,19 @@ enum Command {
             default_value = "postgres://postgres@127.0.0.1:5432/postgres"
         )]
         postgres_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// One JSON object per restaurant that has a campaign of this id: its state, version,
+    /// notifications written to Postgres and confirmed by Kafka, first and last trigger. Exit
+    /// code 1 when none is on record.
+    Status {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// The campaign's adv_campaign_id.
+        id: String,
     },
 }
 
@@ -98,9 +143,40 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Campaign {
+            command: CampaignCommand::Status { config, id },
+        } => with_config(&config, |c| ops::status(c, Some(&id), None)),
+        Command::Campaigns { config, state } => {
+            with_config(&config, |c| ops::status(c, None, state))
+        }
+        Command::ReplayDeadLetters {
+            config,
+            reason,
+            since,
+            dry_run,
+        } => with_config(&config, |c| {
+            logging::init("warn", c.log.format);
+            let request = ReplayRequest {
+                reason,
+                since_secs: since,
+                dry_run,
+            };
+            ops::replay_dead_letters(c, request)
+        }),
         Command::Demo { postgres_url } => {
             logging::init("warn", Default::default());
             demo::run(postgres_url)
+        }
+    }
+}
+
+/// Runs `command` with the config at `path`; an invalid config is exit code 1.
+fn with_config(path: &std::path::Path, command: impl FnOnce(&Config) -> ExitCode) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => command(&c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

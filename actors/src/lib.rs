@@ -85,6 +85,7 @@ pub(crate) mod liveness;
 pub mod messages;
 pub mod metrics;
 pub mod notification;
+pub mod ops;
 pub mod pipeline;
 pub mod postgres;
 pub(crate) mod reader;

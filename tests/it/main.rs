@@ -23,6 +23,7 @@ suite!(
     faults,
     lifecycle,
     observability,
+    ops,
     owners,
     poison,
     recovery,

@@ -1,5 +1,6 @@
 //! Reads the output topic back to find which notifications already landed: how the Kafka writer
-//! reconciles after a restart and how recovery avoids sending a dead owner's work twice.
+//! reconciles after a restart and how recovery avoids sending a dead owner's work twice. The same
+//! read of a topic to its end ([`read_topic`]) serves the replay of dead letters.
 //!
 //! A notification is identified in the topic by its restaurant, campaign and client (the same key
 //! that is unique in Postgres), read from the message's own JSON: the output needs no header or
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::{partition_ids, KafkaFailure, ProducerSettings};
@@ -89,9 +91,46 @@ pub fn find_sent(
     if wanted.is_empty() {
         return Ok(Wanted::new());
     }
+    let mut found = Wanted::new();
+    read_topic(
+        settings,
+        topic,
+        since_ms - SCAN_MARGIN_MS,
+        stall,
+        |message| {
+            // Anything in the topic that is not one of our messages is simply not a match.
+            if let Some(fields) = message
+                .payload()
+                .and_then(|p| serde_json::from_slice::<KeyFields<'_>>(p).ok())
+            {
+                let key = fingerprint(
+                    &fields.restaurant_id,
+                    &fields.adv_campaign_id,
+                    &fields.client_id,
+                );
+                if wanted.contains(&key) {
+                    found.insert(key);
+                }
+            }
+        },
+    )?;
+    Ok(found)
+}
+
+/// Hands every message of `topic` from the first at or after `from_ms` (a Kafka timestamp; 0:
+/// from the start) to its end as it is when the read starts to `each`, in order within each
+/// partition; returns how many were read. It fails only when it receives nothing for `stall`.
+/// Blocking: run it on a blocking thread.
+pub fn read_topic(
+    settings: &ProducerSettings,
+    topic: &str,
+    from_ms: i64,
+    stall: Duration,
+    each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, ScanError> {
     let consumer = scan_consumer(settings)?;
-    let ends = assign_from(&consumer, topic, since_ms - SCAN_MARGIN_MS)?;
-    read_to_ends(&consumer, topic, ends, wanted, stall)
+    let ends = assign_from(&consumer, topic, from_ms)?;
+    read_to_ends(&consumer, topic, ends, stall, each)
 }
 
 fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, ScanError> {
@@ -166,10 +205,9 @@ fn read_to_ends(
     consumer: &BaseConsumer,
     topic: &str,
     mut ends: HashMap<i32, i64>,
-    wanted: &Wanted,
     stall: Duration,
-) -> Result<Wanted, ScanError> {
-    let mut found = Wanted::new();
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, ScanError> {
     let (started, mut last_progress, mut read) = (Instant::now(), Instant::now(), 0u64);
     let mut next_report = started + PROGRESS_EVERY;
     while !ends.is_empty() {
@@ -198,20 +236,7 @@ fn read_to_ends(
         })?;
         last_progress = Instant::now();
         read += 1;
-        // Anything in the topic that is not one of our messages is simply not a match.
-        if let Some(fields) = message
-            .payload()
-            .and_then(|p| serde_json::from_slice::<KeyFields<'_>>(p).ok())
-        {
-            let key = fingerprint(
-                &fields.restaurant_id,
-                &fields.adv_campaign_id,
-                &fields.client_id,
-            );
-            if wanted.contains(&key) {
-                found.insert(key);
-            }
-        }
+        each(&message);
         if ends
             .get(&message.partition())
             .is_some_and(|&high| message.offset() + 1 >= high)
@@ -219,7 +244,7 @@ fn read_to_ends(
             ends.remove(&message.partition());
         }
     }
-    Ok(found)
+    Ok(read)
 }
 
 #[cfg(test)]
