@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use campaign_actors::error_chain::Chain;
 use campaign_actors::messages::DrainReport;
+use campaign_actors::ops::reconcile::ReconcileRequest;
 use campaign_actors::ops::replay::ReplayRequest;
 use campaign_actors::ops::status::State;
 use campaign_actors::{Config, Metrics, Pipeline};
@@ -66,6 +67,23 @@ enum Command {
         #[arg(long)]
         state: Option<State>,
     },
+    /// Compare the two sinks for some campaigns: per campaign one JSON line with the clients only
+    /// in Postgres, only in Kafka, and twice in Kafka. Exit 0 when they agree, 1 when not. With
+    /// --repair, send what Kafka lacks (withdraw it, once the campaign is over) and insert what
+    /// Postgres lacks, never a notification twice.
+    #[command(group = clap::ArgGroup::new("which").required(true))]
+    Reconcile {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// The campaigns of this adv_campaign_id.
+        #[arg(long, group = "which")]
+        campaign: Option<String>,
+        /// The campaigns whose record changed at or after this time (unix seconds).
+        #[arg(long, group = "which")]
+        since: Option<i64>,
+        #[arg(long)]
+        repair: bool,
+    },
     /// Publish the original messages of the dead-letter topic to the input topic again (once the
     /// cause is fixed), each once, and print how many per reason.
     ReplayDeadLetters {
@@ -117,38 +135,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::CheckConfig { config, connect } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{} is valid", config.display());
-                println!(
-                    "kafka: brokers={} input_topic={} output_topic={} group_id={}",
-                    c.kafka.brokers, c.kafka.input_topic, c.kafka.output_topic, c.kafka.group_id
-                );
-                println!("kafka.security: {}", c.kafka.security.describe());
-                println!(
-                    "cache: refresh_interval_secs={}",
-                    c.cache.refresh_interval_secs.as_secs()
-                );
-                println!("http: listen={}", c.http.listen);
-                if connect {
-                    logging::init("error", Default::default());
-                    if !check::reachable(c.settings(), c.postgres.create_schema) {
-                        return ExitCode::from(EXIT_START);
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { config, connect } => check_config(&config, connect),
         Command::Campaign {
             command: CampaignCommand::Status { config, id },
         } => with_config(&config, |c| ops::status(c, Some(&id), None)),
         Command::Campaigns { config, state } => {
             with_config(&config, |c| ops::status(c, None, state))
         }
+        Command::Reconcile {
+            config,
+            campaign,
+            since,
+            repair,
+        } => with_config(&config, |c| {
+            logging::init("warn", c.log.format);
+            let request = ReconcileRequest {
+                campaign,
+                since_secs: since,
+                repair,
+            };
+            ops::reconcile(c, request)
+        }),
         Command::ReplayDeadLetters {
             config,
             reason,
@@ -168,6 +175,31 @@ fn main() -> ExitCode {
             demo::run(postgres_url)
         }
     }
+}
+
+/// `check-config`: the file checked and its main settings printed; with `connect`, what it names
+/// reached (exit code 2 when something is not usable).
+fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
+    with_config(path, |c| {
+        println!("{} is valid", path.display());
+        println!(
+            "kafka: brokers={} input_topic={} output_topic={} group_id={}",
+            c.kafka.brokers, c.kafka.input_topic, c.kafka.output_topic, c.kafka.group_id
+        );
+        println!("kafka.security: {}", c.kafka.security.describe());
+        println!(
+            "cache: refresh_interval_secs={}",
+            c.cache.refresh_interval_secs.as_secs()
+        );
+        println!("http: listen={}", c.http.listen);
+        if connect {
+            logging::init("error", Default::default());
+            if !check::reachable(c.settings(), c.postgres.create_schema) {
+                return ExitCode::from(EXIT_START);
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs `command` with the config at `path`; an invalid config is exit code 1.

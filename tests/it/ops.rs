@@ -182,3 +182,152 @@ fn replay(f: &Fixture, args: &[&str]) -> Value {
     assert_eq!(lines.len(), 1, "{out}");
     lines.remove(0)
 }
+
+/// `reconcile` with `args`: the exit code and one report per line.
+fn reconcile(f: &Fixture, args: &[&str]) -> (Option<i32>, Vec<Value>) {
+    let mut all = vec!["reconcile"];
+    all.extend_from_slice(args);
+    let (code, out, err) = command(f, &all);
+    assert!(matches!(code, Some(0 | 1)), "{out}{err}");
+    (code, json_lines(&out))
+}
+
+/// A list of a report: its count and its sample.
+fn list(report: &Value, name: &str) -> (u64, Vec<String>) {
+    let l = &report[name];
+    let sample = l["sample"].as_array().cloned().unwrap_or_default();
+    let sample = sample.iter().map(|c| c.as_str().unwrap_or("?").to_string()).collect();
+    (l["count"].as_u64().unwrap_or(u64::MAX), sample)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_finds_what_one_sink_lacks_and_repair_mends_it_without_sending_twice() {
+    let f = Fixture::new("opsreconcile", 1).await;
+    let restaurant = "7b000000-0000-0000-0000-000000000003";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let service = Service::start(&f, "");
+    f.produce("a", active_campaign(restaurant, "c-a").as_bytes())
+        .await;
+    service.wait_processed(1, Duration::from_secs(30));
+    wait_complete(&f, 3, Duration::from_secs(10), &|| service.log_text()).await;
+    let (code, reports) = reconcile(&f, &["--campaign", "c-a"]);
+    assert_eq!((code, reports.len()), (Some(0), 1), "{reports:?}");
+    assert_eq!(reports[0]["agree"], true, "{}", reports[0]);
+    assert_eq!((reports[0]["postgres"].as_u64(), reports[0]["kafka"].as_u64()), (Some(3), Some(3)));
+
+    let extra = "0e000000-0000-4000-8000-0000000000ff";
+    break_both_sinks(&f, extra).await;
+    let (code, reports) = reconcile(&f, &["--campaign", "c-a"]);
+    assert_eq!(code, Some(1), "{reports:?}");
+    let found = &reports[0];
+    assert_eq!(list(found, "only_in_postgres"), (1, vec![extra.to_string()]), "{found}");
+    assert_eq!(list(found, "only_in_kafka"), (1, vec![CLIENTS[0].to_string()]), "{found}");
+    assert_eq!(list(found, "twice_in_kafka"), (1, vec![CLIENTS[1].to_string()]), "{found}");
+
+    let (code, reports) = reconcile(&f, &["--campaign", "c-a", "--repair"]);
+    assert_eq!(code, Some(1), "{reports:?}");
+    let repaired = &reports[0]["repaired"];
+    assert_eq!(repaired["sent_to_kafka"], 1, "{repaired}");
+    assert_eq!(repaired["inserted_into_postgres"], 1, "{repaired}");
+    assert_eq!(repaired["withdrawn_from_postgres"], 0, "{repaired}");
+    assert_eq!(repaired["not_mended"].as_array().map(Vec::len), Some(1), "{repaired}");
+
+    let (_, reports) = reconcile(&f, &["--campaign", "c-a", "--repair"]);
+    let after = &reports[0];
+    assert_eq!(list(after, "only_in_postgres").0, 0, "{after}");
+    assert_eq!(list(after, "only_in_kafka").0, 0, "{after}");
+    assert_eq!(after["repaired"]["sent_to_kafka"], 0, "sent once only: {after}");
+    let mut everyone: Vec<&str> = CLIENTS.to_vec();
+    everyone.push(extra);
+    assert_eq!(row_pairs(&f).await, once_each(&["c-a"], &everyone), "Postgres");
+    let mut kafka = once_each(&["c-a"], &everyone);
+    kafka.insert(("c-a".into(), CLIENTS[1].into()), 2);
+    assert_eq!(output_pairs(&f), kafka, "Kafka");
+    drop(service);
+    f.cleanup().await;
+}
+
+/// Takes the first client's row out of Postgres, puts a row Kafka never had in, and writes the
+/// second client's message to the output topic again.
+async fn break_both_sinks(f: &Fixture, extra: &str) {
+    f.db.execute(
+        "DELETE FROM subscribers_feedback WHERE adv_campaign_id = 'c-a' AND client_id = $1",
+        &[&CLIENTS[0]],
+    )
+    .await
+    .expect("delete a row");
+    f.db.execute(
+        "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
+         SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
+             adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
+             datetime_created, $1, trigger_datetime_created
+         FROM subscribers_feedback WHERE adv_campaign_id = 'c-a' LIMIT 1",
+        &[&extra],
+    )
+    .await
+    .expect("a row Kafka never had");
+    let (key, second) = f
+        .read_output()
+        .into_iter()
+        .find(|(_, v)| v["client_id"] == CLIENTS[1])
+        .expect("the second client's message");
+    let second = second.to_string();
+    let again = rdkafka::producer::FutureRecord::to(&f.output_topic)
+        .key(&key)
+        .payload(&second);
+    f.producer
+        .send(again, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("a second copy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_withdraws_what_kafka_lacks_of_a_campaign_that_is_over_instead_of_sending_it() {
+    let f = Fixture::new("opsrepairover", 1).await;
+    let restaurant = "7b000000-0000-0000-0000-000000000004";
+    f.subscribe(restaurant, &CLIENTS).await;
+    let service = Service::start(&f, "");
+    let since = unix_now();
+    let now = unix_now();
+    let soon_over = campaign(restaurant, "c-short", now - 60, now + 3);
+    f.produce("short", soon_over.as_bytes()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+    wait_complete(&f, 3, Duration::from_secs(10), &|| service.log_text()).await;
+    f.db.execute(
+        "DELETE FROM subscribers_feedback WHERE id = (SELECT max(id) FROM subscribers_feedback)",
+        &[],
+    )
+    .await
+    .expect("delete");
+    // Postgres now lacks a notification Kafka has; next, a row Kafka never had.
+    let lacking = "0e000000-0000-4000-8000-0000000000fe";
+    f.db.execute(
+        "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
+         SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
+             adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
+             datetime_created, $1, trigger_datetime_created
+         FROM subscribers_feedback LIMIT 1",
+        &[&lacking],
+    )
+    .await
+    .expect("a row Kafka never had");
+    while unix_now() <= now + 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let since = since.to_string();
+    let (code, reports) = reconcile(&f, &["--since", &since, "--repair"]);
+    assert_eq!((code, reports.len()), (Some(1), 1), "{reports:?}");
+    let repaired = &reports[0]["repaired"];
+    assert_eq!(repaired["sent_to_kafka"], 0, "nothing after its end: {repaired}");
+    assert_eq!(repaired["withdrawn_from_postgres"], 1, "{repaired}");
+    assert_eq!(repaired["inserted_into_postgres"], 1, "{repaired}");
+    assert_eq!(row_pairs(&f).await, once_each(&["c-short"], &CLIENTS), "Postgres");
+    assert_eq!(output_pairs(&f), once_each(&["c-short"], &CLIENTS), "Kafka");
+    drop(service);
+    f.cleanup().await;
+}

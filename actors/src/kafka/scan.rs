@@ -128,8 +128,22 @@ pub fn read_topic(
     stall: Duration,
     each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, ScanError> {
+    read_topic_counted(settings, topic, from_ms, stall, |_| {}, each)
+}
+
+/// [`read_topic`], telling `total` first how many messages lie between the starts and the ends
+/// (for a progress bar; compacted or aborted records make the read find fewer).
+pub fn read_topic_counted(
+    settings: &ProducerSettings,
+    topic: &str,
+    from_ms: i64,
+    stall: Duration,
+    total: impl FnOnce(u64),
+    each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, ScanError> {
     let consumer = scan_consumer(settings)?;
-    let ends = assign_from(&consumer, topic, from_ms)?;
+    let (ends, span) = assign_from(&consumer, topic, from_ms)?;
+    total(span);
     read_to_ends(&consumer, topic, ends, stall, each)
 }
 
@@ -151,12 +165,13 @@ fn scan_consumer(settings: &ProducerSettings) -> Result<BaseConsumer, ScanError>
 }
 
 /// Assigns every partition of `topic` that has messages from `from_ms` on, at the first of them;
-/// returns each assigned partition's end (high watermark) at this moment.
+/// returns each assigned partition's end (high watermark) at this moment, and how many offsets
+/// lie between the starts and the ends.
 fn assign_from(
     consumer: &BaseConsumer,
     topic: &str,
     from_ms: i64,
-) -> Result<HashMap<i32, i64>, ScanError> {
+) -> Result<(HashMap<i32, i64>, u64), ScanError> {
     let partitions =
         partition_ids(consumer.client(), topic, REQUEST_TIMEOUT).map_err(|source| {
             ScanError::Metadata {
@@ -181,7 +196,7 @@ fn assign_from(
         .offsets_for_times(by_time, REQUEST_TIMEOUT)
         .map_err(ScanError::OffsetsForTimes)?;
     let mut assign = TopicPartitionList::new();
-    let mut ends = HashMap::new();
+    let (mut ends, mut span) = (HashMap::new(), 0u64);
     for e in starts.elements() {
         let (_, high) = consumer
             .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
@@ -192,13 +207,14 @@ fn assign_from(
                     .add_partition_offset(topic, e.partition(), Offset::Offset(start))
                     .map_err(start_failed(e.partition()))?;
                 ends.insert(e.partition(), high);
+                span += (high - start) as u64;
             }
         }
     }
     if !ends.is_empty() {
         consumer.assign(&assign).map_err(ScanError::Assign)?;
     }
-    Ok(ends)
+    Ok((ends, span))
 }
 
 fn read_to_ends(

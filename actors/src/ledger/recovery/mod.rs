@@ -28,16 +28,14 @@ use std::sync::Arc;
 use actix::Recipient;
 use tokio_postgres::Client;
 
+use self::send::{deadline_ms, send_missing, MarkedCampaign};
 use super::outbox;
-use crate::cache::snapshot::ClientId;
 use crate::campaign::Campaign;
 use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
-use crate::kafka::{
-    scan, Chunk, FailureClass, KafkaFailure, Producer, ProducerSettings, TransactionalIds,
-};
+use crate::kafka::{scan, Producer, ProducerSettings, TransactionalIds};
 use crate::lease::Lease;
 use crate::metrics::{DeadLetterReason, Metrics, WithdrawReason};
-use crate::notification::{fingerprint_of, OutputEncoder, SourceRef, Wanted};
+use crate::notification::{fingerprint_of, SourceRef, Wanted};
 use crate::postgres::describe;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::TRANSACTION_TIMEOUT;
@@ -45,6 +43,7 @@ use crate::sinks::Write;
 
 mod error;
 mod owners;
+pub(crate) mod send;
 
 pub use error::RecoveryError;
 pub use owners::{
@@ -62,7 +61,7 @@ pub const PAGE_NOTIFICATIONS: usize = 50_000;
 
 /// Recovered notifications are handed to the producer in chunks of this many, each confirmed
 /// before the next.
-const SEND_CHUNK: usize = 5_000;
+pub(crate) const SEND_CHUNK: usize = 5_000;
 
 /// Where recovered notifications go: the output topic, with the service's producer settings; and
 /// until when they may go: nothing of a campaign is sent later than `end_grace_secs` after its
@@ -146,13 +145,6 @@ impl Recoverer {
                 .map_err(RecoveryError::postgres("forgetting a recovered owner"))?;
         }
     }
-}
-
-/// One campaign's marked rows of a page: the campaign as it was written, and its clients.
-struct MarkedCampaign {
-    campaign: Campaign,
-    trigger_datetime_created: i64,
-    clients: Vec<String>,
 }
 
 impl Recoverer {
@@ -438,12 +430,6 @@ async fn fingerprints(client: &Client, window: &outbox::Marks) -> Result<Wanted,
     Ok(wanted)
 }
 
-/// When nothing of `campaign` may be sent any more (ms since the epoch).
-fn deadline_ms(c: &Campaign, end_grace_secs: i64) -> i64 {
-    let last = c.adv_campaign_datetime_end.saturating_add(end_grace_secs);
-    last.saturating_add(1).saturating_mul(1000)
-}
-
 /// The marked rows, one entry per campaign and trigger time (the campaign's text is read once,
 /// not once per row).
 async fn marked_campaigns(
@@ -482,87 +468,4 @@ async fn marked_campaigns(
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(RecoveryError::postgres("reading the marked rows"))
-}
-
-/// What [`send_missing`] could not send.
-#[derive(Debug, Default)]
-struct Unsent {
-    /// Not sent: the campaign's deadline came first.
-    expired: Vec<String>,
-    /// Refused by the broker for good.
-    refused: Vec<String>,
-    /// Why they were refused (the first refusal).
-    reason: Option<String>,
-}
-
-/// Sends the campaign's notifications the topic lacks through the service's one producer path,
-/// keyed by client, placed by librdkafka's default partitioner (where the Kafka writer places
-/// them too), a chunk at a time, none at or after `deadline_ms` (the campaign's end plus the
-/// grace). A notification the broker refuses for good is left out and reported; any other
-/// failure fails the send (retried at the next sweep).
-async fn send_missing(
-    producer: &Producer,
-    topic: &str,
-    marked: &MarkedCampaign,
-    found: &Wanted,
-    deadline_ms: i64,
-) -> Result<Unsent, KafkaFailure> {
-    let encoder = OutputEncoder::new(&marked.campaign, marked.trigger_datetime_created);
-    let mut missing = marked
-        .clients
-        .iter()
-        .filter(|c| !found.contains(&fingerprint_of(&marked.campaign, c)));
-    let mut unsent = Unsent::default();
-    let mut chunk = Chunk::new();
-    let mut payload = Vec::with_capacity(512);
-    while let Some(client) = missing.next() {
-        if chunk.is_empty() && crate::clock::Clock::system().now_ms() >= deadline_ms {
-            unsent.expired.push(client.clone());
-            unsent.expired.extend(missing.cloned());
-            break;
-        }
-        payload.clear();
-        encoder.encode(ClientId::Text(client), &mut payload);
-        let record = chunk
-            .record(topic)
-            .payload(&payload[..])
-            .key(client.as_bytes());
-        match producer.hand_over(&mut chunk, record).await {
-            Ok(()) => {}
-            Err(e) if e.class == FailureClass::Permanent => {
-                unsent.reason.get_or_insert_with(|| e.message.clone());
-                unsent.refused.push(client.clone());
-            }
-            Err(e) => {
-                // What was handed over must have landed or failed before the next sweep reads
-                // the topic back.
-                let _ = settle(chunk, &mut unsent).await;
-                return Err(e);
-            }
-        }
-        if chunk.len() == SEND_CHUNK {
-            settle(std::mem::take(&mut chunk), &mut unsent).await?;
-        }
-    }
-    settle(chunk, &mut unsent).await?;
-    Ok(unsent)
-}
-
-/// Waits for every acknowledgement of a chunk; refusals for good go to `unsent` (a record's key is
-/// its client), the first other failure is the answer (after every one was awaited).
-async fn settle(chunk: Chunk, unsent: &mut Unsent) -> Result<(), KafkaFailure> {
-    let mut first = None;
-    for refusal in chunk.settled().await {
-        let failure = refusal.failure;
-        if failure.class == FailureClass::Permanent {
-            unsent.reason.get_or_insert_with(|| failure.message.clone());
-            let client = refusal.key.unwrap_or_default();
-            unsent
-                .refused
-                .push(String::from_utf8_lossy(&client).into_owned());
-        } else {
-            first.get_or_insert(failure);
-        }
-    }
-    first.map_or(Ok(()), Err)
 }
