@@ -1,7 +1,8 @@
 -- Run once by the postgres image on an empty data directory (docker-entrypoint-initdb.d).
 -- The subscriber table of the data contract, as the app that owns it creates it, with a few
 -- sample subscribers. campaign-notifier's schema step (postgres.create_schema) creates the rest:
--- subscribers_feedback, the index on subscribers_restaurants (restaurant_id) and its own outbox.
+-- subscribers_feedback, the index on subscribers_restaurants (restaurant_id) and its own tables
+-- (outbox, campaigns, feed, owners, leaders) and sequence.
 
 CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
     id serial4 NOT NULL, client_id varchar NOT NULL, restaurant_id varchar NOT NULL,
