@@ -37,13 +37,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::clock::Clock;
 use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
 use crate::hand_off::{Batch, HandOff};
-use crate::ledger::Tokens;
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
 use crate::metrics::{DeadLetterReason, Metrics, SinkKind, WithdrawReason};
 use crate::notification::{cut, NotificationBatch};
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::{DeadLetter, DeadLetterSink};
 use crate::sinks::kafka_writer::{KafkaJob, KafkaSink, Sent};
+use crate::sinks::pg_writer::Tokens;
 use crate::sinks::pg_writer::{Inserted, PgJob, PgSink};
 use crate::sinks::{SinkError, Write, WriteAll};
 

@@ -40,8 +40,9 @@
 //!   campaign a slice at a time, within the budget of notifications in flight.
 //! - [`sinks`]: the supervised batching writer and the Kafka, Postgres and dead-letter sinks.
 //! - [`ledger`]: outbox marks and tokens, fencing and recovery of dead owners, the `Ledger` actor.
-//! - [`lease`]: this process's lease, which every write asks first, and the `LeaseKeeper` that
-//!   renews it; [`fatal`]: why the service must stop, and the channel that says so.
+//! - [`lease`]: this process's lease, which every write asks first; [`lease_keeper`]: the
+//!   `LeaseKeeper` actor that renews it; [`fatal`]: why the service must stop, and the channel
+//!   that says so.
 //! - [`lifecycle`]: the durable table of campaigns; scheduled ones fired at their start, newer
 //!   versions replacing or cancelling them, the `Lifecycle` actor.
 //! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
@@ -79,6 +80,7 @@ pub(crate) mod hand_off;
 pub(crate) mod http;
 pub mod kafka;
 pub mod lease;
+pub(crate) mod lease_keeper;
 pub mod ledger;
 pub mod lifecycle;
 pub(crate) mod liveness;

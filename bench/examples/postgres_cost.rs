@@ -269,7 +269,7 @@ impl Cost<'_> {
         .await
         .map_err(err("postgres sink"))?;
         let sink_pid = sink_backend_pid(db).await?;
-        let mut tokens = campaign_actors::ledger::Tokens::new(1);
+        let mut tokens = campaign_actors::sinks::pg_writer::Tokens::new(1);
         let mut outbox_ids = Vec::with_capacity(self.campaigns);
         let meter = Meter::start(sink_pid);
         for g in self.arrivals.chunks(self.group) {
@@ -394,7 +394,7 @@ fn pg_job(
     a: &Arrival,
     snapshot: &Arc<Snapshot>,
     now: i64,
-    tokens: &mut campaign_actors::ledger::Tokens,
+    tokens: &mut campaign_actors::sinks::pg_writer::Tokens,
 ) -> Arc<PgJob> {
     let entry = snapshot
         .lookup(&a.campaign.restaurant_id)

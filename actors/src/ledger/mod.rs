@@ -17,5 +17,4 @@ pub mod outbox;
 pub mod recovery;
 
 pub use actor::Ledger;
-pub use outbox::Tokens;
 pub use recovery::{OutputTarget, Recoverer, RecoveryReport};

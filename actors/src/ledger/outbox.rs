@@ -1,6 +1,6 @@
-//! Outbox marks and who owns them: the tokens that make a retried chunk find its first attempt,
-//! the statements that clear and withdraw marks, and the advisory locks versions before leases
-//! told live owners from dead ones by.
+//! Outbox marks and who owns them: the statements that clear and withdraw marks, and the advisory
+//! locks versions before leases told live owners from dead ones by. The tokens that make a
+//! retried chunk find its first attempt are the Postgres writer's (`sinks::pg_writer::Tokens`).
 //!
 //! The Postgres writer inserts a campaign's new rows and one `campaign_notifier_outbox` row (a
 //! mark) listing their ids in one transaction; the mark is deleted once Kafka acknowledged them.
@@ -8,26 +8,6 @@
 use tokio_postgres::Client;
 
 use crate::lease::LOCK_CLASS;
-
-/// Hands out outbox tokens: unique per process (the owner in the high half) and never reused.
-#[derive(Debug)]
-pub struct Tokens {
-    owner: i32,
-    next: u32,
-}
-
-impl Tokens {
-    pub fn new(owner: i32) -> Tokens {
-        Tokens { owner, next: 0 }
-    }
-
-    /// Reserves `n` consecutive tokens and returns the first.
-    pub fn take(&mut self, n: usize) -> i64 {
-        let first = (i64::from(self.owner) << 32) | i64::from(self.next);
-        self.next = self.next.wrapping_add(n as u32);
-        first
-    }
-}
 
 /// Takes `owner`'s advisory lock if nobody holds it (release with [`release_owner_lock`]):
 /// versions before leases held it while they lived.
@@ -159,22 +139,4 @@ pub async fn marks_page(
             .min()
             .unwrap_or_default(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_unique_per_owner_and_reserve_ranges() {
-        let mut a = Tokens::new(7);
-        let mut b = Tokens::new(8);
-        let a1 = a.take(3);
-        let a2 = a.take(1);
-        assert_eq!(a2 - a1, 3);
-        assert_ne!(a1, b.take(1));
-        assert_eq!(a1 >> 32, 7);
-        let mut neg = Tokens::new(-5);
-        assert_eq!(neg.take(1) >> 32, -5);
-    }
 }

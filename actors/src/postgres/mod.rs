@@ -101,7 +101,7 @@ const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
 /// `lifecycle::store`).
 const FEED_DDL: &str = include_str!("schema/campaign_notifier_feed.sql");
 
-/// The owners (one per process) and their leases (see `crate::lease`). Owner ids come from the
+/// The owners (one per process) and their leases (docs/design.md, "One owner at a time"). Owner ids come from the
 /// sequence and are never reused.
 const OWNER_SEQ_DDL: &str = include_str!("schema/campaign_notifier_owner_seq.sql");
 const OWNERS_DDL: &str = include_str!("schema/campaign_notifier_owners.sql");

@@ -390,7 +390,7 @@ impl Answers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Tokens;
+    use crate::sinks::pg_writer::Tokens;
 
     fn job_of(campaign: &str, clients: usize, tokens: &mut Tokens) -> Arc<PgJob> {
         Arc::new(PgJob::new(

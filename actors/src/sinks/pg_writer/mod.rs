@@ -32,7 +32,6 @@ use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
 use crate::error_chain::Chain;
 use crate::lease::{self, Lapsed, Lease};
-use crate::ledger::Tokens;
 use crate::metrics::SinkKind;
 use crate::notification::{cut, NotificationBatch};
 use crate::postgres::trigger_column::TriggerColumn;
@@ -40,10 +39,12 @@ use crate::postgres::PostgresSettings;
 
 mod insert_all;
 mod statements;
+mod tokens;
 
 pub use insert_all::GROUPED_ROWS;
 use insert_all::{insert_all, Triggers};
 pub use statements::{group_insert, FENCE, GROUP_INSERT, GROUP_INSERT_INT8, INSERT};
+pub use tokens::Tokens;
 
 pub type PgWriter = Writer<PgSink>;
 

@@ -4,14 +4,10 @@
 //!
 //! [`Lease`] is what every writer asks before it hands anything to Postgres or to librdkafka: it
 //! is valid until the end its last renewal earned, on this process's monotonic clock, which keeps
-//! running while the process is frozen. [`LeaseKeeper`] ([`keeper`]) renews it; a fence,
-//! found by a renewal or by a writer's transaction, ends it for good and stops the service.
+//! running while the process is frozen. The `LeaseKeeper` actor (`lease_keeper.rs`) renews it; a
+//! fence, found by a renewal or by a writer's transaction, ends it for good and stops the service.
 //!
 //! Must not touch: the outbox marks (the ledger's) or the data path's order of writes.
-
-mod keeper;
-
-pub use keeper::{LeaseKeeper, Release};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};

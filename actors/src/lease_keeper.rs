@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio_postgres::Client;
 
-use super::{self as lease, Renewal};
+use crate::lease::{self, Renewal};
 use crate::liveness::Loop;
 use crate::metrics::ActorKind;
 use crate::postgres::{describe, ConnectError, PostgresSettings};
