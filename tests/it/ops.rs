@@ -256,18 +256,7 @@ async fn break_both_sinks(f: &Fixture, extra: &str) {
     )
     .await
     .expect("delete a row");
-    f.db.execute(
-        "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
-             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
-             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
-         SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
-             adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
-             datetime_created, $1, trigger_datetime_created
-         FROM subscribers_feedback WHERE adv_campaign_id = 'c-a' LIMIT 1",
-        &[&extra],
-    )
-    .await
-    .expect("a row Kafka never had");
+    insert_a_row_kafka_never_had(f, "c-a", extra).await;
     let (key, second) = f
         .read_output()
         .into_iter()
@@ -304,18 +293,7 @@ async fn repair_withdraws_what_kafka_lacks_of_a_campaign_that_is_over_instead_of
     .expect("delete");
     // Postgres now lacks a notification Kafka has; next, a row Kafka never had.
     let lacking = "0e000000-0000-4000-8000-0000000000fe";
-    f.db.execute(
-        "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
-             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
-             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
-         SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
-             adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
-             datetime_created, $1, trigger_datetime_created
-         FROM subscribers_feedback LIMIT 1",
-        &[&lacking],
-    )
-    .await
-    .expect("a row Kafka never had");
+    insert_a_row_kafka_never_had(&f, "c-short", lacking).await;
     while unix_now() <= now + 3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -330,4 +308,21 @@ async fn repair_withdraws_what_kafka_lacks_of_a_campaign_that_is_over_instead_of
     assert_eq!(output_pairs(&f), once_each(&["c-short"], &CLIENTS), "Kafka");
     drop(service);
     f.cleanup().await;
+}
+
+/// A row of `campaign` for `client`, copied from one of its rows, as if its Kafka message had been
+/// lost.
+async fn insert_a_row_kafka_never_had(f: &Fixture, campaign: &str, client: &str) {
+    f.db.execute(
+        "INSERT INTO subscribers_feedback (restaurant_id, adv_campaign_id, adv_campaign_content,
+             adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+             adv_campaign_datetime_end, datetime_created, client_id, trigger_datetime_created)
+         SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
+             adv_campaign_owner_contact, adv_campaign_datetime_start, adv_campaign_datetime_end,
+             datetime_created, $2, trigger_datetime_created
+         FROM subscribers_feedback WHERE adv_campaign_id = $1 LIMIT 1",
+        &[&campaign, &client],
+    )
+    .await
+    .expect("a row Kafka never had");
 }

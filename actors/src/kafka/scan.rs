@@ -68,14 +68,16 @@ pub enum ScanError {
     },
 }
 
+/// The fields of an output message that say whose notification it is (the key that is unique in
+/// Postgres), read from the message's own JSON.
 #[derive(serde::Deserialize)]
-struct KeyFields<'a> {
+pub(crate) struct Whose<'a> {
     #[serde(borrow)]
-    restaurant_id: std::borrow::Cow<'a, str>,
+    pub(crate) restaurant_id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    adv_campaign_id: std::borrow::Cow<'a, str>,
+    pub(crate) adv_campaign_id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    client_id: std::borrow::Cow<'a, str>,
+    pub(crate) client_id: std::borrow::Cow<'a, str>,
 }
 
 /// Reads `topic` from `since_ms` to its end (as it is when the read starts) and returns which of
@@ -101,7 +103,7 @@ pub fn find_sent(
             // Anything in the topic that is not one of our messages is simply not a match.
             if let Some(fields) = message
                 .payload()
-                .and_then(|p| serde_json::from_slice::<KeyFields<'_>>(p).ok())
+                .and_then(|p| serde_json::from_slice::<Whose<'_>>(p).ok())
             {
                 let key = fingerprint(
                     &fields.restaurant_id,

@@ -16,9 +16,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use super::{connect, kafka, pg, read_outcome, OpsError};
 use crate::config::Settings;
 use crate::kafka::{scan, Chunk, KafkaFailure, Producer};
-use crate::postgres::{self, ConnectError};
 use crate::sinks::dead_letter_writer::{HEADER_PAYLOAD_OMITTED, HEADER_REASON_CODE};
 
 /// The table of replayed letters; created by the replay when it is missing.
@@ -62,27 +62,6 @@ pub struct ReplayReport {
     pub refused: BTreeMap<String, u64>,
 }
 
-/// Why a replay could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error("kafka.dead_letter_topic is empty: there is no dead-letter topic to replay")]
-    NoDeadLetterTopic,
-    #[error("cannot connect to Postgres")]
-    Connect(#[source] ConnectError),
-    #[error("Postgres: {what}")]
-    Postgres {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("cannot read the dead-letter topic")]
-    Read(#[source] scan::ScanError),
-    #[error("the read of the dead-letter topic stopped")]
-    ReadTask(#[source] tokio::task::JoinError),
-    #[error("cannot create the producer")]
-    Producer(#[source] KafkaFailure),
-}
-
 /// One letter as read: where it is, why it is there, and the original message.
 #[derive(Debug)]
 struct Letter {
@@ -119,21 +98,18 @@ impl Letter {
 pub async fn replay(
     settings: &Settings,
     request: &ReplayRequest,
-) -> Result<ReplayReport, ReplayError> {
-    let topic = settings
-        .dead_letter_topic
-        .clone()
-        .ok_or(ReplayError::NoDeadLetterTopic)?;
-    let client = postgres::connect(&settings.postgres, "replay")
-        .await
-        .map_err(ReplayError::Connect)?;
+) -> Result<ReplayReport, OpsError> {
+    let topic = settings.dead_letter_topic.clone().ok_or(OpsError::Refused(
+        "kafka.dead_letter_topic is empty: there is no dead-letter topic to replay",
+    ))?;
+    let client = connect(&settings.postgres, "replay").await?;
     client
         .batch_execute(REPLAYED_TABLE)
         .await
         .map_err(pg("creating campaign_notifier_replayed"))?;
     let producer = match request.dry_run {
         true => None,
-        false => Some(Producer::create(&settings.producer, &[]).map_err(ReplayError::Producer)?),
+        false => Some(Producer::create(&settings.producer, &[]).map_err(kafka("the producer"))?),
     };
     let mut replay = Replay {
         client,
@@ -148,18 +124,11 @@ pub async fn replay(
     };
     let (letters, reader) = read_letters(settings, &topic, request.since_secs);
     replay.all(letters).await?;
-    replay.report.read = reader
-        .await
-        .map_err(ReplayError::ReadTask)?
-        .map_err(ReplayError::Read)?;
+    replay.report.read = read_outcome(&topic, reader.await)?;
     if let Some(producer) = &replay.producer {
         producer.close("replay").await;
     }
     Ok(replay.report)
-}
-
-fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReplayError {
-    move |source| ReplayError::Postgres { what, source }
 }
 
 type ReadResult = Result<u64, scan::ScanError>;
@@ -192,7 +161,7 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    async fn all(&mut self, mut letters: mpsc::Receiver<Letter>) -> Result<(), ReplayError> {
+    async fn all(&mut self, mut letters: mpsc::Receiver<Letter>) -> Result<(), OpsError> {
         let mut chunk = Vec::with_capacity(CHUNK);
         while letters.recv_many(&mut chunk, CHUNK).await > 0 {
             let wanted = self.wanted(std::mem::take(&mut chunk)).await?;
@@ -203,7 +172,7 @@ impl Replay<'_> {
 
     /// The letters of `chunk` to replay: of the reason asked for, with their payload, and not
     /// replayed before; the others are counted.
-    async fn wanted(&mut self, chunk: Vec<Letter>) -> Result<Vec<Letter>, ReplayError> {
+    async fn wanted(&mut self, chunk: Vec<Letter>) -> Result<Vec<Letter>, OpsError> {
         let report = &mut self.report;
         let mut wanted = Vec::with_capacity(chunk.len());
         for letter in chunk {
@@ -231,7 +200,7 @@ impl Replay<'_> {
     async fn recorded(
         &self,
         letters: &[Letter],
-    ) -> Result<std::collections::HashSet<(i32, i64)>, ReplayError> {
+    ) -> Result<std::collections::HashSet<(i32, i64)>, OpsError> {
         let (partitions, offsets): (Vec<i32>, Vec<i64>) =
             letters.iter().map(|l| (l.partition, l.offset)).unzip();
         let rows = self
@@ -252,7 +221,7 @@ impl Replay<'_> {
 
     /// Sends `letters` to the input topic (counts them, for a dry run) and records those the
     /// broker acknowledged.
-    async fn send(&mut self, letters: Vec<Letter>) -> Result<(), ReplayError> {
+    async fn send(&mut self, letters: Vec<Letter>) -> Result<(), OpsError> {
         let Some(producer) = &self.producer else {
             for letter in letters {
                 *self.report.replayed.entry(letter.reason).or_default() += 1;
@@ -316,7 +285,7 @@ impl Replay<'_> {
             .or_default() += 1;
     }
 
-    async fn record(&self, sent: &[Letter]) -> Result<(), ReplayError> {
+    async fn record(&self, sent: &[Letter]) -> Result<(), OpsError> {
         if sent.is_empty() {
             return Ok(());
         }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use actix::Recipient;
 use tokio_postgres::Client;
 
-use self::send::{deadline_ms, send_missing, MarkedCampaign};
+use self::send::{campaign_of, deadline_ms, send_missing, MarkedCampaign};
 use super::outbox;
 use crate::campaign::Campaign;
 use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
@@ -451,16 +451,7 @@ async fn marked_campaigns(
     rows.iter()
         .map(|row| {
             Ok(MarkedCampaign {
-                campaign: Campaign {
-                    restaurant_id: row.try_get(0)?,
-                    adv_campaign_id: row.try_get(1)?,
-                    adv_campaign_content: row.try_get(2)?,
-                    adv_campaign_owner: row.try_get(3)?,
-                    adv_campaign_owner_contact: row.try_get(4)?,
-                    adv_campaign_datetime_start: row.try_get(5)?,
-                    adv_campaign_datetime_end: row.try_get(6)?,
-                    datetime_created: row.try_get(7)?,
-                },
+                campaign: campaign_of(row)?,
                 // int8 in the statement, whether the column is the brief's int4 or migrated.
                 trigger_datetime_created: row.try_get(8)?,
                 clients: row.try_get(9)?,

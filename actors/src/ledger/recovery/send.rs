@@ -16,6 +16,21 @@ pub(crate) struct MarkedCampaign {
     pub(crate) clients: Vec<String>,
 }
 
+/// The campaign of a row whose first eight columns are the campaign's eight fields, in the
+/// brief's order (a row of `subscribers_feedback` or `campaign_notifier_campaigns`).
+pub(crate) fn campaign_of(row: &tokio_postgres::Row) -> Result<Campaign, tokio_postgres::Error> {
+    Ok(Campaign {
+        restaurant_id: row.try_get(0)?,
+        adv_campaign_id: row.try_get(1)?,
+        adv_campaign_content: row.try_get(2)?,
+        adv_campaign_owner: row.try_get(3)?,
+        adv_campaign_owner_contact: row.try_get(4)?,
+        adv_campaign_datetime_start: row.try_get(5)?,
+        adv_campaign_datetime_end: row.try_get(6)?,
+        datetime_created: row.try_get(7)?,
+    })
+}
+
 /// When nothing of `campaign` may be sent any more (ms since the epoch).
 pub(crate) fn deadline_ms(c: &Campaign, end_grace_secs: i64) -> i64 {
     let last = c.adv_campaign_datetime_end.saturating_add(end_grace_secs);

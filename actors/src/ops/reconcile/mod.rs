@@ -18,10 +18,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::{connect, pg, read_outcome, OpsError};
 use crate::campaign::Campaign;
 use crate::config::Settings;
-use crate::kafka::{scan, KafkaFailure};
-use crate::postgres::{self, ConnectError};
+use crate::kafka::scan::{self, Whose};
+use crate::ledger::recovery::send::campaign_of;
 
 pub use repair::Repaired;
 
@@ -80,31 +81,6 @@ pub struct CampaignReport {
     pub repaired: Option<Repaired>,
 }
 
-/// Why a reconcile could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("say which campaigns: --campaign ID or --since UNIX")]
-    NothingChosen,
-    #[error("cannot connect to Postgres")]
-    Connect(#[source] ConnectError),
-    #[error("Postgres: {what}")]
-    Postgres {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("cannot read the output topic")]
-    Read(#[source] scan::ScanError),
-    #[error("the read of the output topic stopped")]
-    ReadTask(#[source] tokio::task::JoinError),
-    #[error("cannot send to the output topic")]
-    Send(#[source] KafkaFailure),
-}
-
-fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ReconcileError {
-    move |source| ReconcileError::Postgres { what, source }
-}
-
 /// One campaign as both sinks hold it.
 struct Compared {
     campaign: Campaign,
@@ -118,19 +94,30 @@ struct Compared {
     lacking_rows: HashMap<String, Vec<u8>>,
 }
 
+impl Compared {
+    /// The clients Postgres has and Kafka lacks, but for those on their way (in flight).
+    fn missing_in_kafka(&self) -> Vec<String> {
+        self.postgres
+            .iter()
+            .filter(|client| !self.kafka.contains_key(*client) && !self.in_flight.contains(*client))
+            .cloned()
+            .collect()
+    }
+}
+
 /// Compares (and with `repair`, mends) the chosen campaigns; `progress` is told the messages of
 /// the output topic to read, then each one read.
 pub async fn reconcile(
     settings: &Settings,
     request: &ReconcileRequest,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<Vec<CampaignReport>, ReconcileError> {
+) -> Result<Vec<CampaignReport>, OpsError> {
     if request.campaign.is_none() && request.since_secs.is_none() {
-        return Err(ReconcileError::NothingChosen);
+        return Err(OpsError::Refused(
+            "say which campaigns: --campaign ID or --since UNIX",
+        ));
     }
-    let client = postgres::connect(&settings.postgres, "reconcile")
-        .await
-        .map_err(ReconcileError::Connect)?;
+    let client = connect(&settings.postgres, "reconcile").await?;
     let grace = settings.lifecycle.window.end_grace_secs;
     let (mut compared, from_ms) = chosen(&client, request, grace).await?;
     if compared.is_empty() {
@@ -165,7 +152,7 @@ async fn chosen(
     client: &Client,
     request: &ReconcileRequest,
     grace: i64,
-) -> Result<(Vec<Compared>, i64), ReconcileError> {
+) -> Result<(Vec<Compared>, i64), OpsError> {
     let rows = client
         .query(
             "SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner,
@@ -200,21 +187,8 @@ async fn chosen(
     Ok((compared, from_ms.saturating_sub(CLOCK_MARGIN_MS).max(0)))
 }
 
-fn campaign_of(row: &tokio_postgres::Row) -> Result<Campaign, tokio_postgres::Error> {
-    Ok(Campaign {
-        restaurant_id: row.try_get(0)?,
-        adv_campaign_id: row.try_get(1)?,
-        adv_campaign_content: row.try_get(2)?,
-        adv_campaign_owner: row.try_get(3)?,
-        adv_campaign_owner_contact: row.try_get(4)?,
-        adv_campaign_datetime_start: row.try_get(5)?,
-        adv_campaign_datetime_end: row.try_get(6)?,
-        datetime_created: row.try_get(7)?,
-    })
-}
-
 /// The campaign's clients in `subscribers_feedback`, and those an outbox mark lists.
-async fn read_postgres(client: &Client, c: &mut Compared) -> Result<(), ReconcileError> {
+async fn read_postgres(client: &Client, c: &mut Compared) -> Result<(), OpsError> {
     let key = [&c.campaign.restaurant_id, &c.campaign.adv_campaign_id];
     let rows = client
         .query(
@@ -237,25 +211,15 @@ async fn read_postgres(client: &Client, c: &mut Compared) -> Result<(), Reconcil
     Ok(())
 }
 
-/// The fields of an output message that say whose notification it is.
-#[derive(serde::Deserialize)]
-struct Whose<'a> {
-    #[serde(borrow)]
-    restaurant_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    adv_campaign_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    client_id: std::borrow::Cow<'a, str>,
-}
-
 /// Reads the output topic from `from_ms` to its end, counting the chosen campaigns' clients.
 async fn read_kafka(
     settings: &Settings,
     mut compared: Vec<Compared>,
     from_ms: i64,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<Vec<Compared>, ReconcileError> {
+) -> Result<Vec<Compared>, OpsError> {
     let (producer, topic) = (settings.producer.clone(), settings.output_topic.clone());
+    // The read's counts stay with the campaigns, on the reading thread; the progress comes back.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::task::spawn_blocking(move || {
         let index: HashMap<(String, String), usize> = compared
@@ -283,10 +247,7 @@ async fn read_kafka(
     while let Some(p) = rx.recv().await {
         progress(p);
     }
-    reader
-        .await
-        .map_err(ReconcileError::ReadTask)?
-        .map_err(ReconcileError::Read)
+    read_outcome(&settings.output_topic, reader.await)
 }
 
 /// Counts one output message for its campaign, if it is one of the chosen.
@@ -314,12 +275,7 @@ fn count(
 }
 
 fn report_of(c: &Compared) -> CampaignReport {
-    let only_in_postgres: Vec<String> = c
-        .postgres
-        .iter()
-        .filter(|client| !c.kafka.contains_key(*client) && !c.in_flight.contains(*client))
-        .cloned()
-        .collect();
+    let only_in_postgres = c.missing_in_kafka();
     let only_in_kafka: Vec<String> = c.lacking_rows.keys().cloned().collect();
     let twice: Vec<String> = c
         .kafka

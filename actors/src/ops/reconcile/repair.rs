@@ -6,11 +6,12 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{pg, Compared, ReconcileError};
+use super::Compared;
 use crate::config::Settings;
 use crate::kafka::Producer;
 use crate::ledger::recovery::send::{deadline_ms, send_missing, MarkedCampaign};
 use crate::notification::Wanted;
+use crate::ops::{kafka, pg, OpsError};
 
 /// What a repair did to one campaign.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -29,17 +30,12 @@ pub(super) async fn mend(
     settings: &Settings,
     client: &Client,
     c: &Compared,
-) -> Result<Repaired, ReconcileError> {
+) -> Result<Repaired, OpsError> {
     let mut repaired = Repaired::default();
     if !c.lacking_rows.is_empty() {
         repaired.inserted_into_postgres = insert_lacking(client, c).await?;
     }
-    let missing: Vec<String> = c
-        .postgres
-        .iter()
-        .filter(|client| !c.kafka.contains_key(*client) && !c.in_flight.contains(*client))
-        .cloned()
-        .collect();
+    let missing = c.missing_in_kafka();
     if !missing.is_empty() && c.over {
         repaired.withdrawn_from_postgres = withdraw(client, c, &missing).await?;
     } else if !missing.is_empty() {
@@ -56,7 +52,7 @@ pub(super) async fn mend(
 }
 
 /// Inserts the rows Postgres lacks, from the messages Kafka has.
-async fn insert_lacking(client: &Client, c: &Compared) -> Result<usize, ReconcileError> {
+async fn insert_lacking(client: &Client, c: &Compared) -> Result<usize, OpsError> {
     let mut messages = Vec::with_capacity(c.lacking_rows.len() * 400);
     messages.push(b'[');
     for (i, message) in c.lacking_rows.values().enumerate() {
@@ -92,11 +88,7 @@ async fn insert_lacking(client: &Client, c: &Compared) -> Result<usize, Reconcil
 }
 
 /// Deletes the rows of `clients` that no outbox mark lists (one that does is on its way).
-async fn withdraw(
-    client: &Client,
-    c: &Compared,
-    clients: &[String],
-) -> Result<usize, ReconcileError> {
+async fn withdraw(client: &Client, c: &Compared, clients: &[String]) -> Result<usize, OpsError> {
     let deleted = client
         .execute(
             "DELETE FROM public.subscribers_feedback s
@@ -122,7 +114,7 @@ async fn send(
     c: &Compared,
     missing: Vec<String>,
     repaired: &mut Repaired,
-) -> Result<(), ReconcileError> {
+) -> Result<(), OpsError> {
     let rows = client
         .query(
             "SELECT trigger_datetime_created::int8, array_agg(client_id)
@@ -137,7 +129,7 @@ async fn send(
         )
         .await
         .map_err(pg("reading the rows Kafka lacks"))?;
-    let producer = Producer::create(&settings.producer, &[]).map_err(ReconcileError::Send)?;
+    let producer = Producer::create(&settings.producer, &[]).map_err(kafka("the producer"))?;
     let grace = settings.lifecycle.window.end_grace_secs;
     let deadline = deadline_ms(&c.campaign, grace);
     for row in rows {
@@ -149,7 +141,7 @@ async fn send(
         let topic = &settings.output_topic;
         let unsent = send_missing(&producer, topic, &marked, &Wanted::new(), deadline)
             .await
-            .map_err(ReconcileError::Send)?;
+            .map_err(kafka("sending what Kafka lacks"))?;
         repaired.sent_to_kafka +=
             marked.clients.len() - unsent.expired.len() - unsent.refused.len();
         if !unsent.expired.is_empty() {
