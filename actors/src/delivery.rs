@@ -22,6 +22,10 @@
 //! of such a campaign is in either sink; one that depends on a single subscriber can come later,
 //! and then the dead letter's reason says how many notifications had gone out before.
 //!
+//! A campaign recalled while it goes out ([`crate::recalls`]) stops: a slice that has not reached
+//! Postgres yet is not written, and what the Kafka writer answers as recalled is withdrawn from
+//! Postgres, so that both sinks keep the same set of what went out.
+//!
 //! Must not touch: what a campaign is (validation, the active window, the join are the
 //! enricher's) or how a sink writes (the sinks').
 
@@ -35,7 +39,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
-use crate::events::{DeadLettered, Event, NotificationsWithdrawn};
+use crate::events::{DeadLettered, Event, NotificationsRecalled, NotificationsWithdrawn};
 use crate::hand_off::{Batch, HandOff};
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
 use crate::metrics::{DeadLetterReason, Metrics, SinkKind, WithdrawReason};
@@ -88,6 +92,7 @@ struct Routes {
     metrics: Metrics,
     clock: Clock,
     budget: Arc<Semaphore>,
+    recalls: crate::recalls::Recalls,
 }
 
 impl Delivery {
@@ -108,6 +113,7 @@ impl Delivery {
                 targets,
                 metrics: shared.metrics,
                 clock: shared.clock,
+                recalls: shared.recalls,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
             }),
             tokens: Rc::new(RefCell::new(Tokens::new(owner))),
@@ -181,8 +187,13 @@ pub struct Origin {
 /// What became of one slice.
 enum SliceOutcome {
     /// Both sinks have `written` new notifications (0: every client already had them); `expired`
-    /// more reached the campaign's end before Kafka had them and were withdrawn from Postgres.
-    Written { written: usize, expired: usize },
+    /// more reached the campaign's end before Kafka had them and were withdrawn from Postgres;
+    /// `recalled` more were stopped by the campaign's recall (not written, or withdrawn).
+    Written {
+        written: usize,
+        expired: usize,
+        recalled: usize,
+    },
     /// A sink refused the slice for good; nothing of it is in either sink.
     Refused { sink: &'static str, reason: String },
     /// Not confirmed: the campaign must be read again.
@@ -194,6 +205,7 @@ enum SliceOutcome {
 struct Progress {
     written: usize,
     expired: usize,
+    recalled: usize,
     refused: Option<(&'static str, String)>,
     unconfirmed: Option<CampaignOutcome>,
 }
@@ -206,9 +218,14 @@ impl Progress {
 
     fn add(&mut self, outcome: SliceOutcome) {
         match outcome {
-            SliceOutcome::Written { written, expired } => {
+            SliceOutcome::Written {
+                written,
+                expired,
+                recalled,
+            } => {
                 self.written += written;
                 self.expired += expired;
+                self.recalled += recalled;
             }
             SliceOutcome::Refused { sink, reason } => {
                 self.refused.get_or_insert((sink, reason));
@@ -238,11 +255,13 @@ impl Progress {
             };
             return routes.refused(batch, origin, sink, reason).await;
         }
-        match (self.written, self.expired) {
+        match (self.written, self.expired, self.recalled) {
+            // Recalled before any of its new notifications reached Kafka.
+            (0, _, 1..) => CampaignOutcome::Recalled,
             // Its end came before any of its new notifications reached Kafka.
-            (0, 1..) => CampaignOutcome::Ended,
-            (0, 0) => CampaignOutcome::AlreadyNotified,
-            (notifications, _) => CampaignOutcome::Delivered { notifications },
+            (0, 1.., _) => CampaignOutcome::Ended,
+            (0, 0, 0) => CampaignOutcome::AlreadyNotified,
+            (notifications, _, _) => CampaignOutcome::Delivered { notifications },
         }
     }
 }
@@ -268,6 +287,16 @@ impl Routes {
     async fn deliver_slice(self: Rc<Self>, job: PgJob) -> SliceOutcome {
         let _in_flight = self.take_budget(job.range.len()).await;
         let batch = job.batch.clone();
+        let c = &batch.campaign;
+        if self.recalls.contains(&c.restaurant_id, &c.adv_campaign_id) {
+            let recalled = job.range.len();
+            self.recalled(&batch, recalled);
+            return SliceOutcome::Written {
+                written: 0,
+                expired: 0,
+                recalled,
+            };
+        }
         let inserted = match self.to_postgres(job).await {
             Ok(inserted) => inserted,
             Err(outcome) => return outcome,
@@ -276,9 +305,20 @@ impl Routes {
             return SliceOutcome::Written {
                 written: 0,
                 expired: 0,
+                recalled: 0,
             };
         }
         self.to_kafka(batch, inserted).await
+    }
+
+    /// Counts `notifications` of `batch` its recall stopped.
+    fn recalled(&self, batch: &NotificationBatch, notifications: usize) {
+        NotificationsRecalled {
+            restaurant_id: &batch.campaign.restaurant_id,
+            adv_campaign_id: &batch.campaign.adv_campaign_id,
+            notifications,
+        }
+        .emit(&self.metrics);
     }
 
     /// The slice's share of the budget, once there is room for it.
@@ -315,71 +355,93 @@ impl Routes {
     async fn to_kafka(&self, batch: Arc<NotificationBatch>, inserted: Inserted) -> SliceOutcome {
         let notifications = inserted.clients.len();
         let job = KafkaJob {
-            batch,
+            batch: batch.clone(),
             clients: inserted.clients,
             created_ms: self.clock.now_ms(),
         };
         let to_kafka = self.kafka.send(Arc::new(job));
         match confirmed(SinkKind::Kafka, to_kafka.await) {
-            Ok(sent) if sent.expired.is_empty() => {
+            Ok(sent) if sent.expired.is_empty() && sent.recalled.is_empty() => {
                 // Nobody waits for the marks to be cleared: what is left is cleared by recovery.
                 drop(self.clear.send(ClearOutbox(inserted.outbox_ids)));
                 SliceOutcome::Written {
                     written: notifications,
                     expired: 0,
+                    recalled: 0,
                 }
             }
-            // The campaign's end came before these reached Kafka: Postgres must not keep them.
+            // The campaign's end or its recall came before these reached Kafka: Postgres must not
+            // keep them.
             Ok(sent) => {
-                let expired = sent.expired.len();
+                let (expired, recalled) = (sent.expired.len(), sent.recalled.len());
+                let mut only = sent.expired;
+                only.extend(sent.recalled);
                 let withdraw = Withdraw {
                     marks: inserted.outbox_ids,
-                    only: Some(sent.expired),
+                    only: Some(only),
                 };
-                match self
-                    .withdraw(withdraw, WithdrawReason::Ended, expired)
-                    .await
-                {
-                    Ok(()) => SliceOutcome::Written {
-                        written: notifications - expired,
-                        expired,
-                    },
+                let reasons = [
+                    (WithdrawReason::Ended, expired),
+                    (WithdrawReason::Recalled, recalled),
+                ];
+                match self.withdraw(withdraw, &reasons).await {
+                    Ok(()) => {
+                        if recalled > 0 {
+                            self.recalled(&batch, recalled);
+                        }
+                        SliceOutcome::Written {
+                            written: notifications - expired - recalled,
+                            expired,
+                            recalled,
+                        }
+                    }
                     Err(outcome) => SliceOutcome::Unconfirmed(outcome),
                 }
             }
-            // Refused for good: Postgres must not keep what Kafka will never have.
-            Err(CampaignOutcome::SinkFailed { sink, reason }) => {
-                let withdraw = Withdraw {
-                    marks: inserted.outbox_ids,
-                    only: None,
-                };
-                match self
-                    .withdraw(withdraw, WithdrawReason::Refused, notifications)
+            Err(outcome) => {
+                self.kafka_failed(inserted.outbox_ids, notifications, outcome)
                     .await
-                {
-                    Ok(()) => SliceOutcome::Refused { sink, reason },
-                    Err(outcome) => SliceOutcome::Unconfirmed(outcome),
-                }
             }
+        }
+    }
+
+    /// Kafka did not confirm the slice: refused for good, Postgres must not keep what Kafka will
+    /// never have; otherwise the campaign is read again.
+    async fn kafka_failed(
+        &self,
+        marks: Vec<i64>,
+        notifications: usize,
+        outcome: CampaignOutcome,
+    ) -> SliceOutcome {
+        let CampaignOutcome::SinkFailed { sink, reason } = outcome else {
+            return SliceOutcome::Unconfirmed(outcome);
+        };
+        let withdraw = Withdraw { marks, only: None };
+        match self
+            .withdraw(withdraw, &[(WithdrawReason::Refused, notifications)])
+            .await
+        {
+            Ok(()) => SliceOutcome::Refused { sink, reason },
             Err(outcome) => SliceOutcome::Unconfirmed(outcome),
         }
     }
 
-    /// Has the ledger withdraw `notifications` rows from Postgres; counted once done.
+    /// Has the ledger withdraw rows from Postgres; counted, by reason, once done.
     async fn withdraw(
         &self,
         withdraw: Withdraw,
-        reason: WithdrawReason,
-        notifications: usize,
+        reasons: &[(WithdrawReason, usize)],
     ) -> Result<(), CampaignOutcome> {
         let withdrawn = self.targets.withdraw.send(withdraw).await;
         match withdrawn.map_err(|e| e.to_string()).and_then(|r| r) {
             Ok(()) => {
-                NotificationsWithdrawn {
-                    reason,
-                    notifications,
+                for &(reason, notifications) in reasons.iter().filter(|(_, n)| *n > 0) {
+                    NotificationsWithdrawn {
+                        reason,
+                        notifications,
+                    }
+                    .emit(&self.metrics);
                 }
-                .emit(&self.metrics);
                 Ok(())
             }
             Err(e) => Err(CampaignOutcome::Unconfirmed {

@@ -217,6 +217,7 @@ impl Enricher {
                         Decision::Schedule { .. } => CampaignOutcome::Scheduled,
                         Decision::Cancel => CampaignOutcome::Cancelled,
                         Decision::Superseded => CampaignOutcome::Superseded,
+                        Decision::Recall => CampaignOutcome::Recalled,
                         _ => CampaignOutcome::ChangedAfterStart,
                     }
                 }),
@@ -384,6 +385,7 @@ mod tests {
                         .filter(|c| self.expired.contains(&c.as_str()))
                         .cloned()
                         .collect(),
+                    recalled: Vec::new(),
                 }),
             }
         }

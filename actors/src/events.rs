@@ -120,6 +120,9 @@ impl Event for CampaignLifecycle<'_> {
             LifecycleEvent::Expired => {
                 log::warn!("campaign {c} of restaurant {r}: its end passed before it could fire; nobody notified")
             }
+            LifecycleEvent::Recalled => {
+                log::warn!("campaign {c} of restaurant {r}: recalled by a newer version with its end in the past ({source}); nothing more of it is sent")
+            }
             LifecycleEvent::TakenOver => {
                 log::info!("campaign {c} of restaurant {r}: the instance firing it is gone; firing it again")
             }
@@ -192,6 +195,27 @@ impl Event for NotificationsWithdrawn {
             .notifications_withdrawn
             .with_label_values(&[self.reason.as_str()])
             .inc_by(self.notifications as u64);
+    }
+}
+
+/// Notifications of a recalled campaign that went to neither sink.
+pub struct NotificationsRecalled<'a> {
+    pub restaurant_id: &'a str,
+    pub adv_campaign_id: &'a str,
+    pub notifications: usize,
+}
+
+impl Event for NotificationsRecalled<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .notifications_recalled
+            .inc_by(self.notifications as u64);
+        log::info!(
+            "campaign {} of restaurant {}: {} notifications not sent, the campaign is recalled",
+            self.adv_campaign_id,
+            self.restaurant_id,
+            self.notifications
+        );
     }
 }
 

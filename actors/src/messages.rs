@@ -44,6 +44,9 @@ pub enum CampaignOutcome {
     Superseded,
     /// It changed a campaign that has already fired: nobody is notified again.
     ChangedAfterStart,
+    /// It recalled a campaign that had fired; or, for the campaign going out, every notification
+    /// not yet delivered was stopped by its recall.
+    Recalled,
     Ended,
     NoSubscribers,
     /// A sink refused the batch for good (the data itself was refused, not the connection).
@@ -70,6 +73,7 @@ impl CampaignOutcome {
             CampaignOutcome::Cancelled => Outcome::Cancelled,
             CampaignOutcome::Superseded => Outcome::Superseded,
             CampaignOutcome::ChangedAfterStart => Outcome::ChangedAfterStart,
+            CampaignOutcome::Recalled => Outcome::Recalled,
             CampaignOutcome::Ended => Outcome::Ended,
             CampaignOutcome::NoSubscribers => Outcome::NoSubscribers,
             CampaignOutcome::SinkFailed { .. } => Outcome::SinkFailed,

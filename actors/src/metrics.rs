@@ -61,6 +61,9 @@ label_values! {
         Superseded => "superseded",
         /// It changed a campaign that has already fired: nobody notified again.
         ChangedAfterStart => "changed_after_start",
+        /// It recalled a campaign that had fired, or every notification of a campaign that was
+        /// going out was stopped by its recall.
+        Recalled => "recalled",
         Ended => "ended",
         NoSubscribers => "no_subscribers",
         /// A sink refused it for good.
@@ -171,6 +174,8 @@ label_values! {
         Refused => "refused",
         /// The campaign's end (plus the grace) passed before Kafka had them.
         Ended => "ended",
+        /// The campaign was recalled before Kafka had them.
+        Recalled => "recalled",
     }
 }
 
@@ -187,6 +192,8 @@ label_values! {
         Superseded => "superseded",
         /// A version with changed content arrived after the campaign fired: nobody notified.
         ChangedAfterStart => "changed_after_start",
+        /// A newer version with its end in the past recalled the campaign after it fired.
+        Recalled => "recalled",
         /// Fired at its start (its notifications confirmed by both sinks).
         Fired => "fired",
         /// Its end passed before it could fire.
@@ -362,6 +369,9 @@ metrics! {
     /// Notifications written to Postgres and deleted again, by [`WithdrawReason`].
     notifications_withdrawn: IntCounterVec = counters("notifications_withdrawn_total",
         "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]);
+    /// Notifications of recalled campaigns that went to neither sink.
+    notifications_recalled: IntCounter = counter("notifications_recalled_total",
+        "Notifications of recalled campaigns that went to neither sink (stopped before Postgres, or withdrawn from it before Kafka had them)");
     /// Campaigns kept to fire at their start.
     campaigns_scheduled: IntGauge = gauge("campaigns_scheduled",
         "Campaigns kept to fire at their start");

@@ -508,6 +508,7 @@ fn start_kafka_writer(
         topic: settings.output_topic.clone(),
         lease: shared.lease.clone(),
         transactional_id: settings.transactional_ids.as_ref().map(|t| t.of(owner)),
+        recalls: shared.recalls.clone(),
     };
     let (w, s) = (settings.writers.clone(), shared.clone());
     Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
@@ -547,6 +548,7 @@ fn start_dead_letter_writer(
             topic,
             lease: shared.lease.clone(),
             transactional_id: None,
+            recalls: Default::default(),
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {

@@ -1,5 +1,6 @@
 //! What every component is handed at construction: the metrics, the channel that stops the
-//! service ([`crate::fatal`]), the clock, this process's lease and the heartbeats of its loops.
+//! service ([`crate::fatal`]), the clock, this process's lease, the heartbeats of its loops and the
+//! campaigns recalled.
 
 use tokio::sync::watch;
 
@@ -8,6 +9,7 @@ use crate::fatal::{Fatal, FatalReason};
 use crate::lease::Lease;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::recalls::Recalls;
 
 #[derive(Clone)]
 pub struct Shared {
@@ -17,6 +19,8 @@ pub struct Shared {
     /// Whether this process may write; every write asks.
     pub lease: Lease,
     pub liveness: Liveness,
+    /// The campaigns recalled: nothing more of them is written.
+    pub recalls: Recalls,
 }
 
 impl Shared {
@@ -31,6 +35,7 @@ impl Shared {
                 clock,
                 lease: Lease::unbounded(),
                 liveness: Liveness::default(),
+                recalls: Recalls::default(),
             },
             failed,
         )

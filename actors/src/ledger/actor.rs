@@ -286,18 +286,24 @@ impl Ledger {
             log::info!(
                 "ledger: recovered {} stopped instance(s): {} notifications re-sent, {} were \
                  already in Kafka, {} withdrawn from Postgres (their campaign had ended), {} \
-                 refused by the broker",
+                 withdrawn (their campaign is recalled), {} refused by the broker",
                 r.owners,
                 r.resent,
                 r.already_sent,
                 r.expired,
+                r.recalled,
                 r.refused
             );
-            NotificationsWithdrawn {
-                reason: WithdrawReason::Ended,
-                notifications: r.expired,
+            for (reason, notifications) in [
+                (WithdrawReason::Ended, r.expired),
+                (WithdrawReason::Recalled, r.recalled),
+            ] {
+                NotificationsWithdrawn {
+                    reason,
+                    notifications,
+                }
+                .emit(&self.shared.metrics);
             }
-            .emit(&self.shared.metrics);
         }
     }
 }

@@ -9,9 +9,11 @@
 //! - [`Scheduler`] (claim what is due within the budget, fire it, settle its state);
 //! - [`Follower`] (the change feed of new subscriptions) and, at each cache reload, the
 //!   comparison of the two snapshots;
-//! - [`Housekeeping`] (the count of scheduled campaigns, forgetting what nothing needs).
+//! - [`Housekeeping`] (the count of scheduled campaigns, forgetting what nothing needs), and
+//!   the campaigns recalled, read into [`crate::recalls`] for the writers.
 //!
-//! Every `poll_interval` it records, claims, settles, follows the feed and keeps house.
+//! Every `poll_interval` it records, claims, settles, follows the feed, reads the recalls and
+//! keeps house.
 //! Supervised like the ledger: a lost connection restarts it after the restart policy's backoff,
 //! and what the rooms hold (arrivals not yet answered, states not yet settled) is kept across the
 //! restart.
@@ -71,6 +73,8 @@ pub struct Lifecycle {
     scheduler: Scheduler,
     follower: Follower,
     housekeeping: Housekeeping,
+    /// A read of the recalled campaigns is under way.
+    reading_recalls: bool,
     /// The subscriber snapshot in use, to tell what a new one adds.
     snapshot: Option<Arc<Snapshot>>,
     shared: Shared,
@@ -98,6 +102,7 @@ impl Lifecycle {
             recording: Recording::default(),
             follower: Follower::default(),
             housekeeping: Housekeeping::default(),
+            reading_recalls: false,
             snapshot: None,
             shared,
             restarts: Restarts::new(ActorKind::Lifecycle, restart),
@@ -184,6 +189,11 @@ impl Lifecycle {
             Decision::Cancel => LifecycleEvent::Cancelled,
             Decision::Superseded => LifecycleEvent::Superseded,
             Decision::ChangedAfterStart => LifecycleEvent::ChangedAfterStart,
+            Decision::Recall => {
+                // At once here; every other instance reads it at its next poll.
+                (self.shared.recalls).add(store::key_of(&arrival.campaign));
+                LifecycleEvent::Recalled
+            }
             Decision::Deliver | Decision::Ended => return,
         };
         self.emit(event, arrival);
@@ -557,6 +567,24 @@ impl Lifecycle {
         }
     }
 
+    /// Reads the campaigns recalled, for the writers to consult (one read at a time).
+    fn read_recalls(&mut self, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        if std::mem::replace(&mut self.reading_recalls, true) {
+            return;
+        }
+        let fut = async move { store::recalled(&client).await };
+        ctx.spawn(fut.into_actor(self).map(|recalled, act, ctx| {
+            act.reading_recalls = false;
+            match recalled {
+                Ok(keys) => act.shared.recalls.replace(keys),
+                Err(e) => act.failed("read the recalled campaigns", &e, ctx),
+            }
+        }));
+    }
+
     fn closing(&self) -> bool {
         self.scheduler.closing()
     }
@@ -574,6 +602,7 @@ impl Lifecycle {
         self.claim(ctx);
         self.settle(ctx);
         self.follow(ctx);
+        self.read_recalls(ctx);
         self.housekeeping(ctx);
         let lag = self.follower.lag(Instant::now());
         self.shared.metrics.change_feed_lag.set(lag);
@@ -624,6 +653,7 @@ impl Supervised for Lifecycle {
         self.client = None;
         self.recorder = None;
         self.prepared = None;
+        self.reading_recalls = false;
         self.recording.restart();
         let firing = self.scheduler.restart();
         self.shared.metrics.notifications_firing.sub(firing as i64);

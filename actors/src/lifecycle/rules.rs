@@ -21,6 +21,9 @@ pub enum State {
     Expired,
     /// A sink refused it for good (it is in the dead-letter topic).
     Refused,
+    /// A newer version with an end in the past arrived once it had fired: nothing more of it goes
+    /// out. Kept in the table as the row's `recalled_at` beside its `firing` or `active` state.
+    Recalled,
 }
 
 impl State {
@@ -32,6 +35,7 @@ impl State {
             State::Cancelled => "cancelled",
             State::Expired => "expired",
             State::Refused => "refused",
+            State::Recalled => "recalled",
         }
     }
 
@@ -43,6 +47,7 @@ impl State {
             State::Cancelled,
             State::Expired,
             State::Refused,
+            State::Recalled,
         ]
         .into_iter()
         .find(|state| state.as_str() == s)
@@ -136,6 +141,9 @@ pub enum Decision {
     Superseded,
     /// It changes a campaign that has already fired: nobody is notified again.
     ChangedAfterStart,
+    /// A newer version, over already, of a campaign that has fired: what of it has not gone out
+    /// yet never does (docs/design.md, "Recall").
+    Recall,
 }
 
 /// A stored version of a campaign: what [`decide`] compares an arrival with.
@@ -182,23 +190,40 @@ pub fn decide(
                 Phase::Over => (Decision::Cancel, Some(State::Cancelled)),
             }
         }
-        // Fired: only its end may change; anything else notifies nobody again.
-        State::Firing | State::Active => {
-            if !same_content(&kept.campaign, arriving) {
-                return (Decision::ChangedAfterStart, None);
-            }
-            let new_end = version > kept.version
-                && arriving.adv_campaign_datetime_end != kept.campaign.adv_campaign_datetime_end;
-            let store = new_end.then_some(State::Active);
-            match phase {
-                Phase::Active => (Decision::Deliver, store),
-                // Its end moved into the past (ended early), or a repeat after the end.
-                Phase::Over => (Decision::Ended, store),
-                // Fired, yet its start is ahead: another instance's clock ran ahead. It stays
-                // fired.
-                Phase::Before => (Decision::Superseded, None),
-            }
-        }
+        State::Firing | State::Active => fired(kept, arriving, version, phase),
+        // Recalled: it stays so. A newer recall is kept as the version; anything else newer
+        // notifies nobody (a campaign to send again is published under a new id).
+        State::Recalled => match (version > kept.version, phase) {
+            (false, _) => (Decision::Superseded, None),
+            (true, Phase::Over) => (Decision::Recall, Some(State::Recalled)),
+            (true, _) => (Decision::ChangedAfterStart, None),
+        },
+    }
+}
+
+/// What an arrival does to a campaign that is being fired or has fired: a newer version that is
+/// over recalls it; otherwise only its end may change, and anything else notifies nobody again.
+fn fired(
+    kept: &Kept,
+    arriving: &Campaign,
+    version: Version,
+    phase: Phase,
+) -> (Decision, Option<State>) {
+    if version > kept.version && phase == Phase::Over {
+        return (Decision::Recall, Some(State::Recalled));
+    }
+    if !same_content(&kept.campaign, arriving) {
+        return (Decision::ChangedAfterStart, None);
+    }
+    let new_end = version > kept.version
+        && arriving.adv_campaign_datetime_end != kept.campaign.adv_campaign_datetime_end;
+    let store = new_end.then_some(State::Active);
+    match phase {
+        Phase::Active => (Decision::Deliver, store),
+        // A repeat after the end.
+        Phase::Over => (Decision::Ended, store),
+        // Fired, yet its start is ahead: another instance's clock ran ahead. It stays fired.
+        Phase::Before => (Decision::Superseded, None),
     }
 }
 
@@ -426,11 +451,10 @@ mod tests {
                 decide(Some(&k), &extended, v(&extended, 6), 250, &W),
                 (Decision::Deliver, Some(State::Active))
             );
-            // An end moved into the past ends it early.
-            let shortened = campaign(100, 120, 11);
+            // A repeat after its end is answered as ended and changes nothing.
             assert_eq!(
-                decide(Some(&k), &shortened, v(&shortened, 6), 150, &W),
-                (Decision::Ended, Some(State::Active))
+                decide(Some(&k), &fired, v(&fired, 5), 250, &W),
+                (Decision::Ended, None)
             );
             // An older version with another end changes nothing.
             let stale = campaign(100, 300, 9);
@@ -455,6 +479,49 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_version_over_already_recalls_a_fired_campaign_for_good() {
+        let fired = campaign(100, 200, 10);
+        for state in [State::Active, State::Firing] {
+            let k = kept(fired.clone(), 5, state);
+            // Its end moved into the past, whatever else changed with it.
+            let shortened = campaign(100, 120, 11);
+            assert_eq!(
+                decide(Some(&k), &shortened, v(&shortened, 6), 150, &W),
+                (Decision::Recall, Some(State::Recalled))
+            );
+            let mut other = campaign(40, 45, 10);
+            other.adv_campaign_content = "withdrawn".into();
+            assert_eq!(
+                decide(Some(&k), &other, v(&other, 6), 150, &W),
+                (Decision::Recall, Some(State::Recalled))
+            );
+            // An older version that is over recalls nothing.
+            let stale = campaign(100, 120, 9);
+            assert_eq!(
+                decide(Some(&k), &stale, v(&stale, 6), 150, &W),
+                (Decision::Ended, None)
+            );
+        }
+        let recalled = kept(campaign(100, 120, 11), 6, State::Recalled);
+        // The original read again (a redelivery, a restart) sends nothing.
+        assert_eq!(
+            decide(Some(&recalled), &fired, v(&fired, 5), 150, &W),
+            (Decision::Superseded, None)
+        );
+        // A newer active version notifies nobody; a newer recall is kept.
+        let again = campaign(100, 300, 12);
+        assert_eq!(
+            decide(Some(&recalled), &again, v(&again, 7), 150, &W),
+            (Decision::ChangedAfterStart, None)
+        );
+        let recall_again = campaign(100, 110, 12);
+        assert_eq!(
+            decide(Some(&recalled), &recall_again, v(&recall_again, 7), 150, &W),
+            (Decision::Recall, Some(State::Recalled))
+        );
+    }
+
+    #[test]
     fn an_expired_or_refused_campaign_sent_again_is_a_new_campaign() {
         for state in [State::Expired, State::Refused] {
             let k = kept(campaign(100, 200, 10), 5, state);
@@ -475,6 +542,7 @@ mod tests {
             State::Cancelled,
             State::Expired,
             State::Refused,
+            State::Recalled,
         ] {
             assert_eq!(State::parse(s.as_str()), Some(s));
         }

@@ -97,7 +97,7 @@ pub fn kept_statement() -> String {
     format!(
         "SELECT kept.* FROM unnest($1::text[], $2::text[]) AS k(restaurant_id, adv_campaign_id)
          CROSS JOIN LATERAL (
-             SELECT {COLUMNS} FROM public.campaign_notifier_campaigns c
+             SELECT {COLUMNS}, recalled_at FROM public.campaign_notifier_campaigns c
              WHERE c.restaurant_id = k.restaurant_id AND c.adv_campaign_id = k.adv_campaign_id
              LIMIT 1
          ) kept"
@@ -164,7 +164,10 @@ pub async fn kept(
             Kept {
                 campaign,
                 version,
-                state: state_of(&row)?,
+                state: match row.try_get::<_, Option<i64>>("recalled_at")? {
+                    Some(_) => State::Recalled,
+                    None => state_of(&row)?,
+                },
             },
         );
     }
@@ -578,8 +581,24 @@ pub async fn active_restaurants(
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 
-/// The campaigns active at `now` (fired or being fired, started, not over), of `restaurants`
-/// only, or all of them.
+/// The campaigns recalled (docs/design.md, "Recall"), found by their partial index.
+pub async fn recalled(
+    client: &Client,
+) -> Result<std::collections::HashSet<Key>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT restaurant_id, adv_campaign_id FROM public.campaign_notifier_campaigns
+             WHERE recalled_at IS NOT NULL",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The campaigns active at `now` (fired or being fired, started, not over, not recalled), of
+/// `restaurants` only, or all of them.
 pub async fn active_campaigns(
     client: &Client,
     restaurants: Option<&[&str]>,
@@ -590,7 +609,7 @@ pub async fn active_campaigns(
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM public.campaign_notifier_campaigns
-                 WHERE state IN ('active', 'firing')
+                 WHERE state IN ('active', 'firing') AND recalled_at IS NULL
                    AND adv_campaign_datetime_start <= $1::int8 + $2::int8
                    AND adv_campaign_datetime_end + $3::int8 >= $1::int8
                    AND ($4::text[] IS NULL OR restaurant_id = ANY($4))"

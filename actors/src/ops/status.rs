@@ -31,15 +31,19 @@ pub enum State {
     Cancelled,
     /// A sink refused it for good; it is in the dead-letter topic.
     Refused,
+    /// A newer version whose end had passed recalled it once it had fired: nothing more of it
+    /// goes out.
+    Recalled,
 }
 
 impl State {
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
         State::Scheduled,
         State::Active,
         State::Over,
         State::Cancelled,
         State::Refused,
+        State::Recalled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,13 +53,16 @@ impl State {
             State::Over => "over",
             State::Cancelled => "cancelled",
             State::Refused => "refused",
+            State::Recalled => "recalled",
         }
     }
 
     /// The state of a row stored as `stored`, whose end is `end`, at `now` (Postgres' clock).
-    fn of(stored: &str, end: i64, now: i64, window: Window) -> State {
+    /// A recalled row (its `recalled_at` set) is `recalled`, whatever else it says.
+    fn of(stored: &str, recalled: bool, end: i64, now: i64, window: Window) -> State {
         let over = now > end.saturating_add(window.end_grace_secs);
         match stored {
+            _ if recalled => State::Recalled,
             "cancelled" => State::Cancelled,
             "refused" => State::Refused,
             "expired" => State::Over,
@@ -117,6 +124,9 @@ pub struct CampaignStatus {
     /// The lifecycle's own state of the row (`scheduled`, `firing`, `active`, `cancelled`,
     /// `expired`, `refused`).
     pub stored_state: String,
+    /// When it was recalled (ms since the epoch, Postgres' clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recalled_at_ms: Option<i64>,
     pub version: Version,
     pub start: i64,
     pub end: i64,
@@ -135,11 +145,14 @@ impl CampaignStatus {
         let end: i64 = row.try_get("adv_campaign_datetime_end")?;
         let written: i64 = row.try_get("written")?;
         let in_flight: i64 = row.try_get("in_flight")?;
+        let recalled_at_ms: Option<i64> = row.try_get("recalled_at")?;
+        let now = row.try_get("now")?;
         Ok(CampaignStatus {
             restaurant_id: row.try_get("restaurant_id")?,
             adv_campaign_id: row.try_get("adv_campaign_id")?,
-            state: State::of(&stored, end, row.try_get("now")?, window),
+            state: State::of(&stored, recalled_at_ms.is_some(), end, now, window),
             stored_state: stored,
+            recalled_at_ms,
             version: Version {
                 datetime_created: row.try_get("datetime_created")?,
                 kafka_timestamp_ms: row.try_get("source_timestamp_ms")?,
@@ -207,7 +220,15 @@ mod tests {
             ("refused", end - 1, State::Refused),
         ];
         for (stored, now, shown) in cases {
-            assert_eq!(State::of(stored, end, now, W), shown, "{stored} at {now}");
+            assert_eq!(
+                State::of(stored, false, end, now, W),
+                shown,
+                "{stored} at {now}"
+            );
+        }
+        // Recalled, whether it is still being fired, fired, or over.
+        for (stored, now) in [("firing", end), ("active", end - 1), ("active", end + 11)] {
+            assert_eq!(State::of(stored, true, end, now, W), State::Recalled);
         }
     }
 
@@ -223,7 +244,7 @@ mod tests {
         let err = "gone".parse::<State>().unwrap_err();
         assert_eq!(
             err,
-            "unknown state \"gone\": one of scheduled, active, over, cancelled, refused"
+            "unknown state \"gone\": one of scheduled, active, over, cancelled, refused, recalled"
         );
     }
 }

@@ -9,7 +9,7 @@ SELECT c.restaurant_id, c.adv_campaign_id, c.state,
        c.datetime_created, c.source_timestamp_ms, c.source_partition, c.source_offset,
        c.adv_campaign_datetime_start, c.adv_campaign_datetime_end,
        extract(epoch FROM c.fired_at)::int8 AS fired_at,
-       extract(epoch FROM c.updated_at)::int8 AS updated_at,
+       extract(epoch FROM c.updated_at)::int8 AS updated_at, c.recalled_at,
        f.written, f.first_trigger, f.last_trigger,
        coalesce(p.n, 0) AS in_flight,
        extract(epoch FROM now())::int8 AS now

@@ -84,7 +84,7 @@ const CAMPAIGNS_DDL: &str = include_str!("schema/campaign_notifier_campaigns.sql
 /// Columns added to the service's own tables after their first release: added when missing
 /// (`ADD COLUMN` without a default changes only the catalogue, so it takes its lock for an
 /// instant), each with the relation it belongs to.
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     (
         "campaign_notifier_campaigns",
         "source_timestamp_ms",
@@ -94,6 +94,13 @@ const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
         "campaign_notifier_feed",
         "table_filenode",
         "ALTER TABLE public.campaign_notifier_feed ADD COLUMN IF NOT EXISTS table_filenode int8",
+    ),
+    (
+        "campaign_notifier_campaigns",
+        "recalled_at",
+        "ALTER TABLE public.campaign_notifier_campaigns ADD COLUMN IF NOT EXISTS recalled_at int8;
+         CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_recalled_idx
+             ON public.campaign_notifier_campaigns (recalled_at) WHERE recalled_at IS NOT NULL",
     ),
 ];
 

@@ -251,6 +251,7 @@ mod tests {
             topic: "dlq".into(),
             lease: crate::lease::Lease::unbounded(),
             transactional_id: None,
+            recalls: Default::default(),
         })
         .await
         .unwrap();

@@ -21,6 +21,10 @@
 //! (the broker is slow or unreachable) fails the write: the writer restarts, dropping the
 //! producer purges what librdkafka still held, the read-back finds what landed before, and the
 //! rest is answered as expired.
+//!
+//! Nor is anything of a campaign that is recalled ([`crate::recalls`]): the set is looked at
+//! before each chunk, and the notifications of a recalled campaign are answered as recalled, for
+//! delivery to withdraw as it does the expired ones.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,12 +38,22 @@ use crate::kafka::{partition_for, scan, Chunk, Producer, ProducerSettings};
 use crate::lease::Lease;
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
+use crate::recalls::Recalls;
 
 /// What the Kafka writer answers for one job.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sent {
     /// Clients not sent because the campaign's end (plus the grace) passed first.
     pub expired: Vec<String>,
+    /// Clients not sent because the campaign was recalled first.
+    pub recalled: Vec<String>,
+}
+
+/// What [`send_partition`] did not send: (job, client) pairs.
+#[derive(Default)]
+struct Unsent {
+    expired: Vec<(usize, usize)>,
+    recalled: Vec<(usize, usize)>,
 }
 
 /// The notifications of one campaign that Kafka still needs.
@@ -75,6 +89,9 @@ pub struct KafkaSinkSettings {
     pub lease: Lease,
     /// Set: every write is one Kafka transaction of the producer with this id (`kafka.transactions`).
     pub transactional_id: Option<String>,
+    /// The campaigns recalled: nothing of theirs is handed to the broker (unused by the
+    /// dead-letter writer).
+    pub recalls: Recalls,
 }
 
 /// How long a transaction's initialisation, commit or abort may take.
@@ -92,21 +109,22 @@ pub struct KafkaSink {
 
 /// Sends one partition's share of a write, a chunk at a time, each chunk acknowledged before the
 /// next is handed over (see the module's documentation). Returns the notifications not sent
-/// because their deadline had passed.
+/// because their deadline had passed or their campaign was recalled.
 async fn send_partition(
     producer: &Producer,
     topic: &str,
     gate: &Mutex<()>,
     partition: i32,
-    jobs: &[Arc<KafkaJob>],
+    (jobs, recalls): (&[Arc<KafkaJob>], &Recalls),
     notifications: &[(usize, usize)],
-) -> Result<Vec<(usize, usize)>, SinkError> {
+) -> Result<Unsent, SinkError> {
     let _gate = gate.lock().await;
     let mut payload = Vec::with_capacity(512);
     let mut rest = notifications;
-    let mut expired = Vec::new();
+    let mut unsent = Unsent::default();
     while !rest.is_empty() {
         let now = crate::clock::Clock::system().now_ms();
+        let recalled = recalls.now();
         let mut chunk = Chunk::new();
         let (mut bytes, mut taken, mut deadline) = (0, 0, i64::MAX);
         for &(j, c) in rest {
@@ -116,7 +134,12 @@ async fn send_partition(
             taken += 1;
             let job = &jobs[j];
             if now >= job.batch.deadline_ms {
-                expired.push((j, c));
+                unsent.expired.push((j, c));
+                continue;
+            }
+            let campaign = &job.batch.campaign;
+            if recalled.contains(&campaign.restaurant_id, &campaign.adv_campaign_id) {
+                unsent.recalled.push((j, c));
                 continue;
             }
             deadline = deadline.min(job.batch.deadline_ms);
@@ -140,7 +163,7 @@ async fn send_partition(
         rest = &rest[taken..];
         confirm_before(chunk, deadline).await?;
     }
-    Ok(expired)
+    Ok(unsent)
 }
 
 /// Waits for a chunk's acknowledgements, but not past `deadline` (ms since the epoch).
@@ -170,6 +193,7 @@ impl KafkaSink {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let gates = self.gates.clone();
+        let recalls = self.settings.recalls.clone();
         Box::pin(async move {
             let partitions = gates.len() as i32;
             let mut by_partition: Vec<Vec<(usize, usize)>> = vec![Vec::new(); gates.len()];
@@ -184,12 +208,18 @@ impl KafkaSink {
                 .enumerate()
                 .filter(|(_, notifications)| !notifications.is_empty())
                 .map(|(p, notifications)| {
-                    send_partition(&producer, &topic, &gates[p], p as i32, &jobs, notifications)
+                    let work = (&jobs[..], &recalls);
+                    send_partition(&producer, &topic, &gates[p], p as i32, work, notifications)
                 });
-            let expired = futures::future::try_join_all(sends).await?;
+            let unsent = futures::future::try_join_all(sends).await?;
             let mut sent = vec![Sent::default(); jobs.len()];
-            for (j, c) in expired.into_iter().flatten() {
-                sent[j].expired.push(jobs[j].clients[c].clone());
+            for u in unsent {
+                for (j, c) in u.expired {
+                    sent[j].expired.push(jobs[j].clients[c].clone());
+                }
+                for (j, c) in u.recalled {
+                    sent[j].recalled.push(jobs[j].clients[c].clone());
+                }
             }
             Ok(sent)
         })
@@ -260,7 +290,7 @@ impl Sink for KafkaSink {
     }
 
     fn rows_written(job: &KafkaJob, sent: &Sent) -> usize {
-        job.rows() - sent.expired.len()
+        job.rows() - sent.expired.len() - sent.recalled.len()
     }
 
     fn reconcile(
@@ -351,6 +381,7 @@ mod tests {
             topic: "out".into(),
             lease: Lease::unbounded(),
             transactional_id: None,
+            recalls: Recalls::default(),
         })
         .await
         .unwrap();

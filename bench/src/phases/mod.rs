@@ -211,6 +211,7 @@ impl Bench<'_> {
             topic: self.topic(what),
             lease: campaign_actors::lease::Lease::unbounded(),
             transactional_id: None,
+            recalls: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //!   a campaign runs, what the feed misses, serial ids committed out of order, a truncated table.
 //! - [`retention`]: what the table of campaigns forgets.
 //! - [`bursts`]: many campaigns starting together, and an audience larger than the fire budget.
+//! - [`recall`]: a campaign going out stopped by a newer version whose end has passed.
 //!
 //! The helpers below are what these tests share: campaigns of a given version, subscribers by
 //! the thousand, the campaign's state and the waits for both sinks.
@@ -20,6 +21,7 @@ use crate::common::*;
 
 mod bursts;
 mod feed;
+mod recall;
 mod retention;
 mod scheduling;
 mod versions;

@@ -81,8 +81,18 @@ pub struct RecoveryReport {
     pub resent: usize,
     /// Not sent, and withdrawn from Postgres: their campaign's end (plus the grace) had passed.
     pub expired: usize,
+    /// Not sent, and withdrawn from Postgres: their campaign was recalled.
+    pub recalled: usize,
     /// Refused by the broker for good: withdrawn from Postgres, their campaign dead-lettered.
     pub refused: usize,
+}
+
+/// Rows recovery withdrew from Postgres, by reason.
+#[derive(Debug, Default)]
+struct Withdrawn {
+    expired: usize,
+    recalled: usize,
+    refused: usize,
 }
 
 impl std::ops::AddAssign for RecoveryReport {
@@ -92,6 +102,7 @@ impl std::ops::AddAssign for RecoveryReport {
         self.already_sent += r.already_sent;
         self.resent += r.resent;
         self.expired += r.expired;
+        self.recalled += r.recalled;
         self.refused += r.refused;
     }
 }
@@ -216,18 +227,22 @@ impl Recoverer {
         let wanted = fingerprints(client, window).await?;
         let marked = wanted.len();
         let found = self.find_sent(claimed, window, wanted).await?;
-        let (expired, refused) = match found.len() < marked {
+        let Withdrawn {
+            expired,
+            recalled,
+            refused,
+        } = match found.len() < marked {
             true => self.send_lacking(client, window, &found, producer).await?,
-            false => (0, 0),
+            false => Withdrawn::default(),
         };
         outbox::clear_marks(client, &window.ids)
             .await
             .map_err(RecoveryError::postgres("clearing the recovered marks"))?;
-        let resent = marked - found.len() - expired - refused;
+        let resent = marked - found.len() - expired - recalled - refused;
         log::info!(
             "ledger: owner {owner}: {} marks done ({marked} notifications, {} already in {}, \
-             {resent} sent now, {expired} withdrawn: their campaign had ended, {refused} \
-             withdrawn: refused by the broker)",
+             {resent} sent now, {expired} withdrawn: their campaign had ended, {recalled} \
+             withdrawn: their campaign is recalled, {refused} withdrawn: refused by the broker)",
             window.ids.len(),
             found.len(),
             output.topic,
@@ -238,6 +253,7 @@ impl Recoverer {
             already_sent: found.len(),
             resent,
             expired,
+            recalled,
             refused,
         })
     }
@@ -262,15 +278,15 @@ impl Recoverer {
 
     /// Sends the window's notifications that `found` lacks, a page of rows at a time (in one
     /// transaction when the output has them); the rows of those not sent, their campaign ended or
-    /// the broker refused them, are withdrawn. Returns how many were withdrawn for each reason:
-    /// (expired, refused).
+    /// recalled or the broker refused them, are withdrawn. Returns how many were withdrawn for
+    /// each reason.
     async fn send_lacking(
         &self,
         client: &Client,
         window: &outbox::Marks,
         found: &Wanted,
         producer: &mut Option<Producer>,
-    ) -> Result<(usize, usize), RecoveryError> {
+    ) -> Result<Withdrawn, RecoveryError> {
         let output = &self.output;
         if producer.is_none() {
             let created =
@@ -282,22 +298,29 @@ impl Recoverer {
         if transactional {
             producer.begin().map_err(RecoveryError::Transaction)?;
         }
-        let (mut expired, mut refused) = (0, 0);
+        let mut withdrawn = Withdrawn::default();
         for page in window.feedback_ids.chunks(PAGE_NOTIFICATIONS) {
             for m in marked_campaigns(client, page).await? {
-                let deadline = deadline_ms(&m.campaign, output.end_grace_secs);
+                // Recalled: nothing is sent, what Kafka lacks is withdrawn.
+                let deadline = match m.recalled {
+                    true => i64::MIN,
+                    false => deadline_ms(&m.campaign, output.end_grace_secs),
+                };
                 let unsent = send_missing(producer, &output.topic, &m, found, deadline)
                     .await
                     .map_err(RecoveryError::Send)?;
                 if !unsent.expired.is_empty() {
                     self.delete_rows(client, page, &m.campaign, &unsent.expired)
                         .await?;
-                    expired += unsent.expired.len();
+                    match m.recalled {
+                        true => withdrawn.recalled += unsent.expired.len(),
+                        false => withdrawn.expired += unsent.expired.len(),
+                    }
                 }
                 if let Some(reason) = &unsent.reason {
                     self.refuse(client, page, &m, &unsent.refused, reason)
                         .await?;
-                    refused += unsent.refused.len();
+                    withdrawn.refused += unsent.refused.len();
                 }
             }
         }
@@ -307,7 +330,7 @@ impl Recoverer {
                 .await
                 .map_err(RecoveryError::Transaction)?;
         }
-        Ok((expired, refused))
+        Ok(withdrawn)
     }
 
     /// Deletes the rows of `campaign` for `clients`, fenced by this process's lease.
@@ -441,8 +464,12 @@ async fn marked_campaigns(
             "SELECT restaurant_id, adv_campaign_id, adv_campaign_content, adv_campaign_owner, \
                     adv_campaign_owner_contact, adv_campaign_datetime_start, \
                     adv_campaign_datetime_end, datetime_created, \
-                    trigger_datetime_created::int8, array_agg(client_id) \
-             FROM public.subscribers_feedback WHERE id = ANY($1) \
+                    trigger_datetime_created::int8, array_agg(client_id), \
+                    EXISTS (SELECT 1 FROM public.campaign_notifier_campaigns c \
+                            WHERE c.restaurant_id = f.restaurant_id \
+                              AND c.adv_campaign_id = f.adv_campaign_id \
+                              AND c.recalled_at IS NOT NULL) \
+             FROM public.subscribers_feedback f WHERE id = ANY($1) \
              GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
             &[&feedback_ids],
         )
@@ -455,6 +482,7 @@ async fn marked_campaigns(
                 // int8 in the statement, whether the column is the brief's int4 or migrated.
                 trigger_datetime_created: row.try_get(8)?,
                 clients: row.try_get(9)?,
+                recalled: row.try_get(10)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()

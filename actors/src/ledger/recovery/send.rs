@@ -14,6 +14,8 @@ pub(crate) struct MarkedCampaign {
     pub(crate) campaign: Campaign,
     pub(crate) trigger_datetime_created: i64,
     pub(crate) clients: Vec<String>,
+    /// The campaign is recalled: nothing more of it may be sent.
+    pub(crate) recalled: bool,
 }
 
 /// The campaign of a row whose first eight columns are the campaign's eight fields, in the

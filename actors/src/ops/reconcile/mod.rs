@@ -84,7 +84,8 @@ pub struct CampaignReport {
 /// One campaign as both sinks hold it.
 struct Compared {
     campaign: Campaign,
-    /// Postgres' clock now is past its end plus the grace: nothing of it may be sent.
+    /// Postgres' clock now is past its end plus the grace, or it is recalled: nothing of it may
+    /// be sent.
     over: bool,
     postgres: HashSet<String>,
     in_flight: HashSet<String>,
@@ -159,7 +160,8 @@ async fn chosen(
                     adv_campaign_owner_contact, adv_campaign_datetime_start,
                     adv_campaign_datetime_end, datetime_created,
                     least(adv_campaign_datetime_start * 1000, source_timestamp_ms) AS earliest_ms,
-                    extract(epoch FROM now())::int8 > adv_campaign_datetime_end + $3 AS over
+                    (extract(epoch FROM now())::int8 > adv_campaign_datetime_end + $3
+                     OR recalled_at IS NOT NULL) AS over
              FROM public.campaign_notifier_campaigns
              WHERE ($1::text IS NULL OR adv_campaign_id = $1)
                AND ($2::int8 IS NULL OR updated_at >= to_timestamp($2))

@@ -137,6 +137,8 @@ async fn send(
             campaign: c.campaign.clone(),
             trigger_datetime_created: row.try_get(0).map_err(pg("reading the rows Kafka lacks"))?,
             clients: row.try_get(1).map_err(pg("reading the rows Kafka lacks"))?,
+            // A recalled campaign counts as over here: it is withdrawn, not sent.
+            recalled: false,
         };
         let topic = &settings.output_topic;
         let unsent = send_missing(&producer, topic, &marked, &Wanted::new(), deadline)

@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS public.campaign_notifier_campaigns (
     owner int4,
     fired_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    recalled_at int8,
     PRIMARY KEY (restaurant_id, adv_campaign_id)
 );
 CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_due_idx
     ON public.campaign_notifier_campaigns (adv_campaign_datetime_start)
     WHERE state IN ('scheduled', 'firing');
+CREATE INDEX IF NOT EXISTS campaign_notifier_campaigns_recalled_idx
+    ON public.campaign_notifier_campaigns (recalled_at)
+    WHERE recalled_at IS NOT NULL;
