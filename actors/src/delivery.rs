@@ -12,6 +12,12 @@
 //! restaurant has or how many campaigns are read. The first slice goes alone (a campaign a sink
 //! refuses is refused there, with nothing of it written); the others follow, a few at once.
 //!
+//! The budget is shared between the campaigns under way: the slices of a campaign larger than one
+//! slice take their share from the part of the budget a quarter of it is kept apart from (the
+//! reserve), so a small campaign arriving while a large one goes out finds room at once; and the
+//! writers put a small campaign's job ahead of a large one's slices waiting in their queue
+//! (`sinks::writer`). Together they keep a small campaign from waiting behind a large one.
+//!
 //! Only when every slice is through is the campaign `Delivered`, which lets the reader store its
 //! offset. If the service stops in the middle, the campaign is read again: its delivered slices
 //! insert nothing new, and what the outbox lists is finished by recovery. A message the service
@@ -53,10 +59,10 @@ use crate::sinks::{SinkError, Write, WriteAll};
 
 /// The most notifications of one campaign written as one piece (a multiple of the Postgres
 /// writer's statement size, so a slice's statements are full).
-pub const SLICE_NOTIFICATIONS: usize = 50_000;
+pub const SLICE_NOTIFICATIONS: usize = 10_000;
 
 /// Slices of one campaign under way at once, after its first.
-const SLICES_AT_ONCE: usize = 4;
+const SLICES_AT_ONCE: usize = 8;
 
 /// Where delivery sends things.
 pub struct DeliveryTargets {
@@ -77,7 +83,8 @@ pub struct Delivery {
     /// recipient and of the metrics.
     routes: Rc<Routes>,
     tokens: Rc<RefCell<Tokens>>,
-    /// Slices are cut this large: [`SLICE_NOTIFICATIONS`], or the whole budget when it is smaller.
+    /// Slices are cut this large: [`SLICE_NOTIFICATIONS`], or the budget less its reserve when
+    /// that is smaller.
     slice: usize,
 }
 
@@ -92,6 +99,8 @@ struct Routes {
     metrics: Metrics,
     clock: Clock,
     budget: Arc<Semaphore>,
+    /// The budget less the reserve: what the slices of large campaigns may hold at most.
+    large: Arc<Semaphore>,
     recalls: crate::recalls::Recalls,
 }
 
@@ -105,6 +114,7 @@ impl Delivery {
         shared: Shared,
     ) -> Delivery {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let large = (max_in_flight - max_in_flight / 4).max(1);
         Delivery {
             routes: Rc::new(Routes {
                 postgres: HandOff::new(targets.postgres.clone()),
@@ -115,9 +125,10 @@ impl Delivery {
                 clock: shared.clock,
                 recalls: shared.recalls,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
+                large: Arc::new(Semaphore::new(large)),
             }),
             tokens: Rc::new(RefCell::new(Tokens::new(owner))),
-            slice: SLICE_NOTIFICATIONS.min(max_in_flight),
+            slice: SLICE_NOTIFICATIONS.min(large),
         }
     }
 
@@ -140,11 +151,11 @@ impl Delivery {
             if slices.len() == 1 {
                 let mut progress = Progress::default();
                 if let Some(job) = slices.into_iter().next() {
-                    progress.add(routes.clone().deliver_slice(job).await);
+                    progress.add(routes.clone().deliver_slice(Slice::Only(job)).await);
                 }
                 return progress.finish(&routes, &batch, origin).await;
             }
-            let mut slices = slices.into_iter();
+            let mut slices = slices.into_iter().map(Slice::Large);
             let mut running = FuturesUnordered::new();
             let mut progress = Progress::default();
             let mut at_once = 1;
@@ -266,10 +277,17 @@ impl Progress {
     }
 }
 
-/// A slice's share of the budget, held until both sinks confirmed it; counted in
-/// `notifications_in_flight`.
+/// A slice to deliver: the only one of its campaign, or one of a large campaign's.
+enum Slice {
+    Only(PgJob),
+    Large(PgJob),
+}
+
+/// A slice's share of the budget (and of the large campaigns' part of it), held until both sinks
+/// confirmed it; counted in `notifications_in_flight`.
 struct InFlight {
     _permit: OwnedSemaphorePermit,
+    _large: Option<OwnedSemaphorePermit>,
     notifications: i64,
     /// `notifications_in_flight` (one handle, not a clone of every metric).
     gauge: prometheus::IntGauge,
@@ -284,8 +302,12 @@ impl Drop for InFlight {
 impl Routes {
     /// Waits for room in the budget, then writes the slice to Postgres, its new rows to Kafka, and
     /// clears the marks (or withdraws the rows Kafka refused).
-    async fn deliver_slice(self: Rc<Self>, job: PgJob) -> SliceOutcome {
-        let _in_flight = self.take_budget(job.range.len()).await;
+    async fn deliver_slice(self: Rc<Self>, slice: Slice) -> SliceOutcome {
+        let (job, large) = match slice {
+            Slice::Only(job) => (job, false),
+            Slice::Large(job) => (job, true),
+        };
+        let _in_flight = self.take_budget(job.range.len(), large).await;
         let batch = job.batch.clone();
         let c = &batch.campaign;
         if self.recalls.contains(&c.restaurant_id, &c.adv_campaign_id) {
@@ -321,8 +343,19 @@ impl Routes {
         .emit(&self.metrics);
     }
 
-    /// The slice's share of the budget, once there is room for it.
-    async fn take_budget(&self, rows: usize) -> InFlight {
+    /// The slice's share of the budget, once there is room for it (for a slice of a large
+    /// campaign, room in the budget less the reserve first).
+    async fn take_budget(&self, rows: usize, large: bool) -> InFlight {
+        let large = match large {
+            true => Some(
+                self.large
+                    .clone()
+                    .acquire_many_owned(rows as u32)
+                    .await
+                    .expect("the budget is never closed"),
+            ),
+            false => None,
+        };
         let permit = self
             .budget
             .clone()
@@ -332,6 +365,7 @@ impl Routes {
         self.metrics.notifications_in_flight.add(rows as i64);
         InFlight {
             _permit: permit,
+            _large: large,
             notifications: rows as i64,
             gauge: self.metrics.notifications_in_flight.clone(),
         }

@@ -21,22 +21,22 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use campaign_actors::{Metrics, Pipeline};
 use campaign_bench::measure::{
-    cpu_seconds, histogram_buckets, processed, quantile, resident_bytes,
+    cpu_seconds, exact_quantile, histogram_buckets, processed, quantile, resident_bytes, round,
+    written,
 };
+use campaign_bench::seen::SeenInKafka;
 use campaign_bench::setup::{
-    connect, create_topics, database_url, err, service_config, BenchResult,
+    connect, create_topics, database_url, err, produce_all, service_config, wait_for, BenchResult,
 };
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
 use tokio_postgres::Client;
 
 #[derive(Parser)]
@@ -143,74 +143,8 @@ fn campaign(restaurant: &str, id: &str, start: i64) -> String {
     .to_string()
 }
 
-async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    messages: impl Iterator<Item = (String, String)>,
-) -> BenchResult<()> {
-    let mut sends = Vec::new();
-    for (key, value) in messages {
-        let mut record = FutureRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    sends.push(delivery);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    actix_rt::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => return Err(format!("produce: {e}")),
-            }
-        }
-    }
-    for send in sends {
-        send.await
-            .map_err(|_| "producer dropped".to_string())?
-            .map_err(|(e, _)| format!("produce: {e}"))?;
-    }
-    Ok(())
-}
-
-async fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut done: impl FnMut() -> bool,
-) -> BenchResult<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(format!("{what}: not within {timeout:?}"));
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
-fn written(metrics: &Metrics, sink: &str) -> u64 {
-    metrics
-        .notifications_written
-        .with_label_values(&[sink])
-        .get()
-}
-
 fn fired(metrics: &Metrics) -> u64 {
     metrics.lifecycle_events.with_label_values(&["fired"]).get()
-}
-
-fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
-    values[i]
-}
-
-fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
 }
 
 /// `--fanout` subscribers of each of the `--peak` restaurants.
@@ -477,50 +411,6 @@ struct FeedFigures {
     max: f64,
 }
 
-/// A thread that reads the output topic from its end and notes when each key is first seen.
-struct FeedReader {
-    in_kafka: Arc<Mutex<HashMap<String, Instant>>>,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl FeedReader {
-    fn start(args: &Args, output: &str) -> BenchResult<FeedReader> {
-        let in_kafka: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &args.brokers)
-            .set("group.id", "cn-bench-lifecycle-reader")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(err("consumer"))?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..args.partitions {
-            assignment
-                .add_partition_offset(output, p, Offset::End)
-                .map_err(err("assignment"))?;
-        }
-        consumer.assign(&assignment).map_err(err("assign"))?;
-        let thread = {
-            let (seen, stop) = (in_kafka.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
-                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                        seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
-                    }
-                }
-            })
-        };
-        Ok(FeedReader {
-            in_kafka,
-            stop,
-            thread,
-        })
-    }
-}
-
 /// The change feed so far: who subscribed when, and when each was first seen in Postgres.
 struct Feed {
     total: usize,
@@ -595,7 +485,7 @@ impl Lifecycle<'_> {
     /// each to its notification in both sinks.
     async fn follow_feed(&self) -> BenchResult<FeedFigures> {
         let (args, db, metrics) = (self.args, &self.db, &self.metrics);
-        let reader = FeedReader::start(args, &self.output)?;
+        let reader = SeenInKafka::start(&args.brokers, &self.output, args.partitions)?;
         // Let the reader find the end of each partition before anything is subscribed.
         actix_rt::time::sleep(Duration::from_secs(2)).await;
         let total = args.feed_rate * args.feed_secs;
@@ -620,23 +510,21 @@ impl Lifecycle<'_> {
                 feed.subscribe_next(db, args.peak).await?;
             }
             feed.read_feedback(db).await?;
-            if feed.done(&reader.in_kafka) {
+            if feed.done(&reader.seen) {
                 break;
             }
             if Instant::now() > deadline {
-                reader.stop.store(true, Ordering::Relaxed);
                 return Err(format!(
                     "change feed: {} of {total} in Postgres, {} in Kafka after {:?}",
                     feed.in_postgres.len(),
-                    reader.in_kafka.lock().unwrap().len(),
+                    reader.len(),
                     began.elapsed()
                 ));
             }
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
-        reader.stop.store(true, Ordering::Relaxed);
-        let _ = reader.thread.join();
-        let mut lags = feed.lags(&reader.in_kafka.lock().unwrap());
+        let mut lags = feed.lags(&reader.seen.lock().unwrap());
+        drop(reader);
         let notified = metrics.late_subscriber_notifications.get() - built_before;
         if notified != total as u64 {
             return Err(format!(

@@ -6,6 +6,7 @@
 //! - `baseline`: the plain Python pipeline run beside the service;
 //! - `chart`: the fan-out matrix against the baseline as an SVG chart;
 //! - `measure`: CPU time, resident memory and histogram quantiles;
+//! - `seen`: when each notification first reached the output topic;
 //! - `setup`: a database and topics of a benchmark's own, and the service's config in it.
 
 pub mod args;
@@ -13,5 +14,6 @@ pub mod baseline;
 pub mod chart;
 pub mod measure;
 pub mod phases;
+pub mod seen;
 pub mod setup;
 pub mod workload;

@@ -122,3 +122,27 @@ pub fn processed(metrics: &campaign_actors::Metrics) -> u64 {
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
 }
+
+/// Notifications `sink` (`kafka` or `postgres`) has confirmed so far.
+pub fn written(metrics: &campaign_actors::Metrics, sink: &str) -> u64 {
+    metrics
+        .notifications_written
+        .with_label_values(&[sink])
+        .get()
+}
+
+/// The `q` quantile of `values` (sorted here), the value at rank ceil(q * n); NaN when empty.
+pub fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}
+
+/// `v` rounded to `places` decimals.
+pub fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}

@@ -60,6 +60,21 @@ pub fn service_config(
     producer: &[(String, String)],
     consumer: &[(String, String)],
 ) -> BenchResult<Config> {
+    service_config_with(brokers, prefix, db_url, (producer, consumer), "")
+}
+
+/// librdkafka properties, as (name, value).
+pub type Properties<'a> = &'a [(String, String)];
+
+/// [`service_config`] with `extra`, more sections of the config file (`[writers]`, `[limits]`,
+/// ...), appended.
+pub fn service_config_with(
+    brokers: &str,
+    prefix: &str,
+    db_url: &str,
+    (producer, consumer): (Properties<'_>, Properties<'_>),
+    extra: &str,
+) -> BenchResult<Config> {
     let toml = |properties: &[(String, String)]| -> String {
         properties
             .iter()
@@ -87,7 +102,62 @@ refresh_interval_secs = 3600
 listen = "127.0.0.1:0"
 [log]
 level = "warn"
-"#
+{extra}"#
     );
     Config::from_toml_with_env(&text, "bench", std::iter::empty()).map_err(err("config"))
+}
+
+/// Produces every (key, value) to `topic`, waiting while the producer's queue is full; returns
+/// once the broker acknowledged them all.
+pub async fn produce_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    messages: impl Iterator<Item = (String, String)>,
+) -> BenchResult<()> {
+    let mut sends = Vec::new();
+    for (key, value) in messages {
+        let mut record = rdkafka::producer::FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    sends.push(delivery);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::error::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(format!("produce: {e}")),
+            }
+        }
+    }
+    for send in sends {
+        send.await
+            .map_err(|_| "producer dropped".to_string())?
+            .map_err(|(e, _)| format!("produce: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Waits, polling every 10 ms, until `done`; an error naming `what` after `timeout`.
+pub async fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> BenchResult<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{what}: not within {timeout:?}"));
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ macro_rules! suite {
 
 suite!(
     common,
+    controls,
     demo,
     e2e,
     faults,

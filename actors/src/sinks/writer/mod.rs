@@ -6,6 +6,13 @@
 //! mid-write never loses a batch: the write future is dropped with the old context, and its jobs
 //! go back to the front of the queue and are written again after the reconnect.
 //!
+//! The queue is first come, first written, with one exception that keeps a small campaign from
+//! waiting behind a large one: a job smaller than a batch goes ahead of the large jobs (a batch
+//! or more each, the slices of a large campaign) waiting at the back of the queue, unless one of
+//! them has already been passed over by [`PASS_OVER_BATCHES`] batches' worth of rows, so a large
+//! campaign is delayed by a bounded amount however many small ones arrive
+//! ([`Writer::place_of`]).
+//!
 //! While the writer is connecting it processes no messages (`ctx.wait`), its mailbox fills, and
 //! the enricher's `send` waits: that is how backpressure reaches the reader.
 //!
@@ -37,6 +44,10 @@ mod tests;
 use failures::Suspicion;
 pub use sink::{LocalFuture, Rows, Sink, SinkError, Write, WriteAll};
 
+/// A large job waiting in the queue lets small jobs go ahead of it until this many batches
+/// (`batch_max_rows` each) of them have.
+pub const PASS_OVER_BATCHES: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     /// A write starts once this many rows wait...
@@ -56,6 +67,8 @@ struct Job<S: Sink> {
     /// A write of it was started: after a failure its fate is unknown until reconciled.
     attempted: bool,
     suspicion: Suspicion,
+    /// Rows of small jobs queued ahead of it since it was queued.
+    passed_over: usize,
 }
 
 impl<S: Sink> Job<S> {
@@ -66,6 +79,7 @@ impl<S: Sink> Job<S> {
             alone: false,
             attempted: false,
             suspicion: Suspicion::default(),
+            passed_over: 0,
         }
     }
 }
@@ -166,8 +180,33 @@ impl<S: Sink> Writer<S> {
         if !self.has_work() {
             self.progress_at = Instant::now();
         }
-        self.pending_rows += item.rows();
-        self.pending.push_back(Job::new(item, done));
+        let rows = item.rows();
+        self.pending_rows += rows;
+        let at = self.place_of(rows);
+        self.pending.insert(at, Job::new(item, done));
+    }
+
+    /// Where a new job of `rows` goes in the queue: at the back, or, smaller than a batch, ahead
+    /// of the large jobs at the back that have not been passed over by
+    /// [`PASS_OVER_BATCHES`] batches yet (each of those counts the rows that passed it).
+    fn place_of(&mut self, rows: usize) -> usize {
+        let batch = self.settings.batch_max_rows;
+        let mut at = self.pending.len();
+        if rows >= batch {
+            return at;
+        }
+        let limit = batch.saturating_mul(PASS_OVER_BATCHES);
+        while at > 0 {
+            let before = &self.pending[at - 1];
+            if before.item.rows() < batch || before.passed_over >= limit {
+                break;
+            }
+            at -= 1;
+        }
+        for passed in self.pending.range_mut(at..) {
+            passed.passed_over += rows;
+        }
+        at
     }
 }
 

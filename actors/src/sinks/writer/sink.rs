@@ -83,6 +83,11 @@ pub trait Sink: Sized + 'static {
     const KIND: SinkKind;
     /// Writes that may be under way at once.
     const MAX_CONCURRENT_WRITES: usize;
+    /// One write more may start when the job first in the queue is smaller than a batch (a small
+    /// campaign's), so that it need not wait for a large write to end. For a sink whose writes
+    /// share nothing that a write holds for its whole length (the Kafka sink's partitions are
+    /// taken a chunk at a time); not for one that writes on a single connection.
+    const EXPRESS_WRITE: bool = false;
     type Config: Clone + Send + Unpin + 'static;
     /// One job, as delivery sends it.
     type Item: Rows + Send + Sync + 'static;

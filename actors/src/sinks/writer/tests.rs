@@ -517,3 +517,37 @@ async fn a_writer_whose_lease_lapses_holds_its_jobs_and_writes_them_once_it_is_r
     assert_eq!(handle.with(|s| s.stored.clone()), vec![1, 2]);
     assert_eq!(restarts(&metrics), 0, "a lapse restarts nothing");
 }
+
+#[actix_rt::test]
+async fn a_small_job_goes_ahead_of_the_large_ones_waiting_but_passes_each_a_bounded_amount() {
+    let shared = Handle::default();
+    // The first write is still out while the others arrive.
+    shared.with(|s| s.write_delay = Duration::from_millis(50));
+    let settings = WriterSettings {
+        batch_max_rows: 10,
+        ..settings()
+    };
+    let (addr, _metrics, _fatal) = start(&shared, settings);
+    let large = |from: u32| (from..from + 10).collect::<Vec<u32>>();
+    let (first, second, third) = (large(100), large(200), large(300));
+    // Two large jobs wait behind the one being written; then small jobs of 5 rows arrive, nine
+    // of them: the limit is PASS_OVER_BATCHES batches (40 rows) passing each large job.
+    let smalls: Vec<Vec<u32>> = (0..9).map(|k| (k * 5..k * 5 + 5).collect()).collect();
+    let mut jobs: Vec<&[u32]> = vec![&first, &second, &third];
+    jobs.extend(smalls.iter().map(|s| &s[..]));
+    let answers = write_all(&addr, &jobs).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let order: Vec<u32> = shared.with(|s| s.groups.concat());
+    let at = |id: u32| order.iter().position(|&x| x == id).expect("written");
+    // The first eight small jobs (40 rows) went ahead of the two large jobs waiting...
+    for k in 0..8 {
+        assert!(
+            at(k * 5) < at(200),
+            "small job {k} after a large one: {order:?}"
+        );
+    }
+    // ...the ninth did not: the large ones had been passed over enough.
+    assert!(at(40) > at(300), "{order:?}");
+    // The large ones kept their order.
+    assert!(at(100) < at(200) && at(200) < at(300));
+}

@@ -33,7 +33,7 @@ impl<S: Sink> Writer<S> {
             self.update_gauges();
             return;
         }
-        while self.in_flight.len() < S::MAX_CONCURRENT_WRITES && !self.pending.is_empty() {
+        while self.in_flight.len() < self.write_limit() && !self.pending.is_empty() {
             let full = self.pending_rows >= self.settings.batch_max_rows;
             let idle = self.in_flight.is_empty();
             if !(full || idle || linger_expired || self.pending.front().is_some_and(|j| j.alone)) {
@@ -47,6 +47,14 @@ impl<S: Sink> Writer<S> {
             ctx.run_later(self.settings.linger, |act, ctx| act.flush(ctx, true));
         }
         self.update_gauges();
+    }
+
+    /// How many writes may be under way now: one more than the sink's limit while a small job
+    /// is first in the queue, for a sink that allows it ([`Sink::EXPRESS_WRITE`]).
+    fn write_limit(&self) -> usize {
+        let small_first =
+            (self.pending.front()).is_some_and(|j| j.item.rows() < self.settings.batch_max_rows);
+        S::MAX_CONCURRENT_WRITES + usize::from(S::EXPRESS_WRITE && small_first)
     }
 
     fn take_group(&mut self) -> Vec<Job<S>> {
