@@ -362,6 +362,11 @@ metrics! {
     /// Notifications written to Postgres and deleted again, by [`WithdrawReason`].
     notifications_withdrawn: IntCounterVec = counters("notifications_withdrawn_total",
         "Notifications deleted from Postgres again because Kafka could not have them, by reason", &["reason"]);
+    /// Notifications over `[limits] per_client_max` for their client, written to neither sink
+    /// (recorded in `campaign_notifier_capped`); counted once the transaction that capped them
+    /// committed.
+    notifications_capped: IntCounter = counter("notifications_capped_total",
+        "Notifications over the per-client cap, written to neither sink");
     /// Campaigns kept to fire at their start.
     campaigns_scheduled: IntGauge = gauge("campaigns_scheduled",
         "Campaigns kept to fire at their start");
