@@ -216,3 +216,46 @@ async fn kill_once_some_are_written(f: &Fixture, service: &mut Service) -> usize
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Housekeeping keeps what the cap needs and no more: a client's sent times go once the newest is
+/// out of the window (and a row with none goes), a capped record `lifecycle.retain_days` (30)
+/// after it was capped; a client sent something within the window, and a record capped
+/// yesterday, stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_caps_records_are_forgotten_once_out_of_the_window_or_the_retention() {
+    let f = Fixture::new("capforget", 1).await;
+    f.db.batch_execute(
+        "INSERT INTO campaign_notifier_clients (client_id, sent)
+         SELECT c, ARRAY[extract(epoch FROM now())::int8 - s]::int8[]
+         FROM (VALUES ('out-of-the-window', 86400 + 60), ('within', 3600)) AS v(c, s);
+         INSERT INTO campaign_notifier_clients (client_id, sent) VALUES ('nothing-sent', '{}');
+         INSERT INTO campaign_notifier_capped
+         SELECT 'r', 'c', k, 'per_client_max', extract(epoch FROM now())::int8 - d * 86400
+         FROM (VALUES ('capped-31-days-ago', 31), ('capped-yesterday', 1)) AS v(k, d);",
+    )
+    .await
+    .expect("the cap's records");
+    let service = Service::start(&f, ONE_A_DAY);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let clients: Vec<String> =
+            f.db.query("SELECT client_id FROM campaign_notifier_clients", &[])
+                .await
+                .expect("clients")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        let records: Vec<String> = capped(&f).await.into_keys().map(|(_, k)| k).collect();
+        if clients == ["within"] && records == ["capped-yesterday"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept {clients:?} and {records:?}:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(service);
+    f.cleanup().await;
+}
