@@ -259,3 +259,109 @@ async fn the_caps_records_are_forgotten_once_out_of_the_window_or_the_retention(
     drop(service);
     f.cleanup().await;
 }
+
+/// The clients both restaurants of [`sink_job`] have.
+const SHARED: [&str; 3] = [
+    "0c000000-0000-4000-8000-00000000aaa1",
+    "0c000000-0000-4000-8000-00000000aaa2",
+    "client-with-a-text-id",
+];
+
+/// Campaign `campaign_id` of `restaurant` to the [`SHARED`] clients, its chunk's token
+/// `first_token`.
+fn sink_job(
+    restaurant: &str,
+    campaign_id: &str,
+    first_token: i64,
+) -> std::sync::Arc<campaign_actors::sinks::pg_writer::PgJob> {
+    use campaign_actors::cache::snapshot::SnapshotBuilder;
+    use campaign_actors::notification::{NotificationBatch, SourceRef};
+    use std::sync::Arc;
+    let mut builder = SnapshotBuilder::new();
+    for client in SHARED {
+        builder.push(restaurant, client);
+    }
+    let snapshot = Arc::new(builder.build());
+    let entry = snapshot.lookup(restaurant).expect("restaurant in snapshot");
+    let now = unix_now();
+    let campaign = campaign_actors::campaign::Campaign {
+        restaurant_id: restaurant.into(),
+        adv_campaign_id: campaign_id.into(),
+        adv_campaign_content: "first dish free".into(),
+        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
+        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
+        adv_campaign_datetime_start: now - 60,
+        adv_campaign_datetime_end: now + 60,
+        datetime_created: now - 120,
+    };
+    let source = SourceRef {
+        topic: "in".into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+    };
+    let batch = NotificationBatch::new(campaign, now, source, snapshot, entry);
+    Arc::new(campaign_actors::sinks::pg_writer::PgJob {
+        range: 0..batch.len(),
+        batch: Arc::new(batch),
+        first_token,
+        replay: false,
+    })
+}
+
+/// The Postgres sink itself with a cap of one: in one write the earlier campaign wins every
+/// client and the later one is capped whole (its chunk, left empty, still answered); written
+/// again as replays after an unconfirmed commit, the first reports what its first attempt
+/// inserted (the empty chunk's token finds it) and the second nothing, with nothing more
+/// inserted, capped or counted.
+#[actix_rt::test]
+async fn the_postgres_sink_decides_once_and_a_replay_reports_what_was_inserted() {
+    use campaign_actors::sinks::pg_writer::{Capping, PerClientCap, PgSink, PgSinkConfig};
+    use campaign_actors::sinks::Sink;
+    let f = Fixture::new("capsink", 1).await;
+    let metrics = campaign_actors::Metrics::new();
+    let sink = PgSink::connect(PgSinkConfig {
+        postgres: campaign_actors::postgres::PostgresSettings::for_url(&f.db_url),
+        owner: 7,
+        lease: campaign_actors::lease::Lease::unbounded(),
+        trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
+        cap: Some(Capping {
+            cap: PerClientCap {
+                max: 1,
+                window_secs: 86_400,
+            },
+            metrics: metrics.clone(),
+        }),
+    })
+    .await
+    .expect("connect");
+    let jobs = vec![
+        sink_job("7c000000-0000-0000-0000-000000000021", "c-first", 1_000),
+        sink_job("7c000000-0000-0000-0000-000000000022", "c-second", 2_000),
+    ];
+    let all: BTreeSet<String> = SHARED.iter().map(|c| c.to_string()).collect();
+    let first = sink.write(jobs.clone()).await.expect("first write");
+    let got = |i: usize, w: &[campaign_actors::sinks::pg_writer::Inserted]| {
+        w[i].clients.iter().cloned().collect::<BTreeSet<String>>()
+    };
+    assert_eq!(got(0, &first), all, "the earlier campaign wins");
+    assert_eq!(got(1, &first), BTreeSet::new(), "the later one is capped");
+    assert_eq!((first[0].outbox_ids.len(), first[1].outbox_ids.len()), (1, 0));
+    assert_eq!(metrics.notifications_capped.get(), 3);
+
+    let replays = sink.reconcile(jobs).await.expect("reconcile");
+    let again = sink.write(replays).await.expect("replayed write");
+    assert_eq!(got(0, &again), all, "the first attempt's rows, by its token");
+    assert_eq!(again[0].outbox_ids, first[0].outbox_ids);
+    assert_eq!(got(1, &again), BTreeSet::new());
+    assert_eq!(metrics.notifications_capped.get(), 3, "nothing counted again");
+    assert_eq!(f.feedback_count().await, 3);
+    assert_eq!(capped(&f).await.len(), 3);
+    assert_eq!(f.outbox_marks().await, 1);
+
+    let third = sink_job("7c000000-0000-0000-0000-000000000021", "c-third", 3_000);
+    let later = sink.write(vec![third]).await.expect("a third campaign");
+    assert!(later[0].clients.is_empty(), "every client is at the cap");
+    assert_eq!(metrics.notifications_capped.get(), 6);
+    f.cleanup().await;
+}
