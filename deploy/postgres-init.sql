@@ -2,7 +2,7 @@
 -- The subscriber table of the data contract, as the app that owns it creates it, with a few
 -- sample subscribers. campaign-notifier's schema step (postgres.create_schema) creates the rest:
 -- subscribers_feedback, the index on subscribers_restaurants (restaurant_id) and its own tables
--- (outbox, campaigns, feed, owners, leaders) and sequence.
+-- (outbox, campaigns, feed, owners, leaders, clients, capped) and sequence.
 
 CREATE TABLE IF NOT EXISTS public.subscribers_restaurants (
     id serial4 NOT NULL, client_id varchar NOT NULL, restaurant_id varchar NOT NULL,

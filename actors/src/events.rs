@@ -130,6 +130,22 @@ impl Event for CampaignLifecycle<'_> {
     }
 }
 
+/// A write to Postgres that left out `notifications` notifications over the per-client cap
+/// committed (they are in neither sink, recorded in `campaign_notifier_capped`).
+pub struct NotificationsCapped {
+    pub notifications: u64,
+}
+
+impl Event for NotificationsCapped {
+    fn emit(self, metrics: &Metrics) {
+        metrics.notifications_capped.inc_by(self.notifications);
+        log::debug!(
+            "{} notifications over the per-client cap kept from both sinks",
+            self.notifications
+        );
+    }
+}
+
 /// A campaign was taken from the input topic (counted before it is parsed).
 pub struct CampaignReceived;
 

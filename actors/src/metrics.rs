@@ -372,6 +372,11 @@ metrics! {
     /// Notifications of recalled campaigns that went to neither sink.
     notifications_recalled: IntCounter = counter("notifications_recalled_total",
         "Notifications of recalled campaigns that went to neither sink (stopped before Postgres, or withdrawn from it before Kafka had them)");
+    /// Notifications over `[limits] per_client_max` for their client, written to neither sink
+    /// (recorded in `campaign_notifier_capped`); counted once the transaction that capped them
+    /// committed.
+    notifications_capped: IntCounter = counter("notifications_capped_total",
+        "Notifications over the per-client cap, written to neither sink");
     /// Campaigns kept to fire at their start.
     campaigns_scheduled: IntGauge = gauge("campaigns_scheduled",
         "Campaigns kept to fire at their start");

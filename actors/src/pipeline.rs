@@ -34,7 +34,7 @@ use crate::reader::KafkaReader;
 use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::DeadLetterWriter;
 use crate::sinks::kafka_writer::{KafkaSink, KafkaSinkSettings, KafkaWriter};
-use crate::sinks::pg_writer::{PgSinkConfig, PgWriter};
+use crate::sinks::pg_writer::{Capping, PgSinkConfig, PgWriter};
 use crate::sinks::Writer;
 
 #[derive(Debug, thiserror::Error)]
@@ -528,6 +528,10 @@ fn start_pg_writer(
         owner,
         lease: shared.lease.clone(),
         trigger_column,
+        cap: settings.per_client_cap.map(|cap| Capping {
+            cap,
+            metrics: shared.metrics.clone(),
+        }),
     };
     let (w, s) = (settings.writers.clone(), shared.clone());
     Supervisor::start_in_arbiter(&arbiters.postgres.handle(), move |_| {

@@ -287,7 +287,7 @@ impl<'a> Lifecycle<'a> {
             ],
         )
         .await?;
-        let config = service_config(&args.brokers, &prefix, db_url, &[], &[])?;
+        let config = service_config(&args.brokers, &prefix, db_url, &[], &[], 0)?;
         let pipeline = Pipeline::start(config, Metrics::new())
             .await
             .map_err(err("start the pipeline"))?;

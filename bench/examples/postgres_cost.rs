@@ -265,6 +265,7 @@ impl Cost<'_> {
             owner: 1,
             lease: campaign_actors::lease::Lease::unbounded(),
             trigger_column: TriggerColumn::Int4,
+            cap: None,
         })
         .await
         .map_err(err("postgres sink"))?;

@@ -57,13 +57,19 @@ pub struct Args {
     /// this fan-out.
     #[arg(long)]
     pub fanout: Option<usize>,
-    /// The fan-out matrix: for each shape in turn (a fan-out, or `zipf` for the mix of
-    /// `--restaurants` and `--skew`), about `--notifications` notifications on fresh topics and
-    /// tables, the ceilings, the pipeline and the latency phases only; one JSON line per shape.
-    /// `--matrix` alone: 1,10,100,1000,zipf.
+    /// The fan-out matrix: for each shape in turn (a fan-out, `zipf` for the mix of
+    /// `--restaurants` and `--skew`, or `zipf-capN`: the same mix with `[limits] per_client_max =
+    /// N` a day), about `--notifications` notifications on fresh topics and tables, the ceilings,
+    /// the pipeline and the latency phases only; one JSON line per shape.
+    /// `--matrix` alone: 1,10,100,1000,zipf,zipf-cap3.
     #[arg(long, value_delimiter = ',', value_parser = parse_shape, num_args = 0..=1,
-          default_missing_value = "1,10,100,1000,zipf")]
+          default_missing_value = "1,10,100,1000,zipf,zipf-cap3")]
     pub matrix: Vec<Shape>,
+    /// The service's `[limits] per_client_max` (a day's window); 0: no cap. With `--campaigns`
+    /// a multiple of `--restaurants`, each client gets that many notifications, and a cap below it
+    /// bites.
+    #[arg(long, default_value_t = 0)]
+    pub per_client_max: u32,
     /// Notifications per shape of `--matrix`.
     #[arg(long, default_value_t = 300_000)]
     pub notifications: usize,
@@ -96,11 +102,17 @@ pub enum Shape {
     Fanout(usize),
     /// Restaurant popularity after Zipf.
     Zipf,
+    /// The same, with the service's `[limits] per_client_max` at this (a day's window).
+    ZipfCapped(u32),
 }
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
     match s {
         "zipf" => Ok(Shape::Zipf),
+        capped if capped.starts_with("zipf-cap") => match capped["zipf-cap".len()..].parse() {
+            Ok(max) if max > 0 => Ok(Shape::ZipfCapped(max)),
+            _ => Err(format!("{s}: expected zipf-capN, N at least 1")),
+        },
         n => match n.parse::<usize>() {
             Ok(n) if n > 0 => Ok(Shape::Fanout(n)),
             _ => Err(format!("{s}: expected a fan-out of at least 1 or `zipf`")),
@@ -127,11 +139,16 @@ impl Args {
             produce_campaigns: None,
             ..*self
         };
-        if let Shape::Fanout(f) = shape {
-            args.fanout = Some(f);
-            args.latency_fanout = f;
-        } else {
-            args.fanout = None;
+        match shape {
+            Shape::Fanout(f) => {
+                args.fanout = Some(f);
+                args.latency_fanout = f;
+            }
+            Shape::Zipf => args.fanout = None,
+            Shape::ZipfCapped(max) => {
+                args.fanout = None;
+                args.per_client_max = max;
+            }
         }
         args.normalize();
         args
@@ -150,9 +167,13 @@ impl Args {
 
     /// The shape's name in the report.
     pub fn shape(&self) -> String {
-        match self.fanout {
+        let shape = match self.fanout {
             Some(f) => format!("fanout {f}"),
             None => format!("zipf {}", self.skew),
+        };
+        match self.per_client_max {
+            0 => shape,
+            max => format!("{shape}, cap {max} a day"),
         }
     }
 }
@@ -161,4 +182,41 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_runs_the_zipf_mix_with_and_without_a_cap_of_3_a_day() {
+        let args = Args::try_parse_from(["campaign-bench", "--brokers", "b", "--matrix"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let shapes: Vec<String> = args
+            .matrix
+            .iter()
+            .map(|s| args.for_shape(*s).shape())
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                "fanout 1",
+                "fanout 10",
+                "fanout 100",
+                "fanout 1000",
+                "zipf 1",
+                "zipf 1, cap 3 a day"
+            ]
+        );
+        let capped = args.for_shape(Shape::ZipfCapped(3));
+        let plain = args.for_shape(Shape::Zipf);
+        assert_eq!((capped.per_client_max, plain.per_client_max), (3, 0));
+        assert_eq!(
+            (capped.pairs, capped.campaigns, capped.restaurants),
+            (plain.pairs, plain.campaigns, plain.restaurants),
+            "the same workload"
+        );
+        assert!(parse_shape("zipf-cap0").is_err());
+        assert!(parse_shape("zipf-capx").is_err());
+    }
 }

@@ -51,16 +51,19 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> BenchResult
 }
 
 /// The service's config in a benchmark: topics `{prefix}-in`, `-out` and `-dlq`, group `prefix`,
-/// a cache that reloads only when asked, a free HTTP port, warnings only, and `producer`
-/// properties on top of the service's own (and `consumer` properties on top of the reader's).
+/// a cache that reloads only when asked, a free HTTP port, warnings only, `producer` properties
+/// on top of the service's own (and `consumer` properties on top of the reader's), and the
+/// per-client cap at `per_client_max` a day (0: none).
 pub fn service_config(
     brokers: &str,
     prefix: &str,
     db_url: &str,
     producer: &[(String, String)],
     consumer: &[(String, String)],
+    per_client_max: u32,
 ) -> BenchResult<Config> {
-    service_config_with(brokers, prefix, db_url, (producer, consumer), "")
+    let limits = format!("[limits]\nper_client_max = {per_client_max}\n");
+    service_config_with(brokers, prefix, db_url, (producer, consumer), &limits)
 }
 
 /// librdkafka properties, as (name, value).

@@ -17,6 +17,7 @@ macro_rules! suite {
 }
 
 suite!(
+    caps,
     common,
     controls,
     demo,

@@ -327,6 +327,7 @@ async fn sink_config(db: &Database) -> PgSinkConfig {
         owner: 7,
         lease: campaign_actors::lease::Lease::unbounded(),
         trigger_column,
+        cap: None,
     }
 }
 

@@ -63,6 +63,7 @@ async fn pg_sink(f: &Fixture) -> PgSink {
         owner: 7,
         lease: campaign_actors::lease::Lease::unbounded(),
         trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
+        cap: None,
     })
     .await
     .expect("connect")
@@ -362,6 +363,7 @@ impl LiveOwner {
             owner,
             lease: lease.clone(),
             trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
+            cap: None,
         })
         .await
         .expect("connect");

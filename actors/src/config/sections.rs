@@ -1,5 +1,5 @@
-//! `[cache]`, `[enricher]`, `[writers]`, `[ledger]`, `[lifecycle]`, `[http]`, `[log]` and
-//! `[shutdown]`: the sections whose every key has a default.
+//! `[cache]`, `[enricher]`, `[writers]`, `[ledger]`, `[lifecycle]`, `[limits]`, `[http]`, `[log]`
+//! and `[shutdown]`: the sections whose every key has a default.
 //!
 //! Each takes every key's default from its one `Default` impl (`#[serde(default)]` on the
 //! struct): a default is written once, here; config.toml and docs/configuration.md are checked
@@ -142,6 +142,27 @@ impl Default for LifecycleConfig {
             end_grace_secs: Duration::ZERO,
             poll_interval_ms: Duration::from_millis(250),
             retain_days: 30,
+        }
+    }
+}
+
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A client gets at most this many notifications within any `per_client_window_secs`,
+    /// across every restaurant and campaign; the rest are written to neither sink and recorded
+    /// as capped. 0: no cap (nothing of it runs).
+    pub per_client_max: u32,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub per_client_window_secs: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_client_max: 0,
+            per_client_window_secs: Duration::from_secs(86_400),
         }
     }
 }

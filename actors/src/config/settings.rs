@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::kafka::{ProducerSettings, TransactionalIds};
-use crate::lifecycle::{LifecycleSettings, Window};
+use crate::lifecycle::{LifecycleSettings, Retention, Window};
 use crate::postgres::PostgresSettings;
 use crate::reader::ReaderSettings;
+use crate::sinks::pg_writer::PerClientCap;
 use crate::sinks::WriterSettings;
 use crate::supervision::RestartPolicy;
 
@@ -38,6 +39,8 @@ pub struct Settings {
     pub ledger_restart: RestartPolicy,
     pub lifecycle: LifecycleSettings,
     pub lifecycle_restart: RestartPolicy,
+    /// `[limits] per_client_max` and its window; `None` while it is 0.
+    pub per_client_cap: Option<PerClientCap>,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
@@ -83,6 +86,7 @@ impl Config {
             ledger_restart: restart.clone(),
             lifecycle: self.lifecycle_settings(),
             lifecycle_restart: restart,
+            per_client_cap: self.per_client_cap(),
             cache_refresh_interval: self.cache.refresh_interval_secs,
             cache_restart: self.cache_restart(),
             http_listen: self.http.listen.clone(),
@@ -139,8 +143,20 @@ impl Config {
             poll_interval: l.poll_interval_ms,
             claim_limit: CLAIM_LIMIT,
             fire_budget: self.writers.max_notifications_in_flight,
-            retain: Duration::from_secs(l.retain_days * 86_400),
+            retain: Retention {
+                days: Duration::from_secs(l.retain_days * 86_400),
+                cap_window: (self.limits.per_client_max > 0)
+                    .then_some(self.limits.per_client_window_secs),
+            },
         }
+    }
+
+    fn per_client_cap(&self) -> Option<PerClientCap> {
+        let l = &self.limits;
+        (l.per_client_max > 0).then_some(PerClientCap {
+            max: l.per_client_max,
+            window_secs: l.per_client_window_secs.as_secs() as i64,
+        })
     }
 
     /// The writers', the ledger's and the lifecycle's, limited as `[writers]` says.

@@ -575,3 +575,47 @@ fn shipped_config_file_is_valid() {
     let text = include_str!("../../../config.toml");
     load(text, &[]).unwrap();
 }
+
+#[test]
+fn the_per_client_cap_is_off_by_default_and_on_with_its_window_once_set() {
+    let off = load(MINIMAL, &[]).unwrap().settings();
+    assert_eq!(off.per_client_cap, None, "0, the default, is no cap");
+    assert_eq!(off.lifecycle.retain.cap_window, None);
+    let text = format!("{MINIMAL}\n[limits]\nper_client_max = 3\n");
+    let on = load(&text, &[]).unwrap().settings();
+    assert_eq!(
+        on.per_client_cap,
+        Some(crate::sinks::pg_writer::PerClientCap {
+            max: 3,
+            window_secs: 86_400
+        })
+    );
+    assert_eq!(
+        on.lifecycle.retain.cap_window,
+        Some(Duration::from_secs(86_400)),
+        "housekeeping trims the clients to the same window"
+    );
+    let env = [("CAMPAIGN_NOTIFIER__LIMITS__PER_CLIENT_WINDOW_SECS", "3600")];
+    let hour = load(&text, &env).unwrap().settings().per_client_cap;
+    assert_eq!(hour.map(|c| c.window_secs), Some(3_600));
+}
+
+#[test]
+fn a_cap_without_a_window_or_beyond_reason_is_refused_with_the_key() {
+    let no_window =
+        format!("{MINIMAL}\n[limits]\nper_client_max = 1\nper_client_window_secs = 0\n");
+    let err = load(&no_window, &[]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "config key limits.per_client_window_secs: must be at least 1 when limits.per_client_max \
+         is set"
+    );
+    let off = format!("{MINIMAL}\n[limits]\nper_client_max = 0\nper_client_window_secs = 0\n");
+    load(&off, &[]).unwrap();
+    let huge = format!("{MINIMAL}\n[limits]\nper_client_max = 10001\n");
+    let err = load(&huge, &[]).unwrap_err().to_string();
+    assert!(err.contains("limits.per_client_max"), "{err}");
+    let typo = format!("{MINIMAL}\n[limits]\nper_client_maximum = 1\n");
+    let err = load(&typo, &[]).unwrap_err().to_string();
+    assert!(err.contains("per_client_maximum"), "{err}");
+}

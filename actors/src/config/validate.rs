@@ -152,6 +152,7 @@ impl Config {
         let mut rules = (self.intake_rules().into_iter())
             .chain(self.writers_rules())
             .chain(self.lease_and_lifecycle_rules())
+            .chain(self.limits_rules())
             .chain(self.http_and_log_rules());
         match rules.find(|(broken, _, _)| *broken) {
             Some((_, key, message)) => Err(ConfigError::key(key, message)),
@@ -239,6 +240,22 @@ impl Config {
                 !(1..=3_650).contains(&lifecycle.retain_days),
                 "lifecycle.retain_days",
                 "must be between 1 and 3650",
+            ),
+        ]
+    }
+
+    fn limits_rules(&self) -> [Rule; 2] {
+        let l = &self.limits;
+        [
+            (
+                l.per_client_max > 10_000,
+                "limits.per_client_max",
+                "must be at most 10000 (0: no cap)",
+            ),
+            (
+                l.per_client_max > 0 && l.per_client_window_secs.is_zero(),
+                "limits.per_client_window_secs",
+                "must be at least 1 when limits.per_client_max is set",
             ),
         ]
     }

@@ -55,8 +55,8 @@ pub struct LifecycleSettings {
     /// `writers.max_notifications_in_flight`.
     pub fire_budget: usize,
     /// A campaign that fired, was cancelled or ended unsent is forgotten this long after it last
-    /// changed (`lifecycle.retain_days`).
-    pub retain: Duration,
+    /// changed (`lifecycle.retain_days`); the per-client cap's records as its window says.
+    pub retain: housekeeping::Retention,
 }
 
 pub struct Lifecycle {

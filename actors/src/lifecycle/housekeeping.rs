@@ -3,7 +3,10 @@
 //!
 //! A campaign that fired, was cancelled or ended unsent is deleted a day after its end (plus the
 //! grace), and at the latest `lifecycle.retain_days` after it last changed, however far ahead its
-//! end is; deletes go a page at a time. [`Housekeeping`] says when each is due, no I/O.
+//! end is; deletes go a page at a time. The per-client cap's records go at the same time: a
+//! client's sent times once the newest is out of the window, a capped notification's record
+//! `lifecycle.retain_days` after it was capped (one statement each). [`Housekeeping`] says when
+//! each is due, no I/O.
 //! Memory: nothing kept; a page of deletes is one statement.
 
 use std::time::{Duration, Instant};
@@ -21,6 +24,27 @@ pub const FORGET_INTERVAL: Duration = Duration::from_secs(600);
 /// How long after their end (plus the grace) campaigns are kept at most (the retention bounds
 /// it however far ahead the end is).
 const RETAIN_ENDED_SECS: i64 = 86_400;
+
+/// How long what housekeeping forgets is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `lifecycle.retain_days`: campaigns (see [`forget_all`]) and capped records.
+    pub days: Duration,
+    /// `limits.per_client_window_secs` while the per-client cap is on: a client's row of
+    /// `campaign_notifier_clients` is deleted once its newest sent time is this old.
+    pub cap_window: Option<Duration>,
+}
+
+/// A client's row whose newest sent time is out of the window (or that has none), unless a
+/// write holds it (that one may be adding a time; the next run looks again).
+const FORGET_CLIENTS: &str = "DELETE FROM public.campaign_notifier_clients WHERE client_id IN (
+     SELECT client_id FROM public.campaign_notifier_clients
+     WHERE coalesce(sent[cardinality(sent)], 0) <= extract(epoch FROM now())::int8 - $1::int8
+     FOR UPDATE SKIP LOCKED)";
+
+/// Capped records older than the retention.
+const FORGET_CAPPED: &str = "DELETE FROM public.campaign_notifier_capped
+     WHERE capped_at < extract(epoch FROM now())::int8 - $1::int8";
 
 /// When housekeeping last ran.
 #[derive(Debug, Default)]
@@ -54,8 +78,43 @@ impl Housekeeping {
 }
 
 /// Deletes, a page at a time, the campaigns nothing needs at `now` (unix seconds); returns how
-/// many.
+/// many. Then what the per-client cap no longer needs.
 pub async fn forget_all(
+    client: &Client,
+    now: i64,
+    grace_secs: i64,
+    retain: Retention,
+) -> Result<u64, tokio_postgres::Error> {
+    let forgotten = forget_campaigns(client, now, grace_secs, retain.days).await?;
+    forget_cap_records(client, retain).await?;
+    Ok(forgotten)
+}
+
+/// The cap's clients out of the window (while it is on), and its capped records past the
+/// retention (always: a cap turned off leaves them).
+async fn forget_cap_records(
+    client: &Client,
+    retain: Retention,
+) -> Result<(), tokio_postgres::Error> {
+    let clients = match retain.cap_window {
+        Some(window) => {
+            let window = window.as_secs() as i64;
+            client.execute(FORGET_CLIENTS, &[&window]).await?
+        }
+        None => 0,
+    };
+    let days = retain.days.as_secs() as i64;
+    let capped = client.execute(FORGET_CAPPED, &[&days]).await?;
+    if clients + capped > 0 {
+        log::info!(
+            "lifecycle: forgot the sent times of {clients} clients out of the cap's window and \
+             {capped} capped records past the retention"
+        );
+    }
+    Ok(())
+}
+
+async fn forget_campaigns(
     client: &Client,
     now: i64,
     grace_secs: i64,

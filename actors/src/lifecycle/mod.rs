@@ -39,6 +39,7 @@ use std::sync::Arc;
 use actix::Message;
 
 pub use actor::{Lifecycle, LifecycleSettings};
+pub use housekeeping::Retention;
 pub use rules::{Decision, Window};
 pub use store::Arrival;
 

@@ -4,7 +4,8 @@
 //! A campaign is its row of `campaign_notifier_campaigns` (kept `lifecycle.retain_days` after it
 //! last changed). What went out is read from the sinks' own records: its rows of
 //! `subscribers_feedback` (found by the notification key's index), of which those an outbox mark
-//! still lists are written to Postgres but not yet confirmed by Kafka.
+//! still lists are written to Postgres but not yet confirmed by Kafka; what the per-client cap
+//! held back, from `campaign_notifier_capped`.
 
 use std::fmt;
 
@@ -135,6 +136,8 @@ pub struct CampaignStatus {
     pub fired_at: Option<i64>,
     pub updated_at: i64,
     pub notifications: Notifications,
+    /// Its notifications the per-client cap kept from both sinks (`campaign_notifier_capped`).
+    pub capped: i64,
     pub first_trigger_datetime_created: Option<i64>,
     pub last_trigger_datetime_created: Option<i64>,
 }
@@ -168,6 +171,7 @@ impl CampaignStatus {
                 confirmed_by_kafka: written - in_flight,
                 in_flight,
             },
+            capped: row.try_get("capped")?,
             first_trigger_datetime_created: row.try_get("first_trigger")?,
             last_trigger_datetime_created: row.try_get("last_trigger")?,
         })

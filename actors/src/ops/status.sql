@@ -12,6 +12,8 @@ SELECT c.restaurant_id, c.adv_campaign_id, c.state,
        extract(epoch FROM c.updated_at)::int8 AS updated_at, c.recalled_at,
        f.written, f.first_trigger, f.last_trigger,
        coalesce(p.n, 0) AS in_flight,
+       (SELECT count(*) FROM public.campaign_notifier_capped k
+        WHERE k.restaurant_id = c.restaurant_id AND k.adv_campaign_id = c.adv_campaign_id) AS capped,
        extract(epoch FROM now())::int8 AS now
 FROM public.campaign_notifier_campaigns c
 CROSS JOIN LATERAL (

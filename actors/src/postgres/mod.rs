@@ -116,6 +116,11 @@ const OWNERS_DDL: &str = include_str!("schema/campaign_notifier_owners.sql");
 /// Which owner holds a role only one instance plays at a time (the change feed's).
 const LEADERS_DDL: &str = include_str!("schema/campaign_notifier_leaders.sql");
 
+/// The per-client cap's: each client's sent times within the window (its row is the client's
+/// lock), and the notifications it capped (see `sinks::pg_writer::capping`).
+const CLIENTS_DDL: &str = include_str!("schema/campaign_notifier_clients.sql");
+const CAPPED_DDL: &str = include_str!("schema/campaign_notifier_capped.sql");
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("{}", describe(.0))]
@@ -375,6 +380,8 @@ async fn create_missing_own_relations(
         ("public.campaign_notifier_owner_seq", OWNER_SEQ_DDL),
         ("public.campaign_notifier_owners", OWNERS_DDL),
         ("public.campaign_notifier_leaders", LEADERS_DDL),
+        ("public.campaign_notifier_clients", CLIENTS_DDL),
+        ("public.campaign_notifier_capped", CAPPED_DDL),
     ];
     for (relation, ddl) in own {
         if missing(tx, relation).await? {

@@ -85,6 +85,7 @@ impl Bench<'_> {
                 lease: campaign_actors::lease::Lease::unbounded(),
                 // The brief's DDL, as the benchmark's schema step creates it.
                 trigger_column: campaign_actors::postgres::TriggerColumn::Int4,
+                cap: None,
             })
             .await
             .map_err(err("postgres sink"))?,

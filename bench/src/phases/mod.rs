@@ -220,7 +220,8 @@ impl Bench<'_> {
         let prefix = format!("cn-bench-{}", self.run_id);
         let args = self.args;
         let (producer, consumer) = (&args.producer_properties, &args.consumer_properties);
-        service_config(&args.brokers, &prefix, self.db_url, producer, consumer)
+        let cap = args.per_client_max;
+        service_config(&args.brokers, &prefix, self.db_url, producer, consumer, cap)
     }
 
     /// This run's topics, and the ceilings' tables shaped like `subscribers_feedback`.

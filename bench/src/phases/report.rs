@@ -70,6 +70,7 @@ fn workload(args: &Args, f: &Figures) -> Value {
         "largest_restaurant": f.sizes.first().copied().unwrap_or(0),
         "campaigns": f.w.campaigns.len(),
         "notifications": f.w.notifications,
+        "per_client_max": args.per_client_max,
     })
 }
 
@@ -87,6 +88,7 @@ fn throughput(s: &Scale, f: &Figures) -> Value {
             "postgres": s.per_million(c.c_others.1),
         },
         "d_pipeline_per_s": s.per_s(d.secs),
+        "d_capped": d.capped,
         "d_over_c": round(c.c / d.secs, 3),
         "d_seconds": round(d.secs, 3),
         "d_cpu_seconds_per_million": {

@@ -1,5 +1,7 @@
 //! A write's statements: its jobs cut into chunks, the chunks planned into statements (small ones
 //! grouped), the statements issued at once, and their answers read back into what each job added.
+//! With the per-client cap on, [`capping`](super::capping) first leaves in each chunk only the
+//! clients to insert.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -7,20 +9,35 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
+use super::capping;
 use super::{campaign_params, classify, Inserted, PgJob, Statements};
 use crate::campaign::Campaign;
 use crate::postgres::trigger_column::{self, TriggerColumn};
 use crate::sinks::SinkError;
 
+/// What a write did: what each job added, and how many notifications it capped.
+pub(super) struct Written {
+    pub inserted: Vec<Inserted>,
+    pub capped: u64,
+}
+
 /// Inserts every chunk of `jobs`, in one round of statements, and returns what each job added.
+/// With `cap`, the clients over it are left out and recorded as capped first.
 pub(super) async fn insert_all(
     client: &Client,
     statements: &Statements,
     owner: i32,
     jobs: &[Arc<PgJob>],
     triggers: &Triggers,
-) -> Result<Vec<Inserted>, SinkError> {
-    let chunks = chunks_of(jobs);
+) -> Result<Written, SinkError> {
+    let mut chunks = chunks_of(jobs);
+    let capping = match &statements.cap {
+        Some((cap, cap_statements)) => {
+            let changes = capping::decide(client, cap_statements, *cap, jobs, &mut chunks).await?;
+            Some((cap_statements, changes))
+        }
+        None => None,
+    };
     let (groups, singles) = plan(jobs, &chunks);
     let group_params: Vec<GroupParams<'_>> = groups
         .iter()
@@ -30,11 +47,20 @@ pub(super) async fn insert_all(
         .iter()
         .map(|c| SingleParams::new(jobs, c, triggers))
         .collect();
-    let results = query_all(client, statements, owner, &group_params, &single_params).await?;
+    let inserts = query_all(client, statements, owner, &group_params, &single_params);
+    let (results, capped) = match capping {
+        None => (inserts.await?, 0),
+        Some((cap_statements, changes)) => {
+            let recorded = capping::record(client, cap_statements, &changes);
+            let (capped, results) = futures::try_join!(recorded, inserts)?;
+            (results, capped)
+        }
+    };
     let mut answers = Answers::new(results, chunks.len());
     answers.of_groups(&groups, group_params)?;
     answers.of_singles(&singles, single_params)?;
-    answers.per_job(jobs.len(), &chunks)
+    let inserted = answers.per_job(jobs.len(), &chunks)?;
+    Ok(Written { inserted, capped })
 }
 
 /// Runs the statements, the groups' then the singles', and returns their rows in that order.
@@ -60,10 +86,44 @@ async fn query_all(
 
 /// One statement's share of a write: a chunk of a job (its token and clients, indexes into the
 /// job's batch).
-struct Chunk {
-    job: usize,
-    token: i64,
-    clients: Range<usize>,
+pub(super) struct Chunk {
+    pub job: usize,
+    pub token: i64,
+    pub clients: Range<usize>,
+    /// With the per-client cap on: those of `clients` to insert, the others capped or decided
+    /// before. The statement is issued even when none is left.
+    pub kept: Option<Vec<usize>>,
+}
+
+impl Chunk {
+    /// The clients its statement inserts.
+    fn sent(&self) -> Sent<'_> {
+        match &self.kept {
+            None => Sent::All(self.clients.clone()),
+            Some(kept) => Sent::Kept(kept.iter()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.kept.as_ref().map_or(self.clients.len(), Vec::len)
+    }
+}
+
+/// The clients a chunk inserts: all of its range, or those the cap kept.
+enum Sent<'a> {
+    All(Range<usize>),
+    Kept(std::slice::Iter<'a, usize>),
+}
+
+impl Iterator for Sent<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Sent::All(range) => range.next(),
+            Sent::Kept(kept) => kept.next().copied(),
+        }
+    }
 }
 
 /// Every chunk of `jobs`, in order.
@@ -75,6 +135,7 @@ fn chunks_of(jobs: &[Arc<PgJob>]) -> Vec<Chunk> {
                 job,
                 token,
                 clients,
+                kept: None,
             })
         })
         .collect()
@@ -116,9 +177,9 @@ impl<'a> GroupParams<'a> {
             p.ends.push(c.adv_campaign_datetime_end);
             p.created.push(c.datetime_created);
             p.tokens.push(chunk.token);
-            p.unit_rows.push(chunk.clients.len() as i32);
+            p.unit_rows.push(chunk.len() as i32);
             let unit = k as i32 + 1;
-            for i in chunk.clients.clone() {
+            for i in chunk.sent() {
                 p.units.push(unit);
                 p.clients.push(batch.client_id(i).to_string());
             }
@@ -164,7 +225,7 @@ fn plan<'c>(jobs: &[Arc<PgJob>], chunks: &'c [Chunk]) -> (Vec<Vec<&'c Chunk>>, V
     let mut singles = Vec::new();
     for chunk in chunks {
         let job = &jobs[chunk.job];
-        if job.replay || chunk.clients.len() > GROUPED_ROWS {
+        if job.replay || chunk.len() > GROUPED_ROWS {
             singles.push(chunk);
             continue;
         }
@@ -274,8 +335,7 @@ impl<'a> SingleParams<'a> {
             campaign: &batch.campaign,
             trigger: triggers.one(chunk.job),
             clients: chunk
-                .clients
-                .clone()
+                .sent()
                 .map(|i| batch.client_id(i).to_string())
                 .collect(),
             token: chunk.token,
@@ -339,7 +399,7 @@ impl Answers {
                         "the insert statement answered its chunks out of order".into(),
                     ));
                 }
-                let mine = sent.by_ref().take(chunk.clients.len()).collect();
+                let mine = sent.by_ref().take(chunk.len()).collect();
                 self.by_token.insert(chunk.token, added(row, 1, mine)?);
             }
         }

@@ -17,10 +17,15 @@
 //! token in the outbox and returns the rows that attempt inserted instead of inserting nothing,
 //! so no notification is dropped on the way to Kafka.
 //!
+//! With `[limits] per_client_max` set, the same transaction applies the per-client cap before the
+//! inserts: the write's clients are locked, each notification over the cap is recorded in
+//! `campaign_notifier_capped` instead of inserted, and so is in neither sink.
+//!
 //! Its parts: this file (the job, the sink, and the transaction of a write, fenced by the lease),
 //! [`insert_all`](mod@insert_all) (a write's chunks planned into statements, their parameters
-//! and answers) and [`statements`] (the texts; the two inserts in `insert.sql` and
-//! `group_insert.sql`).
+//! and answers), [`statements`] (the texts; the two inserts in `insert.sql` and
+//! `group_insert.sql`), [`cap`] (the cap's decision, pure) and [`capping`] (the cap's
+//! statements in the transaction).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -31,16 +36,21 @@ use tokio_postgres::{Client, Statement};
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
 use crate::campaign::Campaign;
 use crate::error_chain::Chain;
+use crate::events::{Event, NotificationsCapped};
 use crate::lease::{self, Lapsed, Lease};
-use crate::metrics::SinkKind;
+use crate::metrics::{Metrics, SinkKind};
 use crate::notification::{cut, NotificationBatch};
 use crate::postgres::trigger_column::TriggerColumn;
 use crate::postgres::PostgresSettings;
 
+pub mod cap;
+mod capping;
 mod insert_all;
 mod statements;
 mod tokens;
 
+pub use cap::PerClientCap;
+use capping::CapStatements;
 pub use insert_all::GROUPED_ROWS;
 use insert_all::{insert_all, Triggers};
 pub use statements::{group_insert, FENCE, GROUP_INSERT, GROUP_INSERT_INT8, INSERT};
@@ -129,6 +139,16 @@ pub struct PgSinkConfig {
     pub lease: Lease,
     /// The type of `subscribers_feedback.trigger_datetime_created`, read at start.
     pub trigger_column: TriggerColumn,
+    /// The per-client cap, when `[limits] per_client_max` sets one.
+    pub cap: Option<Capping>,
+}
+
+/// The per-client cap as the Postgres writer applies it: the limit, and the metrics where what it
+/// capped is counted ([`NotificationsCapped`], once the transaction that capped them committed).
+#[derive(Clone)]
+pub struct Capping {
+    pub cap: PerClientCap,
+    pub metrics: Metrics,
 }
 
 pub struct PgSink {
@@ -137,13 +157,16 @@ pub struct PgSink {
     owner: i32,
     lease: Lease,
     trigger_column: TriggerColumn,
+    capped: Option<Metrics>,
 }
 
-/// The two inserts and the fence, prepared once per connection.
+/// The two inserts and the fence, prepared once per connection; the cap's statements too while
+/// it is on.
 struct Statements {
     group: Statement,
     single: Statement,
     fence: Statement,
+    cap: Option<(PerClientCap, CapStatements)>,
 }
 
 fn classify(e: &tokio_postgres::Error) -> SinkError {
@@ -173,16 +196,22 @@ impl Sink for PgSink {
             let group = client.prepare(group_insert(config.trigger_column)).await;
             let single = client.prepare(INSERT).await;
             let fence = client.prepare(FENCE).await;
+            let cap = match &config.cap {
+                Some(c) => Some((c.cap, CapStatements::prepare(&client).await?)),
+                None => None,
+            };
             Ok(PgSink {
                 client: Arc::new(client),
                 statements: Arc::new(Statements {
                     group: group.map_err(|e| classify(&e))?,
                     single: single.map_err(|e| classify(&e))?,
                     fence: fence.map_err(|e| classify(&e))?,
+                    cap,
                 }),
                 owner: config.owner,
                 lease: config.lease,
                 trigger_column: config.trigger_column,
+                capped: config.cap.map(|c| c.metrics),
             })
         })
     }
@@ -191,6 +220,7 @@ impl Sink for PgSink {
         let client = self.client.clone();
         let statements = self.statements.clone();
         let (owner, lease, column) = (self.owner, self.lease.clone(), self.trigger_column);
+        let capped = self.capped.clone();
         Box::pin(async move {
             // Before anything is sent: an int4 column past 2038-01-19T03:14:07Z refuses every
             // write, which no retry or refusal of the campaign cures.
@@ -227,7 +257,13 @@ impl Sink for PgSink {
                 lease.fenced(lease::fenced_by(&client, owner).await.ok().flatten());
             }
             match (result, ended) {
-                (Ok(inserted), Ok(())) => Ok(inserted),
+                (Ok(written), Ok(())) => {
+                    if let (Some(metrics), 1..) = (&capped, written.capped) {
+                        let notifications = written.capped;
+                        NotificationsCapped { notifications }.emit(metrics);
+                    }
+                    Ok(written.inserted)
+                }
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             }
         })

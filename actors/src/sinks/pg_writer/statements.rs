@@ -65,6 +65,37 @@ const INSERTED_COLUMNS: &str = concat!(
 pub const FENCE: &str = "SELECT 1 FROM public.campaign_notifier_owners \
      WHERE owner = $1 AND fenced_at IS NULL FOR KEY SHARE";
 
+/// The per-client cap's statements (see [`capping`](super::capping)), run only while it is on.
+/// Every client of a write gets its row, which is the client's lock (row locks, not advisory
+/// ones: thousands of advisory locks in one transaction would exhaust Postgres' lock table).
+pub const CAP_CLIENTS: &str = "INSERT INTO public.campaign_notifier_clients (client_id, sent) \
+     SELECT DISTINCT c, '{}'::int8[] FROM unnest($1::text[]) AS c ORDER BY 1 ON CONFLICT DO NOTHING";
+
+/// The clients' rows locked in sorted order, so that two instances lock in the same order and
+/// never deadlock, with their sent times and Postgres' clock.
+pub const CAP_LOCK: &str = "SELECT client_id, sent, extract(epoch FROM now())::int8 \
+     FROM public.campaign_notifier_clients WHERE client_id = ANY($1::text[]) \
+     ORDER BY client_id FOR UPDATE";
+
+/// Which notifications of a write are decided already: their row or their capped record exists.
+/// Parameters: per job its restaurant and campaign (`$1`, `$2`); per notification its job (from 1)
+/// and client (`$3`, `$4`). Answers the positions (from 1) of those decided.
+pub const CAP_DECIDED: &str = statement!("cap_decided.sql");
+
+/// The new sent times of the clients sent something: one row per time (`$1` the client, `$2` the
+/// time), oldest first.
+pub const CAP_SENT: &str = "UPDATE public.campaign_notifier_clients AS c SET sent = u.sent \
+     FROM (SELECT client_id, array_agg(at ORDER BY n) AS sent \
+           FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS x(client_id, at, n) \
+           GROUP BY client_id) AS u \
+     WHERE c.client_id = u.client_id";
+
+/// The notifications capped now (restaurant, campaign, client).
+pub const CAP_RECORD: &str = "INSERT INTO public.campaign_notifier_capped \
+     (restaurant_id, adv_campaign_id, client_id, reason, capped_at) \
+     SELECT r, c, k, 'per_client_max', extract(epoch FROM now())::int8 \
+     FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, c, k) ON CONFLICT DO NOTHING";
+
 /// Where `part` first starts in `text`.
 const fn find(text: &[u8], part: &[u8]) -> Option<usize> {
     let mut at = 0;
