@@ -509,6 +509,7 @@ fn start_kafka_writer(
         lease: shared.lease.clone(),
         transactional_id: settings.transactional_ids.as_ref().map(|t| t.of(owner)),
         recalls: shared.recalls.clone(),
+        max_per_sec: settings.max_notifications_per_sec,
     };
     let (w, s) = (settings.writers.clone(), shared.clone());
     Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {
@@ -553,6 +554,7 @@ fn start_dead_letter_writer(
             lease: shared.lease.clone(),
             transactional_id: None,
             recalls: Default::default(),
+            max_per_sec: 0,
         };
         let (w, s) = (settings.writers.clone(), shared.clone());
         Supervisor::start_in_arbiter(&arbiters.kafka.handle(), move |_| {

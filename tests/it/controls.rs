@@ -7,11 +7,14 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::common::*;
 
-/// Reads the output topic from its end as it is when made, counting the messages of a restaurant.
+/// Reads the output topic from its end as it is when made, counting the messages of a restaurant
+/// and noting the first and last timestamp of the others'.
 struct Watch {
     consumer: BaseConsumer,
     restaurant: String,
     seen: usize,
+    others: usize,
+    others_span_ms: Option<(i64, i64)>,
 }
 
 impl Watch {
@@ -41,6 +44,8 @@ impl Watch {
             consumer,
             restaurant: restaurant.to_string(),
             seen: 0,
+            others: 0,
+            others_span_ms: None,
         }
     }
 
@@ -51,6 +56,11 @@ impl Watch {
                 serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
             if value["restaurant_id"] == self.restaurant.as_str() {
                 self.seen += 1;
+            } else {
+                self.others += 1;
+                let at = m.timestamp().to_millis().unwrap_or_default();
+                let (first, last) = self.others_span_ms.get_or_insert((at, at));
+                (*first, *last) = ((*first).min(at), (*last).max(at));
             }
         }
         self.seen
@@ -142,6 +152,61 @@ async fn a_small_campaign_sent_while_a_large_one_goes_out_is_through_long_before
         assert!(Instant::now() < deadline, "{}", service.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_output_is_paced_to_the_limit_and_a_small_campaign_still_goes_first() {
+    const LARGE: i64 = 10_000;
+    const PER_SEC: i64 = 2_000;
+    let f = Fixture::new("paced", 2).await;
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+         SELECT 'paced-large', 'large-' || c FROM generate_series(1, $1::int8) c",
+        &[&LARGE],
+    )
+    .await
+    .expect("subscribe");
+    let small = ["s-0", "s-1", "s-2", "s-3", "s-4"];
+    f.subscribe("paced-small", &small).await;
+    let service = Service::start(&f, &format!("[limits]\nmax_notifications_per_sec = {PER_SEC}\n"));
+    let mut watch = Watch::new(&f, "paced-small");
+    watch.count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.produce_to(0, "large", active("paced-large", "c-large").as_bytes())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watch.count() == 0 && watch.others < 2_000 {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.produce_to(1, "small", active("paced-small", "c-small").as_bytes())
+        .await;
+    while watch.count() < small.len() {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let large_when_small_done = watch.others;
+    while watch.others < LARGE as usize {
+        watch.count();
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, last) = watch.others_span_ms.expect("the large campaign's messages");
+    let took = (last - first) as f64 / 1000.0;
+    println!(
+        "{LARGE} notifications from the first to the last in {took:.2} s at a limit of {PER_SEC}/s; \
+         the small campaign was out with {large_when_small_done} of them"
+    );
+    // The first twentieth of a second goes out at once; the rest at the limit.
+    let least = (LARGE - PER_SEC / 20) as f64 / PER_SEC as f64;
+    assert!(took >= least * 0.95, "{took} s: faster than {PER_SEC}/s");
+    assert!(
+        large_when_small_done < (LARGE / 2) as usize,
+        "the small campaign waited behind the large one under the limit"
+    );
+    assert_eq!(rows_of(&f, "paced-small").await, small.len());
     drop(service);
     f.cleanup().await;
 }

@@ -156,6 +156,9 @@ pub struct LimitsConfig {
     pub per_client_max: u32,
     #[serde_as(as = "DurationSeconds<u64>")]
     pub per_client_window_secs: Duration,
+    /// The Kafka writer of each instance hands the broker at most this many notifications a
+    /// second (the push provider's quota divided by the instances). 0: no limit.
+    pub max_notifications_per_sec: u32,
 }
 
 impl Default for LimitsConfig {
@@ -163,6 +166,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             per_client_max: 0,
             per_client_window_secs: Duration::from_secs(86_400),
+            max_notifications_per_sec: 0,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Settings {
     pub lifecycle_restart: RestartPolicy,
     /// `[limits] per_client_max` and its window; `None` while it is 0.
     pub per_client_cap: Option<PerClientCap>,
+    /// `[limits] max_notifications_per_sec` (0: no limit).
+    pub max_notifications_per_sec: u32,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
@@ -87,6 +89,7 @@ impl Config {
             lifecycle: self.lifecycle_settings(),
             lifecycle_restart: restart,
             per_client_cap: self.per_client_cap(),
+            max_notifications_per_sec: self.limits.max_notifications_per_sec,
             cache_refresh_interval: self.cache.refresh_interval_secs,
             cache_restart: self.cache_restart(),
             http_listen: self.http.listen.clone(),

@@ -252,6 +252,7 @@ mod tests {
             lease: crate::lease::Lease::unbounded(),
             transactional_id: None,
             recalls: Default::default(),
+            max_per_sec: 0,
         })
         .await
         .unwrap();

@@ -40,7 +40,8 @@ use crate::kafka::{partition_for, scan, Chunk, Producer, ProducerSettings};
 use crate::lease::Lease;
 use crate::metrics::SinkKind;
 use crate::notification::{NotificationBatch, Wanted};
-use crate::recalls::Recalls;
+use crate::recalls::{Recalled, Recalls};
+use crate::sinks::pace::Pace;
 
 /// What the Kafka writer answers for one job.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,6 +57,29 @@ pub struct Sent {
 struct Unsent {
     expired: Vec<(usize, usize)>,
     recalled: Vec<(usize, usize)>,
+}
+
+impl Unsent {
+    /// Whether notification `at` of `job` may be handed over at `now` (ms); if not (its
+    /// campaign's deadline passed, or it is recalled), it is noted here.
+    fn sendable(
+        &mut self,
+        job: &KafkaJob,
+        at: (usize, usize),
+        now: i64,
+        recalled: &Recalled,
+    ) -> bool {
+        if now >= job.batch.deadline_ms {
+            self.expired.push(at);
+            return false;
+        }
+        let campaign = &job.batch.campaign;
+        if recalled.contains(&campaign.restaurant_id, &campaign.adv_campaign_id) {
+            self.recalled.push(at);
+            return false;
+        }
+        true
+    }
 }
 
 /// The notifications of one campaign that Kafka still needs.
@@ -94,6 +118,16 @@ pub struct KafkaSinkSettings {
     /// The campaigns recalled: nothing of theirs is handed to the broker (unused by the
     /// dead-letter writer).
     pub recalls: Recalls,
+    /// `[limits] max_notifications_per_sec` (0: none; unused by the dead-letter writer).
+    pub max_per_sec: u32,
+}
+
+/// What the partitions of one write share.
+#[derive(Clone, Copy)]
+struct Work<'a> {
+    jobs: &'a [Arc<KafkaJob>],
+    recalls: &'a Recalls,
+    pace: Option<&'a Pace>,
 }
 
 /// How long a transaction's initialisation, commit or abort may take.
@@ -109,6 +143,8 @@ pub struct KafkaSink {
     gates: Rc<Vec<tokio::sync::Mutex<()>>>,
     /// Transactional: held by the write whose transaction is open (one at a time per producer).
     transaction: Option<Rc<Mutex<()>>>,
+    /// Set with `[limits] max_notifications_per_sec`: every write's chunks take their turn on it.
+    pace: Option<Rc<Pace>>,
 }
 
 /// Sends one partition's share of a write, a chunk at a time, each chunk acknowledged before the
@@ -119,31 +155,30 @@ async fn send_partition(
     topic: &str,
     gate: &tokio::sync::Mutex<()>,
     partition: i32,
-    (jobs, recalls): (&[Arc<KafkaJob>], &Recalls),
+    work: Work<'_>,
     notifications: &[(usize, usize)],
 ) -> Result<Unsent, SinkError> {
+    let (jobs, pace) = (work.jobs, work.pace);
+    let most = pace.map_or(CHUNK_MESSAGES, |p| p.chunk().min(CHUNK_MESSAGES));
     let mut payload = Vec::with_capacity(512);
     let mut rest = notifications;
     let mut unsent = Unsent::default();
     while !rest.is_empty() {
         let _gate = gate.lock().await;
+        if let Some(pace) = pace {
+            pace.wait(most.min(rest.len())).await;
+        }
         let now = crate::clock::Clock::system().now_ms();
-        let recalled = recalls.now();
+        let recalled = work.recalls.now();
         let mut chunk = Chunk::new();
         let (mut bytes, mut taken, mut deadline) = (0, 0, i64::MAX);
         for &(j, c) in rest {
-            if chunk.len() == CHUNK_MESSAGES || bytes >= CHUNK_BYTES {
+            if chunk.len() == most || bytes >= CHUNK_BYTES {
                 break;
             }
             taken += 1;
             let job = &jobs[j];
-            if now >= job.batch.deadline_ms {
-                unsent.expired.push((j, c));
-                continue;
-            }
-            let campaign = &job.batch.campaign;
-            if recalled.contains(&campaign.restaurant_id, &campaign.adv_campaign_id) {
-                unsent.recalled.push((j, c));
+            if !unsent.sendable(job, (j, c), now, &recalled) {
                 continue;
             }
             deadline = deadline.min(job.batch.deadline_ms);
@@ -198,6 +233,7 @@ impl KafkaSink {
         let topic = self.topic.clone();
         let gates = self.gates.clone();
         let recalls = self.settings.recalls.clone();
+        let pace = self.pace.clone();
         Box::pin(async move {
             let partitions = gates.len() as i32;
             let mut by_partition: Vec<Vec<(usize, usize)>> = vec![Vec::new(); gates.len()];
@@ -212,7 +248,11 @@ impl KafkaSink {
                 .enumerate()
                 .filter(|(_, notifications)| !notifications.is_empty())
                 .map(|(p, notifications)| {
-                    let work = (&jobs[..], &recalls);
+                    let work = Work {
+                        jobs: &jobs[..],
+                        recalls: &recalls,
+                        pace: pace.as_deref(),
+                    };
                     send_partition(&producer, &topic, &gates[p], p as i32, work, notifications)
                 });
             let unsent = futures::future::try_join_all(sends).await?;
@@ -256,6 +296,7 @@ impl Sink for KafkaSink {
                     .transactional_id
                     .as_ref()
                     .map(|_| Rc::new(Mutex::new(()))),
+                pace: (settings.max_per_sec > 0).then(|| Rc::new(Pace::new(settings.max_per_sec))),
                 settings,
                 gates: Rc::new(
                     (0..partitions)
@@ -391,6 +432,7 @@ mod tests {
             lease: Lease::unbounded(),
             transactional_id: None,
             recalls: Recalls::default(),
+            max_per_sec: 0,
         })
         .await
         .unwrap();

@@ -212,6 +212,7 @@ impl Bench<'_> {
             lease: campaign_actors::lease::Lease::unbounded(),
             transactional_id: None,
             recalls: Default::default(),
+            max_per_sec: 0,
         }
     }
 
