@@ -4,7 +4,11 @@
 //!   `--small-campaigns` campaigns of `--small-fanout` subscribers each are published, one every
 //!   `--small-interval-ms`: p50/p99/max of each small campaign's time from its publication to its
 //!   last notification in both sinks (Postgres polled, the output topic read, every 10 ms), and
-//!   whether the large one was still going out when the last small one was through.
+//!   whether the large one was still going out when the last small one was through;
+//! - cap: the benchmark's pipeline phase (d) over the Zipf mix, `--cap-notifications` in all, each
+//!   client getting `--cap-per-client` of them (as many campaigns per restaurant), without a cap
+//!   and then with `[limits] per_client_max = 3` a day: the rate of each and how many were capped
+//!   (the shapes `zipf` and `zipf-cap3` of `campaign-bench --matrix`).
 //!
 //! Prints one JSON line, progress on stderr. `scripts/bench.sh --example controls` runs it
 //! against a broker of its own and the local Postgres.
@@ -14,6 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use campaign_actors::{Metrics, Pipeline};
+use campaign_bench::args::Shape;
 use campaign_bench::measure::{exact_quantile, round, written};
 use campaign_bench::seen::SeenInKafka;
 use campaign_bench::setup::{
@@ -45,12 +50,31 @@ struct Args {
     small_interval_ms: u64,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Notifications of each run of the cap phase...
+    #[arg(long, default_value_t = 400_000)]
+    cap_notifications: usize,
+    /// ...each client getting this many (campaigns per restaurant).
+    #[arg(long, default_value_t = 4)]
+    cap_per_client: usize,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = Args::parse();
     let system = actix_rt::System::new();
+    // The cap phase's pipeline runs start this binary again to produce their campaigns.
+    if std::env::args().any(|a| a == "--produce-campaigns") {
+        let mut args = campaign_bench::args::Args::parse();
+        args.normalize();
+        let topic = args.produce_campaigns.clone().unwrap_or_default();
+        return match system.block_on(campaign_bench::phases::produce_workload(&args, &topic)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("producing the campaigns failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Args::parse();
     match system.block_on(run(args)) {
         Ok(report) => {
             println!("{report}");
@@ -80,7 +104,40 @@ async fn run(args: Args) -> BenchResult<serde_json::Value> {
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .await;
-    Ok(serde_json::json!({ "fairness": result? }))
+    let fairness = result?;
+    Ok(serde_json::json!({ "fairness": fairness, "cap": cap(&args).await? }))
+}
+
+/// The cap phase (see the file's documentation), through the benchmark's own matrix runs.
+async fn cap(args: &Args) -> BenchResult<serde_json::Value> {
+    let restaurants = (args.cap_notifications / args.cap_per_client / 100).max(1);
+    let campaigns = restaurants * args.cap_per_client;
+    let mut matrix = campaign_bench::args::Args::parse_from([
+        "campaign-bench".to_string(),
+        format!("--brokers={}", args.brokers),
+        format!("--postgres-url={}", args.postgres_url),
+        format!(
+            "--notifications={}",
+            args.cap_notifications / args.cap_per_client
+        ),
+        format!("--restaurants={restaurants}"),
+        format!("--campaigns={campaigns}"),
+        "--latency-secs=2".to_string(),
+    ]);
+    matrix.normalize();
+    let mut runs = Vec::new();
+    for (k, shape) in [Shape::Zipf, Shape::ZipfCapped(3)].into_iter().enumerate() {
+        progress(&format!("cap phase: {shape:?}"));
+        let report = campaign_bench::phases::run(matrix.for_shape(shape), 10 + k).await?;
+        runs.push(serde_json::json!({
+            "shape": report["shape"],
+            "notifications": report["notifications"],
+            "pipeline_per_s": report["d_pipeline_per_s"],
+            "capped": report["d_capped"],
+            "service_cpu_seconds_per_million": report["service_cpu_seconds_per_million"],
+        }));
+    }
+    Ok(serde_json::Value::Array(runs))
 }
 
 /// An active campaign of `restaurant`.
