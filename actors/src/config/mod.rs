@@ -11,7 +11,8 @@
 //! Here: [`Config`], the file's root, and loading it. Its parts:
 //! - `kafka`, `postgres`: the two sections with required keys;
 //! - `kafka_security`: `[kafka.security]`, and the librdkafka properties it gives every client;
-//! - `sections`: the sections whose every key has a default (`[cache]` to `[shutdown]`);
+//! - `sections`: the sections whose every key has a default (`[cache]` to `[shutdown]`, `[limits]`
+//!   among them);
 //! - `env`: the `CAMPAIGN_NOTIFIER__*` environment overrides, applied over the file;
 //! - `validate`: the checks serde cannot express, one function per group of rules;
 //! - `settings`: the one translation into what the components take, [`Settings`].
@@ -35,8 +36,8 @@ pub use kafka::KafkaConfig;
 pub use kafka_security::{KafkaSecurityConfig, SaslMechanism, Secret, SecurityProtocol};
 pub use postgres::PostgresConfig;
 pub use sections::{
-    CacheConfig, EnricherConfig, HttpConfig, LedgerConfig, LifecycleConfig, LogConfig, LogFormat,
-    ShutdownConfig, WritersConfig,
+    CacheConfig, EnricherConfig, HttpConfig, LedgerConfig, LifecycleConfig, LimitsConfig,
+    LogConfig, LogFormat, ShutdownConfig, WritersConfig,
 };
 pub use settings::Settings;
 
@@ -79,6 +80,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]

@@ -1,5 +1,5 @@
-//! `[cache]`, `[enricher]`, `[writers]`, `[ledger]`, `[lifecycle]`, `[http]`, `[log]` and
-//! `[shutdown]`: the sections whose every key has a default.
+//! `[cache]`, `[enricher]`, `[writers]`, `[ledger]`, `[lifecycle]`, `[limits]`, `[http]`, `[log]`
+//! and `[shutdown]`: the sections whose every key has a default.
 //!
 //! Each takes every key's default from its one `Default` impl (`#[serde(default)]` on the
 //! struct): a default is written once, here; config.toml and docs/configuration.md are checked
@@ -142,6 +142,25 @@ impl Default for LifecycleConfig {
             end_grace_secs: Duration::ZERO,
             poll_interval_ms: Duration::from_millis(250),
             retain_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `HH:MM-HH:MM` in `time_zone` (across midnight when the start is later than the end):
+    /// inside it nothing new goes out, and what is due waits for its end. Empty: none.
+    pub quiet_hours: String,
+    /// The IANA name of the zone `quiet_hours` is read in.
+    pub time_zone: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            quiet_hours: String::new(),
+            time_zone: "UTC".into(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::kafka::{ProducerSettings, TransactionalIds};
 use crate::lifecycle::{LifecycleSettings, Window};
 use crate::postgres::PostgresSettings;
+use crate::quiet::QuietHours;
 use crate::reader::ReaderSettings;
 use crate::sinks::WriterSettings;
 use crate::supervision::RestartPolicy;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub ledger_restart: RestartPolicy,
     pub lifecycle: LifecycleSettings,
     pub lifecycle_restart: RestartPolicy,
+    /// `[limits] quiet_hours` in `time_zone`: inside them nothing new goes out.
+    pub quiet: QuietHours,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
@@ -83,6 +86,9 @@ impl Config {
             ledger_restart: restart.clone(),
             lifecycle: self.lifecycle_settings(),
             lifecycle_restart: restart,
+            // Checked when the file was loaded (`validate_limits`).
+            quiet: QuietHours::parse(&self.limits.quiet_hours, &self.limits.time_zone)
+                .unwrap_or_default(),
             cache_refresh_interval: self.cache.refresh_interval_secs,
             cache_restart: self.cache_restart(),
             http_listen: self.http.listen.clone(),
