@@ -90,6 +90,7 @@ struct Routes {
     clear: HandOff<ClearOutbox, ()>,
     targets: DeliveryTargets,
     metrics: Metrics,
+    quiet: crate::quiet::QuietHours,
     clock: Clock,
     budget: Arc<Semaphore>,
     recalls: crate::recalls::Recalls,
@@ -113,6 +114,7 @@ impl Delivery {
                 targets,
                 metrics: shared.metrics,
                 clock: shared.clock,
+                quiet: shared.quiet,
                 recalls: shared.recalls,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
             }),
@@ -285,6 +287,7 @@ impl Routes {
     /// Waits for room in the budget, then writes the slice to Postgres, its new rows to Kafka, and
     /// clears the marks (or withdraws the rows Kafka refused).
     async fn deliver_slice(self: Rc<Self>, job: PgJob) -> SliceOutcome {
+        self.quiet.wait_outside(&self.clock).await; // Quiet hours: not written before they end.
         let _in_flight = self.take_budget(job.range.len()).await;
         let batch = job.batch.clone();
         let c = &batch.campaign;
