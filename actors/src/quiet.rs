@@ -314,8 +314,11 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn waiting_outside_the_window_returns_at_once() {
+    async fn waiting_returns_at_once_outside_the_window_and_not_inside() {
         let q = QuietHours::parse("13:00-14:00", "UTC").unwrap();
+        let inside = Clock::fixed_at_ms(utc(13, 59, 59) * 1000 + 500);
+        let waited = tokio::time::timeout(Duration::from_millis(700), q.wait_outside(&inside));
+        assert!(waited.await.is_err(), "returned inside the window");
         let outside = Clock::fixed_at_ms(utc(15, 0, 0) * 1000);
         tokio::time::timeout(Duration::from_secs(1), q.wait_outside(&outside))
             .await

@@ -1,32 +1,27 @@
 //! Quiet hours: an active campaign that arrives inside them goes out once they end, in both sinks
 //! and once; one whose end comes first never goes out; held campaigns survive a `kill -9`, and
-//! `campaign status` says until when they are held.
+//! `campaign status` says until when they are held; a client who subscribes inside them is
+//! notified of an active campaign once they end.
 //!
 //! The window is set, in UTC, to end at the start of a minute 25 to 45 seconds away (the test
 //! waits for the clock to get there), so that the service starts and the campaigns arrive inside
-//! it.
+//! it; or, for a client who subscribes inside it, to last the minute after a campaign went out.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::*;
 
-/// A window in UTC that now is inside and that ends at the start of a minute between `at_least`
-/// and `at_least + 20` seconds from now (waiting for the clock when it is not so now): its
-/// `[limits]` section and the unix second it ends.
-async fn quiet_hours_ending_in(at_least: i64) -> (String, i64) {
+/// The start of the next minute once it is between `at_least` and `at_least + 20` seconds away
+/// (waiting for the clock when it is not so now), as a unix second.
+async fn minute_in(at_least: i64) -> i64 {
     assert!((5..=39).contains(&at_least));
     loop {
         let now = unix_now();
-        let end = now - now.rem_euclid(60) + 60;
-        let left = end - now;
+        let minute = now - now.rem_euclid(60) + 60;
+        let left = minute - now;
         if (at_least..=at_least + 20).contains(&left) {
-            let hh_mm = |t: i64| format!("{:02}:{:02}", t.rem_euclid(86_400) / 3_600, t.rem_euclid(3_600) / 60);
-            let section = format!(
-                "[limits]\nquiet_hours = \"{}-{}\"\ntime_zone = \"UTC\"\n",
-                hh_mm(end - 3_600),
-                hh_mm(end)
-            );
-            return (section, end);
+            return minute;
         }
         let wait = match left > at_least + 20 {
             true => left - (at_least + 20),
@@ -34,6 +29,23 @@ async fn quiet_hours_ending_in(at_least: i64) -> (String, i64) {
         };
         tokio::time::sleep(Duration::from_secs(wait as u64)).await;
     }
+}
+
+/// The `[limits]` section of quiet hours from unix second `start` to `end`, in UTC.
+fn limits(start: i64, end: i64) -> String {
+    let hh_mm = |t: i64| {
+        let (h, m) = (t.rem_euclid(86_400) / 3_600, t.rem_euclid(3_600) / 60);
+        format!("{h:02}:{m:02}")
+    };
+    let (start, end) = (hh_mm(start), hh_mm(end));
+    format!("[limits]\nquiet_hours = \"{start}-{end}\"\ntime_zone = \"UTC\"\n")
+}
+
+/// Quiet hours that now is inside and that end at the start of a minute between `at_least` and
+/// `at_least + 20` seconds from now: their `[limits]` section and the unix second they end.
+async fn quiet_hours_ending_in(at_least: i64) -> (String, i64) {
+    let end = minute_in(at_least).await;
+    (limits(end - 3_600, end), end)
 }
 
 /// Waits until `service` counts `n` held campaigns in `campaign_notifier_campaigns_held`.
@@ -165,5 +177,46 @@ async fn held_campaigns_survive_a_kill_9_inside_quiet_hours_and_go_out_once_afte
     assert_eq!(state_of(&f, "c-held").await.as_deref(), Some("active"));
     assert_eq!(event(&second, "fired"), 1.0);
     drop(second);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_who_subscribes_inside_quiet_hours_is_notified_once_they_end() {
+    let f = Fixture::new("quietfeed", 1).await;
+    let restaurant = "9e000000-0000-0000-0000-000000000003";
+    let early = clients("quietfeed", 2);
+    subscribe_all(&f, restaurant, &early).await;
+    // Quiet for the minute that starts 15 to 35 s from now.
+    let start = minute_in(15).await;
+    let end = start + 60;
+    let service = Service::start(&f, &limits(start, end));
+    let now = unix_now();
+    let campaign = version(restaurant, "c-day", "all day", (now - 60, now + 3_600), 1);
+    f.produce("1", campaign.as_bytes()).await;
+    wait_campaign(&f, "c-day", 2, Duration::from_secs(10), || service.log_text()).await;
+    assert!(unix_now() < start, "delivered after quiet hours began");
+
+    sleep_until_unix(start as f64 + 1.0).await;
+    let late = "quietfeed-late".to_string();
+    subscribe_all(&f, restaurant, std::slice::from_ref(&late)).await;
+    sleep_until_unix(end as f64 - 0.5).await;
+    let late_sent = |pairs: &BTreeMap<(String, String), u32>| {
+        pairs.contains_key(&("c-day".to_string(), late.clone()))
+    };
+    assert!(!late_sent(&row_pairs(&f).await), "{}", service.log_text());
+    assert!(!late_sent(&output_pairs(&f)));
+
+    wait_campaign(&f, "c-day", 3, Duration::from_secs(15), || service.log_text()).await;
+    let all: Vec<String> = early.iter().cloned().chain([late.clone()]).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(row_pairs(&f).await, once_each(&["c-day"], &all));
+    assert_eq!(output_pairs(&f), once_each(&["c-day"], &all));
+    for (_, message) in f.read_output() {
+        if message["client_id"] == late.as_str() {
+            let trigger = message["trigger_datetime_created"].as_i64().unwrap();
+            assert!(trigger >= end, "notified at {trigger}, quiet until {end}");
+        }
+    }
+    drop(service);
     f.cleanup().await;
 }
