@@ -1,7 +1,8 @@
 //! Quiet hours: an active campaign that arrives inside them goes out once they end, in both sinks
 //! and once; one whose end comes first never goes out; held campaigns survive a `kill -9`, and
 //! `campaign status` says until when they are held; a client who subscribes inside them is
-//! notified of an active campaign once they end.
+//! notified of an active campaign once they end; a campaign going out when they begin stops at
+//! its next slice and goes on after them.
 //!
 //! The window is set, in UTC, to end at the start of a minute 25 to 45 seconds away (the test
 //! waits for the clock to get there), so that the service starts and the campaigns arrive inside
@@ -217,6 +218,47 @@ async fn a_client_who_subscribes_inside_quiet_hours_is_notified_once_they_end() 
             assert!(trigger >= end, "notified at {trigger}, quiet until {end}");
         }
     }
+    drop(service);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_going_out_when_quiet_hours_begin_stops_at_its_next_slice_and_ends_after_them() {
+    let f = Fixture::new("quietslices", 1).await;
+    let restaurant = "9e000000-0000-0000-0000-000000000004";
+    let subscribers = clients("quietslices", 200_000);
+    subscribe_all(&f, restaurant, &subscribers).await;
+    let start = minute_in(12).await;
+    let end = start + 60;
+    // Slices of 1 000, one at a time: the campaign takes seconds to go out.
+    let config = format!(
+        "{}[writers]\nmax_notifications_in_flight = 1000\n",
+        limits(start, end)
+    );
+    let service = Service::start(&f, &config);
+    sleep_until_unix(start as f64 - 2.5).await;
+    let now = unix_now();
+    let campaign = version(restaurant, "c-big", "evening", (now - 60, now + 3_600), 1);
+    f.produce("1", campaign.as_bytes()).await;
+
+    // Under way when the window begins; what had passed the wait finishes, then nothing more.
+    sleep_until_unix(start as f64 + 2.0).await;
+    let at_start = (f.feedback_count().await, f.output_count());
+    println!("at the start of quiet hours: {at_start:?} of 200000");
+    assert!(at_start.0 > 0, "not started before quiet hours:\n{}", service.log_text());
+    assert!(at_start.0 < 200_000, "done before quiet hours began");
+    assert_eq!(at_start.0, at_start.1, "a slice under way left unfinished");
+    sleep_until_unix(end as f64 - 1.0).await;
+    assert_eq!((f.feedback_count().await, f.output_count()), at_start);
+
+    // After them, the rest, each once.
+    wait_both_sinks(&f, 200_000, Duration::from_secs(60), || service.log_text()).await;
+    service.wait_processed(1, Duration::from_secs(30));
+    assert_eq!(outcome(&service, "delivered"), 1.0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected = once_each(&["c-big"], &subscribers);
+    assert_eq!(row_pairs(&f).await, expected);
+    assert_eq!(output_pairs(&f), expected);
     drop(service);
     f.cleanup().await;
 }
