@@ -27,7 +27,8 @@ pub fn status(config: &Config, id: Option<&str>, state: Option<State>) -> ExitCo
     let shown = system.block_on(async {
         let client = postgres::connect(&settings.postgres, "status").await?;
         let mut out = std::io::stdout().lock();
-        let shown = status::for_each(&client, window, id, state, |campaign| {
+        let quiet = &settings.quiet;
+        let shown = status::for_each(&client, window, quiet, id, state, |campaign| {
             // A closed stdout (piped into `head`) ends the listing, not the command's success.
             let _ = serde_json::to_writer(&mut out, &campaign).map(|()| writeln!(out));
         })

@@ -97,6 +97,7 @@ struct Routes {
     clear: HandOff<ClearOutbox, ()>,
     targets: DeliveryTargets,
     metrics: Metrics,
+    quiet: crate::quiet::QuietHours,
     clock: Clock,
     budget: Arc<Semaphore>,
     /// The budget less the reserve: what the slices of large campaigns may hold at most.
@@ -123,6 +124,7 @@ impl Delivery {
                 targets,
                 metrics: shared.metrics,
                 clock: shared.clock,
+                quiet: shared.quiet,
                 recalls: shared.recalls,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
                 large: Arc::new(Semaphore::new(large)),
@@ -307,6 +309,7 @@ impl Routes {
             Slice::Only(job) => (job, false),
             Slice::Large(job) => (job, true),
         };
+        self.quiet.wait_outside(&self.clock).await; // Quiet hours: not written before they end.
         let _in_flight = self.take_budget(job.range.len(), large).await;
         let batch = job.batch.clone();
         let c = &batch.campaign;

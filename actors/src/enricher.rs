@@ -215,6 +215,7 @@ impl Enricher {
                 decision => Box::pin(async move {
                     match decision {
                         Decision::Schedule { .. } => CampaignOutcome::Scheduled,
+                        Decision::Hold => CampaignOutcome::Held,
                         Decision::Cancel => CampaignOutcome::Cancelled,
                         Decision::Superseded => CampaignOutcome::Superseded,
                         Decision::Recall => CampaignOutcome::Recalled,
@@ -343,8 +344,14 @@ mod tests {
             let now = self.now;
             let key = key_of(&arrival.campaign);
             let version = arrival.version();
-            let (decision, state) =
-                decide(self.kept.get(&key), &arrival.campaign, version, now, &W);
+            let (decision, state) = decide(
+                self.kept.get(&key),
+                &arrival.campaign,
+                version,
+                now,
+                &W,
+                false,
+            );
             if let Some(state) = state {
                 let campaign = arrival.campaign.clone();
                 let kept = Kept {

@@ -59,6 +59,7 @@
 //! - [`config`]: the file, its checks, and its translation into component settings.
 //! - [`error_chain`]: an error and its causes as one line, where an error is finally reported.
 //! - [`recalls`]: the campaigns recalled, which the writers consult beside each deadline.
+//! - [`quiet`]: quiet hours, the daily window of local time inside which nothing new goes out.
 //! - [`supervision`], [`shared`], [`events`], [`metrics`], [`clock`]: restart policy, the context
 //!   every component is handed (metrics, fatal reasons, clock), what is logged and counted, the
 //!   label values, the one clock.
@@ -91,6 +92,7 @@ pub mod notification;
 pub mod ops;
 pub mod pipeline;
 pub mod postgres;
+pub mod quiet;
 pub(crate) mod reader;
 pub mod recalls;
 pub mod shared;

@@ -38,6 +38,8 @@ pub enum CampaignOutcome {
     Rejected(Rejection),
     /// Arrived before its start: kept durably, to fire at its start.
     Scheduled,
+    /// Arrived active inside quiet hours: kept durably, to fire when they end.
+    Held,
     /// A newer version, over already, cancelled the scheduled one.
     Cancelled,
     /// An older version than the one kept: ignored.
@@ -70,6 +72,7 @@ impl CampaignOutcome {
             CampaignOutcome::AlreadyNotified => Outcome::AlreadyNotified,
             CampaignOutcome::Rejected(_) => Outcome::Rejected,
             CampaignOutcome::Scheduled => Outcome::Scheduled,
+            CampaignOutcome::Held => Outcome::Held,
             CampaignOutcome::Cancelled => Outcome::Cancelled,
             CampaignOutcome::Superseded => Outcome::Superseded,
             CampaignOutcome::ChangedAfterStart => Outcome::ChangedAfterStart,

@@ -55,6 +55,8 @@ label_values! {
         Rejected => "rejected",
         /// Arrived before its start: kept, to fire at its start.
         Scheduled => "scheduled",
+        /// Arrived active inside quiet hours: kept, to fire when they end.
+        Held => "held",
         /// A newer version, over already, cancelled the scheduled one.
         Cancelled => "cancelled",
         /// An older version than the one kept.
@@ -380,6 +382,9 @@ metrics! {
     /// Campaigns kept to fire at their start.
     campaigns_scheduled: IntGauge = gauge("campaigns_scheduled",
         "Campaigns kept to fire at their start");
+    /// Scheduled campaigns whose start has passed, held by quiet hours (0 outside them).
+    campaigns_held: IntGauge = gauge("campaigns_held",
+        "Scheduled campaigns whose start has passed, held until quiet hours end (0 outside them)");
     /// Notifications of the scheduled campaigns this instance claimed and is firing.
     notifications_firing: IntGauge = gauge("notifications_firing",
         "Notifications of the scheduled campaigns this instance claimed and is firing (bounded by writers.max_notifications_in_flight)");

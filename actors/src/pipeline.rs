@@ -126,7 +126,8 @@ impl Pipeline {
         clock: Clock,
     ) -> Result<Pipeline, StartError> {
         let mut settings = config.settings();
-        let (shared, failed) = Shared::with_lease(metrics, clock);
+        let (mut shared, failed) = Shared::with_lease(metrics, clock);
+        shared.quiet = settings.quiet.clone();
         // HTTP first: alive from the start, and /readyz says which step is under way.
         let (published, mut snapshot) = watch::channel(None);
         let (stage, staged) = watch::channel(Stage::Starting("preparing the Postgres schema"));

@@ -1,6 +1,6 @@
 //! What every component is handed at construction: the metrics, the channel that stops the
-//! service ([`crate::fatal`]), the clock, this process's lease, the heartbeats of its loops and the
-//! campaigns recalled.
+//! service ([`crate::fatal`]), the clock, this process's lease, the heartbeats of its loops, the
+//! campaigns recalled and the quiet hours.
 
 use tokio::sync::watch;
 
@@ -9,6 +9,7 @@ use crate::fatal::{Fatal, FatalReason};
 use crate::lease::Lease;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::quiet::QuietHours;
 use crate::recalls::Recalls;
 
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub struct Shared {
     pub liveness: Liveness,
     /// The campaigns recalled: nothing more of them is written.
     pub recalls: Recalls,
+    /// Inside them nothing new goes out (off unless `[limits] quiet_hours` is set).
+    pub quiet: QuietHours,
 }
 
 impl Shared {
@@ -36,6 +39,7 @@ impl Shared {
                 lease: Lease::unbounded(),
                 liveness: Liveness::default(),
                 recalls: Recalls::default(),
+                quiet: QuietHours::off(),
             },
             failed,
         )

@@ -159,6 +159,11 @@ pub struct LimitsConfig {
     /// The Kafka writer of each instance hands the broker at most this many notifications a
     /// second (the push provider's quota divided by the instances). 0: no limit.
     pub max_notifications_per_sec: u32,
+    /// `HH:MM-HH:MM` in `time_zone` (across midnight when the start is later than the end):
+    /// inside it nothing new goes out, and what is due waits for its end. Empty: none.
+    pub quiet_hours: String,
+    /// The IANA name of the zone `quiet_hours` is read in.
+    pub time_zone: String,
 }
 
 impl Default for LimitsConfig {
@@ -167,6 +172,8 @@ impl Default for LimitsConfig {
             per_client_max: 0,
             per_client_window_secs: Duration::from_secs(86_400),
             max_notifications_per_sec: 0,
+            quiet_hours: String::new(),
+            time_zone: "UTC".into(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::kafka::{ProducerSettings, TransactionalIds};
 use crate::lifecycle::{LifecycleSettings, Retention, Window};
 use crate::postgres::PostgresSettings;
+use crate::quiet::QuietHours;
 use crate::reader::ReaderSettings;
 use crate::sinks::pg_writer::PerClientCap;
 use crate::sinks::WriterSettings;
@@ -43,6 +44,8 @@ pub struct Settings {
     pub per_client_cap: Option<PerClientCap>,
     /// `[limits] max_notifications_per_sec` (0: no limit).
     pub max_notifications_per_sec: u32,
+    /// `[limits] quiet_hours` in `time_zone`: inside them nothing new goes out.
+    pub quiet: QuietHours,
     pub cache_refresh_interval: Duration,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
@@ -90,6 +93,9 @@ impl Config {
             lifecycle_restart: restart,
             per_client_cap: self.per_client_cap(),
             max_notifications_per_sec: self.limits.max_notifications_per_sec,
+            // Checked when the file was loaded (`validate_limits`).
+            quiet: QuietHours::parse(&self.limits.quiet_hours, &self.limits.time_zone)
+                .unwrap_or_default(),
             cache_refresh_interval: self.cache.refresh_interval_secs,
             cache_restart: self.cache_restart(),
             http_listen: self.http.listen.clone(),

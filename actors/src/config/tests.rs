@@ -284,6 +284,32 @@ fn cross_field_rules() {
 }
 
 #[test]
+fn quiet_hours_need_a_window_and_a_zone_that_exist() {
+    let with = |window: &str, zone: &str| {
+        let text =
+            format!("{MINIMAL}\n[limits]\nquiet_hours = \"{window}\"\ntime_zone = \"{zone}\"\n");
+        load(&text, &[])
+    };
+    let c = with("22:00-08:00", "Europe/Moscow").unwrap();
+    assert_eq!(c.settings().quiet.describe(), "22:00-08:00 Europe/Moscow");
+    assert!(
+        !load(MINIMAL, &[]).unwrap().settings().quiet.is_on(),
+        "off by default"
+    );
+    for (window, zone, key) in [
+        ("22:00", "UTC", "limits.quiet_hours"),
+        ("10:00-10:00", "UTC", "limits.quiet_hours"),
+        ("22:00-08:00", "Europe/Mosco", "limits.time_zone"),
+    ] {
+        let err = with(window, zone).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("config key {key}: ")), "{err}");
+    }
+    let env = [("CAMPAIGN_NOTIFIER__LIMITS__QUIET_HOURS", "23:30-07:00")];
+    let c = load(MINIMAL, &env).unwrap();
+    assert_eq!(c.settings().quiet.describe(), "23:30-07:00 UTC");
+}
+
+#[test]
 fn overrides_that_would_break_the_guarantees_are_refused() {
     let text = format!("{MINIMAL}\n[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n");
     let text = text.replace("[postgres]", "[kafka.producer]\n[postgres]");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::kafka_security::SECURITY_PROPERTIES;
 use super::{Config, ConfigError};
+use crate::quiet::{QuietHours, QuietHoursError};
 
 /// A range rule: whether it is broken, the key it names, and what the key must be.
 type Rule = (bool, &'static str, &'static str);
@@ -19,6 +20,7 @@ impl Config {
         self.validate_kafka()?;
         self.validate_postgres()?;
         self.validate_ranges()?;
+        self.validate_limits()?;
         self.validate_librdkafka()
     }
 
@@ -285,6 +287,18 @@ impl Config {
                 "must be one of error, warn, info, debug, trace, off",
             ),
         ]
+    }
+
+    /// `[limits]`: the quiet hours' window and zone.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        match QuietHours::parse(&l.quiet_hours, &l.time_zone) {
+            Ok(_) => Ok(()),
+            Err(e @ QuietHoursError::Zone { .. }) => {
+                Err(ConfigError::key("limits.time_zone", e.to_string()))
+            }
+            Err(e) => Err(ConfigError::key("limits.quiet_hours", e.to_string())),
+        }
     }
 
     /// librdkafka's own check of every property the clients are given (an unknown name, a value

@@ -10,10 +10,13 @@
 //! - [`Follower`] (the change feed of new subscriptions) and, at each cache reload, the
 //!   comparison of the two snapshots;
 //! - [`Housekeeping`] (the count of scheduled campaigns, forgetting what nothing needs), and
-//!   the campaigns recalled, read into [`crate::recalls`] for the writers.
+//!   the campaigns recalled, read into [`crate::recalls`] for the writers;
+//! - [`QuietWatch`] (when quiet hours begin and end, and the reload comparison put off while
+//!   they last).
 //!
-//! Every `poll_interval` it records, claims, settles, follows the feed, reads the recalls and
-//! keeps house.
+//! Every `poll_interval` it looks at the quiet hours, records, claims, settles, follows the feed,
+//! reads the recalls and keeps house; inside quiet hours it holds what arrives active, and claims
+//! and follows nothing.
 //! Supervised like the ledger: a lost connection restarts it after the restart policy's backoff,
 //! and what the rooms hold (arrivals not yet answered, states not yet settled) is kept across the
 //! restart.
@@ -26,6 +29,7 @@ use actix::prelude::*;
 use tokio_postgres::Client;
 
 use super::housekeeping::{self, Housekeeping};
+use super::quiet_watch::{QuietWatch, Turn};
 use super::recording::Recording;
 use super::rules::{Decision, Kept, State, Window};
 use super::scheduler::{self, Scheduler, ToFire};
@@ -77,6 +81,7 @@ pub struct Lifecycle {
     reading_recalls: bool,
     /// The subscriber snapshot in use, to tell what a new one adds.
     snapshot: Option<Arc<Snapshot>>,
+    quiet: QuietWatch,
     shared: Shared,
     restarts: Restarts,
 }
@@ -104,6 +109,7 @@ impl Lifecycle {
             housekeeping: Housekeeping::default(),
             reading_recalls: false,
             snapshot: None,
+            quiet: QuietWatch::default(),
             shared,
             restarts: Restarts::new(ActorKind::Lifecycle, restart),
         }
@@ -117,6 +123,34 @@ impl Lifecycle {
 
     fn now_and_window(&self) -> (i64, Window) {
         (self.shared.clock.now_secs(), self.settings.window)
+    }
+
+    /// Whether it is quiet hours now.
+    fn quiet_now(&self) -> bool {
+        self.shared.quiet.contains(self.shared.clock.now_secs())
+    }
+
+    /// Logs quiet hours beginning or ending; once they end, makes the comparison put off.
+    fn watch_quiet_hours(&mut self, ctx: &mut Context<Self>) {
+        let (now, quiet) = (self.shared.clock.now_secs(), &self.shared.quiet);
+        match self.quiet.look(quiet.contains(now)) {
+            Some(Turn::Began) => log::info!(
+                "lifecycle: quiet hours ({}) began: nothing new goes out until {}; campaigns \
+                 active now are held and fire then",
+                quiet.describe(),
+                crate::quiet::rfc3339(quiet.next_end(now).unwrap_or(now))
+            ),
+            Some(Turn::Ended) => {
+                log::info!(
+                    "lifecycle: quiet hours ({}) ended: held campaigns fire now if still active",
+                    quiet.describe()
+                );
+                if let Some(newer) = self.quiet.take_deferred() {
+                    self.handle(SnapshotLoaded(newer), ctx);
+                }
+            }
+            None => {}
+        }
     }
 
     fn emit(&self, event: LifecycleEvent, arrival: &Arrival) {
@@ -154,7 +188,8 @@ impl Lifecycle {
     /// next group meanwhile.
     fn decide_and_store(&mut self, id: u64, kept: KeyMap<Kept>, ctx: &mut Context<Self>) {
         let (now, window) = self.now_and_window();
-        let to_store = self.recording.decide(id, kept, now, &window);
+        let quiet = self.shared.quiet.contains(now);
+        let to_store = self.recording.decide(id, kept, now, &window, quiet);
         let (Some(recorder), Some(prepared)) = (self.recorder.clone(), self.prepared.clone())
         else {
             return self.recording.failed(id);
@@ -194,7 +229,7 @@ impl Lifecycle {
                 (self.shared.recalls).add(store::key_of(&arrival.campaign));
                 LifecycleEvent::Recalled
             }
-            Decision::Deliver | Decision::Ended => return,
+            Decision::Deliver | Decision::Hold | Decision::Ended => return,
         };
         self.emit(event, arrival);
     }
@@ -206,6 +241,10 @@ impl Lifecycle {
         let Some(client) = self.client.clone() else {
             return;
         };
+        // Inside quiet hours nothing fires: what is due waits for their end.
+        if self.quiet_now() {
+            return;
+        }
         let Some(room) = self.scheduler.claim(self.shared.lease.is_valid()) else {
             return;
         };
@@ -372,7 +411,8 @@ impl Lifecycle {
         let Some(client) = self.client.clone() else {
             return;
         };
-        let allowed = !self.closing() && self.shared.lease.is_valid();
+        // Inside quiet hours the mark stays: those subscriptions are followed once they end.
+        let allowed = !self.closing() && self.shared.lease.is_valid() && !self.quiet_now();
         let read_at = Instant::now();
         let Some(plan) = self.follower.next_read(read_at, allowed) else {
             return;
@@ -544,11 +584,17 @@ impl Lifecycle {
         };
         let due = self.housekeeping.due(Instant::now());
         if due.count {
-            let gauge = self.shared.metrics.campaigns_scheduled.clone();
+            let now = self.shared.clock.now_secs();
+            let quiet = self.shared.quiet.contains(now);
+            let m = &self.shared.metrics;
+            let (scheduled, held) = (m.campaigns_scheduled.clone(), m.campaigns_held.clone());
             let c = client.clone();
-            let fut = async move { store::count_scheduled(&c).await };
+            let fut = async move { store::count_scheduled(&c, now).await };
             ctx.spawn(fut.into_actor(self).map(move |count, _, _| match count {
-                Ok(n) => gauge.set(n),
+                Ok((n, due)) => {
+                    scheduled.set(n);
+                    held.set(if quiet { due } else { 0 });
+                }
                 Err(e) => log::warn!("lifecycle: cannot count campaigns: {}", describe(&e)),
             }));
         }
@@ -598,6 +644,7 @@ impl Lifecycle {
             ctx.stop();
             return;
         }
+        self.watch_quiet_hours(ctx);
         self.record(ctx);
         self.claim(ctx);
         self.settle(ctx);
@@ -664,7 +711,14 @@ impl Supervised for Lifecycle {
 impl Handler<SnapshotLoaded> for Lifecycle {
     type Result = ();
 
+    /// Compares the new snapshot with the one in use; inside quiet hours, keeps the one from
+    /// before them and compares once they end.
     fn handle(&mut self, msg: SnapshotLoaded, ctx: &mut Context<Self>) {
+        if self.quiet_now() && self.snapshot.is_some() {
+            return self.quiet.defer(msg.0);
+        }
+        // Put off inside quiet hours and superseded by this one, which is compared instead.
+        self.quiet.take_deferred();
         if let Some(older) = self.snapshot.replace(msg.0.clone()) {
             self.compare(older, msg.0, ctx);
         }

@@ -18,6 +18,7 @@
 //!   a time) and settled;
 //! - [`subscriptions`]: the change feed of new subscriptions, and the comparison at each reload;
 //! - [`housekeeping`]: the gauge of scheduled campaigns, and forgetting what nothing needs;
+//! - [`quiet_watch`]: when quiet hours begin and end here, and the reload comparison put off;
 //!
 //! beside [`rules`] (what an arrival means), [`feed`] (the change feed's cursor) and [`store`]
 //! (every statement). The [`Lifecycle`] actor holds the connections and wires them together.
@@ -28,6 +29,7 @@
 mod actor;
 pub mod feed;
 mod housekeeping;
+mod quiet_watch;
 mod recording;
 pub mod rules;
 mod scheduler;

@@ -106,14 +106,15 @@ impl Recording {
     }
 
     /// The kept versions of group `id` were read: each arrival is decided (against what this
-    /// instance decided and has not seen stored, before the table) and answered; returns the
-    /// versions to store.
+    /// instance decided and has not seen stored, before the table) at `now`, inside quiet hours
+    /// if `quiet`, and answered; returns the versions to store.
     pub fn decide(
         &mut self,
         id: u64,
         mut kept: KeyMap<Kept>,
         now: i64,
         window: &Window,
+        quiet: bool,
     ) -> ToStore {
         self.deciding = false;
         self.groups += 1;
@@ -130,7 +131,14 @@ impl Recording {
                 kept.insert(key.clone(), newer.clone());
             }
             let version = arrival.version();
-            let (decision, state) = decide(kept.get(&key), &arrival.campaign, version, now, window);
+            let (decision, state) = decide(
+                kept.get(&key),
+                &arrival.campaign,
+                version,
+                now,
+                window,
+                quiet,
+            );
             if let Some(state) = state {
                 let newer = Kept {
                     campaign: arrival.campaign.clone(),
@@ -273,7 +281,7 @@ mod tests {
             r.next_read().is_none(),
             "the next group waits for this one's decisions"
         );
-        r.decide(read.id, KeyMap::default(), NOW, &W);
+        r.decide(read.id, KeyMap::default(), NOW, &W, false);
         let next = r.next_read().expect("decided: the next group is read");
         assert_eq!(next.keys, vec![("r".to_string(), "c".to_string())]);
     }
@@ -284,7 +292,7 @@ mod tests {
         let mut rx = push(&mut r, arrival("a", "x", 1, 1));
         let read = r.next_read().unwrap();
         assert!(answer(&mut rx).is_none(), "not decided yet");
-        let to_store = r.decide(read.id, KeyMap::default(), NOW, &W);
+        let to_store = r.decide(read.id, KeyMap::default(), NOW, &W, false);
         assert_eq!(to_store.rows.len(), 1);
         assert_eq!(to_store.rows[0].1, State::Scheduled);
         let recorded = answer(&mut rx).expect("answered before it is stored");
@@ -302,11 +310,11 @@ mod tests {
         let mut r = Recording::default();
         let _v1 = push(&mut r, arrival("a", "v1", 1, 1));
         let first = r.next_read().unwrap();
-        r.decide(first.id, KeyMap::default(), NOW, &W);
+        r.decide(first.id, KeyMap::default(), NOW, &W, false);
         // v2 arrives while v1 is being stored: the table, read again, does not have v1 yet.
         let mut v2 = push(&mut r, arrival("a", "v2", 2, 2));
         let second = r.next_read().unwrap();
-        r.decide(second.id, KeyMap::default(), NOW, &W);
+        r.decide(second.id, KeyMap::default(), NOW, &W, false);
         assert_eq!(
             answer(&mut v2).unwrap().decision,
             Decision::Schedule { replaced: true }
@@ -316,7 +324,7 @@ mod tests {
         let mut late = push(&mut r, arrival("a", "v1", 1, 1));
         let third = r.next_read().unwrap();
         assert!(r
-            .decide(third.id, KeyMap::default(), NOW, &W)
+            .decide(third.id, KeyMap::default(), NOW, &W, false)
             .rows
             .is_empty());
         assert_eq!(answer(&mut late).unwrap().decision, Decision::Superseded);
@@ -345,7 +353,7 @@ mod tests {
         let mut r = Recording::default();
         let mut a = push(&mut r, arrival("a", "x", 1, 1));
         let read = r.next_read().unwrap();
-        r.decide(read.id, KeyMap::default(), NOW, &W);
+        r.decide(read.id, KeyMap::default(), NOW, &W, false);
         let recorded = answer(&mut a).expect("answered");
         let mut b = push(&mut r, arrival("b", "x", 1, 2));
         // The store's future went with the restart.
@@ -353,7 +361,7 @@ mod tests {
         assert_eq!(r.len(), 2, "nothing dropped");
         let again = r.next_read().unwrap();
         assert_eq!(again.keys.len(), 2);
-        let stored_again = r.decide(again.id, KeyMap::default(), NOW, &W);
+        let stored_again = r.decide(again.id, KeyMap::default(), NOW, &W, false);
         assert_eq!(stored_again.rows.len(), 2, "a's version is stored again");
         assert!(answer(&mut b).is_some(), "b answered once");
         r.stored(again.id);

@@ -1,7 +1,8 @@
 //! The lifecycle rules: what a campaign arriving now does to the version the service keeps.
 //!
-//! Pure logic, no I/O: [`decide`] takes the stored version (if any), the arriving one and the
-//! clock, and says what to answer and what to store. Every rule README states is a test here.
+//! Pure logic, no I/O: [`decide`] takes the stored version (if any), the arriving one, the clock
+//! and whether it is quiet hours, and says what to answer and what to store. Every rule README
+//! states is a test here.
 
 use crate::campaign::Campaign;
 use crate::notification::SourceRef;
@@ -133,6 +134,9 @@ pub enum Decision {
     Schedule { replaced: bool },
     /// Deliver it now (its subscribers who have it already get nothing new).
     Deliver,
+    /// Active, but it is quiet hours: kept `scheduled` (its start has come), to fire when they
+    /// end if it is still active then (docs/operations.md, "Quiet hours").
+    Hold,
     /// It cancelled the scheduled version it replaced.
     Cancel,
     /// It is over and there is nothing of it to cancel: dead-lettered as `ended`.
@@ -155,21 +159,32 @@ pub struct Kept {
 }
 
 /// What an arrival does: the answer, and the state to store the arriving version with (`None`:
-/// the table is left as it is).
+/// the table is left as it is). `quiet`: `now` is inside quiet hours.
+///
+/// Inside quiet hours a campaign that would be delivered now is held: kept as `scheduled`, like
+/// one before its start, so that it is a row (a restart keeps it) and the scheduler fires it once
+/// they end, if it is still active then. A campaign that has fired already is not held here: the
+/// table never takes it back to `scheduled`, so a repeat of it goes to delivery, whose slices not
+/// yet written wait for the end of quiet hours.
 pub fn decide(
     kept: Option<&Kept>,
     arriving: &Campaign,
     version: Version,
     now: i64,
     window: &Window,
+    quiet: bool,
 ) -> (Decision, Option<State>) {
     let phase = window.phase(arriving, now);
+    let active = match quiet {
+        true => (Decision::Hold, Some(State::Scheduled)),
+        false => (Decision::Deliver, Some(State::Active)),
+    };
     let fresh = |phase| match phase {
         Phase::Before => (
             Decision::Schedule { replaced: false },
             Some(State::Scheduled),
         ),
-        Phase::Active => (Decision::Deliver, Some(State::Active)),
+        Phase::Active => active,
         Phase::Over => (Decision::Ended, None),
     };
     let Some(kept) = kept else {
@@ -186,7 +201,7 @@ pub fn decide(
             let replaced = kept.state == State::Scheduled && version != kept.version;
             match phase {
                 Phase::Before => (Decision::Schedule { replaced }, Some(State::Scheduled)),
-                Phase::Active => (Decision::Deliver, Some(State::Active)),
+                Phase::Active => active,
                 Phase::Over => (Decision::Cancel, Some(State::Cancelled)),
             }
         }
@@ -311,7 +326,14 @@ mod tests {
         };
         let cancel = campaign(40, 45, 10);
         assert_eq!(
-            decide(Some(&k), &cancel, at(&cancel, 1, 3, Some(2_000)), 50, &W),
+            decide(
+                Some(&k),
+                &cancel,
+                at(&cancel, 1, 3, Some(2_000)),
+                50,
+                &W,
+                false
+            ),
             (Decision::Cancel, Some(State::Cancelled))
         );
     }
@@ -355,7 +377,7 @@ mod tests {
     #[test]
     fn a_new_campaign_is_scheduled_delivered_or_ended_by_its_phase() {
         let c = campaign(100, 200, 0);
-        let at = |now| decide(None, &c, v(&c, 1), now, &W);
+        let at = |now| decide(None, &c, v(&c, 1), now, &W, false);
         assert_eq!(
             at(50),
             (
@@ -374,7 +396,7 @@ mod tests {
         let mut newer = campaign(120, 200, 11);
         newer.adv_campaign_content = "80% off".into();
         assert_eq!(
-            decide(Some(&k), &newer, v(&newer, 6), 50, &W),
+            decide(Some(&k), &newer, v(&newer, 6), 50, &W, false),
             (
                 Decision::Schedule { replaced: true },
                 Some(State::Scheduled)
@@ -383,22 +405,22 @@ mod tests {
         // Same datetime_created: the later timestamp wins.
         let same_created = campaign(120, 200, 10);
         assert_eq!(
-            decide(Some(&k), &same_created, v(&same_created, 9), 50, &W).0,
+            decide(Some(&k), &same_created, v(&same_created, 9), 50, &W, false).0,
             Decision::Schedule { replaced: true }
         );
         // An older version (earlier created, or same created and an earlier timestamp) is ignored.
         let older = campaign(120, 200, 9);
         assert_eq!(
-            decide(Some(&k), &older, v(&older, 99), 50, &W),
+            decide(Some(&k), &older, v(&older, 99), 50, &W, false),
             (Decision::Superseded, None)
         );
         assert_eq!(
-            decide(Some(&k), &same_created, v(&same_created, 4), 50, &W),
+            decide(Some(&k), &same_created, v(&same_created, 4), 50, &W, false),
             (Decision::Superseded, None)
         );
         // The same message read again decides the same way, replacing nothing.
         assert_eq!(
-            decide(Some(&k), &old, v(&old, 5), 50, &W).0,
+            decide(Some(&k), &old, v(&old, 5), 50, &W, false).0,
             Decision::Schedule { replaced: false }
         );
     }
@@ -408,19 +430,19 @@ mod tests {
         let k = kept(campaign(100, 200, 10), 5, State::Scheduled);
         let cancel = campaign(40, 45, 11);
         assert_eq!(
-            decide(Some(&k), &cancel, v(&cancel, 6), 50, &W),
+            decide(Some(&k), &cancel, v(&cancel, 6), 50, &W, false),
             (Decision::Cancel, Some(State::Cancelled))
         );
         // A cancelled campaign is brought back by a still newer version.
         let k = kept(cancel, 6, State::Cancelled);
         let again = campaign(100, 200, 12);
         assert_eq!(
-            decide(Some(&k), &again, v(&again, 7), 50, &W).0,
+            decide(Some(&k), &again, v(&again, 7), 50, &W, false).0,
             Decision::Schedule { replaced: false }
         );
         let older = campaign(100, 200, 10);
         assert_eq!(
-            decide(Some(&k), &older, v(&older, 8), 50, &W).0,
+            decide(Some(&k), &older, v(&older, 8), 50, &W, false).0,
             Decision::Superseded
         );
     }
@@ -430,7 +452,7 @@ mod tests {
         let k = kept(campaign(100, 200, 10), 5, State::Scheduled);
         let now_active = campaign(40, 200, 11);
         assert_eq!(
-            decide(Some(&k), &now_active, v(&now_active, 6), 50, &W),
+            decide(Some(&k), &now_active, v(&now_active, 6), 50, &W, false),
             (Decision::Deliver, Some(State::Active))
         );
     }
@@ -442,24 +464,24 @@ mod tests {
             let k = kept(fired.clone(), 5, state);
             // A repeat while active is delivered (who has it gets nothing new).
             assert_eq!(
-                decide(Some(&k), &fired, v(&fired, 5), 150, &W),
+                decide(Some(&k), &fired, v(&fired, 5), 150, &W, false),
                 (Decision::Deliver, None)
             );
             // A later end extends it.
             let extended = campaign(100, 300, 11);
             assert_eq!(
-                decide(Some(&k), &extended, v(&extended, 6), 250, &W),
+                decide(Some(&k), &extended, v(&extended, 6), 250, &W, false),
                 (Decision::Deliver, Some(State::Active))
             );
             // A repeat after its end is answered as ended and changes nothing.
             assert_eq!(
-                decide(Some(&k), &fired, v(&fired, 5), 250, &W),
+                decide(Some(&k), &fired, v(&fired, 5), 250, &W, false),
                 (Decision::Ended, None)
             );
             // An older version with another end changes nothing.
             let stale = campaign(100, 300, 9);
             assert_eq!(
-                decide(Some(&k), &stale, v(&stale, 6), 150, &W),
+                decide(Some(&k), &stale, v(&stale, 6), 150, &W, false),
                 (Decision::Deliver, None)
             );
             // New text, owner, contact or start: counted, nobody notified again.
@@ -467,12 +489,12 @@ mod tests {
             text.adv_campaign_content = "90% off".into();
             text.datetime_created = 11;
             assert_eq!(
-                decide(Some(&k), &text, v(&text, 6), 150, &W),
+                decide(Some(&k), &text, v(&text, 6), 150, &W, false),
                 (Decision::ChangedAfterStart, None)
             );
             let moved = campaign(110, 200, 11);
             assert_eq!(
-                decide(Some(&k), &moved, v(&moved, 6), 150, &W).0,
+                decide(Some(&k), &moved, v(&moved, 6), 150, &W, false).0,
                 Decision::ChangedAfterStart
             );
         }
@@ -486,39 +508,117 @@ mod tests {
             // Its end moved into the past, whatever else changed with it.
             let shortened = campaign(100, 120, 11);
             assert_eq!(
-                decide(Some(&k), &shortened, v(&shortened, 6), 150, &W),
+                decide(Some(&k), &shortened, v(&shortened, 6), 150, &W, false),
                 (Decision::Recall, Some(State::Recalled))
             );
             let mut other = campaign(40, 45, 10);
             other.adv_campaign_content = "withdrawn".into();
             assert_eq!(
-                decide(Some(&k), &other, v(&other, 6), 150, &W),
+                decide(Some(&k), &other, v(&other, 6), 150, &W, false),
                 (Decision::Recall, Some(State::Recalled))
             );
             // An older version that is over recalls nothing.
             let stale = campaign(100, 120, 9);
             assert_eq!(
-                decide(Some(&k), &stale, v(&stale, 6), 150, &W),
+                decide(Some(&k), &stale, v(&stale, 6), 150, &W, false),
                 (Decision::Ended, None)
             );
         }
         let recalled = kept(campaign(100, 120, 11), 6, State::Recalled);
         // The original read again (a redelivery, a restart) sends nothing.
         assert_eq!(
-            decide(Some(&recalled), &fired, v(&fired, 5), 150, &W),
+            decide(Some(&recalled), &fired, v(&fired, 5), 150, &W, false),
             (Decision::Superseded, None)
         );
         // A newer active version notifies nobody; a newer recall is kept.
         let again = campaign(100, 300, 12);
         assert_eq!(
-            decide(Some(&recalled), &again, v(&again, 7), 150, &W),
+            decide(Some(&recalled), &again, v(&again, 7), 150, &W, false),
             (Decision::ChangedAfterStart, None)
         );
         let recall_again = campaign(100, 110, 12);
         assert_eq!(
-            decide(Some(&recalled), &recall_again, v(&recall_again, 7), 150, &W),
+            decide(
+                Some(&recalled),
+                &recall_again,
+                v(&recall_again, 7),
+                150,
+                &W,
+                false
+            ),
             (Decision::Recall, Some(State::Recalled))
         );
+    }
+
+    #[test]
+    fn inside_quiet_hours_what_would_be_delivered_is_held_as_scheduled() {
+        let c = campaign(100, 200, 10);
+        let quiet =
+            |kept: Option<&Kept>, c: &Campaign, now| decide(kept, c, v(c, 6), now, &W, true);
+        // New and active: held; before its start or over: as outside quiet hours.
+        assert_eq!(
+            quiet(None, &c, 150),
+            (Decision::Hold, Some(State::Scheduled))
+        );
+        assert_eq!(
+            quiet(None, &c, 50),
+            (
+                Decision::Schedule { replaced: false },
+                Some(State::Scheduled)
+            )
+        );
+        assert_eq!(quiet(None, &c, 250), (Decision::Ended, None));
+        // Its start came while scheduled, and it arrives again (a redelivery, a restart).
+        let scheduled = kept(c.clone(), 6, State::Scheduled);
+        assert_eq!(
+            quiet(Some(&scheduled), &c, 150),
+            (Decision::Hold, Some(State::Scheduled))
+        );
+        // A newer active version of a scheduled or cancelled one is held; an older one ignored.
+        let newer = campaign(40, 200, 11);
+        assert_eq!(
+            quiet(Some(&scheduled), &newer, 150),
+            (Decision::Hold, Some(State::Scheduled))
+        );
+        let cancelled = kept(campaign(40, 45, 11), 5, State::Cancelled);
+        assert_eq!(
+            quiet(Some(&cancelled), &newer, 150).0,
+            Decision::Hold,
+            "a still newer version brings it back"
+        );
+        assert_eq!(
+            quiet(Some(&cancelled), &c, 150),
+            (Decision::Superseded, None)
+        );
+        // A cancellation inside quiet hours still cancels.
+        assert_eq!(
+            quiet(Some(&scheduled), &campaign(40, 45, 11), 150),
+            (Decision::Cancel, Some(State::Cancelled))
+        );
+        for state in [State::Expired, State::Refused] {
+            let k = kept(c.clone(), 5, state);
+            assert_eq!(
+                quiet(Some(&k), &c, 150),
+                (Decision::Hold, Some(State::Scheduled))
+            );
+        }
+    }
+
+    #[test]
+    fn inside_quiet_hours_a_fired_campaign_is_not_taken_back_to_scheduled() {
+        let c = campaign(100, 200, 10);
+        let quiet =
+            |kept: Option<&Kept>, c: &Campaign, now| decide(kept, c, v(c, 6), now, &W, true);
+        // A repeat goes to delivery (whose slices wait for the end of quiet hours); a recall
+        // still recalls.
+        for state in [State::Active, State::Firing] {
+            let k = kept(c.clone(), 6, state);
+            assert_eq!(quiet(Some(&k), &c, 150), (Decision::Deliver, None));
+            assert_eq!(
+                quiet(Some(&k), &campaign(100, 120, 11), 150),
+                (Decision::Recall, Some(State::Recalled))
+            );
+        }
     }
 
     #[test]
@@ -527,7 +627,7 @@ mod tests {
             let k = kept(campaign(100, 200, 10), 5, state);
             let again = campaign(300, 400, 9);
             assert_eq!(
-                decide(Some(&k), &again, v(&again, 1), 250, &W).0,
+                decide(Some(&k), &again, v(&again, 1), 250, &W, false).0,
                 Decision::Schedule { replaced: false }
             );
         }

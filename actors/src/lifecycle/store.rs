@@ -322,15 +322,20 @@ pub async fn release_own(client: &Client, me: i32) -> Result<u64, tokio_postgres
         .await
 }
 
-/// How many campaigns wait for their start.
-pub async fn count_scheduled(client: &Client) -> Result<i64, tokio_postgres::Error> {
+/// How many campaigns are scheduled, and how many of them have a start at or before `now` (due:
+/// inside quiet hours, held).
+pub async fn count_scheduled(
+    client: &Client,
+    now: i64,
+) -> Result<(i64, i64), tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT count(*) FROM public.campaign_notifier_campaigns WHERE state = 'scheduled'",
-            &[],
+            "SELECT count(*), count(*) FILTER (WHERE adv_campaign_datetime_start <= $1)
+             FROM public.campaign_notifier_campaigns WHERE state = 'scheduled'",
+            &[&now],
         )
         .await?;
-    row.try_get(0)
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// Rows deleted at once by [`forget`], so that no statement holds many row locks or runs long.

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, Row};
 
 use crate::lifecycle::Window;
+use crate::quiet::QuietHours;
 
 /// Every campaign on record, or those of one id, with what went out of each.
 const STATUS: &str = include_str!("status.sql");
@@ -134,6 +135,10 @@ pub struct CampaignStatus {
     /// When a campaign that waited for its start began to go out (unix seconds); `None` for one
     /// delivered as it arrived, or not started yet.
     pub fired_at: Option<i64>,
+    /// Scheduled, its start passed, inside quiet hours: when they end and it fires (unix
+    /// seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<i64>,
     pub updated_at: i64,
     pub notifications: Notifications,
     /// Its notifications the per-client cap kept from both sinks (`campaign_notifier_capped`).
@@ -143,17 +148,24 @@ pub struct CampaignStatus {
 }
 
 impl CampaignStatus {
-    fn from_row(row: &Row, window: Window) -> Result<CampaignStatus, tokio_postgres::Error> {
+    fn from_row(
+        row: &Row,
+        window: Window,
+        quiet: &QuietHours,
+    ) -> Result<CampaignStatus, tokio_postgres::Error> {
         let stored: String = row.try_get("state")?;
         let end: i64 = row.try_get("adv_campaign_datetime_end")?;
         let written: i64 = row.try_get("written")?;
         let in_flight: i64 = row.try_get("in_flight")?;
         let recalled_at_ms: Option<i64> = row.try_get("recalled_at")?;
         let now = row.try_get("now")?;
+        let start: i64 = row.try_get("adv_campaign_datetime_start")?;
+        let state = State::of(&stored, recalled_at_ms.is_some(), end, now, window);
+        let held = state == State::Scheduled && start <= now;
         Ok(CampaignStatus {
             restaurant_id: row.try_get("restaurant_id")?,
             adv_campaign_id: row.try_get("adv_campaign_id")?,
-            state: State::of(&stored, recalled_at_ms.is_some(), end, now, window),
+            state,
             stored_state: stored,
             recalled_at_ms,
             version: Version {
@@ -162,9 +174,10 @@ impl CampaignStatus {
                 partition: row.try_get("source_partition")?,
                 offset: row.try_get("source_offset")?,
             },
-            start: row.try_get("adv_campaign_datetime_start")?,
+            start,
             end,
             fired_at: row.try_get("fired_at")?,
+            held_until: quiet.next_end(now).filter(|_| held),
             updated_at: row.try_get("updated_at")?,
             notifications: Notifications {
                 written_to_postgres: written,
@@ -179,10 +192,12 @@ impl CampaignStatus {
 }
 
 /// Hands each campaign on record (those with id `id`, or all) whose state is `state` (any, when
-/// `None`) to `each`, in order of start; returns how many.
+/// `None`) to `each`, in order of start; returns how many. `quiet`: the service's quiet hours,
+/// to tell until when a held campaign waits.
 pub async fn for_each(
     client: &Client,
     window: Window,
+    quiet: &QuietHours,
     id: Option<&str>,
     state: Option<State>,
     mut each: impl FnMut(CampaignStatus),
@@ -191,7 +206,7 @@ pub async fn for_each(
     pin_mut!(rows);
     let mut shown = 0;
     while let Some(row) = rows.try_next().await? {
-        let status = CampaignStatus::from_row(&row, window)?;
+        let status = CampaignStatus::from_row(&row, window, quiet)?;
         if state.is_none_or(|s| s == status.state) {
             shown += 1;
             each(status);

@@ -11,6 +11,7 @@
 //! - [`retention`]: what the table of campaigns forgets.
 //! - [`bursts`]: many campaigns starting together, and an audience larger than the fire budget.
 //! - [`recall`]: a campaign going out stopped by a newer version whose end has passed.
+//! - [`quiet`]: quiet hours: what arrives inside them goes out once they end, across a `kill -9`.
 //!
 //! The helpers below are what these tests share: campaigns of a given version, subscribers by
 //! the thousand, the campaign's state and the waits for both sinks.
@@ -21,6 +22,7 @@ use crate::common::*;
 
 mod bursts;
 mod feed;
+mod quiet;
 mod recall;
 mod retention;
 mod scheduling;
