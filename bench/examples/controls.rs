@@ -22,8 +22,8 @@ use campaign_bench::args::Shape;
 use campaign_bench::measure::{exact_quantile, round, written};
 use campaign_bench::seen::SeenInKafka;
 use campaign_bench::setup::{
-    connect, create_topics, database_url, err, produce_all, service_config_with, wait_for,
-    BenchResult,
+    connect, create_topics, err, finish, in_own_database, produce_all, service_config_with,
+    wait_for, BenchResult,
 };
 use clap::Parser;
 use rdkafka::producer::FutureProducer;
@@ -75,16 +75,7 @@ fn main() -> ExitCode {
         };
     }
     let args = Args::parse();
-    match system.block_on(run(args)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("controls benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("controls benchmark", system.block_on(run(args)))
 }
 
 fn progress(what: &str) {
@@ -94,18 +85,13 @@ fn progress(what: &str) {
 async fn run(args: Args) -> BenchResult<serde_json::Value> {
     let id = std::process::id();
     let database = format!("cn_bench_controls_{id}");
-    let admin = connect(&args.postgres_url).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .map_err(err("create database"))?;
-    let url = database_url(&args.postgres_url, &database);
-    let result = fairness(&args, &url, id).await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await;
-    let fairness = result?;
-    Ok(serde_json::json!({ "fairness": fairness, "cap": cap(&args).await? }))
+    let args = &args;
+    let fairness: serde_json::Value =
+        in_own_database(&args.postgres_url, &database, |url: String| async move {
+            fairness(args, &url, id).await
+        })
+        .await?;
+    Ok(serde_json::json!({ "fairness": fairness, "cap": cap(args).await? }))
 }
 
 /// The cap phase (see the file's documentation), through the benchmark's own matrix runs.

@@ -32,7 +32,8 @@ use campaign_bench::measure::{
 };
 use campaign_bench::seen::SeenInKafka;
 use campaign_bench::setup::{
-    connect, create_topics, database_url, err, produce_all, service_config, wait_for, BenchResult,
+    connect, create_topics, err, finish, in_own_database, produce_all, service_config, wait_for,
+    BenchResult,
 };
 use clap::Parser;
 use rdkafka::producer::FutureProducer;
@@ -98,16 +99,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
     let system = actix_rt::System::new();
-    match system.block_on(run(args)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("lifecycle benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("lifecycle benchmark", system.block_on(run(args)))
 }
 
 fn progress(what: &str) {
@@ -117,16 +109,11 @@ fn progress(what: &str) {
 async fn run(args: Args) -> BenchResult<serde_json::Value> {
     let id = std::process::id();
     let database = format!("cn_bench_lifecycle_{id}");
-    let admin = connect(&args.postgres_url).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .map_err(err("create database"))?;
-    let result = run_in(&args, &database_url(&args.postgres_url, &database), id).await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await;
-    result
+    let args = &args;
+    in_own_database(&args.postgres_url, &database, |url: String| async move {
+        run_in(args, &url, id).await
+    })
+    .await
 }
 
 fn campaign(restaurant: &str, id: &str, start: i64) -> String {

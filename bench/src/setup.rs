@@ -164,3 +164,36 @@ pub async fn wait_for(
     }
     Ok(())
 }
+
+/// Runs `f` with the URL of a database of its own, `database` on the server of `postgres_url`,
+/// made before and dropped after (whatever `f` answered).
+pub async fn in_own_database<T, F, Fut>(postgres_url: &str, database: &str, f: F) -> BenchResult<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = BenchResult<T>>,
+{
+    let admin = connect(postgres_url).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .map_err(err("create database"))?;
+    let result = f(database_url(postgres_url, database)).await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await;
+    result
+}
+
+/// A benchmark's end: its JSON line printed, or why `what` failed on stderr.
+pub fn finish(what: &str, result: BenchResult<serde_json::Value>) -> std::process::ExitCode {
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{what} failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -274,39 +274,7 @@ fn sink_job(
     campaign_id: &str,
     first_token: i64,
 ) -> std::sync::Arc<campaign_actors::sinks::pg_writer::PgJob> {
-    use campaign_actors::cache::snapshot::SnapshotBuilder;
-    use campaign_actors::notification::{NotificationBatch, SourceRef};
-    use std::sync::Arc;
-    let mut builder = SnapshotBuilder::new();
-    for client in SHARED {
-        builder.push(restaurant, client);
-    }
-    let snapshot = Arc::new(builder.build());
-    let entry = snapshot.lookup(restaurant).expect("restaurant in snapshot");
-    let now = unix_now();
-    let campaign = campaign_actors::campaign::Campaign {
-        restaurant_id: restaurant.into(),
-        adv_campaign_id: campaign_id.into(),
-        adv_campaign_content: "first dish free".into(),
-        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
-        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
-        adv_campaign_datetime_start: now - 60,
-        adv_campaign_datetime_end: now + 60,
-        datetime_created: now - 120,
-    };
-    let source = SourceRef {
-        topic: "in".into(),
-        partition: 0,
-        offset: 0,
-        timestamp_ms: None,
-    };
-    let batch = NotificationBatch::new(campaign, now, source, snapshot, entry);
-    Arc::new(campaign_actors::sinks::pg_writer::PgJob {
-        range: 0..batch.len(),
-        batch: Arc::new(batch),
-        first_token,
-        replay: false,
-    })
+    pg_job(restaurant, campaign_id, &SHARED, first_token)
 }
 
 /// The Postgres sink itself with a cap of one: in one write the earlier campaign wins every

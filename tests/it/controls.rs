@@ -82,6 +82,17 @@ fn active(restaurant: &str, id: &str) -> String {
     .to_string()
 }
 
+/// `n` subscribers of `restaurant`, `large-1` to `large-N`.
+async fn subscribe_many(f: &Fixture, restaurant: &str, n: i64) {
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+         SELECT $1, 'large-' || c FROM generate_series(1, $2::int8) c",
+        &[&restaurant, &n],
+    )
+    .await
+    .expect("subscribe");
+}
+
 /// Rows of `restaurant` in Postgres.
 async fn rows_of(f: &Fixture, restaurant: &str) -> usize {
     let rows: i64 = f
@@ -100,13 +111,7 @@ async fn rows_of(f: &Fixture, restaurant: &str) -> usize {
 async fn a_small_campaign_sent_while_a_large_one_goes_out_is_through_long_before_it() {
     const LARGE: i64 = 300_000;
     let f = Fixture::new("fair", 2).await;
-    f.db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-         SELECT 'fair-large', 'large-' || c FROM generate_series(1, $1::int8) c",
-        &[&LARGE],
-    )
-    .await
-    .expect("subscribe");
+    subscribe_many(&f, "fair-large", LARGE).await;
     let small = ["s-0", "s-1", "s-2", "s-3", "s-4", "s-5", "s-6", "s-7", "s-8", "s-9"];
     f.subscribe("fair-small", &small).await;
     // The default budget: 200 000 notifications in flight, 50 000 of them kept for campaigns of
@@ -161,13 +166,7 @@ async fn the_output_is_paced_to_the_limit_and_a_small_campaign_still_goes_first(
     const LARGE: i64 = 10_000;
     const PER_SEC: i64 = 2_000;
     let f = Fixture::new("paced", 2).await;
-    f.db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-         SELECT 'paced-large', 'large-' || c FROM generate_series(1, $1::int8) c",
-        &[&LARGE],
-    )
-    .await
-    .expect("subscribe");
+    subscribe_many(&f, "paced-large", LARGE).await;
     let small = ["s-0", "s-1", "s-2", "s-3", "s-4"];
     f.subscribe("paced-small", &small).await;
     let service = Service::start(&f, &format!("[limits]\nmax_notifications_per_sec = {PER_SEC}\n"));

@@ -5,9 +5,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::common::*;
-use campaign_actors::cache::snapshot::SnapshotBuilder;
-use campaign_actors::campaign::Campaign;
-use campaign_actors::notification::{NotificationBatch, SourceRef};
 use campaign_actors::postgres::PostgresSettings;
 use campaign_actors::sinks::pg_writer::{Inserted, PgJob, PgSink, PgSinkConfig};
 use campaign_actors::sinks::{Sink, SinkError};
@@ -24,36 +21,7 @@ fn job(first_token: i64) -> Arc<PgJob> {
 }
 
 fn job_of(campaign_id: &str, first_token: i64) -> Arc<PgJob> {
-    let mut builder = SnapshotBuilder::new();
-    for client in CLIENTS {
-        builder.push(RESTAURANT, client);
-    }
-    let snapshot = Arc::new(builder.build());
-    let entry = snapshot.lookup(RESTAURANT).expect("restaurant in snapshot");
-    let now = unix_now();
-    let campaign = Campaign {
-        restaurant_id: RESTAURANT.into(),
-        adv_campaign_id: campaign_id.into(),
-        adv_campaign_content: "first dish free".into(),
-        adv_campaign_owner: "Ivanov Ivan Ivanovich".into(),
-        adv_campaign_owner_contact: "iiivanov@restaurant.ru".into(),
-        adv_campaign_datetime_start: now - 60,
-        adv_campaign_datetime_end: now + 60,
-        datetime_created: now - 120,
-    };
-    let source = SourceRef {
-        topic: "in".into(),
-        partition: 0,
-        offset: 0,
-        timestamp_ms: None,
-    };
-    let batch = NotificationBatch::new(campaign, now, source, snapshot, entry);
-    Arc::new(PgJob {
-        range: 0..batch.len(),
-        batch: Arc::new(batch),
-        first_token,
-        replay: false,
-    })
+    pg_job(RESTAURANT, campaign_id, &CLIENTS, first_token)
 }
 
 /// The Postgres sink on the fixture's database, as owner 7.

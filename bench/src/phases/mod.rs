@@ -21,7 +21,7 @@ use campaign_actors::sinks::kafka_writer::KafkaSinkSettings;
 use tokio_postgres::Client;
 
 use crate::args::Args;
-use crate::setup::{connect, create_topics, database_url, err, service_config, BenchResult};
+use crate::setup::{connect, create_topics, err, in_own_database, service_config, BenchResult};
 use crate::workload::{workload, Workload};
 
 mod baseline;
@@ -51,22 +51,11 @@ pub async fn run(args: Args, k: usize) -> BenchResult<serde_json::Value> {
     let now = campaign_actors::clock::unix_secs();
     let run_id = format!("{}_{k}", std::process::id());
     let database = format!("cn_bench_{run_id}");
-    let admin = connect(&args.postgres_url).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .map_err(err("create database"))?;
-    let result = run_in(
-        &args,
-        &database_url(&args.postgres_url, &database),
-        now,
-        &run_id,
-    )
-    .await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await;
-    result
+    let args = &args;
+    in_own_database(&args.postgres_url, &database, |url: String| async move {
+        run_in(args, &url, now, &run_id).await
+    })
+    .await
 }
 
 /// Progress on stderr, one line per step.
