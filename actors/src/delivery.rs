@@ -309,7 +309,14 @@ impl Routes {
             Slice::Only(job) => (job, false),
             Slice::Large(job) => (job, true),
         };
-        self.quiet.wait_outside(&self.clock).await; // Quiet hours: not written before they end.
+        // Quiet hours: not written before they end; a slice made before them is created anew
+        // when it goes out.
+        self.quiet.wait_outside(&self.clock).await;
+        let now = self.clock.now_secs();
+        let job = match self.quiet.crossed(job.batch.trigger_datetime_created, now) {
+            true => job.created_at(now),
+            false => job,
+        };
         let _in_flight = self.take_budget(job.range.len(), large).await;
         let batch = job.batch.clone();
         let c = &batch.campaign;

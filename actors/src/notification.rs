@@ -195,6 +195,20 @@ impl NotificationBatch {
         self.encoder.encode(ClientId::Text(client_id), out);
     }
 
+    /// The same notifications, created at `trigger_datetime_created` instead (a slice that waited
+    /// for quiet hours to end is created when it goes out).
+    pub fn created_at(&self, trigger_datetime_created: i64) -> NotificationBatch {
+        let mut batch = NotificationBatch::new(
+            self.campaign.clone(),
+            trigger_datetime_created,
+            self.source.clone(),
+            self.snapshot.clone(),
+            self.entry,
+        );
+        batch.deadline_ms = self.deadline_ms;
+        batch
+    }
+
     pub fn fingerprint_of(&self, client_id: &str) -> Fingerprint {
         fingerprint_of(&self.campaign, client_id)
     }
@@ -277,6 +291,24 @@ mod tests {
         let mut again = Vec::new();
         batch.write_json_for(OUTPUT_EXAMPLE_CLIENT, &mut again);
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn a_batch_created_later_encodes_its_new_time_and_keeps_its_deadline() {
+        let base = test_batch(None, 2);
+        let mut batch = base.created_at(base.trigger_datetime_created);
+        batch.deadline_ms = 123_000;
+        let later = batch.created_at(batch.trigger_datetime_created + 3_600);
+        assert_eq!(later.deadline_ms, 123_000);
+        assert_eq!(later.len(), 2);
+        let mut out = Vec::new();
+        later.write_json(1, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["trigger_datetime_created"],
+            batch.trigger_datetime_created + 3_600
+        );
+        assert_eq!(v["client_id"], "client-1");
     }
 
     #[test]

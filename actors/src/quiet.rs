@@ -119,6 +119,24 @@ impl QuietHours {
             tokio::time::sleep(left.min(RECHECK)).await;
         }
     }
+
+    /// Whether some second from unix second `from` to `to` was inside the window (a slice made
+    /// at `from` and going out at `to` waited for quiet hours). The window starts and ends on a
+    /// minute of local time, and the clocks of every zone move by whole minutes, so looking at
+    /// `from`, `to` and each minute between is exact; a day or more always holds a window.
+    pub fn crossed(&self, from: i64, to: i64) -> bool {
+        if !self.is_on() || to < from {
+            return false;
+        }
+        if to - from >= 86_400 {
+            return true;
+        }
+        let minutes = (from.div_euclid(60) + 1..=to.div_euclid(60)).map(|m| m * 60);
+        [from, to]
+            .into_iter()
+            .chain(minutes)
+            .any(|t| self.contains(t))
+    }
 }
 
 /// Unix second `secs` as RFC 3339 in UTC, for log lines.
@@ -218,6 +236,26 @@ mod tests {
 
     fn utc(h: i8, mi: i8, s: i8) -> i64 {
         at("UTC", 2026, 12, 5, h, mi, s)
+    }
+
+    #[test]
+    fn a_slice_made_before_a_window_and_sent_after_it_crossed_it() {
+        let q = QuietHours::parse("13:00-14:30", "UTC").unwrap();
+        assert!(
+            q.crossed(utc(12, 59, 50), utc(14, 30, 1)),
+            "made before, sent after"
+        );
+        assert!(q.crossed(utc(12, 0, 0), utc(13, 0, 0)), "sent as it began");
+        assert!(
+            !q.crossed(utc(14, 30, 0), utc(23, 0, 0)),
+            "made after it ended"
+        );
+        assert!(!q.crossed(utc(9, 0, 0), utc(12, 59, 59)), "before it began");
+        assert!(
+            q.crossed(utc(15, 0, 0), utc(15, 0, 0) + 86_400),
+            "a day holds one"
+        );
+        assert!(!QuietHours::off().crossed(0, 1_000_000));
     }
 
     #[test]

@@ -259,6 +259,23 @@ async fn a_campaign_going_out_when_quiet_hours_begin_stops_at_its_next_slice_and
     let expected = once_each(&["c-big"], &subscribers);
     assert_eq!(row_pairs(&f).await, expected);
     assert_eq!(output_pairs(&f), expected);
+    // What waited for the window's end was created when it went out, after it.
+    let before_end: i64 = f
+        .db
+        .query_one(
+            "SELECT count(*) FROM subscribers_feedback WHERE trigger_datetime_created < $1",
+            &[&(end as i32)],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(before_end, at_start.0, "a held slice kept its time from before the window");
+    let late = f
+        .read_output()
+        .iter()
+        .filter(|(_, v)| v["trigger_datetime_created"].as_i64() >= Some(end))
+        .count() as i64;
+    assert_eq!(late, 200_000 - at_start.1);
     drop(service);
     f.cleanup().await;
 }

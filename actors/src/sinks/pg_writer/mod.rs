@@ -90,6 +90,14 @@ pub struct PgJob {
 }
 
 impl PgJob {
+    /// The same job, its notifications created at `trigger_datetime_created` instead.
+    pub fn created_at(self, trigger_datetime_created: i64) -> PgJob {
+        PgJob {
+            batch: Arc::new(self.batch.created_at(trigger_datetime_created)),
+            ..self
+        }
+    }
+
     /// The job of the whole of `batch`, with the tokens of its chunks reserved.
     pub fn new(batch: Arc<NotificationBatch>, tokens: &mut Tokens) -> PgJob {
         let all = 0..batch.len();
