@@ -7,15 +7,18 @@
 //! handed to the broker. It is one shared set, replaced whole at each read, so a look-up is a
 //! lock-free read of its current version.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 /// A recalled campaign: (restaurant, campaign).
 pub type RecallKey = (String, String);
 
+/// Recalled campaign ids by restaurant: looked up with borrowed ids, nothing allocated.
+type ByRestaurant = HashMap<String, HashSet<String>>;
+
 /// The recalled campaigns; cheap to clone (every clone is the same set).
 #[derive(Clone, Default)]
-pub struct Recalls(Arc<RwLock<Arc<HashSet<RecallKey>>>>);
+pub struct Recalls(Arc<RwLock<Arc<ByRestaurant>>>);
 
 impl Recalls {
     /// The set as it is now: a look-up after this does not take the lock.
@@ -25,15 +28,19 @@ impl Recalls {
 
     /// Replaces the set with what the table says.
     pub fn replace(&self, keys: HashSet<RecallKey>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        let mut by: ByRestaurant = HashMap::new();
+        for (restaurant, campaign) in keys {
+            by.entry(restaurant).or_default().insert(campaign);
+        }
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(by);
     }
 
     /// Adds one recall (decided here, before the next read of the table).
-    pub fn add(&self, key: RecallKey) {
+    pub fn add(&self, (restaurant, campaign): RecallKey) {
         let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if !set.contains(&key) {
-            let mut grown = HashSet::clone(&set);
-            grown.insert(key);
+        if !Recalled(set.clone()).contains(&restaurant, &campaign) {
+            let mut grown = ByRestaurant::clone(&set);
+            grown.entry(restaurant).or_default().insert(campaign);
             *set = Arc::new(grown);
         }
     }
@@ -44,15 +51,13 @@ impl Recalls {
 }
 
 /// The recalled campaigns at one moment.
-pub struct Recalled(Arc<HashSet<RecallKey>>);
+pub struct Recalled(Arc<ByRestaurant>);
 
 impl Recalled {
     pub fn contains(&self, restaurant: &str, campaign: &str) -> bool {
-        // Most of the time nothing is recalled: no key is built.
-        !self.0.is_empty()
-            && self
-                .0
-                .contains(&(restaurant.to_owned(), campaign.to_owned()))
+        self.0
+            .get(restaurant)
+            .is_some_and(|campaigns| campaigns.contains(campaign))
     }
 }
 
