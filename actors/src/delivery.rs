@@ -153,18 +153,18 @@ impl Delivery {
             if slices.len() == 1 {
                 let mut progress = Progress::default();
                 if let Some(job) = slices.into_iter().next() {
-                    progress.add(routes.clone().deliver_slice(Slice::Only(job)).await);
+                    progress.add(routes.clone().deliver_slice(job, false).await);
                 }
                 return progress.finish(&routes, &batch, origin).await;
             }
-            let mut slices = slices.into_iter().map(Slice::Large);
+            let mut slices = slices.into_iter();
             let mut running = FuturesUnordered::new();
             let mut progress = Progress::default();
             let mut at_once = 1;
             loop {
                 while running.len() < at_once && progress.goes_on() {
                     let Some(job) = slices.next() else { break };
-                    running.push(routes.clone().deliver_slice(job));
+                    running.push(routes.clone().deliver_slice(job, true));
                 }
                 // Slices under way are always finished, even after one failed: each must end
                 // with its marks cleared or its rows withdrawn.
@@ -279,12 +279,6 @@ impl Progress {
     }
 }
 
-/// A slice to deliver: the only one of its campaign, or one of a large campaign's.
-enum Slice {
-    Only(PgJob),
-    Large(PgJob),
-}
-
 /// A slice's share of the budget (and of the large campaigns' part of it), held until both sinks
 /// confirmed it; counted in `notifications_in_flight`.
 struct InFlight {
@@ -303,12 +297,9 @@ impl Drop for InFlight {
 
 impl Routes {
     /// Waits for room in the budget, then writes the slice to Postgres, its new rows to Kafka, and
-    /// clears the marks (or withdraws the rows Kafka refused).
-    async fn deliver_slice(self: Rc<Self>, slice: Slice) -> SliceOutcome {
-        let (job, large) = match slice {
-            Slice::Only(job) => (job, false),
-            Slice::Large(job) => (job, true),
-        };
+    /// clears the marks (or withdraws the rows Kafka refused). `large`: one slice of several,
+    /// whose share comes from the budget less its reserve.
+    async fn deliver_slice(self: Rc<Self>, job: PgJob, large: bool) -> SliceOutcome {
         // Quiet hours: not written before they end; a slice made before them is created anew
         // when it goes out.
         self.quiet.wait_outside(&self.clock).await;

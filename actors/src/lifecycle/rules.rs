@@ -232,11 +232,10 @@ fn fired(
     }
     let new_end = version > kept.version
         && arriving.adv_campaign_datetime_end != kept.campaign.adv_campaign_datetime_end;
-    let store = new_end.then_some(State::Active);
     match phase {
-        Phase::Active => (Decision::Deliver, store),
-        // A repeat after the end.
-        Phase::Over => (Decision::Ended, store),
+        Phase::Active => (Decision::Deliver, new_end.then_some(State::Active)),
+        // A repeat after the end (a newer version that is over recalled it above).
+        Phase::Over => (Decision::Ended, None),
         // Fired, yet its start is ahead: another instance's clock ran ahead. It stays fired.
         Phase::Before => (Decision::Superseded, None),
     }
