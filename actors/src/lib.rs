@@ -45,7 +45,9 @@
 //!   that says so.
 //! - [`lifecycle`]: the durable table of campaigns; scheduled ones fired at their start, newer
 //!   versions replacing or cancelling them, the `Lifecycle` actor.
-//! - [`cache`]: the compact snapshot and the actor that loads and refreshes it.
+//! - [`cache`]: the compact snapshot and the actor that loads and refreshes it; [`changes`]: the
+//!   table followed by its changes through logical decoding (the pgoutput messages, the slot,
+//!   what the server allows).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`; [`liveness`]: the heartbeats of the loops
 //!   `/healthz` watches.
 //! - [`kafka`]: the one producer path, error classification, the read-back scan.
@@ -70,6 +72,7 @@
 
 pub mod cache;
 pub mod campaign;
+pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod contract;
