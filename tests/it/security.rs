@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster::run_dir;
 use crate::common::secure::{SecureBroker, USER};
 use crate::common::{Fixture, Service, CONTRACT_OUTPUT, SAMPLE, SAMPLE_RESTAURANT};
 
@@ -126,13 +127,6 @@ async fn encrypted(client: &tokio_postgres::Client) -> bool {
         .await
         .expect("pg_stat_ssl")
         .get(0)
-}
-
-fn run_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "cn-test-{}-{name}",
-        std::env::var("CN_TEST_RUN_ID").expect("CN_TEST_RUN_ID")
-    ))
 }
 
 #[actix_rt::test]

@@ -14,8 +14,11 @@
 //! - [`counts`]: every (campaign, client) pair counted in each sink.
 //! - [`load`]: restaurants with subscribers, campaigns over them, waits for both sinks.
 //! - [`secure`]: a broker behind SCRAM and TLS, and a Postgres with TLS.
+//! - [`cluster`]: a Postgres server of a test's own (made, stopped, started again), and one with
+//!   `wal_level = logical` for the logical decoding tests.
 
 pub mod broker;
+pub mod cluster;
 pub mod counts;
 pub mod database;
 pub mod fixture;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{free_port, wait_listening};
+use super::{cluster, free_port, wait_listening};
 
 pub const USER: &str = "notifier";
 
@@ -206,34 +206,6 @@ pub struct TlsPostgres {
     data: PathBuf,
 }
 
-/// Runs a Postgres server program as the `postgres` user when the tests run as root (initdb
-/// refuses root), as the current user otherwise.
-fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
-    let bin = Path::new("/usr/lib/postgresql")
-        .read_dir()
-        .ok()
-        .and_then(|versions| versions.flatten().map(|v| v.path()).max())
-        .map(|v| v.join("bin").join(program))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(program));
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n");
-    let mut command = match root {
-        Ok(true) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&bin);
-            c
-        }
-        _ => Command::new(&bin),
-    };
-    command
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
-}
-
 impl TlsPostgres {
     pub fn start(dir: PathBuf) -> TlsPostgres {
         let _ = std::fs::remove_dir_all(&dir);
@@ -241,30 +213,6 @@ impl TlsPostgres {
         certificates(&dir, "IP:127.0.0.1");
         run(&dir, "chmod", &["0600", "server.key"]);
         run(&dir, "chmod", &["0755", "."]);
-        let data = dir.join("data");
-        // The server's own files belong to the user it runs as.
-        let _ = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status();
-        let data_arg = data.display().to_string();
-        let out = as_postgres(
-            "initdb",
-            &[
-                "-D",
-                &data_arg,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let port = free_port();
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
@@ -272,19 +220,9 @@ impl TlsPostgres {
              fsync = off\n",
             dir = dir.display()
         );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("postgresql.conf");
-        std::io::Write::write_all(&mut file, conf.as_bytes()).expect("write postgresql.conf");
-        let log = dir.join("postgres.log").display().to_string();
-        let out = as_postgres("pg_ctl", &["-D", &data_arg, "-l", &log, "-w", "start"]);
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        // The server's own files, certificates included, belong to the user it runs as.
+        let data = cluster::init(&dir, &conf);
+        cluster::start(&data, &dir.join("postgres.log"));
         TlsPostgres {
             ca_file: dir.join("ca.pem"),
             other_ca_file: dir.join("other-ca.pem"),
@@ -301,7 +239,6 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        let data = self.data.display().to_string();
-        let _ = as_postgres("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = cluster::stop(&self.data, "immediate");
     }
 }
