@@ -18,6 +18,7 @@ macro_rules! suite {
 
 suite!(
     caps,
+    changes,
     common,
     controls,
     demo,

@@ -1,0 +1,8 @@
+//! Following `subscribers_restaurants` by its changes, against a Postgres of the test's own with
+//! `wal_level = logical` ([`crate::common::cluster::LogicalPostgres`]); no broker.
+//!
+//! - [`decoding`]: the slot peeked and advanced, its pgoutput messages decoded into pair changes
+//!   in commit order, which LSN to advance to, what the slot holds back, and what the server
+//!   allows (the run's shared server, with wal_level replica, is told what it lacks).
+
+mod decoding;
