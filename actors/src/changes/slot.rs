@@ -4,6 +4,8 @@
 //!
 //! How the positions work, as checked against Postgres 15 (tests/it/changes/decoding.rs):
 //!
+//! - A logical slot belongs to the database it was created in, and is read from a session of that
+//!   database: the service's own (where the table is).
 //! - A slot sees the changes of transactions that commit after it was created. The first peek
 //!   needs no position: `upto_lsn` NULL reads from the slot's confirmed position, which creation
 //!   set, to the end of the WAL.
@@ -18,12 +20,14 @@
 //! - A peek returns whole transactions: it stops at the first Commit after `max_changes` rows,
 //!   so it may return more rows than asked.
 //! - Transactions that touch only other tables give no rows at all (pgoutput skips empty
-//!   transactions), so a peek of a quiet table returns nothing and the slot's position does not
-//!   move: the WAL behind it is kept, and [`state`]'s `retained_bytes` grows with everything the
-//!   server writes, until a change of our table comes and is advanced past.
+//!   transactions), so a peek of a quiet table returns nothing and advancing to the last Commit
+//!   leaves the slot where it was: the server keeps all the WAL written since, and [`state`]'s
+//!   `lag_bytes` and `retained_bytes` grow with everything the server writes until a change of
+//!   our table comes. [`peek_with_position`] gives a position past those writes too.
 //!
 //! Must not touch: the decoding of the messages ([`super::pgoutput`]) or where they are stored.
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
@@ -35,17 +39,23 @@ pub struct Message {
 }
 
 /// Creates the logical slot `slot` with plugin pgoutput unless it exists; true when created.
+///
+/// It waits for the transactions running at that moment to end (the slot needs a consistent
+/// starting point), so a long transaction elsewhere holds it up.
 pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, tokio_postgres::Error> {
-    // One statement, so that two instances starting together do not both try to create it;
-    // the loser of a race still gets the server's "already exists" error, which a retry clears.
-    let rows = client
+    let created = client
         .query(
             "SELECT pg_create_logical_replication_slot($1::name, 'pgoutput') \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1::name)",
             &[&slot],
         )
-        .await?;
-    Ok(!rows.is_empty())
+        .await;
+    match created {
+        Ok(rows) => Ok(!rows.is_empty()),
+        // Another instance created it between the look and the call.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Up to about `max_changes` messages from the slot's confirmed position, without consuming them
@@ -71,6 +81,54 @@ pub async fn peek(
             })
         })
         .collect()
+}
+
+/// What [`peek_with_position`] read, and how far the slot may be advanced once it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked {
+    pub messages: Vec<Message>,
+    /// Where to [`advance`] once every message is stored: the lsn of the last Commit row, or, when
+    /// the peek read to the end of the WAL, the WAL position read before it, if that is further
+    /// (past the writes of other tables, which give no rows). `None`: nothing to advance past.
+    pub advance_to: Option<PgLsn>,
+}
+
+/// [`peek`], and the position the slot may be advanced to once the messages are stored, so that
+/// a table with no changes of its own does not keep the server's WAL for ever.
+///
+/// The WAL flush position is read first; a peek that returns fewer than `max_changes` rows was
+/// not cut short, so it decoded every transaction whose commit record starts before that
+/// position, and advancing there skips none.
+pub async fn peek_with_position(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    max_changes: i32,
+) -> Result<Peeked, tokio_postgres::Error> {
+    let flushed: PgLsn = client
+        .query_one("SELECT pg_current_wal_flush_lsn()", &[])
+        .await?
+        .try_get(0)?;
+    let messages = peek(client, slot, publication, max_changes).await?;
+    let last_commit = messages
+        .iter()
+        .rev()
+        .find(|m| m.data.first() == Some(&b'C'))
+        .map(|m| m.lsn);
+    // No limit (0) or fewer rows than the limit: the peek read to the end of the WAL.
+    let read_to_the_end = match usize::try_from(max_changes) {
+        Ok(0) | Err(_) => true,
+        Ok(max) => messages.len() < max,
+    };
+    let advance_to = match (last_commit, read_to_the_end) {
+        (Some(commit), true) => Some(commit.max(flushed)),
+        (None, true) => Some(flushed),
+        (commit, false) => commit,
+    };
+    Ok(Peeked {
+        messages,
+        advance_to,
+    })
 }
 
 /// Everything up to and including the message at `lsn` has been stored: the slot may free it.

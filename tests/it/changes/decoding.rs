@@ -164,6 +164,10 @@ async fn inserts_moves_and_deletes_come_out_of_the_slot_in_commit_order_with_the
         assert_eq!(t.commit_row_lsn, t.end_lsn, "the Commit row's lsn is the end LSN");
         assert!(t.commit_lsn < t.end_lsn, "{t:?}");
     }
+    // A peek cut short by its limit may be advanced only past what it returned.
+    let limited = slot::peek_with_position(&db, SLOT, PUBLICATION, 1).await.unwrap();
+    assert_eq!(transactions(&limited.messages).len(), 1);
+    assert_eq!(limited.advance_to, Some(read[0].commit_row_lsn));
     advance_and_peek_again(&db, &read).await;
     drop(server);
 }
@@ -192,7 +196,7 @@ async fn advance_and_peek_again(db: &Client, read: &[Transaction]) {
 }
 
 #[actix_rt::test]
-async fn the_slot_keeps_its_position_across_a_restart_and_other_tables_hold_it_back() {
+async fn other_tables_hold_the_slot_back_until_advanced_past_and_it_keeps_its_place_across_a_restart() {
     let mut server = LogicalPostgres::start(run_dir("logical-restart"));
     let db = connect(&server.url()).await;
     prepare(&db).await;
@@ -211,6 +215,14 @@ async fn the_slot_keeps_its_position_across_a_restart_and_other_tables_hold_it_b
     assert!(peek(&db).await.is_empty());
     let held = slot::state(&db, SLOT).await.unwrap().expect("slot state");
     assert!(held.lag_bytes > 100_000, "{held:?}");
+    // The position read before the peek lets the slot past them.
+    let peeked = slot::peek_with_position(&db, SLOT, PUBLICATION, 1000).await.unwrap();
+    assert!(peeked.messages.is_empty());
+    let position = peeked.advance_to.expect("a position past the other tables' writes");
+    assert!(position > first[0].commit_row_lsn);
+    slot::advance(&db, SLOT, position).await.expect("advance");
+    let freed = slot::state(&db, SLOT).await.unwrap().expect("slot state");
+    assert!(freed.lag_bytes < 1_000, "{freed:?}");
 
     db.batch_execute("DELETE FROM subscribers_restaurants WHERE client_id = 'c1'")
         .await
