@@ -15,8 +15,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::cache::snapshot::Snapshot;
-use crate::cache::SnapshotLoaded;
+use crate::cache::snapshot::{Entry, Snapshot};
+use crate::cache::{Subscribers, SubscribersChanged};
 use crate::campaign::parse_message;
 use crate::clock::Clock;
 use crate::delivery::{Delivery, Origin};
@@ -31,7 +31,7 @@ use crate::shared::Shared;
 use crate::sinks::dead_letter_writer::DeadLetter;
 
 pub struct Enricher {
-    snapshot: Option<Arc<Snapshot>>,
+    subscribers: Option<Subscribers>,
     /// Shared by every campaign's future: one reference count per campaign.
     joiner: Rc<Joiner>,
     lifecycle: HandOff<Arc<Arrival>, Recorded>,
@@ -56,7 +56,7 @@ impl Enricher {
             metrics: shared.metrics.clone(),
         });
         Enricher {
-            snapshot: None,
+            subscribers: None,
             joiner,
             lifecycle: HandOff::new(lifecycle),
             max_campaign_bytes,
@@ -105,10 +105,10 @@ struct Joiner {
 }
 
 impl Joiner {
-    fn deliver(&self, arrival: &Arrival, subscribers: Option<&Arc<Snapshot>>) -> Outcome {
+    /// `found`: the snapshot holding the campaign's restaurant's subscribers, and where.
+    fn deliver(&self, arrival: &Arrival, found: Option<(Arc<Snapshot>, Entry)>) -> Outcome {
         let campaign = &arrival.campaign;
-        let entry = subscribers.and_then(|s| s.lookup(&campaign.restaurant_id).map(|e| (s, e)));
-        let Some((snapshot, entry)) = entry else {
+        let Some((snapshot, entry)) = found else {
             return Box::pin(async { CampaignOutcome::NoSubscribers });
         };
         let now = self.clock.now_secs();
@@ -116,7 +116,7 @@ impl Joiner {
             campaign.clone(),
             now,
             arrival.source.clone(),
-            snapshot.clone(),
+            snapshot,
             entry,
         );
         // The end is inclusive: its whole last second may still be used.
@@ -157,11 +157,11 @@ impl Actor for Enricher {
     }
 }
 
-impl Handler<SnapshotLoaded> for Enricher {
+impl Handler<SubscribersChanged> for Enricher {
     type Result = ();
 
-    fn handle(&mut self, msg: SnapshotLoaded, _: &mut Context<Self>) {
-        self.snapshot = Some(msg.0);
+    fn handle(&mut self, msg: SubscribersChanged, _: &mut Context<Self>) {
+        self.subscribers = Some(msg.0);
     }
 }
 
@@ -200,7 +200,7 @@ impl Enricher {
             }
         };
         let recorded = self.lifecycle.send(arrival.clone());
-        let (joiner, snapshot) = (self.joiner.clone(), self.snapshot.clone());
+        let (joiner, subscribers) = (self.joiner.clone(), self.subscribers.clone());
         Box::pin(async move {
             let unconfirmed = |reason| CampaignOutcome::Unconfirmed {
                 sink: "lifecycle",
@@ -210,7 +210,11 @@ impl Enricher {
                 return unconfirmed("the lifecycle stopped before recording the campaign".into());
             };
             let done: Outcome = match recorded.decision {
-                Decision::Deliver => joiner.deliver(&arrival, snapshot.as_ref()),
+                Decision::Deliver => {
+                    let found = (subscribers.as_ref())
+                        .and_then(|s| s.lookup(&arrival.campaign.restaurant_id));
+                    joiner.deliver(&arrival, found)
+                }
                 Decision::Ended => joiner.ended(&arrival),
                 decision => Box::pin(async move {
                     match decision {
@@ -242,7 +246,9 @@ impl Handler<Fire> for Enricher {
         if self.joiner.window.phase(&msg.arrival.campaign, now) == Phase::Over {
             return Box::pin(async { CampaignOutcome::Ended });
         }
-        self.joiner.deliver(&msg.arrival, Some(&msg.subscribers))
+        let found = (msg.subscribers.lookup(&msg.arrival.campaign.restaurant_id))
+            .map(|entry| (msg.subscribers.clone(), entry));
+        self.joiner.deliver(&msg.arrival, found)
     }
 }
 
@@ -459,7 +465,7 @@ mod tests {
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-b");
-        enricher.do_send(SnapshotLoaded(Arc::new(b.build())));
+        enricher.do_send(SubscribersChanged(Subscribers::new(Arc::new(b.build()))));
         (enricher, log)
     }
 

@@ -449,6 +449,32 @@ impl Event for CacheLoaded {
     }
 }
 
+/// Changes of `subscribers_restaurants` applied to this instance's snapshot, read at `now`.
+pub struct SubscriberChangesApplied<'a> {
+    pub changes: &'a [crate::changes::table::StoredChange],
+    pub now: std::time::SystemTime,
+}
+
+impl Event for SubscriberChangesApplied<'_> {
+    fn emit(self, metrics: &Metrics) {
+        use crate::changes::table::Op;
+        for c in self.changes {
+            let op = match c.op {
+                Op::Add => "add",
+                Op::Remove => "remove",
+                Op::Reload => continue,
+            };
+            metrics
+                .subscriber_changes_applied
+                .with_label_values(&[op])
+                .inc();
+            metrics
+                .subscriber_change_lag
+                .observe(c.age(self.now).as_secs_f64());
+        }
+    }
+}
+
 /// A load of the subscriber snapshot failed; `serving` says whether an older one is in use.
 pub struct CacheLoadFailed<'a> {
     pub error: &'a (dyn std::error::Error + 'static),

@@ -339,9 +339,9 @@ metrics! {
     /// Pairs of `subscribers_restaurants` the last load left out (an id over the length limit).
     cache_pairs_skipped: IntGauge = gauge("cache_pairs_skipped",
         "Pairs the last load left out for an id longer than the limit");
-    /// Subscriber pairs in the loaded snapshot.
+    /// Subscriber pairs in the snapshot in use, with the changes applied since it was loaded.
     cache_pairs: IntGauge = gauge("cache_pairs",
-        "Subscriber pairs in the loaded snapshot");
+        "Subscriber pairs in the snapshot in use, with the changes applied since it was loaded");
     /// Restaurants with at least one subscriber in the loaded snapshot.
     cache_restaurants: IntGauge = gauge("cache_restaurants",
         "Restaurants with subscribers in the loaded snapshot");
@@ -406,6 +406,30 @@ metrics! {
     /// then had been followed and its notifications confirmed (0 elsewhere).
     change_feed_lag: Gauge = float_gauge("change_feed_lag_seconds",
         "Seconds since every subscription added before then was followed and notified (on the instance following the feed)");
+    /// How `subscribers_restaurants`' changes are followed: 1 for the mode in use
+    /// (`logical`, `trigger` or `ids`).
+    subscriber_changes_mode: IntGaugeVec = gauges("subscriber_changes_mode",
+        "1 for the way subscribers_restaurants' changes are followed (logical, trigger, ids)", &["mode"]);
+    /// From a change's commit in `subscribers_restaurants` until this instance's join uses it.
+    subscriber_change_lag: Histogram = histogram("subscriber_change_lag_seconds",
+        "From a change's commit in subscribers_restaurants until this instance's join uses it", FIRE_SECONDS);
+    /// Changes of pairs applied to this instance's snapshot, by op (`add`, `remove`).
+    subscriber_changes_applied: IntCounterVec = counters("subscriber_changes_applied_total",
+        "Changes of subscribers_restaurants applied to this instance's snapshot, by op", &["op"]);
+    /// Clients added or removed since the snapshot in use was loaded (a reload folds them in).
+    subscriber_changes_unfolded: IntGauge = gauge("subscriber_changes_unfolded",
+        "Clients added or removed since the snapshot in use was loaded");
+    /// The logical mode, on the change feed's leader: WAL written since the slot's confirmed
+    /// position (what the service has yet to read).
+    replication_slot_lag_bytes: IntGauge = gauge("replication_slot_lag_bytes",
+        "WAL written since the replication slot's confirmed position (on the change feed's leader)");
+    /// The logical mode, on the change feed's leader: WAL the server keeps for the slot.
+    replication_slot_retained_bytes: IntGauge = gauge("replication_slot_retained_bytes",
+        "WAL the server keeps for the replication slot (on the change feed's leader)");
+    /// 1 for the replication slot's `wal_status` (`reserved`, `extended`, `unreserved`,
+    /// `lost`), on the change feed's leader.
+    replication_slot_wal_status: IntGaugeVec = gauges("replication_slot_wal_status",
+        "1 for the replication slot's wal_status (on the change feed's leader)", &["status"]);
     /// 1 while this instance's lease is valid (it may write), 0 while it is lapsed or fenced.
     lease_valid: IntGauge = gauge("lease_valid",
         "1 while this instance's lease is valid and it may write, 0 while lapsed or fenced");

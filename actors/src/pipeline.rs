@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::cache::{RefreshCache, SnapshotInfo, SubscriberCache};
+use crate::cache::{CacheWiring, RefreshCache, SnapshotInfo, SubscriberCache, Subscribers};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
@@ -64,6 +64,8 @@ pub enum StartError {
     LeaseConnect(#[source] crate::postgres::ConnectError),
     #[error("cannot take this instance's lease")]
     Lease(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Changes(#[from] crate::changes::mode::ModeError),
 }
 
 /// How long the start-up check waits for a broker to answer before going on without one.
@@ -94,6 +96,7 @@ pub struct Pipeline {
     pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
     reader: Addr<KafkaReader>,
     cache: Addr<SubscriberCache>,
+    subscribers: watch::Receiver<Option<Subscribers>>,
     writers: Writers,
     lifecycle: Addr<Lifecycle>,
     lease_keeper: Addr<LeaseKeeper>,
@@ -142,13 +145,14 @@ impl Pipeline {
             pg_writer: writers.postgres.clone(),
         });
         let (enricher, lifecycle) = start_enricher(&settings, &writers, owner, &shared, &arbiters);
-        let cache = start_cache(
-            &settings,
-            vec![enricher.clone().recipient(), lifecycle.clone().recipient()],
-            &shared,
-            &arbiters,
+        let (current, subscribers) = watch::channel(None);
+        let wiring = CacheWiring {
+            snapshots: vec![lifecycle.clone().recipient()],
+            views: vec![enricher.clone().recipient()],
             published,
-        );
+            current,
+        };
+        let cache = start_cache(&settings, wiring, &shared, &arbiters);
         let reader =
             start_reader_after_first_snapshot(&settings, &mut snapshot, enricher, &shared).await?;
 
@@ -158,6 +162,7 @@ impl Pipeline {
             snapshot,
             reader,
             cache,
+            subscribers,
             writers,
             lifecycle,
             lease_keeper,
@@ -182,6 +187,11 @@ impl Pipeline {
             Some(reason) => reason,
             None => std::future::pending().await,
         }
+    }
+
+    /// The subscribers the join uses now (`None` before the first load).
+    pub fn subscribers(&self) -> Option<Subscribers> {
+        self.subscribers.borrow().clone()
     }
 
     /// Asks the cache to reload now.
@@ -286,6 +296,10 @@ async fn prepare_to_write(
     stage: &watch::Sender<Stage>,
 ) -> Result<(i32, TriggerColumn), StartError> {
     let trigger_column = prepare_schema(settings, shared.clock.now_secs()).await?;
+    stage.send_replace(Stage::Starting(
+        "asking how subscription changes can be followed",
+    ));
+    resolve_changes(settings).await?;
     stage.send_replace(Stage::Starting("checking the Kafka brokers"));
     check_kafka_access(settings).await?;
     stage.send_replace(Stage::Starting("taking this instance's lease"));
@@ -411,6 +425,21 @@ async fn prepare_schema(settings: &Settings, now_secs: i64) -> Result<TriggerCol
             .map_err(StartError::Schema)?;
     }
     Ok(trigger_column::check_at_start(&client, now_secs).await?)
+}
+
+/// Which way the changes of `subscribers_restaurants` are followed (`cache.changes`), as the
+/// server allows; every part that follows them is told.
+async fn resolve_changes(settings: &mut Settings) -> Result<(), StartError> {
+    let mut client = crate::postgres::connect(&settings.postgres, "schema")
+        .await
+        .map_err(StartError::SchemaConnect)?;
+    let names = settings.cache.slot_names();
+    let resolved =
+        crate::changes::mode::resolve(&mut client, settings.cache.changes, &names).await?;
+    log::info!("subscriber changes are followed by {}", resolved.why);
+    settings.lifecycle.changes = resolved.mode.clone();
+    settings.changes = resolved.mode;
+    Ok(())
 }
 
 fn output_target(settings: &Settings) -> OutputTarget {
@@ -639,21 +668,20 @@ fn start_enricher(
     (enricher, lifecycle)
 }
 
-/// Starts the cache; `published` tells of each snapshot loaded.
+/// Starts the cache; `wiring` says who hears of it.
 fn start_cache(
     settings: &Settings,
-    subscribers: Vec<Recipient<crate::cache::SnapshotLoaded>>,
+    wiring: CacheWiring,
     shared: &Shared,
     arbiters: &Arbiters,
-    published: watch::Sender<Option<SnapshotInfo>>,
 ) -> Addr<SubscriberCache> {
     let cache = SubscriberCache::new(
         settings.postgres.clone(),
-        settings.cache_refresh_interval,
+        settings.cache.clone(),
+        settings.changes.clone(),
         settings.cache_restart.clone(),
-        subscribers,
+        wiring,
         shared.clone(),
-        published,
     );
     Supervisor::start_in_arbiter(&arbiters.cache.handle(), move |_| cache)
 }

@@ -1,13 +1,22 @@
 //! The subscriber cache: the restaurant -> subscribers mapping, in memory and fresh.
 //!
 //! [`snapshot`] is the compact immutable mapping; [`subscriber_cache`] loads it from
-//! `subscribers_restaurants` with one binary `COPY` and reloads it on an interval.
+//! `subscribers_restaurants` with one binary `COPY`, reloads it on an interval, and (where the
+//! table's changes are followed, see [`crate::changes`]) applies them as they come, as
+//! [`overlay::Subscribers`]: the snapshot with the restaurants changed since.
 //!
-//! Must not touch: anything but `subscribers_restaurants`, which it only reads. (It is not that
-//! table's only reader: the lifecycle reads it fresh for the audience of a fire and follows its
-//! new rows; the snapshot is what the join of arriving campaigns uses.)
+//! Must not touch: anything but `subscribers_restaurants`, which it only reads, and
+//! `campaign_notifier_pair_changes`, which it only reads. (It is not that table's only reader:
+//! the lifecycle reads it fresh for the audience of a fire and follows its new rows; the
+//! snapshot is what the join of arriving campaigns uses.)
 
+pub mod follow;
+pub mod overlay;
 pub mod snapshot;
 pub mod subscriber_cache;
 
-pub use subscriber_cache::{load, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache};
+pub use overlay::Subscribers;
+pub use subscriber_cache::{
+    load, CacheWiring, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache,
+    SubscribersChanged,
+};

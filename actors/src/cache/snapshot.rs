@@ -83,7 +83,7 @@ impl std::fmt::Display for ClientId<'_> {
 }
 
 /// Parses `s` as a UUID only when formatting it back gives `s` again byte for byte.
-fn canonical_uuid(s: &str) -> Option<u128> {
+pub(crate) fn canonical_uuid(s: &str) -> Option<u128> {
     if s.len() != 36 {
         return None;
     }
@@ -123,6 +123,24 @@ impl Snapshot {
         }
     }
 
+    /// Whether `client` is among `entry`'s clients (each restaurant's ids are kept sorted).
+    pub fn holds(&self, entry: &Entry, client: ClientId<'_>) -> bool {
+        match client {
+            ClientId::Uuid(v) => {
+                let start = entry.uuid_start as usize;
+                self.uuids[start..start + entry.uuid_len as usize]
+                    .binary_search(&v)
+                    .is_ok()
+            }
+            ClientId::Text(s) => {
+                let start = entry.text_start as usize;
+                self.texts[start..start + entry.text_len as usize]
+                    .binary_search_by(|t| (**t).cmp(s))
+                    .is_ok()
+            }
+        }
+    }
+
     /// The clients of `restaurant_id` here that `older` does not have (subscribed between the two
     /// loads), as text.
     pub fn added_since(&self, older: &Snapshot, restaurant_id: &str) -> Vec<String> {
@@ -147,6 +165,11 @@ impl Snapshot {
 
     pub fn restaurants(&self) -> usize {
         self.index.len()
+    }
+
+    /// Every restaurant with its clients' entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Entry)> + '_ {
+        self.index.iter().map(|(name, entry)| (&**name, *entry))
     }
 }
 
@@ -174,17 +197,30 @@ impl SnapshotBuilder {
             self.skipped += 1;
             return;
         }
+        let r = self.number(restaurant_id);
+        match canonical_uuid(client_id) {
+            Some(v) => self.uuid_rows.push((r, v)),
+            None => self.text_rows.push((r, client_id.into())),
+        }
+    }
+
+    /// Adds a pair whose client id is taken from another snapshot (already checked).
+    pub fn push_id(&mut self, restaurant_id: &str, client: ClientId<'_>) {
+        let r = self.number(restaurant_id);
+        match client {
+            ClientId::Uuid(v) => self.uuid_rows.push((r, v)),
+            ClientId::Text(s) => self.text_rows.push((r, s.into())),
+        }
+    }
+
+    fn number(&mut self, restaurant_id: &str) -> u32 {
         let next = self.restaurants.len() as u32;
-        let r = match self.restaurants.get(restaurant_id) {
+        match self.restaurants.get(restaurant_id) {
             Some(&r) => r,
             None => {
                 self.restaurants.insert(restaurant_id.into(), next);
                 next
             }
-        };
-        match canonical_uuid(client_id) {
-            Some(v) => self.uuid_rows.push((r, v)),
-            None => self.text_rows.push((r, client_id.into())),
         }
     }
 

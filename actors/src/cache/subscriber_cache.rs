@@ -1,23 +1,36 @@
-//! `SubscriberCache`: loads `subscribers_restaurants` into a [`Snapshot`] and reloads it on an
-//! interval.
+//! `SubscriberCache`: loads `subscribers_restaurants` into a [`Snapshot`], reloads it on an
+//! interval and, where its changes are followed, applies them as they come.
 //!
 //! Each load reads the whole table with a binary `COPY` on a connection of its own, builds a new
-//! snapshot beside the old one, and hands it to the enricher in a [`SnapshotLoaded`] message: the
-//! enricher swaps one `Arc` and never waits on a load. A failed load keeps the previous snapshot
-//! (stale beats empty) and restarts the actor, which tries again after the restart policy's
-//! backoff. The cache runs on an arbiter of its own so a long load does not hold up the data path.
+//! snapshot beside the old one, and hands it on: to the enricher as [`SubscribersChanged`] (the
+//! snapshot with the changes read since, [`Subscribers`]), to the lifecycle as
+//! [`SnapshotLoaded`]. The enricher swaps one value and never waits on a load or a read. A
+//! failed load keeps the previous snapshot (stale beats empty) and restarts the actor, which
+//! tries again after the restart policy's backoff. The cache runs on an arbiter of its own so a
+//! long load does not hold up the data path.
+//!
+//! With the changes followed (`Mode::Logical` or `Mode::Trigger`), a full load is the start-up
+//! step and a safety net every `cache.changes_reload_interval_secs`; in between, every
+//! `cache.changes_poll_interval_ms` the changes stored since are read ([`super::follow`]) and
+//! applied. A `reload` row, deltas past a tenth of the snapshot, or reads failing for half the
+//! time changes are kept, make it load again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use futures::{pin_mut, TryStreamExt};
 use tokio::sync::watch;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
+use super::follow::{self, Following, Read, Start};
+use super::overlay::Subscribers;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
-use crate::events::{CacheLoadFailed, CacheLoaded, Event};
+use crate::changes::Mode;
+use crate::config::CacheConfig;
+use crate::events::{CacheLoadFailed, CacheLoaded, Event, SubscriberChangesApplied};
 use crate::metrics::ActorKind;
 use crate::postgres::PostgresSettings;
 use crate::shared::Shared;
@@ -26,10 +39,15 @@ use crate::supervision::{RestartPolicy, Restarts};
 const COPY: &str = "COPY (SELECT restaurant_id, client_id FROM public.subscribers_restaurants) \
                     TO STDOUT (FORMAT binary)";
 
-/// A new subscriber snapshot is ready; the enricher uses it for every campaign from now on.
+/// A new subscriber snapshot is loaded (the lifecycle compares it with the one before).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SnapshotLoaded(pub Arc<Snapshot>);
+
+/// The subscribers changed (a load, or changes read): the enricher joins with these from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribersChanged(pub Subscribers);
 
 /// Reload the subscriber snapshot now instead of at the next tick.
 #[derive(Message)]
@@ -44,33 +62,50 @@ pub struct SnapshotInfo {
     pub loaded_at_unix: i64,
 }
 
+/// Who hears of the cache.
+pub struct CacheWiring {
+    pub snapshots: Vec<Recipient<SnapshotLoaded>>,
+    pub views: Vec<Recipient<SubscribersChanged>>,
+    pub published: watch::Sender<Option<SnapshotInfo>>,
+    /// The subscribers in use, for whoever looks (the benchmark, the tests).
+    pub current: watch::Sender<Option<Subscribers>>,
+}
+
 pub struct SubscriberCache {
     postgres: PostgresSettings,
-    refresh_interval: Duration,
-    subscribers: Vec<Recipient<SnapshotLoaded>>,
+    config: CacheConfig,
+    mode: Mode,
+    wiring: CacheWiring,
     shared: Shared,
-    published: watch::Sender<Option<SnapshotInfo>>,
     loading: bool,
     restarts: Restarts,
+    view: Option<Subscribers>,
+    following: Option<Following>,
+    follower: Option<Arc<Client>>,
+    reading: bool,
 }
 
 impl SubscriberCache {
     pub fn new(
         postgres: PostgresSettings,
-        refresh_interval: Duration,
+        config: CacheConfig,
+        mode: Mode,
         restart: RestartPolicy,
-        subscribers: Vec<Recipient<SnapshotLoaded>>,
+        wiring: CacheWiring,
         shared: Shared,
-        published: watch::Sender<Option<SnapshotInfo>>,
     ) -> SubscriberCache {
         SubscriberCache {
             postgres,
-            refresh_interval,
-            subscribers,
+            config,
+            mode,
+            wiring,
             shared,
-            published,
             loading: false,
             restarts: Restarts::new(ActorKind::SubscriberCache, restart),
+            view: None,
+            following: None,
+            follower: None,
+            reading: false,
         }
     }
 
@@ -79,22 +114,22 @@ impl SubscriberCache {
             return;
         }
         self.loading = true;
-        let postgres = self.postgres.clone();
+        let (postgres, follows) = (self.postgres.clone(), self.mode.follows_changes());
         let started = Instant::now();
         ctx.spawn(
-            load(postgres)
+            load_from(postgres, follows)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.loading = false;
                     match result {
-                        Ok(snapshot) => {
+                        Ok((snapshot, start)) => {
                             act.restarts.succeeded();
-                            act.loaded(snapshot, started.elapsed());
+                            act.loaded(snapshot, start, started.elapsed(), ctx);
                         }
                         Err(e) => {
                             CacheLoadFailed {
                                 error: &e,
-                                serving: act.published.borrow().is_some(),
+                                serving: act.wiring.published.borrow().is_some(),
                             }
                             .emit(&act.shared.metrics);
                             // The snapshot in use stays; the restart retries with backoff.
@@ -106,18 +141,26 @@ impl SubscriberCache {
         );
     }
 
-    fn loaded(&mut self, snapshot: Snapshot, took: Duration) {
+    fn loaded(
+        &mut self,
+        snapshot: Snapshot,
+        start: Option<Start>,
+        took: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         let skipped = snapshot.skipped();
         let info = SnapshotInfo {
             pairs: snapshot.pairs(),
             restaurants: snapshot.restaurants(),
             loaded_at_unix: self.shared.clock.now_secs(),
         };
-        let first = self.published.borrow().is_none();
+        let first = self.wiring.published.borrow().is_none();
         let snapshot = Arc::new(snapshot);
-        for s in &self.subscribers {
+        for s in &self.wiring.snapshots {
             s.do_send(SnapshotLoaded(snapshot.clone()));
         }
+        self.following = start.map(|s| Following::new(&s, Instant::now()));
+        self.publish(Subscribers::new(snapshot));
         CacheLoaded {
             pairs: info.pairs,
             restaurants: info.restaurants,
@@ -127,7 +170,101 @@ impl SubscriberCache {
             first,
         }
         .emit(&self.shared.metrics);
-        self.published.send_replace(Some(info));
+        self.wiring.published.send_replace(Some(info));
+        self.follow(ctx);
+    }
+
+    fn publish(&mut self, view: Subscribers) {
+        let metrics = &self.shared.metrics;
+        metrics.subscriber_changes_unfolded.set(view.changed() as i64);
+        metrics.cache_pairs.set(view.pairs() as i64);
+        for v in &self.wiring.views {
+            v.do_send(SubscribersChanged(view.clone()));
+        }
+        self.wiring.current.send_replace(Some(view.clone()));
+        self.view = Some(view);
+    }
+
+    /// Reads the changes stored since the last read, unless a read is under way.
+    fn follow(&mut self, ctx: &mut Context<Self>) {
+        let Some(following) = self.following.clone() else {
+            return;
+        };
+        if self.reading {
+            return;
+        }
+        let keep = self.config.changes_keep_secs;
+        if following.read_at.elapsed() > keep / 2 {
+            log::warn!(
+                "subscriber cache: the changes could not be read for {}s, some may have been \
+                 trimmed since: loading the whole table again",
+                following.read_at.elapsed().as_secs()
+            );
+            self.following = None;
+            return self.reload(ctx);
+        }
+        self.reading = true;
+        let (client, postgres) = (self.follower.clone(), self.postgres.clone());
+        let fut = async move {
+            let client = match client {
+                Some(c) => c,
+                None => Arc::new(
+                    crate::postgres::connect(&postgres, "subscriber changes")
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            let read = follow::read(&client, &following)
+                .await
+                .map_err(|e| crate::postgres::describe(&e))?;
+            Ok::<_, String>((client, read))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.reading = false;
+            match result {
+                Ok((client, read)) => {
+                    act.follower = Some(client);
+                    act.apply(read, ctx);
+                }
+                Err(e) => {
+                    act.follower = None;
+                    log::warn!("subscriber cache: cannot read the subscription changes: {e}");
+                }
+            }
+        }));
+    }
+
+    /// Applies what a read found, unless a load replaced the snapshot meanwhile.
+    fn apply(&mut self, read: Read, ctx: &mut Context<Self>) {
+        let (Some(following), Some(view)) = (self.following.as_mut(), self.view.as_ref()) else {
+            return;
+        };
+        following.cursor = read.cursor;
+        following.read_at = Instant::now();
+        let full = read.full;
+        if !read.changes.is_empty() {
+            let next = view.applied(&read.changes);
+            self.publish(next);
+            SubscriberChangesApplied {
+                changes: &read.changes,
+                now: SystemTime::now(),
+            }
+            .emit(&self.shared.metrics);
+        }
+        if let Some(why) = read.reload {
+            log::info!("subscriber cache: loading the whole table again: {why}");
+            return self.reload(ctx);
+        }
+        if self.view.as_ref().is_some_and(Subscribers::wants_reload) {
+            log::info!(
+                "subscriber cache: the changes since the last load have grown past a tenth of \
+                 the snapshot: loading the whole table again, which folds them in"
+            );
+            return self.reload(ctx);
+        }
+        if full {
+            self.follow(ctx);
+        }
     }
 }
 
@@ -142,9 +279,21 @@ pub enum LoadError {
 
 /// One full load of `subscribers_restaurants`, as the actor does it (also used by the benchmark).
 pub async fn load(postgres: PostgresSettings) -> Result<Snapshot, LoadError> {
+    Ok(load_from(postgres, false).await?.0)
+}
+
+/// A full load; with `follows`, where following the changes starts, read before the `COPY`.
+async fn load_from(
+    postgres: PostgresSettings,
+    follows: bool,
+) -> Result<(Snapshot, Option<Start>), LoadError> {
     let client = crate::postgres::connect(&postgres, "subscriber cache")
         .await
         .map_err(LoadError::Connect)?;
+    let start = match follows {
+        true => Some(follow::start_of(&client).await.map_err(LoadError::Read)?),
+        false => None,
+    };
     let stream = client.copy_out(COPY).await.map_err(LoadError::Read)?;
     let rows = BinaryCopyOutStream::new(stream, &[Type::VARCHAR, Type::VARCHAR]);
     pin_mut!(rows);
@@ -154,15 +303,32 @@ pub async fn load(postgres: PostgresSettings) -> Result<Snapshot, LoadError> {
         let client: &str = row.try_get(1).map_err(LoadError::Read)?;
         builder.push(restaurant, client);
     }
-    Ok(builder.build())
+    Ok((builder.build(), start))
 }
 
 impl Actor for SubscriberCache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let metrics = &self.shared.metrics;
+        for mode in ["logical", "trigger", "ids"] {
+            let on = (mode == self.mode.name()) as i64;
+            metrics
+                .subscriber_changes_mode
+                .with_label_values(&[mode])
+                .set(on);
+        }
         ctx.run_later(self.restarts.delay(), |act, ctx| act.reload(ctx));
-        ctx.run_interval(self.refresh_interval, |act, ctx| act.reload(ctx));
+        let every = match self.mode.follows_changes() {
+            true => self.config.changes_reload_interval_secs,
+            false => self.config.refresh_interval_secs,
+        };
+        ctx.run_interval(every, |act, ctx| act.reload(ctx));
+        if self.mode.follows_changes() {
+            ctx.run_interval(self.config.changes_poll_interval_ms, |act, ctx| {
+                act.follow(ctx)
+            });
+        }
     }
 }
 
@@ -172,6 +338,8 @@ impl Supervised for SubscriberCache {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.restarts.restarting(&self.shared);
         self.loading = false;
+        self.reading = false;
+        self.follower = None;
     }
 }
 

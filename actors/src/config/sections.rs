@@ -10,19 +10,51 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 
+use crate::changes::{ChangesSetting, SlotNames};
+
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// How often the subscriber snapshot is reloaded from `subscribers_restaurants`.
+    /// How often the subscriber snapshot is reloaded from `subscribers_restaurants` when its
+    /// changes are not followed (mode `ids`).
     #[serde_as(as = "DurationSeconds<u64>")]
     pub refresh_interval_secs: Duration,
+    /// How the table's changes are followed: `auto`, `logical`, `trigger` or `ids`.
+    pub changes: ChangesSetting,
+    /// With the changes followed, the full reload is a safety net this often.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub changes_reload_interval_secs: Duration,
+    /// How often every instance reads the changes stored since it last looked.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub changes_poll_interval_ms: Duration,
+    /// The logical mode's replication slot (one per deployment) and publication.
+    pub slot: String,
+    pub publication: String,
+    /// Stored changes are kept at least this long (an instance further behind reloads).
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub changes_keep_secs: Duration,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             refresh_interval_secs: Duration::from_secs(60),
+            changes: ChangesSetting::Auto,
+            changes_reload_interval_secs: Duration::from_secs(6 * 3600),
+            changes_poll_interval_ms: Duration::from_millis(200),
+            slot: "campaign_notifier_subscribers".into(),
+            publication: "campaign_notifier_subscribers".into(),
+            changes_keep_secs: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn slot_names(&self) -> SlotNames {
+        SlotNames {
+            slot: self.slot.clone(),
+            publication: self.publication.clone(),
         }
     }
 }

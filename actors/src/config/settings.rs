@@ -46,7 +46,10 @@ pub struct Settings {
     pub max_notifications_per_sec: u32,
     /// `[limits] quiet_hours` in `time_zone`: inside them nothing new goes out.
     pub quiet: QuietHours,
-    pub cache_refresh_interval: Duration,
+    /// `[cache]`: the reloads and how the table's changes are followed.
+    pub cache: super::sections::CacheConfig,
+    /// How they are followed, once the server was asked at start-up (`Ids` until then).
+    pub changes: crate::changes::Mode,
     pub cache_restart: RestartPolicy,
     pub http_listen: String,
     /// A loop that has not turned for this long makes `/healthz` fail.
@@ -96,7 +99,8 @@ impl Config {
             // Checked when the file was loaded (`validate_limits`).
             quiet: QuietHours::parse(&self.limits.quiet_hours, &self.limits.time_zone)
                 .unwrap_or_default(),
-            cache_refresh_interval: self.cache.refresh_interval_secs,
+            cache: self.cache.clone(),
+            changes: crate::changes::Mode::Ids,
             cache_restart: self.cache_restart(),
             http_listen: self.http.listen.clone(),
             liveness_timeout: self.http.liveness_timeout_secs,
@@ -157,6 +161,8 @@ impl Config {
                 cap_window: (self.limits.per_client_max > 0)
                     .then_some(self.limits.per_client_window_secs),
             },
+            changes: crate::changes::Mode::Ids,
+            changes_keep: self.cache.changes_keep_secs,
         }
     }
 

@@ -10,6 +10,14 @@ use super::kafka_security::SECURITY_PROPERTIES;
 use super::{Config, ConfigError};
 use crate::quiet::{QuietHours, QuietHoursError};
 
+/// A replication slot's or a publication's name as the server takes it unquoted.
+fn is_identifier(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// A range rule: whether it is broken, the key it names, and what the key must be.
 type Rule = (bool, &'static str, &'static str);
 
@@ -163,7 +171,8 @@ impl Config {
     }
 
     /// What the reader holds and the enricher takes.
-    fn intake_rules(&self) -> [Rule; 3] {
+    fn intake_rules(&self) -> [Rule; 8] {
+        let c = &self.cache;
         [
             (
                 self.kafka.max_in_flight_campaigns == 0,
@@ -174,6 +183,31 @@ impl Config {
                 self.cache.refresh_interval_secs.is_zero(),
                 "cache.refresh_interval_secs",
                 "must be at least 1",
+            ),
+            (
+                c.changes_reload_interval_secs.is_zero(),
+                "cache.changes_reload_interval_secs",
+                "must be at least 1",
+            ),
+            (
+                c.changes_poll_interval_ms < Duration::from_millis(10),
+                "cache.changes_poll_interval_ms",
+                "must be at least 10",
+            ),
+            (
+                c.changes_keep_secs < Duration::from_secs(60),
+                "cache.changes_keep_secs",
+                "must be at least 60",
+            ),
+            (
+                !is_identifier(&c.slot),
+                "cache.slot",
+                "must be 1 to 63 lowercase letters, digits or underscores",
+            ),
+            (
+                !is_identifier(&c.publication),
+                "cache.publication",
+                "must be 1 to 63 lowercase letters, digits or underscores",
             ),
             (
                 self.enricher.max_campaign_bytes < 256,

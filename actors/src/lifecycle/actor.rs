@@ -34,7 +34,7 @@ use super::recording::Recording;
 use super::rules::{Decision, Kept, State, Window};
 use super::scheduler::{self, Scheduler, ToFire};
 use super::store::{self, Arrival, Key, KeyMap};
-use super::subscriptions::{self, FeedAdvance, FeedRead, Follower};
+use super::subscriptions::{self, FeedAdvance, FeedRead, FeedSetup, Follower};
 use super::{Fire, RecordAll};
 use crate::cache::snapshot::Snapshot;
 use crate::cache::SnapshotLoaded;
@@ -61,6 +61,11 @@ pub struct LifecycleSettings {
     /// A campaign that fired, was cancelled or ended unsent is forgotten this long after it last
     /// changed (`lifecycle.retain_days`); the per-client cap's records as its window says.
     pub retain: housekeeping::Retention,
+    /// How the changes of `subscribers_restaurants` are followed: what the change feed's
+    /// leader reads (and, in the logical mode, drains into the change table).
+    pub changes: crate::changes::Mode,
+    /// Stored changes are trimmed once this old and followed.
+    pub changes_keep: Duration,
 }
 
 pub struct Lifecycle {
@@ -76,6 +81,7 @@ pub struct Lifecycle {
     recording: Recording,
     scheduler: Scheduler,
     follower: Follower,
+    feed_setup: FeedSetup,
     housekeeping: Housekeeping,
     /// A read of the recalled campaigns is under way.
     reading_recalls: bool,
@@ -95,9 +101,15 @@ impl Lifecycle {
         restart: RestartPolicy,
         shared: Shared,
     ) -> Lifecycle {
+        let feed_setup = FeedSetup {
+            mode: settings.changes.clone(),
+            keep: settings.changes_keep,
+            metrics: shared.metrics.clone(),
+        };
         Lifecycle {
             postgres,
             owner,
+            feed_setup,
             scheduler: Scheduler::new(settings.fire_budget),
             settings,
             fire,
@@ -419,7 +431,9 @@ impl Lifecycle {
         };
         let (now, window) = self.now_and_window();
         let me = self.owner;
-        let fut = async move { subscriptions::read_feed(&client, plan, me, now, &window).await };
+        let setup = self.feed_setup.clone();
+        let fut =
+            async move { subscriptions::read_feed(&client, plan, me, now, &window, &setup).await };
         ctx.spawn(
             fut.into_actor(self)
                 .map(move |result, act, ctx| match result {

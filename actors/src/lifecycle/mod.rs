@@ -20,14 +20,14 @@
 //! - [`housekeeping`]: the gauge of scheduled campaigns, and forgetting what nothing needs;
 //! - [`quiet_watch`]: when quiet hours begin and end here, and the reload comparison put off;
 //!
-//! beside [`rules`] (what an arrival means), [`feed`] (the change feed's cursor) and [`store`]
-//! (every statement). The [`Lifecycle`] actor holds the connections and wires them together.
+//! beside [`rules`] (what an arrival means), [`crate::changes::cursor`] (the change feed's
+//! cursor) and [`store`] (every statement). The [`Lifecycle`] actor holds the connections and wires them together.
 //!
 //! Must not touch: how a campaign is joined or written (the enricher's and delivery's). The
 //! lifecycle only keeps the table and says when.
 
 mod actor;
-pub mod feed;
+
 mod housekeeping;
 mod quiet_watch;
 mod recording;

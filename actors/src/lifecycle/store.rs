@@ -10,7 +10,7 @@
 //! key) is above the mark kept in `campaign_notifier_feed`: it works on any Postgres, with no
 //! `wal_level` change, trigger or other DDL on the app's table. One instance at a time follows it
 //! (the owner named in `campaign_notifier_leaders`, while its lease is live). How it waits for ids
-//! that commit out of order, and notices a truncated table, is [`super::feed`].
+//! that commit out of order, and notices a truncated table, is [`crate::changes::cursor`].
 
 use std::sync::Arc;
 
@@ -425,7 +425,38 @@ pub async fn subscribers_slice(
 
 /// The role, in `campaign_notifier_leaders`, of the one instance that follows the change feed.
 const FEED_ROLE: &str = "change_feed";
-const FEED_NAME: &str = "subscribers_restaurants";
+
+/// What the change feed follows: new rows of `subscribers_restaurants` by `id`, or the rows of
+/// `campaign_notifier_pair_changes` by `seq` (where the changes are followed). Each has its mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    Ids,
+    Changes,
+}
+
+impl FeedKind {
+    /// Its row of `campaign_notifier_feed`.
+    fn name(self) -> &'static str {
+        match self {
+            FeedKind::Ids => "subscribers_restaurants",
+            FeedKind::Changes => "pair_changes",
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            FeedKind::Ids => "public.subscribers_restaurants",
+            FeedKind::Changes => "public.campaign_notifier_pair_changes",
+        }
+    }
+
+    fn serial(self) -> &'static str {
+        match self {
+            FeedKind::Ids => "id",
+            FeedKind::Changes => "seq",
+        }
+    }
+}
 
 /// Makes `me` the follower of the change feed if nobody is, or its follower's lease is not
 /// live; true when `me` follows it now.
@@ -466,21 +497,27 @@ pub struct FeedMark {
 
 /// The feed's recorded mark. The first time, the table's current highest id: subscriptions
 /// from before the service existed are no one's late subscriptions.
-pub async fn feed_position(client: &Client) -> Result<FeedMark, tokio_postgres::Error> {
+pub async fn feed_position(
+    client: &Client,
+    kind: FeedKind,
+) -> Result<FeedMark, tokio_postgres::Error> {
+    let (table, serial) = (kind.table(), kind.serial());
     client
         .execute(
-            "INSERT INTO public.campaign_notifier_feed (name, last_id, table_filenode)
-             SELECT $1, coalesce(max(id), 0)::int8,
-                    pg_relation_filenode('public.subscribers_restaurants')::int8
-             FROM public.subscribers_restaurants
-             ON CONFLICT (name) DO NOTHING",
-            &[&FEED_NAME],
+            &format!(
+                "INSERT INTO public.campaign_notifier_feed (name, last_id, table_filenode)
+                 SELECT $1, coalesce(max({serial}), 0)::int8,
+                        pg_relation_filenode('{table}')::int8
+                 FROM {table}
+                 ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&kind.name()],
         )
         .await?;
     let row = client
         .query_one(
             "SELECT last_id, table_filenode FROM public.campaign_notifier_feed WHERE name = $1",
-            &[&FEED_NAME],
+            &[&kind.name()],
         )
         .await?;
     Ok(FeedMark {
@@ -489,11 +526,11 @@ pub async fn feed_position(client: &Client) -> Result<FeedMark, tokio_postgres::
     })
 }
 
-/// The storage id of `subscribers_restaurants` now; `TRUNCATE` changes it.
-pub async fn table_filenode(client: &Client) -> Result<i64, tokio_postgres::Error> {
+/// The storage id of the feed's table now; `TRUNCATE` changes it.
+pub async fn table_filenode(client: &Client, kind: FeedKind) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT pg_relation_filenode('public.subscribers_restaurants')::int8",
+            &format!("SELECT pg_relation_filenode('{}')::int8", kind.table()),
             &[],
         )
         .await?;
@@ -542,6 +579,7 @@ pub async fn subscriptions_in(
 /// may move back (a gap waited for, a truncated table followed again from its start).
 pub async fn advance_feed(
     client: &Client,
+    kind: FeedKind,
     mark: FeedMark,
     me: i32,
 ) -> Result<bool, tokio_postgres::Error> {
@@ -551,7 +589,7 @@ pub async fn advance_feed(
              SET last_id = $2, table_filenode = $5, updated_at = now()
              WHERE name = $1 AND EXISTS (SELECT 1 FROM public.campaign_notifier_leaders
                                          WHERE role = $3 AND owner = $4)",
-            &[&FEED_NAME, &mark.last_id, &FEED_ROLE, &me, &mark.filenode],
+            &[&kind.name(), &mark.last_id, &FEED_ROLE, &me, &mark.filenode],
         )
         .await?;
     Ok(advanced == 1)

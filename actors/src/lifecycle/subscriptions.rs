@@ -3,7 +3,7 @@
 //! Two ways find them. The change feed: every `poll_interval` the one instance holding the
 //! feed's role reads the rows of `subscribers_restaurants` added since the last it followed (how
 //! the [`Cursor`] waits for ids that commit out of order and notices a truncated table is in
-//! [`super::feed`]), and fires each campaign active at their restaurants for the new subscribers
+//! [`crate::changes::cursor`]), and fires each campaign active at their restaurants for the new subscribers
 //! alone; once all are confirmed it records where it stands. And the safety net at each reload
 //! of the cache: the clients the new snapshot has and the previous one did not are given the
 //! same treatment ([`newly_subscribed`]). Who has a campaign's notification already gets nothing
@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use actix::Recipient;
 use tokio_postgres::Client;
 
-use super::feed::Cursor;
 use super::rules::Window;
-use super::store::{self, Arrival, FeedMark};
+use super::store::{self, Arrival, FeedKind, FeedMark};
 use super::Fire;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
+use crate::changes::cursor::Cursor;
+use crate::changes::table::{Op, StoredChange};
+use crate::changes::{self, Mode};
 use crate::messages::CampaignOutcome;
 
 /// How often an instance looks whether the change feed's follower role is free (or, following it,
@@ -72,6 +74,7 @@ pub struct ReadPlan {
 pub struct FeedAdvance {
     pub cursor: Cursor,
     pub filenode: i64,
+    pub kind: FeedKind,
 }
 
 impl FeedAdvance {
@@ -189,14 +192,18 @@ impl Follower {
 
 /// Reads the feed as `plan` says, as owner `me`: takes or checks the role, notices a truncated
 /// table, reads a page of new rows and the gaps that showed up, and the campaigns active at
-/// their restaurants at `now`.
+/// their restaurants at `now`. Where the changes are followed (`mode`), the new rows are the
+/// additions among the stored changes; in the logical mode the leader first drains the slot into
+/// them ([`changes::drain`]).
 pub async fn read_feed(
     client: &Client,
     plan: ReadPlan,
     me: i32,
     now: i64,
     window: &Window,
+    setup: &FeedSetup,
 ) -> Result<FeedRead, tokio_postgres::Error> {
+    let mode = &setup.mode;
     let leads = match (plan.leading, plan.look) {
         (false, _) => store::try_lead_feed(client, me).await?,
         (true, true) => store::leads_feed(client, me).await?,
@@ -205,11 +212,36 @@ pub async fn read_feed(
     if !leads {
         return Ok(FeedRead::NotLeading);
     }
-    let filenode = store::table_filenode(client).await?;
+    let kind = match mode {
+        Mode::Ids => FeedKind::Ids,
+        Mode::Logical(_) | Mode::Trigger => FeedKind::Changes,
+    };
+    if let Mode::Logical(names) = mode {
+        if plan.known.is_none() && changes::drain::ensure(client, names).await? {
+            log::info!(
+                "subscriber changes: made the replication slot {}",
+                names.slot
+            );
+        }
+        if plan.look {
+            watch_slot(client, names, &setup.metrics).await?;
+        }
+        for _ in 0..DRAINS_PER_READ {
+            if !changes::drain::drain(client, names).await?.more {
+                break;
+            }
+        }
+    }
+    if plan.look && kind == FeedKind::Changes {
+        if let Some((cursor, _)) = &plan.known {
+            changes::table::trim(client, setup.keep, cursor.mark()).await?;
+        }
+    }
+    let filenode = store::table_filenode(client, kind).await?;
     let (cursor, reset, record) = match plan.known {
         Some((cursor, known)) => (cursor, known != filenode, false),
         None => {
-            let mark = store::feed_position(client).await?;
+            let mark = store::feed_position(client, kind).await?;
             let reset = mark.filenode.is_some_and(|f| f != filenode);
             (Cursor::at(mark.last_id), reset, mark.filenode.is_none())
         }
@@ -217,29 +249,34 @@ pub async fn read_feed(
     // Truncated (or rewritten) since it was read: its ids may have started again.
     let cursor = if reset { Cursor::at(0) } else { cursor };
     if reset || record {
-        let at = FeedAdvance { cursor, filenode };
-        store::advance_feed(client, at.mark(), me).await?;
+        let at = FeedAdvance {
+            cursor,
+            filenode,
+            kind,
+        };
+        store::advance_feed(client, kind, at.mark(), me).await?;
         return Ok(FeedRead::Nothing { next: at, reset });
     }
-    let rows = store::subscriptions_after(client, cursor.position, FEED_PAGE).await?;
-    let found = store::subscriptions_in(client, &cursor.gaps()).await?;
-    let read: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let found_ids: Vec<i64> = found.iter().map(|r| r.0).collect();
+    let (rows, found) = new_rows(client, kind, &cursor).await?;
     let next = FeedAdvance {
-        cursor: cursor.advanced(&read, &found_ids, Instant::now()),
+        cursor: cursor.advanced(&serials(&rows), &serials(&found), Instant::now()),
         filenode,
+        kind,
     };
-    if rows.is_empty() && found.is_empty() {
+    let added: Vec<&(i64, String, String)> = (rows.iter().chain(&found))
+        .filter(|r| !r.1.is_empty() || !r.2.is_empty())
+        .collect();
+    if added.is_empty() {
         if next.cursor.mark() != cursor.mark() {
-            store::advance_feed(client, next.mark(), me).await?;
+            store::advance_feed(client, kind, next.mark(), me).await?;
         }
         return Ok(FeedRead::Nothing { next, reset });
     }
-    let restaurants: BTreeSet<&str> = rows.iter().chain(&found).map(|r| r.1.as_str()).collect();
+    let restaurants: BTreeSet<&str> = added.iter().map(|r| r.1.as_str()).collect();
     let restaurants: Vec<&str> = restaurants.into_iter().collect();
     let active = store::active_campaigns(client, Some(&restaurants), now, window).await?;
     let mut subscribers = SnapshotBuilder::new();
-    for (_, restaurant, client_id) in rows.iter().chain(&found) {
+    for (_, restaurant, client_id) in added {
         subscribers.push(restaurant, client_id);
     }
     Ok(FeedRead::New {
@@ -249,6 +286,86 @@ pub async fn read_feed(
         active,
         subscribers: Arc::new(subscribers.build()),
     })
+}
+
+/// What the change feed follows and how long stored changes are kept.
+#[derive(Clone)]
+pub struct FeedSetup {
+    pub mode: Mode,
+    pub keep: Duration,
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// The slot's lag and retained WAL as metrics; a slot the server invalidated (`wal_status =
+/// lost`: it kept more WAL than `max_slot_wal_keep_size`) is dropped and made again, and every
+/// instance reloads.
+async fn watch_slot(
+    client: &Client,
+    names: &changes::SlotNames,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), tokio_postgres::Error> {
+    let Some(state) = changes::slot::state(client, &names.slot).await? else {
+        return Ok(());
+    };
+    metrics.replication_slot_lag_bytes.set(state.lag_bytes);
+    metrics
+        .replication_slot_retained_bytes
+        .set(state.retained_bytes);
+    let status = state.wal_status.as_deref().unwrap_or("");
+    for s in ["reserved", "extended", "unreserved", "lost"] {
+        let on = (s == status) as i64;
+        metrics
+            .replication_slot_wal_status
+            .with_label_values(&[s])
+            .set(on);
+    }
+    if status == "lost" {
+        log::error!(
+            "subscriber changes: the server invalidated the replication slot {} (it kept more WAL \
+             than max_slot_wal_keep_size while nobody read it): making it again, and every \
+             instance loads the table again",
+            names.slot
+        );
+        changes::slot::drop_slot(client, &names.slot).await?;
+        changes::drain::ensure(client, names).await?;
+    }
+    Ok(())
+}
+
+/// Slot reads one read of the feed makes at most, each of about
+/// [`changes::drain::MAX_CHANGES`] changes.
+const DRAINS_PER_READ: usize = 4;
+
+type Rows = Vec<(i64, String, String)>;
+
+fn serials(rows: &Rows) -> Vec<i64> {
+    rows.iter().map(|r| r.0).collect()
+}
+
+/// A page of rows after the cursor and the gaps that showed up: (serial, restaurant, client);
+/// for stored changes, other than additions as (seq, "", "").
+async fn new_rows(
+    client: &Client,
+    kind: FeedKind,
+    cursor: &Cursor,
+) -> Result<(Rows, Rows), tokio_postgres::Error> {
+    if kind == FeedKind::Ids {
+        let rows = store::subscriptions_after(client, cursor.position, FEED_PAGE).await?;
+        let found = store::subscriptions_in(client, &cursor.gaps()).await?;
+        return Ok((rows, found));
+    }
+    let added = |changes: Vec<StoredChange>| -> Rows {
+        changes
+            .into_iter()
+            .map(|c| match c.op {
+                Op::Add => (c.seq, c.restaurant_id, c.client_id),
+                _ => (c.seq, String::new(), String::new()),
+            })
+            .collect()
+    };
+    let rows = changes::table::after(client, cursor.position, FEED_PAGE).await?;
+    let found = changes::table::among(client, &cursor.gaps()).await?;
+    Ok((added(rows), added(found)))
 }
 
 /// How notifying late subscribers went.
@@ -295,7 +412,7 @@ pub async fn notify_late(
     }
     let mut still_leading = true;
     if let (true, Some(next)) = (confirmed, &feed) {
-        still_leading = store::advance_feed(&client, next.mark(), me).await?;
+        still_leading = store::advance_feed(&client, next.kind, next.mark(), me).await?;
     }
     Ok(Notified {
         notifications,
@@ -367,6 +484,7 @@ mod tests {
         FeedAdvance {
             cursor: Cursor::at(position),
             filenode: 7,
+            kind: FeedKind::Ids,
         }
     }
 

@@ -121,6 +121,10 @@ const LEADERS_DDL: &str = include_str!("schema/campaign_notifier_leaders.sql");
 const CLIENTS_DDL: &str = include_str!("schema/campaign_notifier_clients.sql");
 const CAPPED_DDL: &str = include_str!("schema/campaign_notifier_capped.sql");
 
+/// The changes of `subscribers_restaurants`, in the order every instance applies them (see
+/// `changes`).
+const PAIR_CHANGES_DDL: &str = include_str!("schema/campaign_notifier_pair_changes.sql");
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("{}", describe(.0))]
@@ -382,6 +386,7 @@ async fn create_missing_own_relations(
         ("public.campaign_notifier_leaders", LEADERS_DDL),
         ("public.campaign_notifier_clients", CLIENTS_DDL),
         ("public.campaign_notifier_capped", CAPPED_DDL),
+        ("public.campaign_notifier_pair_changes", PAIR_CHANGES_DDL),
     ];
     for (relation, ddl) in own {
         if missing(tx, relation).await? {

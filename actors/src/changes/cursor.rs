@@ -1,4 +1,7 @@
-//! Where the change feed of `subscribers_restaurants` stands, and what it still waits for.
+//! Where a reader of rows numbered by a serial stands, and what it still waits for: the id feed
+//! of `subscribers_restaurants` (by its `id`), and every reader of
+//! `campaign_notifier_pair_changes` (by its `seq`, which the trigger mode takes in the app's
+//! transactions, so out of commit order too).
 //!
 //! The feed reads rows by their serial `id`. An id is taken when the row is inserted, but the row
 //! is seen only once its transaction commits, so a row may show up after a higher id was read:
@@ -14,7 +17,8 @@
 //! `VACUUM FULL`, `CLUSTER`) changes: ids may then start again at 1, below the position, so the
 //! feed follows the table again from its first row.
 //!
-//! Pure logic, no I/O: the lifecycle's feed job reads and records, this decides.
+//! Pure logic, no I/O: the lifecycle's feed job and the cache's follower read and record, this
+//! decides.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,108 @@
+//! The logical mode's one step: what the slot holds, decoded and stored in
+//! `campaign_notifier_pair_changes`, then freed in the slot.
+//!
+//! The order is what makes a crash harmless: the changes are stored first, in one statement, and
+//! the slot is advanced after. A crash between the two leaves them in the slot, and the next
+//! leader stores them again; applying a change twice in order changes nothing (see [`super::table`]).
+
+use tokio_postgres::Client;
+
+use super::pgoutput::{DecodeError, Decoded, Decoder, PairOp};
+use super::slot;
+use super::table::{self, NewChange, Op};
+use super::SlotNames;
+
+/// Changes of whole transactions read from the slot at once, about.
+pub const MAX_CHANGES: i32 = 10_000;
+
+/// What one drain did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Changes of pairs stored.
+    pub changes: usize,
+    /// Transactions read.
+    pub transactions: usize,
+    /// The slot may hold more.
+    pub more: bool,
+}
+
+/// Makes the slot unless it exists; when it had to be made, every instance is asked to reload
+/// (the slot sees only what commits after it is made). Returns whether it was made.
+pub async fn ensure(client: &Client, names: &SlotNames) -> Result<bool, tokio_postgres::Error> {
+    let made = slot::ensure_slot(client, &names.slot).await?;
+    if made {
+        table::ask_reload(client, "the replication slot was made").await?;
+    }
+    Ok(made)
+}
+
+/// Reads up to about [`MAX_CHANGES`] changes of whole transactions from the slot, stores them and
+/// frees them in the slot.
+///
+/// A transaction that cannot be decoded (a delete without its old row, because the table's
+/// replica identity was changed back, say) is stored as a `reload` row with the reason, logged
+/// as an error, and passed: every instance then loads the table again, which is right whatever
+/// the transaction did.
+pub async fn drain(client: &Client, names: &SlotNames) -> Result<Drained, tokio_postgres::Error> {
+    let peeked =
+        slot::peek_with_position(client, &names.slot, &names.publication, MAX_CHANGES).await?;
+    let messages = peeked.messages;
+    let (stored, transactions) = decode(&messages);
+    let mut out = Drained {
+        transactions,
+        ..Drained::default()
+    };
+    // Past the last commit read, or past other tables' writes while this one is quiet.
+    let Some(lsn) = peeked.advance_to else {
+        return Ok(out);
+    };
+    out.changes = stored.iter().filter(|c| c.0 != Op::Reload).count();
+    if !stored.is_empty() {
+        table::store(client, &stored).await?;
+    }
+    slot::advance(client, &names.slot, lsn).await?;
+    out.more = messages.len() >= MAX_CHANGES as usize;
+    Ok(out)
+}
+
+/// The changes of the whole transactions among `messages`, and how many transactions.
+fn decode(messages: &[slot::Message]) -> (Vec<NewChange>, usize) {
+    // Relations are described again in every read, so each read decodes on its own.
+    let mut decoder = Decoder::new("public", "subscribers_restaurants");
+    let (mut pending, mut stored): (Vec<NewChange>, Vec<NewChange>) = (Vec::new(), Vec::new());
+    let mut transactions = 0;
+    let mut broken: Option<DecodeError> = None;
+    let now = || crate::clock::unix_ms().saturating_mul(1000);
+    for message in messages {
+        match decoder.feed(&message.data) {
+            Err(e) => broken = broken.or(Some(e)),
+            Ok(Decoded::Nothing) => {}
+            Ok(Decoded::Changes(changes)) => pending.extend(changes.into_iter().map(|c| {
+                let op = match c.op {
+                    PairOp::Add => Op::Add,
+                    PairOp::Remove => Op::Remove,
+                };
+                (op, c.restaurant_id, c.client_id, c.committed_at_micros)
+            })),
+            Ok(Decoded::Truncated) => pending.push((
+                Op::Reload,
+                String::new(),
+                "subscribers_restaurants was truncated".into(),
+                now(),
+            )),
+            Ok(Decoded::Commit) => {
+                if let Some(e) = broken.take() {
+                    log::error!(
+                        "subscriber changes: a transaction of the replication slot cannot be                          decoded ({e}); every instance loads the table again"
+                    );
+                    pending.clear();
+                    let why = format!("a change could not be decoded: {e}");
+                    pending.push((Op::Reload, String::new(), why, now()));
+                }
+                stored.append(&mut pending);
+                transactions += 1;
+            }
+        }
+    }
+    (stored, transactions)
+}
