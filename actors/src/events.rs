@@ -452,6 +452,8 @@ impl Event for CacheLoaded {
 /// Changes of `subscribers_restaurants` applied to this instance's snapshot, read at `now`.
 pub struct SubscriberChangesApplied<'a> {
     pub changes: &'a [crate::changes::table::StoredChange],
+    /// Changes at or below this `seq` were in the snapshot already: their lag is not observed.
+    pub replayed_up_to: i64,
     pub now: std::time::SystemTime,
 }
 
@@ -468,9 +470,10 @@ impl Event for SubscriberChangesApplied<'_> {
                 .subscriber_changes_applied
                 .with_label_values(&[op])
                 .inc();
-            metrics
-                .subscriber_change_lag
-                .observe(c.age(self.now).as_secs_f64());
+            if c.seq > self.replayed_up_to {
+                let lag = c.age(self.now).as_secs_f64();
+                metrics.subscriber_change_lag.observe(lag);
+            }
         }
     }
 }

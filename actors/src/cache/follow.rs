@@ -80,6 +80,10 @@ pub struct Read {
     pub full: bool,
     /// A `reload` row this load does not cover, with its reason.
     pub reload: Option<String>,
+    /// The load it was read for (`Following::loaded_after`), and the reader's count of loads
+    /// then: a read of an older load's following is not applied.
+    pub loaded_after: i64,
+    pub loads: u64,
 }
 
 /// Reads the changes after `following`'s position and the gaps that showed up.
@@ -101,5 +105,7 @@ pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_
         cursor: next,
         full,
         reload,
+        loaded_after: following.loaded_after,
+        loads: 0,
     })
 }

@@ -12,7 +12,8 @@
 //! With the changes followed (`Mode::Logical` or `Mode::Trigger`), a full load is the start-up
 //! step and a safety net every `cache.changes_reload_interval_secs`; in between, every
 //! `cache.changes_poll_interval_ms` the changes stored since are read ([`super::follow`]) and
-//! applied. A `reload` row, deltas past a tenth of the snapshot, or reads failing for half the
+//! applied; in the logical mode the instance first drains the slot into the table, unless
+//! another instance is draining it ([`crate::changes::drain`]). A `reload` row, deltas past a tenth of the snapshot, or reads failing for half the
 //! time changes are kept, make it load again.
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio_postgres::Client;
 use super::follow::{self, Following, Read, Start};
 use super::overlay::Subscribers;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
-use crate::changes::Mode;
+use crate::changes::{drain, Mode};
 use crate::config::CacheConfig;
 use crate::events::{CacheLoadFailed, CacheLoaded, Event, SubscriberChangesApplied};
 use crate::metrics::ActorKind;
@@ -83,6 +84,8 @@ pub struct SubscriberCache {
     following: Option<Following>,
     follower: Option<Arc<Client>>,
     reading: bool,
+    /// Loads done: a read made before the last one is not applied.
+    loads: u64,
 }
 
 impl SubscriberCache {
@@ -106,6 +109,7 @@ impl SubscriberCache {
             following: None,
             follower: None,
             reading: false,
+            loads: 0,
         }
     }
 
@@ -159,6 +163,7 @@ impl SubscriberCache {
         for s in &self.wiring.snapshots {
             s.do_send(SnapshotLoaded(snapshot.clone()));
         }
+        self.loads += 1;
         self.following = start.map(|s| Following::new(&s, Instant::now()));
         self.publish(Subscribers::new(snapshot));
         CacheLoaded {
@@ -176,7 +181,9 @@ impl SubscriberCache {
 
     fn publish(&mut self, view: Subscribers) {
         let metrics = &self.shared.metrics;
-        metrics.subscriber_changes_unfolded.set(view.changed() as i64);
+        metrics
+            .subscriber_changes_unfolded
+            .set(view.changed() as i64);
         metrics.cache_pairs.set(view.pairs() as i64);
         for v in &self.wiring.views {
             v.do_send(SubscribersChanged(view.clone()));
@@ -204,7 +211,12 @@ impl SubscriberCache {
             return self.reload(ctx);
         }
         self.reading = true;
-        let (client, postgres) = (self.follower.clone(), self.postgres.clone());
+        let (client, postgres, loads) = (self.follower.clone(), self.postgres.clone(), self.loads);
+        // In the logical mode every instance drains the slot, one at a time, before it reads.
+        let slot = match &self.mode {
+            Mode::Logical(names) => Some(names.clone()),
+            _ => None,
+        };
         let fut = async move {
             let client = match client {
                 Some(c) => c,
@@ -214,9 +226,14 @@ impl SubscriberCache {
                         .map_err(|e| e.to_string())?,
                 ),
             };
-            let read = follow::read(&client, &following)
-                .await
-                .map_err(|e| crate::postgres::describe(&e))?;
+            let describe = |e: tokio_postgres::Error| crate::postgres::describe(&e);
+            if let Some(names) = &slot {
+                drain::drain_if_free(&client, names)
+                    .await
+                    .map_err(describe)?;
+            }
+            let mut read = follow::read(&client, &following).await.map_err(describe)?;
+            read.loads = loads;
             Ok::<_, String>((client, read))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
@@ -239,14 +256,20 @@ impl SubscriberCache {
         let (Some(following), Some(view)) = (self.following.as_mut(), self.view.as_ref()) else {
             return;
         };
+        if following.loaded_after != read.loaded_after || read.loads != self.loads {
+            // A load replaced the snapshot while this was read: its own following starts over.
+            return;
+        }
         following.cursor = read.cursor;
         following.read_at = Instant::now();
-        let full = read.full;
+        let (full, loaded_after) = (read.full, following.loaded_after);
         if !read.changes.is_empty() {
             let next = view.applied(&read.changes);
             self.publish(next);
             SubscriberChangesApplied {
                 changes: &read.changes,
+                // Those committed before the load began were in its snapshot already.
+                replayed_up_to: loaded_after,
                 now: SystemTime::now(),
             }
             .emit(&self.shared.metrics);

@@ -1,9 +1,13 @@
 //! The logical mode's one step: what the slot holds, decoded and stored in
 //! `campaign_notifier_pair_changes`, then freed in the slot.
 //!
-//! The order is what makes a crash harmless: the changes are stored first, in one statement, and
-//! the slot is advanced after. A crash between the two leaves them in the slot, and the next
-//! leader stores them again; applying a change twice in order changes nothing (see [`super::table`]).
+//! Any instance drains, one at a time: [`drain_if_free`] holds a session advisory lock for the
+//! whole step, so that no leader's crash or lapsed lease holds the changes up (a killed
+//! instance's session ends, and its lock with it; a frozen one's sessions are ended when it is
+//! fenced). The order is what makes a crash harmless: the changes are stored first, in one
+//! statement, and the slot is advanced after. A crash between the two leaves them in the slot,
+//! and the next drain stores them again, right after the first copy, from the same position:
+//! applying a run of changes twice in a row changes nothing (see [`super::table`]).
 
 use tokio_postgres::Client;
 
@@ -24,6 +28,68 @@ pub struct Drained {
     pub transactions: usize,
     /// The slot may hold more.
     pub more: bool,
+}
+
+/// The advisory lock one drain holds (a fixed key of the service's).
+const DRAIN_LOCK: i64 = 0x636e_5f64_7261_696e; // "cn_drain"
+
+/// Drains the slot unless another instance is draining it: up to [`DRAINS_AT_ONCE`] reads while
+/// the slot holds more. A slot the server invalidated is made again first (every instance then
+/// reloads). `None`: another instance holds the lock.
+pub async fn drain_if_free(
+    client: &Client,
+    names: &SlotNames,
+) -> Result<Option<Drained>, tokio_postgres::Error> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&DRAIN_LOCK])
+        .await?
+        .try_get(0)?;
+    if !locked {
+        return Ok(None);
+    }
+    let drained = drain_locked(client, names).await;
+    // On an error the connection may be gone, and the lock with it.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&DRAIN_LOCK])
+        .await;
+    drained.map(Some)
+}
+
+/// Reads from the slot at once while it holds more, at most.
+pub const DRAINS_AT_ONCE: usize = 4;
+
+async fn drain_locked(
+    client: &Client,
+    names: &SlotNames,
+) -> Result<Drained, tokio_postgres::Error> {
+    if let Some(state) = slot::state(client, &names.slot).await? {
+        if state.wal_status.as_deref() == Some("lost") {
+            log::error!(
+                "subscriber changes: the server invalidated the replication slot {} (it kept more \
+                 WAL than max_slot_wal_keep_size while nobody read it): making it again, and \
+                 every instance loads the table again",
+                names.slot
+            );
+            slot::drop_slot(client, &names.slot).await?;
+        }
+    }
+    if ensure(client, names).await? {
+        log::info!(
+            "subscriber changes: made the replication slot {}",
+            names.slot
+        );
+    }
+    let mut all = Drained::default();
+    for _ in 0..DRAINS_AT_ONCE {
+        let one = drain(client, names).await?;
+        all.changes += one.changes;
+        all.transactions += one.transactions;
+        all.more = one.more;
+        if !one.more {
+            break;
+        }
+    }
+    Ok(all)
 }
 
 /// Makes the slot unless it exists; when it had to be made, every instance is asked to reload

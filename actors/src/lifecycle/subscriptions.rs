@@ -193,8 +193,7 @@ impl Follower {
 /// Reads the feed as `plan` says, as owner `me`: takes or checks the role, notices a truncated
 /// table, reads a page of new rows and the gaps that showed up, and the campaigns active at
 /// their restaurants at `now`. Where the changes are followed (`mode`), the new rows are the
-/// additions among the stored changes; in the logical mode the leader first drains the slot into
-/// them ([`changes::drain`]).
+/// additions among the stored changes; in the logical mode the leader also reports the slot.
 pub async fn read_feed(
     client: &Client,
     plan: ReadPlan,
@@ -216,21 +215,8 @@ pub async fn read_feed(
         Mode::Ids => FeedKind::Ids,
         Mode::Logical(_) | Mode::Trigger => FeedKind::Changes,
     };
-    if let Mode::Logical(names) = mode {
-        if plan.known.is_none() && changes::drain::ensure(client, names).await? {
-            log::info!(
-                "subscriber changes: made the replication slot {}",
-                names.slot
-            );
-        }
-        if plan.look {
-            watch_slot(client, names, &setup.metrics).await?;
-        }
-        for _ in 0..DRAINS_PER_READ {
-            if !changes::drain::drain(client, names).await?.more {
-                break;
-            }
-        }
+    if let (Mode::Logical(names), true) = (mode, plan.look) {
+        watch_slot(client, names, &setup.metrics).await?;
     }
     if plan.look && kind == FeedKind::Changes {
         if let Some((cursor, _)) = &plan.known {
@@ -296,9 +282,8 @@ pub struct FeedSetup {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// The slot's lag and retained WAL as metrics; a slot the server invalidated (`wal_status =
-/// lost`: it kept more WAL than `max_slot_wal_keep_size`) is dropped and made again, and every
-/// instance reloads.
+/// The slot's lag, retained WAL and `wal_status` as metrics (the instances drain it,
+/// [`changes::drain`]; the leader reports it).
 async fn watch_slot(
     client: &Client,
     names: &changes::SlotNames,
@@ -319,22 +304,8 @@ async fn watch_slot(
             .with_label_values(&[s])
             .set(on);
     }
-    if status == "lost" {
-        log::error!(
-            "subscriber changes: the server invalidated the replication slot {} (it kept more WAL \
-             than max_slot_wal_keep_size while nobody read it): making it again, and every \
-             instance loads the table again",
-            names.slot
-        );
-        changes::slot::drop_slot(client, &names.slot).await?;
-        changes::drain::ensure(client, names).await?;
-    }
     Ok(())
 }
-
-/// Slot reads one read of the feed makes at most, each of about
-/// [`changes::drain::MAX_CHANGES`] changes.
-const DRAINS_PER_READ: usize = 4;
 
 type Rows = Vec<(i64, String, String)>;
 

@@ -4,5 +4,9 @@
 //! - [`decoding`]: the slot peeked and advanced, its pgoutput messages decoded into pair changes
 //!   in commit order, which LSN to advance to, what the slot holds back, and what the server
 //!   allows (the run's shared server, with wal_level replica, is told what it lacks).
+//! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
+//!   commit, across a `kill -9`, in the trigger mode (on the run's server, with a broker) and
+//!   the logical mode.
 
 mod decoding;
+mod following;

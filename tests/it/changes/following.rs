@@ -1,0 +1,317 @@
+//! Deletes, inserts and moves of `subscribers_restaurants` applied by the service within 2 s of
+//! their commit, with the service killed and started again while changes keep coming: in the
+//! trigger mode on the run's Postgres, and in the logical mode on a cluster of the test's own
+//! with `wal_level = logical`.
+//!
+//! Each round commits changes, waits 2 s from the last commit, then sends a campaign to every
+//! restaurant: each must reach exactly the clients the table holds then, plus the clients who
+//! subscribe later while it is still active (notified late), in both sinks, once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::common::cluster::{run_dir, LogicalPostgres};
+use crate::common::*;
+
+const RESTAURANTS: [&str; 3] = [
+    "6a000000-0000-0000-0000-00000000000a",
+    "6a000000-0000-0000-0000-00000000000b",
+    "6a000000-0000-0000-0000-00000000000c",
+];
+
+/// What the test did to the table, to tell who each campaign must reach.
+#[derive(Default)]
+struct Expected {
+    /// Campaign -> (restaurant, clients when it was sent).
+    sent: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// Every pair added, in order, with the number of campaigns sent before it.
+    added: Vec<(usize, String, String)>,
+}
+
+impl Expected {
+    fn pairs(&self) -> BTreeMap<(String, String), u32> {
+        let mut out = BTreeMap::new();
+        for (campaign, (restaurant, clients)) in &self.sent {
+            let order = self.order(campaign);
+            let late = (self.added.iter())
+                .filter(|(before, r, _)| *before >= order && r == restaurant)
+                .map(|(_, _, c)| c);
+            for client in clients.iter().chain(late) {
+                out.insert((campaign.clone(), client.clone()), 1);
+            }
+        }
+        out
+    }
+
+    /// How many campaigns were sent up to and including `campaign`.
+    fn order(&self, campaign: &str) -> usize {
+        // Campaign ids are "r{round}-{n}", sent in that order.
+        let (round, n) = campaign[1..].split_once('-').expect("r<round>-<n>");
+        (round.parse::<usize>().unwrap() - 1) * RESTAURANTS.len() + n.parse::<usize>().unwrap() + 1
+    }
+}
+
+async fn clients_of(f: &Fixture, restaurant: &str) -> BTreeSet<String> {
+    f.db.query(
+        "SELECT client_id FROM subscribers_restaurants WHERE restaurant_id = $1",
+        &[&restaurant],
+    )
+    .await
+    .expect("clients")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn campaign(restaurant: &str, id: &str) -> String {
+    let now = unix_now();
+    serde_json::json!({
+        "restaurant_id": restaurant,
+        "adv_campaign_id": id,
+        "adv_campaign_content": "changes followed",
+        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
+        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
+        "adv_campaign_datetime_start": now - 60,
+        "adv_campaign_datetime_end": now + 3600,
+        "datetime_created": 1,
+    })
+    .to_string()
+}
+
+/// Sends round `round`'s campaign to every restaurant, recording who each must reach.
+async fn send_round(f: &Fixture, round: usize, expected: &mut Expected) {
+    for (n, restaurant) in RESTAURANTS.iter().enumerate() {
+        let id = format!("r{round}-{n}");
+        let clients = clients_of(f, restaurant).await;
+        expected.sent.insert(id.clone(), (restaurant.to_string(), clients));
+        f.produce(&id, campaign(restaurant, &id).as_bytes()).await;
+    }
+}
+
+/// One change, committed on its own; returns when it committed.
+async fn change(f: &Fixture, expected: &mut Expected, what: Change<'_>) -> Instant {
+    let sent = expected.sent.len();
+    match what {
+        Change::Subscribe(r, c) => {
+            f.db.execute(
+                "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, $2)",
+                &[&r, &c],
+            )
+            .await
+            .expect("insert");
+            expected.added.push((sent, r.into(), c.into()));
+        }
+        Change::Unsubscribe(r, c) => {
+            f.db.execute(
+                "DELETE FROM subscribers_restaurants WHERE restaurant_id = $1 AND client_id = $2",
+                &[&r, &c],
+            )
+            .await
+            .expect("delete");
+        }
+        Change::Move(from, to, c) => {
+            let moved = f
+                .db
+                .execute(
+                    "UPDATE subscribers_restaurants SET restaurant_id = $2
+                     WHERE restaurant_id = $1 AND client_id = $3",
+                    &[&from, &to, &c],
+                )
+                .await
+                .expect("update");
+            assert_eq!(moved, 1, "{c} at {from}");
+            expected.added.push((sent, to.into(), c.into()));
+        }
+    }
+    Instant::now()
+}
+
+enum Change<'a> {
+    Subscribe(&'a str, &'a str),
+    Unsubscribe(&'a str, &'a str),
+    Move(&'a str, &'a str, &'a str),
+}
+
+async fn seed(f: &Fixture) {
+    for (restaurant, tag) in RESTAURANTS.iter().zip(["a", "b", "c"]) {
+        let clients: Vec<String> = (0..20).map(|i| format!("{tag}-{i:02}")).collect();
+        f.db.execute(
+            "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+             SELECT $1, unnest($2::text[])",
+            &[restaurant, &clients],
+        )
+        .await
+        .expect("seed");
+    }
+}
+
+/// Waits until 2 s have passed since `last`.
+async fn two_seconds_after(last: Instant) {
+    let until = last + Duration::from_secs(2);
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+}
+
+/// The whole scenario, on `f`, with the service configured by `extra`, which must follow the
+/// changes in `mode`.
+pub async fn deletes_inserts_and_moves_within_two_seconds(f: &Fixture, extra: &str, mode: &str) {
+    let [a, b, c] = RESTAURANTS;
+    seed(f).await;
+    let mut expected = Expected::default();
+    let mut service = Service::start(f, extra);
+    let on = format!("mode=\"{mode}\"");
+    assert_eq!(
+        service.metric_with("campaign_notifier_subscriber_changes_mode", &on),
+        1.0,
+        "{}",
+        service.log_text()
+    );
+
+    // Round 1, the service up: deletes, inserts and moves, each committed on its own.
+    for i in 0..4 {
+        let client = format!("a-{i:02}");
+        change(f, &mut expected, Change::Unsubscribe(a, &client)).await;
+    }
+    for i in 0..3 {
+        let client = format!("new-{i}");
+        change(f, &mut expected, Change::Subscribe(a, &client)).await;
+    }
+    for i in 0..3 {
+        let client = format!("b-{i:02}");
+        change(f, &mut expected, Change::Move(b, a, &client)).await;
+    }
+    let last = change(f, &mut expected, Change::Move(c, b, "c-19")).await;
+    two_seconds_after(last).await;
+    send_round(f, 1, &mut expected).await;
+    service.wait_processed(3, Duration::from_secs(30));
+
+    // A stream of changes, one every 60 ms, while the service is killed and started again.
+    let stream = async {
+        let mut expected_stream = Vec::new();
+        let mut last = Instant::now();
+        for i in 0..15 {
+            let (sub, unsub, moved) = (
+                format!("stream-{i}"),
+                format!("c-{i:02}"),
+                format!("a-{:02}", 4 + i),
+            );
+            for what in [
+                Change::Subscribe(c, &sub),
+                Change::Unsubscribe(c, &unsub),
+                Change::Move(a, c, &moved),
+            ] {
+                let mut one = Expected::default();
+                last = change(f, &mut one, what).await;
+                expected_stream.extend(one.added);
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+        (expected_stream, last)
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        service.kill_hard();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Service::start_numbered(f, extra, 1)
+    };
+    let ((added, last), restarted) = tokio::join!(stream, restart);
+    let sent = expected.sent.len();
+    expected.added.extend(added.into_iter().map(|(_, r, c)| (sent, r, c)));
+    let service = restarted;
+
+    // Round 2, after the stream: every change of it is in.
+    two_seconds_after(last).await;
+    send_round(f, 2, &mut expected).await;
+    service.wait_processed(3, Duration::from_secs(30));
+    let pairs = expected.pairs();
+    wait_for_pairs(f, pairs.len(), &service).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_same(&row_pairs(f).await, &pairs, "Postgres", &service);
+    assert_same(&output_pairs(f), &pairs, "Kafka", &service);
+    assert_change_lag_within_two_seconds(&service);
+}
+
+/// `got` is `want`; else the pairs missing and those too many, and the service's log.
+fn assert_same(
+    got: &BTreeMap<(String, String), u32>,
+    want: &BTreeMap<(String, String), u32>,
+    sink: &str,
+    service: &Service,
+) {
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.iter().filter(|(k, n)| !want.contains_key(*k) || **n != 1).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{sink}: missing {missing:?}, too many {extra:?}\n{}",
+        service.log_text()
+    );
+}
+
+async fn wait_for_pairs(f: &Fixture, n: usize, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (f.feedback_count().await as usize) < n || f.output_count() < n as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows, {} messages of {n}:\n{}",
+            f.feedback_count().await,
+            f.output_count(),
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// At least 99 % of the changes this process applied were applied within 2 s of their commit.
+fn assert_change_lag_within_two_seconds(service: &Service) {
+    let metrics = service.metrics();
+    let count = sum_metric(&metrics, "campaign_notifier_subscriber_change_lag_seconds_count");
+    let within = metric_line(&metrics, "campaign_notifier_subscriber_change_lag_seconds_bucket{le=\"2\"}");
+    println!("changes applied by the restarted instance: {count}, within 2 s: {within}");
+    assert!(count > 0.0, "no change was applied:\n{metrics}");
+    assert!(within >= 0.99 * count, "{within} of {count} within 2 s");
+}
+
+fn metric_line(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_the_trigger_mode_deletes_inserts_and_moves_are_applied_within_two_seconds_across_a_kill()
+{
+    let f = Fixture::new("chg_trigger", 1).await;
+    let extra = "[cache]\nchanges = \"trigger\"\n";
+    deletes_inserts_and_moves_within_two_seconds(&f, extra, "trigger").await;
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_the_logical_mode_deletes_inserts_and_moves_are_applied_within_two_seconds_across_a_kill()
+{
+    let server = LogicalPostgres::start(run_dir("pg-logical-following"));
+    let brokers = env("CN_TEST_BROKERS");
+    let f = Fixture::new_on_postgres("chg_logical", 1, &brokers, Vec::new(), &server.url()).await;
+    f.db.batch_execute("ALTER TABLE subscribers_restaurants REPLICA IDENTITY FULL")
+        .await
+        .expect("replica identity");
+    // `auto` takes the logical mode where the server allows it.
+    deletes_inserts_and_moves_within_two_seconds(&f, "", "logical").await;
+    let slot = f
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&"campaign_notifier_subscribers"],
+        )
+        .await
+        .expect("slots");
+    assert_eq!(slot.get::<_, i64>(0), 1, "one slot for the deployment");
+    // A database with a slot cannot be dropped.
+    f.db.execute(
+        "SELECT pg_drop_replication_slot('campaign_notifier_subscribers')",
+        &[],
+    )
+    .await
+    .expect("drop the slot");
+    f.cleanup().await;
+}
