@@ -45,7 +45,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
-use crate::events::{DeadLettered, Event, NotificationsRecalled, NotificationsWithdrawn};
+use crate::events::{
+    DeadLettered, Event, NotificationsRecalled, NotificationsWithdrawn, UnsubscribedLeftOut,
+};
 use crate::hand_off::{Batch, HandOff};
 use crate::messages::{CampaignOutcome, ClearOutbox, Withdraw};
 use crate::metrics::{DeadLetterReason, Metrics, SinkKind, WithdrawReason};
@@ -103,6 +105,7 @@ struct Routes {
     /// The budget less the reserve: what the slices of large campaigns may hold at most.
     large: Arc<Semaphore>,
     recalls: crate::recalls::Recalls,
+    subscribers: crate::cache::CurrentSubscribers,
 }
 
 impl Delivery {
@@ -126,6 +129,7 @@ impl Delivery {
                 clock: shared.clock,
                 quiet: shared.quiet,
                 recalls: shared.recalls,
+                subscribers: shared.subscribers,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
                 large: Arc::new(Semaphore::new(large)),
             }),
@@ -309,6 +313,21 @@ impl Routes {
             false => job,
         };
         let _in_flight = self.take_budget(job.range.len(), large).await;
+        // A large campaign's slices go out over seconds: who unsubscribed since the join is
+        // left out.
+        let job = match large {
+            true => match self.still_subscribed(job) {
+                Some(job) => job,
+                None => {
+                    return SliceOutcome::Written {
+                        written: 0,
+                        expired: 0,
+                        recalled: 0,
+                    }
+                }
+            },
+            false => job,
+        };
         let batch = job.batch.clone();
         let c = &batch.campaign;
         if self.recalls.contains(&c.restaurant_id, &c.adv_campaign_id) {
@@ -332,6 +351,21 @@ impl Routes {
             };
         }
         self.to_kafka(batch, inserted).await
+    }
+
+    /// `job` without the clients no longer subscribed, counted; `None` when nobody is left.
+    fn still_subscribed(&self, job: PgJob) -> Option<PgJob> {
+        let Some(subscribers) = self.subscribers.get() else {
+            return Some(job);
+        };
+        let (job, left) = job.still_subscribed(&subscribers);
+        if left > 0 {
+            UnsubscribedLeftOut {
+                notifications: left,
+            }
+            .emit(&self.metrics);
+        }
+        job
     }
 
     /// Counts `notifications` of `batch` its recall stopped.

@@ -478,6 +478,18 @@ impl Event for SubscriberChangesApplied<'_> {
     }
 }
 
+/// Notifications of a campaign going out in slices left out because their clients unsubscribed
+/// (or moved to another restaurant) after it was joined.
+pub struct UnsubscribedLeftOut {
+    pub notifications: usize,
+}
+
+impl Event for UnsubscribedLeftOut {
+    fn emit(self, metrics: &Metrics) {
+        (metrics.notifications_unsubscribed).inc_by(self.notifications as u64);
+    }
+}
+
 /// A load of the subscriber snapshot failed; `serving` says whether an older one is in use.
 pub struct CacheLoadFailed<'a> {
     pub error: &'a (dyn std::error::Error + 'static),

@@ -416,6 +416,10 @@ metrics! {
     /// Changes of pairs applied to this instance's snapshot, by op (`add`, `remove`).
     subscriber_changes_applied: IntCounterVec = counters("subscriber_changes_applied_total",
         "Changes of subscribers_restaurants applied to this instance's snapshot, by op", &["op"]);
+    /// Notifications of a campaign going out in slices left out because the client unsubscribed
+    /// (or moved to another restaurant) after the campaign was joined.
+    notifications_unsubscribed: IntCounter = counter("notifications_unsubscribed_total",
+        "Notifications of a campaign going out in slices left out because the client unsubscribed or moved away after the join");
     /// Clients added or removed since the snapshot in use was loaded (a reload folds them in).
     subscriber_changes_unfolded: IntGauge = gauge("subscriber_changes_unfolded",
         "Clients added or removed since the snapshot in use was loaded");
@@ -580,6 +584,13 @@ impl Metrics {
         for reason in WithdrawReason::ALL {
             self.notifications_withdrawn
                 .with_label_values(&[reason.as_str()]);
+        }
+        for op in ["add", "remove"] {
+            self.subscriber_changes_applied.with_label_values(&[op]);
+        }
+        for status in ["reserved", "extended", "unreserved", "lost"] {
+            self.replication_slot_wal_status
+                .with_label_values(&[status]);
         }
         for event in LifecycleEvent::ALL {
             self.lifecycle_events.with_label_values(&[event.as_str()]);

@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::cache::snapshot::{ClientId, Entry, Snapshot};
+use crate::cache::Subscribers;
 use crate::campaign::Campaign;
 
 /// Where a campaign came from, for logs, offsets and latency.
@@ -207,6 +208,45 @@ impl NotificationBatch {
         );
         batch.deadline_ms = self.deadline_ms;
         batch
+    }
+
+    /// The notifications of `range` whose clients `subscribers` still lists at the campaign's
+    /// restaurant, as a batch of their own, when some no longer are (they unsubscribed, or moved
+    /// to another restaurant, after the join): `Some(None)` when none are left, `None` when
+    /// nothing changed. Cheap when the restaurant has not changed since the join.
+    pub fn still_subscribed(
+        &self,
+        range: Range<usize>,
+        subscribers: &Subscribers,
+    ) -> Option<Option<NotificationBatch>> {
+        let restaurant = &self.campaign.restaurant_id;
+        if !subscribers.may_differ_from(&self.snapshot, restaurant) {
+            return None;
+        }
+        let kept: Vec<ClientId<'_>> = (range.clone())
+            .map(|i| self.client_id(i))
+            .filter(|c| subscribers.contains_id(restaurant, *c))
+            .collect();
+        if kept.len() == range.len() {
+            return None;
+        }
+        let mut builder = crate::cache::snapshot::SnapshotBuilder::new();
+        for client in kept {
+            builder.push_id(restaurant, client);
+        }
+        let snapshot = Arc::new(builder.build());
+        let Some(entry) = snapshot.lookup(restaurant) else {
+            return Some(None);
+        };
+        let mut batch = NotificationBatch::new(
+            self.campaign.clone(),
+            self.trigger_datetime_created,
+            self.source.clone(),
+            snapshot,
+            entry,
+        );
+        batch.deadline_ms = self.deadline_ms;
+        Some(Some(batch))
     }
 
     pub fn fingerprint_of(&self, client_id: &str) -> Fingerprint {

@@ -15,7 +15,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::cache::{CacheWiring, RefreshCache, SnapshotInfo, SubscriberCache, Subscribers};
+use crate::cache::{
+    CacheWiring, CurrentSubscribers, RefreshCache, SnapshotInfo, SubscriberCache, Subscribers,
+};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::delivery::{Delivery, DeliveryTargets};
@@ -96,7 +98,7 @@ pub struct Pipeline {
     pub snapshot: watch::Receiver<Option<SnapshotInfo>>,
     reader: Addr<KafkaReader>,
     cache: Addr<SubscriberCache>,
-    subscribers: watch::Receiver<Option<Subscribers>>,
+    subscribers: CurrentSubscribers,
     writers: Writers,
     lifecycle: Addr<Lifecycle>,
     lease_keeper: Addr<LeaseKeeper>,
@@ -145,13 +147,12 @@ impl Pipeline {
             pg_writer: writers.postgres.clone(),
         });
         let (enricher, lifecycle) = start_enricher(&settings, &writers, owner, &shared, &arbiters);
-        let (current, subscribers) = watch::channel(None);
         let wiring = CacheWiring {
             snapshots: vec![lifecycle.clone().recipient()],
             views: vec![enricher.clone().recipient()],
             published,
-            current,
         };
+        let subscribers = shared.subscribers.clone();
         let cache = start_cache(&settings, wiring, &shared, &arbiters);
         let reader =
             start_reader_after_first_snapshot(&settings, &mut snapshot, enricher, &shared).await?;
@@ -191,7 +192,7 @@ impl Pipeline {
 
     /// The subscribers the join uses now (`None` before the first load).
     pub fn subscribers(&self) -> Option<Subscribers> {
-        self.subscribers.borrow().clone()
+        self.subscribers.get()
     }
 
     /// Asks the cache to reload now.

@@ -16,6 +16,32 @@ pub mod snapshot;
 pub mod subscriber_cache;
 
 pub use overlay::Subscribers;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// The subscribers the join uses now, shared: the cache publishes each new value, delivery looks
+/// at it before each slice of a campaign under way, whoever starts the service may look too.
+#[derive(Clone)]
+pub struct CurrentSubscribers(Arc<watch::Sender<Option<Subscribers>>>);
+
+impl Default for CurrentSubscribers {
+    fn default() -> Self {
+        CurrentSubscribers(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl CurrentSubscribers {
+    pub fn publish(&self, subscribers: Subscribers) {
+        self.0.send_replace(Some(subscribers));
+    }
+
+    /// The value now (`None` before the first load).
+    pub fn get(&self) -> Option<Subscribers> {
+        self.0.borrow().clone()
+    }
+}
 pub use subscriber_cache::{
     load, CacheWiring, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache,
     SubscribersChanged,

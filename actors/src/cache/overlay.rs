@@ -101,7 +101,21 @@ impl Subscribers {
 
     /// Whether `client_id` follows `restaurant_id` now.
     pub fn contains(&self, restaurant_id: &str, client_id: &str) -> bool {
-        let client = Client::parse(client_id);
+        self.holds(restaurant_id, Client::parse(client_id))
+    }
+
+    /// The same for a client id borrowed from a snapshot.
+    pub fn contains_id(&self, restaurant_id: &str, client_id: ClientId<'_>) -> bool {
+        self.holds(restaurant_id, owned(client_id))
+    }
+
+    /// Whether `restaurant_id`'s clients may differ from those of `joined`, the snapshot a
+    /// join used: false only when that was this base and the restaurant has not changed since.
+    pub fn may_differ_from(&self, joined: &Arc<Snapshot>, restaurant_id: &str) -> bool {
+        !Arc::ptr_eq(joined, &self.base) || self.deltas.contains_key(restaurant_id)
+    }
+
+    fn holds(&self, restaurant_id: &str, client: Client) -> bool {
         if let Some(delta) = self.deltas.get(restaurant_id) {
             if delta.added.contains(&client) {
                 return true;

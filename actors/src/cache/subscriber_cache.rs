@@ -68,8 +68,6 @@ pub struct CacheWiring {
     pub snapshots: Vec<Recipient<SnapshotLoaded>>,
     pub views: Vec<Recipient<SubscribersChanged>>,
     pub published: watch::Sender<Option<SnapshotInfo>>,
-    /// The subscribers in use, for whoever looks (the benchmark, the tests).
-    pub current: watch::Sender<Option<Subscribers>>,
 }
 
 pub struct SubscriberCache {
@@ -188,7 +186,7 @@ impl SubscriberCache {
         for v in &self.wiring.views {
             v.do_send(SubscribersChanged(view.clone()));
         }
-        self.wiring.current.send_replace(Some(view.clone()));
+        self.shared.subscribers.publish(view.clone());
         self.view = Some(view);
     }
 

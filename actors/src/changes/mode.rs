@@ -44,6 +44,33 @@ pub async fn resolve(
     setting: ChangesSetting,
     names: &SlotNames,
 ) -> Result<Resolved, ModeError> {
+    let resolved = resolve_mode(client, setting, names).await?;
+    if !matches!(resolved.mode, Mode::Logical(_)) {
+        warn_of_a_slot_left(client, names).await?;
+    }
+    Ok(resolved)
+}
+
+/// A slot of an earlier logical mode that nobody reads any more keeps the server's WAL for ever.
+async fn warn_of_a_slot_left(client: &Client, names: &SlotNames) -> Result<(), ModeError> {
+    if let Some(state) = super::slot::state(client, &names.slot).await? {
+        log::warn!(
+            "the replication slot {} exists but subscriber changes are not read from it in this \
+             mode: the server keeps WAL for it ({} bytes now) until it is dropped; with every \
+             instance in this mode, drop it with SELECT pg_drop_replication_slot('{}')",
+            names.slot,
+            state.retained_bytes,
+            names.slot
+        );
+    }
+    Ok(())
+}
+
+async fn resolve_mode(
+    client: &mut Client,
+    setting: ChangesSetting,
+    names: &SlotNames,
+) -> Result<Resolved, ModeError> {
     if matches!(setting, ChangesSetting::Auto | ChangesSetting::Logical) {
         let missing = server::probe(client, &names.publication, &names.slot)
             .await?

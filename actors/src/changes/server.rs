@@ -126,10 +126,9 @@ pub async fn probe(
     })
 }
 
-/// Creates the publication for the table unless it exists (when allowed); true when created.
-///
-/// A publication of that name that exists is left as it is, with or without the table ([`probe`]
-/// tells which). Where the role may not create it, the server's refusal comes back as the error.
+/// Creates the publication for the table unless it exists, or adds the table to one of that name
+/// that lacks it; true when it created or changed it. Where the role may not, the server's
+/// refusal comes back as the error.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
@@ -142,6 +141,23 @@ pub async fn ensure_publication(
         .await?
         .is_some();
     if exists {
+        // One of that name without the table would let the mode start and never see a change.
+        let has_table = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &SCHEMA, &TABLE],
+            )
+            .await?
+            .is_some();
+        if !has_table {
+            let add = format!(
+                "ALTER PUBLICATION {} ADD TABLE {SCHEMA}.{TABLE}",
+                quote_ident(publication)
+            );
+            client.batch_execute(&add).await?;
+            return Ok(true);
+        }
         return Ok(false);
     }
     match client.batch_execute(&create_publication(publication)).await {

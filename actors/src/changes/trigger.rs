@@ -4,8 +4,10 @@
 //! It is the way to follow deletes and moves on a server without `wal_level = logical`, at the
 //! price of a trigger on the app's table (a row written per changed pair, in the app's
 //! transaction). It is installed only when the configuration asks for this mode, and only by a
-//! user allowed to (the table's owner); [`install`] says so when it cannot. `committed_at` is the
-//! moment the row changed (`clock_timestamp()`), shortly before the commit.
+//! user allowed to (the table's owner); [`install`] says so when it cannot. The function runs as
+//! its owner (`SECURITY DEFINER`, with a fixed `search_path`), so the app's own user needs no
+//! right on the service's table for its writes to go through. `committed_at` is the moment the
+//! row changed (`clock_timestamp()`), shortly before the commit.
 
 use tokio_postgres::Client;
 
@@ -15,7 +17,7 @@ pub const TRIGGER: &str = "campaign_notifier_pair_changes";
 /// The function and the trigger; safe to run again.
 pub const INSTALL: &str = "
 CREATE OR REPLACE FUNCTION public.campaign_notifier_pair_change() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $fn$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO public.campaign_notifier_pair_changes (op, restaurant_id, client_id, committed_at)

@@ -450,6 +450,15 @@ impl Lifecycle {
                 if self.follower.not_leading() {
                     log::info!("lifecycle: another instance follows new subscriptions now");
                 }
+                // The leader reports the slot; what this one reported before is stale.
+                let m = &self.shared.metrics;
+                m.replication_slot_lag_bytes.set(0);
+                m.replication_slot_retained_bytes.set(0);
+                for status in ["reserved", "extended", "unreserved", "lost"] {
+                    m.replication_slot_wal_status
+                        .with_label_values(&[status])
+                        .set(0);
+                }
             }
             FeedRead::Nothing { next, reset } => {
                 if reset {

@@ -202,7 +202,6 @@ pub async fn read_feed(
     window: &Window,
     setup: &FeedSetup,
 ) -> Result<FeedRead, tokio_postgres::Error> {
-    let mode = &setup.mode;
     let leads = match (plan.leading, plan.look) {
         (false, _) => store::try_lead_feed(client, me).await?,
         (true, true) => store::leads_feed(client, me).await?,
@@ -211,29 +210,15 @@ pub async fn read_feed(
     if !leads {
         return Ok(FeedRead::NotLeading);
     }
-    let kind = match mode {
-        Mode::Ids => FeedKind::Ids,
-        Mode::Logical(_) | Mode::Trigger => FeedKind::Changes,
+    let kind = match setup.mode.follows_changes() {
+        true => FeedKind::Changes,
+        false => FeedKind::Ids,
     };
-    if let (Mode::Logical(names), true) = (mode, plan.look) {
-        watch_slot(client, names, &setup.metrics).await?;
-    }
-    if plan.look && kind == FeedKind::Changes {
-        if let Some((cursor, _)) = &plan.known {
-            changes::table::trim(client, setup.keep, cursor.mark()).await?;
-        }
+    if plan.look {
+        upkeep(client, &plan, kind, setup).await?;
     }
     let filenode = store::table_filenode(client, kind).await?;
-    let (cursor, reset, record) = match plan.known {
-        Some((cursor, known)) => (cursor, known != filenode, false),
-        None => {
-            let mark = store::feed_position(client, kind).await?;
-            let reset = mark.filenode.is_some_and(|f| f != filenode);
-            (Cursor::at(mark.last_id), reset, mark.filenode.is_none())
-        }
-    };
-    // Truncated (or rewritten) since it was read: its ids may have started again.
-    let cursor = if reset { Cursor::at(0) } else { cursor };
+    let (cursor, reset, record) = where_from(client, plan.known, kind, filenode).await?;
     if reset || record {
         let at = FeedAdvance {
             cursor,
@@ -261,17 +246,21 @@ pub async fn read_feed(
     let restaurants: BTreeSet<&str> = added.iter().map(|r| r.1.as_str()).collect();
     let restaurants: Vec<&str> = restaurants.into_iter().collect();
     let active = store::active_campaigns(client, Some(&restaurants), now, window).await?;
-    let mut subscribers = SnapshotBuilder::new();
-    for (_, restaurant, client_id) in added {
-        subscribers.push(restaurant, client_id);
-    }
     Ok(FeedRead::New {
         next,
         reset,
         full: rows.len() as i64 >= FEED_PAGE,
         active,
-        subscribers: Arc::new(subscribers.build()),
+        subscribers: Arc::new(snapshot_of(&added)),
     })
+}
+
+fn snapshot_of(added: &[&(i64, String, String)]) -> Snapshot {
+    let mut subscribers = SnapshotBuilder::new();
+    for (_, restaurant, client_id) in added {
+        subscribers.push(restaurant, client_id);
+    }
+    subscribers.build()
 }
 
 /// What the change feed follows and how long stored changes are kept.
@@ -280,6 +269,50 @@ pub struct FeedSetup {
     pub mode: Mode,
     pub keep: Duration,
     pub metrics: crate::metrics::Metrics,
+}
+
+/// Where the read starts: the cursor, whether the table was truncated (or rewritten) since it
+/// was read, and whether its mark is to be recorded now (none recorded yet).
+async fn where_from(
+    client: &Client,
+    known: Option<(Cursor, i64)>,
+    kind: FeedKind,
+    filenode: i64,
+) -> Result<(Cursor, bool, bool), tokio_postgres::Error> {
+    let (cursor, reset, record) = match known {
+        Some((cursor, known)) => (cursor, known != filenode, false),
+        None => {
+            let mark = store::feed_position(client, kind).await?;
+            let reset = mark.filenode.is_some_and(|f| f != filenode);
+            (Cursor::at(mark.last_id), reset, mark.filenode.is_none())
+        }
+    };
+    // Truncated (or rewritten) since it was read: its ids may have started again.
+    let cursor = if reset { Cursor::at(0) } else { cursor };
+    Ok((cursor, reset, record))
+}
+
+/// What the leader does every few seconds: the slot's figures (logical mode), and the stored
+/// changes trimmed (in the ids mode nobody reads them, but a trigger left installed still writes
+/// them).
+async fn upkeep(
+    client: &Client,
+    plan: &ReadPlan,
+    kind: FeedKind,
+    setup: &FeedSetup,
+) -> Result<(), tokio_postgres::Error> {
+    if let Mode::Logical(names) = &setup.mode {
+        watch_slot(client, names, &setup.metrics).await?;
+    }
+    let followed = match (kind, &plan.known) {
+        (FeedKind::Changes, Some((cursor, _))) => Some(cursor.mark()),
+        (FeedKind::Changes, None) => None,
+        (FeedKind::Ids, _) => Some(i64::MAX),
+    };
+    if let Some(mark) = followed {
+        changes::table::trim(client, setup.keep, mark).await?;
+    }
+    Ok(())
 }
 
 /// The slot's lag, retained WAL and `wal_status` as metrics (the instances drain it,

@@ -157,7 +157,7 @@ pub async fn deletes_inserts_and_moves_within_two_seconds(f: &Fixture, extra: &s
     let [a, b, c] = RESTAURANTS;
     seed(f).await;
     let mut expected = Expected::default();
-    let mut service = Service::start(f, extra);
+    let service = Service::start(f, extra);
     let on = format!("mode=\"{mode}\"");
     assert_eq!(
         service.metric_with("campaign_notifier_subscriber_changes_mode", &on),
@@ -185,38 +185,9 @@ pub async fn deletes_inserts_and_moves_within_two_seconds(f: &Fixture, extra: &s
     service.wait_processed(3, Duration::from_secs(30));
 
     // A stream of changes, one every 60 ms, while the service is killed and started again.
-    let stream = async {
-        let mut expected_stream = Vec::new();
-        let mut last = Instant::now();
-        for i in 0..15 {
-            let (sub, unsub, moved) = (
-                format!("stream-{i}"),
-                format!("c-{i:02}"),
-                format!("a-{:02}", 4 + i),
-            );
-            for what in [
-                Change::Subscribe(c, &sub),
-                Change::Unsubscribe(c, &unsub),
-                Change::Move(a, c, &moved),
-            ] {
-                let mut one = Expected::default();
-                last = change(f, &mut one, what).await;
-                expected_stream.extend(one.added);
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-        }
-        (expected_stream, last)
-    };
-    let restart = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        service.kill_hard();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Service::start_numbered(f, extra, 1)
-    };
-    let ((added, last), restarted) = tokio::join!(stream, restart);
+    let (added, last, service) = stream_across_a_restart(f, extra, service).await;
     let sent = expected.sent.len();
     expected.added.extend(added.into_iter().map(|(_, r, c)| (sent, r, c)));
-    let service = restarted;
 
     // Round 2, after the stream: every change of it is in.
     two_seconds_after(last).await;
@@ -244,6 +215,47 @@ fn assert_same(
         "{sink}: missing {missing:?}, too many {extra:?}\n{}",
         service.log_text()
     );
+}
+
+/// 45 changes to C, one every 60 ms (a subscription, an unsubscription, a move from A, in turn),
+/// while `service` is killed with SIGKILL and started again; returns the pairs added, when the
+/// last change committed, and the new service.
+async fn stream_across_a_restart(
+    f: &Fixture,
+    extra: &str,
+    mut service: Service,
+) -> (Vec<(usize, String, String)>, Instant, Service) {
+    let [a, _, c] = RESTAURANTS;
+    let stream = async {
+        let mut added = Vec::new();
+        let mut last = Instant::now();
+        for i in 0..15 {
+            let (sub, unsub, moved) = (
+                format!("stream-{i}"),
+                format!("c-{i:02}"),
+                format!("a-{:02}", 4 + i),
+            );
+            for what in [
+                Change::Subscribe(c, &sub),
+                Change::Unsubscribe(c, &unsub),
+                Change::Move(a, c, &moved),
+            ] {
+                let mut one = Expected::default();
+                last = change(f, &mut one, what).await;
+                added.extend(one.added);
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+        (added, last)
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        service.kill_hard();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Service::start_numbered(f, extra, 1)
+    };
+    let ((added, last), restarted) = tokio::join!(stream, restart);
+    (added, last, restarted)
 }
 
 async fn wait_for_pairs(f: &Fixture, n: usize, service: &Service) {

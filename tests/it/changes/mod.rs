@@ -1,12 +1,15 @@
-//! Following `subscribers_restaurants` by its changes, against a Postgres of the test's own with
-//! `wal_level = logical` ([`crate::common::cluster::LogicalPostgres`]); no broker.
+//! Following `subscribers_restaurants` by its changes: the logical decoding layer against a
+//! Postgres of the test's own with `wal_level = logical`
+//! ([`crate::common::cluster::LogicalPostgres`]), and the service following them.
 //!
 //! - [`decoding`]: the slot peeked and advanced, its pgoutput messages decoded into pair changes
 //!   in commit order, which LSN to advance to, what the slot holds back, and what the server
 //!   allows (the run's shared server, with wal_level replica, is told what it lacks).
 //! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
-//!   commit, across a `kill -9`, in the trigger mode (on the run's server, with a broker) and
-//!   the logical mode.
+//!   commit, across a `kill -9`, in the trigger mode (on the run's server) and the logical
+//!   mode.
+//! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
 
 mod decoding;
 mod following;
+mod under_way;

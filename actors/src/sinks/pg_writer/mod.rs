@@ -34,6 +34,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::writer::{LocalFuture, Rows, Sink, SinkError, Writer};
+use crate::cache::Subscribers;
 use crate::campaign::Campaign;
 use crate::error_chain::Chain;
 use crate::events::{Event, NotificationsCapped};
@@ -95,6 +96,28 @@ impl PgJob {
         PgJob {
             batch: Arc::new(self.batch.created_at(trigger_datetime_created)),
             ..self
+        }
+    }
+
+    /// The same job without the clients `subscribers` no longer lists at the campaign's
+    /// restaurant (see [`NotificationBatch::still_subscribed`]), and how many those are: `None`
+    /// when nobody is left. It keeps its first token: it has no more chunks than before.
+    pub fn still_subscribed(self, subscribers: &Subscribers) -> (Option<PgJob>, usize) {
+        match self.batch.still_subscribed(self.range.clone(), subscribers) {
+            None => (Some(self), 0),
+            Some(None) => {
+                let left = self.range.len();
+                (None, left)
+            }
+            Some(Some(batch)) => {
+                let left = self.range.len() - batch.len();
+                let job = PgJob {
+                    range: 0..batch.len(),
+                    batch: Arc::new(batch),
+                    ..self
+                };
+                (Some(job), left)
+            }
         }
     }
 
