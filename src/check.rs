@@ -1,6 +1,9 @@
 //! `check-config --connect`: whether what the config names can be reached and used, one line
 //! each, so an operator learns which of the brokers, the topics, the credentials, Postgres and
-//! its tables is wrong before starting the service.
+//! its tables is wrong before starting the service, and which way the subscribers' changes are
+//! followed on this server ([`changes`]).
+
+mod changes;
 
 use std::time::Duration;
 
@@ -196,6 +199,8 @@ async fn check_postgres(settings: &Settings, create_schema: bool) -> bool {
         "column subscribers_feedback.trigger_datetime_created",
         said,
     );
+    let names = settings.cache.slot_names();
+    ok &= changes::check(&client, &user, settings.cache.changes, &names).await;
     ok
 }
 
