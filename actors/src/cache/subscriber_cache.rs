@@ -176,7 +176,9 @@ impl SubscriberCache {
 
     fn publish(&mut self, view: Subscribers) {
         let metrics = &self.shared.metrics;
-        metrics.subscriber_changes_unfolded.set(view.changed() as i64);
+        metrics
+            .subscriber_changes_unfolded
+            .set(view.changed() as i64);
         metrics.cache_pairs.set(view.pairs() as i64);
         for v in &self.wiring.views {
             v.do_send(SubscribersChanged(view.clone()));
