@@ -18,7 +18,7 @@ use campaign_actors::postgres::{self, describe, TriggerColumn};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The tables the service reads or writes, with the privileges it needs on each.
-const TABLES: [(&str, &[&str]); 7] = [
+const TABLES: [(&str, &[&str]); 8] = [
     ("subscribers_restaurants", &["SELECT"]),
     ("subscribers_feedback", &["SELECT", "INSERT", "DELETE"]),
     (
@@ -40,6 +40,10 @@ const TABLES: [(&str, &[&str]); 7] = [
     (
         "campaign_notifier_leaders",
         &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "campaign_notifier_pair_changes",
+        &["SELECT", "INSERT", "DELETE"],
     ),
 ];
 
