@@ -1,6 +1,9 @@
 //! `check-config --connect`: whether what the config names can be reached and used, one line
 //! each, so an operator learns which of the brokers, the topics, the credentials, Postgres and
-//! its tables is wrong before starting the service.
+//! its tables is wrong before starting the service, and which way the subscribers' changes are
+//! followed on this server ([`changes`]).
+
+mod changes;
 
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use campaign_actors::postgres::{self, describe, TriggerColumn};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The tables the service reads or writes, with the privileges it needs on each.
-const TABLES: [(&str, &[&str]); 7] = [
+const TABLES: [(&str, &[&str]); 8] = [
     ("subscribers_restaurants", &["SELECT"]),
     ("subscribers_feedback", &["SELECT", "INSERT", "DELETE"]),
     (
@@ -37,6 +40,10 @@ const TABLES: [(&str, &[&str]); 7] = [
     (
         "campaign_notifier_leaders",
         &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    (
+        "campaign_notifier_pair_changes",
+        &["SELECT", "INSERT", "DELETE"],
     ),
 ];
 
@@ -196,6 +203,8 @@ async fn check_postgres(settings: &Settings, create_schema: bool) -> bool {
         "column subscribers_feedback.trigger_datetime_created",
         said,
     );
+    let names = settings.cache.slot_names();
+    ok &= changes::check(&client, &user, settings.cache.changes, &names).await;
     ok
 }
 

@@ -1,15 +1,21 @@
 //! Following `subscribers_restaurants` by its changes: the logical decoding layer against a
 //! Postgres of the test's own with `wal_level = logical`
-//! ([`crate::common::cluster::LogicalPostgres`]), and the service following them.
+//! ([`crate::common::cluster::LogicalPostgres`]), what `check-config` says of a server, and the
+//! service following the changes.
 //!
 //! - [`decoding`]: the slot peeked and advanced, its pgoutput messages decoded into pair changes
 //!   in commit order, which LSN to advance to, what the slot holds back, and what the server
-//!   allows (the run's shared server, with wal_level replica, is told what it lacks).
+//!   allows (the run's shared server, with wal_level replica, is told what it lacks); no broker.
+//! - [`check`]: `check-config --connect` says which mode `cache.changes` comes to on the server
+//!   and what the logical mode lacks with each fix (the run's shared server: wal_level and its
+//!   fix; a logical server: the trigger, then logical once the table is REPLICA IDENTITY FULL);
+//!   the config is a fixture's, on the run's broker.
 //! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
 //!   commit, across a `kill -9`, in the trigger mode (on the run's server) and the logical
 //!   mode.
 //! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
 
+mod check;
 mod decoding;
 mod following;
 mod under_way;

@@ -80,6 +80,9 @@ fn assert_every_alert_has_its_test() {
         "CampaignNotifierSnapshotStale",
         "CampaignNotifierConsumerLagGrowing",
         "CampaignNotifierRestartLoop",
+        "CampaignNotifierReplicationSlotRetainingWal",
+        "CampaignNotifierReplicationSlotAtRisk",
+        "CampaignNotifierSubscriberChangesLagging",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}\n")),
