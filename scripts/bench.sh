@@ -9,6 +9,9 @@
 #   scripts/bench.sh --matrix --baseline --chart docs/fanout.svg
 # or, with `--example NAME` first, to one of bench/examples instead:
 #   scripts/bench.sh --example producer_chunking
+# The example `changes` gets a Postgres cluster of its own with wal_level = logical (started in the
+# run's temporary directory, stopped at the end) instead of the local one:
+#   scripts/bench.sh --example changes --pairs 50000000
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,7 +21,7 @@ cd "$root"
 ensure_tansu
 ensure_postgres
 dir=$(mktemp -d)
-trap 'stop_tansu; rm -rf "$dir"' EXIT
+trap 'stop_tansu; stop_logical_postgres; rm -rf "$dir"' EXIT
 start_tansu "$dir"
 args=()
 for a in "$@"; do
@@ -34,6 +37,12 @@ if [ "${1:-}" = "--example" ]; then
   example=$2
   shift 2
   cargo build -q --release -p campaign-bench --example "$example"
+  if [ "$example" = changes ]; then
+    # The postgres user must reach its data directory inside the run's.
+    chmod a+x "$dir"
+    start_logical_postgres "$dir/postgres"
+    set -- --postgres-url "$logical_pg_url" "$@"
+  fi
   "./target/release/examples/$example" --brokers "$broker" "$@"
 else
   cargo build -q --release -p campaign-bench

@@ -10,6 +10,10 @@
 #                             has not) on a free port with its data in DIR; sets noida_pid and
 #                             txn_broker (127.0.0.1:PORT)
 #   stop_noida                stop it
+#   start_logical_postgres DIR  a Postgres cluster of its own in DIR with wal_level = logical (the
+#                             local one has replica and is left as it is) on a free port; sets
+#                             logical_pg_url (postgres://postgres@127.0.0.1:PORT/postgres)
+#   stop_logical_postgres     stop it
 #   ensure_baseline_python    a virtual environment with confluent-kafka and psycopg for the
 #                             benchmark's plain Python pipeline (seconds, once); sets
 #                             baseline_python to its interpreter
@@ -85,6 +89,62 @@ stop_tansu() {
   if [ -n "$tansu_pid" ] && kill -0 "$tansu_pid" 2>/dev/null; then
     kill "$tansu_pid" 2>/dev/null || true
     wait "$tansu_pid" 2>/dev/null || true
+  fi
+}
+
+# A cluster for logical decoding: the newest server version installed, initdb'd into DIR/data (as
+# the postgres user when run as root: initdb refuses root), without fsync: it is thrown away after
+# the run.
+logical_pg_dir=""
+logical_pg_url=""
+
+postgres_bin() {
+  echo "/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -V | tail -n1)/bin/$1"
+}
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+start_logical_postgres() {
+  local dir=$1 port
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
+  port=$(free_port)
+  if ! as_postgres "$(postgres_bin initdb)" -D "$dir/data" -A trust -U postgres --no-sync \
+    >"$dir/initdb.log" 2>&1; then
+    cat "$dir/initdb.log" >&2
+    return 1
+  fi
+  cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+fsync = off
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+shared_buffers = 1GB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+CONF
+  logical_pg_dir=$dir
+  if ! as_postgres "$(postgres_bin pg_ctl)" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
+    >/dev/null; then
+    cat "$dir/postgres.log" >&2
+    return 1
+  fi
+  logical_pg_url="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+stop_logical_postgres() {
+  if [ -n "$logical_pg_dir" ] && [ -f "$logical_pg_dir/data/postmaster.pid" ]; then
+    as_postgres "$(postgres_bin pg_ctl)" -D "$logical_pg_dir/data" -m fast -w stop >/dev/null 2>&1 ||
+      true
   fi
 }
 
