@@ -12,10 +12,12 @@
 //! With the changes followed (`Mode::Logical` or `Mode::Trigger`), a full load is the start-up
 //! step and a safety net every `cache.changes_reload_interval_secs`; in between, every
 //! `cache.changes_poll_interval_ms` the changes stored since are read ([`super::follow`]) and
-//! applied; in the logical mode the instance first drains the slot into the table, unless
-//! another instance is draining it ([`crate::changes::drain`]). A `reload` row, deltas past a tenth of the snapshot, or reads failing for half the
+//! applied. In the logical mode one instance streams the slot into the table
+//! ([`crate::changes::stream`]); where the slot cannot be streamed from here, each instance
+//! drains it with SQL calls before it reads, one at a time ([`crate::changes::drain`]). A `reload` row, deltas past a tenth of the snapshot, or reads failing for half the
 //! time changes are kept, make it load again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +31,7 @@ use tokio_postgres::Client;
 use super::follow::{self, Following, Read, Start};
 use super::overlay::Subscribers;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
-use crate::changes::{drain, Mode};
+use crate::changes::{drain, stream, Mode};
 use crate::config::CacheConfig;
 use crate::events::{CacheLoadFailed, CacheLoaded, Event, SubscriberChangesApplied};
 use crate::metrics::ActorKind;
@@ -84,6 +86,8 @@ pub struct SubscriberCache {
     reading: bool,
     /// Loads done: a read made before the last one is not applied.
     loads: u64,
+    /// The logical mode's slot cannot be streamed from here: it is read with SQL calls.
+    sql_drain: Arc<AtomicBool>,
 }
 
 impl SubscriberCache {
@@ -108,6 +112,7 @@ impl SubscriberCache {
             follower: None,
             reading: false,
             loads: 0,
+            sql_drain: Arc::default(),
         }
     }
 
@@ -210,9 +215,10 @@ impl SubscriberCache {
         }
         self.reading = true;
         let (client, postgres, loads) = (self.follower.clone(), self.postgres.clone(), self.loads);
-        // In the logical mode every instance drains the slot, one at a time, before it reads.
+        // In the logical mode the slot is streamed; where it cannot be, every instance drains
+        // it with SQL calls, one at a time, before it reads.
         let slot = match &self.mode {
-            Mode::Logical(names) => Some(names.clone()),
+            Mode::Logical(names) if self.sql_drain.load(Ordering::Relaxed) => Some(names.clone()),
             _ => None,
         };
         let fut = async move {
@@ -349,6 +355,10 @@ impl Actor for SubscriberCache {
             ctx.run_interval(self.config.changes_poll_interval_ms, |act, ctx| {
                 act.follow(ctx)
             });
+        }
+        if let Mode::Logical(names) = &self.mode {
+            let stream = stream::run(self.postgres.clone(), names.clone(), self.sql_drain.clone());
+            ctx.spawn(stream.into_actor(self));
         }
     }
 }

@@ -62,6 +62,22 @@ async fn drain_locked(
     client: &Client,
     names: &SlotNames,
 ) -> Result<Drained, tokio_postgres::Error> {
+    prepare_slot(client, names).await?;
+    let mut all = Drained::default();
+    for _ in 0..DRAINS_AT_ONCE {
+        let one = drain(client, names).await?;
+        all.changes += one.changes;
+        all.transactions += one.transactions;
+        all.more = one.more;
+        if !one.more {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// Makes the slot unless it exists, and makes it again if the server invalidated it.
+pub async fn prepare_slot(client: &Client, names: &SlotNames) -> Result<(), tokio_postgres::Error> {
     if let Some(state) = slot::state(client, &names.slot).await? {
         if state.wal_status.as_deref() == Some("lost") {
             log::error!(
@@ -79,17 +95,7 @@ async fn drain_locked(
             names.slot
         );
     }
-    let mut all = Drained::default();
-    for _ in 0..DRAINS_AT_ONCE {
-        let one = drain(client, names).await?;
-        all.changes += one.changes;
-        all.transactions += one.transactions;
-        all.more = one.more;
-        if !one.more {
-            break;
-        }
-    }
-    Ok(all)
+    Ok(())
 }
 
 /// Makes the slot unless it exists; when it had to be made, every instance is asked to reload
@@ -133,42 +139,75 @@ pub async fn drain(client: &Client, names: &SlotNames) -> Result<Drained, tokio_
 
 /// The changes of the whole transactions among `messages`, and how many transactions.
 fn decode(messages: &[slot::Message]) -> (Vec<NewChange>, usize) {
-    // Relations are described again in every read, so each read decodes on its own.
-    let mut decoder = Decoder::new("public", "subscribers_restaurants");
-    let (mut pending, mut stored): (Vec<NewChange>, Vec<NewChange>) = (Vec::new(), Vec::new());
-    let mut transactions = 0;
-    let mut broken: Option<DecodeError> = None;
-    let now = || crate::clock::unix_ms().saturating_mul(1000);
+    let mut collector = Collector::new();
+    let (mut stored, mut transactions) = (Vec::new(), 0);
     for message in messages {
-        match decoder.feed(&message.data) {
-            Err(e) => broken = broken.or(Some(e)),
+        if let Some(mut changes) = collector.feed(&message.data) {
+            stored.append(&mut changes);
+            transactions += 1;
+        }
+    }
+    (stored, transactions)
+}
+
+/// Turns the slot's messages, one by one, into the changes of each whole transaction.
+///
+/// A transaction that cannot be decoded (a delete without its old row, because the table's
+/// replica identity was changed back, say) comes out as one `reload` row with the reason, logged
+/// as an error: every instance then loads the table again, which is right whatever it did.
+pub struct Collector {
+    decoder: Decoder,
+    pending: Vec<NewChange>,
+    broken: Option<DecodeError>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector::new()
+    }
+}
+
+impl Collector {
+    pub fn new() -> Collector {
+        Collector {
+            decoder: Decoder::new(super::SCHEMA, super::TABLE),
+            pending: Vec::new(),
+            broken: None,
+        }
+    }
+
+    /// One message; at a transaction's commit, its changes.
+    pub fn feed(&mut self, data: &[u8]) -> Option<Vec<NewChange>> {
+        let now = || crate::clock::unix_ms().saturating_mul(1000);
+        match self.decoder.feed(data) {
+            Err(e) => self.broken = self.broken.take().or(Some(e)),
             Ok(Decoded::Nothing) => {}
-            Ok(Decoded::Changes(changes)) => pending.extend(changes.into_iter().map(|c| {
+            Ok(Decoded::Changes(changes)) => self.pending.extend(changes.into_iter().map(|c| {
                 let op = match c.op {
                     PairOp::Add => Op::Add,
                     PairOp::Remove => Op::Remove,
                 };
                 (op, c.restaurant_id, c.client_id, c.committed_at_micros)
             })),
-            Ok(Decoded::Truncated) => pending.push((
+            Ok(Decoded::Truncated) => self.pending.push((
                 Op::Reload,
                 String::new(),
                 "subscribers_restaurants was truncated".into(),
                 now(),
             )),
             Ok(Decoded::Commit) => {
-                if let Some(e) = broken.take() {
+                if let Some(e) = self.broken.take() {
                     log::error!(
-                        "subscriber changes: a transaction of the replication slot cannot be                          decoded ({e}); every instance loads the table again"
+                        "subscriber changes: a transaction of the replication slot cannot be \
+                         decoded ({e}); every instance loads the table again"
                     );
-                    pending.clear();
+                    self.pending.clear();
                     let why = format!("a change could not be decoded: {e}");
-                    pending.push((Op::Reload, String::new(), why, now()));
+                    self.pending.push((Op::Reload, String::new(), why, now()));
                 }
-                stored.append(&mut pending);
-                transactions += 1;
+                return Some(std::mem::take(&mut self.pending));
             }
         }
+        None
     }
-    (stored, transactions)
 }

@@ -25,8 +25,10 @@ pub mod mode;
 pub mod pgoutput;
 pub mod server;
 pub mod slot;
+pub mod stream;
 pub mod table;
 pub mod trigger;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 

@@ -152,8 +152,12 @@ async fn two_seconds_after(last: Instant) {
 }
 
 /// The whole scenario, on `f`, with the service configured by `extra`, which must follow the
-/// changes in `mode`.
-pub async fn deletes_inserts_and_moves_within_two_seconds(f: &Fixture, extra: &str, mode: &str) {
+/// changes in `mode`; returns the log of the instance started again.
+pub async fn deletes_inserts_and_moves_within_two_seconds(
+    f: &Fixture,
+    extra: &str,
+    mode: &str,
+) -> String {
     let [a, b, c] = RESTAURANTS;
     seed(f).await;
     let mut expected = Expected::default();
@@ -199,6 +203,7 @@ pub async fn deletes_inserts_and_moves_within_two_seconds(f: &Fixture, extra: &s
     assert_same(&row_pairs(f).await, &pairs, "Postgres", &service);
     assert_same(&output_pairs(f), &pairs, "Kafka", &service);
     assert_change_lag_within_two_seconds(&service);
+    service.log_text()
 }
 
 /// `got` is `want`; else the pairs missing and those too many, and the service's log.
@@ -308,7 +313,11 @@ async fn in_the_logical_mode_deletes_inserts_and_moves_are_applied_within_two_se
         .await
         .expect("replica identity");
     // `auto` takes the logical mode where the server allows it.
-    deletes_inserts_and_moves_within_two_seconds(&f, "", "logical").await;
+    let log = deletes_inserts_and_moves_within_two_seconds(&f, "", "logical").await;
+    assert!(
+        log.contains("streaming the replication slot"),
+        "the slot is streamed, not read with SQL calls:\n{log}"
+    );
     let slot = f
         .db
         .query_one(
