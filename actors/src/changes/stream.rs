@@ -191,9 +191,9 @@ fn status(lsn: u64) -> Vec<u8> {
 }
 
 /// Streams the slot whenever no other instance does, until the future is dropped; sets
-/// `unsupported` (and returns) when this server cannot be streamed from here (TLS, an
-/// authentication the replication connection does not speak, a refusal), so that the caller
-/// reads the slot with SQL calls instead.
+/// `unsupported` (and returns) when this server cannot be streamed from here (an authentication
+/// the replication connection does not speak, TLS it cannot agree, a refusal), so that the
+/// caller reads the slot with SQL calls instead.
 pub async fn run(
     settings: PostgresSettings,
     names: SlotNames,
@@ -233,7 +233,7 @@ pub async fn run(
     }
 }
 
-/// What no retry changes: TLS or an authentication this connection does not speak, the
+/// What no retry changes: TLS or an authentication this connection cannot agree, the
 /// server's refusal of the connection or of the role (classes 08, 28 and 42501).
 fn refused(e: &WireError) -> bool {
     match e {

@@ -1,11 +1,12 @@
 //! A replication connection: the few messages of Postgres' wire protocol the logical mode's
-//! stream needs, over a plain TCP or Unix socket (tokio-postgres does not open replication
+//! stream needs, over TCP (with TLS) or a Unix socket (tokio-postgres does not open replication
 //! connections).
 //!
 //! It starts with `replication=database`, authenticates (trust, password, MD5 or SCRAM-SHA-256),
-//! and then reads whole messages ([`Wire::read`]) and writes frontend messages built with
-//! `postgres-protocol`. A server that asks for TLS is not spoken to here: the caller reads the
-//! slot with SQL calls instead ([`WireError::Unsupported`]).
+//! over TLS as the URL's `sslmode` and `sslrootcert` say (as every other connection of the
+//! service), and then reads whole messages ([`Wire::read`]) and writes frontend messages built
+//! with `postgres-protocol`. What it cannot do comes back as [`WireError::Unsupported`], and the
+//! caller reads the slot with SQL calls instead.
 
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
+use crate::postgres::tls::{SslMode as TlsMode, Tls};
 use crate::postgres::PostgresSettings;
 
 /// Why a replication connection failed.
@@ -56,14 +58,11 @@ impl Wire {
         settings: &PostgresSettings,
         application_name: &str,
     ) -> Result<Wire, WireError> {
-        let (config, _) = settings
+        let (config, tls) = settings
             .client_config()
             .map_err(|e| WireError::Unsupported(e.to_string()))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(WireError::Unsupported("the connection asks for TLS".into()));
-        }
         let timeout = settings.connect_timeout;
-        let mut wire = tokio::time::timeout(timeout, open(&config))
+        let mut wire = tokio::time::timeout(timeout, open(&config, &tls))
             .await
             .map_err(|_| WireError::TimedOut(timeout))??;
         let user = config.get_user().unwrap_or("postgres").to_string();
@@ -199,16 +198,24 @@ async fn read_from(reader: &mut Reader) -> Result<Incoming, WireError> {
     Ok(Incoming { tag, body })
 }
 
-/// The socket to the first host of `config`.
-async fn open(config: &tokio_postgres::Config) -> Result<Wire, WireError> {
+/// The socket to the first host of `config`, over TLS as `tls` says (never over a Unix
+/// socket, as libpq).
+async fn open(config: &tokio_postgres::Config, tls: &Tls) -> Result<Wire, WireError> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let (reader, writer): (Box<dyn AsyncRead + Unpin + Send>, Writer) =
         match config.get_hosts().first() {
             Some(Host::Tcp(host)) => {
-                let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                 stream.set_nodelay(true)?;
-                let (r, w) = stream.into_split();
-                (Box::new(r), Box::new(w))
+                if tls.mode != TlsMode::Disable && offers_tls(&mut stream).await? {
+                    let (r, w) = tokio::io::split(encrypt(stream, tls, host).await?);
+                    (Box::new(r), Box::new(w))
+                } else if matches!(tls.mode, TlsMode::Disable | TlsMode::Prefer) {
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w))
+                } else {
+                    return Err(WireError::Unsupported("the server offers no TLS".into()));
+                }
             }
             #[cfg(unix)]
             Some(Host::Unix(dir)) => {
@@ -223,6 +230,38 @@ async fn open(config: &tokio_postgres::Config) -> Result<Wire, WireError> {
         writer,
         out: BytesMut::new(),
     })
+}
+
+/// Asks for TLS (an SSLRequest); whether the server agreed.
+async fn offers_tls(stream: &mut tokio::net::TcpStream) -> Result<bool, WireError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    Ok(stream.read_u8().await? == b'S')
+}
+
+/// The TLS handshake, the certificate (and, with verify-full, the host name) checked as the
+/// service's other connections check it.
+async fn encrypt(
+    stream: tokio::net::TcpStream,
+    tls: &Tls,
+    host: &str,
+) -> Result<tokio_openssl::SslStream<tokio::net::TcpStream>, WireError> {
+    let tls_error = |e: String| WireError::Unsupported(format!("TLS: {e}"));
+    let connector = tls.ssl_connector().map_err(tls_error)?;
+    let ssl = connector
+        .configure()
+        .map_err(|e| tls_error(e.to_string()))?
+        .verify_hostname(tls.mode == TlsMode::VerifyFull)
+        .into_ssl(host)
+        .map_err(|e| tls_error(e.to_string()))?;
+    let mut stream =
+        tokio_openssl::SslStream::new(ssl, stream).map_err(|e| tls_error(e.to_string()))?;
+    std::pin::Pin::new(&mut stream)
+        .connect()
+        .await
+        .map_err(|e| tls_error(e.to_string()))?;
+    Ok(stream)
 }
 
 /// An ErrorResponse's SQLSTATE and message.

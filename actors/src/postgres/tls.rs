@@ -78,8 +78,8 @@ impl Tls {
         config.ssl_mode(self.mode.negotiation());
     }
 
-    /// The connector for tokio-postgres.
-    pub fn connector(&self) -> Result<MakeTlsConnector, String> {
+    /// The OpenSSL connector: the authorities and whether the certificate is checked.
+    pub fn ssl_connector(&self) -> Result<SslConnector, String> {
         let describe = |e: openssl::error::ErrorStack| e.to_string();
         let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(describe)?;
         if self.verifies() {
@@ -92,7 +92,12 @@ impl Tls {
         } else {
             builder.set_verify(SslVerifyMode::NONE);
         }
-        let mut connector = MakeTlsConnector::new(builder.build());
+        Ok(builder.build())
+    }
+
+    /// The connector for tokio-postgres.
+    pub fn connector(&self) -> Result<MakeTlsConnector, String> {
+        let mut connector = MakeTlsConnector::new(self.ssl_connector()?);
         if self.mode != SslMode::VerifyFull {
             connector.set_callback(|config, _host| {
                 config.set_verify_hostname(false);

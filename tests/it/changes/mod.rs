@@ -13,9 +13,12 @@
 //! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
 //!   commit, across a `kill -9`, in the trigger mode (on the run's server) and the logical
 //!   mode.
+//! - [`over_tls`]: the logical mode on a server reached with `sslmode=verify-full`: the slot is
+//!   streamed over an encrypted replication connection.
 //! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
 
 mod check;
 mod decoding;
 mod following;
+mod over_tls;
 mod under_way;

@@ -208,6 +208,16 @@ pub struct TlsPostgres {
 
 impl TlsPostgres {
     pub fn start(dir: PathBuf) -> TlsPostgres {
+        TlsPostgres::start_with(dir, "")
+    }
+
+    /// The same with `wal_level = logical` and room for replication slots.
+    pub fn start_logical(dir: PathBuf) -> TlsPostgres {
+        let logical = "wal_level = logical\nmax_replication_slots = 10\nmax_wal_senders = 10\n";
+        TlsPostgres::start_with(dir, logical)
+    }
+
+    fn start_with(dir: PathBuf, more_conf: &str) -> TlsPostgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("postgres dir");
         certificates(&dir, "IP:127.0.0.1");
@@ -217,7 +227,7 @@ impl TlsPostgres {
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
              ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n\
-             fsync = off\n",
+             fsync = off\n{more_conf}",
             dir = dir.display()
         );
         // The server's own files, certificates included, belong to the user it runs as.
