@@ -111,10 +111,12 @@ struct Routes {
 impl Delivery {
     /// `owner` is this process's ledger owner id: the tokens of its outbox marks carry it.
     /// `max_in_flight` notifications at most are between the join and both sinks' confirmation.
+    /// `subscribers`: the subscribers in use, looked at before each slice of a large campaign.
     pub fn new(
         targets: DeliveryTargets,
         owner: i32,
         max_in_flight: usize,
+        subscribers: crate::cache::CurrentSubscribers,
         shared: Shared,
     ) -> Delivery {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
@@ -129,7 +131,7 @@ impl Delivery {
                 clock: shared.clock,
                 quiet: shared.quiet,
                 recalls: shared.recalls,
-                subscribers: shared.subscribers,
+                subscribers,
                 budget: Arc::new(Semaphore::new(max_in_flight)),
                 large: Arc::new(Semaphore::new(large)),
             }),

@@ -460,7 +460,8 @@ mod tests {
             withdraw: sinks.clone().recipient(),
             dead_letters: Some(sinks.clone().recipient()),
         };
-        let delivery = Delivery::new(targets, 1, budget, shared.clone());
+        let current = crate::cache::CurrentSubscribers::default();
+        let delivery = Delivery::new(targets, 1, budget, current, shared.clone());
         let enricher = Enricher::new(delivery, sinks.recipient(), W, 65536, shared).start();
         let mut b = SnapshotBuilder::new();
         b.push(BRIEF_SAMPLE_RESTAURANT, "client-a");

@@ -16,7 +16,8 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::cache::{
-    CacheWiring, CurrentSubscribers, RefreshCache, SnapshotInfo, SubscriberCache, Subscribers,
+    CacheIntervals, CacheWiring, CurrentSubscribers, RefreshCache, SnapshotInfo, SubscriberCache,
+    Subscribers,
 };
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
@@ -146,13 +147,15 @@ impl Pipeline {
             kafka_writer: writers.kafka.clone(),
             pg_writer: writers.postgres.clone(),
         });
-        let (enricher, lifecycle) = start_enricher(&settings, &writers, owner, &shared, &arbiters);
+        let subscribers = CurrentSubscribers::default();
+        let (enricher, lifecycle) =
+            start_enricher(&settings, &writers, owner, &subscribers, &shared, &arbiters);
         let wiring = CacheWiring {
             snapshots: vec![lifecycle.clone().recipient()],
             views: vec![enricher.clone().recipient()],
             published,
+            current: subscribers.clone(),
         };
-        let subscribers = shared.subscribers.clone();
         let cache = start_cache(&settings, wiring, &shared, &arbiters);
         let reader =
             start_reader_after_first_snapshot(&settings, &mut snapshot, enricher, &shared).await?;
@@ -629,6 +632,7 @@ fn start_enricher(
     settings: &Settings,
     writers: &Writers,
     owner: i32,
+    subscribers: &CurrentSubscribers,
     shared: &Shared,
     arbiters: &Arbiters,
 ) -> (Addr<Enricher>, Addr<Lifecycle>) {
@@ -643,6 +647,7 @@ fn start_enricher(
         targets,
         owner,
         settings.max_notifications_in_flight,
+        subscribers.clone(),
         shared.clone(),
     );
     let mut lifecycle = None;
@@ -676,9 +681,18 @@ fn start_cache(
     shared: &Shared,
     arbiters: &Arbiters,
 ) -> Addr<SubscriberCache> {
+    let c = &settings.cache;
+    let intervals = CacheIntervals {
+        reload: match settings.changes.follows_changes() {
+            true => c.changes_reload_interval_secs,
+            false => c.refresh_interval_secs,
+        },
+        poll: c.changes_poll_interval_ms,
+        keep: c.changes_keep_secs,
+    };
     let cache = SubscriberCache::new(
         settings.postgres.clone(),
-        settings.cache.clone(),
+        intervals,
         settings.changes.clone(),
         settings.cache_restart.clone(),
         wiring,

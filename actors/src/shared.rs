@@ -1,10 +1,9 @@
 //! What every component is handed at construction: the metrics, the channel that stops the
 //! service ([`crate::fatal`]), the clock, this process's lease, the heartbeats of its loops, the
-//! campaigns recalled, the quiet hours and the subscribers in use.
+//! campaigns recalled and the quiet hours.
 
 use tokio::sync::watch;
 
-use crate::cache::CurrentSubscribers;
 use crate::clock::Clock;
 use crate::fatal::{Fatal, FatalReason};
 use crate::lease::Lease;
@@ -25,8 +24,6 @@ pub struct Shared {
     pub recalls: Recalls,
     /// Inside them nothing new goes out (off unless `[limits] quiet_hours` is set).
     pub quiet: QuietHours,
-    /// The subscribers the join uses now (published by the cache).
-    pub subscribers: CurrentSubscribers,
 }
 
 impl Shared {
@@ -43,7 +40,6 @@ impl Shared {
                 liveness: Liveness::default(),
                 recalls: Recalls::default(),
                 quiet: QuietHours::off(),
-                subscribers: CurrentSubscribers::default(),
             },
             failed,
         )

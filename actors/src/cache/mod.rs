@@ -43,6 +43,6 @@ impl CurrentSubscribers {
     }
 }
 pub use subscriber_cache::{
-    load, CacheWiring, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache,
+    load, CacheIntervals, CacheWiring, RefreshCache, SnapshotInfo, SnapshotLoaded, SubscriberCache,
     SubscribersChanged,
 };

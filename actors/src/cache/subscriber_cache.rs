@@ -32,7 +32,6 @@ use super::follow::{self, Following, Read, Start};
 use super::overlay::Subscribers;
 use crate::cache::snapshot::{Snapshot, SnapshotBuilder};
 use crate::changes::{drain, stream, Mode};
-use crate::config::CacheConfig;
 use crate::events::{CacheLoadFailed, CacheLoaded, Event, SubscriberChangesApplied};
 use crate::metrics::ActorKind;
 use crate::postgres::PostgresSettings;
@@ -70,11 +69,23 @@ pub struct CacheWiring {
     pub snapshots: Vec<Recipient<SnapshotLoaded>>,
     pub views: Vec<Recipient<SubscribersChanged>>,
     pub published: watch::Sender<Option<SnapshotInfo>>,
+    /// The subscribers in use, for delivery and whoever starts the service.
+    pub current: super::CurrentSubscribers,
+}
+
+/// How often the cache loads and reads: the full reload (in the mode in use), the read of the
+/// changes, and how long they are kept (an instance that could not read them for half of it
+/// loads again).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheIntervals {
+    pub reload: Duration,
+    pub poll: Duration,
+    pub keep: Duration,
 }
 
 pub struct SubscriberCache {
     postgres: PostgresSettings,
-    config: CacheConfig,
+    intervals: CacheIntervals,
     mode: Mode,
     wiring: CacheWiring,
     shared: Shared,
@@ -93,7 +104,7 @@ pub struct SubscriberCache {
 impl SubscriberCache {
     pub fn new(
         postgres: PostgresSettings,
-        config: CacheConfig,
+        intervals: CacheIntervals,
         mode: Mode,
         restart: RestartPolicy,
         wiring: CacheWiring,
@@ -101,7 +112,7 @@ impl SubscriberCache {
     ) -> SubscriberCache {
         SubscriberCache {
             postgres,
-            config,
+            intervals,
             mode,
             wiring,
             shared,
@@ -191,7 +202,7 @@ impl SubscriberCache {
         for v in &self.wiring.views {
             v.do_send(SubscribersChanged(view.clone()));
         }
-        self.shared.subscribers.publish(view.clone());
+        self.wiring.current.publish(view.clone());
         self.view = Some(view);
     }
 
@@ -203,7 +214,7 @@ impl SubscriberCache {
         if self.reading {
             return;
         }
-        let keep = self.config.changes_keep_secs;
+        let keep = self.intervals.keep;
         if following.read_at.elapsed() > keep / 2 {
             log::warn!(
                 "subscriber cache: the changes could not be read for {}s, some may have been \
@@ -346,15 +357,9 @@ impl Actor for SubscriberCache {
                 .set(on);
         }
         ctx.run_later(self.restarts.delay(), |act, ctx| act.reload(ctx));
-        let every = match self.mode.follows_changes() {
-            true => self.config.changes_reload_interval_secs,
-            false => self.config.refresh_interval_secs,
-        };
-        ctx.run_interval(every, |act, ctx| act.reload(ctx));
+        ctx.run_interval(self.intervals.reload, |act, ctx| act.reload(ctx));
         if self.mode.follows_changes() {
-            ctx.run_interval(self.config.changes_poll_interval_ms, |act, ctx| {
-                act.follow(ctx)
-            });
+            ctx.run_interval(self.intervals.poll, |act, ctx| act.follow(ctx));
         }
         if let Mode::Logical(names) = &self.mode {
             let stream = stream::run(self.postgres.clone(), names.clone(), self.sql_drain.clone());
