@@ -141,11 +141,6 @@ impl Subscribers {
         self.changed
     }
 
-    /// Restaurants changed since the base was loaded.
-    pub fn changed_restaurants(&self) -> usize {
-        self.deltas.len()
-    }
-
     /// Whether the deltas have grown past a tenth of the base: a reload folds them in.
     pub fn wants_reload(&self) -> bool {
         self.changed > (self.base.pairs() / 10).max(100_000)
@@ -312,7 +307,7 @@ mod tests {
             change(1, Op::Reload, "", "why"),
             change(2, Op::Add, "r1", &long),
         ]);
-        assert_eq!(next.changed_restaurants(), 0);
+        assert_eq!(next.changed(), 0);
         assert_eq!(next.pairs(), s.pairs());
     }
 }

@@ -150,29 +150,6 @@ pub async fn ask_reload(client: &Client, why: &str) -> Result<(), tokio_postgres
     Ok(())
 }
 
-/// The highest `seq` committed now (0: none yet).
-pub async fn last_seq(client: &Client) -> Result<i64, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(seq), 0)::int8 FROM public.campaign_notifier_pair_changes",
-            &[],
-        )
-        .await?;
-    row.try_get(0)
-}
-
-/// The lowest `seq` still stored, if any: a reader whose position is below it minus one missed
-/// changes that were trimmed.
-pub async fn first_seq(client: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT min(seq) FROM public.campaign_notifier_pair_changes",
-            &[],
-        )
-        .await?;
-    row.try_get(0)
-}
-
 /// Deletes the changes committed more than `keep` ago and at or below `mark` (what the leader
 /// has followed); returns how many.
 pub async fn trim(

@@ -22,8 +22,9 @@ const RESTAURANTS: [&str; 3] = [
 /// What the test did to the table, to tell who each campaign must reach.
 #[derive(Default)]
 struct Expected {
-    /// Campaign -> (restaurant, clients when it was sent).
-    sent: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// Campaign -> (how many campaigns were sent up to and including it, restaurant, clients
+    /// when it was sent).
+    sent: BTreeMap<String, (usize, String, BTreeSet<String>)>,
     /// Every pair added, in order, with the number of campaigns sent before it.
     added: Vec<(usize, String, String)>,
 }
@@ -31,23 +32,15 @@ struct Expected {
 impl Expected {
     fn pairs(&self) -> BTreeMap<(String, String), u32> {
         let mut out = BTreeMap::new();
-        for (campaign, (restaurant, clients)) in &self.sent {
-            let order = self.order(campaign);
+        for (campaign, (order, restaurant, clients)) in &self.sent {
             let late = (self.added.iter())
-                .filter(|(before, r, _)| *before >= order && r == restaurant)
+                .filter(|(before, r, _)| before >= order && r == restaurant)
                 .map(|(_, _, c)| c);
             for client in clients.iter().chain(late) {
                 out.insert((campaign.clone(), client.clone()), 1);
             }
         }
         out
-    }
-
-    /// How many campaigns were sent up to and including `campaign`.
-    fn order(&self, campaign: &str) -> usize {
-        // Campaign ids are "r{round}-{n}", sent in that order.
-        let (round, n) = campaign[1..].split_once('-').expect("r<round>-<n>");
-        (round.parse::<usize>().unwrap() - 1) * RESTAURANTS.len() + n.parse::<usize>().unwrap() + 1
     }
 }
 
@@ -63,28 +56,16 @@ async fn clients_of(f: &Fixture, restaurant: &str) -> BTreeSet<String> {
     .collect()
 }
 
-fn campaign(restaurant: &str, id: &str) -> String {
-    let now = unix_now();
-    serde_json::json!({
-        "restaurant_id": restaurant,
-        "adv_campaign_id": id,
-        "adv_campaign_content": "changes followed",
-        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
-        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
-        "adv_campaign_datetime_start": now - 60,
-        "adv_campaign_datetime_end": now + 3600,
-        "datetime_created": 1,
-    })
-    .to_string()
-}
 
 /// Sends round `round`'s campaign to every restaurant, recording who each must reach.
 async fn send_round(f: &Fixture, round: usize, expected: &mut Expected) {
     for (n, restaurant) in RESTAURANTS.iter().enumerate() {
         let id = format!("r{round}-{n}");
         let clients = clients_of(f, restaurant).await;
-        expected.sent.insert(id.clone(), (restaurant.to_string(), clients));
-        f.produce(&id, campaign(restaurant, &id).as_bytes()).await;
+        let order = expected.sent.len() + 1;
+        let sent = (order, restaurant.to_string(), clients);
+        expected.sent.insert(id.clone(), sent);
+        f.produce(&id, super::active_campaign(restaurant, &id, "changes followed").as_bytes()).await;
     }
 }
 

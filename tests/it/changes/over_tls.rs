@@ -44,7 +44,7 @@ async fn over_tls_the_slot_is_streamed_encrypted_and_changes_reach_the_join_with
     .await
     .expect("changes");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    f.produce("1", campaign(RESTAURANT).as_bytes()).await;
+    f.produce("1", super::active_campaign(RESTAURANT, "tls-campaign", "over TLS").as_bytes()).await;
     service.wait_processed(1, Duration::from_secs(30));
     let expected = once_each(&["tls-campaign"], &["joins", "moves", "stays"]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -89,17 +89,3 @@ async fn wait_until_streamed(f: &Fixture, service: &Service) {
     }
 }
 
-fn campaign(restaurant: &str) -> String {
-    let now = unix_now();
-    serde_json::json!({
-        "restaurant_id": restaurant,
-        "adv_campaign_id": "tls-campaign",
-        "adv_campaign_content": "over TLS",
-        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
-        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
-        "adv_campaign_datetime_start": now - 60,
-        "adv_campaign_datetime_end": now + 3600,
-        "datetime_created": 1,
-    })
-    .to_string()
-}

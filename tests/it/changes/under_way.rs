@@ -16,7 +16,7 @@ async fn a_client_who_unsubscribes_while_a_large_campaign_goes_out_is_left_out_o
     let extra = "[cache]\nchanges = \"trigger\"\n[writers]\nmax_notifications_in_flight = 10000\n\
                  [limits]\nmax_notifications_per_sec = 4000\n";
     let service = Service::start(&f, extra);
-    f.produce("large", large_campaign().as_bytes()).await;
+    f.produce("large", super::active_campaign(RESTAURANT, "large", "for everyone").as_bytes()).await;
     // Once the first slice is out, the "z-" clients unsubscribe.
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.output_count() < 5_000 {
@@ -65,17 +65,3 @@ async fn subscribe_forty_thousand(f: &Fixture) {
     .expect("subscribe");
 }
 
-fn large_campaign() -> String {
-    let now = unix_now();
-    serde_json::json!({
-        "restaurant_id": RESTAURANT,
-        "adv_campaign_id": "large",
-        "adv_campaign_content": "for everyone",
-        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
-        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
-        "adv_campaign_datetime_start": now - 60,
-        "adv_campaign_datetime_end": now + 3600,
-        "datetime_created": 1,
-    })
-    .to_string()
-}
