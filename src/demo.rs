@@ -21,9 +21,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 const OTHER_RESTAURANT: &str = "223e4567-e89b-12d3-a456-426614174000";
 const LONELY_RESTAURANT: &str = "323e4567-e89b-12d3-a456-426614174000";
 
-/// The scheduled campaign starts this many seconds after the demo begins: later than the clock
-/// skew allowance (3 s) plus the few seconds the reader takes to join its group, so that it
-/// arrives before its start.
+/// The scheduled campaign starts this many seconds after it is published (once the reader
+/// consumes): later than the clock skew allowance (3 s), so that it arrives before its start.
 const SCHEDULED_IN: i64 = 8;
 
 /// Notifications both sinks must hold at the end: 3 for the brief's sample, 2 for the other
@@ -120,11 +119,8 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
         "== pipeline started; metrics on http://{}/metrics",
         pipeline.http_addr
     );
-    let inputs = inputs(now);
-    publish(&brokers, &inputs).await?;
-    wait_processed(&pipeline, inputs.len()).await?;
-    wait_fired(&pipeline, now + SCHEDULED_IN).await?;
-    subscribe_late(&db, &pipeline).await?;
+    // Whatever the steps end in, the pipeline is stopped before the database goes.
+    let steps = run_steps(&brokers, &db, &pipeline, now).await;
     let outcome_lines: Vec<String> = pipeline
         .metrics
         .render()
@@ -133,6 +129,7 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
         .map(str::to_string)
         .collect();
     let report = pipeline.shutdown().await;
+    steps?;
     println!(
         "== pipeline drained (unfinished: {}, offsets committed: {})",
         report.abandoned, report.committed
@@ -152,6 +149,26 @@ async fn demo_in(postgres_url: &str, database: &str, now: i64) -> anyhow::Result
     println!("== ok: {EXPECTED} notifications (3 for the brief's sample, 2 for the other active campaign, 2 for the one that fired at its start, 2 for the client who subscribed while both were active) in both sinks; the expired, tomorrow's, subscriber-less and malformed campaigns gave none");
     drop(cluster);
     Ok(())
+}
+
+/// Publishes the campaigns, and waits for each step's effect: the arrivals processed, the
+/// scheduled campaign fired at its start, the late subscriber notified.
+async fn run_steps(
+    brokers: &str,
+    db: &tokio_postgres::Client,
+    pipeline: &Pipeline,
+    now: i64,
+) -> anyhow::Result<()> {
+    let arrivals = inputs(now);
+    publish(brokers, &arrivals, 0).await?;
+    wait_processed(pipeline, arrivals.len()).await?;
+    // Published once the reader consumes, so that however long it took to join its group, the
+    // campaign arrives well before its start (more than the clock skew allowance before it).
+    let start = campaign_actors::clock::unix_secs() + SCHEDULED_IN;
+    publish(brokers, &[scheduled(start)], arrivals.len()).await?;
+    wait_processed(pipeline, arrivals.len() + 1).await?;
+    wait_fired(pipeline, start).await?;
+    subscribe_late(db, pipeline).await
 }
 
 /// Creates the tables in the demo's database and subscribes five clients.
@@ -249,25 +266,31 @@ fn inputs(now: i64) -> Vec<(&'static str, String)> {
             ),
         ),
         ("malformed", r#"{"restaurant_id": 42, "oops""#.to_string()),
-        (
-            "published now, starts in 8 s, 2 subscribers",
-            campaign(
-                OTHER_RESTAURANT,
-                6,
-                "happy hour: two for one",
-                now + SCHEDULED_IN,
-                now + hour,
-            ),
-        ),
     ]
 }
 
-async fn publish(brokers: &str, inputs: &[(&str, String)]) -> anyhow::Result<()> {
+/// The campaign published before its `start`, for 2 subscribers.
+fn scheduled(start: i64) -> (&'static str, String) {
+    (
+        "published now, starts in 8 s, 2 subscribers",
+        campaign(
+            OTHER_RESTAURANT,
+            6,
+            "happy hour: two for one",
+            start,
+            start + 3600,
+        ),
+    )
+}
+
+/// Publishes `inputs`, numbered (and keyed) from `before + 1`.
+async fn publish(brokers: &str, inputs: &[(&str, String)], before: usize) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     for (i, (what, value)) in inputs.iter().enumerate() {
-        let key = format!("{}", i + 1);
+        let n = before + i + 1;
+        let key = n.to_string();
         producer
             .send(
                 FutureRecord::to("campaigns").key(&key).payload(value),
@@ -275,7 +298,7 @@ async fn publish(brokers: &str, inputs: &[(&str, String)]) -> anyhow::Result<()>
             )
             .await
             .map_err(|(e, _)| e)?;
-        println!("   published campaign {}: {what}", i + 1);
+        println!("   published campaign {n}: {what}");
     }
     Ok(())
 }
