@@ -6,12 +6,14 @@
 //! - `baseline`: the plain Python pipeline run beside the service;
 //! - `chart`: the fan-out matrix against the baseline as an SVG chart;
 //! - `measure`: CPU time, resident memory and histogram quantiles;
+//! - `cpu`: where the machine's CPU goes during a phase: the broker, Postgres, this process's threads;
 //! - `seen`: when each notification first reached the output topic;
 //! - `setup`: a database and topics of a benchmark's own, and the service's config in it.
 
 pub mod args;
 pub mod baseline;
 pub mod chart;
+pub mod cpu;
 pub mod measure;
 pub mod phases;
 pub mod seen;
