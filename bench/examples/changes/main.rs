@@ -536,19 +536,9 @@ impl<'a> Phases<'a> {
         after: u64,
     ) -> BenchResult<()> {
         let first = i * self.layout.campaigns;
-        let (table, picker) = match phase {
-            Phase::Without => return self.without(running, first).await,
-            Phase::Followed => ("subscribers_restaurants", &mut self.followed),
-            Phase::Unfollowed => (generator::TWIN, &mut self.twin),
+        let Some((table, picker)) = self.changes_of(phase)? else {
+            return self.without(running, first).await;
         };
-        let picker = picker.take().ok_or("a picker lost by an earlier phase")?;
-        progress(&format!(
-            "{} {} campaigns of {} subscribers, {} changes a second to {table}",
-            phase.name(),
-            self.layout.campaigns,
-            self.layout.per_restaurant,
-            self.args.changes_per_s
-        ));
         let (sender, receiver) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let followed = phase == Phase::Followed;
@@ -588,17 +578,42 @@ impl<'a> Phases<'a> {
         }
         let (secs, (began, cpu_began), (ended, cpu_ended)) = campaigns?;
         if let Some(watched) = watched {
-            self.made = self.made.and(made);
-            self.never_shown += watched.never_shown;
-            (self.during).extend(
-                (watched.lags.iter())
-                    .filter(|(at, _)| *at >= began && *at <= ended)
-                    .map(|l| l.1),
-            );
-            self.lags.extend(watched.lags);
+            self.followed_changes(made, watched, (began, ended));
         }
         self.record(phase, secs, cpu_began.cores_until(&cpu_ended), Some(made));
         Ok(())
+    }
+
+    /// The table a phase changes and its picker (taken until the phase hands it back), or
+    /// `None` for a phase without changes.
+    fn changes_of(&mut self, phase: Phase) -> BenchResult<Option<(&'static str, Picker)>> {
+        let (table, picker) = match phase {
+            Phase::Without => return Ok(None),
+            Phase::Followed => ("subscribers_restaurants", &mut self.followed),
+            Phase::Unfollowed => (generator::TWIN, &mut self.twin),
+        };
+        let picker = picker.take().ok_or("a picker lost by an earlier phase")?;
+        progress(&format!(
+            "{} {} campaigns of {} subscribers, {} changes a second to {table}",
+            phase.name(),
+            self.layout.campaigns,
+            self.layout.per_restaurant,
+            self.args.changes_per_s
+        ));
+        Ok(Some((table, picker)))
+    }
+
+    /// Adds a followed phase's changes, and their lags (those committed while its campaigns
+    /// went out, `during`, apart).
+    fn followed_changes(&mut self, made: Made, watched: Watched, during: (Instant, Instant)) {
+        self.made = self.made.and(made);
+        self.never_shown += watched.never_shown;
+        (self.during).extend(
+            (watched.lags.iter())
+                .filter(|(at, _)| *at >= during.0 && *at <= during.1)
+                .map(|l| l.1),
+        );
+        self.lags.extend(watched.lags);
     }
 
     async fn without(&mut self, running: &Running, first: u64) -> BenchResult<()> {
