@@ -233,8 +233,9 @@ pub async fn run(
     }
 }
 
-/// What no retry changes: TLS or an authentication this connection cannot agree, the
-/// server's refusal of the connection or of the role (classes 08, 28 and 42501).
+/// What no retry changes: TLS or an authentication this connection cannot agree, a server
+/// without walsenders, the server's refusal of the connection or of the role (classes 08, 28
+/// and 42501).
 fn refused(e: &WireError) -> bool {
     match e {
         WireError::Unsupported(_) => true,
@@ -256,5 +257,14 @@ async fn once(
         .await
         .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
     super::drain::prepare_slot(&store, names).await?;
+    // The server would refuse the connection as "too many" (53300), which is no reason to give
+    // up when it is only full; with no walsender at all it will never take one.
+    let senders = store.query_one("SHOW max_wal_senders", &[]).await?;
+    if senders.try_get::<_, String>(0)?.trim() == "0" {
+        return Err(WireError::Unsupported(
+            "the server has max_wal_senders = 0: it takes no replication connection".into(),
+        )
+        .into());
+    }
     stream(settings, names, &store, application_name).await
 }

@@ -317,3 +317,44 @@ async fn in_the_logical_mode_deletes_inserts_and_moves_are_applied_within_two_se
     .expect("drop the slot");
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_server_without_wal_senders_the_slot_is_read_with_sql_calls_and_nothing_is_missed() {
+    let mut server = LogicalPostgres::start(run_dir("pg-logical-no-senders"));
+    // Logical decoding, but no replication connection: SQL calls are the only way to the slot.
+    server.set_and_restart("max_wal_senders = 0").await;
+    let brokers = env("CN_TEST_BROKERS");
+    let f = Fixture::new_on_postgres("chg_sql_calls", 1, &brokers, Vec::new(), &server.url()).await;
+    f.db.batch_execute("ALTER TABLE subscribers_restaurants REPLICA IDENTITY FULL")
+        .await
+        .expect("replica identity");
+    let log = deletes_inserts_and_moves_within_two_seconds(&f, "", "logical").await;
+    assert!(
+        log.contains("reading it with SQL calls instead"),
+        "the stream that cannot be made falls back to SQL calls:\n{log}"
+    );
+    drop_slot_once_inactive(&f).await;
+    f.cleanup().await;
+}
+
+/// Drops the service's slot, once the connection reading it (if any) has ended.
+pub(super) async fn drop_slot_once_inactive(f: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dropped = f
+            .db
+            .execute(
+                "SELECT pg_drop_replication_slot('campaign_notifier_subscribers')",
+                &[],
+            )
+            .await;
+        match dropped {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                println!("slot not dropped yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("drop the slot: {e}"),
+        }
+    }
+}

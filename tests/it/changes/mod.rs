@@ -12,7 +12,9 @@
 //!   the config is a fixture's, on the run's broker.
 //! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
 //!   commit, across a `kill -9`, in the trigger mode (on the run's server) and the logical
-//!   mode.
+//!   mode, streamed, and read with SQL calls where the server has no walsenders.
+//! - [`lost_slot`]: a slot the server invalidated while the service was down is made again, the
+//!   table loaded again, and the new slot followed.
 //! - [`over_tls`]: the logical mode on a server reached with `sslmode=verify-full`: the slot is
 //!   streamed over an encrypted replication connection.
 //! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
@@ -38,5 +40,6 @@ fn active_campaign(restaurant: &str, id: &str, content: &str) -> String {
 mod check;
 mod decoding;
 mod following;
+mod lost_slot;
 mod over_tls;
 mod under_way;

@@ -145,6 +145,22 @@ impl LogicalPostgres {
         self.running = false;
     }
 
+    /// `ALTER SYSTEM SET {setting}`, then the server restarted for it (a setting read only at
+    /// start).
+    pub async fn set_and_restart(&mut self, setting: &str) {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the logical server");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+            .await
+            .expect("alter system");
+        drop(client);
+        self.stop();
+        self.start_again();
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn start_again(&mut self) {
         start(&self.data, &self.log);
