@@ -8,8 +8,10 @@
 //! ([`Cursor`]). Some of them are already in the snapshot, and applying them again in order
 //! changes nothing; what commits after the `COPY`'s snapshot is read with them. So nothing is
 //! missed but a change of a transaction of the app's that stayed open over [`REPLAY`] across a
-//! load, in the trigger mode, which the next reload finds.
+//! load, in the trigger mode, which the next reload finds. A removal of a pair the table still
+//! holds through another row is left out ([`without_removals_still_held`]).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -96,6 +98,7 @@ pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_
     let full = new.len() as i64 >= PAGE;
     let mut changes = found;
     changes.extend(new);
+    let changes = without_removals_still_held(client, changes).await?;
     let reload = changes
         .iter()
         .find(|c| c.op == Op::Reload && c.seq > following.loaded_after)
@@ -108,4 +111,44 @@ pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_
         loaded_after: following.loaded_after,
         loads: 0,
     })
+}
+
+/// `changes` without the removals of pairs the table holds now: the brief's table has no unique
+/// key, so a client may follow a restaurant through two rows, and one of them deleted leaves the
+/// pair in place. Looked at now, not at the removal's commit: a pair added again since has its
+/// addition later in the changes, and a row deleted since its removal later too, so what is
+/// applied in the end is what the table holds.
+async fn without_removals_still_held(
+    client: &Client,
+    changes: Vec<StoredChange>,
+) -> Result<Vec<StoredChange>, tokio_postgres::Error> {
+    let (restaurants, clients): (Vec<&str>, Vec<&str>) = (changes.iter())
+        .filter(|c| c.op == Op::Remove)
+        .map(|c| (c.restaurant_id.as_str(), c.client_id.as_str()))
+        .unzip();
+    if restaurants.is_empty() {
+        return Ok(changes);
+    }
+    let rows = client
+        .query(
+            "SELECT DISTINCT s.restaurant_id::text, s.client_id::text
+             FROM unnest($1::text[], $2::text[]) AS r(restaurant_id, client_id)
+             JOIN public.subscribers_restaurants s
+               ON s.restaurant_id = r.restaurant_id AND s.client_id = r.client_id",
+            &[&restaurants, &clients],
+        )
+        .await?;
+    let held: HashSet<(String, String)> = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    if held.is_empty() {
+        return Ok(changes);
+    }
+    Ok(changes
+        .into_iter()
+        .filter(|c| {
+            c.op != Op::Remove || !held.contains(&(c.restaurant_id.clone(), c.client_id.clone()))
+        })
+        .collect())
 }

@@ -10,6 +10,8 @@
 //!   and what the logical mode lacks with each fix (the run's shared server: wal_level and its
 //!   fix; a logical server: the trigger, then logical once the table is REPLICA IDENTITY FULL);
 //!   the config is a fixture's, on the run's broker.
+//! - [`duplicates`]: a client following a restaurant through two rows is notified until both
+//!   are deleted.
 //! - [`following`]: the service itself: deletes, inserts and moves applied within 2 s of their
 //!   commit, across a `kill -9`, in the trigger mode (on the run's server) and the logical
 //!   mode, streamed, and read with SQL calls where the server has no walsenders.
@@ -39,6 +41,7 @@ fn active_campaign(restaurant: &str, id: &str, content: &str) -> String {
 
 mod check;
 mod decoding;
+mod duplicates;
 mod following;
 mod lost_slot;
 mod over_tls;
