@@ -88,8 +88,13 @@ pub struct Read {
     pub loads: u64,
 }
 
-/// Reads the changes after `following`'s position and the gaps that showed up.
-pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_postgres::Error> {
+/// Reads the changes after `following`'s position and the gaps that showed up; `doubled` says
+/// which pairs the table may hold through more than one row.
+pub async fn read(
+    client: &Client,
+    following: &Following,
+    doubled: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> Result<Read, tokio_postgres::Error> {
     let cursor = &following.cursor;
     let found = table::among(client, &cursor.gaps()).await?;
     let new = table::after(client, cursor.position, PAGE).await?;
@@ -98,7 +103,7 @@ pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_
     let full = new.len() as i64 >= PAGE;
     let mut changes = found;
     changes.extend(new);
-    let changes = without_removals_still_held(client, changes).await?;
+    let changes = without_removals_still_held(client, changes, doubled).await?;
     let reload = changes
         .iter()
         .find(|c| c.op == Op::Reload && c.seq > following.loaded_after)
@@ -115,17 +120,29 @@ pub async fn read(client: &Client, following: &Following) -> Result<Read, tokio_
 
 /// `changes` without the removals of pairs the table holds now: the brief's table has no unique
 /// key, so a client may follow a restaurant through two rows, and one of them deleted leaves the
-/// pair in place. Looked at now, not at the removal's commit: a pair added again since has its
-/// addition later in the changes, and a row deleted since its removal later too, so what is
-/// applied in the end is what the table holds.
+/// pair in place. Only the pairs that may be doubled are asked (`doubled`, or added earlier in
+/// `changes`: added again while present), in one indexed query; usually none is. Asked now, not
+/// at the removal's commit: a pair added again since has its addition later in the changes, a
+/// row deleted since its removal later too, so what is applied in the end is what the table
+/// holds.
 async fn without_removals_still_held(
     client: &Client,
     changes: Vec<StoredChange>,
+    doubled: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Vec<StoredChange>, tokio_postgres::Error> {
-    let (restaurants, clients): (Vec<&str>, Vec<&str>) = (changes.iter())
-        .filter(|c| c.op == Op::Remove)
-        .map(|c| (c.restaurant_id.as_str(), c.client_id.as_str()))
-        .unzip();
+    let mut added: HashSet<(&str, &str)> = HashSet::new();
+    let (mut restaurants, mut clients) = (Vec::new(), Vec::new());
+    for c in &changes {
+        let pair = (c.restaurant_id.as_str(), c.client_id.as_str());
+        match c.op {
+            Op::Add => drop(added.insert(pair)),
+            Op::Remove if added.contains(&pair) || doubled(pair.0, pair.1) => {
+                restaurants.push(pair.0);
+                clients.push(pair.1);
+            }
+            _ => {}
+        }
+    }
     if restaurants.is_empty() {
         return Ok(changes);
     }
@@ -142,9 +159,7 @@ async fn without_removals_still_held(
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()?;
-    if held.is_empty() {
-        return Ok(changes);
-    }
+    drop(added);
     Ok(changes
         .into_iter()
         .filter(|c| {

@@ -60,16 +60,32 @@ pub struct Subscribers {
     /// Clients in all deltas.
     changed: usize,
     pairs: usize,
+    /// Pairs that may be held through more than one row: the base's doubled pairs, and those
+    /// added again while present. A removal of one of them is checked against the table first.
+    doubled: Arc<HashMap<Arc<str>, HashSet<Client>>>,
 }
 
 impl Subscribers {
     pub fn new(base: Arc<Snapshot>) -> Subscribers {
+        let mut doubled: HashMap<Arc<str>, HashSet<Client>> = HashMap::new();
+        for (restaurant, client) in base.doubled() {
+            doubled
+                .entry(restaurant.into())
+                .or_default()
+                .insert(owned(client));
+        }
         Subscribers {
             pairs: base.pairs(),
             base,
             deltas: Arc::default(),
             changed: 0,
+            doubled: Arc::new(doubled),
         }
+    }
+
+    /// Whether the table may hold `client_id` at `restaurant_id` through more than one row.
+    pub fn may_be_doubled(&self, restaurant_id: &str, client_id: &str) -> bool {
+        (self.doubled.get(restaurant_id)).is_some_and(|d| d.contains(&Client::parse(client_id)))
     }
 
     pub fn base(&self) -> &Arc<Snapshot> {
@@ -171,12 +187,32 @@ impl Subscribers {
                 let was =
                     delta.added.contains(&client) || (in_base && !delta.removed.contains(&client));
                 let now = c.op == Op::Add;
-                match (was, now, in_base) {
-                    (false, true, true) => drop(delta.removed.remove(&client)),
-                    (false, true, false) => drop(delta.added.insert(client)),
-                    (true, false, true) => drop(delta.removed.insert(client)),
-                    (true, false, false) => drop(delta.added.remove(&client)),
-                    _ => continue,
+                match (was, now) {
+                    (true, true) => {
+                        let doubled = Arc::make_mut(&mut next.doubled);
+                        doubled.entry(key.clone()).or_default().insert(client);
+                        continue;
+                    }
+                    (false, false) => continue,
+                    (true, false)
+                        if next.doubled.get(&key).is_some_and(|d| d.contains(&client)) =>
+                    {
+                        let doubled = Arc::make_mut(&mut next.doubled);
+                        if let Some(d) = doubled.get_mut(&key) {
+                            d.remove(&client);
+                            if d.is_empty() {
+                                doubled.remove(&key);
+                            }
+                        }
+                    }
+                    (true, false) => {}
+                    (false, true) => {}
+                }
+                match (now, in_base) {
+                    (true, true) => drop(delta.removed.remove(&client)),
+                    (true, false) => drop(delta.added.insert(client)),
+                    (false, true) => drop(delta.removed.insert(client)),
+                    (false, false) => drop(delta.added.remove(&client)),
                 }
                 if now {
                     next.pairs += 1;
@@ -309,5 +345,33 @@ mod tests {
         ]);
         assert_eq!(next.changed(), 0);
         assert_eq!(next.pairs(), s.pairs());
+    }
+
+    #[test]
+    fn a_pair_held_twice_may_be_doubled_until_it_is_removed_and_one_added_again_becomes_so() {
+        let mut b = SnapshotBuilder::new();
+        b.push("r1", "twice");
+        b.push("r1", U1);
+        b.push("r1", "twice");
+        b.push("r1", U1);
+        b.push("r2", "once");
+        let s = Subscribers::new(Arc::new(b.build()));
+        assert!(s.may_be_doubled("r1", "twice") && s.may_be_doubled("r1", U1));
+        assert!(!s.may_be_doubled("r2", "once") && !s.may_be_doubled("r1", "nobody"));
+        let next = s.applied(&[
+            change(1, Op::Remove, "r1", "twice"),
+            change(2, Op::Add, "r2", "once"),
+        ]);
+        assert!(!next.may_be_doubled("r1", "twice") && !next.contains("r1", "twice"));
+        assert!(next.may_be_doubled("r2", "once") && next.contains("r2", "once"));
+        assert!(next.may_be_doubled("r1", U1), "untouched");
+        assert!(
+            s.may_be_doubled("r1", "twice"),
+            "the older view is unchanged"
+        );
+        assert!(
+            !s.may_be_doubled("r2", "once"),
+            "the older view is unchanged"
+        );
     }
 }

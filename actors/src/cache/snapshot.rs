@@ -99,9 +99,20 @@ pub struct Snapshot {
     texts: Vec<Box<str>>,
     pairs: usize,
     skipped: usize,
+    /// The pairs the table held through more than one row when it was read (the brief's table
+    /// has no unique key): a deletion of one of those rows may leave the pair in place.
+    doubled_uuids: Vec<(Box<str>, u128)>,
+    doubled_texts: Vec<(Box<str>, Box<str>)>,
 }
 
 impl Snapshot {
+    /// The pairs the rows it was built from held more than once.
+    pub fn doubled(&self) -> impl Iterator<Item = (&str, ClientId<'_>)> + '_ {
+        let uuids = (self.doubled_uuids.iter()).map(|(r, v)| (&**r, ClientId::Uuid(*v)));
+        let texts = (self.doubled_texts.iter()).map(|(r, t)| (&**r, ClientId::Text(t)));
+        uuids.chain(texts)
+    }
+
     /// Pairs left out because an id is longer than [`MAX_ID_BYTES`]: no notification of them
     /// could be written (the notification key would be refused, and a campaign with such an id is
     /// rejected anyway).
@@ -226,9 +237,29 @@ impl SnapshotBuilder {
 
     pub fn build(self) -> Snapshot {
         let n = self.restaurants.len();
-        let (uuids, uuid_ranges) = group_sorted(n, self.uuid_rows);
-        let (texts, text_ranges) = group_sorted(n, self.text_rows);
+        let (uuids, uuid_ranges, doubled_uuids) = group_sorted(n, self.uuid_rows);
+        let (texts, text_ranges, doubled_texts) = group_sorted(n, self.text_rows);
         let pairs = uuids.len() + texts.len();
+        // The names of the restaurants of doubled pairs (usually none).
+        let doubled_at: HashMap<u32, Box<str>> = match doubled_uuids.len() + doubled_texts.len() {
+            0 => HashMap::new(),
+            _ => {
+                let wanted: std::collections::HashSet<u32> = (doubled_uuids.iter().map(|d| d.0))
+                    .chain(doubled_texts.iter().map(|d| d.0))
+                    .collect();
+                (self.restaurants.iter())
+                    .filter(|(_, r)| wanted.contains(r))
+                    .map(|(name, r)| (*r, name.clone()))
+                    .collect()
+            }
+        };
+        let name = |r: u32| doubled_at.get(&r).cloned().unwrap_or_default();
+        let doubled_uuids = (doubled_uuids.into_iter())
+            .map(|(r, v)| (name(r), v))
+            .collect();
+        let doubled_texts = (doubled_texts.into_iter())
+            .map(|(r, t)| (name(r), t))
+            .collect();
         let mut index = HashMap::with_capacity(n);
         for (name, r) in self.restaurants {
             let (us, ul) = uuid_ranges[r as usize];
@@ -251,17 +282,29 @@ impl SnapshotBuilder {
             texts,
             pairs,
             skipped: self.skipped,
+            doubled_uuids,
+            doubled_texts,
         }
     }
 }
 
+/// Distinct values, each restaurant's (start, len) in them, and the doubled rows.
+type Grouped<T> = (Vec<T>, Vec<(u32, u32)>, Vec<(u32, T)>);
+
 /// Groups `rows` by restaurant number into one flat array of sorted, distinct values, and returns
-/// each restaurant's (start, len) in it.
-fn group_sorted<T: Ord>(restaurants: usize, mut rows: Vec<(u32, T)>) -> (Vec<T>, Vec<(u32, u32)>) {
+/// each restaurant's (start, len) in it, and the rows that were there more than once (once each).
+fn group_sorted<T: Ord + Clone>(restaurants: usize, mut rows: Vec<(u32, T)>) -> Grouped<T> {
     // Sorting the pairs gives the grouping, the order within a group and the duplicates side by
     // side in one pass; unstable sort works in place.
     rows.sort_unstable();
-    rows.dedup();
+    let mut doubled: Vec<(u32, T)> = Vec::new();
+    rows.dedup_by(|later, kept| {
+        let same = later == kept;
+        if same && doubled.last() != Some(kept) {
+            doubled.push(kept.clone());
+        }
+        same
+    });
     let mut ranges = vec![(0u32, 0u32); restaurants];
     let mut values = Vec::with_capacity(rows.len());
     for (i, (r, v)) in rows.into_iter().enumerate() {
@@ -272,7 +315,7 @@ fn group_sorted<T: Ord>(restaurants: usize, mut rows: Vec<(u32, T)>) -> (Vec<T>,
         range.1 += 1;
         values.push(v);
     }
-    (values, ranges)
+    (values, ranges, doubled)
 }
 
 #[cfg(test)]
@@ -330,6 +373,28 @@ mod tests {
         );
         assert_eq!(clients(&s, "r2"), vec!["client-x"]);
         assert!(s.lookup("r3").is_none());
+    }
+
+    #[test]
+    fn the_pairs_held_more_than_once_are_listed_once_each() {
+        let uuid = "0c000000-0000-4000-8000-000000000001";
+        let mut b = SnapshotBuilder::new();
+        for (r, c) in [
+            ("r", uuid),
+            ("r", "a"),
+            ("r", uuid),
+            ("r", uuid),
+            ("s", "a"),
+            ("r", "a"),
+        ] {
+            b.push(r, c);
+        }
+        b.push("s", "b");
+        let s = b.build();
+        let mut doubled: Vec<String> = (s.doubled()).map(|(r, c)| format!("{r}/{c}")).collect();
+        doubled.sort();
+        assert_eq!(doubled, [format!("r/{uuid}"), "r/a".to_string()]);
+        assert_eq!(s.pairs(), 4);
     }
 
     #[test]

@@ -226,6 +226,7 @@ impl SubscriberCache {
         }
         self.reading = true;
         let (client, postgres, loads) = (self.follower.clone(), self.postgres.clone(), self.loads);
+        let view = self.view.clone();
         // In the logical mode the slot is streamed; where it cannot be, every instance drains
         // it with SQL calls, one at a time, before it reads.
         let slot = match &self.mode {
@@ -247,7 +248,8 @@ impl SubscriberCache {
                     .await
                     .map_err(describe)?;
             }
-            let mut read = follow::read(&client, &following).await.map_err(describe)?;
+            let doubled = |r: &str, c: &str| view.as_ref().is_some_and(|v| v.may_be_doubled(r, c));
+            let mut read = (follow::read(&client, &following, &doubled).await).map_err(describe)?;
             read.loads = loads;
             Ok::<_, String>((client, read))
         };

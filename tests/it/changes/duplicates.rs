@@ -1,5 +1,6 @@
-//! The brief's table has no unique key: a client may follow a restaurant through two rows. One
-//! of them deleted, the client still follows it and is notified; both deleted, it is not.
+//! The brief's table has no unique key: a client may follow a restaurant through two rows (there
+//! when the service loaded the table, or added while it runs). One of them deleted, the client
+//! still follows it and is notified; both deleted, it is not.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,8 +59,19 @@ async fn a_client_following_a_restaurant_through_two_rows_is_notified_until_both
     }
     let service = Service::start(&f, "[cache]\nchanges = \"trigger\"\n");
     let pair = |campaign: &str, client: &str| ((campaign.to_string(), client.to_string()), 1);
+    // "once" gets a second row while the service runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id) VALUES ($1, 'once')",
+        &[&RESTAURANT],
+    )
+    .await
+    .expect("subscribe again");
+    // Read and applied before the deletions (the changes are read every 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     delete_one_row_of(&f, "twice").await;
+    delete_one_row_of(&f, "once").await;
     let mut want: BTreeMap<_, _> = [pair("first", "twice"), pair("first", "once")].into();
     campaign_reaches(&f, &service, "first", 1, &want).await;
 
