@@ -116,13 +116,7 @@ enum Change<'a> {
 async fn seed(f: &Fixture) {
     for (restaurant, tag) in RESTAURANTS.iter().zip(["a", "b", "c"]) {
         let clients: Vec<String> = (0..20).map(|i| format!("{tag}-{i:02}")).collect();
-        f.db.execute(
-            "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-             SELECT $1, unnest($2::text[])",
-            &[restaurant, &clients],
-        )
-        .await
-        .expect("seed");
+        super::subscribe(f, restaurant, &clients).await;
     }
 }
 

@@ -51,16 +51,6 @@ async fn lose_the_slot(f: &Fixture) {
     }
 }
 
-async fn subscribe(f: &Fixture, clients: &[String]) {
-    f.db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-         SELECT $1, unnest($2::text[])",
-        &[&RESTAURANT, &clients],
-    )
-    .await
-    .expect("subscribe");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_and_the_table_loaded(
 ) {
@@ -71,7 +61,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
         .await
         .expect("replica identity");
     let first: Vec<String> = (0..10).map(|i| format!("first-{i}")).collect();
-    subscribe(&f, &first).await;
+    super::subscribe(&f, RESTAURANT, &first).await;
     let mut service = Service::start(&f, "");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !service.log_text().contains("streaming the replication slot") {
@@ -89,7 +79,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
     .await
     .expect("unsubscribe");
     let later: Vec<String> = (0..3).map(|i| format!("later-{i}")).collect();
-    subscribe(&f, &later).await;
+    super::subscribe(&f, RESTAURANT, &later).await;
     lose_the_slot(&f).await;
 
     let service = Service::start_numbered(&f, "", 1);
@@ -112,7 +102,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
     service.wait_processed(1, Duration::from_secs(30));
     // And the new slot is followed: who subscribes now is notified of the active campaign.
     let last = vec!["after-0".to_string()];
-    subscribe(&f, &last).await;
+    super::subscribe(&f, RESTAURANT, &last).await;
     let want: BTreeMap<(String, String), u32> = (first[3..].iter().chain(&later).chain(&last))
         .map(|c| (("after-lost".to_string(), c.clone()), 1))
         .collect();

@@ -21,7 +21,18 @@
 //!   streamed over an encrypted replication connection.
 //! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
 
-use crate::common::unix_now;
+use crate::common::{unix_now, Fixture};
+
+/// Subscribes `clients` to `restaurant`, a row each.
+async fn subscribe(f: &Fixture, restaurant: &str, clients: &[String]) {
+    f.db.execute(
+        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
+         SELECT $1, unnest($2::text[])",
+        &[&restaurant, &clients],
+    )
+    .await
+    .expect("subscribe");
+}
 
 /// A campaign of `restaurant` active from a minute ago for an hour, as JSON.
 fn active_campaign(restaurant: &str, id: &str, content: &str) -> String {

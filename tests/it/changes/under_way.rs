@@ -56,12 +56,6 @@ async fn subscribe_forty_thousand(f: &Fixture) {
         .map(|i| format!("c-{i:05}"))
         .chain((0..1_000).map(|i| format!("z-{i:04}")))
         .collect();
-    f.db.execute(
-        "INSERT INTO subscribers_restaurants (restaurant_id, client_id)
-         SELECT $1, unnest($2::text[])",
-        &[&RESTAURANT, &clients],
-    )
-    .await
-    .expect("subscribe");
+    super::subscribe(f, RESTAURANT, &clients).await;
 }
 
