@@ -62,12 +62,15 @@ pub struct Subscribers {
     pairs: usize,
     /// Pairs that may be held through more than one row: the base's doubled pairs, and those
     /// added again while present. A removal of one of them is checked against the table first.
-    doubled: Arc<HashMap<Arc<str>, HashSet<Client>>>,
+    doubled: Arc<Doubled>,
 }
+
+/// By restaurant, the clients that may be held through more than one row.
+type Doubled = HashMap<Arc<str>, HashSet<Client>>;
 
 impl Subscribers {
     pub fn new(base: Arc<Snapshot>) -> Subscribers {
-        let mut doubled: HashMap<Arc<str>, HashSet<Client>> = HashMap::new();
+        let mut doubled = Doubled::new();
         for (restaurant, client) in base.doubled() {
             doubled
                 .entry(restaurant.into())
@@ -187,26 +190,9 @@ impl Subscribers {
                 let was =
                     delta.added.contains(&client) || (in_base && !delta.removed.contains(&client));
                 let now = c.op == Op::Add;
-                match (was, now) {
-                    (true, true) => {
-                        let doubled = Arc::make_mut(&mut next.doubled);
-                        doubled.entry(key.clone()).or_default().insert(client);
-                        continue;
-                    }
-                    (false, false) => continue,
-                    (true, false)
-                        if next.doubled.get(&key).is_some_and(|d| d.contains(&client)) =>
-                    {
-                        let doubled = Arc::make_mut(&mut next.doubled);
-                        if let Some(d) = doubled.get_mut(&key) {
-                            d.remove(&client);
-                            if d.is_empty() {
-                                doubled.remove(&key);
-                            }
-                        }
-                    }
-                    (true, false) => {}
-                    (false, true) => {}
+                note_doubled(&mut next.doubled, &key, &client, was, now);
+                if was == now {
+                    continue;
                 }
                 match (now, in_base) {
                     (true, true) => drop(delta.removed.remove(&client)),
@@ -228,6 +214,28 @@ impl Subscribers {
             }
         }
         next
+    }
+}
+
+/// Notes in `doubled` what a change of `client` at `key` says of its rows (`was`: held before
+/// it, `now`: an addition): added again while held, it may be held through two rows; removed,
+/// it no longer is.
+fn note_doubled(doubled: &mut Arc<Doubled>, key: &Arc<str>, client: &Client, was: bool, now: bool) {
+    match (was, now) {
+        (true, true) => {
+            let all = Arc::make_mut(doubled);
+            all.entry(key.clone()).or_default().insert(client.clone());
+        }
+        (true, false) if doubled.get(key).is_some_and(|d| d.contains(client)) => {
+            let all = Arc::make_mut(doubled);
+            if let Some(d) = all.get_mut(key) {
+                d.remove(client);
+                if d.is_empty() {
+                    all.remove(key);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

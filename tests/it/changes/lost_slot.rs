@@ -51,6 +51,17 @@ async fn lose_the_slot(f: &Fixture) {
     }
 }
 
+/// Waits until `service` streams a slot the server has not invalidated.
+async fn streaming(f: &Fixture, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wal_status(f).await.as_deref() == Some("lost")
+        || !service.log_text().contains("streaming the replication slot")
+    {
+        assert!(Instant::now() < deadline, "{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_and_the_table_loaded(
 ) {
@@ -63,11 +74,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
     let first: Vec<String> = (0..10).map(|i| format!("first-{i}")).collect();
     super::subscribe(&f, RESTAURANT, &first).await;
     let mut service = Service::start(&f, "");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !service.log_text().contains("streaming the replication slot") {
-        assert!(Instant::now() < deadline, "{}", service.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    streaming(&f, &service).await;
     service.kill_hard();
 
     // While nobody reads the slot: three clients leave, three arrive, and the slot is lost with
@@ -83,13 +90,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
     lose_the_slot(&f).await;
 
     let service = Service::start_numbered(&f, "", 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while wal_status(&f).await.as_deref() == Some("lost")
-        || !service.log_text().contains("streaming the replication slot")
-    {
-        assert!(Instant::now() < deadline, "{}", service.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    streaming(&f, &service).await;
     let log = service.log_text();
     assert!(
         log.contains("the server invalidated the replication slot"),
