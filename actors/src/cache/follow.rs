@@ -159,7 +159,9 @@ async fn without_removals_still_held(
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()?;
-    drop(added);
+    if held.is_empty() {
+        return Ok(changes);
+    }
     Ok(changes
         .into_iter()
         .filter(|c| {

@@ -32,7 +32,7 @@ async fn campaign_reaches(
     want: &BTreeMap<(String, String), u32>,
 ) {
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let campaign = super::active_campaign(RESTAURANT, id, "two rows, one pair");
+    let campaign = active_campaign(RESTAURANT, id);
     f.produce(id, campaign.as_bytes()).await;
     service.wait_processed(processed, Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -65,7 +65,7 @@ async fn send_round(f: &Fixture, round: usize, expected: &mut Expected) {
         let order = expected.sent.len() + 1;
         let sent = (order, restaurant.to_string(), clients);
         expected.sent.insert(id.clone(), sent);
-        f.produce(&id, super::active_campaign(restaurant, &id, "changes followed").as_bytes()).await;
+        f.produce(&id, active_campaign(restaurant, &id).as_bytes()).await;
     }
 }
 

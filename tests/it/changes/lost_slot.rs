@@ -98,7 +98,7 @@ async fn a_slot_the_server_invalidated_while_the_service_was_down_is_made_again_
     );
     // The reload the new slot asks for, and its campaign.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let campaign = super::active_campaign(RESTAURANT, "after-lost", "after the slot was lost");
+    let campaign = active_campaign(RESTAURANT, "after-lost");
     f.produce("after-lost", campaign.as_bytes()).await;
     service.wait_processed(1, Duration::from_secs(30));
     // And the new slot is followed: who subscribes now is notified of the active campaign.

@@ -21,7 +21,7 @@
 //!   streamed over an encrypted replication connection.
 //! - [`under_way`]: a large campaign going out in slices leaves out who unsubscribes meanwhile.
 
-use crate::common::{unix_now, Fixture};
+use crate::common::Fixture;
 
 /// Subscribes `clients` to `restaurant`, a row each.
 async fn subscribe(f: &Fixture, restaurant: &str, clients: &[String]) {
@@ -32,22 +32,6 @@ async fn subscribe(f: &Fixture, restaurant: &str, clients: &[String]) {
     )
     .await
     .expect("subscribe");
-}
-
-/// A campaign of `restaurant` active from a minute ago for an hour, as JSON.
-fn active_campaign(restaurant: &str, id: &str, content: &str) -> String {
-    let now = unix_now();
-    serde_json::json!({
-        "restaurant_id": restaurant,
-        "adv_campaign_id": id,
-        "adv_campaign_content": content,
-        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
-        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
-        "adv_campaign_datetime_start": now - 60,
-        "adv_campaign_datetime_end": now + 3600,
-        "datetime_created": 1,
-    })
-    .to_string()
 }
 
 mod check;

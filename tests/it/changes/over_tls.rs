@@ -44,7 +44,7 @@ async fn over_tls_the_slot_is_streamed_encrypted_and_changes_reach_the_join_with
     .await
     .expect("changes");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    f.produce("1", super::active_campaign(RESTAURANT, "tls-campaign", "over TLS").as_bytes()).await;
+    f.produce("1", active_campaign(RESTAURANT, "tls-campaign").as_bytes()).await;
     service.wait_processed(1, Duration::from_secs(30));
     let expected = once_each(&["tls-campaign"], &["joins", "moves", "stays"]);
     let deadline = Instant::now() + Duration::from_secs(10);

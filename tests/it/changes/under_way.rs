@@ -16,7 +16,7 @@ async fn a_client_who_unsubscribes_while_a_large_campaign_goes_out_is_left_out_o
     let extra = "[cache]\nchanges = \"trigger\"\n[writers]\nmax_notifications_in_flight = 10000\n\
                  [limits]\nmax_notifications_per_sec = 4000\n";
     let service = Service::start(&f, extra);
-    f.produce("large", super::active_campaign(RESTAURANT, "large", "for everyone").as_bytes()).await;
+    f.produce("large", active_campaign(RESTAURANT, "large").as_bytes()).await;
     // Once the first slice is out, the "z-" clients unsubscribe.
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.output_count() < 5_000 {
